@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the Debian packages longtrain needs to build, test and run its quickstart.
+# Idempotent: packages already present are skipped. Run as root or with sudo available.
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config
+  libopenblas-dev            # BLAS (sgemm) for the CPU kernels
+  libhdf5-dev                # datasets and checkpoints
+  libopenmpi-dev openmpi-bin # multi-process runs (mpirun)
+  libyaml-dev                # configs
+  libcjson-dev               # metrics JSONL, tokenizer.json
+  libcmocka-dev              # tests
+  fortunes-min fortunes      # English text for the quickstart dataset
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all packages present"
+  exit 0
+fi
+
+sudo_cmd=()
+[ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" apt-get update -qq
+"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+echo "install-deps: installed ${missing[*]}"

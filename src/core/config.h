@@ -1,0 +1,88 @@
+// The run configuration: a YAML file (libyaml), defaults for every key, `--set a.b=value`
+// overrides, and validation with the key's path in every message.
+//
+// Every key lives in one table (config_schema.c) with its type, default, range and
+// documentation; the parser, the overrides, the README's reference (`longtrain config --docs`)
+// and the resolved YAML saved with each run all come from that table.
+#ifndef LT_CONFIG_H
+#define LT_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define LT_PATH_MAX 1024
+
+typedef enum lt_init_scheme { LT_INIT_LLAMA, LT_INIT_SCALED, LT_INIT_NEOX } lt_init_scheme;
+typedef enum lt_lr_decay { LT_DECAY_COSINE, LT_DECAY_LINEAR, LT_DECAY_CONSTANT } lt_lr_decay;
+typedef enum lt_device_choice { LT_DEVICE_CPU, LT_DEVICE_CUDA } lt_device_choice;
+
+typedef struct lt_model_config {
+  int d_model, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim, vocab_size, max_seq_len;
+  double rope_theta, norm_eps, init_std;
+  bool tie_embeddings;
+  int init; // lt_init_scheme
+} lt_model_config;
+
+typedef struct lt_train_config {
+  int64_t steps;
+  int batch, micro_batch, seq_len, warmup;
+  double lr, min_lr, weight_decay, beta1, beta2, eps, clip_norm;
+  int decay; // lt_lr_decay
+  bool decay_embeddings, decay_norms, recompute;
+} lt_train_config;
+
+typedef struct lt_data_config {
+  char path[LT_PATH_MAX];
+} lt_data_config;
+
+typedef struct lt_run_config {
+  char dir[LT_PATH_MAX];
+  int64_t seed;
+  int log_every, threads;
+  int device; // lt_device_choice
+} lt_run_config;
+
+typedef struct lt_config {
+  lt_model_config model;
+  lt_train_config train;
+  lt_data_config data;
+  lt_run_config run;
+  char source[LT_PATH_MAX]; // the file it came from, for messages ("<defaults>" if none)
+} lt_config;
+
+typedef enum lt_config_type { LT_CFG_INT, LT_CFG_INT64, LT_CFG_FLOAT, LT_CFG_BOOL, LT_CFG_STRING,
+                              LT_CFG_ENUM } lt_config_type;
+
+typedef struct lt_config_key {
+  const char *path;          // "model.d_model"
+  lt_config_type type;
+  size_t offset;             // of the field in lt_config
+  size_t size;               // of the field (strings: the buffer)
+  const char *default_value; // YAML scalar text
+  double min, max;           // inclusive range for numbers
+  const char *choices;       // enums: "cosine|linear|constant", in the C enum's order
+  const char *doc;
+} lt_config_key;
+
+extern const lt_config_key lt_config_keys[];
+extern const int lt_config_n_keys;
+
+// Every key at its default.
+int lt_config_defaults(lt_config *cfg);
+// Defaults, then the YAML file at `path` (if not NULL), then each "a.b=value" override in order,
+// then cross-key validation.
+int lt_config_load(lt_config *cfg, const char *path, int n_overrides, char *const *overrides);
+// The same, from YAML text in memory (`name` labels it in messages).
+int lt_config_load_string(lt_config *cfg, const char *yaml, const char *name, int n_overrides,
+                          char *const *overrides);
+// One "a.b=value" override onto an already loaded config.
+int lt_config_set(lt_config *cfg, const char *assignment);
+// Relations between keys (divisibility, ranges that depend on other keys).
+int lt_config_validate(const lt_config *cfg);
+// The resolved config as YAML text (caller frees).
+int lt_config_to_yaml(const lt_config *cfg, char **out);
+// A markdown table of every key: path, type, default, meaning.
+void lt_config_print_docs(void);
+
+#endif

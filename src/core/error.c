@@ -1,0 +1,65 @@
+#include "core/error.h"
+
+#include <stdio.h>
+#include <string.h>
+
+// One message per thread: the CPU kernels run OpenMP threads, and a failing worker must not
+// overwrite what the main thread reports.
+static _Thread_local char message[1024];
+
+int lt_failv(int code, const char *fmt, va_list ap) {
+  vsnprintf(message, sizeof message, fmt, ap);
+  return code;
+}
+
+int lt_fail(int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  lt_failv(code, fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+int lt_fail_internal(const char *file, int line, const char *fmt, ...) {
+  char what[768];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(what, sizeof what, fmt, ap);
+  va_end(ap);
+  snprintf(message, sizeof message, "internal error at %s:%d: %s (please report this)", file, line,
+           what);
+  return LT_ERR_INTERNAL;
+}
+
+int lt_error_context(int code, const char *fmt, ...) {
+  char prefix[512], old[sizeof message];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(prefix, sizeof prefix, fmt, ap);
+  va_end(ap);
+  memcpy(old, message, sizeof old);
+  // prefix + ": " + old, cut to the buffer (a long message loses its tail, never its start).
+  size_t n = strlen(prefix);
+  if (n > sizeof message - 1) n = sizeof message - 1;
+  memcpy(message, prefix, n);
+  size_t room = sizeof message - 1 - n;
+  const char *rest[2] = {": ", old};
+  for (int i = 0; i < 2; i++) {
+    size_t len = strlen(rest[i]) < room ? strlen(rest[i]) : room;
+    memcpy(message + n, rest[i], len);
+    n += len, room -= len;
+  }
+  message[n] = '\0';
+  return code;
+}
+
+const char *lt_error_message(void) { return message[0] ? message : "no error"; }
+
+void lt_error_clear(void) { message[0] = '\0'; }
+
+const char *lt_status_name(int code) {
+  static const char *names[] = {"ok",   "internal", "usage",  "config", "data",   "checkpoint",
+                                "io",   "memory",   "device", "comm",   "numeric"};
+  if (code >= 0 && code < (int)(sizeof names / sizeof names[0])) return names[code];
+  return "unknown";
+}

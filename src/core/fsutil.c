@@ -1,0 +1,49 @@
+#include "core/fsutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/config.h"
+#include "core/error.h"
+
+static int fsync_path(const char *path, int flags) {
+  int fd = open(path, flags);
+  if (fd < 0) return -1;
+  int rc = fsync(fd);
+  close(fd);
+  return rc;
+}
+
+int lt_commit_file(const char *tmp_path, const char *final_path) {
+  LT_CHECK(fsync_path(tmp_path, O_RDONLY) == 0, LT_ERR_IO, "%s: fsync failed: %s", tmp_path,
+           strerror(errno));
+  LT_CHECK(rename(tmp_path, final_path) == 0, LT_ERR_IO, "%s: cannot rename into place: %s",
+           final_path, strerror(errno));
+  char dir[LT_PATH_MAX];
+  snprintf(dir, sizeof dir, "%s", final_path);
+  // The rename is durable only once the folder's entry is on disk.
+  LT_CHECK(fsync_path(dirname(dir), O_RDONLY | O_DIRECTORY) == 0, LT_ERR_IO,
+           "%s: fsync of its folder failed: %s", final_path, strerror(errno));
+  return LT_OK;
+}
+
+int lt_make_dirs(const char *path) {
+  char buf[LT_PATH_MAX];
+  LT_CHECK(strlen(path) < sizeof buf, LT_ERR_IO, "path too long: %s", path);
+  strcpy(buf, path);
+  for (char *p = buf + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = '\0';
+    if (mkdir(buf, 0775) != 0 && errno != EEXIST)
+      return lt_fail(LT_ERR_IO, "%s: cannot create folder: %s", buf, strerror(errno));
+    *p = '/';
+  }
+  if (mkdir(buf, 0775) != 0 && errno != EEXIST)
+    return lt_fail(LT_ERR_IO, "%s: cannot create folder: %s", buf, strerror(errno));
+  return LT_OK;
+}

@@ -1,0 +1,11 @@
+// Files that appear whole or not at all: write under a temporary name, fsync, rename over the
+// final name, fsync the folder. A crash or a full disk leaves the previous file untouched.
+#ifndef LT_FSUTIL_H
+#define LT_FSUTIL_H
+
+// Makes tmp_path durable and renames it to final_path; on failure final_path is unchanged.
+int lt_commit_file(const char *tmp_path, const char *final_path);
+// mkdir -p
+int lt_make_dirs(const char *path);
+
+#endif

@@ -1,0 +1,52 @@
+// HDF5 token datasets (the format of DESIGN.md), readable with h5py:
+//   /tokens       1-D unsigned integers (uint32, or uint16 when the vocab fits)
+//   /doc_offsets  1-D uint64: where each document starts, then the token count (n_docs + 1)
+//   attributes    vocab_size, eos_id (int64), tokenizer (string), format_version (int64)
+// Readers take hyperslabs: a dataset never has to fit in memory.
+#ifndef LT_DATASET_H
+#define LT_DATASET_H
+
+#include <stdint.h>
+
+#include "core/config.h"
+#include "core/tensor.h"
+
+#define LT_DATASET_FORMAT_VERSION 1
+
+typedef struct lt_dataset {
+  char path[LT_PATH_MAX];
+  int64_t file, tokens; // HDF5 handles
+  int64_t n_tokens, n_docs;
+  int vocab_size, eos_id, token_bits;
+  char tokenizer[64];
+} lt_dataset;
+
+int lt_dataset_open(lt_dataset *ds, const char *path);
+// tokens[start, start + count) into out as int32; ids outside the vocab are a data error.
+int lt_dataset_read(lt_dataset *ds, int64_t start, int64_t count, int32_t *out);
+// The document offsets (n_docs + 1 of them) into out.
+int lt_dataset_read_doc_offsets(lt_dataset *ds, uint64_t *out);
+void lt_dataset_close(lt_dataset *ds);
+
+// Writing, for `longtrain prepare`: append documents, then commit. The file appears at its path
+// only when lt_dataset_writer_commit succeeds (it is written under a temporary name and renamed),
+// so an interrupted prepare never leaves a half-written dataset behind.
+typedef struct lt_dataset_writer {
+  char path[LT_PATH_MAX], tmp_path[LT_PATH_MAX + 16];
+  int64_t file, tokens;
+  int token_bits, vocab_size, eos_id;
+  char tokenizer[64];
+  int64_t n_tokens;
+  uint64_t *doc_offsets;
+  int64_t n_docs, docs_capacity;
+} lt_dataset_writer;
+
+int lt_dataset_writer_open(lt_dataset_writer *w, const char *path, const char *tokenizer,
+                           int vocab_size, int eos_id);
+// Appends one document's ids (the caller adds the EOS it wants).
+int lt_dataset_writer_add(lt_dataset_writer *w, const int32_t *ids, int64_t n);
+int lt_dataset_writer_commit(lt_dataset_writer *w);
+// Abandons the write and removes the temporary file.
+void lt_dataset_writer_abort(lt_dataset_writer *w);
+
+#endif

@@ -1,0 +1,115 @@
+// `longtrain prepare`: text files to an HDF5 token dataset.
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "data/dataset.h"
+#include "data/prepare.h"
+#include "data/tokenizer.h"
+
+static const char *usage =
+    "usage: longtrain prepare --output FILE.h5 [--tokenizer byte] [--doc-separator LINE] FILE...\n"
+    "\n"
+    "Tokenizes text files into an HDF5 token dataset for `longtrain train` (data.path).\n"
+    "Each file is one document, or several when --doc-separator is given: a line equal to LINE\n"
+    "ends a document (fortune files use '%'). Every document is followed by the EOS token.\n"
+    "The output is written under a temporary name and renamed when complete.\n"
+    "\n"
+    "  --output FILE.h5        the dataset to write (required)\n"
+    "  --tokenizer NAME        byte (256 byte values + <eos> <bos> <pad>; the default)\n"
+    "  --doc-separator LINE    split files into documents at lines equal to LINE\n";
+
+typedef struct doc_builder {
+  int32_t *ids;
+  size_t n, capacity;
+  int64_t docs, skipped_empty;
+} doc_builder;
+
+static int end_document(lt_dataset_writer *w, const lt_tokenizer *tok, doc_builder *doc) {
+  if (doc->n == 0) {
+    doc->skipped_empty++;
+    return LT_OK;
+  }
+  int32_t eos = tok->eos_id;
+  if (doc->n + 1 > doc->capacity) {
+    int32_t *grown = realloc(doc->ids, (doc->n + 1) * sizeof *grown);
+    LT_CHECK(grown, LT_ERR_MEMORY, "out of memory");
+    doc->ids = grown, doc->capacity = doc->n + 1;
+  }
+  doc->ids[doc->n++] = eos;
+  LT_TRY(lt_dataset_writer_add(w, doc->ids, (int64_t)doc->n));
+  doc->docs++;
+  doc->n = 0;
+  return LT_OK;
+}
+
+static int add_file(lt_dataset_writer *w, const lt_tokenizer *tok, const char *path,
+                    const char *separator, doc_builder *doc) {
+  FILE *f = fopen(path, "rb");
+  LT_CHECK(f, LT_ERR_DATA, "%s: cannot open input: %s", path, strerror(errno));
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t len;
+  int rc = LT_OK;
+  size_t sep_len = separator ? strlen(separator) : 0;
+  while (rc == LT_OK && (len = getline(&line, &cap, f)) >= 0) {
+    size_t body = (size_t)len;
+    while (body > 0 && (line[body - 1] == '\n' || line[body - 1] == '\r')) body--;
+    if (separator && body == sep_len && memcmp(line, separator, sep_len) == 0) {
+      rc = end_document(w, tok, doc);
+      continue;
+    }
+    rc = tok->encode(tok, line, (size_t)len, &doc->ids, &doc->n, &doc->capacity);
+  }
+  if (rc == LT_OK && ferror(f)) rc = lt_fail(LT_ERR_DATA, "%s: read error", path);
+  free(line);
+  fclose(f);
+  if (rc == LT_OK) rc = end_document(w, tok, doc);
+  return rc;
+}
+
+int lt_prepare_main(int argc, char **argv) {
+  static const struct option options[] = {{"output", required_argument, 0, 'o'},
+                                          {"tokenizer", required_argument, 0, 't'},
+                                          {"doc-separator", required_argument, 0, 's'},
+                                          {"help", no_argument, 0, 'h'},
+                                          {0, 0, 0, 0}};
+  const char *output = NULL, *tokenizer = "byte", *separator = NULL;
+  optind = 1;
+  for (int c; (c = getopt_long(argc, argv, "o:t:s:h", options, NULL)) != -1;) {
+    switch (c) {
+    case 'o': output = optarg; break;
+    case 't': tokenizer = optarg; break;
+    case 's': separator = optarg; break;
+    case 'h': fputs(usage, stdout); return LT_OK;
+    default: return lt_fail(LT_ERR_USAGE, "prepare: bad option (see longtrain prepare --help)");
+    }
+  }
+  LT_CHECK(output, LT_ERR_USAGE, "prepare: --output FILE.h5 is required (see longtrain prepare --help)");
+  LT_CHECK(optind < argc, LT_ERR_USAGE, "prepare: give at least one input text file");
+  LT_CHECK(strcmp(tokenizer, "byte") == 0, LT_ERR_USAGE,
+           "prepare: --tokenizer %s is not supported; use byte", tokenizer);
+  lt_tokenizer tok;
+  lt_tokenizer_byte(&tok);
+  lt_dataset_writer w;
+  LT_TRY(lt_dataset_writer_open(&w, output, tok.name, tok.vocab_size, tok.eos_id));
+  doc_builder doc = {0};
+  int rc = LT_OK;
+  for (int i = optind; i < argc && rc == LT_OK; i++) rc = add_file(&w, &tok, argv[i], separator, &doc);
+  free(doc.ids);
+  if (rc == LT_OK && w.n_tokens < 2)
+    rc = lt_fail(LT_ERR_DATA, "prepare: the inputs hold no text");
+  if (rc != LT_OK) {
+    lt_dataset_writer_abort(&w);
+    return rc;
+  }
+  int64_t n_tokens = w.n_tokens;
+  LT_TRY(lt_dataset_writer_commit(&w));
+  lt_info("prepared %s: %lld tokens in %lld documents from %d files (tokenizer %s, vocab %d)",
+          output, (long long)n_tokens, (long long)doc.docs, argc - optind, tok.name, tok.vocab_size);
+  return LT_OK;
+}

@@ -1,0 +1,199 @@
+// Softmax attention as tiled online softmax (Milakov & Gimelshein 2018; Dao 2023,
+// FlashAttention-2, Algorithms 1 and 2): queries in tiles of TILE_Q rows stream over key tiles of
+// TILE_K, keeping a running max and sum, so memory stays O(T) and a partial result (o, lse) over
+// one key range can be merged with another's. Tiles with no visible pair are skipped.
+#include <math.h>
+#include <string.h>
+
+#include "kernels/cpu/cpu_kernels.h"
+
+enum { TILE_Q = 32, TILE_K = 32 };
+
+typedef struct tile_mask {
+  const int32_t *q_pos, *k_pos, *q_doc, *k_doc; // this batch row's, or NULL
+  bool causal;
+} tile_mask;
+
+static tile_mask row_mask(const lt_attn_spec *spec, int64_t b, int64_t tq, int64_t tk) {
+  tile_mask m = {.causal = spec->causal};
+  m.q_pos = lt_i32(spec->q_pos) + b * tq;
+  m.k_pos = lt_i32(spec->k_pos) + b * tk;
+  if (spec->q_doc.data) {
+    m.q_doc = lt_i32(spec->q_doc) + b * tq;
+    m.k_doc = lt_i32(spec->k_doc) + b * tk;
+  }
+  return m;
+}
+
+static bool visible(const tile_mask *m, int64_t i, int64_t j) {
+  if (m->causal && m->k_pos[j] > m->q_pos[i]) return false;
+  if (m->q_doc && m->q_doc[i] != m->k_doc[j]) return false;
+  return true;
+}
+
+// Whether any pair in the tile may be visible: a cheap bound from position and document ranges.
+static bool tile_may_be_visible(const tile_mask *m, int64_t i0, int64_t ni, int64_t j0, int64_t nj) {
+  int32_t q_max = INT32_MIN, k_min = INT32_MAX, qd_min = INT32_MAX, qd_max = INT32_MIN;
+  int32_t kd_min = INT32_MAX, kd_max = INT32_MIN;
+  for (int64_t i = i0; i < i0 + ni; i++) {
+    if (m->q_pos[i] > q_max) q_max = m->q_pos[i];
+    if (m->q_doc) {
+      if (m->q_doc[i] < qd_min) qd_min = m->q_doc[i];
+      if (m->q_doc[i] > qd_max) qd_max = m->q_doc[i];
+    }
+  }
+  for (int64_t j = j0; j < j0 + nj; j++) {
+    if (m->k_pos[j] < k_min) k_min = m->k_pos[j];
+    if (m->k_doc) {
+      if (m->k_doc[j] < kd_min) kd_min = m->k_doc[j];
+      if (m->k_doc[j] > kd_max) kd_max = m->k_doc[j];
+    }
+  }
+  if (m->causal && k_min > q_max) return false;
+  if (m->q_doc && (kd_max < qd_min || kd_min > qd_max)) return false;
+  return true;
+}
+
+static float dot(const float *a, const float *b, int d) {
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int i = 0; i < d; i++) s += a[i] * b[i];
+  return s;
+}
+
+void lt_cpu_attn_fwd(float *o, float *lse, const float *q, const float *k, const float *v,
+                     const lt_cpu_attn_dims *dims, const lt_attn_spec *spec) {
+  const int64_t tq = dims->tq, tk = dims->tk;
+  const int hq = dims->hq, hkv = dims->hkv, d = dims->d, group = hq / hkv;
+  const int64_t n_qtiles = (tq + TILE_Q - 1) / TILE_Q;
+#pragma omp parallel for schedule(dynamic) collapse(3)
+  for (int64_t b = 0; b < dims->b; b++)
+    for (int h = 0; h < hq; h++)
+      for (int64_t qt = 0; qt < n_qtiles; qt++) {
+        tile_mask mask = row_mask(spec, b, tq, tk);
+        const int64_t i0 = qt * TILE_Q, ni = tq - i0 < TILE_Q ? tq - i0 : TILE_Q;
+        const int kvh = h / group;
+        // Head widths are at most LT_MAX_HEAD_DIM (checked in dispatch), so a tile's output
+        // accumulator fits on the stack.
+        float row_max[TILE_Q], row_sum[TILE_Q], scores[TILE_K], accp[TILE_Q * LT_MAX_HEAD_DIM];
+        for (int64_t r = 0; r < ni; r++) row_max[r] = -INFINITY, row_sum[r] = 0.0f;
+        memset(accp, 0, sizeof(float) * (size_t)(ni * d));
+        for (int64_t j0 = 0; j0 < tk; j0 += TILE_K) {
+          const int64_t nj = tk - j0 < TILE_K ? tk - j0 : TILE_K;
+          if (!tile_may_be_visible(&mask, i0, ni, j0, nj)) continue;
+          for (int64_t r = 0; r < ni; r++) {
+            const int64_t i = i0 + r;
+            const float *qi = q + ((b * tq + i) * hq + h) * d;
+            float tile_max = -INFINITY;
+            for (int64_t c = 0; c < nj; c++) {
+              const int64_t j = j0 + c;
+              scores[c] = visible(&mask, i, j)
+                              ? spec->scale * dot(qi, k + ((b * tk + j) * hkv + kvh) * d, d)
+                              : -INFINITY;
+              if (scores[c] > tile_max) tile_max = scores[c];
+            }
+            if (tile_max == -INFINITY) continue;
+            float new_max = row_max[r] > tile_max ? row_max[r] : tile_max;
+            float rescale = expf(row_max[r] - new_max); // 0 on the first visible tile
+            float *ar = accp + r * d;
+            row_sum[r] *= rescale;
+            for (int x = 0; x < d; x++) ar[x] *= rescale;
+            for (int64_t c = 0; c < nj; c++) {
+              if (scores[c] == -INFINITY) continue;
+              float p = expf(scores[c] - new_max);
+              row_sum[r] += p;
+              const float *vj = v + ((b * tk + j0 + c) * hkv + kvh) * d;
+              for (int x = 0; x < d; x++) ar[x] += p * vj[x];
+            }
+            row_max[r] = new_max;
+          }
+        }
+        for (int64_t r = 0; r < ni; r++) {
+          const int64_t i = i0 + r;
+          float *oi = o + ((b * tq + i) * hq + h) * d;
+          float *li = lse + (b * hq + h) * tq + i;
+          if (row_sum[r] == 0.0f) {
+            memset(oi, 0, sizeof(float) * (size_t)d);
+            *li = -INFINITY;
+            continue;
+          }
+          float inv = 1.0f / row_sum[r];
+          for (int x = 0; x < d; x++) oi[x] = accp[r * d + x] * inv;
+          *li = row_max[r] + logf(row_sum[r]);
+        }
+      }
+}
+
+void lt_cpu_attn_merge(float *o, float *lse, const float *o_part, const float *lse_part, int64_t b,
+                       int64_t t, int h, int d) {
+#pragma omp parallel for schedule(static) collapse(2)
+  for (int64_t bi = 0; bi < b; bi++)
+    for (int64_t i = 0; i < t; i++)
+      for (int hi = 0; hi < h; hi++) {
+        float *l = lse + (bi * h + hi) * t + i;
+        float lp = lse_part[(bi * h + hi) * t + i];
+        if (lp == -INFINITY) continue;
+        float *oi = o + ((bi * t + i) * h + hi) * d;
+        const float *pi = o_part + ((bi * t + i) * h + hi) * d;
+        float mx = *l > lp ? *l : lp;
+        float w_old = expf(*l - mx), w_new = expf(lp - mx), total = w_old + w_new;
+        for (int x = 0; x < d; x++) oi[x] = (oi[x] * w_old + pi[x] * w_new) / total;
+        *l = mx + logf(total);
+      }
+}
+
+void lt_cpu_attn_bwd_delta(float *delta, const float *dout, const float *o, int64_t b, int64_t t,
+                           int h, int d) {
+#pragma omp parallel for schedule(static) collapse(2)
+  for (int64_t bi = 0; bi < b; bi++)
+    for (int64_t i = 0; i < t; i++)
+      for (int hi = 0; hi < h; hi++) {
+        const int64_t off = ((bi * t + i) * h + hi) * d;
+        delta[(bi * h + hi) * t + i] = dot(dout + off, o + off, d);
+      }
+}
+
+// FlashAttention-2's backward (Algorithm 2) with P recomputed from lse:
+//   P = exp(S - lse), dV += P^T dO, dP = dO V^T, dS = P (dP - delta), dQ += scale dS K,
+//   dK += scale dS^T Q.
+// Work is split by (batch, key/value head), so each thread owns the dK, dV rows it writes and the
+// dQ rows of that head group: no atomics, and a fixed summation order.
+void lt_cpu_attn_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                     const float *k, const float *v, const float *lse, const float *delta,
+                     const lt_cpu_attn_dims *dims, const lt_attn_spec *spec) {
+  const int64_t tq = dims->tq, tk = dims->tk;
+  const int hq = dims->hq, hkv = dims->hkv, d = dims->d, group = hq / hkv;
+#pragma omp parallel for schedule(dynamic) collapse(2)
+  for (int64_t b = 0; b < dims->b; b++)
+    for (int kvh = 0; kvh < hkv; kvh++) {
+      tile_mask mask = row_mask(spec, b, tq, tk);
+      for (int h = kvh * group; h < (kvh + 1) * group; h++)
+        for (int64_t i0 = 0; i0 < tq; i0 += TILE_Q) {
+          const int64_t ni = tq - i0 < TILE_Q ? tq - i0 : TILE_Q;
+          for (int64_t j0 = 0; j0 < tk; j0 += TILE_K) {
+            const int64_t nj = tk - j0 < TILE_K ? tk - j0 : TILE_K;
+            if (!tile_may_be_visible(&mask, i0, ni, j0, nj)) continue;
+            for (int64_t r = 0; r < ni; r++) {
+              const int64_t i = i0 + r;
+              const float l = lse[(b * hq + h) * tq + i];
+              if (l == -INFINITY) continue;
+              const float dl = delta[(b * hq + h) * tq + i];
+              const int64_t qoff = ((b * tq + i) * hq + h) * d;
+              for (int64_t c = 0; c < nj; c++) {
+                const int64_t j = j0 + c;
+                if (!visible(&mask, i, j)) continue;
+                const int64_t koff = ((b * tk + j) * hkv + kvh) * d;
+                float p = expf(spec->scale * dot(q + qoff, k + koff, d) - l);
+                float dp = dot(dout + qoff, v + koff, d);
+                float ds = p * (dp - dl) * spec->scale;
+                for (int x = 0; x < d; x++) {
+                  dv[koff + x] += p * dout[qoff + x];
+                  dq[qoff + x] += ds * k[koff + x];
+                  dk[koff + x] += ds * q[qoff + x];
+                }
+              }
+            }
+          }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+// x -> [q|k|v] = x Wqkv^T -> RoPE(q), RoPE(k) -> o = attention(q, k, v) -> out = o Wo^T.
+#include "layers/attention/softmax.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "core/error.h"
+#include "layers/linear.h"
+
+typedef struct softmax_attention {
+  lt_layer base;
+  int n_heads, n_kv_heads, head_dim;
+  float rope_theta;
+  lt_param wqkv[3]; // wq (Hq*hd, D), wk (Hkv*hd, D), wv (Hkv*hd, D), adjacent in memory
+  lt_param wo;      // (D, Hq*hd)
+  // saved for backward
+  lt_tensor q, k, v; // (B, T, H, hd), q and k rotated
+  lt_tensor o;       // (B, T, Hq, hd)
+  lt_tensor lse;     // (B, Hq, T) f32
+  // scratch
+  lt_tensor qkv;                  // (B*T, Hq + 2 Hkv, hd), forward only
+  lt_tensor dqkv, d_o, dq, dk, dv; // backward only
+  lt_tensor delta;                // (B, Hq, T) f32
+} softmax_attention;
+
+static lt_attn_spec causal_spec(const softmax_attention *s, const lt_batch *batch) {
+  lt_tensor pos = lt_reshape(batch->pos, 2, LT_SHAPE(batch->B, batch->T));
+  lt_attn_spec spec = {.scale = 1.0f / sqrtf((float)s->head_dim), .causal = true,
+                       .q_pos = pos, .k_pos = pos};
+  if (batch->doc.data) spec.q_doc = spec.k_doc = lt_reshape(batch->doc, 2, LT_SHAPE(batch->B, batch->T));
+  return spec;
+}
+
+static int plan(lt_layer *self, const lt_plan *p) {
+  softmax_attention *s = (softmax_attention *)self;
+  const int64_t B = p->B, T = p->T, hd = s->head_dim, hq = s->n_heads, hkv = s->n_kv_heads;
+  const lt_dtype dt = p->act_dtype;
+  LT_TRY(lt_arena_alloc4(p->acts, &s->q, dt, B, T, hq, hd));
+  LT_TRY(lt_arena_alloc4(p->acts, &s->k, dt, B, T, hkv, hd));
+  LT_TRY(lt_arena_alloc4(p->acts, &s->v, dt, B, T, hkv, hd));
+  LT_TRY(lt_arena_alloc4(p->acts, &s->o, dt, B, T, hq, hd));
+  LT_TRY(lt_arena_alloc3(p->acts, &s->lse, LT_F32, B, hq, T));
+  // The forward's and the backward's temporaries never live at once: both start at one mark.
+  size_t mark = lt_arena_mark(p->scratch);
+  LT_TRY(lt_arena_alloc3(p->scratch, &s->qkv, dt, B * T, hq + 2 * hkv, hd));
+  lt_arena_release(p->scratch, mark);
+  LT_TRY(lt_arena_alloc3(p->scratch, &s->dqkv, dt, B * T, hq + 2 * hkv, hd));
+  LT_TRY(lt_arena_alloc4(p->scratch, &s->d_o, dt, B, T, hq, hd));
+  LT_TRY(lt_arena_alloc4(p->scratch, &s->dq, dt, B, T, hq, hd));
+  LT_TRY(lt_arena_alloc4(p->scratch, &s->dk, dt, B, T, hkv, hd));
+  LT_TRY(lt_arena_alloc4(p->scratch, &s->dv, dt, B, T, hkv, hd));
+  LT_TRY(lt_arena_alloc3(p->scratch, &s->delta, LT_F32, B, hq, T));
+  lt_arena_release(p->scratch, mark);
+  return LT_OK;
+}
+
+// (B, T, H, hd) viewed as (B*T, H, hd) for RoPE.
+static lt_tensor tokens_heads(lt_tensor t) {
+  return lt_reshape(t, 3, LT_SHAPE(t.shape[0] * t.shape[1], t.shape[2], t.shape[3]));
+}
+
+static int forward(lt_layer *self, lt_ctx *ctx, lt_tensor out, lt_tensor x, const lt_batch *batch) {
+  softmax_attention *s = (softmax_attention *)self;
+  lt_tensor wqkv;
+  LT_TRY(lt_fused_view(&wqkv, s->wqkv, 3, LT_PARAM_VALUE));
+  LT_TRY(lt_linear_forward(ctx, s->qkv, x, wqkv));
+  LT_TRY(lt_rope_qkv_fwd(ctx, tokens_heads(s->q), tokens_heads(s->k), tokens_heads(s->v), s->qkv,
+                         batch->pos, s->rope_theta));
+  lt_attn_spec spec = causal_spec(s, batch);
+  LT_TRY(lt_attn_fwd(ctx, s->o, s->lse, s->q, s->k, s->v, &spec));
+  return lt_linear_forward(ctx, out, s->o, s->wo.value);
+}
+
+static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, lt_tensor x,
+                    const lt_batch *batch) {
+  softmax_attention *s = (softmax_attention *)self;
+  LT_TRY(lt_linear_backward(ctx, s->d_o, s->wo.grad, dout, s->o, s->wo.value));
+  LT_TRY(lt_attn_bwd_delta(ctx, s->delta, s->d_o, s->o));
+  LT_TRY(lt_zero(ctx, s->dq));
+  LT_TRY(lt_zero(ctx, s->dk));
+  LT_TRY(lt_zero(ctx, s->dv));
+  lt_attn_spec spec = causal_spec(s, batch);
+  LT_TRY(lt_attn_bwd(ctx, s->dq, s->dk, s->dv, s->d_o, s->q, s->k, s->v, s->lse, s->delta, &spec));
+  LT_TRY(lt_rope_qkv_bwd(ctx, s->dqkv, tokens_heads(s->dq), tokens_heads(s->dk), tokens_heads(s->dv),
+                         batch->pos, s->rope_theta));
+  lt_tensor wqkv, dwqkv;
+  LT_TRY(lt_fused_view(&wqkv, s->wqkv, 3, LT_PARAM_VALUE));
+  LT_TRY(lt_fused_view(&dwqkv, s->wqkv, 3, LT_PARAM_GRAD));
+  return lt_linear_backward(ctx, dx, dwqkv, s->dqkv, x, wqkv);
+}
+
+static void destroy(lt_layer *self) { free(self); }
+
+static const lt_layer_ops softmax_ops = {
+    .kind = "softmax", .plan = plan, .forward = forward, .backward = backward, .destroy = destroy};
+
+int lt_softmax_attention_create(lt_layer **out, lt_params *params, const char *prefix,
+                                const lt_model_config *cfg, lt_init_stds stds) {
+  softmax_attention *s = calloc(1, sizeof *s);
+  LT_CHECK(s, LT_ERR_MEMORY, "out of memory creating %s", prefix);
+  *out = &s->base;
+  s->base.ops = &softmax_ops;
+  s->n_heads = cfg->n_heads;
+  s->n_kv_heads = cfg->n_kv_heads ? cfg->n_kv_heads : cfg->n_heads;
+  s->head_dim = cfg->head_dim ? cfg->head_dim : cfg->d_model / cfg->n_heads;
+  s->rope_theta = (float)cfg->rope_theta;
+  const int64_t d = cfg->d_model, hd = s->head_dim;
+  const int64_t rows[3] = {s->n_heads * hd, s->n_kv_heads * hd, s->n_kv_heads * hd};
+  const char *names[3] = {"wq", "wk", "wv"};
+  char name[96];
+  for (int i = 0; i < 3; i++) {
+    snprintf(name, sizeof name, "%s.%s", prefix, names[i]);
+    LT_TRY(lt_params_add(params, &s->wqkv[i], name, 2, LT_SHAPE(rows[i], d),
+                         (lt_param_spec){.init = LT_INIT_NORMAL, .std = stds.in,
+                                         .group = LT_GROUP_ATTN, .fused_with_prev = i > 0}));
+  }
+  snprintf(name, sizeof name, "%s.wo", prefix);
+  return lt_params_add(params, &s->wo, name, 2, LT_SHAPE(d, s->n_heads * hd),
+                       (lt_param_spec){.init = LT_INIT_NORMAL, .std = stds.out, .group = LT_GROUP_ATTN});
+}

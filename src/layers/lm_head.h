@@ -1,0 +1,28 @@
+// The LM head and the cross-entropy loss, fused: logits are made a chunk of rows at a time and
+// turned into their gradient in place, so the (tokens x vocab) logits never exist whole. At
+// T = 65536 and a 32K vocab that whole tensor would be 8 GiB in f32.
+#ifndef LT_LM_HEAD_H
+#define LT_LM_HEAD_H
+
+#include "layers/layer.h"
+
+typedef struct lt_lm_head {
+  lt_param own;          // (vocab, d_model) when untied
+  const lt_param *weight; // &own, or the embedding's weight when tied
+  int64_t vocab, chunk_rows;
+  lt_tensor losses;      // (B*T) f32, per-token loss of the last call (0 where ignored)
+  lt_tensor logits;      // scratch (chunk_rows, vocab)
+} lt_lm_head;
+
+// `tied` is the embedding's weight to share, or NULL for a head of its own.
+int lt_lm_head_create(lt_lm_head *head, lt_params *params, const lt_param *tied, int64_t vocab,
+                      int64_t d_model, float std);
+int lt_lm_head_plan(lt_lm_head *head, const lt_plan *plan);
+// Per-token losses of x (N, D) against targets into head->losses. When dx.data is set, also
+// dx = d(grad_scale * sum of losses)/dx and the weight gradient += its share.
+int lt_lm_head_loss(lt_lm_head *head, lt_ctx *ctx, lt_tensor x, lt_tensor targets, float grad_scale,
+                    lt_tensor dx);
+// Full logits (N, vocab) for evaluation and tests.
+int lt_lm_head_logits(lt_lm_head *head, lt_ctx *ctx, lt_tensor logits, lt_tensor x);
+
+#endif

@@ -1,0 +1,76 @@
+#include "layers/mlp.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "core/error.h"
+#include "layers/linear.h"
+
+typedef struct swiglu_mlp {
+  lt_layer base;
+  int64_t ffn_dim;
+  lt_param w_gate_up[2]; // w_gate (F, D), w_up (F, D), adjacent: one (2F, D) matmul
+  lt_param w_down;       // (D, F)
+  lt_tensor gate_up;     // saved (B*T, 2F); the product h is recomputed in backward (cheap)
+  lt_tensor h, dh, dgate_up; // scratch
+} swiglu_mlp;
+
+static int plan(lt_layer *self, const lt_plan *p) {
+  swiglu_mlp *m = (swiglu_mlp *)self;
+  const int64_t n = p->B * p->T, f = m->ffn_dim;
+  LT_TRY(lt_arena_alloc2(p->acts, &m->gate_up, p->act_dtype, n, 2 * f));
+  size_t mark = lt_arena_mark(p->scratch);
+  LT_TRY(lt_arena_alloc2(p->scratch, &m->h, p->act_dtype, n, f));
+  LT_TRY(lt_arena_alloc2(p->scratch, &m->dh, p->act_dtype, n, f));
+  LT_TRY(lt_arena_alloc2(p->scratch, &m->dgate_up, p->act_dtype, n, 2 * f));
+  lt_arena_release(p->scratch, mark);
+  return LT_OK;
+}
+
+static int forward(lt_layer *self, lt_ctx *ctx, lt_tensor out, lt_tensor x, const lt_batch *batch) {
+  (void)batch;
+  swiglu_mlp *m = (swiglu_mlp *)self;
+  lt_tensor w;
+  LT_TRY(lt_fused_view(&w, m->w_gate_up, 2, LT_PARAM_VALUE));
+  LT_TRY(lt_linear_forward(ctx, m->gate_up, x, w));
+  LT_TRY(lt_swiglu_fwd(ctx, m->h, m->gate_up));
+  return lt_linear_forward(ctx, out, m->h, m->w_down.value);
+}
+
+static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, lt_tensor x,
+                    const lt_batch *batch) {
+  (void)batch;
+  swiglu_mlp *m = (swiglu_mlp *)self;
+  LT_TRY(lt_swiglu_fwd(ctx, m->h, m->gate_up));
+  LT_TRY(lt_linear_backward(ctx, m->dh, m->w_down.grad, dout, m->h, m->w_down.value));
+  LT_TRY(lt_swiglu_bwd(ctx, m->dgate_up, m->dh, m->gate_up));
+  lt_tensor w, dw;
+  LT_TRY(lt_fused_view(&w, m->w_gate_up, 2, LT_PARAM_VALUE));
+  LT_TRY(lt_fused_view(&dw, m->w_gate_up, 2, LT_PARAM_GRAD));
+  return lt_linear_backward(ctx, dx, dw, m->dgate_up, x, w);
+}
+
+static void destroy(lt_layer *self) { free(self); }
+
+static const lt_layer_ops swiglu_ops = {
+    .kind = "swiglu", .plan = plan, .forward = forward, .backward = backward, .destroy = destroy};
+
+int lt_swiglu_mlp_create(lt_layer **out, lt_params *params, const char *prefix, int64_t d_model,
+                         int64_t ffn_dim, lt_init_stds stds) {
+  swiglu_mlp *m = calloc(1, sizeof *m);
+  LT_CHECK(m, LT_ERR_MEMORY, "out of memory creating %s", prefix);
+  *out = &m->base;
+  m->base.ops = &swiglu_ops;
+  m->ffn_dim = ffn_dim;
+  char name[96];
+  const char *names[2] = {"w_gate", "w_up"};
+  for (int i = 0; i < 2; i++) {
+    snprintf(name, sizeof name, "%s.%s", prefix, names[i]);
+    LT_TRY(lt_params_add(params, &m->w_gate_up[i], name, 2, LT_SHAPE(ffn_dim, d_model),
+                         (lt_param_spec){.init = LT_INIT_NORMAL, .std = stds.in,
+                                         .group = LT_GROUP_FFN, .fused_with_prev = i > 0}));
+  }
+  snprintf(name, sizeof name, "%s.w_down", prefix);
+  return lt_params_add(params, &m->w_down, name, 2, LT_SHAPE(d_model, ffn_dim),
+                       (lt_param_spec){.init = LT_INIT_NORMAL, .std = stds.out, .group = LT_GROUP_FFN});
+}

@@ -1,0 +1,211 @@
+#include "model/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "core/device.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "layers/attention/softmax.h"
+#include "layers/mlp.h"
+
+static lt_init_stds init_stds(const lt_model_config *cfg) {
+  const double d = cfg->d_model, layers = cfg->n_layers;
+  switch ((lt_init_scheme)cfg->init) {
+  case LT_INIT_LLAMA: return (lt_init_stds){(float)cfg->init_std, (float)cfg->init_std};
+  case LT_INIT_SCALED:
+    return (lt_init_stds){(float)cfg->init_std, (float)(cfg->init_std / sqrt(2.0 * layers))};
+  case LT_INIT_NEOX: return (lt_init_stds){(float)sqrt(2.0 / (5.0 * d)), (float)(2.0 / (layers * sqrt(d)))};
+  }
+  return (lt_init_stds){(float)cfg->init_std, (float)cfg->init_std};
+}
+
+int lt_model_create(lt_model *model, const lt_model_config *cfg, lt_device device) {
+  *model = (lt_model){.cfg = *cfg, .device = device};
+  lt_model_config *c = &model->cfg;
+  if (!c->n_kv_heads) c->n_kv_heads = c->n_heads;
+  if (!c->head_dim) c->head_dim = c->d_model / c->n_heads;
+  lt_init_stds stds = init_stds(c);
+  lt_params_begin(&model->params);
+  LT_TRY(lt_embedding_create(&model->embed, &model->params, c->vocab_size, c->d_model, stds.in));
+  model->blocks = calloc((size_t)c->n_layers, sizeof *model->blocks);
+  LT_CHECK(model->blocks, LT_ERR_MEMORY, "out of memory creating %d blocks", c->n_layers);
+  const float eps = (float)c->norm_eps;
+  for (int l = 0; l < c->n_layers; l++) {
+    lt_block *b = &model->blocks[l];
+    char name[96];
+    snprintf(name, sizeof name, "layers.%d.attn_norm", l);
+    LT_TRY(lt_rmsnorm_create(&b->attn_norm, &model->params, name, c->d_model, eps));
+    snprintf(name, sizeof name, "layers.%d.attn", l);
+    LT_TRY(lt_softmax_attention_create(&b->mixer, &model->params, name, c, stds));
+    snprintf(name, sizeof name, "layers.%d.ffn_norm", l);
+    LT_TRY(lt_rmsnorm_create(&b->ffn_norm, &model->params, name, c->d_model, eps));
+    snprintf(name, sizeof name, "layers.%d.ffn", l);
+    LT_TRY(lt_swiglu_mlp_create(&b->ffn, &model->params, name, c->d_model, c->ffn_dim, stds));
+  }
+  LT_TRY(lt_rmsnorm_create(&model->final_norm, &model->params, "final_norm", c->d_model, eps));
+  LT_TRY(lt_lm_head_create(&model->head, &model->params,
+                           c->tie_embeddings ? &model->embed.weight : NULL, c->vocab_size,
+                           c->d_model, stds.in));
+  return lt_params_allocate(&model->params, device);
+}
+
+void lt_model_destroy(lt_model *model) {
+  if (model->blocks)
+    for (int l = 0; l < model->cfg.n_layers; l++) {
+      lt_block *b = &model->blocks[l];
+      if (b->mixer) b->mixer->ops->destroy(b->mixer);
+      if (b->ffn) b->ffn->ops->destroy(b->ffn);
+    }
+  free(model->blocks);
+  lt_arena_destroy(&model->acts);
+  lt_arena_destroy(&model->scratch);
+  lt_params_free(&model->params);
+  *model = (lt_model){0};
+}
+
+// Hands out every view the step needs. Run once on measuring arenas, once on real ones.
+static int plan_views(lt_model *model, const lt_plan *p) {
+  const int64_t n = p->B * p->T, d = model->cfg.d_model;
+  const lt_dtype dt = p->act_dtype;
+  lt_arena *acts = p->acts;
+  for (int l = 0; l < model->cfg.n_layers; l++)
+    LT_TRY(lt_arena_alloc2(acts, &model->blocks[l].x_in, dt, n, d));
+  lt_tensor *model_views[] = {&model->x_out,  &model->final_in, &model->branch,
+                              &model->d_resid, &model->d_branch, &model->d_final};
+  for (size_t i = 0; i < sizeof model_views / sizeof model_views[0]; i++)
+    LT_TRY(lt_arena_alloc2(acts, model_views[i], dt, n, d));
+  LT_TRY(lt_arena_alloc1(acts, &model->final_rstd, LT_F32, n));
+  if (model->recompute) LT_TRY(lt_arena_alloc2(acts, &model->recompute_out, dt, n, d));
+  LT_TRY(lt_lm_head_plan(&model->head, p));
+  // With recomputation every block's saved activations share one region: only one block's are
+  // alive at a time, rebuilt from its input just before its backward.
+  size_t shared = lt_arena_mark(acts), end = shared;
+  for (int l = 0; l < model->cfg.n_layers; l++) {
+    lt_block *b = &model->blocks[l];
+    if (model->recompute) lt_arena_release(acts, shared);
+    LT_TRY(lt_arena_alloc2(acts, &b->attn_in, dt, n, d));
+    LT_TRY(lt_arena_alloc1(acts, &b->attn_rstd, LT_F32, n));
+    LT_TRY(lt_arena_alloc2(acts, &b->x_mid, dt, n, d));
+    LT_TRY(lt_arena_alloc2(acts, &b->ffn_in, dt, n, d));
+    LT_TRY(lt_arena_alloc1(acts, &b->ffn_rstd, LT_F32, n));
+    LT_TRY(b->mixer->ops->plan(b->mixer, p));
+    LT_TRY(b->ffn->ops->plan(b->ffn, p));
+    if (lt_arena_mark(acts) > end) end = lt_arena_mark(acts);
+  }
+  lt_arena_release(acts, end);
+  return LT_OK;
+}
+
+int lt_model_plan(lt_model *model, int64_t B, int64_t T, bool recompute) {
+  if (model->B == B && model->T == T && model->recompute == recompute && model->acts.base) return LT_OK;
+  lt_arena_destroy(&model->acts);
+  lt_arena_destroy(&model->scratch);
+  model->B = B, model->T = T, model->recompute = recompute;
+  const lt_dtype dt = model->device == LT_CUDA ? LT_BF16 : LT_F32;
+  lt_arena acts, scratch;
+  lt_arena_measure(&acts, model->device, "activations");
+  lt_arena_measure(&scratch, model->device, "scratch");
+  lt_plan p = {.B = B, .T = T, .act_dtype = dt, .acts = &acts, .scratch = &scratch};
+  LT_TRY(plan_views(model, &p));
+  LT_TRY(lt_arena_create(&model->acts, model->device, acts.peak, "activations"));
+  LT_TRY(lt_arena_create(&model->scratch, model->device, scratch.peak, "scratch"));
+  p.acts = &model->acts, p.scratch = &model->scratch;
+  LT_TRY(plan_views(model, &p));
+  char a[32], s[32];
+  lt_debug("activation memory for B=%lld T=%lld: %s saved, %s scratch", (long long)B, (long long)T,
+           lt_format_bytes((double)acts.peak, a, sizeof a),
+           lt_format_bytes((double)scratch.peak, s, sizeof s));
+  return LT_OK;
+}
+
+static int check_planned(const lt_model *model, const lt_batch *batch) {
+  if (model->B == batch->B && model->T == batch->T && model->acts.base) return LT_OK;
+  return lt_fail_internal(__FILE__, __LINE__, "batch (%lld, %lld) was not planned (%lld, %lld)",
+                          (long long)batch->B, (long long)batch->T, (long long)model->B,
+                          (long long)model->T);
+}
+
+static int block_forward(lt_ctx *ctx, lt_block *b, lt_tensor out, lt_tensor branch,
+                         const lt_batch *batch) {
+  LT_TRY(lt_rmsnorm_forward(ctx, &b->attn_norm, b->attn_in, b->attn_rstd, b->x_in));
+  LT_TRY(b->mixer->ops->forward(b->mixer, ctx, branch, b->attn_in, batch));
+  LT_TRY(lt_add(ctx, b->x_mid, b->x_in, branch));
+  LT_TRY(lt_rmsnorm_forward(ctx, &b->ffn_norm, b->ffn_in, b->ffn_rstd, b->x_mid));
+  LT_TRY(b->ffn->ops->forward(b->ffn, ctx, branch, b->ffn_in, batch));
+  return lt_add(ctx, out, b->x_mid, branch);
+}
+
+// d_resid holds d(loss)/d(block output) on entry and d(loss)/d(block input) on return.
+static int block_backward(lt_ctx *ctx, lt_block *b, lt_tensor d_resid, lt_tensor d_branch,
+                          const lt_batch *batch) {
+  LT_TRY(b->ffn->ops->backward(b->ffn, ctx, d_branch, d_resid, b->ffn_in, batch));
+  LT_TRY(lt_rmsnorm_backward(ctx, &b->ffn_norm, d_resid, d_branch, b->x_mid, b->ffn_rstd));
+  LT_TRY(b->mixer->ops->backward(b->mixer, ctx, d_branch, d_resid, b->attn_in, batch));
+  return lt_rmsnorm_backward(ctx, &b->attn_norm, d_resid, d_branch, b->x_in, b->attn_rstd);
+}
+
+static int blocks_forward(lt_model *model, lt_ctx *ctx, const lt_batch *batch) {
+  LT_TRY(check_planned(model, batch));
+  LT_TRY(lt_embedding_forward(ctx, &model->embed, model->blocks[0].x_in, batch->tokens));
+  const int layers = model->cfg.n_layers;
+  for (int l = 0; l < layers; l++) {
+    lt_tensor out = l + 1 < layers ? model->blocks[l + 1].x_in : model->x_out;
+    LT_TRY(block_forward(ctx, &model->blocks[l], out, model->branch, batch));
+  }
+  return lt_rmsnorm_forward(ctx, &model->final_norm, model->final_in, model->final_rstd,
+                            model->x_out);
+}
+
+int lt_model_forward(lt_model *model, lt_ctx *ctx, const lt_batch *batch, bool want_grad,
+                     float grad_scale, double *loss_sum) {
+  LT_TRY(blocks_forward(model, ctx, batch));
+  lt_tensor d_final = model->d_final;
+  if (!want_grad) d_final.data = NULL;
+  LT_TRY(lt_lm_head_loss(&model->head, ctx, model->final_in, batch->targets, grad_scale, d_final));
+  lt_tensor losses = model->head.losses;
+  float *host = malloc(lt_nbytes(losses));
+  LT_CHECK(host, LT_ERR_MEMORY, "out of host memory reading the loss");
+  int rc = lt_tensor_to_host(host, losses);
+  double sum = 0.0;
+  for (int64_t i = 0; i < lt_numel(losses) && rc == LT_OK; i++) sum += host[i];
+  free(host);
+  *loss_sum = sum;
+  return rc;
+}
+
+int lt_model_backward(lt_model *model, lt_ctx *ctx, const lt_batch *batch) {
+  LT_TRY(check_planned(model, batch));
+  LT_TRY(lt_zero(ctx, model->d_resid));
+  LT_TRY(lt_rmsnorm_backward(ctx, &model->final_norm, model->d_resid, model->d_final, model->x_out,
+                             model->final_rstd));
+  for (int l = model->cfg.n_layers - 1; l >= 0; l--) {
+    lt_block *b = &model->blocks[l];
+    if (model->recompute) LT_TRY(block_forward(ctx, b, model->recompute_out, model->branch, batch));
+    LT_TRY(block_backward(ctx, b, model->d_resid, model->d_branch, batch));
+  }
+  return lt_embedding_backward(ctx, &model->embed, model->d_resid, batch->tokens);
+}
+
+int lt_model_logits(lt_model *model, lt_ctx *ctx, const lt_batch *batch, lt_tensor logits) {
+  LT_TRY(blocks_forward(model, ctx, batch));
+  return lt_lm_head_logits(&model->head, ctx, logits, model->final_in);
+}
+
+int64_t lt_model_n_params(const lt_model *model) {
+  int64_t n = 0;
+  for (int i = 0; i < model->params.count; i++) n += model->params.info[i].numel;
+  return n;
+}
+
+double lt_model_train_flops_per_token(const lt_model *model, int64_t T) {
+  const lt_model_config *c = &model->cfg;
+  // Matmul FLOPs: 6 per weight per token (forward 2, backward 4), embedding lookup excluded;
+  // attention: QK^T and PV, 2 * 2 * T * (Hq * hd) per token forward, halved by the causal mask,
+  // tripled for forward + backward (PaLM appendix B).
+  double matmul = 6.0 * (double)(lt_model_n_params(model) - (int64_t)c->vocab_size * c->d_model *
+                                                                  (c->tie_embeddings ? 0 : 1));
+  double attn = 3.0 * 2.0 * (double)c->n_layers * (double)T * c->n_heads * c->head_dim;
+  return matmul + attn;
+}

@@ -1,0 +1,58 @@
+// The decoder-only transformer: embedding, n_layers pre-norm blocks (token mixer + feed-forward,
+// each with a residual), final RMSNorm and the LM head with its loss.
+#ifndef LT_MODEL_H
+#define LT_MODEL_H
+
+#include "core/config.h"
+#include "layers/embedding.h"
+#include "layers/layer.h"
+#include "layers/lm_head.h"
+#include "layers/norm.h"
+
+typedef struct lt_block {
+  lt_rmsnorm attn_norm, ffn_norm;
+  lt_layer *mixer, *ffn;
+  lt_tensor x_in;                  // (N, D) block input; kept even with recomputation
+  lt_tensor attn_in, attn_rstd;    // what the block saves for backward; with recomputation
+  lt_tensor x_mid, ffn_in, ffn_rstd; // these are shared by all blocks and rebuilt in backward
+} lt_block;
+
+typedef struct lt_model {
+  lt_model_config cfg;
+  lt_device device;
+  lt_params params;
+  lt_embedding embed;
+  lt_block *blocks;
+  lt_rmsnorm final_norm;
+  lt_lm_head head;
+  // Step memory, planned for one (B, T) by lt_model_plan.
+  int64_t B, T;
+  bool recompute;
+  lt_arena acts, scratch;
+  lt_tensor x_out;            // (N, D) residual stream after the last block
+  lt_tensor final_in, final_rstd;
+  lt_tensor branch;           // (N, D) a sublayer's output before the residual add
+  lt_tensor recompute_out;    // (N, D) where a recomputed block's output goes
+  lt_tensor d_resid, d_branch, d_final; // (N, D) gradients
+} lt_model;
+
+// Registers and allocates the parameters (not initialised: lt_params_init, or load them).
+int lt_model_create(lt_model *model, const lt_model_config *cfg, lt_device device);
+void lt_model_destroy(lt_model *model);
+// Sizes and allocates activation memory for micro-batches of B sequences of T tokens. Cheap to
+// call again with the same shape.
+int lt_model_plan(lt_model *model, int64_t B, int64_t T, bool recompute);
+// Forward and loss. Each token's loss goes to model->head.losses and their sum to *loss_sum.
+// With want_grad, the LM head's backward runs fused with the loss, scaled by grad_scale (usually
+// 1 / the number of target tokens in the whole optimizer step), and lt_model_backward may follow.
+int lt_model_forward(lt_model *model, lt_ctx *ctx, const lt_batch *batch, bool want_grad,
+                     float grad_scale, double *loss_sum);
+// Backward through the blocks and the embedding; parameter gradients accumulate.
+int lt_model_backward(lt_model *model, lt_ctx *ctx, const lt_batch *batch);
+// Forward to full logits (B*T, vocab) f32, for evaluation and tests.
+int lt_model_logits(lt_model *model, lt_ctx *ctx, const lt_batch *batch, lt_tensor logits);
+// Parameters and FLOPs per token of a training step (6N plus attention's 12 L T d / 2 causal).
+int64_t lt_model_n_params(const lt_model *model);
+double lt_model_train_flops_per_token(const lt_model *model, int64_t T);
+
+#endif

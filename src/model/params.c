@@ -1,0 +1,130 @@
+#include "model/params.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/device.h"
+#include "core/error.h"
+
+#ifdef LT_WITH_CUDA
+#include "kernels/cuda/cuda_kernels.h"
+#endif
+
+// Parameters start on 64-element boundaries (256 bytes in f32) unless fused with the previous
+// one: vector loads and cuBLASLt like aligned operands.
+enum { PARAM_ALIGN = 64 };
+
+const char *lt_param_group_name(lt_param_group group) {
+  static const char *names[] = {"embed", "norm", "attn", "ffn", "head"};
+  return group < LT_GROUP_COUNT ? names[group] : "?";
+}
+
+void lt_params_begin(lt_params *params) { *params = (lt_params){0}; }
+
+int lt_params_add(lt_params *params, lt_param *bind, const char *name, int ndim,
+                  const int64_t *shape, lt_param_spec spec) {
+  LT_ASSERT(ndim >= 1 && ndim <= LT_MAX_DIMS && strlen(name) < sizeof params->info[0].name);
+  LT_ASSERT(!params->master); // registration ends when the buffers exist
+  if (params->count == params->capacity) {
+    int capacity = params->capacity ? 2 * params->capacity : 64;
+    lt_param_info *grown = realloc(params->info, (size_t)capacity * sizeof *grown);
+    LT_CHECK(grown, LT_ERR_MEMORY, "out of memory registering parameter %s", name);
+    params->info = grown;
+    params->capacity = capacity;
+  }
+  lt_param_info *p = &params->info[params->count++];
+  *p = (lt_param_info){.ndim = ndim, .spec = spec, .bind = bind, .numel = 1};
+  strcpy(p->name, name);
+  for (int i = 0; i < ndim; i++) p->shape[i] = shape[i], p->numel *= shape[i];
+  size_t offset = params->numel;
+  if (!spec.fused_with_prev) offset = (offset + PARAM_ALIGN - 1) / PARAM_ALIGN * PARAM_ALIGN;
+  p->offset = offset;
+  params->numel = offset + (size_t)p->numel;
+  return LT_OK;
+}
+
+static lt_tensor param_view(const lt_params *params, const lt_param_info *p, void *base,
+                            lt_dtype dtype) {
+  char *data = (char *)base + p->offset * lt_dtype_size(dtype);
+  return lt_view(data, dtype, params->device, p->ndim, p->shape);
+}
+
+int lt_params_allocate(lt_params *params, lt_device device) {
+  params->device = device;
+  size_t bytes = params->numel * sizeof(float);
+  void *buffers[4] = {0};
+  const char *what[4] = {"parameters", "gradients", "AdamW first moments", "AdamW second moments"};
+  for (int i = 0; i < 4; i++) {
+    int rc = lt_device_alloc(device, bytes, what[i], &buffers[i]);
+    if (rc) {
+      for (int j = 0; j < i; j++) lt_device_free(device, buffers[j]);
+      return rc;
+    }
+    LT_TRY(lt_device_memset0(device, buffers[i], bytes));
+  }
+  params->master = buffers[0], params->grad = buffers[1];
+  params->adam_m = buffers[2], params->adam_v = buffers[3];
+  params->compute = params->master;
+  lt_dtype compute_dtype = LT_F32;
+#ifdef LT_WITH_CUDA
+  if (device == LT_CUDA) {
+    LT_TRY(lt_device_alloc(device, params->numel * 2, "bf16 parameter copy", &params->compute));
+    LT_TRY(lt_device_memset0(device, params->compute, params->numel * 2));
+    compute_dtype = LT_BF16;
+  }
+#endif
+  for (int i = 0; i < params->count; i++) {
+    lt_param_info *p = &params->info[i];
+    p->bind->value = param_view(params, p, params->compute, compute_dtype);
+    p->bind->grad = param_view(params, p, params->grad, LT_F32);
+  }
+  return LT_OK;
+}
+
+int lt_params_init(lt_params *params, uint64_t seed) {
+  lt_rng root = lt_rng_seed(seed);
+  for (int i = 0; i < params->count; i++) {
+    lt_param_info *p = &params->info[i];
+    float *host = malloc((size_t)p->numel * sizeof(float));
+    LT_CHECK(host, LT_ERR_MEMORY, "out of host memory initialising %s", p->name);
+    uint64_t key = lt_rng_split_name(root, p->name).key;
+    for (int64_t j = 0; j < p->numel; j++) {
+      switch (p->spec.init) {
+      case LT_INIT_ZEROS: host[j] = 0.0f; break;
+      case LT_INIT_ONES: host[j] = 1.0f; break;
+      case LT_INIT_NORMAL: host[j] = p->spec.std * lt_rng_normal_at(key, (uint64_t)j); break;
+      }
+    }
+    int rc = lt_device_copy(params->master + p->offset, params->device, host, LT_CPU,
+                            (size_t)p->numel * sizeof(float));
+    free(host);
+    LT_TRY(rc);
+  }
+  return lt_params_sync_compute(params);
+}
+
+int lt_params_zero_grad(lt_params *params) {
+  return lt_device_memset0(params->device, params->grad, params->numel * sizeof(float));
+}
+
+int lt_params_sync_compute(lt_params *params) {
+#ifdef LT_WITH_CUDA
+  if (params->device == LT_CUDA) return lt_cuda_f32_to_bf16(params->compute, params->master, params->numel);
+#endif
+  (void)params;
+  return LT_OK;
+}
+
+const lt_param_info *lt_params_find(const lt_params *params, const char *name) {
+  for (int i = 0; i < params->count; i++)
+    if (strcmp(params->info[i].name, name) == 0) return &params->info[i];
+  return NULL;
+}
+
+void lt_params_free(lt_params *params) {
+  float *buffers[4] = {params->master, params->grad, params->adam_m, params->adam_v};
+  if (params->compute != params->master) lt_device_free(params->device, params->compute);
+  for (int i = 0; i < 4; i++) lt_device_free(params->device, buffers[i]);
+  free(params->info);
+  *params = (lt_params){0};
+}

@@ -1,0 +1,76 @@
+// The parameter table: every parameter's logical name, shape and init, with the values,
+// gradients and AdamW moments each held in one flat buffer (a view per parameter). One buffer per
+// kind is what makes bucketed all-reduce, ZeRO sharding and checkpoint I/O simple.
+//
+// Layers register their parameters while the model is built (lt_params_add), the table then
+// allocates the buffers and binds each layer's lt_param views (lt_params_allocate), and
+// lt_params_init fills them from the seed.
+#ifndef LT_PARAMS_H
+#define LT_PARAMS_H
+
+#include "core/rng.h"
+#include "core/tensor.h"
+
+// What a layer holds: the parameter as the kernels see it and its gradient.
+typedef struct lt_param {
+  lt_tensor value; // f32 on the CPU (the master copy itself); bf16 compute copy on CUDA
+  lt_tensor grad;  // f32
+} lt_param;
+
+// Groups choose weight decay and can be frozen as a whole.
+typedef enum lt_param_group {
+  LT_GROUP_EMBED,
+  LT_GROUP_NORM,
+  LT_GROUP_ATTN,
+  LT_GROUP_FFN,
+  LT_GROUP_HEAD,
+  LT_GROUP_COUNT
+} lt_param_group;
+
+typedef enum lt_init_kind { LT_INIT_ZEROS, LT_INIT_ONES, LT_INIT_NORMAL } lt_init_kind;
+
+typedef struct lt_param_spec {
+  lt_init_kind init;
+  float std;            // for LT_INIT_NORMAL
+  lt_param_group group;
+  bool fused_with_prev; // laid out right after the previous parameter with no padding, so the
+                        // two can be read as one matrix (q|k|v, gate|up)
+} lt_param_spec;
+
+typedef struct lt_param_info {
+  char name[96];
+  int ndim;
+  int64_t shape[LT_MAX_DIMS]; // logical (unsharded) shape
+  int64_t numel;
+  size_t offset;              // in elements, into each flat buffer
+  lt_param_spec spec;
+  lt_param *bind;             // the layer's handle, filled by lt_params_allocate
+} lt_param_info;
+
+typedef struct lt_params {
+  lt_param_info *info;
+  int count, capacity;
+  size_t numel;     // elements in each flat buffer, padding included
+  lt_device device;
+  float *master;    // f32 weights (updated by the optimizer)
+  float *grad;      // f32 gradients
+  float *adam_m, *adam_v;
+  void *compute;    // what the kernels read: == master on the CPU, a bf16 copy on CUDA
+} lt_params;
+
+const char *lt_param_group_name(lt_param_group group);
+
+void lt_params_begin(lt_params *params);
+int lt_params_add(lt_params *params, lt_param *bind, const char *name, int ndim,
+                  const int64_t *shape, lt_param_spec spec);
+int lt_params_allocate(lt_params *params, lt_device device);
+// Fills every parameter from `seed`: the value of element i of parameter "name" depends only on
+// (seed, name, i), so the same model is built whatever the parallel layout.
+int lt_params_init(lt_params *params, uint64_t seed);
+int lt_params_zero_grad(lt_params *params);
+// After the optimizer changed master: refresh the compute copy (a no-op on the CPU).
+int lt_params_sync_compute(lt_params *params);
+const lt_param_info *lt_params_find(const lt_params *params, const char *name);
+void lt_params_free(lt_params *params);
+
+#endif

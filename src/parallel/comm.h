@@ -1,0 +1,23 @@
+// The process group. A run launched by mpirun (or srun) initialises MPI and is one rank of a
+// world; a plain `longtrain train` is a world of one and never touches MPI. Layers ask this
+// module for collectives; they never call MPI themselves.
+#ifndef LT_COMM_H
+#define LT_COMM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct lt_world {
+  int rank, size;
+  bool mpi; // MPI was initialised (launched under mpirun or srun)
+} lt_world;
+
+// Joins the world: MPI_Init when a launcher's environment is present.
+int lt_world_init(lt_world *world, int *argc, char ***argv);
+void lt_world_finalize(lt_world *world);
+// Ends every rank of the job (after a fatal error on this one).
+void lt_world_abort(lt_world *world, int code);
+// Sums `n` doubles over all ranks, in place, on the host.
+int lt_world_allreduce_sum(lt_world *world, double *values, int n);
+
+#endif

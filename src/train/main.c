@@ -1,0 +1,86 @@
+// longtrain <command> [args]: the command-line entry point. Only here does an error end the
+// process: its one-line message goes to stderr and its status is the exit code (README, "Exit
+// codes").
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "data/prepare.h"
+#include "parallel/comm.h"
+#include "train/trainer.h"
+
+static const char *usage =
+    "usage: longtrain <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  prepare   tokenize text files into an HDF5 token dataset\n"
+    "  train     train a model from a YAML config\n"
+    "  config    print the documentation of every config key (--docs), or a resolved config\n"
+    "\n"
+    "`longtrain <command> --help` describes each.\n";
+
+static const char *config_usage =
+    "usage: longtrain config --docs\n"
+    "       longtrain config [--config FILE.yaml] [--set key=value ...]\n"
+    "\n"
+    "--docs prints a table of every key with its type, default and meaning. Otherwise prints the\n"
+    "resolved config: the defaults, then FILE.yaml, then each --set.\n";
+
+static int config_main(int argc, char **argv) {
+  const char *path = NULL;
+  char *overrides[64];
+  int n = 0;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--docs") == 0) {
+      lt_config_print_docs();
+      return LT_OK;
+    } else if (strcmp(argv[i], "--help") == 0) {
+      fputs(config_usage, stdout);
+      return LT_OK;
+    } else if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+      path = argv[++i];
+    } else if (strcmp(argv[i], "--set") == 0 && i + 1 < argc && n < 64) {
+      overrides[n++] = argv[++i];
+    } else {
+      return lt_fail(LT_ERR_USAGE, "config: unexpected argument '%s' (see longtrain config --help)",
+                     argv[i]);
+    }
+  }
+  lt_config cfg;
+  LT_TRY(lt_config_load(&cfg, path, n, overrides));
+  char *yaml;
+  LT_TRY(lt_config_to_yaml(&cfg, &yaml));
+  fputs(yaml, stdout);
+  free(yaml);
+  return LT_OK;
+}
+
+int main(int argc, char **argv) {
+  lt_world world;
+  int rc = lt_world_init(&world, &argc, &argv);
+  if (rc == LT_OK) {
+    lt_log_set_rank(world.rank, world.size);
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+      fputs(usage, argc < 2 ? stderr : stdout);
+      rc = argc < 2 ? LT_ERR_USAGE : LT_OK;
+      if (argc < 2) lt_fail(LT_ERR_USAGE, "no command given");
+    } else if (strcmp(argv[1], "prepare") == 0) {
+      rc = lt_prepare_main(argc - 1, argv + 1);
+    } else if (strcmp(argv[1], "train") == 0) {
+      rc = lt_train_main(argc - 1, argv + 1, &world);
+    } else if (strcmp(argv[1], "config") == 0) {
+      rc = config_main(argc - 1, argv + 1);
+    } else {
+      rc = lt_fail(LT_ERR_USAGE, "unknown command '%s' (see longtrain --help)", argv[1]);
+    }
+  }
+  if (rc != LT_OK) {
+    fprintf(stderr, "longtrain: error: %s\n", lt_error_message());
+    lt_world_abort(&world, rc);
+  }
+  lt_world_finalize(&world);
+  return rc;
+}

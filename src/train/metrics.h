@@ -1,0 +1,25 @@
+// Progress: a line per logged step on stdout, and the same record appended to
+// RUN_DIR/metrics.jsonl (one JSON object per line) for plots and scripts.
+#ifndef LT_METRICS_H
+#define LT_METRICS_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+typedef struct lt_step_metrics {
+  int64_t step, steps;
+  double loss, lr, grad_norm;
+  double tokens_per_s, elapsed_s, eta_s;
+  int64_t tokens_seen;
+} lt_step_metrics;
+
+typedef struct lt_metrics {
+  FILE *jsonl;
+  char path[1100];
+} lt_metrics;
+
+int lt_metrics_open(lt_metrics *metrics, const char *run_dir);
+int lt_metrics_log(lt_metrics *metrics, const lt_step_metrics *m, int print);
+void lt_metrics_close(lt_metrics *metrics);
+
+#endif

@@ -1,0 +1,73 @@
+#include "testing.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "core/rng.h"
+
+void lt_test_fill_normal(float *x, int64_t n, uint64_t seed, float std) {
+  lt_rng rng = lt_rng_seed(seed);
+  for (int64_t i = 0; i < n; i++) x[i] = std * lt_rng_normal(&rng);
+}
+
+double lt_test_max_rel_diff(const float *a, const float *b, int64_t n, double floor) {
+  double worst = 0.0;
+  for (int64_t i = 0; i < n; i++) {
+    double scale = fabs((double)b[i]) > floor ? fabs((double)b[i]) : floor;
+    double rel = fabs((double)a[i] - (double)b[i]) / scale;
+    if (!(rel <= worst)) worst = rel; // NaN propagates as the worst
+  }
+  return worst;
+}
+
+double lt_test_max_abs(const float *a, int64_t n) {
+  double worst = 0.0;
+  for (int64_t i = 0; i < n; i++)
+    if (fabs((double)a[i]) > worst) worst = fabs((double)a[i]);
+  return worst;
+}
+
+const char *lt_test_tmpdir(void) {
+  static char paths[16][256];
+  static int used = 0;
+  const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+  char *path = paths[used++ % 16];
+  snprintf(path, 256, "%s/longtrain-test-XXXXXX", base);
+  if (!mkdtemp(path)) fail_msg("mkdtemp failed under %s", base);
+  return path;
+}
+
+void lt_test_write_file(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  if (!f) fail_msg("cannot write %s", path);
+  fputs(text, f);
+  fclose(f);
+}
+
+int lt_test_run(const char *command, char *out, size_t cap) {
+  char full[8192];
+  snprintf(full, sizeof full, "(%s) 2>&1", command);
+  FILE *p = popen(full, "r");
+  if (!p) fail_msg("popen failed for %s", command);
+  size_t len = 0, got;
+  char sink[4096];
+  while ((got = fread(len + 1 < cap ? out + len : sink, 1,
+                      len + 1 < cap ? cap - 1 - len : sizeof sink, p)) > 0)
+    if (len + 1 < cap) len += got;
+  if (cap) out[len < cap ? len : cap - 1] = '\0';
+  int status = pclose(p);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+const char *lt_test_source_path(const char *relative) {
+  static char paths[8][1024];
+  static int used = 0;
+  char *path = paths[used++ % 8];
+  snprintf(path, 1024, "%s/%s", LT_SOURCE_DIR, relative);
+  return path;
+}
+
+const char *lt_test_binary(void) { return LT_BINARY; }

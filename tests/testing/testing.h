@@ -1,0 +1,39 @@
+// Helpers shared by the tests.
+#ifndef LT_TESTING_H
+#define LT_TESTING_H
+
+// cmocka needs these first.
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "core/error.h"
+
+// Fails the test with longtrain's error message when an lt_status call fails.
+#define assert_ok(expr)                                                                            \
+  do {                                                                                             \
+    int assert_ok_rc_ = (expr);                                                                    \
+    if (assert_ok_rc_ != LT_OK) fail_msg("%s -> %d: %s", #expr, assert_ok_rc_, lt_error_message()); \
+  } while (0)
+
+// x[i] ~ N(0, std^2), deterministic in seed.
+void lt_test_fill_normal(float *x, int64_t n, uint64_t seed, float std);
+// max over i of |a - b| / max(|b|, floor)
+double lt_test_max_rel_diff(const float *a, const float *b, int64_t n, double floor);
+// max |a| over i
+double lt_test_max_abs(const float *a, int64_t n);
+
+// A fresh empty folder under $TMPDIR (or /tmp); the path stays valid for the test program's life.
+const char *lt_test_tmpdir(void);
+void lt_test_write_file(const char *path, const char *text);
+// Runs `command` through the shell, stdout and stderr captured into out (truncated to cap);
+// returns its exit status (or -1 when it did not exit normally).
+int lt_test_run(const char *command, char *out, size_t cap);
+// A path inside the source tree or the build, for fixtures and the longtrain binary.
+const char *lt_test_source_path(const char *relative);
+const char *lt_test_binary(void);
+
+#endif
