@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config
-  libopenblas-dev            # BLAS (sgemm) for the CPU kernels
+  libopenblas-openmp-dev     # BLAS (sgemm) for the CPU kernels, sharing the OpenMP threads
   libhdf5-dev                # datasets and checkpoints
   libopenmpi-dev openmpi-bin # multi-process runs (mpirun)
   libyaml-dev                # configs

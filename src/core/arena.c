@@ -22,7 +22,8 @@ void lt_arena_destroy(lt_arena *arena) {
   *arena = (lt_arena){0};
 }
 
-int lt_arena_alloc(lt_arena *arena, lt_tensor *out, lt_dtype dtype, int ndim, const int64_t *shape) {
+int lt_arena_alloc(lt_arena *arena, lt_tensor *out, lt_dtype dtype, int ndim,
+                   const int64_t *shape) {
   *out = lt_view(NULL, dtype, arena->device, ndim, shape);
   size_t bytes = (lt_nbytes(*out) + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
   if (!arena->measuring) {

@@ -21,7 +21,8 @@ static const lt_config_key *find_key(const char *path) {
 static bool is_section(const char *path) {
   size_t n = strlen(path);
   for (int i = 0; i < lt_config_n_keys; i++)
-    if (strncmp(lt_config_keys[i].path, path, n) == 0 && lt_config_keys[i].path[n] == '.') return true;
+    if (strncmp(lt_config_keys[i].path, path, n) == 0 && lt_config_keys[i].path[n] == '.')
+      return true;
   return false;
 }
 
@@ -40,35 +41,59 @@ static int edit_distance(const char *a, const char *b) {
   return d[la][lb];
 }
 
+// The first `depth` + 1 dot-separated parts of `path` ("model.d_model" at depth 0 is "model").
+static void path_prefix(const char *path, int depth, char *out, size_t cap) {
+  size_t n = 0;
+  while (path[n] && !(path[n] == '.' && depth-- == 0)) n++;
+  snprintf(out, cap, "%.*s", (int)n, path);
+}
+
+// Suggests the nearest key or section at the same depth, so a misspelt section ("modle:") is
+// answered with "model" and a misspelt key with the full key path.
 static int unknown_key(const char *where, const char *path) {
-  const char *best = NULL;
+  int depth = 0;
+  for (const char *p = path; *p; p++) depth += *p == '.';
+  char best[256] = "";
   int best_d = 4; // suggest only near misses
   for (int i = 0; i < lt_config_n_keys; i++) {
-    int d = edit_distance(path, lt_config_keys[i].path);
-    if (d < best_d) best_d = d, best = lt_config_keys[i].path;
+    char candidate[256];
+    path_prefix(lt_config_keys[i].path, depth, candidate, sizeof candidate);
+    int d = edit_distance(path, candidate);
+    if (d < best_d) best_d = d, snprintf(best, sizeof best, "%s", candidate);
   }
-  if (best)
+  if (best[0])
     return lt_fail(LT_ERR_CONFIG, "%s: unknown key '%s' (did you mean '%s'?)", where, path, best);
-  return lt_fail(LT_ERR_CONFIG,
-                 "%s: unknown key '%s' (`longtrain config --docs` lists every key)", where, path);
+  return lt_fail(LT_ERR_CONFIG, "%s: unknown key '%s' (`longtrain config --docs` lists every key)",
+                 where, path);
 }
 
 static const char *type_name(const lt_config_key *key) {
   switch (key->type) {
-  case LT_CFG_INT: case LT_CFG_INT64: return "an integer";
-  case LT_CFG_FLOAT: return "a number";
-  case LT_CFG_BOOL: return "true or false";
-  case LT_CFG_STRING: return "a string";
-  case LT_CFG_ENUM: return "one of";
+  case LT_CFG_INT:
+  case LT_CFG_INT64:
+    return "an integer";
+  case LT_CFG_FLOAT:
+    return "a number";
+  case LT_CFG_BOOL:
+    return "true or false";
+  case LT_CFG_STRING:
+    return "a string";
+  case LT_CFG_ENUM:
+    return "one of";
   }
   return "?";
 }
 
 static int check_range(const char *where, const lt_config_key *key, double v, const char *text) {
   if (v >= key->min && v <= key->max) return LT_OK;
-  if (key->max >= 1e300 || key->max == 2147483647.0 || key->max >= 1e15)
+  // Keys without a real upper limit carry the type's largest value, which says nothing useful.
+  bool unbounded = key->max >= 1e300 || key->max == 2147483647.0 || key->max >= 1e15;
+  if (unbounded && v < key->min)
     return lt_fail(LT_ERR_CONFIG, "%s: %s must be at least %g, got %s", where, key->path, key->min,
                    text);
+  if (unbounded)
+    return lt_fail(LT_ERR_CONFIG, "%s: %s must be at most %.15g, got %s", where, key->path,
+                   key->max, text);
   return lt_fail(LT_ERR_CONFIG, "%s: %s must be between %g and %g, got %s", where, key->path,
                  key->min, key->max, text);
 }
@@ -95,8 +120,8 @@ static int set_value(lt_config *cfg, const lt_config_key *key, const char *text,
     return lt_fail(LT_ERR_CONFIG, "%s: %s expects %s%s%s, got the quoted string \"%s\"", where,
                    key->path, type_name(key), key->choices ? " " : "",
                    key->choices ? key->choices : "", text);
-  if (key->type != LT_CFG_STRING && (text[0] == '\0' || strcmp(text, "~") == 0 ||
-                                     strcasecmp(text, "null") == 0))
+  if (key->type != LT_CFG_STRING &&
+      (text[0] == '\0' || strcmp(text, "~") == 0 || strcasecmp(text, "null") == 0))
     return lt_fail(LT_ERR_CONFIG, "%s: %s has no value; give %s%s%s", where, key->path,
                    type_name(key), key->choices ? " " : "", key->choices ? key->choices : "");
   switch (key->type) {
@@ -108,12 +133,15 @@ static int set_value(lt_config *cfg, const lt_config_key *key, const char *text,
     if (*end != '\0' || errno) { // accept integral scientific notation: steps: 1e6
       double d = strtod(text, &end);
       if (*end != '\0' || d != floor(d) || fabs(d) > 9.2e18)
-        return lt_fail(LT_ERR_CONFIG, "%s: %s expects an integer, got '%s'", where, key->path, text);
+        return lt_fail(LT_ERR_CONFIG, "%s: %s expects an integer, got '%s'", where, key->path,
+                       text);
       v = (long long)d;
     }
     LT_TRY(check_range(where, key, (double)v, text));
-    if (key->type == LT_CFG_INT) *(int *)field = (int)v;
-    else *(int64_t *)field = v;
+    if (key->type == LT_CFG_INT)
+      *(int *)field = (int)v;
+    else
+      *(int64_t *)field = v;
     return LT_OK;
   }
   case LT_CFG_FLOAT: {
@@ -167,7 +195,9 @@ typedef struct walk_state {
 } walk_state;
 
 static const char *node_kind(const yaml_node_t *node) {
-  return node->type == YAML_MAPPING_NODE ? "a mapping" : node->type == YAML_SEQUENCE_NODE ? "a list" : "a value";
+  return node->type == YAML_MAPPING_NODE    ? "a mapping"
+         : node->type == YAML_SEQUENCE_NODE ? "a list"
+                                            : "a value";
 }
 
 static int walk_mapping(walk_state *st, yaml_node_t *map, const char *prefix) {
@@ -189,8 +219,7 @@ static int walk_mapping(walk_state *st, yaml_node_t *map, const char *prefix) {
         return lt_fail(LT_ERR_CONFIG, "%s: %s expects %s%s%s, got %s", where, path, type_name(key),
                        key->choices ? " " : "", key->choices ? key->choices : "", node_kind(v));
       int index = (int)(key - lt_config_keys);
-      if (st->seen[index])
-        return lt_fail(LT_ERR_CONFIG, "%s: %s is given twice", where, path);
+      if (st->seen[index]) return lt_fail(LT_ERR_CONFIG, "%s: %s is given twice", where, path);
       st->seen[index] = true;
       snprintf(where, sizeof where, "%s:%zu", st->name, v->start_mark.line + 1);
       bool plain = v->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
@@ -213,10 +242,15 @@ static int load_yaml(lt_config *cfg, const char *text, size_t len, const char *n
   if (!yaml_parser_initialize(&parser)) return lt_fail(LT_ERR_MEMORY, "%s: out of memory", name);
   yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
   if (!yaml_parser_load(&parser, &doc)) {
-    int rc = lt_fail(LT_ERR_CONFIG, "%s:%zu:%zu: YAML syntax error: %s%s%s", name,
+    // libyaml notices an unclosed bracket or quote only further down; the context mark says
+    // where the construct it was parsing began, which is where the fix usually goes.
+    char started[64] = "";
+    if (parser.context)
+      snprintf(started, sizeof started, " started at line %zu", parser.context_mark.line + 1);
+    int rc = lt_fail(LT_ERR_CONFIG, "%s:%zu:%zu: YAML syntax error: %s%s%s%s", name,
                      parser.problem_mark.line + 1, parser.problem_mark.column + 1,
                      parser.problem ? parser.problem : "malformed document",
-                     parser.context ? " " : "", parser.context ? parser.context : "");
+                     parser.context ? " " : "", parser.context ? parser.context : "", started);
     yaml_parser_delete(&parser);
     return rc;
   }
@@ -224,14 +258,25 @@ static int load_yaml(lt_config *cfg, const char *text, size_t len, const char *n
   yaml_node_t *root = yaml_document_get_root_node(&doc);
   if (root && !(root->type == YAML_SCALAR_NODE && root->data.scalar.length == 0)) {
     if (root->type != YAML_MAPPING_NODE) {
-      rc = lt_fail(LT_ERR_CONFIG, "%s: the top level must be a mapping of sections (model:, train:, "
-                   "...), got %s", name, node_kind(root));
+      rc = lt_fail(LT_ERR_CONFIG,
+                   "%s: the top level must be a mapping of sections (model:, train:, "
+                   "...), got %s",
+                   name, node_kind(root));
     } else {
       walk_state st = {.cfg = cfg, .doc = &doc, .name = name};
       rc = walk_mapping(&st, root, "");
     }
   }
   yaml_document_delete(&doc);
+  // A second document ("---" then more keys) would otherwise be ignored without a word.
+  if (rc == LT_OK && yaml_parser_load(&parser, &doc)) {
+    yaml_node_t *extra = yaml_document_get_root_node(&doc);
+    if (extra && !(extra->type == YAML_SCALAR_NODE && extra->data.scalar.length == 0))
+      rc = lt_fail(LT_ERR_CONFIG,
+                   "%s:%zu: a second YAML document ('---') is not read: put every key in one", name,
+                   extra->start_mark.line + 1);
+    yaml_document_delete(&doc);
+  }
   yaml_parser_delete(&parser);
   return rc;
 }
@@ -262,6 +307,11 @@ int lt_config_load_string(lt_config *cfg, const char *yaml, const char *name, in
   snprintf(cfg->source, sizeof cfg->source, "%s", name);
   LT_TRY(load_yaml(cfg, yaml, strlen(yaml), name));
   for (int i = 0; i < n_overrides; i++) LT_TRY(lt_config_set(cfg, overrides[i]));
+  // Cross-key messages name cfg->source: say so when a key may have come from the command line.
+  if (n_overrides > 0) {
+    size_t len = strlen(cfg->source);
+    snprintf(cfg->source + len, sizeof cfg->source - len, " with --set overrides");
+  }
   return lt_config_validate(cfg);
 }
 
@@ -286,14 +336,17 @@ int lt_config_load(lt_config *cfg, const char *path, int n_overrides, char *cons
     memcpy(text + len, chunk, got);
     len += got;
   }
-  int read_error = ferror(f);
+  int read_error = ferror(f), read_errno = errno;
   fclose(f);
   if (read_error) {
     free(text);
-    return lt_fail(LT_ERR_CONFIG, "%s: read error", path);
+    return lt_fail(LT_ERR_CONFIG, "%s: cannot read the config file: %s", path,
+                   strerror(read_errno));
   }
-  if (!text) text = calloc(1, 1);
-  else text[len] = '\0';
+  if (!text)
+    text = calloc(1, 1);
+  else
+    text[len] = '\0';
   if (strlen(text) != len) {
     free(text);
     return lt_fail(LT_ERR_CONFIG, "%s: contains a NUL byte; is it a YAML file?", path);
@@ -336,16 +389,27 @@ static void append(text_buf *b, const char *fmt, ...) {
 static void append_scalar(text_buf *b, const lt_config *cfg, const lt_config_key *key) {
   const char *field = (const char *)cfg + key->offset;
   switch (key->type) {
-  case LT_CFG_INT: append(b, "%d", *(const int *)field); break;
-  case LT_CFG_INT64: append(b, "%lld", (long long)*(const int64_t *)field); break;
-  case LT_CFG_FLOAT: append(b, "%.17g", *(const double *)field); break; // round-trips exactly
-  case LT_CFG_BOOL: append(b, "%s", *(const bool *)field ? "true" : "false"); break;
+  case LT_CFG_INT:
+    append(b, "%d", *(const int *)field);
+    break;
+  case LT_CFG_INT64:
+    append(b, "%lld", (long long)*(const int64_t *)field);
+    break;
+  case LT_CFG_FLOAT:
+    append(b, "%.17g", *(const double *)field);
+    break; // round-trips exactly
+  case LT_CFG_BOOL:
+    append(b, "%s", *(const bool *)field ? "true" : "false");
+    break;
   case LT_CFG_STRING:
     append(b, "\"");
     for (const char *p = field; *p; p++) {
-      if (*p == '"' || *p == '\\') append(b, "\\%c", *p);
-      else if ((unsigned char)*p < 0x20) append(b, "\\x%02x", (unsigned char)*p);
-      else append(b, "%c", *p);
+      if (*p == '"' || *p == '\\')
+        append(b, "\\%c", *p);
+      else if ((unsigned char)*p < 0x20)
+        append(b, "\\x%02x", (unsigned char)*p);
+      else
+        append(b, "%c", *p);
     }
     append(b, "\"");
     break;
@@ -391,9 +455,15 @@ void lt_config_print_docs(void) {
   printf("| key | type | default | meaning |\n| --- | --- | --- | --- |\n");
   for (int i = 0; i < lt_config_n_keys; i++) {
     const lt_config_key *k = &lt_config_keys[i];
-    const char *type = k->type == LT_CFG_ENUM ? k->choices : k->type == LT_CFG_FLOAT ? "float"
-                       : k->type == LT_CFG_BOOL ? "bool" : k->type == LT_CFG_STRING ? "string" : "int";
-    printf("| `%s` | %s | `%s` | %s |\n", k->path, type, k->default_value[0] ? k->default_value : "\"\"",
-           k->doc);
+    printf("| `%s` | ", k->path);
+    if (k->type == LT_CFG_ENUM) // "a|b|c" would split the table's cells
+      for (const char *p = k->choices; *p; p++) fputs(*p == '|' ? " / " : (char[]){*p, 0}, stdout);
+    else
+      fputs(k->type == LT_CFG_FLOAT    ? "float"
+            : k->type == LT_CFG_BOOL   ? "bool"
+            : k->type == LT_CFG_STRING ? "string"
+                                       : "int",
+            stdout);
+    printf(" | `%s` | %s |\n", k->default_value[0] ? k->default_value : "\"\"", k->doc);
   }
 }

@@ -51,11 +51,17 @@ typedef struct lt_config {
   char source[LT_PATH_MAX]; // the file it came from, for messages ("<defaults>" if none)
 } lt_config;
 
-typedef enum lt_config_type { LT_CFG_INT, LT_CFG_INT64, LT_CFG_FLOAT, LT_CFG_BOOL, LT_CFG_STRING,
-                              LT_CFG_ENUM } lt_config_type;
+typedef enum lt_config_type {
+  LT_CFG_INT,
+  LT_CFG_INT64,
+  LT_CFG_FLOAT,
+  LT_CFG_BOOL,
+  LT_CFG_STRING,
+  LT_CFG_ENUM
+} lt_config_type;
 
 typedef struct lt_config_key {
-  const char *path;          // "model.d_model"
+  const char *path; // "model.d_model"
   lt_config_type type;
   size_t offset;             // of the field in lt_config
   size_t size;               // of the field (strings: the buffer)

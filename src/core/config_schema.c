@@ -7,12 +7,18 @@
 #include "core/error.h"
 
 #define FIELD(f) offsetof(lt_config, f), sizeof(((lt_config *)0)->f)
-#define INT(path, f, def, lo, hi, doc) {path, LT_CFG_INT, FIELD(f), def, lo, hi, NULL, doc}
-#define INT64(path, f, def, lo, hi, doc) {path, LT_CFG_INT64, FIELD(f), def, lo, hi, NULL, doc}
-#define FLOAT(path, f, def, lo, hi, doc) {path, LT_CFG_FLOAT, FIELD(f), def, lo, hi, NULL, doc}
-#define BOOL(path, f, def, doc) {path, LT_CFG_BOOL, FIELD(f), def, 0, 0, NULL, doc}
-#define STRING(path, f, def, doc) {path, LT_CFG_STRING, FIELD(f), def, 0, 0, NULL, doc}
-#define ENUM(path, f, def, choices, doc) {path, LT_CFG_ENUM, FIELD(f), def, 0, 0, choices, doc}
+#define INT(path, f, def, lo, hi, doc)                                                             \
+  { path, LT_CFG_INT, FIELD(f), def, lo, hi, NULL, doc }
+#define INT64(path, f, def, lo, hi, doc)                                                           \
+  { path, LT_CFG_INT64, FIELD(f), def, lo, hi, NULL, doc }
+#define FLOAT(path, f, def, lo, hi, doc)                                                           \
+  { path, LT_CFG_FLOAT, FIELD(f), def, lo, hi, NULL, doc }
+#define BOOL(path, f, def, doc)                                                                    \
+  { path, LT_CFG_BOOL, FIELD(f), def, 0, 0, NULL, doc }
+#define STRING(path, f, def, doc)                                                                  \
+  { path, LT_CFG_STRING, FIELD(f), def, 0, 0, NULL, doc }
+#define ENUM(path, f, def, choices, doc)                                                           \
+  { path, LT_CFG_ENUM, FIELD(f), def, 0, 0, choices, doc }
 
 #define BIG 2147483647.0
 
@@ -39,7 +45,8 @@ const lt_config_key lt_config_keys[] = {
          "llama, with the output projections (attn.wo, ffn.w_down) scaled by 1/sqrt(2*n_layers) "
          "(GPT-2, Megatron). neox: GPT-NeoX's small_init, N(0, sqrt(2/(5*d_model))), and wang_init "
          "for output projections, N(0, 2/(n_layers*sqrt(d_model)))."),
-    FLOAT("model.init_std", model.init_std, "0.02", 0, 10, "Standard deviation for llama/scaled init."),
+    FLOAT("model.init_std", model.init_std, "0.02", 0, 10,
+          "Standard deviation for llama/scaled init."),
 
     INT64("train.steps", train.steps, "1000", 1, 1e15, "Optimizer steps to train for."),
     INT("train.batch", train.batch, "8", 1, BIG,
@@ -53,13 +60,15 @@ const lt_config_key lt_config_keys[] = {
     FLOAT("train.min_lr", train.min_lr, "3e-5", 0, 10,
           "Learning rate floor that the decay ends at (absolute, not a ratio)."),
     INT("train.warmup", train.warmup, "100", 0, BIG, "Steps of linear warmup from 0 to train.lr."),
-    ENUM("train.decay", train.decay, "cosine", "cosine|linear|constant",
-         "Shape of the decay from train.lr to train.min_lr after warmup, over the remaining steps."),
+    ENUM(
+        "train.decay", train.decay, "cosine", "cosine|linear|constant",
+        "Shape of the decay from train.lr to train.min_lr after warmup, over the remaining steps."),
     FLOAT("train.weight_decay", train.weight_decay, "0.1", 0, 10,
           "AdamW decoupled weight decay, applied to 2-D weight matrices."),
     BOOL("train.decay_embeddings", train.decay_embeddings, "false",
          "Also apply weight decay to the token embedding."),
-    BOOL("train.decay_norms", train.decay_norms, "false", "Also apply weight decay to RMSNorm weights."),
+    BOOL("train.decay_norms", train.decay_norms, "false",
+         "Also apply weight decay to RMSNorm weights."),
     FLOAT("train.beta1", train.beta1, "0.9", 0, 0.999999, "AdamW beta1."),
     FLOAT("train.beta2", train.beta2, "0.95", 0, 0.99999999, "AdamW beta2."),
     FLOAT("train.eps", train.eps, "1e-8", 0, 1, "AdamW epsilon."),
@@ -76,7 +85,8 @@ const lt_config_key lt_config_keys[] = {
            "Folder for this run's metrics.jsonl and resolved config.yaml."),
     INT64("run.seed", run.seed, "1234", 0, 9.2e18,
           "Seed for initialisation and data order; same seed and config give the same run."),
-    INT("run.log_every", run.log_every, "1", 1, BIG, "Print a progress line every this many steps."),
+    INT("run.log_every", run.log_every, "1", 1, BIG,
+        "Print a progress line every this many steps."),
     INT("run.threads", run.threads, "0", 0, 4096,
         "CPU threads for the CPU kernels and OpenBLAS; 0 means all cores."),
     ENUM("run.device", run.device, "cpu", "cpu|cuda", "Where to train."),
@@ -90,25 +100,29 @@ int lt_config_validate(const lt_config *cfg) {
   const char *src = cfg->source;
   int kv = m->n_kv_heads ? m->n_kv_heads : m->n_heads;
   LT_CHECK(m->n_heads % kv == 0, LT_ERR_CONFIG,
-           "%s: model.n_heads (%d) must be a multiple of model.n_kv_heads (%d)", src, m->n_heads, kv);
+           "%s: model.n_heads (%d) must be a multiple of model.n_kv_heads (%d)", src, m->n_heads,
+           kv);
   if (m->head_dim == 0)
-    LT_CHECK(m->d_model % m->n_heads == 0, LT_ERR_CONFIG,
-             "%s: model.d_model (%d) must be divisible by model.n_heads (%d), or set model.head_dim",
-             src, m->d_model, m->n_heads);
+    LT_CHECK(
+        m->d_model % m->n_heads == 0, LT_ERR_CONFIG,
+        "%s: model.d_model (%d) must be divisible by model.n_heads (%d), or set model.head_dim",
+        src, m->d_model, m->n_heads);
   int head_dim = m->head_dim ? m->head_dim : m->d_model / m->n_heads;
   LT_CHECK(head_dim <= 256, LT_ERR_CONFIG,
            "%s: the head width d_model / n_heads (%d) exceeds 256: raise model.n_heads or set "
-           "model.head_dim", src, head_dim);
+           "model.head_dim",
+           src, head_dim);
   LT_CHECK(head_dim % 2 == 0, LT_ERR_CONFIG,
-           "%s: the head width (%d) must be even for RoPE: set model.head_dim or model.n_heads", src,
-           head_dim);
+           "%s: the head width (%d) must be even for RoPE: set model.head_dim or model.n_heads",
+           src, head_dim);
   LT_CHECK(t->seq_len <= m->max_seq_len, LT_ERR_CONFIG,
            "%s: train.seq_len (%d) exceeds model.max_seq_len (%d): raise model.max_seq_len", src,
            t->seq_len, m->max_seq_len);
   int micro = t->micro_batch ? t->micro_batch : t->batch;
   LT_CHECK(t->batch % micro == 0, LT_ERR_CONFIG,
-           "%s: train.batch (%d) must be a multiple of train.micro_batch (%d)", src, t->batch, micro);
-  LT_CHECK(t->min_lr <= t->lr, LT_ERR_CONFIG,
-           "%s: train.min_lr (%g) must not exceed train.lr (%g)", src, t->min_lr, t->lr);
+           "%s: train.batch (%d) must be a multiple of train.micro_batch (%d)", src, t->batch,
+           micro);
+  LT_CHECK(t->min_lr <= t->lr, LT_ERR_CONFIG, "%s: train.min_lr (%g) must not exceed train.lr (%g)",
+           src, t->min_lr, t->lr);
   return LT_OK;
 }

@@ -31,9 +31,10 @@ int lt_device_alloc(lt_device device, size_t bytes, const char *what, void **out
     // 256-byte alignment keeps every arena view aligned for AVX-512 and for cudaMemcpy.
     size_t rounded = (bytes + 255) & ~(size_t)255;
     *out = aligned_alloc(256, rounded);
-    LT_CHECK(*out, LT_ERR_MEMORY, "out of host memory allocating %s for %s: lower train.micro_batch "
-             "or train.seq_len, or enable train.recompute", lt_format_bytes((double)bytes, size, 32),
-             what);
+    LT_CHECK(*out, LT_ERR_MEMORY,
+             "out of host memory allocating %s for %s: lower train.micro_batch "
+             "or train.seq_len, or enable train.recompute",
+             lt_format_bytes((double)bytes, size, 32), what);
     return LT_OK;
   }
 #ifdef LT_WITH_CUDA

@@ -53,13 +53,17 @@ int lt_error_context(int code, const char *fmt, ...) {
   return code;
 }
 
-const char *lt_error_message(void) { return message[0] ? message : "no error"; }
+const char *lt_error_message(void) {
+  return message[0] ? message : "no error";
+}
 
-void lt_error_clear(void) { message[0] = '\0'; }
+void lt_error_clear(void) {
+  message[0] = '\0';
+}
 
 const char *lt_status_name(int code) {
-  static const char *names[] = {"ok",   "internal", "usage",  "config", "data",   "checkpoint",
-                                "io",   "memory",   "device", "comm",   "numeric"};
+  static const char *names[] = {"ok", "internal", "usage",  "config", "data",   "checkpoint",
+                                "io", "memory",   "device", "comm",   "numeric"};
   if (code >= 0 && code < (int)(sizeof names / sizeof names[0])) return names[code];
   return "unknown";
 }

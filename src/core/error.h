@@ -43,7 +43,7 @@ const char *lt_status_name(int code);
 
 #define LT_ASSERT(cond)                                                                            \
   do {                                                                                             \
-    if (!(cond)) return lt_fail_internal(__FILE__, __LINE__, "assertion failed: %s", #cond);      \
+    if (!(cond)) return lt_fail_internal(__FILE__, __LINE__, "assertion failed: %s", #cond);       \
   } while (0)
 
 #define LT_TRY(expr)                                                                               \

@@ -11,7 +11,9 @@ void lt_log_set_rank(int rank, int world) {
   log_world = world;
 }
 
-void lt_log_set_level(lt_log_level level) { log_level = level; }
+void lt_log_set_level(lt_log_level level) {
+  log_level = level;
+}
 
 void lt_log(lt_log_level level, const char *fmt, ...) {
   if (level < log_level) return;

@@ -10,8 +10,8 @@ void lt_log_set_level(lt_log_level level);
 void lt_log(lt_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define lt_debug(...) lt_log(LT_LOG_DEBUG, __VA_ARGS__)
-#define lt_info(...) lt_log(LT_LOG_INFO, __VA_ARGS__)
-#define lt_warn(...) lt_log(LT_LOG_WARN, __VA_ARGS__)
+#define lt_info(...)  lt_log(LT_LOG_INFO, __VA_ARGS__)
+#define lt_warn(...)  lt_log(LT_LOG_WARN, __VA_ARGS__)
 #define lt_error(...) lt_log(LT_LOG_ERROR, __VA_ARGS__)
 
 #endif

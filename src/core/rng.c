@@ -13,7 +13,9 @@ static uint64_t mix64(uint64_t z) {
 
 static const uint64_t golden = 0x9e3779b97f4a7c15ULL;
 
-lt_rng lt_rng_seed(uint64_t seed) { return (lt_rng){.key = mix64(seed + golden), .counter = 0}; }
+lt_rng lt_rng_seed(uint64_t seed) {
+  return (lt_rng){.key = mix64(seed + golden), .counter = 0};
+}
 
 lt_rng lt_rng_split(lt_rng parent, uint64_t stream) {
   return (lt_rng){.key = mix64(parent.key ^ mix64(stream * golden + 1)), .counter = 0};
@@ -21,7 +23,8 @@ lt_rng lt_rng_split(lt_rng parent, uint64_t stream) {
 
 lt_rng lt_rng_split_name(lt_rng parent, const char *name) {
   uint64_t h = 0xcbf29ce484222325ULL; // FNV-1a, then mixed
-  for (const unsigned char *p = (const unsigned char *)name; *p; p++) h = (h ^ *p) * 0x100000001b3ULL;
+  for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+    h = (h ^ *p) * 0x100000001b3ULL;
   return lt_rng_split(parent, mix64(h));
 }
 
@@ -29,9 +32,13 @@ uint64_t lt_rng_u64_at(uint64_t key, uint64_t index) {
   return mix64(mix64(key + index * golden) ^ key);
 }
 
-uint64_t lt_rng_u64(lt_rng *rng) { return lt_rng_u64_at(rng->key, rng->counter++); }
+uint64_t lt_rng_u64(lt_rng *rng) {
+  return lt_rng_u64_at(rng->key, rng->counter++);
+}
 
-float lt_rng_uniform(lt_rng *rng) { return (float)(lt_rng_u64(rng) >> 40) * 0x1.0p-24f; }
+float lt_rng_uniform(lt_rng *rng) {
+  return (float)(lt_rng_u64(rng) >> 40) * 0x1.0p-24f;
+}
 
 uint64_t lt_rng_below(lt_rng *rng, uint64_t n) {
   uint64_t limit = UINT64_MAX - UINT64_MAX % n; // reject the short last bucket

@@ -6,10 +6,18 @@
 
 size_t lt_dtype_size(lt_dtype dtype) {
   switch (dtype) {
-  case LT_F32: case LT_I32: case LT_U32: return 4;
-  case LT_BF16: case LT_U16: return 2;
-  case LT_U8: return 1;
-  case LT_I64: case LT_U64: return 8;
+  case LT_F32:
+  case LT_I32:
+  case LT_U32:
+    return 4;
+  case LT_BF16:
+  case LT_U16:
+    return 2;
+  case LT_U8:
+    return 1;
+  case LT_I64:
+  case LT_U64:
+    return 8;
   }
   return 0;
 }
@@ -19,7 +27,9 @@ const char *lt_dtype_name(lt_dtype dtype) {
   return names[dtype];
 }
 
-const char *lt_device_name(lt_device device) { return device == LT_CUDA ? "cuda" : "cpu"; }
+const char *lt_device_name(lt_device device) {
+  return device == LT_CUDA ? "cuda" : "cpu";
+}
 
 lt_tensor lt_view(void *data, lt_dtype dtype, lt_device device, int ndim, const int64_t *shape) {
   assert(ndim >= 1 && ndim <= LT_MAX_DIMS);
@@ -34,7 +44,9 @@ int64_t lt_numel(lt_tensor t) {
   return n;
 }
 
-size_t lt_nbytes(lt_tensor t) { return (size_t)lt_numel(t) * lt_dtype_size(t.dtype); }
+size_t lt_nbytes(lt_tensor t) {
+  return (size_t)lt_numel(t) * lt_dtype_size(t.dtype);
+}
 
 bool lt_same_shape(lt_tensor a, lt_tensor b) {
   if (a.ndim != b.ndim) return false;
@@ -67,7 +79,8 @@ const char *lt_tensor_desc(lt_tensor t, char *buf, size_t len) {
   int n = snprintf(buf, len, "%s (", lt_dtype_name(t.dtype));
   for (int i = 0; i < t.ndim && n > 0 && (size_t)n < len; i++)
     n += snprintf(buf + n, len - (size_t)n, i ? ", %lld" : "%lld", (long long)t.shape[i]);
-  if (n > 0 && (size_t)n < len) snprintf(buf + n, len - (size_t)n, ") %s", lt_device_name(t.device));
+  if (n > 0 && (size_t)n < len)
+    snprintf(buf + n, len - (size_t)n, ") %s", lt_device_name(t.device));
   return buf;
 }
 

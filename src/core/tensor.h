@@ -26,10 +26,10 @@ const char *lt_device_name(lt_device device);
 
 // A view of `data` with the given shape; ndim in 1..LT_MAX_DIMS.
 lt_tensor lt_view(void *data, lt_dtype dtype, lt_device device, int ndim, const int64_t *shape);
-#define LT_SHAPE(...) ((const int64_t[]){__VA_ARGS__})
-#define lt_view1(data, dt, dev, a) lt_view((data), (dt), (dev), 1, LT_SHAPE(a))
-#define lt_view2(data, dt, dev, a, b) lt_view((data), (dt), (dev), 2, LT_SHAPE(a, b))
-#define lt_view3(data, dt, dev, a, b, c) lt_view((data), (dt), (dev), 3, LT_SHAPE(a, b, c))
+#define LT_SHAPE(...)                       ((const int64_t[]){__VA_ARGS__})
+#define lt_view1(data, dt, dev, a)          lt_view((data), (dt), (dev), 1, LT_SHAPE(a))
+#define lt_view2(data, dt, dev, a, b)       lt_view((data), (dt), (dev), 2, LT_SHAPE(a, b))
+#define lt_view3(data, dt, dev, a, b, c)    lt_view((data), (dt), (dev), 3, LT_SHAPE(a, b, c))
 #define lt_view4(data, dt, dev, a, b, c, d) lt_view((data), (dt), (dev), 4, LT_SHAPE(a, b, c, d))
 
 int64_t lt_numel(lt_tensor t);
@@ -44,8 +44,12 @@ lt_tensor lt_flatten2(lt_tensor t);
 // "f32 (2, 32, 64) cpu" for error messages.
 const char *lt_tensor_desc(lt_tensor t, char *buf, size_t len);
 
-static inline float *lt_f32(lt_tensor t) { return (float *)t.data; }
-static inline int32_t *lt_i32(lt_tensor t) { return (int32_t *)t.data; }
+static inline float *lt_f32(lt_tensor t) {
+  return (float *)t.data;
+}
+static inline int32_t *lt_i32(lt_tensor t) {
+  return (int32_t *)t.data;
+}
 
 // bf16 as stored bits; round-to-nearest-even from fp32, NaN kept quiet.
 typedef uint16_t lt_bf16;

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <hdf5.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,9 +75,14 @@ static int write_string_attr(hid_t obj, const char *name, const char *value) {
   return rc < 0 ? -1 : 0;
 }
 
-static int open_fail(lt_dataset *ds, const char *fmt, const char *detail) {
+// Closes what was opened and reports "PATH: what", so each message names the file.
+static int open_fail(lt_dataset *ds, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int open_fail(lt_dataset *ds, const char *fmt, ...) {
   char what[512];
-  snprintf(what, sizeof what, fmt, detail);
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(what, sizeof what, fmt, ap);
+  va_end(ap);
   int rc = lt_fail(LT_ERR_DATA, "%s: %s", ds->path, what);
   lt_dataset_close(ds);
   return rc;
@@ -90,12 +96,15 @@ int lt_dataset_open(lt_dataset *ds, const char *path) {
     return lt_fail(LT_ERR_DATA, "%s: %s: make it with `longtrain prepare --output %s FILES...`",
                    path, strerror(errno), path);
   if (H5Fis_hdf5(path) <= 0)
-    return lt_fail(LT_ERR_DATA, "%s: not an HDF5 file (truncated, or not made by `longtrain "
-                   "prepare`): prepare it again", path);
+    return lt_fail(LT_ERR_DATA,
+                   "%s: not an HDF5 file (truncated, or not made by `longtrain "
+                   "prepare`): prepare it again",
+                   path);
   ds->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-  if (ds->file < 0) return open_fail(ds, "cannot open the HDF5 file (truncated or corrupt?)%s", "");
+  if (ds->file < 0)
+    return open_fail(ds, "cannot open the HDF5 file (truncated or corrupt?): prepare it again");
   if (H5Lexists(ds->file, "tokens", H5P_DEFAULT) <= 0)
-    return open_fail(ds, "has no /tokens dataset%s: is it a longtrain token dataset?", "");
+    return open_fail(ds, "has no /tokens dataset: make a token dataset with `longtrain prepare`");
   ds->tokens = H5Dopen2(ds->file, "tokens", H5P_DEFAULT);
   hid_t space = H5Dget_space(ds->tokens), type = H5Dget_type(ds->tokens);
   int rank = H5Sget_simple_extent_ndims(space);
@@ -105,25 +114,36 @@ int lt_dataset_open(lt_dataset *ds, const char *path) {
   ds->token_bits = (int)H5Tget_size(type) * 8;
   H5Sclose(space);
   H5Tclose(type);
-  if (rank != 1) return open_fail(ds, "/tokens must be 1-D%s", "");
+  if (rank != 1)
+    return open_fail(ds, "/tokens must be 1-D: make a token dataset with `longtrain prepare`");
   if (!unsigned_int || (ds->token_bits != 16 && ds->token_bits != 32))
-    return open_fail(ds, "/tokens must be uint16 or uint32%s", "");
+    return open_fail(
+        ds, "/tokens must be uint16 or uint32: make a token dataset with `longtrain prepare`");
   ds->n_tokens = (int64_t)dims[0];
   int64_t vocab, eos, version = 1;
   if (read_int_attr(ds->file, "vocab_size", &vocab) != 0)
-    return open_fail(ds, "missing the integer attribute %s", "vocab_size");
+    return open_fail(
+        ds,
+        "missing the integer attribute vocab_size: make a token dataset with `longtrain prepare`");
   if (read_int_attr(ds->file, "eos_id", &eos) != 0)
-    return open_fail(ds, "missing the integer attribute %s", "eos_id");
+    return open_fail(
+        ds, "missing the integer attribute eos_id: make a token dataset with `longtrain prepare`");
   if (read_string_attr(ds->file, "tokenizer", ds->tokenizer, sizeof ds->tokenizer) != 0)
-    return open_fail(ds, "missing the string attribute %s", "tokenizer");
+    return open_fail(
+        ds,
+        "missing the string attribute tokenizer: make a token dataset with `longtrain prepare`");
   read_int_attr(ds->file, "format_version", &version);
   if (version > LT_DATASET_FORMAT_VERSION)
-    return open_fail(ds, "written by a newer longtrain (format_version above %s): upgrade", "1");
-  if (vocab < 2 || vocab > INT32_MAX) return open_fail(ds, "vocab_size is out of range%s", "");
+    return open_fail(
+        ds, "format_version %lld is newer than this longtrain reads (%d): upgrade longtrain",
+        (long long)version, LT_DATASET_FORMAT_VERSION);
+  if (vocab < 2 || vocab > INT32_MAX)
+    return open_fail(ds, "vocab_size %lld is out of range", (long long)vocab);
   ds->vocab_size = (int)vocab;
   ds->eos_id = (int)eos;
   if (H5Lexists(ds->file, "doc_offsets", H5P_DEFAULT) <= 0)
-    return open_fail(ds, "has no /doc_offsets dataset%s", "");
+    return open_fail(ds,
+                     "has no /doc_offsets dataset: make a token dataset with `longtrain prepare`");
   hid_t offsets = H5Dopen2(ds->file, "doc_offsets", H5P_DEFAULT);
   hid_t ospace = H5Dget_space(offsets);
   hsize_t n_off = 0;
@@ -140,8 +160,8 @@ int lt_dataset_open(lt_dataset *ds, const char *path) {
   H5Sclose(ospace);
   H5Dclose(offsets);
   if (rc < 0 || last != (uint64_t)ds->n_tokens)
-    return open_fail(ds, "/doc_offsets does not end at the token count (truncated or corrupt?)%s",
-                     "");
+    return open_fail(ds, "/doc_offsets does not end at the token count (truncated or corrupt?): "
+                         "prepare it again");
   ds->n_docs = (int64_t)n_off - 1;
   return LT_OK;
 }
@@ -158,26 +178,31 @@ int lt_dataset_read(lt_dataset *ds, int64_t start, int64_t count, int32_t *out) 
   H5Sclose(space);
   LT_CHECK(rc >= 0, LT_ERR_DATA,
            "%s: cannot read tokens [%lld, %lld): the file is corrupt (checksum mismatch) or "
-           "truncated: prepare it again", ds->path, (long long)start, (long long)(start + count));
+           "truncated: prepare it again",
+           ds->path, (long long)start, (long long)(start + count));
   const uint32_t *raw = (const uint32_t *)out;
   for (int64_t i = 0; i < count; i++)
     LT_CHECK(raw[i] < (uint32_t)ds->vocab_size, LT_ERR_DATA,
              "%s: token %u at position %lld is outside the dataset's vocab_size %d: the dataset "
-             "is corrupt", ds->path, raw[i], (long long)(start + i), ds->vocab_size);
+             "is corrupt; prepare it again",
+             ds->path, raw[i], (long long)(start + i), ds->vocab_size);
   return LT_OK;
 }
 
 int lt_dataset_read_doc_offsets(lt_dataset *ds, uint64_t *out) {
   hid_t offsets = H5Dopen2(ds->file, "doc_offsets", H5P_DEFAULT);
-  herr_t rc = offsets < 0 ? -1 : H5Dread(offsets, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, out);
+  herr_t rc =
+      offsets < 0 ? -1 : H5Dread(offsets, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, out);
   if (offsets >= 0) H5Dclose(offsets);
   LT_CHECK(rc >= 0, LT_ERR_DATA, "%s: cannot read /doc_offsets (corrupt?)", ds->path);
   return LT_OK;
 }
 
 void lt_dataset_close(lt_dataset *ds) {
-  if (ds->tokens >= 0) H5Dclose(ds->tokens);
-  if (ds->file >= 0) H5Fclose(ds->file);
+  // HDF5 ids are positive, so a zeroed lt_dataset (its owner failed before opening it) closes
+  // as a no-op instead of printing HDF5's error stack.
+  if (ds->tokens > 0) H5Dclose(ds->tokens);
+  if (ds->file > 0) H5Fclose(ds->file);
   ds->tokens = ds->file = -1;
 }
 
@@ -210,13 +235,18 @@ int lt_dataset_writer_open(lt_dataset_writer *w, const char *path, const char *t
   return LT_OK;
 }
 
+// Room for one more document start and for the final offset that commit appends.
+static int reserve_offsets(lt_dataset_writer *w) {
+  if (w->n_docs + 2 <= w->docs_capacity) return LT_OK;
+  int64_t cap = w->docs_capacity ? 2 * w->docs_capacity : 1024;
+  uint64_t *grown = realloc(w->doc_offsets, (size_t)cap * sizeof *grown);
+  LT_CHECK(grown, LT_ERR_MEMORY, "out of memory preparing %s", w->path);
+  w->doc_offsets = grown, w->docs_capacity = cap;
+  return LT_OK;
+}
+
 int lt_dataset_writer_add(lt_dataset_writer *w, const int32_t *ids, int64_t n) {
-  if (w->n_docs + 2 > w->docs_capacity) {
-    int64_t cap = w->docs_capacity ? 2 * w->docs_capacity : 1024;
-    uint64_t *grown = realloc(w->doc_offsets, (size_t)cap * sizeof *grown);
-    LT_CHECK(grown, LT_ERR_MEMORY, "out of memory preparing %s", w->path);
-    w->doc_offsets = grown, w->docs_capacity = cap;
-  }
+  LT_TRY(reserve_offsets(w));
   w->doc_offsets[w->n_docs++] = (uint64_t)w->n_tokens;
   if (n == 0) return LT_OK;
   for (int64_t i = 0; i < n; i++)
@@ -236,13 +266,19 @@ int lt_dataset_writer_add(lt_dataset_writer *w, const int32_t *ids, int64_t n) {
 }
 
 int lt_dataset_writer_commit(lt_dataset_writer *w) {
-  w->doc_offsets[w->n_docs] = (uint64_t)w->n_tokens; // room was reserved by _add
+  int reserved = reserve_offsets(w); // a dataset without documents has no room reserved yet
+  if (reserved) {
+    lt_dataset_writer_abort(w);
+    return reserved;
+  }
+  w->doc_offsets[w->n_docs] = (uint64_t)w->n_tokens;
   hsize_t n_off = (hsize_t)w->n_docs + 1;
   hid_t space = H5Screate_simple(1, &n_off, NULL);
-  hid_t offsets = H5Dcreate2(w->file, "doc_offsets", H5T_STD_U64LE, space, H5P_DEFAULT,
-                             H5P_DEFAULT, H5P_DEFAULT);
-  herr_t rc = offsets < 0 ? -1 : H5Dwrite(offsets, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT,
-                                          w->doc_offsets);
+  hid_t offsets = H5Dcreate2(w->file, "doc_offsets", H5T_STD_U64LE, space, H5P_DEFAULT, H5P_DEFAULT,
+                             H5P_DEFAULT);
+  herr_t rc = offsets < 0 ? -1
+                          : H5Dwrite(offsets, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                                     w->doc_offsets);
   if (offsets >= 0) H5Dclose(offsets);
   H5Sclose(space);
   int attrs = write_int_attr(w->file, "vocab_size", w->vocab_size) |

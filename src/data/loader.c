@@ -12,8 +12,8 @@ int lt_loader_create(lt_loader *loader, lt_dataset *data, int64_t seq_len, uint6
   loader->n_windows = (data->n_tokens - 1) / seq_len;
   LT_CHECK(loader->n_windows >= 1, LT_ERR_DATA,
            "%s: has %lld tokens, too few for one sequence of train.seq_len %lld + 1: lower "
-           "train.seq_len or prepare more text", data->path, (long long)data->n_tokens,
-           (long long)seq_len);
+           "train.seq_len or prepare more text",
+           data->path, (long long)data->n_tokens, (long long)seq_len);
   loader->window = malloc((size_t)(seq_len + 1) * sizeof(int32_t));
   LT_CHECK(loader->window, LT_ERR_MEMORY, "out of memory for the data loader");
   return LT_OK;

@@ -11,7 +11,7 @@
 typedef struct lt_loader {
   lt_dataset *data;
   int64_t seq_len;
-  int64_t n_windows;   // per epoch: window w covers tokens [w T, w T + T + 1)
+  int64_t n_windows; // per epoch: window w covers tokens [w T, w T + T + 1)
   uint64_t seed;
   int64_t next_sample; // index into the endless shuffled sequence of windows
   int32_t *window;     // T + 1 tokens

@@ -80,16 +80,30 @@ int lt_prepare_main(int argc, char **argv) {
                                           {0, 0, 0, 0}};
   const char *output = NULL, *tokenizer = "byte", *separator = NULL;
   optind = 1;
+  opterr = 0; // getopt's own message would be a second line; ours names the option instead
   for (int c; (c = getopt_long(argc, argv, "o:t:s:h", options, NULL)) != -1;) {
     switch (c) {
-    case 'o': output = optarg; break;
-    case 't': tokenizer = optarg; break;
-    case 's': separator = optarg; break;
-    case 'h': fputs(usage, stdout); return LT_OK;
-    default: return lt_fail(LT_ERR_USAGE, "prepare: bad option (see longtrain prepare --help)");
+    case 'o':
+      output = optarg;
+      break;
+    case 't':
+      tokenizer = optarg;
+      break;
+    case 's':
+      separator = optarg;
+      break;
+    case 'h':
+      fputs(usage, stdout);
+      return LT_OK;
+    default:
+      return lt_fail(LT_ERR_USAGE,
+                     "prepare: unknown option, or one missing its value: '%s' (see longtrain "
+                     "prepare --help)",
+                     argv[optind - 1]);
     }
   }
-  LT_CHECK(output, LT_ERR_USAGE, "prepare: --output FILE.h5 is required (see longtrain prepare --help)");
+  LT_CHECK(output, LT_ERR_USAGE,
+           "prepare: --output FILE.h5 is required (see longtrain prepare --help)");
   LT_CHECK(optind < argc, LT_ERR_USAGE, "prepare: give at least one input text file");
   LT_CHECK(strcmp(tokenizer, "byte") == 0, LT_ERR_USAGE,
            "prepare: --tokenizer %s is not supported; use byte", tokenizer);
@@ -99,10 +113,10 @@ int lt_prepare_main(int argc, char **argv) {
   LT_TRY(lt_dataset_writer_open(&w, output, tok.name, tok.vocab_size, tok.eos_id));
   doc_builder doc = {0};
   int rc = LT_OK;
-  for (int i = optind; i < argc && rc == LT_OK; i++) rc = add_file(&w, &tok, argv[i], separator, &doc);
+  for (int i = optind; i < argc && rc == LT_OK; i++)
+    rc = add_file(&w, &tok, argv[i], separator, &doc);
   free(doc.ids);
-  if (rc == LT_OK && w.n_tokens < 2)
-    rc = lt_fail(LT_ERR_DATA, "prepare: the inputs hold no text");
+  if (rc == LT_OK && w.n_tokens < 2) rc = lt_fail(LT_ERR_DATA, "prepare: the inputs hold no text");
   if (rc != LT_OK) {
     lt_dataset_writer_abort(&w);
     return rc;
@@ -110,6 +124,7 @@ int lt_prepare_main(int argc, char **argv) {
   int64_t n_tokens = w.n_tokens;
   LT_TRY(lt_dataset_writer_commit(&w));
   lt_info("prepared %s: %lld tokens in %lld documents from %d files (tokenizer %s, vocab %d)",
-          output, (long long)n_tokens, (long long)doc.docs, argc - optind, tok.name, tok.vocab_size);
+          output, (long long)n_tokens, (long long)doc.docs, argc - optind, tok.name,
+          tok.vocab_size);
   return LT_OK;
 }

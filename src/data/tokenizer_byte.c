@@ -25,8 +25,10 @@ static size_t byte_decode(const lt_tokenizer *tok, const int32_t *ids, size_t n,
   for (size_t i = 0; i < n && cap > 0; i++) {
     const char *piece = "<?>";
     char byte[2] = {0};
-    if (ids[i] >= 0 && ids[i] < 256) byte[0] = (char)ids[i], piece = byte;
-    else if (ids[i] >= 256 && ids[i] < LT_BYTE_VOCAB) piece = special[ids[i] - 256];
+    if (ids[i] >= 0 && ids[i] < 256)
+      byte[0] = (char)ids[i], piece = byte;
+    else if (ids[i] >= 256 && ids[i] < LT_BYTE_VOCAB)
+      piece = special[ids[i] - 256];
     size_t piece_len = ids[i] >= 0 && ids[i] < 256 ? 1 : strlen(piece);
     if (len + piece_len + 1 > cap) break;
     memcpy(out + len, piece, piece_len);
@@ -37,6 +39,9 @@ static size_t byte_decode(const lt_tokenizer *tok, const int32_t *ids, size_t n,
 }
 
 void lt_tokenizer_byte(lt_tokenizer *tok) {
-  *tok = (lt_tokenizer){.name = "byte", .vocab_size = LT_BYTE_VOCAB, .eos_id = LT_BYTE_EOS,
-                        .encode = byte_encode, .decode = byte_decode};
+  *tok = (lt_tokenizer){.name = "byte",
+                        .vocab_size = LT_BYTE_VOCAB,
+                        .eos_id = LT_BYTE_EOS,
+                        .encode = byte_encode,
+                        .decode = byte_decode};
 }

@@ -109,7 +109,8 @@ int lt_embedding_fwd(lt_ctx *ctx, lt_tensor out, lt_tensor tokens, lt_tensor tab
   EXPECT(table.ndim == 2 && out.shape[out.ndim - 1] == table.shape[1], "embedding_fwd", "width",
          out, table);
   ON_CUDA(lt_cuda_embedding_fwd(ctx, out, tokens, table));
-  lt_cpu_embedding_fwd(lt_f32(out), lt_i32(tokens), lt_f32(table), lt_numel(tokens), table.shape[1]);
+  lt_cpu_embedding_fwd(lt_f32(out), lt_i32(tokens), lt_f32(table), lt_numel(tokens),
+                       table.shape[1]);
   return LT_OK;
 }
 
@@ -125,7 +126,8 @@ int lt_rmsnorm_fwd(lt_ctx *ctx, lt_tensor out, lt_tensor rstd, lt_tensor x, lt_t
                    float eps) {
   int64_t c = x.shape[x.ndim - 1], n = lt_numel(x) / c;
   EXPECT(lt_same_shape(out, x), "rmsnorm_fwd", "out vs x", out, x);
-  EXPECT(lt_numel(weight) == c && lt_numel(rstd) == n, "rmsnorm_fwd", "weight or rstd", weight, rstd);
+  EXPECT(lt_numel(weight) == c && lt_numel(rstd) == n, "rmsnorm_fwd", "weight or rstd", weight,
+         rstd);
   ON_CUDA(lt_cuda_rmsnorm_fwd(ctx, out, rstd, x, weight, eps));
   lt_cpu_rmsnorm_fwd(lt_f32(out), lt_f32(rstd), lt_f32(x), lt_f32(weight), n, c, eps);
   return LT_OK;
@@ -143,8 +145,8 @@ int lt_rmsnorm_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dweight, lt_tensor dout,
 }
 
 static int check_rope(lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor qkv, lt_tensor pos) {
-  EXPECT(q.ndim == 3 && k.ndim == 3 && v.ndim == 3 && qkv.ndim == 3, "rope_qkv", "expected 3-D",
-         q, qkv);
+  EXPECT(q.ndim == 3 && k.ndim == 3 && v.ndim == 3 && qkv.ndim == 3, "rope_qkv", "expected 3-D", q,
+         qkv);
   int64_t n = q.shape[0], d = q.shape[2];
   EXPECT(k.shape[0] == n && v.shape[0] == n && qkv.shape[0] == n && lt_numel(pos) == n, "rope_qkv",
          "token counts", q, qkv);
@@ -155,8 +157,8 @@ static int check_rope(lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor qkv, lt_t
   return LT_OK;
 }
 
-int lt_rope_qkv_fwd(lt_ctx *ctx, lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor qkv, lt_tensor pos,
-                    float theta) {
+int lt_rope_qkv_fwd(lt_ctx *ctx, lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor qkv,
+                    lt_tensor pos, float theta) {
   LT_TRY(check_rope(q, k, v, qkv, pos));
   ON_CUDA(lt_cuda_rope_qkv_fwd(ctx, q, k, v, qkv, pos, theta));
   lt_cpu_rope_qkv_fwd(lt_f32(q), lt_f32(k), lt_f32(v), lt_f32(qkv), lt_i32(pos), q.shape[0],
@@ -205,9 +207,14 @@ int lt_cross_entropy(lt_ctx *ctx, lt_tensor losses, lt_tensor logits, lt_tensor 
 
 static int attn_dims(const char *op, lt_cpu_attn_dims *dims, lt_tensor q, lt_tensor k, lt_tensor v,
                      const lt_attn_spec *spec) {
-  EXPECT(q.ndim == 4 && k.ndim == 4 && lt_same_shape(k, v), "attention", "q (B,T,H,D), k = v", q, k);
-  *dims = (lt_cpu_attn_dims){.b = q.shape[0], .tq = q.shape[1], .tk = k.shape[1],
-                             .hq = (int)q.shape[2], .hkv = (int)k.shape[2], .d = (int)q.shape[3]};
+  EXPECT(q.ndim == 4 && k.ndim == 4 && lt_same_shape(k, v), "attention", "q (B,T,H,D), k = v", q,
+         k);
+  *dims = (lt_cpu_attn_dims){.b = q.shape[0],
+                             .tq = q.shape[1],
+                             .tk = k.shape[1],
+                             .hq = (int)q.shape[2],
+                             .hkv = (int)k.shape[2],
+                             .d = (int)q.shape[3]};
   EXPECT(k.shape[0] == dims->b && k.shape[3] == dims->d, op, "batch or head width", q, k);
   EXPECT(dims->hkv > 0 && dims->hq % dims->hkv == 0, op, "query heads per key/value head", q, k);
   EXPECT(dims->d <= LT_MAX_HEAD_DIM, op, "head width above LT_MAX_HEAD_DIM", q, q);
@@ -236,8 +243,8 @@ int lt_attn_merge(lt_ctx *ctx, lt_tensor o, lt_tensor lse, lt_tensor o_part, lt_
          "partials differ in shape", o, o_part);
   EXPECT(lt_numel(lse) == o.shape[0] * o.shape[1] * o.shape[2], "attn_merge", "lse", lse, o);
   ON_CUDA(lt_cuda_attn_merge(ctx, o, lse, o_part, lse_part));
-  lt_cpu_attn_merge(lt_f32(o), lt_f32(lse), lt_f32(o_part), lt_f32(lse_part), o.shape[0], o.shape[1],
-                    (int)o.shape[2], (int)o.shape[3]);
+  lt_cpu_attn_merge(lt_f32(o), lt_f32(lse), lt_f32(o_part), lt_f32(lse_part), o.shape[0],
+                    o.shape[1], (int)o.shape[2], (int)o.shape[3]);
   return LT_OK;
 }
 
@@ -252,7 +259,8 @@ int lt_attn_bwd_delta(lt_ctx *ctx, lt_tensor delta, lt_tensor dout, lt_tensor o)
 }
 
 int lt_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_tensor dout, lt_tensor q,
-                lt_tensor k, lt_tensor v, lt_tensor lse, lt_tensor delta, const lt_attn_spec *spec) {
+                lt_tensor k, lt_tensor v, lt_tensor lse, lt_tensor delta,
+                const lt_attn_spec *spec) {
   lt_cpu_attn_dims dims;
   LT_TRY(attn_dims("attn_bwd", &dims, q, k, v, spec));
   EXPECT(lt_same_shape(dq, q) && lt_same_shape(dout, q), "attn_bwd", "dq/dout vs q", dq, q);

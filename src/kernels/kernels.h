@@ -48,7 +48,8 @@ int lt_embedding_fwd(lt_ctx *ctx, lt_tensor out, lt_tensor tokens, lt_tensor tab
 // dtable[tokens[n], :] += dout[n, :]
 int lt_embedding_bwd(lt_ctx *ctx, lt_tensor dtable, lt_tensor dout, lt_tensor tokens);
 
-// out = x * rstd * weight, rstd = 1/sqrt(mean(x^2) + eps)    x, out: (N, C); weight: (C); rstd: (N) f32
+// out = x * rstd * weight, rstd = 1/sqrt(mean(x^2) + eps)    x, out: (N, C); weight: (C); rstd: (N)
+// f32
 int lt_rmsnorm_fwd(lt_ctx *ctx, lt_tensor out, lt_tensor rstd, lt_tensor x, lt_tensor weight,
                    float eps);
 // dx += d/dx, dweight += d/dweight, given dout and the forward's x and rstd
@@ -59,8 +60,8 @@ int lt_rmsnorm_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dweight, lt_tensor dout,
 // qkv: (N, Hq + 2*Hkv, D) with q heads, then k heads, then v heads; q: (N, Hq, D);
 // k, v: (N, Hkv, D); pos: (N) i32. Rotation pairs (i, i + D/2) as in Hugging Face Llama, with
 // frequency theta^(-2i/D).
-int lt_rope_qkv_fwd(lt_ctx *ctx, lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor qkv, lt_tensor pos,
-                    float theta);
+int lt_rope_qkv_fwd(lt_ctx *ctx, lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor qkv,
+                    lt_tensor pos, float theta);
 // The transpose: dqkv = [R^T dq, R^T dk, dv].
 int lt_rope_qkv_bwd(lt_ctx *ctx, lt_tensor dqkv, lt_tensor dq, lt_tensor dk, lt_tensor dv,
                     lt_tensor pos, float theta);
@@ -85,7 +86,7 @@ int lt_cross_entropy(lt_ctx *ctx, lt_tensor losses, lt_tensor logits, lt_tensor 
 //   k_pos[j] <= q_pos[i]                       (causal)
 //   and q_doc[i] == k_doc[j]                   (when document ids are given)
 typedef struct lt_attn_spec {
-  float scale;     // softmax scale, usually 1/sqrt(D)
+  float scale; // softmax scale, usually 1/sqrt(D)
   bool causal;
   lt_tensor q_pos; // (B, Tq) i32
   lt_tensor k_pos; // (B, Tk) i32

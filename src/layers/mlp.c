@@ -9,9 +9,9 @@
 typedef struct swiglu_mlp {
   lt_layer base;
   int64_t ffn_dim;
-  lt_param w_gate_up[2]; // w_gate (F, D), w_up (F, D), adjacent: one (2F, D) matmul
-  lt_param w_down;       // (D, F)
-  lt_tensor gate_up;     // saved (B*T, 2F); the product h is recomputed in backward (cheap)
+  lt_param w_gate_up[2];     // w_gate (F, D), w_up (F, D), adjacent: one (2F, D) matmul
+  lt_param w_down;           // (D, F)
+  lt_tensor gate_up;         // saved (B*T, 2F); the product h is recomputed in backward (cheap)
   lt_tensor h, dh, dgate_up; // scratch
 } swiglu_mlp;
 
@@ -50,7 +50,9 @@ static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, l
   return lt_linear_backward(ctx, dx, dw, m->dgate_up, x, w);
 }
 
-static void destroy(lt_layer *self) { free(self); }
+static void destroy(lt_layer *self) {
+  free(self);
+}
 
 static const lt_layer_ops swiglu_ops = {
     .kind = "swiglu", .plan = plan, .forward = forward, .backward = backward, .destroy = destroy};
@@ -67,10 +69,13 @@ int lt_swiglu_mlp_create(lt_layer **out, lt_params *params, const char *prefix, 
   for (int i = 0; i < 2; i++) {
     snprintf(name, sizeof name, "%s.%s", prefix, names[i]);
     LT_TRY(lt_params_add(params, &m->w_gate_up[i], name, 2, LT_SHAPE(ffn_dim, d_model),
-                         (lt_param_spec){.init = LT_INIT_NORMAL, .std = stds.in,
-                                         .group = LT_GROUP_FFN, .fused_with_prev = i > 0}));
+                         (lt_param_spec){.init = LT_INIT_NORMAL,
+                                         .std = stds.in,
+                                         .group = LT_GROUP_FFN,
+                                         .fused_with_prev = i > 0}));
   }
   snprintf(name, sizeof name, "%s.w_down", prefix);
-  return lt_params_add(params, &m->w_down, name, 2, LT_SHAPE(d_model, ffn_dim),
-                       (lt_param_spec){.init = LT_INIT_NORMAL, .std = stds.out, .group = LT_GROUP_FFN});
+  return lt_params_add(
+      params, &m->w_down, name, 2, LT_SHAPE(d_model, ffn_dim),
+      (lt_param_spec){.init = LT_INIT_NORMAL, .std = stds.out, .group = LT_GROUP_FFN});
 }

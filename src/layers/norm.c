@@ -1,6 +1,7 @@
 #include "layers/norm.h"
 
-int lt_rmsnorm_create(lt_rmsnorm *norm, lt_params *params, const char *name, int64_t dim, float eps) {
+int lt_rmsnorm_create(lt_rmsnorm *norm, lt_params *params, const char *name, int64_t dim,
+                      float eps) {
   norm->eps = eps;
   return lt_params_add(params, &norm->weight, name, 1, LT_SHAPE(dim),
                        (lt_param_spec){.init = LT_INIT_ONES, .group = LT_GROUP_NORM});

@@ -10,7 +10,8 @@ typedef struct lt_rmsnorm {
   float eps;
 } lt_rmsnorm;
 
-int lt_rmsnorm_create(lt_rmsnorm *norm, lt_params *params, const char *name, int64_t dim, float eps);
+int lt_rmsnorm_create(lt_rmsnorm *norm, lt_params *params, const char *name, int64_t dim,
+                      float eps);
 // out = rmsnorm(x); rstd (N) f32 is saved for the backward.
 int lt_rmsnorm_forward(lt_ctx *ctx, const lt_rmsnorm *norm, lt_tensor out, lt_tensor rstd,
                        lt_tensor x);

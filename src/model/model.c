@@ -13,10 +13,12 @@
 static lt_init_stds init_stds(const lt_model_config *cfg) {
   const double d = cfg->d_model, layers = cfg->n_layers;
   switch ((lt_init_scheme)cfg->init) {
-  case LT_INIT_LLAMA: return (lt_init_stds){(float)cfg->init_std, (float)cfg->init_std};
+  case LT_INIT_LLAMA:
+    return (lt_init_stds){(float)cfg->init_std, (float)cfg->init_std};
   case LT_INIT_SCALED:
     return (lt_init_stds){(float)cfg->init_std, (float)(cfg->init_std / sqrt(2.0 * layers))};
-  case LT_INIT_NEOX: return (lt_init_stds){(float)sqrt(2.0 / (5.0 * d)), (float)(2.0 / (layers * sqrt(d)))};
+  case LT_INIT_NEOX:
+    return (lt_init_stds){(float)sqrt(2.0 / (5.0 * d)), (float)(2.0 / (layers * sqrt(d)))};
   }
   return (lt_init_stds){(float)cfg->init_std, (float)cfg->init_std};
 }
@@ -72,7 +74,7 @@ static int plan_views(lt_model *model, const lt_plan *p) {
   lt_arena *acts = p->acts;
   for (int l = 0; l < model->cfg.n_layers; l++)
     LT_TRY(lt_arena_alloc2(acts, &model->blocks[l].x_in, dt, n, d));
-  lt_tensor *model_views[] = {&model->x_out,  &model->final_in, &model->branch,
+  lt_tensor *model_views[] = {&model->x_out,   &model->final_in, &model->branch,
                               &model->d_resid, &model->d_branch, &model->d_final};
   for (size_t i = 0; i < sizeof model_views / sizeof model_views[0]; i++)
     LT_TRY(lt_arena_alloc2(acts, model_views[i], dt, n, d));
@@ -99,7 +101,8 @@ static int plan_views(lt_model *model, const lt_plan *p) {
 }
 
 int lt_model_plan(lt_model *model, int64_t B, int64_t T, bool recompute) {
-  if (model->B == B && model->T == T && model->recompute == recompute && model->acts.base) return LT_OK;
+  if (model->B == B && model->T == T && model->recompute == recompute && model->acts.base)
+    return LT_OK;
   lt_arena_destroy(&model->acts);
   lt_arena_destroy(&model->scratch);
   model->B = B, model->T = T, model->recompute = recompute;
@@ -204,8 +207,8 @@ double lt_model_train_flops_per_token(const lt_model *model, int64_t T) {
   // Matmul FLOPs: 6 per weight per token (forward 2, backward 4), embedding lookup excluded;
   // attention: QK^T and PV, 2 * 2 * T * (Hq * hd) per token forward, halved by the causal mask,
   // tripled for forward + backward (PaLM appendix B).
-  double matmul = 6.0 * (double)(lt_model_n_params(model) - (int64_t)c->vocab_size * c->d_model *
-                                                                  (c->tie_embeddings ? 0 : 1));
+  double matmul = 6.0 * (double)(lt_model_n_params(model) -
+                                 (int64_t)c->vocab_size * c->d_model * (c->tie_embeddings ? 0 : 1));
   double attn = 3.0 * 2.0 * (double)c->n_layers * (double)T * c->n_heads * c->head_dim;
   return matmul + attn;
 }

@@ -12,8 +12,8 @@
 typedef struct lt_block {
   lt_rmsnorm attn_norm, ffn_norm;
   lt_layer *mixer, *ffn;
-  lt_tensor x_in;                  // (N, D) block input; kept even with recomputation
-  lt_tensor attn_in, attn_rstd;    // what the block saves for backward; with recomputation
+  lt_tensor x_in;                    // (N, D) block input; kept even with recomputation
+  lt_tensor attn_in, attn_rstd;      // what the block saves for backward; with recomputation
   lt_tensor x_mid, ffn_in, ffn_rstd; // these are shared by all blocks and rebuilt in backward
 } lt_block;
 
@@ -29,10 +29,10 @@ typedef struct lt_model {
   int64_t B, T;
   bool recompute;
   lt_arena acts, scratch;
-  lt_tensor x_out;            // (N, D) residual stream after the last block
+  lt_tensor x_out; // (N, D) residual stream after the last block
   lt_tensor final_in, final_rstd;
-  lt_tensor branch;           // (N, D) a sublayer's output before the residual add
-  lt_tensor recompute_out;    // (N, D) where a recomputed block's output goes
+  lt_tensor branch;                     // (N, D) a sublayer's output before the residual add
+  lt_tensor recompute_out;              // (N, D) where a recomputed block's output goes
   lt_tensor d_resid, d_branch, d_final; // (N, D) gradients
 } lt_model;
 

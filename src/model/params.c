@@ -19,7 +19,9 @@ const char *lt_param_group_name(lt_param_group group) {
   return group < LT_GROUP_COUNT ? names[group] : "?";
 }
 
-void lt_params_begin(lt_params *params) { *params = (lt_params){0}; }
+void lt_params_begin(lt_params *params) {
+  *params = (lt_params){0};
+}
 
 int lt_params_add(lt_params *params, lt_param *bind, const char *name, int ndim,
                   const int64_t *shape, lt_param_spec spec) {
@@ -90,9 +92,15 @@ int lt_params_init(lt_params *params, uint64_t seed) {
     uint64_t key = lt_rng_split_name(root, p->name).key;
     for (int64_t j = 0; j < p->numel; j++) {
       switch (p->spec.init) {
-      case LT_INIT_ZEROS: host[j] = 0.0f; break;
-      case LT_INIT_ONES: host[j] = 1.0f; break;
-      case LT_INIT_NORMAL: host[j] = p->spec.std * lt_rng_normal_at(key, (uint64_t)j); break;
+      case LT_INIT_ZEROS:
+        host[j] = 0.0f;
+        break;
+      case LT_INIT_ONES:
+        host[j] = 1.0f;
+        break;
+      case LT_INIT_NORMAL:
+        host[j] = p->spec.std * lt_rng_normal_at(key, (uint64_t)j);
+        break;
       }
     }
     int rc = lt_device_copy(params->master + p->offset, params->device, host, LT_CPU,
@@ -109,7 +117,8 @@ int lt_params_zero_grad(lt_params *params) {
 
 int lt_params_sync_compute(lt_params *params) {
 #ifdef LT_WITH_CUDA
-  if (params->device == LT_CUDA) return lt_cuda_f32_to_bf16(params->compute, params->master, params->numel);
+  if (params->device == LT_CUDA)
+    return lt_cuda_f32_to_bf16(params->compute, params->master, params->numel);
 #endif
   (void)params;
   return LT_OK;

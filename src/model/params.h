@@ -31,7 +31,7 @@ typedef enum lt_init_kind { LT_INIT_ZEROS, LT_INIT_ONES, LT_INIT_NORMAL } lt_ini
 
 typedef struct lt_param_spec {
   lt_init_kind init;
-  float std;            // for LT_INIT_NORMAL
+  float std; // for LT_INIT_NORMAL
   lt_param_group group;
   bool fused_with_prev; // laid out right after the previous parameter with no padding, so the
                         // two can be read as one matrix (q|k|v, gate|up)
@@ -42,20 +42,20 @@ typedef struct lt_param_info {
   int ndim;
   int64_t shape[LT_MAX_DIMS]; // logical (unsharded) shape
   int64_t numel;
-  size_t offset;              // in elements, into each flat buffer
+  size_t offset; // in elements, into each flat buffer
   lt_param_spec spec;
-  lt_param *bind;             // the layer's handle, filled by lt_params_allocate
+  lt_param *bind; // the layer's handle, filled by lt_params_allocate
 } lt_param_info;
 
 typedef struct lt_params {
   lt_param_info *info;
   int count, capacity;
-  size_t numel;     // elements in each flat buffer, padding included
+  size_t numel; // elements in each flat buffer, padding included
   lt_device device;
-  float *master;    // f32 weights (updated by the optimizer)
-  float *grad;      // f32 gradients
+  float *master; // f32 weights (updated by the optimizer)
+  float *grad;   // f32 gradients
   float *adam_m, *adam_v;
-  void *compute;    // what the kernels read: == master on the CPU, a bf16 copy on CUDA
+  void *compute; // what the kernels read: == master on the CPU, a bf16 copy on CUDA
 } lt_params;
 
 const char *lt_param_group_name(lt_param_group group);

@@ -38,7 +38,8 @@ int lt_optimizer_step(lt_optimizer *opt, lt_ctx *ctx, double lr, double *grad_no
   LT_TRY(lt_grad_norm(ctx, opt->params, grad_norm));
   LT_CHECK(isfinite(*grad_norm), LT_ERR_NUMERIC,
            "the gradient norm is %g at step %lld: lower train.lr or raise train.warmup, or resume "
-           "from an earlier checkpoint", *grad_norm, (long long)opt->step + 1);
+           "from an earlier checkpoint",
+           *grad_norm, (long long)opt->step + 1);
   // As torch.nn.utils.clip_grad_norm_: scale by min(1, max_norm / (norm + 1e-6)).
   float clip = 1.0f;
   if (opt->cfg.clip_norm > 0) {
@@ -49,10 +50,13 @@ int lt_optimizer_step(lt_optimizer *opt, lt_ctx *ctx, double lr, double *grad_no
   lt_params *p = opt->params;
   for (int i = 0; i < p->count; i++) {
     const lt_param_info *info = &p->info[i];
-    lt_adamw_args args = {.lr = (float)lr, .beta1 = (float)opt->cfg.beta1,
-                          .beta2 = (float)opt->cfg.beta2, .eps = (float)opt->cfg.eps,
+    lt_adamw_args args = {.lr = (float)lr,
+                          .beta1 = (float)opt->cfg.beta1,
+                          .beta2 = (float)opt->cfg.beta2,
+                          .eps = (float)opt->cfg.eps,
                           .weight_decay = opt->decay[i] ? (float)opt->cfg.weight_decay : 0.0f,
-                          .grad_scale = clip, .step = opt->step};
+                          .grad_scale = clip,
+                          .step = opt->step};
     lt_tensor view = lt_view1(NULL, LT_F32, p->device, info->numel);
     lt_tensor param = view, grad = view, m = view, v = view;
     param.data = p->master + info->offset;

@@ -9,7 +9,7 @@
 typedef struct lt_optimizer {
   lt_train_config cfg;
   lt_params *params;
-  bool *decay; // per parameter: does weight decay apply
+  bool *decay;  // per parameter: does weight decay apply
   int64_t step; // optimizer steps taken so far
 } lt_optimizer;
 

@@ -33,7 +33,8 @@ void lt_world_abort(lt_world *world, int code) {
 
 int lt_world_allreduce_sum(lt_world *world, double *values, int n) {
   if (!world->mpi || world->size == 1) return LT_OK;
-  LT_CHECK(MPI_Allreduce(MPI_IN_PLACE, values, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) == MPI_SUCCESS,
+  LT_CHECK(MPI_Allreduce(MPI_IN_PLACE, values, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) ==
+               MPI_SUCCESS,
            LT_ERR_COMM, "MPI_Allreduce of %d doubles failed", n);
   return LT_OK;
 }

@@ -31,31 +31,39 @@ static const char *config_usage =
 
 static int config_main(int argc, char **argv) {
   const char *path = NULL;
-  char *overrides[64];
-  int n = 0;
-  for (int i = 1; i < argc; i++) {
+  char **overrides = calloc((size_t)argc, sizeof *overrides);
+  LT_CHECK(overrides, LT_ERR_MEMORY, "out of memory");
+  int n = 0, rc = LT_OK;
+  bool docs = false, help = false;
+  for (int i = 1; i < argc && rc == LT_OK; i++) {
     if (strcmp(argv[i], "--docs") == 0) {
-      lt_config_print_docs();
-      return LT_OK;
+      docs = true;
     } else if (strcmp(argv[i], "--help") == 0) {
-      fputs(config_usage, stdout);
-      return LT_OK;
-    } else if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+      help = true;
+    } else if ((strcmp(argv[i], "--config") == 0 || strcmp(argv[i], "--set") == 0) &&
+               i + 1 == argc) {
+      rc = lt_fail(LT_ERR_USAGE, "config: %s needs a value (see longtrain config --help)", argv[i]);
+    } else if (strcmp(argv[i], "--config") == 0) {
       path = argv[++i];
-    } else if (strcmp(argv[i], "--set") == 0 && i + 1 < argc && n < 64) {
+    } else if (strcmp(argv[i], "--set") == 0) {
       overrides[n++] = argv[++i];
     } else {
-      return lt_fail(LT_ERR_USAGE, "config: unexpected argument '%s' (see longtrain config --help)",
-                     argv[i]);
+      rc = lt_fail(LT_ERR_USAGE, "config: unexpected argument '%s' (see longtrain config --help)",
+                   argv[i]);
     }
   }
   lt_config cfg;
-  LT_TRY(lt_config_load(&cfg, path, n, overrides));
-  char *yaml;
-  LT_TRY(lt_config_to_yaml(&cfg, &yaml));
-  fputs(yaml, stdout);
+  char *yaml = NULL;
+  if (rc == LT_OK && help)
+    fputs(config_usage, stdout);
+  else if (rc == LT_OK && docs)
+    lt_config_print_docs();
+  else if (rc == LT_OK && (rc = lt_config_load(&cfg, path, n, overrides)) == LT_OK &&
+           (rc = lt_config_to_yaml(&cfg, &yaml)) == LT_OK)
+    fputs(yaml, stdout);
   free(yaml);
-  return LT_OK;
+  free(overrides);
+  return rc;
 }
 
 int main(int argc, char **argv) {

@@ -26,8 +26,8 @@ static int open_data(lt_trainer *tr) {
   if (rc) return lt_error_context(rc, "data.path");
   LT_CHECK(tr->data.vocab_size <= cfg->model.vocab_size, LT_ERR_DATA,
            "data.path: %s has vocab_size %d but model.vocab_size is %d: set model.vocab_size to "
-           "at least %d", cfg->data.path, tr->data.vocab_size, cfg->model.vocab_size,
-           tr->data.vocab_size);
+           "at least %d",
+           cfg->data.path, tr->data.vocab_size, cfg->model.vocab_size, tr->data.vocab_size);
   return lt_loader_create(&tr->loader, &tr->data, tr->seq_len, (uint64_t)cfg->run.seed);
 }
 
@@ -82,16 +82,18 @@ static int stage_micro_batch(lt_trainer *tr, int64_t m) {
   int32_t *src[3] = {tr->host_tokens + m * n, tr->host_targets + m * n, tr->host_pos + m * n};
   lt_tensor *dst[3] = {&tr->batch.tokens, &tr->batch.targets, &tr->batch.pos};
   for (int i = 0; i < 3; i++) {
-    if (tr->ctx.device == LT_CPU) *dst[i] = lt_view1(src[i], LT_I32, LT_CPU, n);
-    else LT_TRY(lt_tensor_from_host(*dst[i], src[i]));
+    if (tr->ctx.device == LT_CPU)
+      *dst[i] = lt_view1(src[i], LT_I32, LT_CPU, n);
+    else
+      LT_TRY(lt_tensor_from_host(*dst[i], src[i]));
   }
   return LT_OK;
 }
 
 int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out) {
   const int64_t n_micro = tr->micro_batch * tr->seq_len, n_step = tr->accum * n_micro;
-  LT_TRY(lt_loader_next(&tr->loader, tr->accum * tr->micro_batch, tr->host_tokens,
-                        tr->host_targets, tr->host_pos));
+  LT_TRY(lt_loader_next(&tr->loader, tr->accum * tr->micro_batch, tr->host_tokens, tr->host_targets,
+                        tr->host_pos));
   // The loss is the mean over every target token of the step, whatever the accumulation: each
   // micro-batch's gradient is scaled by 1 / (the step's target count), known before any runs.
   double counts[1] = {0};
@@ -111,12 +113,17 @@ int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out) {
   double loss = loss_sum / counts[0];
   LT_CHECK(isfinite(loss), LT_ERR_NUMERIC,
            "the loss is %g at step %lld: lower train.lr or raise train.warmup, or resume from an "
-           "earlier checkpoint", loss, (long long)tr->opt.step + 1);
+           "earlier checkpoint",
+           loss, (long long)tr->opt.step + 1);
   double lr = lt_lr_at(&tr->cfg.train, tr->opt.step + 1), grad_norm;
   LT_TRY(lt_optimizer_step(&tr->opt, &tr->ctx, lr, &grad_norm));
   tr->tokens_seen += n_step;
-  *out = (lt_step_metrics){.step = tr->opt.step, .steps = tr->cfg.train.steps, .loss = loss,
-                           .lr = lr, .grad_norm = grad_norm, .tokens_seen = tr->tokens_seen};
+  *out = (lt_step_metrics){.step = tr->opt.step,
+                           .steps = tr->cfg.train.steps,
+                           .loss = loss,
+                           .lr = lr,
+                           .grad_norm = grad_norm,
+                           .tokens_seen = tr->tokens_seen};
   return LT_OK;
 }
 
@@ -146,10 +153,10 @@ static void describe(const lt_trainer *tr) {
           (long long)tr->data.n_tokens, (long long)tr->data.n_docs, (long long)tr->loader.n_windows,
           (long long)tr->seq_len + 1);
   char acts[32];
-  lt_info("batch: %d sequences x %lld tokens per step (%lld micro-batches of %lld); %s activations "
+  lt_info("batch: %d sequences x %lld tokens per step (%lld micro-batch%s of %lld); %s activations "
           "on %s, %d threads",
           tr->cfg.train.batch, (long long)tr->seq_len, (long long)tr->accum,
-          (long long)tr->micro_batch,
+          tr->accum == 1 ? "" : "es", (long long)tr->micro_batch,
           lt_format_bytes((double)(tr->model.acts.capacity + tr->model.scratch.capacity), acts,
                           sizeof acts),
           lt_device_name(tr->ctx.device), tr->ctx.n_threads);
@@ -159,7 +166,8 @@ static const char *train_usage =
     "usage: longtrain train --config FILE.yaml [--set key=value ...]\n"
     "\n"
     "Trains a model. Keys in the YAML file override the defaults, and each --set overrides the\n"
-    "file (e.g. --set train.lr=1e-3 --set model.n_layers=4). `longtrain config --docs` lists every\n"
+    "file (e.g. --set train.lr=1e-3 --set model.n_layers=4). `longtrain config --docs` lists "
+    "every\n"
     "key. Progress goes to stdout and to RUN_DIR/metrics.jsonl; the resolved config to\n"
     "RUN_DIR/config.yaml.\n";
 
@@ -173,9 +181,12 @@ int lt_train_main(int argc, char **argv, lt_world *world) {
       fputs(train_usage, stdout);
       free(overrides);
       return LT_OK;
-    } else if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+    } else if ((strcmp(argv[i], "--config") == 0 || strcmp(argv[i], "--set") == 0) &&
+               i + 1 == argc) {
+      rc = lt_fail(LT_ERR_USAGE, "train: %s needs a value (see longtrain train --help)", argv[i]);
+    } else if (strcmp(argv[i], "--config") == 0) {
       config_path = argv[++i];
-    } else if (strcmp(argv[i], "--set") == 0 && i + 1 < argc) {
+    } else if (strcmp(argv[i], "--set") == 0) {
       overrides[n_overrides++] = argv[++i];
     } else {
       rc = lt_fail(LT_ERR_USAGE, "train: unexpected argument '%s' (see longtrain train --help)",
@@ -184,7 +195,8 @@ int lt_train_main(int argc, char **argv, lt_world *world) {
   }
   lt_config cfg;
   if (rc == LT_OK && !config_path)
-    rc = lt_fail(LT_ERR_USAGE, "train: --config FILE.yaml is required (see longtrain train --help)");
+    rc =
+        lt_fail(LT_ERR_USAGE, "train: --config FILE.yaml is required (see longtrain train --help)");
   if (rc == LT_OK) rc = lt_config_load(&cfg, config_path, n_overrides, overrides);
   free(overrides);
   LT_TRY(rc);
@@ -192,7 +204,7 @@ int lt_train_main(int argc, char **argv, lt_world *world) {
   lt_trainer tr;
   rc = lt_trainer_create(&tr, &cfg, world);
   if (rc == LT_OK) rc = lt_params_init(&tr.model.params, (uint64_t)cfg.run.seed);
-  if (rc == LT_OK) rc = lt_make_dirs(cfg.run.dir);
+  if (rc == LT_OK && (rc = lt_make_dirs(cfg.run.dir)) != LT_OK) lt_error_context(rc, "run.dir");
   if (rc == LT_OK && world->rank == 0) rc = write_resolved_config(&cfg);
   if (rc == LT_OK) rc = lt_metrics_open(&tr.metrics, cfg.run.dir);
   if (rc == LT_OK) describe(&tr);

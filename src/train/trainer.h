@@ -20,7 +20,7 @@ typedef struct lt_trainer {
   lt_loader loader;
   int64_t micro_batch, accum, seq_len;
   int32_t *host_tokens, *host_targets, *host_pos; // accum * micro_batch * seq_len each
-  lt_arena batch_arena;                          // the micro-batch on the device
+  lt_arena batch_arena;                           // the micro-batch on the device
   lt_batch batch;
   lt_metrics metrics;
   int64_t tokens_seen;

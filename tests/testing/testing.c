@@ -1,12 +1,24 @@
+#define _GNU_SOURCE // nftw
 #include "testing.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ftw.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include "core/rng.h"
+
+void lt_test_expect_error(int rc, int code, const char *const *parts) {
+  const char *message = lt_error_message();
+  if (rc != code) fail_msg("expected status %d, got %d: %s", code, rc, message);
+  if (strchr(message, '\n')) fail_msg("the message is not one line: %s", message);
+  for (int i = 0; parts[i]; i++)
+    if (!strstr(message, parts[i]))
+      fail_msg("'%s' is missing from the message: %s", parts[i], message);
+}
 
 void lt_test_fill_normal(float *x, int64_t n, uint64_t seed, float std) {
   lt_rng rng = lt_rng_seed(seed);
@@ -30,13 +42,27 @@ double lt_test_max_abs(const float *a, int64_t n) {
   return worst;
 }
 
+static char tmpdirs[64][256];
+static int n_tmpdirs = 0;
+
+static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
+  (void)st, (void)type, (void)ftw;
+  return remove(path);
+}
+
+static void remove_tmpdirs(void) {
+  if (getenv("LT_TEST_KEEP_TMP")) return; // to look at what a failing test left
+  for (int i = 0; i < n_tmpdirs; i++) nftw(tmpdirs[i], remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 const char *lt_test_tmpdir(void) {
-  static char paths[16][256];
-  static int used = 0;
+  if (n_tmpdirs == 64) fail_msg("more than 64 temporary folders in one test program");
+  if (n_tmpdirs == 0) atexit(remove_tmpdirs);
   const char *base = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-  char *path = paths[used++ % 16];
+  char *path = tmpdirs[n_tmpdirs];
   snprintf(path, 256, "%s/longtrain-test-XXXXXX", base);
   if (!mkdtemp(path)) fail_msg("mkdtemp failed under %s", base);
+  n_tmpdirs++;
   return path;
 }
 
@@ -70,4 +96,6 @@ const char *lt_test_source_path(const char *relative) {
   return path;
 }
 
-const char *lt_test_binary(void) { return LT_BINARY; }
+const char *lt_test_binary(void) {
+  return LT_BINARY;
+}

@@ -16,8 +16,15 @@
 #define assert_ok(expr)                                                                            \
   do {                                                                                             \
     int assert_ok_rc_ = (expr);                                                                    \
-    if (assert_ok_rc_ != LT_OK) fail_msg("%s -> %d: %s", #expr, assert_ok_rc_, lt_error_message()); \
+    if (assert_ok_rc_ != LT_OK)                                                                    \
+      fail_msg("%s -> %d: %s", #expr, assert_ok_rc_, lt_error_message());                          \
   } while (0)
+
+// Fails unless rc == code and lt_error_message() is one line containing every NULL-terminated part
+// (the file, the key, the fix): EXPECT_ERROR(rc, LT_ERR_CONFIG, "run.yaml:3", "model.d_model").
+void lt_test_expect_error(int rc, int code, const char *const *parts);
+#define EXPECT_ERROR(rc, code, ...)                                                                \
+  lt_test_expect_error((rc), (code), (const char *const[]){__VA_ARGS__, NULL})
 
 // x[i] ~ N(0, std^2), deterministic in seed.
 void lt_test_fill_normal(float *x, int64_t n, uint64_t seed, float std);
@@ -26,7 +33,8 @@ double lt_test_max_rel_diff(const float *a, const float *b, int64_t n, double fl
 // max |a| over i
 double lt_test_max_abs(const float *a, int64_t n);
 
-// A fresh empty folder under $TMPDIR (or /tmp); the path stays valid for the test program's life.
+// A fresh empty folder under $TMPDIR (or /tmp), removed with its contents when the test program
+// exits (unless LT_TEST_KEEP_TMP is set).
 const char *lt_test_tmpdir(void);
 void lt_test_write_file(const char *path, const char *text);
 // Runs `command` through the shell, stdout and stderr captured into out (truncated to cap);

@@ -14,7 +14,7 @@
 // With EPS 1e-3 a correct fp32 backward scores below 6e-4 here (the whole model) and a wrong one
 // above 1e-1 (test_gradcheck_catches_*), so the tolerance sits well clear of both.
 #define GRAD_TOL 3e-3
-#define EPS 1e-3
+#define EPS      1e-3
 
 static lt_ctx cpu(void) {
   lt_ctx ctx;
@@ -40,8 +40,9 @@ typedef struct rms_state {
 static void rms_forward(void *p) {
   rms_state *s = p;
   lt_rmsnorm_fwd(&s->ctx, lt_view2(s->out, LT_F32, LT_CPU, s->n, s->c),
-                 lt_view1(s->rstd, LT_F32, LT_CPU, s->n), lt_view2(s->x, LT_F32, LT_CPU, s->n, s->c),
-                 lt_view1(s->w, LT_F32, LT_CPU, s->c), 1e-5f);
+                 lt_view1(s->rstd, LT_F32, LT_CPU, s->n),
+                 lt_view2(s->x, LT_F32, LT_CPU, s->n, s->c), lt_view1(s->w, LT_F32, LT_CPU, s->c),
+                 1e-5f);
 }
 
 static void rms_backward(void *p, const float *dout) {
@@ -113,7 +114,8 @@ static void rope_forward(void *p) {
   rope_state *s = p;
   lt_tensor q, k, v;
   rope_views(s, s->out, &q, &k, &v);
-  lt_rope_qkv_fwd(&s->ctx, q, k, v, lt_view3(s->qkv, LT_F32, LT_CPU, s->n, s->hq + 2 * s->hkv, s->d),
+  lt_rope_qkv_fwd(&s->ctx, q, k, v,
+                  lt_view3(s->qkv, LT_F32, LT_CPU, s->n, s->hq + 2 * s->hkv, s->d),
                   lt_view1(s->pos, LT_I32, LT_CPU, s->n), 10000.0f);
 }
 
@@ -122,8 +124,8 @@ static void rope_backward(void *p, const float *dout) {
   lt_tensor dq, dk, dv;
   rope_views(s, (float *)dout, &dq, &dk, &dv);
   float *tmp = calloc((size_t)(s->n * (s->hq + 2 * s->hkv) * s->d), 4);
-  lt_rope_qkv_bwd(&s->ctx, lt_view3(tmp, LT_F32, LT_CPU, s->n, s->hq + 2 * s->hkv, s->d), dq, dk, dv,
-                  lt_view1(s->pos, LT_I32, LT_CPU, s->n), 10000.0f);
+  lt_rope_qkv_bwd(&s->ctx, lt_view3(tmp, LT_F32, LT_CPU, s->n, s->hq + 2 * s->hkv, s->d), dq, dk,
+                  dv, lt_view1(s->pos, LT_I32, LT_CPU, s->n), 10000.0f);
   for (int64_t i = 0; i < s->n * (s->hq + 2 * s->hkv) * s->d; i++) s->dqkv[i] += tmp[i];
   free(tmp);
 }
@@ -168,7 +170,8 @@ static void sublayer_backward(void *p, const float *dout) {
   float *tmp = calloc((size_t)(s->n * s->d), 4);
   lt_tensor x = lt_view2(s->x, LT_F32, LT_CPU, s->n, s->d);
   assert_ok(s->layer->ops->backward(s->layer, &s->ctx, lt_view2(tmp, LT_F32, LT_CPU, s->n, s->d),
-                                    lt_view2((float *)dout, LT_F32, LT_CPU, s->n, s->d), x, &s->batch));
+                                    lt_view2((float *)dout, LT_F32, LT_CPU, s->n, s->d), x,
+                                    &s->batch));
   for (int64_t i = 0; i < s->n * s->d; i++) s->dx[i] += tmp[i];
   free(tmp);
 }
@@ -198,7 +201,8 @@ static double sublayer_error(sublayer_state *s, int64_t B, int64_t T, int64_t d,
   s->out = calloc((size_t)(s->n * d), 4);
   s->pos = malloc((size_t)s->n * 4);
   s->doc = malloc((size_t)s->n * 4);
-  for (int64_t i = 0; i < s->n; i++) s->pos[i] = (int32_t)(i % T), s->doc[i] = (int32_t)((i % T) / 11);
+  for (int64_t i = 0; i < s->n; i++)
+    s->pos[i] = (int32_t)(i % T), s->doc[i] = (int32_t)((i % T) / 11);
   s->batch = (lt_batch){.B = B, .T = T, .pos = lt_view1(s->pos, LT_I32, LT_CPU, s->n)};
   if (with_docs) s->batch.doc = lt_view1(s->doc, LT_I32, LT_CPU, s->n);
   int n_inputs = 1 + s->params.count;
@@ -220,8 +224,8 @@ static double sublayer_error(sublayer_state *s, int64_t B, int64_t T, int64_t d,
 }
 
 static lt_model_config small_attention_config(void) {
-  return (lt_model_config){.d_model = 16, .n_heads = 4, .n_kv_heads = 2, .head_dim = 6,
-                           .rope_theta = 10000.0};
+  return (lt_model_config){
+      .d_model = 16, .n_heads = 4, .n_kv_heads = 2, .head_dim = 6, .rope_theta = 10000.0};
 }
 
 static void test_softmax_attention_backward_matches_finite_differences(void **state) {
@@ -338,9 +342,17 @@ static void model_backward(void *p, const float *dout) {
 
 static double model_error(bool tied, bool recompute) {
   model_state s = {.ctx = cpu()};
-  lt_model_config cfg = {.d_model = 16, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
-                         .ffn_dim = 24, .vocab_size = 11, .max_seq_len = 64, .rope_theta = 10000,
-                         .norm_eps = 1e-5, .init_std = 0.3, .tie_embeddings = tied};
+  lt_model_config cfg = {.d_model = 16,
+                         .n_layers = 2,
+                         .n_heads = 4,
+                         .n_kv_heads = 2,
+                         .ffn_dim = 24,
+                         .vocab_size = 11,
+                         .max_seq_len = 64,
+                         .rope_theta = 10000,
+                         .norm_eps = 1e-5,
+                         .init_std = 0.3,
+                         .tie_embeddings = tied};
   assert_ok(lt_model_create(&s.model, &cfg, LT_CPU));
   assert_ok(lt_params_init(&s.model.params, 77));
   // Norm gains away from 1 so that their gradients are exercised in general position.
@@ -358,7 +370,9 @@ static double model_error(bool tied, bool recompute) {
     s.targets[i] = (int32_t)((i * 3 + 1) % cfg.vocab_size);
     s.pos[i] = (int32_t)(i % T);
   }
-  s.batch = (lt_batch){.B = B, .T = T, .tokens = lt_view1(s.tokens, LT_I32, LT_CPU, n),
+  s.batch = (lt_batch){.B = B,
+                       .T = T,
+                       .tokens = lt_view1(s.tokens, LT_I32, LT_CPU, n),
                        .targets = lt_view1(s.targets, LT_I32, LT_CPU, n),
                        .pos = lt_view1(s.pos, LT_I32, LT_CPU, n)};
   lt_params *params = &s.model.params;

@@ -32,7 +32,8 @@ static bool visible(const tile_mask *m, int64_t i, int64_t j) {
 }
 
 // Whether any pair in the tile may be visible: a cheap bound from position and document ranges.
-static bool tile_may_be_visible(const tile_mask *m, int64_t i0, int64_t ni, int64_t j0, int64_t nj) {
+static bool tile_may_be_visible(const tile_mask *m, int64_t i0, int64_t ni, int64_t j0,
+                                int64_t nj) {
   int32_t q_max = INT32_MIN, k_min = INT32_MAX, qd_min = INT32_MAX, qd_max = INT32_MIN;
   int32_t kd_min = INT32_MAX, kd_max = INT32_MIN;
   for (int64_t i = i0; i < i0 + ni; i++) {

@@ -30,7 +30,8 @@ void lt_cpu_rope_qkv_bwd(float *dqkv, const float *dq, const float *dk, const fl
                          const int32_t *pos, int64_t n, int hq, int hkv, int d, float theta);
 
 void lt_cpu_swiglu_fwd(float *h, const float *gate_up, int64_t n, int64_t f);
-void lt_cpu_swiglu_bwd(float *dgate_up, const float *dh, const float *gate_up, int64_t n, int64_t f);
+void lt_cpu_swiglu_bwd(float *dgate_up, const float *dh, const float *gate_up, int64_t n,
+                       int64_t f);
 
 void lt_cpu_cross_entropy(float *losses, float *logits, const int32_t *targets, int64_t n,
                           int64_t v, int ignore_index, bool want_grad, float grad_scale);

@@ -6,9 +6,9 @@
 void lt_cpu_matmul(float *c, const float *a, bool trans_a, const float *b, bool trans_b, int64_t m,
                    int64_t n, int64_t k, float alpha, float beta) {
   // Row-major: op(a) is (m, k), op(b) is (k, n), c is (m, n).
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-              (int)m, (int)n, (int)k, alpha, a, trans_a ? (int)m : (int)k, b,
-              trans_b ? (int)k : (int)n, beta, c, (int)n);
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+              trans_b ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k, alpha, a,
+              trans_a ? (int)m : (int)k, b, trans_b ? (int)k : (int)n, beta, c, (int)n);
 }
 
 void lt_cpu_add(float *out, const float *a, const float *b, int64_t n) {

@@ -5,7 +5,8 @@
 
 void lt_cpu_embedding_fwd(float *out, const int32_t *tokens, const float *table, int64_t n,
                           int64_t d) {
-  for (int64_t i = 0; i < n; i++) memcpy(out + i * d, table + (int64_t)tokens[i] * d, (size_t)d * 4);
+  for (int64_t i = 0; i < n; i++)
+    memcpy(out + i * d, table + (int64_t)tokens[i] * d, (size_t)d * 4);
 }
 
 void lt_cpu_embedding_bwd(float *dtable, const float *dout, const int32_t *tokens, int64_t n,

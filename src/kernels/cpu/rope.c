@@ -39,7 +39,8 @@ void lt_cpu_rope_qkv_bwd(float *dqkv, const float *dq, const float *dk, const fl
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < n; t++) {
     float *row = dqkv + t * width;
-    for (int h = 0; h < hq; h++) rotate(row + h * d, dq + (t * hq + h) * d, pos[t], d, theta, -1.0f);
+    for (int h = 0; h < hq; h++)
+      rotate(row + h * d, dq + (t * hq + h) * d, pos[t], d, theta, -1.0f);
     for (int h = 0; h < hkv; h++)
       rotate(row + (int64_t)(hq + h) * d, dk + (t * hkv + h) * d, pos[t], d, theta, -1.0f);
     memcpy(row + (int64_t)(hq + hkv) * d, dv + t * hkv * d, (size_t)hkv * d * 4);

@@ -12,7 +12,8 @@ void lt_cpu_swiglu_fwd(float *h, const float *gate_up, int64_t n, int64_t f) {
 }
 
 // d/dg silu(g) = s (1 + g (1 - s)) with s = sigmoid(g).
-void lt_cpu_swiglu_bwd(float *dgate_up, const float *dh, const float *gate_up, int64_t n, int64_t f) {
+void lt_cpu_swiglu_bwd(float *dgate_up, const float *dh, const float *gate_up, int64_t n,
+                       int64_t f) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; i++) {
     const float *g = gate_up + i * 2 * f, *u = g + f;

@@ -19,16 +19,17 @@ typedef struct softmax_attention {
   lt_tensor o;       // (B, T, Hq, hd)
   lt_tensor lse;     // (B, Hq, T) f32
   // scratch
-  lt_tensor qkv;                  // (B*T, Hq + 2 Hkv, hd), forward only
+  lt_tensor qkv;                   // (B*T, Hq + 2 Hkv, hd), forward only
   lt_tensor dqkv, d_o, dq, dk, dv; // backward only
-  lt_tensor delta;                // (B, Hq, T) f32
+  lt_tensor delta;                 // (B, Hq, T) f32
 } softmax_attention;
 
 static lt_attn_spec causal_spec(const softmax_attention *s, const lt_batch *batch) {
   lt_tensor pos = lt_reshape(batch->pos, 2, LT_SHAPE(batch->B, batch->T));
-  lt_attn_spec spec = {.scale = 1.0f / sqrtf((float)s->head_dim), .causal = true,
-                       .q_pos = pos, .k_pos = pos};
-  if (batch->doc.data) spec.q_doc = spec.k_doc = lt_reshape(batch->doc, 2, LT_SHAPE(batch->B, batch->T));
+  lt_attn_spec spec = {
+      .scale = 1.0f / sqrtf((float)s->head_dim), .causal = true, .q_pos = pos, .k_pos = pos};
+  if (batch->doc.data)
+    spec.q_doc = spec.k_doc = lt_reshape(batch->doc, 2, LT_SHAPE(batch->B, batch->T));
   return spec;
 }
 
@@ -82,15 +83,17 @@ static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, l
   LT_TRY(lt_zero(ctx, s->dv));
   lt_attn_spec spec = causal_spec(s, batch);
   LT_TRY(lt_attn_bwd(ctx, s->dq, s->dk, s->dv, s->d_o, s->q, s->k, s->v, s->lse, s->delta, &spec));
-  LT_TRY(lt_rope_qkv_bwd(ctx, s->dqkv, tokens_heads(s->dq), tokens_heads(s->dk), tokens_heads(s->dv),
-                         batch->pos, s->rope_theta));
+  LT_TRY(lt_rope_qkv_bwd(ctx, s->dqkv, tokens_heads(s->dq), tokens_heads(s->dk),
+                         tokens_heads(s->dv), batch->pos, s->rope_theta));
   lt_tensor wqkv, dwqkv;
   LT_TRY(lt_fused_view(&wqkv, s->wqkv, 3, LT_PARAM_VALUE));
   LT_TRY(lt_fused_view(&dwqkv, s->wqkv, 3, LT_PARAM_GRAD));
   return lt_linear_backward(ctx, dx, dwqkv, s->dqkv, x, wqkv);
 }
 
-static void destroy(lt_layer *self) { free(self); }
+static void destroy(lt_layer *self) {
+  free(self);
+}
 
 static const lt_layer_ops softmax_ops = {
     .kind = "softmax", .plan = plan, .forward = forward, .backward = backward, .destroy = destroy};
@@ -112,10 +115,13 @@ int lt_softmax_attention_create(lt_layer **out, lt_params *params, const char *p
   for (int i = 0; i < 3; i++) {
     snprintf(name, sizeof name, "%s.%s", prefix, names[i]);
     LT_TRY(lt_params_add(params, &s->wqkv[i], name, 2, LT_SHAPE(rows[i], d),
-                         (lt_param_spec){.init = LT_INIT_NORMAL, .std = stds.in,
-                                         .group = LT_GROUP_ATTN, .fused_with_prev = i > 0}));
+                         (lt_param_spec){.init = LT_INIT_NORMAL,
+                                         .std = stds.in,
+                                         .group = LT_GROUP_ATTN,
+                                         .fused_with_prev = i > 0}));
   }
   snprintf(name, sizeof name, "%s.wo", prefix);
-  return lt_params_add(params, &s->wo, name, 2, LT_SHAPE(d, s->n_heads * hd),
-                       (lt_param_spec){.init = LT_INIT_NORMAL, .std = stds.out, .group = LT_GROUP_ATTN});
+  return lt_params_add(
+      params, &s->wo, name, 2, LT_SHAPE(d, s->n_heads * hd),
+      (lt_param_spec){.init = LT_INIT_NORMAL, .std = stds.out, .group = LT_GROUP_ATTN});
 }

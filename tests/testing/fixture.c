@@ -1,0 +1,52 @@
+#include "fixture.h"
+
+#include <hdf5.h>
+
+#include "testing.h"
+
+void lt_fixture_open(lt_fixture *fx, const char *path) {
+  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+  fx->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (fx->file < 0) fail_msg("cannot open fixture %s", path);
+}
+
+void lt_fixture_close(lt_fixture *fx) {
+  H5Fclose(fx->file);
+}
+
+int64_t lt_fixture_numel(lt_fixture *fx, const char *name) {
+  if (H5Lexists(fx->file, name, H5P_DEFAULT) <= 0) return -1;
+  hid_t d = H5Dopen2(fx->file, name, H5P_DEFAULT);
+  hid_t space = H5Dget_space(d);
+  int64_t n = H5Sget_simple_extent_npoints(space);
+  H5Sclose(space);
+  H5Dclose(d);
+  return n;
+}
+
+static void read_as(lt_fixture *fx, const char *name, hid_t type, void *out, int64_t n) {
+  int64_t have = lt_fixture_numel(fx, name);
+  if (have != n)
+    fail_msg("fixture dataset %s has %lld elements, expected %lld", name, (long long)have,
+             (long long)n);
+  hid_t d = H5Dopen2(fx->file, name, H5P_DEFAULT);
+  if (H5Dread(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0) fail_msg("cannot read %s", name);
+  H5Dclose(d);
+}
+
+void lt_fixture_read_f32(lt_fixture *fx, const char *name, float *out, int64_t n) {
+  read_as(fx, name, H5T_NATIVE_FLOAT, out, n);
+}
+
+void lt_fixture_read_i32(lt_fixture *fx, const char *name, int32_t *out, int64_t n) {
+  read_as(fx, name, H5T_NATIVE_INT32, out, n);
+}
+
+double lt_fixture_attr(lt_fixture *fx, const char *name) {
+  if (H5Aexists(fx->file, name) <= 0) fail_msg("fixture has no attribute %s", name);
+  hid_t a = H5Aopen(fx->file, name, H5P_DEFAULT);
+  double v = 0;
+  if (H5Aread(a, H5T_NATIVE_DOUBLE, &v) < 0) fail_msg("cannot read attribute %s", name);
+  H5Aclose(a);
+  return v;
+}
