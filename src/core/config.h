@@ -18,6 +18,8 @@ typedef enum lt_lr_decay { LT_DECAY_COSINE, LT_DECAY_LINEAR, LT_DECAY_CONSTANT }
 typedef enum lt_device_choice { LT_DEVICE_CPU, LT_DEVICE_CUDA } lt_device_choice;
 
 typedef struct lt_model_config {
+  char attention[256]; // token mixer per layer: a kind, or a pattern (see lt_config_layer_kind)
+  char ffn[256];       // feed-forward per layer, likewise
   int d_model, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim, vocab_size, max_seq_len;
   double rope_theta, norm_eps, init_std;
   bool tie_embeddings;
@@ -90,5 +92,15 @@ int lt_config_validate(const lt_config *cfg);
 int lt_config_to_yaml(const lt_config *cfg, char **out);
 // A markdown table of every key: path, type, default, meaning.
 void lt_config_print_docs(void);
+
+// The kinds a layer pattern may name (NULL-terminated), in config_schema.c.
+extern const char *const lt_attention_kinds[];
+extern const char *const lt_ffn_kinds[];
+// The kind of layer `layer` under a pattern such as "softmax" (every layer) or
+// "lightning*7,softmax" (seven lightning layers then one softmax, repeated over the stack).
+// `key` names the config key in messages. Fails unless every name is in `kinds` and the pattern's
+// length divides n_layers.
+int lt_config_layer_kind(const char *pattern, const char *const *kinds, int n_layers, int layer,
+                         const char *key, const char **kind);
 
 #endif

@@ -2,6 +2,9 @@
 // field in config.h; the parser, overrides, docs and resolved YAML follow from this table.
 #include <float.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "core/config.h"
 #include "core/error.h"
@@ -22,7 +25,16 @@
 
 #define BIG 2147483647.0
 
+const char *const lt_attention_kinds[] = {"softmax", NULL};
+const char *const lt_ffn_kinds[] = {"swiglu", NULL};
+
 const lt_config_key lt_config_keys[] = {
+    STRING("model.attention", model.attention, "softmax",
+           "Token mixer of each layer: a kind (softmax), or a pattern of kinds with repeat counts, "
+           "cycled over the layers: \"lightning*7,softmax\" makes every 8th layer softmax. "
+           "n_layers must be a multiple of the pattern's length."),
+    STRING("model.ffn", model.ffn, "swiglu",
+           "Feed-forward of each layer: a kind (swiglu), or a pattern as for model.attention."),
     INT("model.d_model", model.d_model, "768", 1, BIG, "Width of the residual stream."),
     INT("model.n_layers", model.n_layers, "12", 1, 4096, "Number of transformer blocks."),
     INT("model.n_heads", model.n_heads, "12", 1, 4096, "Query heads per attention layer."),
@@ -98,6 +110,10 @@ int lt_config_validate(const lt_config *cfg) {
   const lt_model_config *m = &cfg->model;
   const lt_train_config *t = &cfg->train;
   const char *src = cfg->source;
+  const char *kind;
+  LT_TRY(lt_config_layer_kind(m->attention, lt_attention_kinds, m->n_layers, 0, "model.attention",
+                              &kind));
+  LT_TRY(lt_config_layer_kind(m->ffn, lt_ffn_kinds, m->n_layers, 0, "model.ffn", &kind));
   int kv = m->n_kv_heads ? m->n_kv_heads : m->n_heads;
   LT_CHECK(m->n_heads % kv == 0, LT_ERR_CONFIG,
            "%s: model.n_heads (%d) must be a multiple of model.n_kv_heads (%d)", src, m->n_heads,
@@ -124,5 +140,49 @@ int lt_config_validate(const lt_config *cfg) {
            micro);
   LT_CHECK(t->min_lr <= t->lr, LT_ERR_CONFIG, "%s: train.min_lr (%g) must not exceed train.lr (%g)",
            src, t->min_lr, t->lr);
+  return LT_OK;
+}
+
+// A pattern is "kind[*count],kind[*count],...". Parsed on every call: patterns are short and
+// the model asks once per layer at build time.
+int lt_config_layer_kind(const char *pattern, const char *const *kinds, int n_layers, int layer,
+                         const char *key, const char **kind) {
+  const char *chosen[4096];
+  int length = 0;
+  for (const char *p = pattern; *p;) {
+    size_t len = strcspn(p, ",*");
+    int count = 1;
+    const char *match = NULL;
+    for (int k = 0; kinds[k]; k++)
+      if (strlen(kinds[k]) == len && strncmp(kinds[k], p, len) == 0) match = kinds[k];
+    if (!match) {
+      char names[256] = "";
+      for (int k = 0; kinds[k]; k++)
+        snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", k ? ", " : "",
+                 kinds[k]);
+      return lt_fail(LT_ERR_CONFIG, "%s: unknown kind '%.*s' in \"%s\" (known: %s)", key, (int)len,
+                     p, pattern, names);
+    }
+    p += len;
+    if (*p == '*') {
+      char *end;
+      long n = strtol(p + 1, &end, 10);
+      LT_CHECK(end != p + 1 && n >= 1 && n <= 4096, LT_ERR_CONFIG,
+               "%s: a repeat count after '*' must be 1 to 4096 in \"%s\"", key, pattern);
+      count = (int)n;
+      p = end;
+    }
+    LT_CHECK(*p == '\0' || (*p == ',' && p[1] != '\0'), LT_ERR_CONFIG,
+             "%s: expected kind[*count],... in \"%s\"", key, pattern);
+    if (*p == ',') p++;
+    LT_CHECK(length + count <= 4096, LT_ERR_CONFIG, "%s: pattern \"%s\" is longer than 4096 layers",
+             key, pattern);
+    for (int i = 0; i < count; i++) chosen[length++] = match;
+  }
+  LT_CHECK(length > 0, LT_ERR_CONFIG, "%s is empty: give a kind such as %s", key, kinds[0]);
+  LT_CHECK(n_layers % length == 0, LT_ERR_CONFIG,
+           "%s: the pattern \"%s\" has %d layers, which does not divide model.n_layers (%d)", key,
+           pattern, length, n_layers);
+  *kind = chosen[layer % length];
   return LT_OK;
 }

@@ -16,6 +16,15 @@
 #include "kernels/kernels.h"
 #include "model/params.h"
 
+// Auxiliary losses that layers add to the objective (MoE load balance, router z-loss). A layer's
+// forward adds its weighted term to `sum` (reported beside the loss); its backward uses
+// `grad_scale` as d(objective)/d(that term): each micro-batch's auxiliary losses count
+// 1 / (micro-batches per optimizer step).
+typedef struct lt_aux_loss {
+  double sum;
+  float grad_scale;
+} lt_aux_loss;
+
 // The tokens of one micro-batch on this rank, all (B*T) i32 on the compute device.
 typedef struct lt_batch {
   int64_t B, T;
@@ -23,6 +32,7 @@ typedef struct lt_batch {
   lt_tensor targets; // next tokens, LT_IGNORE_INDEX where there is none
   lt_tensor pos;     // absolute position of each token (RoPE, masks)
   lt_tensor doc;     // document id of each token, or data == NULL (no document mask)
+  lt_aux_loss *aux;  // where auxiliary losses go; NULL when nothing collects them
 } lt_batch;
 
 #define LT_IGNORE_INDEX (-100)

@@ -3,12 +3,12 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/device.h"
 #include "core/error.h"
 #include "core/log.h"
-#include "layers/attention/softmax.h"
-#include "layers/mlp.h"
+#include "layers/registry.h"
 
 static lt_init_stds init_stds(const lt_model_config *cfg) {
   const double d = cfg->d_model, layers = cfg->n_layers;
@@ -26,6 +26,9 @@ static lt_init_stds init_stds(const lt_model_config *cfg) {
 int lt_model_create(lt_model *model, const lt_model_config *cfg, lt_device device) {
   *model = (lt_model){.cfg = *cfg, .device = device};
   lt_model_config *c = &model->cfg;
+  // Configs built in code (tests) may leave the kinds empty: the defaults.
+  if (!c->attention[0]) strcpy(c->attention, "softmax");
+  if (!c->ffn[0]) strcpy(c->ffn, "swiglu");
   if (!c->n_kv_heads) c->n_kv_heads = c->n_heads;
   if (!c->head_dim) c->head_dim = c->d_model / c->n_heads;
   lt_init_stds stds = init_stds(c);
@@ -36,15 +39,19 @@ int lt_model_create(lt_model *model, const lt_model_config *cfg, lt_device devic
   const float eps = (float)c->norm_eps;
   for (int l = 0; l < c->n_layers; l++) {
     lt_block *b = &model->blocks[l];
+    const char *mixer_kind, *ffn_kind;
+    LT_TRY(lt_config_layer_kind(c->attention, lt_attention_kinds, c->n_layers, l, "model.attention",
+                                &mixer_kind));
+    LT_TRY(lt_config_layer_kind(c->ffn, lt_ffn_kinds, c->n_layers, l, "model.ffn", &ffn_kind));
     char name[96];
     snprintf(name, sizeof name, "layers.%d.attn_norm", l);
     LT_TRY(lt_rmsnorm_create(&b->attn_norm, &model->params, name, c->d_model, eps));
     snprintf(name, sizeof name, "layers.%d.attn", l);
-    LT_TRY(lt_softmax_attention_create(&b->mixer, &model->params, name, c, stds));
+    LT_TRY(lt_mixer_create(&b->mixer, mixer_kind, &model->params, name, c, l, stds));
     snprintf(name, sizeof name, "layers.%d.ffn_norm", l);
     LT_TRY(lt_rmsnorm_create(&b->ffn_norm, &model->params, name, c->d_model, eps));
     snprintf(name, sizeof name, "layers.%d.ffn", l);
-    LT_TRY(lt_swiglu_mlp_create(&b->ffn, &model->params, name, c->d_model, c->ffn_dim, stds));
+    LT_TRY(lt_ffn_create(&b->ffn, ffn_kind, &model->params, name, c, l, stds));
   }
   LT_TRY(lt_rmsnorm_create(&model->final_norm, &model->params, "final_norm", c->d_model, eps));
   LT_TRY(lt_lm_head_create(&model->head, &model->params,

@@ -466,6 +466,41 @@ static void test_readme_documents_every_key(void **state) {
     fail_msg("%d config keys are missing from %s (see `longtrain config --docs`)", missing, path);
 }
 
+static void test_layer_pattern_cycles_over_the_stack(void **state) {
+  (void)state;
+  const char *const kinds[] = {"softmax", "lightning", NULL};
+  const char *kind;
+  for (int l = 0; l < 16; l++) {
+    assert_ok(lt_config_layer_kind("lightning*7,softmax", kinds, 16, l, "model.attention", &kind));
+    assert_string_equal(kind, l % 8 == 7 ? "softmax" : "lightning");
+  }
+  assert_ok(lt_config_layer_kind("softmax", kinds, 5, 4, "model.attention", &kind));
+  assert_string_equal(kind, "softmax");
+}
+
+static void test_layer_pattern_errors_name_the_key_and_the_fix(void **state) {
+  (void)state;
+  const char *const kinds[] = {"softmax", "lightning", NULL};
+  const char *kind;
+  EXPECT_CONFIG_ERROR(lt_config_layer_kind("softmax,linaer", kinds, 4, 0, "model.attention", &kind),
+                      "model.attention", "unknown kind 'linaer'", "known: softmax, lightning");
+  EXPECT_CONFIG_ERROR(
+      lt_config_layer_kind("lightning*3,softmax", kinds, 6, 0, "model.attention", &kind),
+      "has 4 layers", "does not divide model.n_layers (6)");
+  EXPECT_CONFIG_ERROR(lt_config_layer_kind("lightning*0", kinds, 4, 0, "model.attention", &kind),
+                      "repeat count");
+  EXPECT_CONFIG_ERROR(lt_config_layer_kind("softmax,", kinds, 4, 0, "model.attention", &kind),
+                      "expected kind[*count]");
+  EXPECT_CONFIG_ERROR(lt_config_layer_kind("", kinds, 4, 0, "model.attention", &kind), "is empty");
+}
+
+static void test_unknown_layer_kind_in_a_file_is_a_config_error(void **state) {
+  (void)state;
+  char path[1200];
+  int rc = load_bad_file("model:\n  attention: softmax,mamba\n", path, sizeof path);
+  EXPECT_CONFIG_ERROR(rc, "model.attention", "unknown kind 'mamba'");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_defaults_load_and_validate),
@@ -508,6 +543,9 @@ int main(void) {
       cmocka_unit_test(test_batch_must_be_a_multiple_of_micro_batch),
       cmocka_unit_test(test_min_lr_may_not_exceed_lr),
       cmocka_unit_test(test_readme_documents_every_key),
+      cmocka_unit_test(test_layer_pattern_cycles_over_the_stack),
+      cmocka_unit_test(test_layer_pattern_errors_name_the_key_and_the_fix),
+      cmocka_unit_test(test_unknown_layer_kind_in_a_file_is_a_config_error),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

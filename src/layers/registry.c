@@ -1,0 +1,52 @@
+#include "layers/registry.h"
+
+#include <string.h>
+
+#include "core/error.h"
+#include "layers/attention/softmax.h"
+#include "layers/mlp.h"
+
+typedef int (*create_fn)(lt_layer **out, lt_params *params, const char *prefix,
+                         const lt_model_config *cfg, int layer_index, lt_init_stds stds);
+
+typedef struct kind_entry {
+  const char *name;
+  create_fn create;
+} kind_entry;
+
+static int create_softmax(lt_layer **out, lt_params *params, const char *prefix,
+                          const lt_model_config *cfg, int layer_index, lt_init_stds stds) {
+  (void)layer_index;
+  return lt_softmax_attention_create(out, params, prefix, cfg, stds);
+}
+
+static int create_swiglu(lt_layer **out, lt_params *params, const char *prefix,
+                         const lt_model_config *cfg, int layer_index, lt_init_stds stds) {
+  (void)layer_index;
+  return lt_swiglu_mlp_create(out, params, prefix, cfg->d_model, cfg->ffn_dim, stds);
+}
+
+static const kind_entry mixers[] = {{"softmax", create_softmax}};
+static const kind_entry ffns[] = {{"swiglu", create_swiglu}};
+
+static int create(const kind_entry *table, int n, const char *what, lt_layer **out,
+                  const char *kind, lt_params *params, const char *prefix,
+                  const lt_model_config *cfg, int layer_index, lt_init_stds stds) {
+  *out = NULL;
+  for (int i = 0; i < n; i++)
+    if (strcmp(table[i].name, kind) == 0)
+      return table[i].create(out, params, prefix, cfg, layer_index, stds);
+  return lt_fail(LT_ERR_CONFIG, "%s: no %s kind named '%s'", prefix, what, kind);
+}
+
+int lt_mixer_create(lt_layer **out, const char *kind, lt_params *params, const char *prefix,
+                    const lt_model_config *cfg, int layer_index, lt_init_stds stds) {
+  return create(mixers, (int)(sizeof mixers / sizeof mixers[0]), "attention", out, kind, params,
+                prefix, cfg, layer_index, stds);
+}
+
+int lt_ffn_create(lt_layer **out, const char *kind, lt_params *params, const char *prefix,
+                  const lt_model_config *cfg, int layer_index, lt_init_stds stds) {
+  return create(ffns, (int)(sizeof ffns / sizeof ffns[0]), "feed-forward", out, kind, params,
+                prefix, cfg, layer_index, stds);
+}
