@@ -44,7 +44,7 @@ typedef struct lt_bpe_merge {
 
 typedef struct lt_bpe {
   char path[LT_PATH_MAX];
-  char name[LT_PATH_MAX + 8]; // "bpe:PATH", the datasets' tokenizer attribute
+  char name[64]; // "bpe:" and the path's tail, the datasets' tokenizer attribute
   int32_t vocab_size;         // largest id + 1, added tokens included
   int32_t eos_id;             // an end-of-text added token if one is known, else -1
 

@@ -397,7 +397,9 @@ static int read_tokenizer(loader *ld, const cJSON *root) {
 int lt_bpe_parse(lt_bpe *bpe, const char *json, size_t len, const char *path) {
   *bpe = (lt_bpe){.eos_id = -1, .unk_id = -1};
   snprintf(bpe->path, sizeof bpe->path, "%s", path);
-  snprintf(bpe->name, sizeof bpe->name, "bpe:%s", path);
+  const char *tail = path; // as much of the path as a dataset's attribute holds, whole folders
+  while (strlen(tail) + 4 >= sizeof bpe->name && strchr(tail, '/')) tail = strchr(tail, '/') + 1;
+  snprintf(bpe->name, sizeof bpe->name, "bpe:%s", tail);
   const char *end = NULL;
   cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, false);
   if (!root) {

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "data/dataset.h"
+#include "data/prepare.h"
 #include "data/pretokenize.h"
 #include "data/tokenizer.h"
 #include "data/unicode_class.h"
@@ -347,6 +349,61 @@ static void test_malformed_or_missing_tokenizer_json_is_a_data_error_naming_it(v
                "/nonexistent/tokenizer.json", "cannot open");
 }
 
+static void
+test_prepare_with_a_tokenizer_json_encodes_whole_documents_and_ends_them_with_eos(void **state) {
+  (void)state;
+  const char *dir = lt_test_tmpdir();
+  char text_path[512], out[512];
+  snprintf(text_path, sizeof text_path, "%s/docs.txt", dir);
+  snprintf(out, sizeof out, "%s/docs.h5", dir);
+  // The blank lines inside a document are pre-tokenized across the line ends.
+  const char *docs[] = {"The first document.\n\n  Indented line.\n", "Second one, don't\n"};
+  char file_text[256];
+  snprintf(file_text, sizeof file_text, "%s%%\n%s", docs[0], docs[1]);
+  lt_test_write_file(text_path, file_text);
+  char tokenizer[512];
+  snprintf(tokenizer, sizeof tokenizer, "%s",
+           lt_test_source_path("tests/fixtures/bpe_llama3.json"));
+  char *argv[] = {"prepare",         "--output", out,       "--tokenizer", tokenizer,
+                  "--doc-separator", "%",        text_path, NULL};
+  assert_ok(lt_prepare_main(8, argv));
+
+  lt_tokenizer tok;
+  open_fixture(&tok, "llama3");
+  int32_t *want = NULL;
+  size_t n = 0, cap = 0;
+  for (int d = 0; d < 2; d++) {
+    assert_ok(tok.encode(&tok, docs[d], strlen(docs[d]), &want, &n, &cap));
+    want[n++] = tok.eos_id; // room: encode grows by more than one
+  }
+  lt_dataset ds;
+  assert_ok(lt_dataset_open(&ds, out));
+  assert_int_equal(ds.n_tokens, n);
+  assert_int_equal(ds.n_docs, 2);
+  assert_int_equal(ds.vocab_size, 2010);
+  assert_int_equal(ds.eos_id, 2003);
+  assert_memory_equal(ds.tokenizer, "bpe:", 4);
+  assert_non_null(strstr(ds.tokenizer, "tests/fixtures/bpe_llama3.json"));
+  int32_t got[256];
+  assert_true(n <= 256);
+  assert_ok(lt_dataset_read(&ds, 0, (int64_t)n, got));
+  assert_memory_equal(got, want, n * sizeof *want);
+  lt_dataset_close(&ds);
+  free(want);
+  lt_tokenizer_destroy(&tok);
+}
+
+static void test_prepare_with_a_tokenizer_without_eos_is_a_data_error(void **state) {
+  (void)state;
+  const char *tokenizer = write_tokenizer("no_eos", ABC_MODEL, BYTE_LEVEL_REST);
+  char text_path[512], out[512];
+  snprintf(text_path, sizeof text_path, "%s/t.txt", lt_test_tmpdir());
+  snprintf(out, sizeof out, "%s/t.h5", lt_test_tmpdir());
+  lt_test_write_file(text_path, "abc\n");
+  char *argv[] = {"prepare", "--output", out, "--tokenizer", (char *)tokenizer, text_path, NULL};
+  EXPECT_ERROR(lt_prepare_main(6, argv), LT_ERR_DATA, tokenizer, "end-of-text");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_gpt2_tokenizer_gives_hugging_face_ids),
@@ -365,6 +422,9 @@ int main(void) {
       cmocka_unit_test(test_byte_without_a_token_is_unk_or_a_data_error),
       cmocka_unit_test(test_unsupported_tokenizer_json_is_a_data_error_naming_the_field),
       cmocka_unit_test(test_malformed_or_missing_tokenizer_json_is_a_data_error_naming_it),
+      cmocka_unit_test(
+          test_prepare_with_a_tokenizer_json_encodes_whole_documents_and_ends_them_with_eos),
+      cmocka_unit_test(test_prepare_with_a_tokenizer_without_eos_is_a_data_error),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
