@@ -5,13 +5,13 @@
 // text's ids only, as encode(text, add_special_tokens=False) does), and anything else that would
 // change the ids is refused with the field's name rather than ignored.
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/error.h"
+#include "core/fsutil.h"
 #include "data/bpe.h"
 #include "data/unicode_class.h"
 
@@ -415,25 +415,10 @@ int lt_bpe_parse(lt_bpe *bpe, const char *json, size_t len, const char *path) {
 }
 
 int lt_bpe_load(lt_bpe *bpe, const char *path) {
-  FILE *f = fopen(path, "rb");
-  LT_CHECK(f, LT_ERR_DATA, "%s: cannot open tokenizer: %s", path, strerror(errno));
-  char *json = NULL;
-  size_t len = 0, cap = 0, got;
-  do {
-    if (len + 65536 > cap) {
-      char *grown = realloc(json, cap = (len + 65536) * 2);
-      if (!grown) {
-        free(json);
-        fclose(f);
-        return lt_fail(LT_ERR_MEMORY, "out of memory reading %s", path);
-      }
-      json = grown;
-    }
-    len += got = fread(json + len, 1, cap - len, f);
-  } while (got > 0);
-  int rc = ferror(f) ? lt_fail(LT_ERR_IO, "%s: read error", path) : LT_OK;
-  fclose(f);
-  if (rc == LT_OK) rc = lt_bpe_parse(bpe, json, len, path);
+  char *json;
+  size_t len;
+  LT_TRY(lt_read_file(path, &json, &len));
+  int rc = lt_bpe_parse(bpe, json, len, path);
   free(json);
   return rc;
 }
