@@ -66,7 +66,8 @@ int lt_read_file(const char *path, char **text, size_t *len) {
     }
     n += got = fread(buf + n, 1, cap - n - 1, f);
   } while (got > 0);
-  if (rc == LT_OK && ferror(f)) rc = lt_fail(LT_ERR_IO, "%s: read error: %s", path, strerror(errno));
+  if (rc == LT_OK && ferror(f))
+    rc = lt_fail(LT_ERR_IO, "%s: read error: %s", path, strerror(errno));
   fclose(f);
   if (rc != LT_OK) {
     free(buf);

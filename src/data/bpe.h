@@ -44,9 +44,9 @@ typedef struct lt_bpe_merge {
 
 typedef struct lt_bpe {
   char path[LT_PATH_MAX];
-  char name[64]; // "bpe:" and the path's tail, the datasets' tokenizer attribute
-  int32_t vocab_size;         // largest id + 1, added tokens included
-  int32_t eos_id;             // an end-of-text added token if one is known, else -1
+  char name[64];      // "bpe:" and the path's tail, the datasets' tokenizer attribute
+  int32_t vocab_size; // largest id + 1, added tokens included
+  int32_t eos_id;     // an end-of-text added token if one is known, else -1
 
   // The model.
   lt_strmap vocab;      // a token's bytes -> id, for tokens written in byte-level characters
