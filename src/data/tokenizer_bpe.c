@@ -216,6 +216,18 @@ static size_t char_start_before(const char *s, size_t at) {
   return at;
 }
 
+// Where the whitespace that ends s[from..to) begins, reading forwards as the rest of the encoder
+// does (a backwards scan could not tell a stray continuation byte from part of a character).
+static size_t space_run_start(const char *s, size_t n, size_t from, size_t to) {
+  size_t begin = from;
+  for (size_t at = from; at < to;) {
+    lt_uchar c = lt_utf8_char(s, n, at);
+    at += (size_t)c.len;
+    if (c.cls != LT_UC_SPACE) begin = at;
+  }
+  return begin;
+}
+
 // The leftmost-longest added token of the given pass that occurs in s[from..n): its index, or -1.
 static int find_added(const lt_bpe *bpe, const char *s, size_t n, size_t from, bool normalized,
                       size_t *start) {
@@ -257,9 +269,7 @@ static int encode_text(lt_bpe *bpe, const char *s, size_t n, bool normalized, id
     if (a->single_word && ((start > 0 && is_word_char_at(s, n, char_start_before(s, start))) ||
                            is_word_char_at(s, n, stop)))
       continue;
-    if (a->lstrip)
-      while (start > done && is_space_at(s, n, char_start_before(s, start)))
-        start = char_start_before(s, start);
+    if (a->lstrip) start = space_run_start(s, n, done, start);
     if (a->rstrip)
       while (is_space_at(s, n, stop)) stop += (size_t)lt_utf8_char(s, n, stop).len;
     at = stop;

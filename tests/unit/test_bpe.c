@@ -111,6 +111,25 @@ static void test_decode_of_encode_gives_back_any_bytes(void **state) {
   }
 }
 
+// Found by fuzzing: an lstrip token after a stray UTF-8 continuation byte once scanned back for
+// whitespace past the end of the previous token (here, into the space its rstrip had taken).
+static void test_lstrip_token_after_invalid_utf8_stays_after_the_previous_token(void **state) {
+  (void)state;
+  const char text[] = "<mask> \x92<mask>x \x92<mask>y";
+  // The first <mask> takes the space after it; the stray byte is text, which add_prefix_space
+  // prefixes with a space, as it does "x \x92" and "y".
+  const char want[] = "<mask> \x92<mask> x \x92<mask> y";
+  lt_tokenizer tok;
+  open_fixture(&tok, "options");
+  int32_t *ids;
+  size_t n = encode(&tok, text, sizeof text - 1, &ids);
+  char decoded[64];
+  assert_int_equal(tok.decode(&tok, ids, n, decoded, sizeof decoded), sizeof want - 1);
+  assert_memory_equal(decoded, want, sizeof want - 1);
+  free(ids);
+  lt_tokenizer_destroy(&tok);
+}
+
 static void test_second_encoding_from_the_word_cache_gives_the_same_ids(void **state) {
   (void)state;
   const char *text = "the cat and the hat and the bat, the cat again; 1234 1234 don't don't";
@@ -410,6 +429,7 @@ int main(void) {
       cmocka_unit_test(test_llama3_tokenizer_gives_hugging_face_ids),
       cmocka_unit_test(test_prefix_space_and_added_token_options_give_hugging_face_ids),
       cmocka_unit_test(test_decode_of_encode_gives_back_any_bytes),
+      cmocka_unit_test(test_lstrip_token_after_invalid_utf8_stays_after_the_previous_token),
       cmocka_unit_test(test_second_encoding_from_the_word_cache_gives_the_same_ids),
       cmocka_unit_test(test_vocab_size_and_eos_come_from_the_file),
       cmocka_unit_test(test_decode_stops_before_a_token_that_does_not_fit_and_skips_unknown_ids),
