@@ -423,6 +423,21 @@ static void test_prepare_with_a_tokenizer_without_eos_is_a_data_error(void **sta
   EXPECT_ERROR(lt_prepare_main(6, argv), LT_ERR_DATA, tokenizer, "end-of-text");
 }
 
+static void test_longtrain_prepare_with_a_wordpiece_tokenizer_exits_4_with_one_line(void **state) {
+  (void)state;
+  const char *tokenizer = write_tokenizer(
+      "cli_wordpiece", "\"type\": \"WordPiece\", \"vocab\": {\"a\": 0}", BYTE_LEVEL_REST);
+  char text_path[512], command[2048], out[4096];
+  snprintf(text_path, sizeof text_path, "%s/t.txt", lt_test_tmpdir());
+  lt_test_write_file(text_path, "abc\n");
+  snprintf(command, sizeof command, "%s prepare --output %s/t.h5 --tokenizer %s %s",
+           lt_test_binary(), lt_test_tmpdir(), tokenizer, text_path);
+  assert_int_equal(lt_test_run(command, out, sizeof out), LT_ERR_DATA);
+  assert_non_null(strstr(out, "longtrain: error: "));
+  assert_non_null(strstr(out, "model.type is WordPiece"));
+  assert_ptr_equal(strchr(out, '\n'), out + strlen(out) - 1); // one line
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_gpt2_tokenizer_gives_hugging_face_ids),
@@ -445,6 +460,7 @@ int main(void) {
       cmocka_unit_test(
           test_prepare_with_a_tokenizer_json_encodes_whole_documents_and_ends_them_with_eos),
       cmocka_unit_test(test_prepare_with_a_tokenizer_without_eos_is_a_data_error),
+      cmocka_unit_test(test_longtrain_prepare_with_a_wordpiece_tokenizer_exits_4_with_one_line),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
