@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -45,5 +46,34 @@ int lt_make_dirs(const char *path) {
   }
   if (mkdir(buf, 0775) != 0 && errno != EEXIST)
     return lt_fail(LT_ERR_IO, "%s: cannot create folder: %s", buf, strerror(errno));
+  return LT_OK;
+}
+
+int lt_read_file(const char *path, char **text, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  LT_CHECK(f, LT_ERR_DATA, "%s: cannot open: %s", path, strerror(errno));
+  char *buf = NULL;
+  size_t n = 0, cap = 0, got;
+  int rc = LT_OK;
+  do {
+    if (n + 65536 > cap) {
+      char *grown = realloc(buf, cap = (n + 65536) * 2);
+      if (!grown) {
+        rc = lt_fail(LT_ERR_MEMORY, "out of memory reading %s", path);
+        break;
+      }
+      buf = grown;
+    }
+    n += got = fread(buf + n, 1, cap - n - 1, f);
+  } while (got > 0);
+  if (rc == LT_OK && ferror(f))
+    rc = lt_fail(LT_ERR_IO, "%s: read error: %s", path, strerror(errno));
+  fclose(f);
+  if (rc != LT_OK) {
+    free(buf);
+    return rc;
+  }
+  buf[n] = '\0';
+  *text = buf, *len = n;
   return LT_OK;
 }
