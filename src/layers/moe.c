@@ -203,8 +203,7 @@ static int add_weight(lt_params *params, lt_param *bind, const char *prefix, int
 int lt_moe_create(lt_layer **out, lt_params *params, const char *prefix, const lt_model_config *cfg,
                   lt_init_stds stds) {
   *out = NULL;
-  int rc = lt_config_validate_moe(&cfg->moe, prefix);
-  if (rc) return rc;
+  LT_TRY(lt_config_validate_moe(&cfg->moe, prefix));
   moe_layer *m = calloc(1, sizeof *m);
   LT_CHECK(m, LT_ERR_MEMORY, "out of memory creating %s", prefix);
   *out = &m->base;
