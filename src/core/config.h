@@ -17,6 +17,13 @@ typedef enum lt_init_scheme { LT_INIT_LLAMA, LT_INIT_SCALED, LT_INIT_NEOX } lt_i
 typedef enum lt_lr_decay { LT_DECAY_COSINE, LT_DECAY_LINEAR, LT_DECAY_CONSTANT } lt_lr_decay;
 typedef enum lt_device_choice { LT_DEVICE_CPU, LT_DEVICE_CUDA } lt_device_choice;
 
+// The mixture-of-experts feed-forward (model.ffn: moe), keys model.moe.*.
+typedef struct lt_moe_config {
+  int n_experts, top_k, ffn_dim, n_shared_experts;
+  double capacity_factor, aux_loss_coef, z_loss_coef;
+  bool renormalize;
+} lt_moe_config;
+
 typedef struct lt_model_config {
   char attention[256]; // token mixer per layer: a kind, or a pattern (see lt_config_layer_kind)
   char ffn[256];       // feed-forward per layer, likewise
@@ -24,6 +31,7 @@ typedef struct lt_model_config {
   double rope_theta, norm_eps, init_std;
   bool tie_embeddings;
   int init; // lt_init_scheme
+  lt_moe_config moe;
 } lt_model_config;
 
 typedef struct lt_train_config {
@@ -92,6 +100,9 @@ int lt_config_validate(const lt_config *cfg);
 int lt_config_to_yaml(const lt_config *cfg, char **out);
 // A markdown table of every key: path, type, default, meaning.
 void lt_config_print_docs(void);
+
+// The model.moe.* relations (top_k within n_experts, ...); `src` names the config in messages.
+int lt_config_validate_moe(const lt_moe_config *moe, const char *src);
 
 // The kinds a layer pattern may name (NULL-terminated), in config_schema.c.
 extern const char *const lt_attention_kinds[];

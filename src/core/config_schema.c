@@ -26,7 +26,7 @@
 #define BIG 2147483647.0
 
 const char *const lt_attention_kinds[] = {"softmax", NULL};
-const char *const lt_ffn_kinds[] = {"swiglu", NULL};
+const char *const lt_ffn_kinds[] = {"swiglu", "moe", NULL};
 
 const lt_config_key lt_config_keys[] = {
     STRING("model.attention", model.attention, "softmax",
@@ -34,7 +34,8 @@ const lt_config_key lt_config_keys[] = {
            "cycled over the layers: \"lightning*7,softmax\" makes every 8th layer softmax. "
            "n_layers must be a multiple of the pattern's length."),
     STRING("model.ffn", model.ffn, "swiglu",
-           "Feed-forward of each layer: a kind (swiglu), or a pattern as for model.attention."),
+           "Feed-forward of each layer: a kind (swiglu, moe), or a pattern as for "
+           "model.attention: \"swiglu,moe\" makes every other layer a mixture of experts."),
     INT("model.d_model", model.d_model, "768", 1, BIG, "Width of the residual stream."),
     INT("model.n_layers", model.n_layers, "12", 1, 4096, "Number of transformer blocks."),
     INT("model.n_heads", model.n_heads, "12", 1, 4096, "Query heads per attention layer."),
@@ -59,6 +60,29 @@ const lt_config_key lt_config_keys[] = {
          "for output projections, N(0, 2/(n_layers*sqrt(d_model)))."),
     FLOAT("model.init_std", model.init_std, "0.02", 0, 10,
           "Standard deviation for llama/scaled init."),
+    INT("model.moe.n_experts", model.moe.n_experts, "8", 1, 4096,
+        "Routed experts per MoE layer (model.ffn: moe), each a SwiGLU of model.moe.ffn_dim."),
+    INT("model.moe.top_k", model.moe.top_k, "2", 1, 4096,
+        "Experts each token is routed to: the top_k of the router's softmax."),
+    INT("model.moe.ffn_dim", model.moe.ffn_dim, "0", 0, BIG,
+        "Hidden width of one expert's SwiGLU; 0 means model.ffn_dim."),
+    INT("model.moe.n_shared_experts", model.moe.n_shared_experts, "0", 0, 4096,
+        "Experts every token goes through besides its routed ones (DeepSeekMoE's shared experts), "
+        "run as one SwiGLU of n_shared_experts * ffn_dim; 0 means none."),
+    FLOAT("model.moe.capacity_factor", model.moe.capacity_factor, "0", 0, 1e6,
+          "Each expert takes at most ceil(capacity_factor * tokens * top_k / n_experts) of a "
+          "micro-batch's choices, first choices first; the rest are dropped (their expert output "
+          "is zero and the residual carries the token). 0 means dropless: no limit."),
+    BOOL("model.moe.renormalize", model.moe.renormalize, "true",
+         "Divide the top_k gate weights by their sum, so they add to 1 (Mixtral); false keeps the "
+         "softmax probabilities themselves (Switch, GShard). Needs top_k > 1."),
+    FLOAT("model.moe.aux_loss_coef", model.moe.aux_loss_coef, "0.01", 0, 1e6,
+          "Weight of the Switch Transformer load-balance loss n_experts * sum_i f_i P_i (f_i: "
+          "fraction of choices routed to expert i, P_i: its mean router probability), added per "
+          "MoE layer; 1 at perfect balance."),
+    FLOAT("model.moe.z_loss_coef", model.moe.z_loss_coef, "0.001", 0, 1e6,
+          "Weight of the ST-MoE router z-loss, the mean over tokens of logsumexp(router "
+          "logits)^2, added per MoE layer; it keeps router logits small."),
 
     INT64("train.steps", train.steps, "1000", 1, 1e15, "Optimizer steps to train for."),
     INT("train.batch", train.batch, "8", 1, BIG,
@@ -134,12 +158,29 @@ int lt_config_validate(const lt_config *cfg) {
   LT_CHECK(t->seq_len <= m->max_seq_len, LT_ERR_CONFIG,
            "%s: train.seq_len (%d) exceeds model.max_seq_len (%d): raise model.max_seq_len", src,
            t->seq_len, m->max_seq_len);
+  LT_TRY(lt_config_validate_moe(&m->moe, src));
   int micro = t->micro_batch ? t->micro_batch : t->batch;
   LT_CHECK(t->batch % micro == 0, LT_ERR_CONFIG,
            "%s: train.batch (%d) must be a multiple of train.micro_batch (%d)", src, t->batch,
            micro);
   LT_CHECK(t->min_lr <= t->lr, LT_ERR_CONFIG, "%s: train.min_lr (%g) must not exceed train.lr (%g)",
            src, t->min_lr, t->lr);
+  return LT_OK;
+}
+
+int lt_config_validate_moe(const lt_moe_config *moe, const char *src) {
+  LT_CHECK(moe->n_experts >= 1, LT_ERR_CONFIG, "%s: model.moe.n_experts (%d) must be at least 1",
+           src, moe->n_experts);
+  LT_CHECK(moe->top_k >= 1 && moe->top_k <= moe->n_experts, LT_ERR_CONFIG,
+           "%s: model.moe.top_k (%d) must be between 1 and model.moe.n_experts (%d): lower top_k "
+           "or add experts",
+           src, moe->top_k, moe->n_experts);
+  // One renormalized gate is always 1: the router would get no gradient from the loss at all.
+  LT_CHECK(!(moe->renormalize && moe->top_k == 1), LT_ERR_CONFIG,
+           "%s: model.moe.renormalize with model.moe.top_k 1 makes every gate weight 1, so the "
+           "router never learns from the loss: set model.moe.renormalize to false (Switch) or "
+           "top_k to 2 or more",
+           src);
   return LT_OK;
 }
 

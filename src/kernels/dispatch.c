@@ -280,3 +280,146 @@ int lt_adamw(lt_ctx *ctx, lt_tensor param, lt_tensor grad, lt_tensor m, lt_tenso
   lt_cpu_adamw(lt_f32(param), lt_f32(grad), lt_f32(m), lt_f32(v), lt_numel(param), args);
   return LT_OK;
 }
+
+// The (N, k) choice tensors of one routing: same shape, i32 or f32 as named.
+static int check_choices(const char *op, lt_tensor a, lt_tensor b) {
+  EXPECT(a.ndim == 2 && lt_same_shape(a, b), op, "choices must be (N, k) alike", a, b);
+  return LT_OK;
+}
+
+int lt_moe_route(lt_ctx *ctx, lt_tensor gate, lt_tensor expert, lt_tensor probs, lt_tensor lse,
+                 lt_tensor prob_sum, lt_tensor logits, bool renormalize) {
+  LT_TRY(check_choices("moe_route", gate, expert));
+  const int64_t n = logits.shape[0], e = logits.shape[1], k = gate.shape[1];
+  EXPECT(logits.ndim == 2 && lt_same_shape(probs, logits) && gate.shape[0] == n, "moe_route",
+         "logits and probs (N, E), gate (N, k)", logits, gate);
+  EXPECT(k >= 1 && k <= e, "moe_route", "top-k must be 1..E", gate, logits);
+  EXPECT(lt_numel(lse) == n && lt_numel(prob_sum) == e, "moe_route", "lse (N), prob_sum (E)", lse,
+         prob_sum);
+  EXPECT(expert.dtype == LT_I32 && gate.dtype == LT_F32 && probs.dtype == LT_F32, "moe_route",
+         "expert i32, gate and probs f32", expert, gate);
+  ON_CUDA(lt_cuda_moe_route(ctx, gate, expert, probs, lse, prob_sum, logits, renormalize));
+  EXPECT_F32("moe_route", logits);
+  lt_cpu_moe_route(lt_f32(gate), lt_i32(expert), lt_f32(probs), lt_f32(lse), lt_f32(prob_sum),
+                   lt_f32(logits), n, (int)e, (int)k, renormalize);
+  return LT_OK;
+}
+
+int lt_moe_route_bwd(lt_ctx *ctx, lt_tensor dlogits, lt_tensor dgate, lt_tensor gate,
+                     lt_tensor expert, lt_tensor probs, lt_tensor lse, lt_tensor balance,
+                     float z_scale, bool renormalize) {
+  LT_TRY(check_choices("moe_route_bwd", gate, expert));
+  LT_TRY(check_choices("moe_route_bwd", dgate, gate));
+  const int64_t n = probs.shape[0], e = probs.shape[1];
+  EXPECT(probs.ndim == 2 && lt_same_shape(dlogits, probs) && gate.shape[0] == n, "moe_route_bwd",
+         "dlogits and probs (N, E), gate (N, k)", dlogits, gate);
+  EXPECT(lt_numel(lse) == n && lt_numel(balance) == e, "moe_route_bwd", "lse (N), balance (E)", lse,
+         balance);
+  ON_CUDA(lt_cuda_moe_route_bwd(ctx, dlogits, dgate, gate, expert, probs, lse, balance, z_scale,
+                                renormalize));
+  lt_cpu_moe_route_bwd(lt_f32(dlogits), lt_f32(dgate), lt_f32(gate), lt_i32(expert), lt_f32(probs),
+                       lt_f32(lse), lt_f32(balance), z_scale, n, (int)e, (int)gate.shape[1],
+                       renormalize);
+  return LT_OK;
+}
+
+int lt_moe_dispatch_plan(lt_ctx *ctx, lt_tensor slot_row, lt_tensor row_token, lt_tensor offsets,
+                         lt_tensor counts, lt_tensor expert, int64_t capacity) {
+  LT_TRY(check_choices("moe_dispatch_plan", slot_row, expert));
+  const int64_t e = lt_numel(counts);
+  EXPECT(lt_numel(row_token) == lt_numel(expert) && lt_numel(offsets) == e + 1, "moe_dispatch_plan",
+         "row_token (N*k), offsets (E+1), counts (E)", row_token, offsets);
+  EXPECT(expert.dtype == LT_I32 && slot_row.dtype == LT_I32 && row_token.dtype == LT_I32 &&
+             offsets.dtype == LT_I32 && counts.dtype == LT_I32,
+         "moe_dispatch_plan", "expected i32", expert, offsets);
+  ON_CUDA(lt_cuda_moe_dispatch_plan(ctx, slot_row, row_token, offsets, counts, expert, capacity));
+  lt_cpu_moe_dispatch_plan(lt_i32(slot_row), lt_i32(row_token), lt_i32(offsets), lt_i32(counts),
+                           lt_i32(expert), expert.shape[0], (int)e, (int)expert.shape[1], capacity);
+  return LT_OK;
+}
+
+int lt_moe_dispatch(lt_ctx *ctx, lt_tensor xe, lt_tensor x, lt_tensor row_token) {
+  EXPECT(x.ndim == 2 && xe.ndim == 2 && xe.shape[1] == x.shape[1], "moe_dispatch",
+         "x (N, D), xe (R, D)", xe, x);
+  EXPECT(row_token.dtype == LT_I32 && xe.shape[0] <= lt_numel(row_token), "moe_dispatch",
+         "more rows than row_token names", xe, row_token);
+  ON_CUDA(lt_cuda_moe_dispatch(ctx, xe, x, row_token));
+  lt_cpu_moe_dispatch(lt_f32(xe), lt_f32(x), lt_i32(row_token), xe.shape[0], x.shape[1]);
+  return LT_OK;
+}
+
+int lt_moe_dispatch_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dxe, lt_tensor slot_row) {
+  EXPECT(dx.ndim == 2 && dxe.ndim == 2 && dxe.shape[1] == dx.shape[1], "moe_dispatch_bwd",
+         "dx (N, D), dxe (R, D)", dx, dxe);
+  EXPECT(slot_row.ndim == 2 && slot_row.shape[0] == dx.shape[0] && slot_row.dtype == LT_I32,
+         "moe_dispatch_bwd", "slot_row (N, k) i32", slot_row, dx);
+  ON_CUDA(lt_cuda_moe_dispatch_bwd(ctx, dx, dxe, slot_row));
+  lt_cpu_moe_dispatch_bwd(lt_f32(dx), lt_f32(dxe), lt_i32(slot_row), dx.shape[0],
+                          (int)slot_row.shape[1], dx.shape[1]);
+  return LT_OK;
+}
+
+static int check_combine(const char *op, lt_tensor out, lt_tensor ye, lt_tensor gate,
+                         lt_tensor slot_row) {
+  LT_TRY(check_choices(op, gate, slot_row));
+  EXPECT(out.ndim == 2 && ye.ndim == 2 && ye.shape[1] == out.shape[1], op, "out (N, D), ye (R, D)",
+         out, ye);
+  EXPECT(gate.shape[0] == out.shape[0] && gate.dtype == LT_F32 && slot_row.dtype == LT_I32, op,
+         "gate (N, k) f32, slot_row (N, k) i32", gate, out);
+  return LT_OK;
+}
+
+int lt_moe_combine(lt_ctx *ctx, lt_tensor out, lt_tensor ye, lt_tensor gate, lt_tensor slot_row) {
+  LT_TRY(check_combine("moe_combine", out, ye, gate, slot_row));
+  ON_CUDA(lt_cuda_moe_combine(ctx, out, ye, gate, slot_row));
+  lt_cpu_moe_combine(lt_f32(out), lt_f32(ye), lt_f32(gate), lt_i32(slot_row), out.shape[0],
+                     (int)gate.shape[1], out.shape[1]);
+  return LT_OK;
+}
+
+int lt_moe_combine_bwd(lt_ctx *ctx, lt_tensor dye, lt_tensor dgate, lt_tensor dout, lt_tensor ye,
+                       lt_tensor gate, lt_tensor slot_row) {
+  LT_TRY(check_combine("moe_combine_bwd", dout, ye, gate, slot_row));
+  EXPECT(lt_same_shape(dye, ye), "moe_combine_bwd", "dye vs ye", dye, ye);
+  LT_TRY(check_choices("moe_combine_bwd", dgate, gate));
+  ON_CUDA(lt_cuda_moe_combine_bwd(ctx, dye, dgate, dout, ye, gate, slot_row));
+  lt_cpu_moe_combine_bwd(lt_f32(dye), lt_f32(dgate), lt_f32(dout), lt_f32(ye), lt_f32(gate),
+                         lt_i32(slot_row), dout.shape[0], (int)gate.shape[1], dout.shape[1]);
+  return LT_OK;
+}
+
+// Group offsets must start at 0, never decrease, and end within the rows present.
+static int check_groups(const char *op, const int64_t *rows, int64_t groups, lt_tensor a) {
+  EXPECT(rows[0] == 0 && rows[groups] <= a.shape[0], op, "group offsets vs rows", a, a);
+  for (int64_t g = 0; g < groups; g++)
+    EXPECT(rows[g + 1] >= rows[g], op, "group offsets decrease", a, a);
+  return LT_OK;
+}
+
+int lt_grouped_matmul(lt_ctx *ctx, lt_tensor c, lt_tensor a, lt_tensor b, bool trans_b,
+                      const int64_t *rows) {
+  EXPECT(a.ndim == 2 && c.ndim == 2 && b.ndim == 3, "grouped_matmul", "a, c 2-D; b (G, ., .)", a,
+         b);
+  const int64_t groups = b.shape[0], k = trans_b ? b.shape[2] : b.shape[1];
+  const int64_t n = trans_b ? b.shape[1] : b.shape[2];
+  EXPECT(a.shape[1] == k && c.shape[1] == n && c.shape[0] == a.shape[0], "grouped_matmul",
+         "inner or output dimensions", a, b);
+  LT_TRY(check_groups("grouped_matmul", rows, groups, a));
+  ON_CUDA(lt_cuda_grouped_matmul(ctx, c, a, b, trans_b, rows));
+  EXPECT_F32("grouped_matmul", a);
+  lt_cpu_grouped_matmul(lt_f32(c), lt_f32(a), lt_f32(b), trans_b, rows, (int)groups, n, k);
+  return LT_OK;
+}
+
+int lt_grouped_matmul_wgrad(lt_ctx *ctx, lt_tensor c, lt_tensor a, lt_tensor b,
+                            const int64_t *rows) {
+  EXPECT(a.ndim == 2 && b.ndim == 2 && c.ndim == 3 && a.shape[0] == b.shape[0],
+         "grouped_matmul_wgrad", "a (R, M), b (R, N), c (G, M, N)", a, b);
+  EXPECT(c.shape[1] == a.shape[1] && c.shape[2] == b.shape[1] && c.dtype == LT_F32,
+         "grouped_matmul_wgrad", "c (G, M, N) f32", c, a);
+  LT_TRY(check_groups("grouped_matmul_wgrad", rows, c.shape[0], a));
+  ON_CUDA(lt_cuda_grouped_matmul_wgrad(ctx, c, a, b, rows));
+  lt_cpu_grouped_matmul_wgrad(lt_f32(c), lt_f32(a), lt_f32(b), rows, (int)c.shape[0], a.shape[1],
+                              b.shape[1]);
+  return LT_OK;
+}

@@ -111,6 +111,60 @@ int lt_attn_bwd_delta(lt_ctx *ctx, lt_tensor delta, lt_tensor dout, lt_tensor o)
 int lt_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_tensor dout, lt_tensor q,
                 lt_tensor k, lt_tensor v, lt_tensor lse, lt_tensor delta, const lt_attn_spec *spec);
 
+// --- mixture of experts: routing, token dispatch, per-expert GEMMs, combine ---
+// A layer routes N tokens to E experts, k choices each (a "choice" is one (token, rank) pair).
+// The kept choices are laid out as R rows grouped by expert, so each expert's tokens are one
+// contiguous block that one GEMM (or one group of a grouped GEMM) processes.
+
+// The router (Shazeer et al. 2017, Switch Transformer, ST-MoE): probs = softmax(logits) per token;
+// expert[n, :] = the k experts of largest probability, best first (ties to the lower index);
+// gate[n, s] = probs[n, expert[n, s]], or with renormalize those divided by their sum over the k
+// choices (= softmax over the chosen logits, as Mixtral). lse[n] = logsumexp(logits[n]) for the
+// router z-loss; prob_sum[e] = sum over tokens of probs[:, e] for the load-balance loss.
+// logits, probs: (N, E) f32; gate: (N, k) f32; expert: (N, k) i32; lse: (N) f32; prob_sum: (E) f32
+int lt_moe_route(lt_ctx *ctx, lt_tensor gate, lt_tensor expert, lt_tensor probs, lt_tensor lse,
+                 lt_tensor prob_sum, lt_tensor logits, bool renormalize);
+// dlogits (overwritten) from the gate gradient dgate and the auxiliary losses. The choice of
+// experts is piecewise constant in the logits, so only the chosen gates carry the loss's gradient
+// (the straight-through reading of top-k). balance[e] = d(aux)/d(probs[n, e]), the same for every
+// token (the load-balance loss is linear in the probabilities); the z-loss adds
+// z_scale * lse[n] * probs[n, :] (d(lse^2)/d(logits) = 2 lse probs; z_scale carries the 2).
+// dgate, gate: (N, k) f32; expert: (N, k) i32; probs, dlogits: (N, E) f32; lse: (N); balance: (E)
+int lt_moe_route_bwd(lt_ctx *ctx, lt_tensor dlogits, lt_tensor dgate, lt_tensor gate,
+                     lt_tensor expert, lt_tensor probs, lt_tensor lse, lt_tensor balance,
+                     float z_scale, bool renormalize);
+// Where each choice goes. Choices enter their expert in priority order, every token's first
+// choice before any second choice and, within a rank, in token order (GShard, Switch), until the
+// expert holds `capacity` rows; the rest are dropped (capacity <= 0: none are, "dropless").
+// Expert e's rows are [offsets[e], offsets[e+1]), in token order.
+// expert, slot_row: (N, k) i32, slot_row[n, s] = the row of that choice, or -1 if dropped;
+// row_token: (N*k) i32, the token of each row, -1 past offsets[E]; offsets: (E+1) i32;
+// counts: (E) i32, the choices routed to each expert before dropping.
+int lt_moe_dispatch_plan(lt_ctx *ctx, lt_tensor slot_row, lt_tensor row_token, lt_tensor offsets,
+                         lt_tensor counts, lt_tensor expert, int64_t capacity);
+// Token dispatch, a gather into expert order: xe[r] = x[row_token[r]] for the R rows of xe.
+// x: (N, D); xe: (R, D), R <= the length of row_token
+int lt_moe_dispatch(lt_ctx *ctx, lt_tensor xe, lt_tensor x, lt_tensor row_token);
+// Its transpose: dx[n] = sum of dxe[slot_row[n, s]] over n's kept choices (overwrites dx).
+int lt_moe_dispatch_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dxe, lt_tensor slot_row);
+// Combine, a weighted scatter-add back to token order: out[n] = sum_s gate[n, s] ye[slot_row[n, s]]
+// over the kept choices; a dropped choice adds nothing (the residual carries the token).
+// ye: (R, D); out: (N, D); gate: (N, k) f32; slot_row: (N, k) i32
+int lt_moe_combine(lt_ctx *ctx, lt_tensor out, lt_tensor ye, lt_tensor gate, lt_tensor slot_row);
+// dye[slot_row[n, s]] = gate[n, s] dout[n] (each row belongs to one choice, so no sums), and
+// dgate[n, s] = dout[n] . ye[slot_row[n, s]], 0 for dropped choices.
+int lt_moe_combine_bwd(lt_ctx *ctx, lt_tensor dye, lt_tensor dgate, lt_tensor dout, lt_tensor ye,
+                       lt_tensor gate, lt_tensor slot_row);
+// Per-group products: one sgemm per group on the CPU, shaped for one grouped GEMM on the GPU.
+// Group g owns rows [rows[g], rows[g+1]) of a and c. `rows` is a host array of G+1 non-decreasing
+// offsets (it sizes the launches, as cuBLAS's grouped GEMM takes its sizes from the host).
+// c[rows_g] = a[rows_g] op(b[g])    a: (R, K); b: (G, N, K) with trans_b, else (G, K, N); c: (R, N)
+int lt_grouped_matmul(lt_ctx *ctx, lt_tensor c, lt_tensor a, lt_tensor b, bool trans_b,
+                      const int64_t *rows);
+// The weight gradient: c[g] += a[rows_g]^T b[rows_g]    a: (R, M); b: (R, N); c: (G, M, N) f32
+int lt_grouped_matmul_wgrad(lt_ctx *ctx, lt_tensor c, lt_tensor a, lt_tensor b,
+                            const int64_t *rows);
+
 // --- optimizer ---
 
 typedef struct lt_adamw_args {

@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "layers/attention/softmax.h"
 #include "layers/mlp.h"
+#include "layers/moe.h"
 
 typedef int (*create_fn)(lt_layer **out, lt_params *params, const char *prefix,
                          const lt_model_config *cfg, int layer_index, lt_init_stds stds);
@@ -26,8 +27,14 @@ static int create_swiglu(lt_layer **out, lt_params *params, const char *prefix,
   return lt_swiglu_mlp_create(out, params, prefix, cfg->d_model, cfg->ffn_dim, stds);
 }
 
+static int create_moe(lt_layer **out, lt_params *params, const char *prefix,
+                      const lt_model_config *cfg, int layer_index, lt_init_stds stds) {
+  (void)layer_index;
+  return lt_moe_create(out, params, prefix, cfg, stds);
+}
+
 static const kind_entry mixers[] = {{"softmax", create_softmax}};
-static const kind_entry ffns[] = {{"swiglu", create_swiglu}};
+static const kind_entry ffns[] = {{"swiglu", create_swiglu}, {"moe", create_moe}};
 
 static int create(const kind_entry *table, int n, const char *what, lt_layer **out,
                   const char *kind, lt_params *params, const char *prefix,

@@ -190,9 +190,13 @@ int lt_model_backward(lt_model *model, lt_ctx *ctx, const lt_batch *batch) {
   LT_TRY(lt_zero(ctx, model->d_resid));
   LT_TRY(lt_rmsnorm_backward(ctx, &model->final_norm, model->d_resid, model->d_final, model->x_out,
                              model->final_rstd));
+  // A recomputed forward must not add its auxiliary losses a second time.
+  lt_batch replay = *batch;
+  replay.aux = NULL;
   for (int l = model->cfg.n_layers - 1; l >= 0; l--) {
     lt_block *b = &model->blocks[l];
-    if (model->recompute) LT_TRY(block_forward(ctx, b, model->recompute_out, model->branch, batch));
+    if (model->recompute)
+      LT_TRY(block_forward(ctx, b, model->recompute_out, model->branch, &replay));
     LT_TRY(block_backward(ctx, b, model->d_resid, model->d_branch, batch));
   }
   return lt_embedding_backward(ctx, &model->embed, model->d_resid, batch->tokens);

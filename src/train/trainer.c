@@ -102,6 +102,9 @@ int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out) {
   LT_CHECK(counts[0] > 0, LT_ERR_DATA, "%s: a whole step has no target tokens", tr->data.path);
   const float grad_scale = (float)(1.0 / counts[0]);
   LT_TRY(lt_params_zero_grad(&tr->model.params));
+  // Auxiliary losses (MoE routers) count as their mean over the step's micro-batches.
+  tr->aux = (lt_aux_loss){.grad_scale = (float)(1.0 / (double)tr->accum)};
+  tr->batch.aux = &tr->aux;
   double loss_sum = 0.0;
   for (int64_t m = 0; m < tr->accum; m++) {
     double micro_loss;
@@ -123,6 +126,7 @@ int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out) {
                            .loss = loss,
                            .lr = lr,
                            .grad_norm = grad_norm,
+                           .aux = tr->aux.sum / (double)tr->accum,
                            .tokens_seen = tr->tokens_seen};
   return LT_OK;
 }

@@ -30,10 +30,13 @@ static lt_model_config toy_config(void) {
                            .init_std = 0.02};
 }
 
-static void toy_create(toy *t, int64_t B, int64_t T, bool recompute) {
+// A toy whose feed-forward layers are `ffn` (a kind or pattern, as model.ffn).
+static void toy_create_ffn(toy *t, int64_t B, int64_t T, bool recompute, const char *ffn) {
   t->B = B, t->T = T;
   assert_ok(lt_ctx_init(&t->ctx, LT_CPU, 2));
   lt_model_config cfg = toy_config();
+  snprintf(cfg.ffn, sizeof cfg.ffn, "%s", ffn);
+  cfg.moe = (lt_moe_config){.n_experts = 4, .top_k = 2, .renormalize = true, .ffn_dim = 32};
   assert_ok(lt_model_create(&t->model, &cfg, LT_CPU));
   assert_ok(lt_params_init(&t->model.params, 2024));
   assert_ok(lt_model_plan(&t->model, B, T, recompute));
@@ -45,6 +48,10 @@ static void toy_create(toy *t, int64_t B, int64_t T, bool recompute) {
     t->targets[i] = (int32_t)((i * i * 5 + i * 11 + 2) % 37);
     t->pos[i] = (int32_t)(i % T);
   }
+}
+
+static void toy_create(toy *t, int64_t B, int64_t T, bool recompute) {
+  toy_create_ffn(t, B, T, recompute, "swiglu");
 }
 
 static void toy_destroy(toy *t) {
@@ -78,10 +85,9 @@ static double loss_and_grads(toy *t, int64_t accum) {
   return total / (double)(t->B * t->T);
 }
 
-static void test_training_overfits_one_batch(void **state) {
-  (void)state;
+static void expect_overfits_one_batch(const char *ffn) {
   toy t;
-  toy_create(&t, 4, 16, false);
+  toy_create_ffn(&t, 4, 16, false, ffn);
   lt_train_config tc = {.steps = 150,
                         .lr = 3e-3,
                         .beta1 = 0.9,
@@ -97,11 +103,22 @@ static void test_training_overfits_one_batch(void **state) {
     if (step == 0) first = loss;
     assert_ok(lt_optimizer_step(&opt, &t.ctx, tc.lr, &norm));
   }
-  printf("loss %.4f -> %.4f after 150 steps on one batch\n", first, loss);
+  printf("%s: loss %.4f -> %.4f after 150 steps on one batch (%lld parameters)\n", ffn, first, loss,
+         (long long)lt_model_n_params(&t.model));
   assert_true(first > 3.0); // about ln(37) = 3.6 at initialisation
   assert_true(loss < 0.05);
   lt_optimizer_destroy(&opt);
   toy_destroy(&t);
+}
+
+static void test_training_overfits_one_batch(void **state) {
+  (void)state;
+  expect_overfits_one_batch("swiglu");
+}
+
+static void test_training_with_mixture_of_experts_overfits_one_batch(void **state) {
+  (void)state;
+  expect_overfits_one_batch("moe");
 }
 
 static void test_gradient_accumulation_equals_one_large_batch(void **state) {
@@ -151,6 +168,7 @@ static void test_initialisation_depends_only_on_seed_and_name(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_training_overfits_one_batch),
+      cmocka_unit_test(test_training_with_mixture_of_experts_overfits_one_batch),
       cmocka_unit_test(test_gradient_accumulation_equals_one_large_batch),
       cmocka_unit_test(test_recomputation_gives_bit_identical_loss_and_gradients),
       cmocka_unit_test(test_initialisation_depends_only_on_seed_and_name),

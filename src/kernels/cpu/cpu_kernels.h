@@ -52,6 +52,30 @@ void lt_cpu_attn_bwd(float *dq, float *dk, float *dv, const float *dout, const f
                      const float *k, const float *v, const float *lse, const float *delta,
                      const lt_cpu_attn_dims *dims, const lt_attn_spec *spec);
 
+// Mixture of experts (kernels/cpu/moe.c); sizes as in kernels.h: n tokens, e experts, k choices.
+void lt_cpu_moe_route(float *gate, int32_t *expert, float *probs, float *lse, float *prob_sum,
+                      const float *logits, int64_t n, int e, int k, bool renormalize);
+void lt_cpu_moe_route_bwd(float *dlogits, const float *dgate, const float *gate,
+                          const int32_t *expert, const float *probs, const float *lse,
+                          const float *balance, float z_scale, int64_t n, int e, int k,
+                          bool renormalize);
+void lt_cpu_moe_dispatch_plan(int32_t *slot_row, int32_t *row_token, int32_t *offsets,
+                              int32_t *counts, const int32_t *expert, int64_t n, int e, int k,
+                              int64_t capacity);
+void lt_cpu_moe_dispatch(float *xe, const float *x, const int32_t *row_token, int64_t rows,
+                         int64_t d);
+void lt_cpu_moe_dispatch_bwd(float *dx, const float *dxe, const int32_t *slot_row, int64_t n, int k,
+                             int64_t d);
+void lt_cpu_moe_combine(float *out, const float *ye, const float *gate, const int32_t *slot_row,
+                        int64_t n, int k, int64_t d);
+void lt_cpu_moe_combine_bwd(float *dye, float *dgate, const float *dout, const float *ye,
+                            const float *gate, const int32_t *slot_row, int64_t n, int k,
+                            int64_t d);
+void lt_cpu_grouped_matmul(float *c, const float *a, const float *b, bool trans_b,
+                           const int64_t *rows, int groups, int64_t n, int64_t k);
+void lt_cpu_grouped_matmul_wgrad(float *c, const float *a, const float *b, const int64_t *rows,
+                                 int groups, int64_t m, int64_t n);
+
 void lt_cpu_adamw(float *param, const float *grad, float *m, float *v, int64_t n,
                   const lt_adamw_args *args);
 
