@@ -223,6 +223,15 @@ static int attn_dims(const char *op, lt_cpu_attn_dims *dims, lt_tensor q, lt_ten
   EXPECT(!spec->q_doc.data || (lt_numel(spec->q_doc) == dims->b * dims->tq &&
                                lt_numel(spec->k_doc) == dims->b * dims->tk),
          op, "document ids", spec->q_doc, spec->k_doc);
+  const lt_attn_sparsity *p = &spec->sparse;
+  const bool blocks = p->local_blocks > 0 || p->stride > 0 || p->global_blocks > 0;
+  if (p->window < 0 || p->sinks < 0 || p->block_size < 0 || p->local_blocks < 0 || p->stride < 0 ||
+      p->global_blocks < 0 || (blocks && p->block_size == 0))
+    return lt_fail(LT_ERR_INTERNAL,
+                   "internal error: %s: sparse pattern with window %d, sinks %d, block_size %d, "
+                   "local_blocks %d, stride %d, global_blocks %d (please report this)",
+                   op, p->window, p->sinks, p->block_size, p->local_blocks, p->stride,
+                   p->global_blocks);
   return LT_OK;
 }
 

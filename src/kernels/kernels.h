@@ -81,10 +81,28 @@ int lt_cross_entropy(lt_ctx *ctx, lt_tensor losses, lt_tensor logits, lt_tensor 
 
 #define LT_MAX_HEAD_DIM 256
 
-// Which (query, key) pairs may attend. Positions are absolute token positions, so a chunk of a
-// longer sequence (context parallel) masks correctly: key j is visible to query i when
+// Sparse attention patterns, on absolute positions (d = q_pos - k_pos, and block numbers
+// qb = q_pos / block_size, kb = k_pos / block_size). Each field at 0 is off; the keys a pattern
+// lets a query see are the union of those its parts allow:
+//   window         |d| < window                    sliding window (Beltagy et al. 2020, Mistral)
+//   sinks          k_pos < sinks                   attention sinks (Xiao et al. 2023, StreamingLLM)
+//   local_blocks   |qb - kb| < local_blocks        block-local (BigBird's sliding blocks)
+//   stride         (qb - kb) % stride == 0         strided (Child et al. 2019), in blocks
+//   global_blocks  kb < global_blocks              global blocks (BigBird, Longformer), as keys
+// With every field 0 the pattern allows every pair. Causality and documents apply on top.
+// Where the data pipeline restarts positions at each document, all of it counts from the
+// document's start.
+typedef struct lt_attn_sparsity {
+  int window, sinks;
+  int block_size; // > 0 when local_blocks, stride or global_blocks are set
+  int local_blocks, stride, global_blocks;
+} lt_attn_sparsity;
+
+// Which (query, key) pairs may attend. Positions are absolute token positions (>= 0), so a
+// chunk of a longer sequence (context parallel) masks correctly: key j is visible to query i when
 //   k_pos[j] <= q_pos[i]                       (causal)
 //   and q_doc[i] == k_doc[j]                   (when document ids are given)
+//   and the sparse pattern allows (i, j)
 typedef struct lt_attn_spec {
   float scale; // softmax scale, usually 1/sqrt(D)
   bool causal;
@@ -92,6 +110,10 @@ typedef struct lt_attn_spec {
   lt_tensor k_pos; // (B, Tk) i32
   lt_tensor q_doc; // (B, Tq) i32, or data == NULL for no document mask
   lt_tensor k_doc; // (B, Tk) i32
+  lt_attn_sparsity sparse;
+  // When not NULL, the kernels add the number of (batch row, query head, query tile, key tile)
+  // tiles they computed: the work, which sparse patterns make grow with the visible blocks.
+  int64_t *tiles_visited;
 } lt_attn_spec;
 
 // The partial attention of queries q over keys/values k, v, with grouped-query heads (query head

@@ -36,6 +36,9 @@ void lt_cpu_swiglu_bwd(float *dgate_up, const float *dh, const float *gate_up, i
 void lt_cpu_cross_entropy(float *losses, float *logits, const int32_t *targets, int64_t n,
                           int64_t v, int ignore_index, bool want_grad, float grad_scale);
 
+// The attention kernels' tile: queries and keys in blocks of this many rows.
+#define LT_CPU_ATTN_TILE 32
+
 // Attention sizes shared by the forward and backward.
 typedef struct lt_cpu_attn_dims {
   int64_t b, tq, tk;
