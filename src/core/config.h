@@ -17,6 +17,17 @@ typedef enum lt_init_scheme { LT_INIT_LLAMA, LT_INIT_SCALED, LT_INIT_NEOX } lt_i
 typedef enum lt_lr_decay { LT_DECAY_COSINE, LT_DECAY_LINEAR, LT_DECAY_CONSTANT } lt_lr_decay;
 typedef enum lt_device_choice { LT_DEVICE_CPU, LT_DEVICE_CUDA } lt_device_choice;
 
+// model.sparse: the pattern of layers of kind "sparse" (the kernel's lt_attn_sparsity).
+typedef struct lt_sparse_config {
+  int window, sinks, block_size, local_blocks, stride, global_blocks;
+} lt_sparse_config;
+
+// model.moh: mixture-of-head attention, layers of kind "moh".
+typedef struct lt_moh_config {
+  int shared_heads, top_k;
+  double balance_coef;
+} lt_moh_config;
+
 typedef struct lt_model_config {
   char attention[256]; // token mixer per layer: a kind, or a pattern (see lt_config_layer_kind)
   char ffn[256];       // feed-forward per layer, likewise
@@ -24,6 +35,8 @@ typedef struct lt_model_config {
   double rope_theta, norm_eps, init_std;
   bool tie_embeddings;
   int init; // lt_init_scheme
+  lt_sparse_config sparse;
+  lt_moh_config moh;
 } lt_model_config;
 
 typedef struct lt_train_config {

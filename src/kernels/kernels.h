@@ -133,6 +133,34 @@ int lt_attn_bwd_delta(lt_ctx *ctx, lt_tensor delta, lt_tensor dout, lt_tensor o)
 int lt_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_tensor dout, lt_tensor q,
                 lt_tensor k, lt_tensor v, lt_tensor lse, lt_tensor delta, const lt_attn_spec *spec);
 
+// --- mixture-of-head attention (MoH: Jin et al. 2024, arXiv 2410.11842) ---
+
+#define LT_MOH_MAX_HEADS 256
+
+// Per-token head weights from router logits, as MoH eqs. 4-5 with the official code's
+// normalisation (so that uniform router outputs weight every head 1, as multi-head attention):
+//   shared head i:  g = 2 a_1 * S * softmax(z_shared)_i          (S = n_shared; 1 when S == 1)
+//   routed head i:  g = 2 a_2 * K * p_i / sum_{j in top-K} p_j    if i is among the token's top K
+//                   p = softmax(z_routed), ties broken towards the lower head
+//   [a_1, a_2] = softmax(z_mix); with no shared heads the routed weights stand alone (2 a_2 -> 1).
+// logits: (N, Ls + R + Lm) = [z_shared | z_routed | z_mix], Ls = S if S >= 2 else 0, Lm = 2 if
+// S >= 1 else 0; gates: (N, S + R) f32, shared heads first; probs: (N, Ls + R + Lm) f32, the
+// three softmaxes, saved for the backward; topk: (N, K) i32, the chosen routed heads (0..R-1);
+// load: (2, R) f32, row 0 f_i = the fraction of tokens that chose routed head i, row 1 P_i = the
+// mean of p_i: the load-balance loss (eq. 6, scaled as the official code) is R * sum_i f_i P_i.
+int lt_moh_route_fwd(lt_ctx *ctx, lt_tensor gates, lt_tensor probs, lt_tensor topk, lt_tensor load,
+                     lt_tensor logits, int n_shared);
+// dlogits = d/dlogits of (sum(dgates * gates) + balance_grad * R * sum_i f_i P_i), with the
+// routing (topk, f) held constant: it is piecewise constant. Overwrites dlogits.
+int lt_moh_route_bwd(lt_ctx *ctx, lt_tensor dlogits, lt_tensor dgates, lt_tensor probs,
+                     lt_tensor topk, lt_tensor load, int n_shared, float balance_grad);
+
+// out[n, h, :] = gates[n, h] * x[n, h, :]    x, out: (N, H, D); gates: (N, H) f32
+int lt_head_gate_fwd(lt_ctx *ctx, lt_tensor out, lt_tensor x, lt_tensor gates);
+// dx = gates * dout (overwritten); dgates[n, h] = <dout[n, h, :], x[n, h, :]> (overwritten)
+int lt_head_gate_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dgates, lt_tensor dout, lt_tensor x,
+                     lt_tensor gates);
+
 // --- optimizer ---
 
 typedef struct lt_adamw_args {

@@ -55,6 +55,15 @@ void lt_cpu_attn_bwd(float *dq, float *dk, float *dv, const float *dout, const f
                      const float *k, const float *v, const float *lse, const float *delta,
                      const lt_cpu_attn_dims *dims, const lt_attn_spec *spec);
 
+void lt_cpu_moh_route_fwd(float *gates, float *probs, int32_t *topk, float *load,
+                          const float *logits, int64_t n, int n_shared, int n_routed, int top_k);
+void lt_cpu_moh_route_bwd(float *dlogits, const float *dgates, const float *probs,
+                          const int32_t *topk, const float *load, int64_t n, int n_shared,
+                          int n_routed, int top_k, float balance_grad);
+void lt_cpu_head_gate_fwd(float *out, const float *x, const float *gates, int64_t n, int h, int d);
+void lt_cpu_head_gate_bwd(float *dx, float *dgates, const float *dout, const float *x,
+                          const float *gates, int64_t n, int h, int d);
+
 void lt_cpu_adamw(float *param, const float *grad, float *m, float *v, int64_t n,
                   const lt_adamw_args *args);
 
