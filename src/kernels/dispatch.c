@@ -223,6 +223,9 @@ static int attn_dims(const char *op, lt_cpu_attn_dims *dims, lt_tensor q, lt_ten
   EXPECT(!spec->q_doc.data || (lt_numel(spec->q_doc) == dims->b * dims->tq &&
                                lt_numel(spec->k_doc) == dims->b * dims->tk),
          op, "document ids", spec->q_doc, spec->k_doc);
+  EXPECT(!spec->head_gates.data || (lt_numel(spec->head_gates) == dims->b * dims->tq * dims->hq &&
+                                    spec->head_gates.dtype == LT_F32),
+         op, "head gates must be (B, Tq, Hq) f32", spec->head_gates, q);
   const lt_attn_sparsity *p = &spec->sparse;
   const bool blocks = p->local_blocks > 0 || p->stride > 0 || p->global_blocks > 0;
   if (p->window < 0 || p->sinks < 0 || p->block_size < 0 || p->local_blocks < 0 || p->stride < 0 ||

@@ -43,20 +43,21 @@ static const char *format_rate(double rate, char *buf, size_t len) {
 
 int lt_metrics_log(lt_metrics *metrics, const lt_step_metrics *m, int print) {
   if (print) {
-    char elapsed[32], eta[32], rate[32];
+    char elapsed[32], eta[32], rate[32], aux[32] = "";
     int width = snprintf(NULL, 0, "%lld", (long long)m->steps);
-    printf(
-        "step %*lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %s tok/s | elapsed %s | eta %s\n",
-        width, (long long)m->step, (long long)m->steps, m->loss, m->lr, m->grad_norm,
-        format_rate(m->tokens_per_s, rate, sizeof rate),
-        format_duration(m->elapsed_s, elapsed, sizeof elapsed),
-        format_duration(m->eta_s, eta, sizeof eta));
+    if (m->aux_loss != 0.0) snprintf(aux, sizeof aux, " | aux %.4f", m->aux_loss);
+    printf("step %*lld/%lld | loss %.4f%s | lr %.2e | grad norm %.3f | %s tok/s | elapsed %s | "
+           "eta %s\n",
+           width, (long long)m->step, (long long)m->steps, m->loss, aux, m->lr, m->grad_norm,
+           format_rate(m->tokens_per_s, rate, sizeof rate),
+           format_duration(m->elapsed_s, elapsed, sizeof elapsed),
+           format_duration(m->eta_s, eta, sizeof eta));
     fflush(stdout);
   }
   fprintf(metrics->jsonl,
-          "{\"step\": %lld, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens_per_s\": "
-          "%.1f, \"tokens\": %lld, \"elapsed_s\": %.3f, \"eta_s\": %.1f}\n",
-          (long long)m->step, m->loss, m->lr, m->grad_norm, m->tokens_per_s,
+          "{\"step\": %lld, \"loss\": %.6f, \"aux_loss\": %.6f, \"lr\": %.6e, \"grad_norm\": "
+          "%.6f, \"tokens_per_s\": %.1f, \"tokens\": %lld, \"elapsed_s\": %.3f, \"eta_s\": %.1f}\n",
+          (long long)m->step, m->loss, m->aux_loss, m->lr, m->grad_norm, m->tokens_per_s,
           (long long)m->tokens_seen, m->elapsed_s, isfinite(m->eta_s) ? m->eta_s : -1.0);
   LT_CHECK(fflush(metrics->jsonl) == 0, LT_ERR_IO, "%s: write failed: %s", metrics->path,
            strerror(errno));

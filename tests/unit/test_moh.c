@@ -253,6 +253,72 @@ static void test_moh_routes_each_token_to_top_k_heads(void **state) {
   destroy(&moh);
 }
 
+// --- the attention kernel's head gates: a head a token did not choose is not computed ---
+
+typedef struct attention_run {
+  float o[N * H * HD], lse[N * H], delta[N * H], dq[N * H * HD], dk[N * HKV * HD], dv[N * HKV * HD];
+} attention_run;
+
+static lt_tensor q_view(const float *x) {
+  return lt_view4((float *)x, LT_F32, LT_CPU, B, T, H, HD);
+}
+static lt_tensor kv_view(const float *x) {
+  return lt_view4((float *)x, LT_F32, LT_CPU, B, T, HKV, HD);
+}
+static lt_tensor lse_view(const float *x) {
+  return lt_view3((float *)x, LT_F32, LT_CPU, B, H, T);
+}
+
+static void run_attention(const float *q, const float *k, const float *v, const float *dout,
+                          float *gates, attention_run *r) {
+  int32_t pos[N];
+  for (int i = 0; i < N; i++) pos[i] = i % T;
+  lt_attn_spec spec = {.scale = 0.4f,
+                       .causal = true,
+                       .q_pos = lt_view2(pos, LT_I32, LT_CPU, B, T),
+                       .k_pos = lt_view2(pos, LT_I32, LT_CPU, B, T)};
+  if (gates) spec.head_gates = lt_view3(gates, LT_F32, LT_CPU, B, T, H);
+  memset(r, 0, sizeof *r);
+  assert_ok(
+      lt_attn_fwd(&ctx, q_view(r->o), lse_view(r->lse), q_view(q), kv_view(k), kv_view(v), &spec));
+  assert_ok(lt_attn_bwd_delta(&ctx, lse_view(r->delta), q_view(dout), q_view(r->o)));
+  assert_ok(lt_attn_bwd(&ctx, q_view(r->dq), kv_view(r->dk), kv_view(r->dv), q_view(dout),
+                        q_view(q), kv_view(k), kv_view(v), lse_view(r->lse), lse_view(r->delta),
+                        &spec));
+}
+
+static void test_heads_a_token_left_out_are_not_computed(void **state) {
+  (void)state;
+  static float q[N * H * HD], k[N * HKV * HD], v[N * HKV * HD], dout[N * H * HD],
+      dout_on[N * H * HD], gates[N * H];
+  lt_test_fill_normal(q, N * H * HD, 1, 1.0f);
+  lt_test_fill_normal(k, N * HKV * HD, 2, 1.0f);
+  lt_test_fill_normal(v, N * HKV * HD, 3, 1.0f);
+  lt_test_fill_normal(dout, N * H * HD, 4, 1.0f);
+  for (int i = 0; i < N * H; i++) gates[i] = (i * 7) % 3 == 0 ? 0.0f : 0.5f + (float)(i % 5);
+  memcpy(dout_on, dout, sizeof dout);
+  for (int i = 0; i < N * H; i++)
+    if (gates[i] == 0) memset(dout_on + i * HD, 0, HD * sizeof(float));
+  static attention_run gated, plain;
+  run_attention(q, k, v, dout, gates, &gated);
+  run_attention(q, k, v, dout_on, NULL, &plain);
+  for (int t = 0; t < N; t++)
+    for (int h = 0; h < H; h++) {
+      const int row = t * H + h, l = (t / T * H + h) * T + t % T;
+      if (gates[row] == 0) {
+        assert_true(gated.lse[l] == -INFINITY);
+        assert_true(lt_test_max_abs(gated.o + row * HD, HD) == 0.0);
+      } else {
+        assert_true(gated.lse[l] == plain.lse[l]);
+        assert_memory_equal(gated.o + row * HD, plain.o + row * HD, HD * sizeof(float));
+      }
+    }
+  // The backward: what a left-out head would have sent back is what a zero dout sends.
+  assert_true(lt_test_max_rel_diff(gated.dq, plain.dq, N * H * HD, 1.0) < 1e-6);
+  assert_true(lt_test_max_rel_diff(gated.dk, plain.dk, N * HKV * HD, 1.0) < 1e-6);
+  assert_true(lt_test_max_rel_diff(gated.dv, plain.dv, N * HKV * HD, 1.0) < 1e-6);
+}
+
 // --- config ---
 
 static int load_yaml(const char *yaml) {
@@ -306,6 +372,7 @@ int main(void) {
       cmocka_unit_test(test_moh_with_every_head_at_weight_one_equals_multi_head_attention),
       cmocka_unit_test(test_moh_output_is_the_router_weighted_sum_of_the_heads),
       cmocka_unit_test(test_moh_routes_each_token_to_top_k_heads),
+      cmocka_unit_test(test_heads_a_token_left_out_are_not_computed),
       cmocka_unit_test(test_moh_top_k_above_the_routed_heads_is_a_config_error),
       cmocka_unit_test(test_moh_needs_a_routed_head),
       cmocka_unit_test(test_moh_routes_at_most_256_heads),

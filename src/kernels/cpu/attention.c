@@ -23,6 +23,7 @@ void lt_cpu_attn_fwd(float *o, float *lse, const float *q, const float *k, const
   const int64_t tq = dims->tq, tk = dims->tk;
   const int hq = dims->hq, hkv = dims->hkv, d = dims->d, group = hq / hkv;
   const int64_t n_qtiles = (tq + TILE_Q - 1) / TILE_Q;
+  const float *gates = spec->head_gates.data ? lt_f32(spec->head_gates) : NULL;
 #pragma omp parallel for schedule(dynamic) collapse(3)
   for (int64_t b = 0; b < dims->b; b++)
     for (int h = 0; h < hq; h++)
@@ -45,6 +46,7 @@ void lt_cpu_attn_fwd(float *o, float *lse, const float *q, const float *k, const
           visited++;
           for (int64_t r = 0; r < ni; r++) {
             const int64_t i = i0 + r;
+            if (gates && gates[(b * tq + i) * hq + h] == 0.0f) continue;
             const float *qi = q + ((b * tq + i) * hq + h) * d;
             float tile_max = -INFINITY;
             for (int64_t c = 0; c < nj; c++) {
@@ -147,7 +149,7 @@ void lt_cpu_attn_bwd(float *dq, float *dk, float *dv, const float *dout, const f
             for (int64_t r = 0; r < ni; r++) {
               const int64_t i = i0 + r;
               const float l = lse[(b * hq + h) * tq + i];
-              if (l == -INFINITY) continue;
+              if (l == -INFINITY) continue; // sees no key, or a head gated off (head_gates)
               const float dl = delta[(b * hq + h) * tq + i];
               const int64_t qoff = ((b * tq + i) * hq + h) * d;
               for (int64_t c = 0; c < nj; c++) {

@@ -40,6 +40,8 @@ static lt_attn_spec attention_spec(const softmax_attention *s, const lt_batch *b
                        .sparse = s->sparsity};
   if (batch->doc.data)
     spec.q_doc = spec.k_doc = lt_reshape(batch->doc, 2, LT_SHAPE(batch->B, batch->T));
+  // A head a token's router left out costs nothing: the kernel skips its rows.
+  if (s->router) spec.head_gates = s->gates;
   return spec;
 }
 
@@ -87,10 +89,10 @@ static int forward(lt_layer *self, lt_ctx *ctx, lt_tensor out, lt_tensor x, cons
   LT_TRY(lt_linear_forward(ctx, s->qkv, x, wqkv));
   LT_TRY(lt_rope_qkv_fwd(ctx, tokens_heads(s->q), tokens_heads(s->k), tokens_heads(s->v), s->qkv,
                          batch->pos, s->rope_theta));
+  if (s->router) LT_TRY(lt_head_router_forward(s->router, ctx, &s->gates, x, batch));
   lt_attn_spec spec = attention_spec(s, batch);
   LT_TRY(lt_attn_fwd(ctx, s->o, s->lse, s->q, s->k, s->v, &spec));
   if (!s->router) return lt_linear_forward(ctx, out, s->o, s->wo.value);
-  LT_TRY(lt_head_router_forward(s->router, ctx, &s->gates, x, batch));
   LT_TRY(lt_head_gate_fwd(ctx, s->o_gated, s->o, s->gates));
   return lt_linear_forward(ctx, out, s->o_gated, s->wo.value);
 }
