@@ -1,6 +1,7 @@
 // Gradient checks: every layer's backward against central differences of its forward, and the
 // same for the whole model. test_gradcheck_catches_* show that the check fails a wrong backward.
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -413,7 +414,9 @@ static void model_backward(void *p, const float *dout) {
   assert_ok(lt_model_backward(&s->model, &s->ctx, &s->batch));
 }
 
-static double model_error(bool tied, bool recompute) {
+// `attention`: the layers' kinds (model.attention). MoH layers route every token to all their
+// routed heads here: a finite difference must not move a token across a tie of its router.
+static double model_error(bool tied, bool recompute, const char *attention) {
   model_state s = {.ctx = cpu()};
   lt_model_config cfg = {.d_model = 16,
                          .n_layers = 2,
@@ -425,7 +428,10 @@ static double model_error(bool tied, bool recompute) {
                          .rope_theta = 10000,
                          .norm_eps = 1e-5,
                          .init_std = 0.3,
-                         .tie_embeddings = tied};
+                         .tie_embeddings = tied,
+                         .sparse = {.window = 3, .sinks = 1, .block_size = 4, .stride = 2},
+                         .moh = {.shared_heads = 1, .top_k = 3, .balance_coef = 0.01}};
+  snprintf(cfg.attention, sizeof cfg.attention, "%s", attention);
   assert_ok(lt_model_create(&s.model, &cfg, LT_CPU));
   assert_ok(lt_params_init(&s.model.params, 77));
   // Norm gains away from 1 so that their gradients are exercised in general position.
@@ -464,17 +470,23 @@ static double model_error(bool tied, bool recompute) {
 
 static void test_model_backward_matches_finite_differences(void **state) {
   (void)state;
-  assert_true(model_error(false, false) < GRAD_TOL);
+  assert_true(model_error(false, false, "softmax") < GRAD_TOL);
 }
 
 static void test_model_with_tied_embeddings_backward_matches(void **state) {
   (void)state;
-  assert_true(model_error(true, false) < GRAD_TOL);
+  assert_true(model_error(true, false, "softmax") < GRAD_TOL);
 }
 
 static void test_model_with_recomputation_backward_matches(void **state) {
   (void)state;
-  assert_true(model_error(false, true) < GRAD_TOL);
+  assert_true(model_error(false, true, "softmax") < GRAD_TOL);
+}
+
+static void test_hybrid_model_of_sparse_and_moh_layers_backward_matches(void **state) {
+  (void)state;
+  assert_true(model_error(false, false, "sparse,moh") < GRAD_TOL);
+  assert_true(model_error(false, true, "moh,sparse") < GRAD_TOL);
 }
 
 int main(void) {
@@ -492,6 +504,7 @@ int main(void) {
       cmocka_unit_test(test_model_backward_matches_finite_differences),
       cmocka_unit_test(test_model_with_tied_embeddings_backward_matches),
       cmocka_unit_test(test_model_with_recomputation_backward_matches),
+      cmocka_unit_test(test_hybrid_model_of_sparse_and_moh_layers_backward_matches),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

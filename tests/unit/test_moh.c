@@ -10,17 +10,12 @@
 #include "core/config.h"
 #include "layers/attention/moh.h"
 #include "layers/attention/softmax.h"
+#include "layer_harness.h"
 #include "testing.h"
 
 static lt_ctx ctx;
 
 enum { B = 2, T = 20, D = 16, H = 4, HKV = 2, HD = 6, N = B * T };
-
-typedef struct built_layer {
-  lt_layer *layer;
-  lt_params params;
-  lt_arena acts, scratch;
-} built_layer;
 
 static lt_model_config moh_config(int shared, int top_k) {
   return (lt_model_config){.d_model = D,
@@ -31,49 +26,16 @@ static lt_model_config moh_config(int shared, int top_k) {
                            .moh = {.shared_heads = shared, .top_k = top_k, .balance_coef = 0.1}};
 }
 
-// Creates (moh or softmax), allocates and plans for (B, T); weights N(0, 1/fan_in), seeded by name
-// so that the same parameter gets the same values in either layer.
-static void build(built_layer *l, bool moh, const lt_model_config *cfg) {
+// A MoH or softmax layer for batches of (B, T), weights seeded by name: the attention weights of
+// the two kinds are the same.
+static void build(lt_test_layer *l, bool moh, const lt_model_config *cfg) {
   lt_params_begin(&l->params);
   if (moh)
     assert_ok(lt_moh_attention_create(&l->layer, &l->params, "attn", cfg, (lt_init_stds){1, 1}));
   else
     assert_ok(
         lt_softmax_attention_create(&l->layer, &l->params, "attn", cfg, (lt_init_stds){1, 1}));
-  assert_ok(lt_params_allocate(&l->params, LT_CPU));
-  for (int i = 0; i < l->params.count; i++) {
-    lt_param_info *p = &l->params.info[i];
-    uint64_t seed = 0;
-    for (const char *c = p->name; *c; c++) seed = seed * 131 + (uint64_t)*c;
-    lt_test_fill_normal(l->params.master + p->offset, p->numel, seed,
-                        1.0f / sqrtf((float)p->shape[1]));
-  }
-  lt_arena ma, ms;
-  lt_arena_measure(&ma, LT_CPU, "acts");
-  lt_arena_measure(&ms, LT_CPU, "scratch");
-  lt_plan plan = {.B = B, .T = T, .act_dtype = LT_F32, .acts = &ma, .scratch = &ms};
-  assert_ok(l->layer->ops->plan(l->layer, &plan));
-  assert_ok(lt_arena_create(&l->acts, LT_CPU, ma.peak, "acts"));
-  assert_ok(lt_arena_create(&l->scratch, LT_CPU, ms.peak, "scratch"));
-  plan.acts = &l->acts, plan.scratch = &l->scratch;
-  assert_ok(l->layer->ops->plan(l->layer, &plan));
-}
-
-static void destroy(built_layer *l) {
-  l->layer->ops->destroy(l->layer);
-  lt_arena_destroy(&l->acts);
-  lt_arena_destroy(&l->scratch);
-  lt_params_free(&l->params);
-}
-
-static float *param(built_layer *l, const char *name) {
-  const lt_param_info *p = lt_params_find(&l->params, name);
-  if (!p) fail_msg("no parameter %s", name);
-  return l->params.master + p->offset;
-}
-
-static float *param_grad(built_layer *l, const char *name) {
-  return l->params.grad + lt_params_find(&l->params, name)->offset;
+  lt_test_layer_finish(l, B, T);
 }
 
 typedef struct inputs {
@@ -88,12 +50,12 @@ static void make_inputs(inputs *in, uint64_t seed) {
   in->batch = (lt_batch){.B = B, .T = T, .pos = lt_view1(in->pos, LT_I32, LT_CPU, N)};
 }
 
-static void forward(built_layer *l, inputs *in, float *out) {
+static void forward(lt_test_layer *l, inputs *in, float *out) {
   assert_ok(l->layer->ops->forward(l->layer, &ctx, lt_view2(out, LT_F32, LT_CPU, N, D),
                                    lt_view2(in->x, LT_F32, LT_CPU, N, D), &in->batch));
 }
 
-static void backward(built_layer *l, inputs *in, const float *dout, float *dx) {
+static void backward(lt_test_layer *l, inputs *in, const float *dout, float *dx) {
   assert_ok(lt_params_zero_grad(&l->params));
   assert_ok(l->layer->ops->backward(l->layer, &ctx, lt_view2(dx, LT_F32, LT_CPU, N, D),
                                     lt_view2((float *)dout, LT_F32, LT_CPU, N, D),
@@ -102,7 +64,7 @@ static void backward(built_layer *l, inputs *in, const float *dout, float *dx) {
 
 static void expect_multi_head_attention_when_every_head_weighs_one(int shared) {
   lt_model_config cfg = moh_config(shared, H - shared);
-  built_layer moh, mha;
+  lt_test_layer moh, mha;
   build(&moh, true, &cfg);
   build(&mha, false, &cfg);
   // Zero router weights: uniform softmaxes, and with every routed head chosen each weight is 1.
@@ -111,8 +73,9 @@ static void expect_multi_head_attention_when_every_head_weighs_one(int shared) {
       memset(moh.params.master + moh.params.info[i].offset, 0, 4 * moh.params.info[i].numel);
   const char *shared_names[] = {"attn.wq", "attn.wk", "attn.wv", "attn.wo"};
   for (int i = 0; i < 4; i++)
-    assert_memory_equal(param(&moh, shared_names[i]), param(&mha, shared_names[i]),
-                        4 * lt_params_find(&mha.params, shared_names[i])->numel);
+    assert_memory_equal(lt_test_layer_param(&moh, shared_names[i]),
+                        lt_test_layer_param(&mha, shared_names[i]),
+                        4 * lt_test_layer_numel(&mha, shared_names[i]));
   inputs in;
   make_inputs(&in, 5);
   float out_moh[N * D], out_mha[N * D], dout[N * D], dx_moh[N * D], dx_mha[N * D];
@@ -124,10 +87,10 @@ static void expect_multi_head_attention_when_every_head_weighs_one(int shared) {
   backward(&mha, &in, dout, dx_mha);
   assert_true(lt_test_max_rel_diff(dx_moh, dx_mha, N * D, 1.0) < 1e-6);
   for (int i = 0; i < 4; i++)
-    assert_true(
-        lt_test_max_rel_diff(param_grad(&moh, shared_names[i]), param_grad(&mha, shared_names[i]),
-                             lt_params_find(&mha.params, shared_names[i])->numel, 1.0) < 1e-6);
-  destroy(&moh), destroy(&mha);
+    assert_true(lt_test_max_rel_diff(lt_test_layer_grad(&moh, shared_names[i]),
+                                     lt_test_layer_grad(&mha, shared_names[i]),
+                                     lt_test_layer_numel(&mha, shared_names[i]), 1.0) < 1e-6);
+  lt_test_layer_destroy(&moh), lt_test_layer_destroy(&mha);
 }
 
 static void test_moh_with_every_head_at_weight_one_equals_multi_head_attention(void **state) {
@@ -139,12 +102,12 @@ static void test_moh_with_every_head_at_weight_one_equals_multi_head_attention(v
 
 // MoH eqs. 4-6 with the official code's normalisation, in double: the head weights of each token
 // and the load-balance loss R sum_i f_i P_i.
-static double reference_gates(built_layer *l, const lt_model_config *cfg, const float *x,
+static double reference_gates(lt_test_layer *l, const lt_model_config *cfg, const float *x,
                               double gates[N][H]) {
   const int S = cfg->moh.shared_heads, R = H - S, K = cfg->moh.top_k;
-  const float *w_routed = param(l, "attn.router_routed");
-  const float *w_shared = S >= 2 ? param(l, "attn.router_shared") : NULL;
-  const float *w_mix = S >= 1 ? param(l, "attn.router_mix") : NULL;
+  const float *w_routed = lt_test_layer_param(l, "attn.router_routed");
+  const float *w_shared = S >= 2 ? lt_test_layer_param(l, "attn.router_shared") : NULL;
+  const float *w_mix = S >= 1 ? lt_test_layer_param(l, "attn.router_mix") : NULL;
   double f[H] = {0}, P[H] = {0};
   for (int t = 0; t < N; t++) {
     double z[H], p[H], sum = 0, a[2] = {0.5, 0.5};
@@ -189,7 +152,7 @@ static double reference_gates(built_layer *l, const lt_model_config *cfg, const 
 
 static void expect_router_weighted_sum_of_heads(int shared, int top_k) {
   lt_model_config cfg = moh_config(shared, top_k);
-  built_layer moh, mha;
+  lt_test_layer moh, mha;
   build(&moh, true, &cfg);
   build(&mha, false, &cfg);
   inputs in;
@@ -202,7 +165,7 @@ static void expect_router_weighted_sum_of_heads(int shared, int top_k) {
   double balance = reference_gates(&moh, &cfg, in.x, gates);
   assert_true(fabs(aux.sum - cfg.moh.balance_coef * balance) < 1e-6);
   // Each head's share of multi-head attention's output: Wo with the other heads' columns zeroed.
-  float *wo = param(&mha, "attn.wo");
+  float *wo = lt_test_layer_param(&mha, "attn.wo");
   float wo_full[D * H * HD];
   memcpy(wo_full, wo, sizeof wo_full);
   in.batch.aux = NULL;
@@ -218,7 +181,7 @@ static void expect_router_weighted_sum_of_heads(int shared, int top_k) {
   for (int i = 0; i < N * D; i++)
     worst = fmax(worst, fabs(out[i] - expected[i]) / fmax(fabs(expected[i]), 1.0));
   assert_true(worst < 1e-5);
-  destroy(&moh), destroy(&mha);
+  lt_test_layer_destroy(&moh), lt_test_layer_destroy(&mha);
 }
 
 static void test_moh_output_is_the_router_weighted_sum_of_the_heads(void **state) {
@@ -231,7 +194,7 @@ static void test_moh_output_is_the_router_weighted_sum_of_the_heads(void **state
 static void test_moh_routes_each_token_to_top_k_heads(void **state) {
   (void)state;
   lt_model_config cfg = moh_config(1, 2);
-  built_layer moh;
+  lt_test_layer moh;
   build(&moh, true, &cfg);
   inputs in;
   make_inputs(&in, 11);
@@ -250,7 +213,7 @@ static void test_moh_routes_each_token_to_top_k_heads(void **state) {
   int heads_ever_off = 0;
   for (int h = 1; h < H; h++) heads_ever_off += off_count[h] > 0;
   assert_true(heads_ever_off >= 2);
-  destroy(&moh);
+  lt_test_layer_destroy(&moh);
 }
 
 // --- the attention kernel's head gates: a head a token did not choose is not computed ---

@@ -1,13 +1,18 @@
 // Sparse attention: sliding windows, sink tokens and block patterns in the tiled kernel equal
 // dense attention under the same explicit mask (forward and backward, in double precision),
 // compose with document masks and with query and key chunks (context parallelism), and the work
-// (tiles visited) grows with the visible blocks, not with the square of the sequence.
+// (tiles visited) grows with the visible blocks, not with the square of the sequence. The layer
+// (kind sparse) applies model.sparse's pattern, and bad settings are one-line config errors.
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/config.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/kernels.h"
+#include "layer_harness.h"
+#include "layers/attention/softmax.h"
 #include "testing.h"
 
 static lt_ctx ctx;
@@ -391,6 +396,121 @@ static void test_backward_visits_the_tiles_the_forward_visits(void **state) {
   free_case(&c);
 }
 
+// --- the layer ---
+
+enum { LAYER_T = 40, LAYER_D = 16 };
+
+static void build_layer(lt_test_layer *l, bool sparse, lt_sparse_config pattern) {
+  lt_model_config cfg = {.d_model = LAYER_D,
+                         .n_heads = 4,
+                         .n_kv_heads = 2,
+                         .head_dim = 6,
+                         .rope_theta = 10000.0,
+                         .sparse = pattern};
+  lt_params_begin(&l->params);
+  if (sparse)
+    assert_ok(
+        lt_sparse_attention_create(&l->layer, &l->params, "attn", &cfg, (lt_init_stds){1, 1}));
+  else
+    assert_ok(
+        lt_softmax_attention_create(&l->layer, &l->params, "attn", &cfg, (lt_init_stds){1, 1}));
+  lt_test_layer_finish(l, 1, LAYER_T);
+}
+
+static void layer_forward(lt_test_layer *l, float *x, float *out) {
+  int32_t pos[LAYER_T];
+  for (int i = 0; i < LAYER_T; i++) pos[i] = i;
+  lt_batch batch = {.B = 1, .T = LAYER_T, .pos = lt_view1(pos, LT_I32, LT_CPU, LAYER_T)};
+  assert_ok(l->layer->ops->forward(l->layer, &ctx, lt_view2(out, LT_F32, LT_CPU, LAYER_T, LAYER_D),
+                                   lt_view2(x, LT_F32, LT_CPU, LAYER_T, LAYER_D), &batch));
+}
+
+static void test_sparse_layer_output_ignores_the_tokens_its_pattern_hides(void **state) {
+  (void)state;
+  lt_test_layer l;
+  build_layer(&l, true, (lt_sparse_config){.window = 4, .sinks = 2, .block_size = 8});
+  assert_string_equal(l.layer->ops->kind, "sparse");
+  float x[LAYER_T * LAYER_D], x_moved[LAYER_T * LAYER_D];
+  float out[LAYER_T * LAYER_D], moved[LAYER_T * LAYER_D];
+  lt_test_fill_normal(x, LAYER_T * LAYER_D, 8, 1.0f);
+  layer_forward(&l, x, out);
+  // Changing token p changes exactly the outputs of the queries that see it (and its own).
+  for (int p = 0; p < LAYER_T; p += 3) {
+    memcpy(x_moved, x, sizeof x);
+    for (int c = 0; c < LAYER_D; c++) x_moved[p * LAYER_D + c] += 0.5f;
+    layer_forward(&l, x_moved, moved);
+    for (int t = 0; t < LAYER_T; t++) {
+      bool sees = p <= t && (t - p < 4 || p < 2);
+      bool changed = memcmp(out + t * LAYER_D, moved + t * LAYER_D, LAYER_D * sizeof(float)) != 0;
+      if (sees != changed) fail_msg("token %d %s query %d", p, changed ? "moved" : "missed", t);
+    }
+  }
+  lt_test_layer_destroy(&l);
+}
+
+static void test_sparse_layer_whose_window_spans_the_sequence_is_softmax_attention(void **state) {
+  (void)state;
+  lt_test_layer sparse, dense;
+  build_layer(&sparse, true, (lt_sparse_config){.window = LAYER_T, .block_size = 8});
+  build_layer(&dense, false, (lt_sparse_config){0});
+  float x[LAYER_T * LAYER_D], a[LAYER_T * LAYER_D], b[LAYER_T * LAYER_D];
+  lt_test_fill_normal(x, LAYER_T * LAYER_D, 9, 1.0f);
+  layer_forward(&sparse, x, a);
+  layer_forward(&dense, x, b);
+  assert_memory_equal(a, b, sizeof a);
+  lt_test_layer_destroy(&sparse), lt_test_layer_destroy(&dense);
+}
+
+// --- config ---
+
+static int load_yaml(const char *sparse_settings) {
+  char yaml[1024];
+  snprintf(yaml, sizeof yaml,
+           "model:\n  attention: sparse*3,softmax\n  n_layers: 4\n  sparse:\n%s"
+           "train:\n  seq_len: 512\n",
+           sparse_settings);
+  lt_config cfg;
+  return lt_config_load_string(&cfg, yaml, "sparse.yaml", 0, NULL);
+}
+
+static void test_sparse_config_with_no_part_on_is_an_error(void **state) {
+  (void)state;
+  EXPECT_ERROR(load_yaml("    block_size: 32\n"), LT_ERR_CONFIG, "sparse.yaml",
+               "model.sparse turns no part on", "set model.sparse.window");
+}
+
+static void test_sparse_window_longer_than_the_sequence_is_an_error(void **state) {
+  (void)state;
+  assert_ok(load_yaml("    window: 512\n"));
+  EXPECT_ERROR(load_yaml("    window: 513\n"), LT_ERR_CONFIG,
+               "model.sparse.window (513) exceeds train.seq_len (512)", "lower it");
+}
+
+static void test_sparse_sinks_must_be_fewer_than_the_sequence(void **state) {
+  (void)state;
+  EXPECT_ERROR(load_yaml("    window: 64\n    sinks: 512\n"), LT_ERR_CONFIG,
+               "model.sparse.sinks (512) must be below train.seq_len (512)");
+}
+
+static void test_sparse_block_larger_than_the_sequence_is_an_error(void **state) {
+  (void)state;
+  EXPECT_ERROR(load_yaml("    block_size: 1024\n    local_blocks: 1\n"), LT_ERR_CONFIG,
+               "model.sparse.block_size (1024) exceeds train.seq_len (512)");
+}
+
+static void test_sparse_stride_of_one_is_an_error(void **state) {
+  (void)state;
+  EXPECT_ERROR(load_yaml("    local_blocks: 2\n    stride: 1\n"), LT_ERR_CONFIG,
+               "model.sparse.stride 1 makes every block visible", "use 0 (off) or 2 and above");
+}
+
+static void test_sparse_settings_are_checked_only_where_a_layer_uses_sparse(void **state) {
+  (void)state;
+  lt_config cfg;
+  assert_ok(lt_config_load_string(&cfg, "model:\n  sparse:\n    window: 100000\n", "dense.yaml", 0,
+                                  NULL));
+}
+
 int main(void) {
   lt_ctx_init(&ctx, LT_CPU, 2);
   const struct CMUnitTest tests[] = {
@@ -406,6 +526,14 @@ int main(void) {
       cmocka_unit_test(test_window_work_grows_with_the_sequence_times_the_window),
       cmocka_unit_test(test_block_pattern_work_equals_the_tiles_with_a_visible_pair),
       cmocka_unit_test(test_backward_visits_the_tiles_the_forward_visits),
+      cmocka_unit_test(test_sparse_layer_output_ignores_the_tokens_its_pattern_hides),
+      cmocka_unit_test(test_sparse_layer_whose_window_spans_the_sequence_is_softmax_attention),
+      cmocka_unit_test(test_sparse_config_with_no_part_on_is_an_error),
+      cmocka_unit_test(test_sparse_window_longer_than_the_sequence_is_an_error),
+      cmocka_unit_test(test_sparse_sinks_must_be_fewer_than_the_sequence),
+      cmocka_unit_test(test_sparse_block_larger_than_the_sequence_is_an_error),
+      cmocka_unit_test(test_sparse_stride_of_one_is_an_error),
+      cmocka_unit_test(test_sparse_settings_are_checked_only_where_a_layer_uses_sparse),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
