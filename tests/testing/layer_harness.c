@@ -13,15 +13,19 @@ void lt_test_layer_finish(lt_test_layer *l, int64_t B, int64_t T) {
     lt_test_fill_normal(l->params.master + p->offset, p->numel, seed,
                         1.0f / sqrtf((float)p->shape[p->ndim - 1]));
   }
+  lt_test_plan_layer(l->layer, &l->acts, &l->scratch, B, T);
+}
+
+void lt_test_plan_layer(lt_layer *layer, lt_arena *acts, lt_arena *scratch, int64_t B, int64_t T) {
   lt_arena ma, ms;
   lt_arena_measure(&ma, LT_CPU, "acts");
   lt_arena_measure(&ms, LT_CPU, "scratch");
   lt_plan plan = {.B = B, .T = T, .act_dtype = LT_F32, .acts = &ma, .scratch = &ms};
-  assert_ok(l->layer->ops->plan(l->layer, &plan));
-  assert_ok(lt_arena_create(&l->acts, LT_CPU, ma.peak, "acts"));
-  assert_ok(lt_arena_create(&l->scratch, LT_CPU, ms.peak, "scratch"));
-  plan.acts = &l->acts, plan.scratch = &l->scratch;
-  assert_ok(l->layer->ops->plan(l->layer, &plan));
+  assert_ok(layer->ops->plan(layer, &plan));
+  assert_ok(lt_arena_create(acts, LT_CPU, ma.peak, "acts"));
+  assert_ok(lt_arena_create(scratch, LT_CPU, ms.peak, "scratch"));
+  plan.acts = acts, plan.scratch = scratch;
+  assert_ok(layer->ops->plan(layer, &plan));
 }
 
 void lt_test_layer_destroy(lt_test_layer *l) {

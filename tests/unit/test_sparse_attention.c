@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/config.h"
+#include "attention_case.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/kernels.h"
 #include "layer_harness.h"
@@ -17,70 +18,17 @@
 
 static lt_ctx ctx;
 
-typedef struct sparse_case {
-  int64_t B, Tq, Tk;
-  int hq, hkv, d;
-  float *q, *k, *v, *o, *lse;
-  int32_t *q_pos, *k_pos, *q_doc, *k_doc;
-  lt_attn_spec spec;
-} sparse_case;
-
-// Queries are the last Tq of the Tk key positions (a chunk at the end of the sequence); with
-// `doc_len` > 0, documents of that many tokens, and with `restart` positions that count from each
-// document's start (as a pipeline that resets positions at document boundaries gives).
-static void make_case(sparse_case *c, int64_t B, int64_t Tq, int64_t Tk, int hq, int hkv, int d,
-                      lt_attn_sparsity pattern, int doc_len, bool restart, uint64_t seed) {
-  *c = (sparse_case){.B = B, .Tq = Tq, .Tk = Tk, .hq = hq, .hkv = hkv, .d = d};
-  c->q = malloc(sizeof(float) * B * Tq * hq * d);
-  c->k = malloc(sizeof(float) * B * Tk * hkv * d);
-  c->v = malloc(sizeof(float) * B * Tk * hkv * d);
-  c->o = calloc(B * Tq * hq * d, sizeof(float));
-  c->lse = calloc(B * hq * Tq, sizeof(float));
-  lt_test_fill_normal(c->q, B * Tq * hq * d, seed, 1.0f);
-  lt_test_fill_normal(c->k, B * Tk * hkv * d, seed + 1, 1.0f);
-  lt_test_fill_normal(c->v, B * Tk * hkv * d, seed + 2, 1.0f);
-  c->q_pos = malloc(sizeof(int32_t) * B * Tq);
-  c->k_pos = malloc(sizeof(int32_t) * B * Tk);
-  c->q_doc = malloc(sizeof(int32_t) * B * Tq);
-  c->k_doc = malloc(sizeof(int32_t) * B * Tk);
-  for (int64_t b = 0; b < B; b++)
-    for (int64_t j = 0; j < Tk; j++) {
-      int32_t doc = doc_len ? (int32_t)(j / doc_len) : 0;
-      int32_t pos = restart && doc_len ? (int32_t)(j % doc_len) : (int32_t)j;
-      c->k_pos[b * Tk + j] = pos, c->k_doc[b * Tk + j] = doc;
-      if (j >= Tk - Tq)
-        c->q_pos[b * Tq + j - (Tk - Tq)] = pos, c->q_doc[b * Tq + j - (Tk - Tq)] = doc;
-    }
-  c->spec = (lt_attn_spec){.scale = 1.0f / sqrtf((float)d),
-                           .causal = true,
-                           .q_pos = lt_view2(c->q_pos, LT_I32, LT_CPU, B, Tq),
-                           .k_pos = lt_view2(c->k_pos, LT_I32, LT_CPU, B, Tk),
-                           .sparse = pattern};
-  if (doc_len) {
-    c->spec.q_doc = lt_view2(c->q_doc, LT_I32, LT_CPU, B, Tq);
-    c->spec.k_doc = lt_view2(c->k_doc, LT_I32, LT_CPU, B, Tk);
-  }
-}
-
-static void free_case(sparse_case *c) {
-  free(c->q), free(c->k), free(c->v), free(c->o), free(c->lse);
-  free(c->q_pos), free(c->k_pos), free(c->q_doc), free(c->k_doc);
-}
-
-static lt_tensor tq(const sparse_case *c, float *x) {
-  return lt_view4(x, LT_F32, LT_CPU, c->B, c->Tq, c->hq, c->d);
-}
-static lt_tensor tk(const sparse_case *c, float *x) {
-  return lt_view4(x, LT_F32, LT_CPU, c->B, c->Tk, c->hkv, c->d);
-}
-static lt_tensor tl(const sparse_case *c, float *x) {
-  return lt_view3(x, LT_F32, LT_CPU, c->B, c->hq, c->Tq);
+// A case (attention_case.h) under a sparse pattern.
+static void make_case(lt_test_attn_case *c, int64_t B, int64_t Tq, int64_t Tk, int hq, int hkv,
+                      int d, lt_attn_sparsity pattern, int doc_len, bool restart, uint64_t seed) {
+  lt_test_attn_case_make(c, B, Tq, Tk, hq, hkv, d, doc_len, restart, seed);
+  c->spec.sparse = pattern;
 }
 
 // The mask written out from the definitions, independently of the kernel's tile logic: the
 // window as the key range [q - w + 1, q + w - 1], strided blocks by stepping back `stride` blocks
 // at a time.
-static bool reference_visible(const sparse_case *c, int64_t b, int64_t i, int64_t j) {
+static bool reference_visible(const lt_test_attn_case *c, int64_t b, int64_t i, int64_t j) {
   const int32_t qp = c->q_pos[b * c->Tq + i], kp = c->k_pos[b * c->Tk + j];
   if (c->spec.causal && kp > qp) return false;
   if (c->spec.q_doc.data && c->q_doc[b * c->Tq + i] != c->k_doc[b * c->Tk + j]) return false;
@@ -103,7 +51,7 @@ static bool reference_visible(const sparse_case *c, int64_t b, int64_t i, int64_
 
 // Dense attention in double under reference_visible: o and lse, and with dout the gradients
 // (P = exp(S - lse), dV = P^T dO, dS = P (dO V^T - rowsum(dO o)), dQ = s dS K, dK = s dS^T Q).
-static void dense_reference(const sparse_case *c, const float *dout, double *o, double *lse,
+static void dense_reference(const lt_test_attn_case *c, const float *dout, double *o, double *lse,
                             double *dq, double *dk, double *dv) {
   const int group = c->hq / c->hkv, d = c->d;
   double *p = malloc(sizeof(double) * c->Tk);
@@ -158,7 +106,7 @@ static double max_diff(const float *a, const double *b, int64_t n) {
 }
 
 // The kernel's forward and backward against dense_reference; returns the worst relative error.
-static double sparse_vs_dense(sparse_case *c) {
+static double sparse_vs_dense(lt_test_attn_case *c) {
   const int64_t nq = c->B * c->Tq * c->hq * c->d, nk = c->B * c->Tk * c->hkv * c->d;
   const int64_t nl = c->B * c->hq * c->Tq;
   float *dout = malloc(sizeof(float) * nq), *delta = malloc(sizeof(float) * nl);
@@ -166,11 +114,15 @@ static double sparse_vs_dense(sparse_case *c) {
   double *ro = calloc(nq, 8), *rl = calloc(nl, 8), *rdq = calloc(nq, 8), *rdk = calloc(nk, 8),
          *rdv = calloc(nk, 8);
   lt_test_fill_normal(dout, nq, 99, 1.0f);
-  assert_ok(lt_attn_fwd(&ctx, tq(c, c->o), tl(c, c->lse), tq(c, c->q), tk(c, c->k), tk(c, c->v),
+  assert_ok(lt_attn_fwd(&ctx, lt_test_attn_q(c, c->o), lt_test_attn_lse(c, c->lse),
+                        lt_test_attn_q(c, c->q), lt_test_attn_kv(c, c->k), lt_test_attn_kv(c, c->v),
                         &c->spec));
-  assert_ok(lt_attn_bwd_delta(&ctx, tl(c, delta), tq(c, dout), tq(c, c->o)));
-  assert_ok(lt_attn_bwd(&ctx, tq(c, dq), tk(c, dk), tk(c, dv), tq(c, dout), tq(c, c->q),
-                        tk(c, c->k), tk(c, c->v), tl(c, c->lse), tl(c, delta), &c->spec));
+  assert_ok(lt_attn_bwd_delta(&ctx, lt_test_attn_lse(c, delta), lt_test_attn_q(c, dout),
+                              lt_test_attn_q(c, c->o)));
+  assert_ok(lt_attn_bwd(&ctx, lt_test_attn_q(c, dq), lt_test_attn_kv(c, dk), lt_test_attn_kv(c, dv),
+                        lt_test_attn_q(c, dout), lt_test_attn_q(c, c->q), lt_test_attn_kv(c, c->k),
+                        lt_test_attn_kv(c, c->v), lt_test_attn_lse(c, c->lse),
+                        lt_test_attn_lse(c, delta), &c->spec));
   dense_reference(c, dout, ro, rl, rdq, rdk, rdv);
   double worst = fmax(max_diff(c->o, ro, nq), max_diff(c->lse, rl, nl));
   worst =
@@ -182,7 +134,7 @@ static double sparse_vs_dense(sparse_case *c) {
 
 // The fraction of visible (query, key) pairs among the causal ones: a case must mask a real share
 // of pairs, or its comparison with dense attention shows nothing.
-static double visible_share(const sparse_case *c) {
+static double visible_share(const lt_test_attn_case *c) {
   int64_t seen = 0, causal = 0;
   for (int64_t i = 0; i < c->Tq; i++)
     for (int64_t j = 0; j < c->Tk; j++) {
@@ -194,12 +146,12 @@ static double visible_share(const sparse_case *c) {
 
 static void expect_equals_dense(lt_attn_sparsity pattern, int64_t Tq, int64_t Tk, int doc_len,
                                 bool restart) {
-  sparse_case c;
+  lt_test_attn_case c;
   make_case(&c, 2, Tq, Tk, 4, 2, 8, pattern, doc_len, restart, 31);
   double share = visible_share(&c);
   assert_true(share > 0.05 && share < 0.7);
   assert_true(sparse_vs_dense(&c) < 1e-5);
-  free_case(&c);
+  lt_test_attn_case_free(&c);
 }
 
 static void test_sliding_window_equals_dense_attention_under_the_same_mask(void **state) {
@@ -254,60 +206,48 @@ static void test_query_chunk_at_an_offset_masks_by_absolute_position(void **stat
 
 static void test_bidirectional_window_and_blocks_equal_dense_attention(void **state) {
   (void)state;
-  sparse_case c;
+  lt_test_attn_case c;
   make_case(&c, 2, 90, 90, 2, 2, 8,
             (lt_attn_sparsity){.window = 7, .block_size = 8, .local_blocks = 1, .stride = 4}, 0,
             false, 5);
   c.spec.causal = false;
   assert_true(sparse_vs_dense(&c) < 1e-5);
-  free_case(&c);
-}
-
-// Copies key rows [start, start + n) of `full` into `part` (same queries).
-static void key_chunk(const sparse_case *full, sparse_case *part, int64_t start, int64_t n) {
-  make_case(part, full->B, full->Tq, n, full->hq, full->hkv, full->d, full->spec.sparse, 0, false,
-            7);
-  memcpy(part->q, full->q, sizeof(float) * full->B * full->Tq * full->hq * full->d);
-  memcpy(part->q_pos, full->q_pos, sizeof(int32_t) * full->B * full->Tq);
-  const int64_t row = full->hkv * full->d;
-  for (int64_t b = 0; b < full->B; b++) {
-    memcpy(part->k + b * n * row, full->k + (b * full->Tk + start) * row, sizeof(float) * n * row);
-    memcpy(part->v + b * n * row, full->v + (b * full->Tk + start) * row, sizeof(float) * n * row);
-    memcpy(part->k_pos + b * n, full->k_pos + b * full->Tk + start, sizeof(int32_t) * n);
-  }
+  lt_test_attn_case_free(&c);
 }
 
 static void test_partials_over_key_chunks_merge_to_full_sparse_attention(void **state) {
   (void)state;
   // Ring attention's contract under a sparse pattern: a key chunk that only the sinks make
   // visible, one that the window reaches, one that nothing reaches (lse -inf everywhere).
-  sparse_case full, part;
+  lt_test_attn_case full, part;
   const lt_attn_sparsity pattern = {.window = 20, .sinks = 4};
   make_case(&full, 1, 40, 160, 4, 2, 8, pattern, 0, false, 13);
-  assert_ok(lt_attn_fwd(&ctx, tq(&full, full.o), tl(&full, full.lse), tq(&full, full.q),
-                        tk(&full, full.k), tk(&full, full.v), &full.spec));
+  assert_ok(lt_attn_fwd(&ctx, lt_test_attn_q(&full, full.o), lt_test_attn_lse(&full, full.lse),
+                        lt_test_attn_q(&full, full.q), lt_test_attn_kv(&full, full.k),
+                        lt_test_attn_kv(&full, full.v), &full.spec));
   const int64_t nq = 40 * 4 * 8, nl = 4 * 40;
   float *o = calloc(nq, 4), *lse = malloc(sizeof(float) * nl);
   for (int64_t i = 0; i < nl; i++) lse[i] = -INFINITY;
   const int64_t starts[4] = {0, 32, 64, 100}, counts[4] = {32, 32, 36, 60};
   for (int p = 0; p < 4; p++) {
-    key_chunk(&full, &part, starts[p], counts[p]);
-    assert_ok(lt_attn_fwd(&ctx, tq(&part, part.o), tl(&part, part.lse), tq(&part, part.q),
-                          tk(&part, part.k), tk(&part, part.v), &part.spec));
+    lt_test_attn_key_chunk(&full, &part, starts[p], counts[p]);
+    assert_ok(lt_attn_fwd(&ctx, lt_test_attn_q(&part, part.o), lt_test_attn_lse(&part, part.lse),
+                          lt_test_attn_q(&part, part.q), lt_test_attn_kv(&part, part.k),
+                          lt_test_attn_kv(&part, part.v), &part.spec));
     if (p == 1) assert_true(lt_test_max_abs(part.o, nq) == 0.0); // keys 32..63: nothing visible
-    assert_ok(
-        lt_attn_merge(&ctx, tq(&full, o), tl(&full, lse), tq(&part, part.o), tl(&part, part.lse)));
-    free_case(&part);
+    assert_ok(lt_attn_merge(&ctx, lt_test_attn_q(&full, o), lt_test_attn_lse(&full, lse),
+                            lt_test_attn_q(&part, part.o), lt_test_attn_lse(&part, part.lse)));
+    lt_test_attn_case_free(&part);
   }
   assert_true(lt_test_max_rel_diff(o, full.o, nq, 1.0) < 1e-5);
   assert_true(lt_test_max_rel_diff(lse, full.lse, nl, 1.0) < 1e-5);
   free(o), free(lse);
-  free_case(&full);
+  lt_test_attn_case_free(&full);
 }
 
 // Tiles of LT_CPU_ATTN_TILE queries by LT_CPU_ATTN_TILE keys that hold a visible pair, for one
 // batch row and head, counted from reference_visible.
-static int64_t tiles_with_a_visible_pair(const sparse_case *c) {
+static int64_t tiles_with_a_visible_pair(const lt_test_attn_case *c) {
   const int64_t t = LT_CPU_ATTN_TILE;
   int64_t count = 0;
   for (int64_t i0 = 0; i0 < c->Tq; i0 += t)
@@ -322,21 +262,22 @@ static int64_t tiles_with_a_visible_pair(const sparse_case *c) {
 }
 
 // Tiles the forward visits for one batch row and head (the case has one of each).
-static int64_t forward_tiles(sparse_case *c) {
+static int64_t forward_tiles(lt_test_attn_case *c) {
   int64_t visited = 0;
   c->spec.tiles_visited = &visited;
-  assert_ok(lt_attn_fwd(&ctx, tq(c, c->o), tl(c, c->lse), tq(c, c->q), tk(c, c->k), tk(c, c->v),
+  assert_ok(lt_attn_fwd(&ctx, lt_test_attn_q(c, c->o), lt_test_attn_lse(c, c->lse),
+                        lt_test_attn_q(c, c->q), lt_test_attn_kv(c, c->k), lt_test_attn_kv(c, c->v),
                         &c->spec));
   c->spec.tiles_visited = NULL;
   return visited;
 }
 
 static int64_t window_tiles(int64_t T, int window) {
-  sparse_case c;
+  lt_test_attn_case c;
   make_case(&c, 1, T, T, 1, 1, 8, (lt_attn_sparsity){.window = window}, 0, false, 3);
   int64_t visited = forward_tiles(&c);
   assert_int_equal(visited, tiles_with_a_visible_pair(&c));
-  free_case(&c);
+  lt_test_attn_case_free(&c);
   return visited;
 }
 
@@ -344,10 +285,10 @@ static void test_window_work_grows_with_the_sequence_times_the_window(void **sta
   (void)state;
   const int64_t tile = LT_CPU_ATTN_TILE, n = 1024 / tile;
   // Causal dense attention visits n (n + 1) / 2 tiles: 528 at T = 1024.
-  sparse_case dense;
+  lt_test_attn_case dense;
   make_case(&dense, 1, 1024, 1024, 1, 1, 8, (lt_attn_sparsity){0}, 0, false, 3);
   assert_int_equal(forward_tiles(&dense), n * (n + 1) / 2);
-  free_case(&dense);
+  lt_test_attn_case_free(&dense);
   // A window of w reaches back w - 1 positions: each query tile visits its own tile and the
   // ceil((w - 1) / tile) before it (fewer at the start), about T / tile * (1 + w / tile) tiles,
   // linear in T and in w.
@@ -359,7 +300,7 @@ static void test_window_work_grows_with_the_sequence_times_the_window(void **sta
 
 static void test_block_pattern_work_equals_the_tiles_with_a_visible_pair(void **state) {
   (void)state;
-  sparse_case c;
+  lt_test_attn_case c;
   make_case(&c, 1, 1024, 1024, 1, 1, 8,
             (lt_attn_sparsity){.sinks = 8, .block_size = 64, .local_blocks = 2, .stride = 4}, 0,
             false, 3);
@@ -368,32 +309,36 @@ static void test_block_pattern_work_equals_the_tiles_with_a_visible_pair(void **
   // 16 blocks of 64: each query block sees itself, the block before, every 4th block back and
   // the sinks' block (a quarter of the causal tiles or less).
   assert_true(visited < 528 / 2);
-  free_case(&c);
+  lt_test_attn_case_free(&c);
 }
 
 static void test_backward_visits_the_tiles_the_forward_visits(void **state) {
   (void)state;
-  sparse_case c;
+  lt_test_attn_case c;
   make_case(&c, 2, 300, 300, 4, 2, 8,
             (lt_attn_sparsity){.window = 40, .sinks = 4, .block_size = 32, .stride = 3}, 0, false,
             3);
   int64_t fwd = 0, bwd = 0;
   c.spec.tiles_visited = &fwd;
-  assert_ok(lt_attn_fwd(&ctx, tq(&c, c.o), tl(&c, c.lse), tq(&c, c.q), tk(&c, c.k), tk(&c, c.v),
+  assert_ok(lt_attn_fwd(&ctx, lt_test_attn_q(&c, c.o), lt_test_attn_lse(&c, c.lse),
+                        lt_test_attn_q(&c, c.q), lt_test_attn_kv(&c, c.k), lt_test_attn_kv(&c, c.v),
                         &c.spec));
   const int64_t nq = 2 * 300 * 4 * 8, nk = 2 * 300 * 2 * 8;
   float *dout = calloc(nq, 4), *delta = calloc(2 * 4 * 300, 4);
   float *dq = calloc(nq, 4), *dk = calloc(nk, 4), *dv = calloc(nk, 4);
-  assert_ok(lt_attn_bwd_delta(&ctx, tl(&c, delta), tq(&c, dout), tq(&c, c.o)));
+  assert_ok(lt_attn_bwd_delta(&ctx, lt_test_attn_lse(&c, delta), lt_test_attn_q(&c, dout),
+                              lt_test_attn_q(&c, c.o)));
   c.spec.tiles_visited = &bwd;
-  assert_ok(lt_attn_bwd(&ctx, tq(&c, dq), tk(&c, dk), tk(&c, dv), tq(&c, dout), tq(&c, c.q),
-                        tk(&c, c.k), tk(&c, c.v), tl(&c, c.lse), tl(&c, delta), &c.spec));
+  assert_ok(lt_attn_bwd(&ctx, lt_test_attn_q(&c, dq), lt_test_attn_kv(&c, dk),
+                        lt_test_attn_kv(&c, dv), lt_test_attn_q(&c, dout), lt_test_attn_q(&c, c.q),
+                        lt_test_attn_kv(&c, c.k), lt_test_attn_kv(&c, c.v),
+                        lt_test_attn_lse(&c, c.lse), lt_test_attn_lse(&c, delta), &c.spec));
   // Two batch rows and four query heads of the tiles one row and head has.
   c.spec.tiles_visited = NULL;
   assert_int_equal(fwd, 2 * 4 * tiles_with_a_visible_pair(&c));
   assert_int_equal(bwd, fwd);
   free(dout), free(delta), free(dq), free(dk), free(dv);
-  free_case(&c);
+  lt_test_attn_case_free(&c);
 }
 
 // --- the layer ---
