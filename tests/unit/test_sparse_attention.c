@@ -456,6 +456,26 @@ static void test_sparse_settings_are_checked_only_where_a_layer_uses_sparse(void
                                   NULL));
 }
 
+// As a user meets them: `longtrain config` with bad sparse (and MoH) settings exits 3 (bad
+// config) with one line naming the key.
+static void test_bad_attention_settings_exit_3_with_one_line(void **state) {
+  (void)state;
+  const char *cases[][2] = {
+      {"--set model.attention=sparse --set model.sparse.window=2048 --set train.seq_len=1024",
+       "model.sparse.window (2048) exceeds train.seq_len (1024)"},
+      {"--set model.attention=moh --set model.n_heads=8 --set model.d_model=256 "
+       "--set model.moh.shared_heads=4 --set model.moh.top_k=5",
+       "model.moh.top_k (5) exceeds the 4 routed heads"}};
+  for (int i = 0; i < 2; i++) {
+    char command[2048], out[4096];
+    snprintf(command, sizeof command, "%s config %s", lt_test_binary(), cases[i][0]);
+    assert_int_equal(lt_test_run(command, out, sizeof out), LT_ERR_CONFIG);
+    assert_true(strncmp(out, "longtrain: error: ", 18) == 0);
+    assert_non_null(strstr(out, cases[i][1]));
+    assert_ptr_equal(strchr(out, '\n'), out + strlen(out) - 1);
+  }
+}
+
 int main(void) {
   lt_ctx_init(&ctx, LT_CPU, 2);
   const struct CMUnitTest tests[] = {
@@ -479,6 +499,7 @@ int main(void) {
       cmocka_unit_test(test_sparse_block_larger_than_the_sequence_is_an_error),
       cmocka_unit_test(test_sparse_stride_of_one_is_an_error),
       cmocka_unit_test(test_sparse_settings_are_checked_only_where_a_layer_uses_sparse),
+      cmocka_unit_test(test_bad_attention_settings_exit_3_with_one_line),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
