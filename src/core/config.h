@@ -23,6 +23,16 @@ typedef struct lt_moe_config {
   double capacity_factor, aux_loss_coef, z_loss_coef;
   bool renormalize;
 } lt_moe_config;
+// model.sparse: the pattern of layers of kind "sparse" (the kernel's lt_attn_sparsity).
+typedef struct lt_sparse_config {
+  int window, sinks, block_size, local_blocks, stride, global_blocks;
+} lt_sparse_config;
+
+// model.moh: mixture-of-head attention, layers of kind "moh".
+typedef struct lt_moh_config {
+  int shared_heads, top_k;
+  double balance_coef;
+} lt_moh_config;
 
 typedef struct lt_model_config {
   char attention[256]; // token mixer per layer: a kind, or a pattern (see lt_config_layer_kind)
@@ -32,6 +42,8 @@ typedef struct lt_model_config {
   bool tie_embeddings;
   int init; // lt_init_scheme
   lt_moe_config moe;
+  lt_sparse_config sparse;
+  lt_moh_config moh;
 } lt_model_config;
 
 typedef struct lt_train_config {

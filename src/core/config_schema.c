@@ -25,7 +25,7 @@
 
 #define BIG 2147483647.0
 
-const char *const lt_attention_kinds[] = {"softmax", NULL};
+const char *const lt_attention_kinds[] = {"softmax", "sparse", "moh", NULL};
 const char *const lt_ffn_kinds[] = {"swiglu", "moe", NULL};
 
 const lt_config_key lt_config_keys[] = {
@@ -83,6 +83,34 @@ const lt_config_key lt_config_keys[] = {
     FLOAT("model.moe.z_loss_coef", model.moe.z_loss_coef, "0.001", 0, 1e6,
           "Weight of the ST-MoE router z-loss, the mean over tokens of logsumexp(router "
           "logits)^2, added per MoE layer; it keeps router logits small."),
+    INT("model.sparse.window", model.sparse.window, "0", 0, BIG,
+        "Sparse attention (kind sparse): sliding window; a query sees the keys fewer than window "
+        "positions back, itself included. A sparse layer sees the union of the parts that are on "
+        "(window, sinks, local_blocks, stride, global_blocks), within the causal and document "
+        "masks. 0: off."),
+    INT("model.sparse.sinks", model.sparse.sinks, "0", 0, BIG,
+        "Sparse attention: the first sinks positions stay visible to every later query (attention "
+        "sinks, StreamingLLM). 0: none."),
+    INT("model.sparse.block_size", model.sparse.block_size, "64", 1, BIG,
+        "Sparse attention: tokens per block, the unit of local_blocks, stride and global_blocks."),
+    INT("model.sparse.local_blocks", model.sparse.local_blocks, "0", 0, BIG,
+        "Sparse attention: a query sees its own block and the local_blocks - 1 blocks before it "
+        "(BigBird's sliding blocks). 0: off."),
+    INT("model.sparse.stride", model.sparse.stride, "0", 0, BIG,
+        "Sparse attention: strided blocks (Sparse Transformer); a query in block b also sees "
+        "blocks b - stride, b - 2*stride, ... 0: off; otherwise at least 2."),
+    INT("model.sparse.global_blocks", model.sparse.global_blocks, "0", 0, BIG,
+        "Sparse attention: the first global_blocks blocks are visible to every later query "
+        "(BigBird and Longformer's global tokens, causal). 0: off."),
+    INT("model.moh.shared_heads", model.moh.shared_heads, "4", 0, 4096,
+        "Mixture-of-head attention (kind moh): heads every token uses; the other n_heads - "
+        "shared_heads heads are routed."),
+    INT("model.moh.top_k", model.moh.top_k, "4", 1, 4096,
+        "Mixture-of-head attention: routed heads each token activates, chosen by its router "
+        "(at most n_heads - shared_heads)."),
+    FLOAT("model.moh.balance_coef", model.moh.balance_coef, "0.01", 0, 1e6,
+          "Mixture-of-head attention: weight beta of the routed heads' load-balance loss in the "
+          "objective (MoH eq. 7); 0 turns it off."),
 
     INT64("train.steps", train.steps, "1000", 1, 1e15, "Optimizer steps to train for."),
     INT("train.batch", train.batch, "8", 1, BIG,
@@ -130,6 +158,61 @@ const lt_config_key lt_config_keys[] = {
 
 const int lt_config_n_keys = (int)(sizeof lt_config_keys / sizeof lt_config_keys[0]);
 
+// Whether any layer of the stack is of attention kind `kind` (the pattern already checked).
+static bool uses_attention(const lt_model_config *m, const char *kind) {
+  for (int l = 0; l < m->n_layers; l++) {
+    const char *k;
+    if (lt_config_layer_kind(m->attention, lt_attention_kinds, m->n_layers, l, "model.attention",
+                             &k) == LT_OK &&
+        strcmp(k, kind) == 0)
+      return true;
+  }
+  return false;
+}
+
+static int validate_sparse(const lt_config *cfg) {
+  const lt_sparse_config *s = &cfg->model.sparse;
+  const char *src = cfg->source;
+  const int seq = cfg->train.seq_len;
+  LT_CHECK(s->window || s->sinks || s->local_blocks || s->stride || s->global_blocks, LT_ERR_CONFIG,
+           "%s: model.attention uses sparse but model.sparse turns no part on: set "
+           "model.sparse.window, model.sparse.sinks, or model.sparse.local_blocks, stride or "
+           "global_blocks",
+           src);
+  LT_CHECK(s->window <= seq, LT_ERR_CONFIG,
+           "%s: model.sparse.window (%d) exceeds train.seq_len (%d): every key would be in the "
+           "window; lower it, or use softmax attention",
+           src, s->window, seq);
+  LT_CHECK(s->sinks < seq, LT_ERR_CONFIG,
+           "%s: model.sparse.sinks (%d) must be below train.seq_len (%d)", src, s->sinks, seq);
+  if (s->local_blocks || s->stride || s->global_blocks)
+    LT_CHECK(s->block_size <= seq, LT_ERR_CONFIG,
+             "%s: model.sparse.block_size (%d) exceeds train.seq_len (%d): lower it", src,
+             s->block_size, seq);
+  LT_CHECK(s->stride != 1, LT_ERR_CONFIG,
+           "%s: model.sparse.stride 1 makes every block visible: use 0 (off) or 2 and above", src);
+  return LT_OK;
+}
+
+static int validate_moh(const lt_config *cfg) {
+  const lt_model_config *m = &cfg->model;
+  const char *src = cfg->source;
+  LT_CHECK(m->moh.shared_heads < m->n_heads, LT_ERR_CONFIG,
+           "%s: model.moh.shared_heads (%d) must be below model.n_heads (%d): MoH routes the "
+           "heads that are not shared",
+           src, m->moh.shared_heads, m->n_heads);
+  const int routed = m->n_heads - m->moh.shared_heads;
+  LT_CHECK(routed <= 256, LT_ERR_CONFIG, // LT_MOH_MAX_HEADS (kernels.h)
+           "%s: moh routes at most 256 heads, not %d: raise model.moh.shared_heads or lower "
+           "model.n_heads",
+           src, routed);
+  LT_CHECK(m->moh.top_k <= routed, LT_ERR_CONFIG,
+           "%s: model.moh.top_k (%d) exceeds the %d routed heads (model.n_heads %d - "
+           "model.moh.shared_heads %d): lower model.moh.top_k",
+           src, m->moh.top_k, routed, m->n_heads, m->moh.shared_heads);
+  return LT_OK;
+}
+
 int lt_config_validate(const lt_config *cfg) {
   const lt_model_config *m = &cfg->model;
   const lt_train_config *t = &cfg->train;
@@ -165,6 +248,8 @@ int lt_config_validate(const lt_config *cfg) {
            micro);
   LT_CHECK(t->min_lr <= t->lr, LT_ERR_CONFIG, "%s: train.min_lr (%g) must not exceed train.lr (%g)",
            src, t->min_lr, t->lr);
+  if (uses_attention(m, "sparse")) LT_TRY(validate_sparse(cfg));
+  if (uses_attention(m, "moh")) LT_TRY(validate_moh(cfg));
   return LT_OK;
 }
 

@@ -223,6 +223,18 @@ static int attn_dims(const char *op, lt_cpu_attn_dims *dims, lt_tensor q, lt_ten
   EXPECT(!spec->q_doc.data || (lt_numel(spec->q_doc) == dims->b * dims->tq &&
                                lt_numel(spec->k_doc) == dims->b * dims->tk),
          op, "document ids", spec->q_doc, spec->k_doc);
+  EXPECT(!spec->head_gates.data || (lt_numel(spec->head_gates) == dims->b * dims->tq * dims->hq &&
+                                    spec->head_gates.dtype == LT_F32),
+         op, "head gates must be (B, Tq, Hq) f32", spec->head_gates, q);
+  const lt_attn_sparsity *p = &spec->sparse;
+  const bool blocks = p->local_blocks > 0 || p->stride > 0 || p->global_blocks > 0;
+  if (p->window < 0 || p->sinks < 0 || p->block_size < 0 || p->local_blocks < 0 || p->stride < 0 ||
+      p->global_blocks < 0 || (blocks && p->block_size == 0))
+    return lt_fail(LT_ERR_INTERNAL,
+                   "internal error: %s: sparse pattern with window %d, sinks %d, block_size %d, "
+                   "local_blocks %d, stride %d, global_blocks %d (please report this)",
+                   op, p->window, p->sinks, p->block_size, p->local_blocks, p->stride,
+                   p->global_blocks);
   return LT_OK;
 }
 
@@ -268,6 +280,81 @@ int lt_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_tensor
   ON_CUDA(lt_cuda_attn_bwd(ctx, dq, dk, dv, dout, q, k, v, lse, delta, spec));
   lt_cpu_attn_bwd(lt_f32(dq), lt_f32(dk), lt_f32(dv), lt_f32(dout), lt_f32(q), lt_f32(k), lt_f32(v),
                   lt_f32(lse), lt_f32(delta), &dims, spec);
+  return LT_OK;
+}
+
+// The sizes of a routing: N tokens, R routed heads, K chosen, from the tensors' shapes.
+static int moh_route_dims(const char *op, lt_tensor gates, lt_tensor probs, lt_tensor topk,
+                          lt_tensor load, int n_shared, int64_t *n, int *routed, int *k) {
+  EXPECT(gates.ndim == 2 && probs.ndim == 2 && topk.ndim == 2, op,
+         "expected 2-D gates, probs, topk", gates, probs);
+  *n = gates.shape[0], *routed = (int)gates.shape[1] - n_shared, *k = (int)topk.shape[1];
+  const int64_t logits = (n_shared >= 2 ? n_shared : 0) + *routed + (n_shared >= 1 ? 2 : 0);
+  EXPECT(n_shared >= 0 && *routed >= 1 && *routed <= LT_MOH_MAX_HEADS, op,
+         "routed heads (gates minus shared)", gates, gates);
+  EXPECT(probs.shape[0] == *n && probs.shape[1] == logits, op, "probs vs gates", probs, gates);
+  EXPECT(topk.shape[0] == *n && *k >= 1 && *k <= *routed && topk.dtype == LT_I32, op,
+         "topk must be (N, K) i32 with K <= routed heads", topk, gates);
+  EXPECT(lt_numel(load) == 2 * *routed && load.dtype == LT_F32, op, "load must be (2, R) f32", load,
+         gates);
+  EXPECT(gates.dtype == LT_F32 && probs.dtype == LT_F32, op, "gates and probs must be f32", gates,
+         probs);
+  return LT_OK;
+}
+
+int lt_moh_route_fwd(lt_ctx *ctx, lt_tensor gates, lt_tensor probs, lt_tensor topk, lt_tensor load,
+                     lt_tensor logits, int n_shared) {
+  int64_t n = 0;
+  int routed = 0, k = 0;
+  LT_TRY(moh_route_dims("moh_route_fwd", gates, probs, topk, load, n_shared, &n, &routed, &k));
+  EXPECT(lt_same_shape(logits, probs), "moh_route_fwd", "logits vs probs", logits, probs);
+  ON_CUDA(lt_cuda_moh_route_fwd(ctx, gates, probs, topk, load, logits, n_shared));
+  EXPECT_F32("moh_route_fwd", logits);
+  lt_cpu_moh_route_fwd(lt_f32(gates), lt_f32(probs), lt_i32(topk), lt_f32(load), lt_f32(logits), n,
+                       n_shared, routed, k);
+  return LT_OK;
+}
+
+int lt_moh_route_bwd(lt_ctx *ctx, lt_tensor dlogits, lt_tensor dgates, lt_tensor probs,
+                     lt_tensor topk, lt_tensor load, int n_shared, float balance_grad) {
+  int64_t n = 0;
+  int routed = 0, k = 0;
+  LT_TRY(moh_route_dims("moh_route_bwd", dgates, probs, topk, load, n_shared, &n, &routed, &k));
+  EXPECT(lt_same_shape(dlogits, probs), "moh_route_bwd", "dlogits vs probs", dlogits, probs);
+  ON_CUDA(lt_cuda_moh_route_bwd(ctx, dlogits, dgates, probs, topk, load, n_shared, balance_grad));
+  EXPECT_F32("moh_route_bwd", dlogits);
+  lt_cpu_moh_route_bwd(lt_f32(dlogits), lt_f32(dgates), lt_f32(probs), lt_i32(topk), lt_f32(load),
+                       n, n_shared, routed, k, balance_grad);
+  return LT_OK;
+}
+
+static int check_head_gate(const char *op, lt_tensor x, lt_tensor gates) {
+  EXPECT(x.ndim >= 2, op, "x must be (N, H, D) or (B, T, H, D)", x, gates);
+  EXPECT(lt_numel(gates) * x.shape[x.ndim - 1] == lt_numel(x) && gates.dtype == LT_F32, op,
+         "gates must be (N, H) f32 for x (N, H, D)", gates, x);
+  return LT_OK;
+}
+
+int lt_head_gate_fwd(lt_ctx *ctx, lt_tensor out, lt_tensor x, lt_tensor gates) {
+  LT_TRY(check_head_gate("head_gate_fwd", x, gates));
+  EXPECT(lt_numel(out) == lt_numel(x), "head_gate_fwd", "out vs x", out, x);
+  ON_CUDA(lt_cuda_head_gate_fwd(ctx, out, x, gates));
+  const int d = (int)x.shape[x.ndim - 1], h = (int)x.shape[x.ndim - 2];
+  lt_cpu_head_gate_fwd(lt_f32(out), lt_f32(x), lt_f32(gates), lt_numel(gates) / h, h, d);
+  return LT_OK;
+}
+
+int lt_head_gate_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dgates, lt_tensor dout, lt_tensor x,
+                     lt_tensor gates) {
+  LT_TRY(check_head_gate("head_gate_bwd", x, gates));
+  EXPECT(lt_numel(dx) == lt_numel(x) && lt_numel(dout) == lt_numel(x), "head_gate_bwd",
+         "dx/dout vs x", dout, x);
+  EXPECT(lt_numel(dgates) == lt_numel(gates) && dgates.dtype == LT_F32, "head_gate_bwd",
+         "dgates vs gates", dgates, gates);
+  ON_CUDA(lt_cuda_head_gate_bwd(ctx, dx, dgates, dout, x, gates));
+  const int d = (int)x.shape[x.ndim - 1], h = (int)x.shape[x.ndim - 2];
+  lt_cpu_head_gate_bwd(lt_f32(dx), lt_f32(dgates), lt_f32(dout), lt_f32(x), lt_f32(gates),
+                       lt_numel(gates) / h, h, d);
   return LT_OK;
 }
 

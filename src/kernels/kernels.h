@@ -81,10 +81,28 @@ int lt_cross_entropy(lt_ctx *ctx, lt_tensor losses, lt_tensor logits, lt_tensor 
 
 #define LT_MAX_HEAD_DIM 256
 
-// Which (query, key) pairs may attend. Positions are absolute token positions, so a chunk of a
-// longer sequence (context parallel) masks correctly: key j is visible to query i when
+// Sparse attention patterns, on absolute positions (d = q_pos - k_pos, and block numbers
+// qb = q_pos / block_size, kb = k_pos / block_size). Each field at 0 is off; the keys a pattern
+// lets a query see are the union of those its parts allow:
+//   window         |d| < window                    sliding window (Beltagy et al. 2020, Mistral)
+//   sinks          k_pos < sinks                   attention sinks (Xiao et al. 2023, StreamingLLM)
+//   local_blocks   |qb - kb| < local_blocks        block-local (BigBird's sliding blocks)
+//   stride         (qb - kb) % stride == 0         strided (Child et al. 2019), in blocks
+//   global_blocks  kb < global_blocks              global blocks (BigBird, Longformer), as keys
+// With every field 0 the pattern allows every pair. Causality and documents apply on top.
+// Where the data pipeline restarts positions at each document, all of it counts from the
+// document's start.
+typedef struct lt_attn_sparsity {
+  int window, sinks;
+  int block_size; // > 0 when local_blocks, stride or global_blocks are set
+  int local_blocks, stride, global_blocks;
+} lt_attn_sparsity;
+
+// Which (query, key) pairs may attend. Positions are absolute token positions (>= 0), so a
+// chunk of a longer sequence (context parallel) masks correctly: key j is visible to query i when
 //   k_pos[j] <= q_pos[i]                       (causal)
 //   and q_doc[i] == k_doc[j]                   (when document ids are given)
+//   and the sparse pattern allows (i, j)
 typedef struct lt_attn_spec {
   float scale; // softmax scale, usually 1/sqrt(D)
   bool causal;
@@ -92,6 +110,14 @@ typedef struct lt_attn_spec {
   lt_tensor k_pos; // (B, Tk) i32
   lt_tensor q_doc; // (B, Tq) i32, or data == NULL for no document mask
   lt_tensor k_doc; // (B, Tk) i32
+  lt_attn_sparsity sparse;
+  // (B, Tq, Hq) f32, or data == NULL: a (query, head) whose weight is 0 there is not computed
+  // (MoH's unchosen heads) and gets o = 0, lse = -inf, as a query that sees no key; the backward
+  // skips it by its lse.
+  lt_tensor head_gates;
+  // When not NULL, the kernels add the number of (batch row, query head, query tile, key tile)
+  // tiles they computed: the work, which sparse patterns make grow with the visible blocks.
+  int64_t *tiles_visited;
 } lt_attn_spec;
 
 // The partial attention of queries q over keys/values k, v, with grouped-query heads (query head
@@ -164,6 +190,34 @@ int lt_grouped_matmul(lt_ctx *ctx, lt_tensor c, lt_tensor a, lt_tensor b, bool t
 // The weight gradient: c[g] += a[rows_g]^T b[rows_g]    a: (R, M); b: (R, N); c: (G, M, N) f32
 int lt_grouped_matmul_wgrad(lt_ctx *ctx, lt_tensor c, lt_tensor a, lt_tensor b,
                             const int64_t *rows);
+
+// --- mixture-of-head attention (MoH: Jin et al. 2024, arXiv 2410.11842) ---
+
+#define LT_MOH_MAX_HEADS 256
+
+// Per-token head weights from router logits, as MoH eqs. 4-5 with the official code's
+// normalisation (so that uniform router outputs weight every head 1, as multi-head attention):
+//   shared head i:  g = 2 a_1 * S * softmax(z_shared)_i          (S = n_shared; 1 when S == 1)
+//   routed head i:  g = 2 a_2 * K * p_i / sum_{j in top-K} p_j    if i is among the token's top K
+//                   p = softmax(z_routed), ties broken towards the lower head
+//   [a_1, a_2] = softmax(z_mix); with no shared heads the routed weights stand alone (2 a_2 -> 1).
+// logits: (N, Ls + R + Lm) = [z_shared | z_routed | z_mix], Ls = S if S >= 2 else 0, Lm = 2 if
+// S >= 1 else 0; gates: (N, S + R) f32, shared heads first; probs: (N, Ls + R + Lm) f32, the
+// three softmaxes, saved for the backward; topk: (N, K) i32, the chosen routed heads (0..R-1);
+// load: (2, R) f32, row 0 f_i = the fraction of tokens that chose routed head i, row 1 P_i = the
+// mean of p_i: the load-balance loss (eq. 6, scaled as the official code) is R * sum_i f_i P_i.
+int lt_moh_route_fwd(lt_ctx *ctx, lt_tensor gates, lt_tensor probs, lt_tensor topk, lt_tensor load,
+                     lt_tensor logits, int n_shared);
+// dlogits = d/dlogits of (sum(dgates * gates) + balance_grad * R * sum_i f_i P_i), with the
+// routing (topk, f) held constant: it is piecewise constant. Overwrites dlogits.
+int lt_moh_route_bwd(lt_ctx *ctx, lt_tensor dlogits, lt_tensor dgates, lt_tensor probs,
+                     lt_tensor topk, lt_tensor load, int n_shared, float balance_grad);
+
+// out[n, h, :] = gates[n, h] * x[n, h, :]    x, out: (N, H, D); gates: (N, H) f32
+int lt_head_gate_fwd(lt_ctx *ctx, lt_tensor out, lt_tensor x, lt_tensor gates);
+// dx = gates * dout (overwritten); dgates[n, h] = <dout[n, h, :], x[n, h, :]> (overwritten)
+int lt_head_gate_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dgates, lt_tensor dout, lt_tensor x,
+                     lt_tensor gates);
 
 // --- optimizer ---
 

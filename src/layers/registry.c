@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "layers/attention/moh.h"
 #include "layers/attention/softmax.h"
 #include "layers/mlp.h"
 #include "layers/moe.h"
@@ -21,6 +22,18 @@ static int create_softmax(lt_layer **out, lt_params *params, const char *prefix,
   return lt_softmax_attention_create(out, params, prefix, cfg, stds);
 }
 
+static int create_sparse(lt_layer **out, lt_params *params, const char *prefix,
+                         const lt_model_config *cfg, int layer_index, lt_init_stds stds) {
+  (void)layer_index;
+  return lt_sparse_attention_create(out, params, prefix, cfg, stds);
+}
+
+static int create_moh(lt_layer **out, lt_params *params, const char *prefix,
+                      const lt_model_config *cfg, int layer_index, lt_init_stds stds) {
+  (void)layer_index;
+  return lt_moh_attention_create(out, params, prefix, cfg, stds);
+}
+
 static int create_swiglu(lt_layer **out, lt_params *params, const char *prefix,
                          const lt_model_config *cfg, int layer_index, lt_init_stds stds) {
   (void)layer_index;
@@ -33,7 +46,8 @@ static int create_moe(lt_layer **out, lt_params *params, const char *prefix,
   return lt_moe_create(out, params, prefix, cfg, stds);
 }
 
-static const kind_entry mixers[] = {{"softmax", create_softmax}};
+static const kind_entry mixers[] = {
+    {"softmax", create_softmax}, {"sparse", create_sparse}, {"moh", create_moh}};
 static const kind_entry ffns[] = {{"swiglu", create_swiglu}, {"moe", create_moe}};
 
 static int create(const kind_entry *table, int n, const char *what, lt_layer **out,

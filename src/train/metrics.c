@@ -43,9 +43,9 @@ static const char *format_rate(double rate, char *buf, size_t len) {
 
 int lt_metrics_log(lt_metrics *metrics, const lt_step_metrics *m, int print) {
   char aux[48] = "", aux_json[48] = "";
-  if (m->aux != 0) {
-    snprintf(aux, sizeof aux, " | aux %.4f", m->aux);
-    snprintf(aux_json, sizeof aux_json, ", \"aux\": %.6f", m->aux);
+  if (m->aux_loss != 0) { // only models with routers have auxiliary losses
+    snprintf(aux, sizeof aux, " | aux %.4f", m->aux_loss);
+    snprintf(aux_json, sizeof aux_json, ", \"aux_loss\": %.6f", m->aux_loss);
   }
   if (print) {
     char elapsed[32], eta[32], rate[32];

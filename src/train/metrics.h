@@ -9,7 +9,7 @@
 typedef struct lt_step_metrics {
   int64_t step, steps;
   double loss, lr, grad_norm;
-  double aux; // auxiliary losses (MoE routers), reported when nonzero
+  double aux_loss; // the weighted auxiliary losses (not in loss), 0 for models without any
   double tokens_per_s, elapsed_s, eta_s;
   int64_t tokens_seen;
 } lt_step_metrics;

@@ -39,7 +39,7 @@ static int allocate_batches(lt_trainer *tr) {
   LT_CHECK(tr->host_tokens && tr->host_targets && tr->host_pos, LT_ERR_MEMORY,
            "out of host memory for %zu batch tokens", n);
   const int64_t micro_tokens = tr->micro_batch * tr->seq_len;
-  tr->batch = (lt_batch){.B = tr->micro_batch, .T = tr->seq_len};
+  tr->batch = (lt_batch){.B = tr->micro_batch, .T = tr->seq_len, .aux = &tr->aux};
   if (tr->ctx.device == LT_CPU) return LT_OK; // views of the host buffers, set per micro-step
   LT_TRY(lt_arena_create(&tr->batch_arena, tr->ctx.device, 3 * (size_t)micro_tokens * 4 + 3 * 256,
                          "batch"));
@@ -102,14 +102,15 @@ int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out) {
   LT_CHECK(counts[0] > 0, LT_ERR_DATA, "%s: a whole step has no target tokens", tr->data.path);
   const float grad_scale = (float)(1.0 / counts[0]);
   LT_TRY(lt_params_zero_grad(&tr->model.params));
-  // Auxiliary losses (MoE routers) count as their mean over the step's micro-batches.
-  tr->aux = (lt_aux_loss){.grad_scale = (float)(1.0 / (double)tr->accum)};
-  tr->batch.aux = &tr->aux;
-  double loss_sum = 0.0;
+  // Auxiliary losses are means over a micro-batch's tokens already: the step's is their mean.
+  tr->aux.grad_scale = (float)(1.0 / (double)tr->accum);
+  double loss_sum = 0.0, aux_sum = 0.0;
   for (int64_t m = 0; m < tr->accum; m++) {
     double micro_loss;
     LT_TRY(stage_micro_batch(tr, m));
+    tr->aux.sum = 0.0; // read before backward, which may run the forward again (recompute)
     LT_TRY(lt_model_forward(&tr->model, &tr->ctx, &tr->batch, true, grad_scale, &micro_loss));
+    aux_sum += tr->aux.sum;
     LT_TRY(lt_model_backward(&tr->model, &tr->ctx, &tr->batch));
     loss_sum += micro_loss;
   }
@@ -124,9 +125,9 @@ int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out) {
   *out = (lt_step_metrics){.step = tr->opt.step,
                            .steps = tr->cfg.train.steps,
                            .loss = loss,
+                           .aux_loss = aux_sum / (double)tr->accum,
                            .lr = lr,
                            .grad_norm = grad_norm,
-                           .aux = tr->aux.sum / (double)tr->accum,
                            .tokens_seen = tr->tokens_seen};
   return LT_OK;
 }

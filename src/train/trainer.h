@@ -22,7 +22,7 @@ typedef struct lt_trainer {
   int32_t *host_tokens, *host_targets, *host_pos; // accum * micro_batch * seq_len each
   lt_arena batch_arena;                           // the micro-batch on the device
   lt_batch batch;
-  lt_aux_loss aux; // the step's auxiliary losses (batch.aux points here)
+  lt_aux_loss aux; // the layers' auxiliary losses (routers' load balance), per micro-batch
   lt_metrics metrics;
   int64_t tokens_seen;
   double elapsed_s;

@@ -5,78 +5,23 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attention_case.h"
 #include "kernels/kernels.h"
 #include "testing.h"
-
-typedef struct attn_case {
-  int64_t B, Tq, Tk;
-  int hq, hkv, d;
-  float *q, *k, *v, *o, *lse;
-  int32_t *q_pos, *k_pos, *q_doc, *k_doc;
-  lt_attn_spec spec;
-} attn_case;
 
 static lt_ctx ctx;
 
 // Outputs, lse and gradients here are O(1): errors are measured against that scale (floor 1.0),
 // and fp32 against the double reference stays near 1e-6.
 
-static void make_case(attn_case *c, int64_t B, int64_t Tq, int64_t Tk, int hq, int hkv, int d,
-                      bool docs, uint64_t seed) {
-  *c = (attn_case){.B = B, .Tq = Tq, .Tk = Tk, .hq = hq, .hkv = hkv, .d = d};
-  c->q = malloc(sizeof(float) * B * Tq * hq * d);
-  c->k = malloc(sizeof(float) * B * Tk * hkv * d);
-  c->v = malloc(sizeof(float) * B * Tk * hkv * d);
-  c->o = calloc(B * Tq * hq * d, sizeof(float));
-  c->lse = calloc(B * hq * Tq, sizeof(float));
-  lt_test_fill_normal(c->q, B * Tq * hq * d, seed, 1.0f);
-  lt_test_fill_normal(c->k, B * Tk * hkv * d, seed + 1, 1.0f);
-  lt_test_fill_normal(c->v, B * Tk * hkv * d, seed + 2, 1.0f);
-  c->q_pos = malloc(sizeof(int32_t) * B * Tq);
-  c->k_pos = malloc(sizeof(int32_t) * B * Tk);
-  c->q_doc = malloc(sizeof(int32_t) * B * Tq);
-  c->k_doc = malloc(sizeof(int32_t) * B * Tk);
-  // Queries are the last Tq of the Tk keys' positions (a chunk at the end of the sequence).
-  for (int64_t b = 0; b < B; b++) {
-    for (int64_t j = 0; j < Tk; j++)
-      c->k_pos[b * Tk + j] = (int32_t)j, c->k_doc[b * Tk + j] = (int32_t)(j / 19);
-    for (int64_t i = 0; i < Tq; i++) {
-      int32_t p = (int32_t)(Tk - Tq + i);
-      c->q_pos[b * Tq + i] = p, c->q_doc[b * Tq + i] = p / 19;
-    }
-  }
-  c->spec = (lt_attn_spec){.scale = 1.0f / sqrtf((float)d),
-                           .causal = true,
-                           .q_pos = lt_view2(c->q_pos, LT_I32, LT_CPU, B, Tq),
-                           .k_pos = lt_view2(c->k_pos, LT_I32, LT_CPU, B, Tk)};
-  if (docs) {
-    c->spec.q_doc = lt_view2(c->q_doc, LT_I32, LT_CPU, B, Tq);
-    c->spec.k_doc = lt_view2(c->k_doc, LT_I32, LT_CPU, B, Tk);
-  }
-}
-
-static void free_case(attn_case *c) {
-  free(c->q), free(c->k), free(c->v), free(c->o), free(c->lse);
-  free(c->q_pos), free(c->k_pos), free(c->q_doc), free(c->k_doc);
-}
-
-static lt_tensor tq(const attn_case *c, float *x) {
-  return lt_view4(x, LT_F32, LT_CPU, c->B, c->Tq, c->hq, c->d);
-}
-static lt_tensor tk(const attn_case *c, float *x) {
-  return lt_view4(x, LT_F32, LT_CPU, c->B, c->Tk, c->hkv, c->d);
-}
-static lt_tensor tl(const attn_case *c, float *x) {
-  return lt_view3(x, LT_F32, LT_CPU, c->B, c->hq, c->Tq);
-}
-
-static void run_fwd(attn_case *c) {
-  assert_ok(lt_attn_fwd(&ctx, tq(c, c->o), tl(c, c->lse), tq(c, c->q), tk(c, c->k), tk(c, c->v),
+static void run_fwd(lt_test_attn_case *c) {
+  assert_ok(lt_attn_fwd(&ctx, lt_test_attn_q(c, c->o), lt_test_attn_lse(c, c->lse),
+                        lt_test_attn_q(c, c->q), lt_test_attn_kv(c, c->k), lt_test_attn_kv(c, c->v),
                         &c->spec));
 }
 
 // Softmax over all visible keys, in double.
-static void naive_attention(const attn_case *c, float *o, float *lse) {
+static void naive_attention(const lt_test_attn_case *c, float *o, float *lse) {
   const int group = c->hq / c->hkv;
   double *s = malloc(sizeof(double) * c->Tk);
   for (int64_t b = 0; b < c->B; b++)
@@ -112,15 +57,15 @@ static void naive_attention(const attn_case *c, float *o, float *lse) {
 
 static void expect_matches_naive(int64_t B, int64_t Tq, int64_t Tk, int hq, int hkv, int d,
                                  bool docs) {
-  attn_case c;
-  make_case(&c, B, Tq, Tk, hq, hkv, d, docs, 21);
+  lt_test_attn_case c;
+  lt_test_attn_case_make(&c, B, Tq, Tk, hq, hkv, d, docs ? 19 : 0, false, 21);
   run_fwd(&c);
   float *o = malloc(sizeof(float) * B * Tq * hq * d), *lse = malloc(sizeof(float) * B * hq * Tq);
   naive_attention(&c, o, lse);
   assert_true(lt_test_max_rel_diff(c.o, o, B * Tq * hq * d, 1.0) < 1e-5);
   assert_true(lt_test_max_rel_diff(c.lse, lse, B * hq * Tq, 1.0) < 1e-5);
   free(o), free(lse);
-  free_case(&c);
+  lt_test_attn_case_free(&c);
 }
 
 static void test_tiled_attention_matches_naive(void **state) {
@@ -145,20 +90,20 @@ static void test_query_chunk_at_the_end_of_the_keys_matches_naive(void **state) 
 
 static void test_query_seeing_no_key_gets_zero_output_and_empty_lse(void **state) {
   (void)state;
-  attn_case c;
-  make_case(&c, 1, 4, 8, 2, 2, 4, false, 3);
+  lt_test_attn_case c;
+  lt_test_attn_case_make(&c, 1, 4, 8, 2, 2, 4, 0, false, 3);
   for (int j = 0; j < 8; j++) c.k_pos[j] = 100 + j; // all keys in the queries' future
   run_fwd(&c);
   for (int i = 0; i < 2 * 4; i++) assert_true(c.lse[i] == -INFINITY);
   assert_true(lt_test_max_abs(c.o, 4 * 2 * 4) == 0.0);
-  free_case(&c);
+  lt_test_attn_case_free(&c);
 }
 
 static void test_grouped_query_attention_equals_multi_head_with_repeated_kv(void **state) {
   (void)state;
-  attn_case g, m;
-  make_case(&g, 2, 40, 40, 6, 2, 8, false, 5);
-  make_case(&m, 2, 40, 40, 6, 6, 8, false, 5);
+  lt_test_attn_case g, m;
+  lt_test_attn_case_make(&g, 2, 40, 40, 6, 2, 8, 0, false, 5);
+  lt_test_attn_case_make(&m, 2, 40, 40, 6, 6, 8, 0, false, 5);
   memcpy(m.q, g.q, sizeof(float) * 2 * 40 * 6 * 8);
   for (int64_t t = 0; t < 2 * 40; t++)
     for (int h = 0; h < 6; h++) {
@@ -169,39 +114,23 @@ static void test_grouped_query_attention_equals_multi_head_with_repeated_kv(void
   run_fwd(&m);
   assert_true(lt_test_max_rel_diff(g.o, m.o, 2 * 40 * 6 * 8, 1e-6) == 0.0);
   assert_true(lt_test_max_rel_diff(g.lse, m.lse, 2 * 6 * 40, 1e-6) == 0.0);
-  free_case(&g), free_case(&m);
-}
-
-// Copies key rows [start, start + n) of every batch row into a case of its own.
-static void key_chunk(const attn_case *full, attn_case *part, int64_t start, int64_t n,
-                      uint64_t seed) {
-  make_case(part, full->B, full->Tq, n, full->hq, full->hkv, full->d, full->spec.q_doc.data != NULL,
-            seed);
-  memcpy(part->q, full->q, sizeof(float) * full->B * full->Tq * full->hq * full->d);
-  memcpy(part->q_pos, full->q_pos, sizeof(int32_t) * full->B * full->Tq);
-  memcpy(part->q_doc, full->q_doc, sizeof(int32_t) * full->B * full->Tq);
-  const int64_t row = full->hkv * full->d;
-  for (int64_t b = 0; b < full->B; b++) {
-    memcpy(part->k + b * n * row, full->k + (b * full->Tk + start) * row, sizeof(float) * n * row);
-    memcpy(part->v + b * n * row, full->v + (b * full->Tk + start) * row, sizeof(float) * n * row);
-    memcpy(part->k_pos + b * n, full->k_pos + b * full->Tk + start, sizeof(int32_t) * n);
-    memcpy(part->k_doc + b * n, full->k_doc + b * full->Tk + start, sizeof(int32_t) * n);
-  }
+  lt_test_attn_case_free(&g), lt_test_attn_case_free(&m);
 }
 
 static void test_merged_partials_over_key_chunks_equal_full_attention(void **state) {
   (void)state;
-  attn_case full, parts[3];
-  make_case(&full, 2, 60, 60, 4, 2, 8, true, 9);
+  lt_test_attn_case full, parts[3];
+  lt_test_attn_case_make(&full, 2, 60, 60, 4, 2, 8, 19, false, 9);
   run_fwd(&full);
   const int64_t starts[3] = {0, 25, 41}, counts[3] = {25, 16, 19};
   float *o = calloc(2 * 60 * 4 * 8, sizeof(float)), *lse = malloc(sizeof(float) * 2 * 4 * 60);
   for (int i = 0; i < 2 * 4 * 60; i++) lse[i] = -INFINITY; // the empty partial
   for (int p = 2; p >= 0; p--) {                           // any order: the merge is commutative
-    key_chunk(&full, &parts[p], starts[p], counts[p], 100 + p);
+    lt_test_attn_key_chunk(&full, &parts[p], starts[p], counts[p]);
     run_fwd(&parts[p]);
-    assert_ok(lt_attn_merge(&ctx, tq(&full, o), tl(&full, lse), tq(&full, parts[p].o),
-                            tl(&full, parts[p].lse)));
+    assert_ok(lt_attn_merge(&ctx, lt_test_attn_q(&full, o), lt_test_attn_lse(&full, lse),
+                            lt_test_attn_q(&full, parts[p].o),
+                            lt_test_attn_lse(&full, parts[p].lse)));
   }
   assert_true(lt_test_max_rel_diff(o, full.o, 2 * 60 * 4 * 8, 1.0) < 1e-5);
   assert_true(lt_test_max_rel_diff(lse, full.lse, 2 * 4 * 60, 1.0) < 1e-5);
@@ -210,18 +139,23 @@ static void test_merged_partials_over_key_chunks_equal_full_attention(void **sta
   const int64_t nq = 2 * 60 * 4 * 8, nk = 2 * 60 * 2 * 8;
   float *dout = malloc(sizeof(float) * nq), *delta = malloc(sizeof(float) * 2 * 4 * 60);
   lt_test_fill_normal(dout, nq, 77, 1.0f);
-  assert_ok(lt_attn_bwd_delta(&ctx, tl(&full, delta), tq(&full, dout), tq(&full, full.o)));
+  assert_ok(lt_attn_bwd_delta(&ctx, lt_test_attn_lse(&full, delta), lt_test_attn_q(&full, dout),
+                              lt_test_attn_q(&full, full.o)));
   float *dq = calloc(nq, 4), *dk = calloc(nk, 4), *dv = calloc(nk, 4);
-  assert_ok(lt_attn_bwd(&ctx, tq(&full, dq), tk(&full, dk), tk(&full, dv), tq(&full, dout),
-                        tq(&full, full.q), tk(&full, full.k), tk(&full, full.v),
-                        tl(&full, full.lse), tl(&full, delta), &full.spec));
+  assert_ok(lt_attn_bwd(&ctx, lt_test_attn_q(&full, dq), lt_test_attn_kv(&full, dk),
+                        lt_test_attn_kv(&full, dv), lt_test_attn_q(&full, dout),
+                        lt_test_attn_q(&full, full.q), lt_test_attn_kv(&full, full.k),
+                        lt_test_attn_kv(&full, full.v), lt_test_attn_lse(&full, full.lse),
+                        lt_test_attn_lse(&full, delta), &full.spec));
   float *dq_sum = calloc(nq, 4);
   for (int p = 0; p < 3; p++) {
-    attn_case *c = &parts[p];
+    lt_test_attn_case *c = &parts[p];
     const int64_t n = 2 * counts[p] * 2 * 8, row = 2 * 8;
     float *pdk = calloc(n, 4), *pdv = calloc(n, 4);
-    assert_ok(lt_attn_bwd(&ctx, tq(c, dq_sum), tk(c, pdk), tk(c, pdv), tq(c, dout), tq(c, c->q),
-                          tk(c, c->k), tk(c, c->v), tl(&full, full.lse), tl(&full, delta),
+    assert_ok(lt_attn_bwd(&ctx, lt_test_attn_q(c, dq_sum), lt_test_attn_kv(c, pdk),
+                          lt_test_attn_kv(c, pdv), lt_test_attn_q(c, dout), lt_test_attn_q(c, c->q),
+                          lt_test_attn_kv(c, c->k), lt_test_attn_kv(c, c->v),
+                          lt_test_attn_lse(&full, full.lse), lt_test_attn_lse(&full, delta),
                           &c->spec));
     for (int64_t b = 0; b < 2; b++) {
       assert_true(lt_test_max_rel_diff(pdk + b * counts[p] * row, dk + (b * 60 + starts[p]) * row,
@@ -230,18 +164,18 @@ static void test_merged_partials_over_key_chunks_equal_full_attention(void **sta
                                        counts[p] * row, 1.0) < 1e-5);
     }
     free(pdk), free(pdv);
-    free_case(c);
+    lt_test_attn_case_free(c);
   }
   assert_true(lt_test_max_rel_diff(dq_sum, dq, nq, 1.0) < 1e-5);
   free(o), free(lse), free(dout), free(delta), free(dq), free(dk), free(dv), free(dq_sum);
-  free_case(&full);
+  lt_test_attn_case_free(&full);
 }
 
 static void test_fully_masked_tiles_are_skipped_without_changing_results(void **state) {
   (void)state;
   // Keys far in the queries' past and future: the future tiles must contribute nothing.
-  attn_case c;
-  make_case(&c, 1, 32, 96, 2, 2, 8, false, 4);
+  lt_test_attn_case c;
+  lt_test_attn_case_make(&c, 1, 32, 96, 2, 2, 8, 0, false, 4);
   for (int j = 0; j < 96; j++) c.k_pos[j] = j < 48 ? j : 1000 + j; // second half in the future
   for (int i = 0; i < 32; i++) c.q_pos[i] = 40 + i;
   run_fwd(&c);
@@ -249,7 +183,7 @@ static void test_fully_masked_tiles_are_skipped_without_changing_results(void **
   naive_attention(&c, o, lse);
   assert_true(lt_test_max_rel_diff(c.o, o, 32 * 2 * 8, 1.0) < 1e-5);
   free(o), free(lse);
-  free_case(&c);
+  lt_test_attn_case_free(&c);
 }
 
 int main(void) {

@@ -1,10 +1,13 @@
 // Gradient checks: every layer's backward against central differences of its forward, and the
 // same for the whole model. test_gradcheck_catches_* show that the check fails a wrong backward.
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "gradcheck.h"
+#include "layer_harness.h"
+#include "layers/attention/moh.h"
 #include "layers/attention/softmax.h"
 #include "layers/lm_head.h"
 #include "layers/mlp.h"
@@ -147,26 +150,34 @@ static void test_rope_backward_matches_finite_differences(void **state) {
 
 // --- sublayers with parameters: attention and the SwiGLU MLP ---
 
+// A sublayer's output is checked with its auxiliary losses (routers' load balance) as one more
+// element: out[n * d] = aux.sum, whose gradient dout[n * d] the backward gets as aux.grad_scale.
 typedef struct sublayer_state {
   lt_ctx ctx;
   lt_layer *layer;
   lt_params params;
   lt_arena acts, scratch;
   lt_batch batch;
+  lt_aux_loss aux;
   int64_t n, d;
   float *x, *dx, *out;
   int32_t *pos, *doc;
+  void (*prepare)(struct sublayer_state *s); // adjusts weights before the check, or NULL
+  int top_k;                                 // MoH: routed heads each token picks
 } sublayer_state;
 
 static void sublayer_forward(void *p) {
   sublayer_state *s = p;
   lt_tensor x = lt_view2(s->x, LT_F32, LT_CPU, s->n, s->d);
   lt_tensor out = lt_view2(s->out, LT_F32, LT_CPU, s->n, s->d);
+  s->aux.sum = 0.0;
   assert_ok(s->layer->ops->forward(s->layer, &s->ctx, out, x, &s->batch));
+  s->out[s->n * s->d] = (float)s->aux.sum;
 }
 
 static void sublayer_backward(void *p, const float *dout) {
   sublayer_state *s = p;
+  s->aux.grad_scale = dout[s->n * s->d];
   float *tmp = calloc((size_t)(s->n * s->d), 4);
   lt_tensor x = lt_view2(s->x, LT_F32, LT_CPU, s->n, s->d);
   assert_ok(s->layer->ops->backward(s->layer, &s->ctx, lt_view2(tmp, LT_F32, LT_CPU, s->n, s->d),
@@ -176,18 +187,6 @@ static void sublayer_backward(void *p, const float *dout) {
   free(tmp);
 }
 
-static void sublayer_plan(sublayer_state *s, int64_t B, int64_t T) {
-  lt_arena ma, ms;
-  lt_arena_measure(&ma, LT_CPU, "acts");
-  lt_arena_measure(&ms, LT_CPU, "scratch");
-  lt_plan plan = {.B = B, .T = T, .act_dtype = LT_F32, .acts = &ma, .scratch = &ms};
-  assert_ok(s->layer->ops->plan(s->layer, &plan));
-  assert_ok(lt_arena_create(&s->acts, LT_CPU, ma.peak, "acts"));
-  assert_ok(lt_arena_create(&s->scratch, LT_CPU, ms.peak, "scratch"));
-  plan.acts = &s->acts, plan.scratch = &s->scratch;
-  assert_ok(s->layer->ops->plan(s->layer, &plan));
-}
-
 static double sublayer_error(sublayer_state *s, int64_t B, int64_t T, int64_t d, bool with_docs) {
   s->ctx = cpu();
   s->n = B * T, s->d = d;
@@ -195,16 +194,18 @@ static double sublayer_error(sublayer_state *s, int64_t B, int64_t T, int64_t d,
   for (int i = 0; i < s->params.count; i++) // weights of size ~1/sqrt(fan_in): O(1) activations
     lt_test_fill_normal(s->params.master + s->params.info[i].offset, s->params.info[i].numel,
                         100 + (uint64_t)i, 1.0f / sqrtf((float)s->params.info[i].shape[1]));
-  sublayer_plan(s, B, T);
+  lt_test_plan_layer(s->layer, &s->acts, &s->scratch, B, T);
   s->x = normal(s->n * d, 11, 1.0f);
   s->dx = calloc((size_t)(s->n * d), 4);
-  s->out = calloc((size_t)(s->n * d), 4);
+  s->out = calloc((size_t)(s->n * d + 1), 4);
   s->pos = malloc((size_t)s->n * 4);
   s->doc = malloc((size_t)s->n * 4);
   for (int64_t i = 0; i < s->n; i++)
     s->pos[i] = (int32_t)(i % T), s->doc[i] = (int32_t)((i % T) / 11);
-  s->batch = (lt_batch){.B = B, .T = T, .pos = lt_view1(s->pos, LT_I32, LT_CPU, s->n)};
+  s->batch =
+      (lt_batch){.B = B, .T = T, .pos = lt_view1(s->pos, LT_I32, LT_CPU, s->n), .aux = &s->aux};
   if (with_docs) s->batch.doc = lt_view1(s->doc, LT_I32, LT_CPU, s->n);
+  if (s->prepare) s->prepare(s);
   int n_inputs = 1 + s->params.count;
   lt_gradcheck_input *in = calloc((size_t)n_inputs, sizeof *in);
   in[0] = (lt_gradcheck_input){"x", s->x, s->dx, s->n * d};
@@ -213,7 +214,7 @@ static double sublayer_error(sublayer_state *s, int64_t B, int64_t T, int64_t d,
     in[1 + i] = (lt_gradcheck_input){p->name, s->params.master + p->offset,
                                      s->params.grad + p->offset, p->numel};
   }
-  lt_gradcheck c = {s, in, n_inputs, s->out, s->n * d, sublayer_forward, sublayer_backward};
+  lt_gradcheck c = {s, in, n_inputs, s->out, s->n * d + 1, sublayer_forward, sublayer_backward};
   double err = lt_gradcheck_run(&c, 5, 3, EPS);
   free(in), free(s->x), free(s->dx), free(s->out), free(s->pos), free(s->doc);
   s->layer->ops->destroy(s->layer);
@@ -245,6 +246,68 @@ static void test_softmax_attention_with_document_mask_backward_matches(void **st
   lt_params_begin(&s.params);
   assert_ok(lt_softmax_attention_create(&s.layer, &s.params, "attn", &cfg, (lt_init_stds){1, 1}));
   assert_true(sublayer_error(&s, 2, 45, cfg.d_model, true) < GRAD_TOL);
+}
+
+static void test_sparse_attention_backward_matches_finite_differences(void **state) {
+  (void)state;
+  sublayer_state s = {0};
+  lt_model_config cfg = small_attention_config();
+  // Every part of the pattern at once, under a document mask; T = 45 over two tiles.
+  cfg.sparse = (lt_sparse_config){
+      .window = 7, .sinks = 2, .block_size = 8, .local_blocks = 1, .stride = 3, .global_blocks = 1};
+  lt_params_begin(&s.params);
+  assert_ok(lt_sparse_attention_create(&s.layer, &s.params, "attn", &cfg, (lt_init_stds){1, 1}));
+  assert_string_equal(s.layer->ops->kind, "sparse");
+  assert_true(sublayer_error(&s, 2, 45, cfg.d_model, true) < GRAD_TOL);
+}
+
+// The MoH router sends every token to its top-K routed heads, a choice that is piecewise
+// constant: a finite difference that moved a token across a tie would see a jump. Router weights
+// three times the others' size spread the routed logits; each token's K-th and (K+1)-th must then
+// lie further apart than 10 times what a perturbation moves them (about EPS * 4 here).
+static void spread_moh_router(sublayer_state *s) {
+  for (int i = 0; i < s->params.count; i++)
+    if (strstr(s->params.info[i].name, "router"))
+      for (int64_t j = 0; j < s->params.info[i].numel; j++)
+        s->params.master[s->params.info[i].offset + j] *= 3.0f;
+  const lt_param_info *w = lt_params_find(&s->params, "attn.router_routed");
+  const int64_t routed = w->shape[0];
+  double margin = INFINITY;
+  for (int64_t t = 0; t < s->n && s->top_k < routed; t++) {
+    double z[8];
+    for (int64_t i = 0; i < routed; i++) {
+      z[i] = 0;
+      for (int64_t c = 0; c < s->d; c++)
+        z[i] += (double)s->params.master[w->offset + i * s->d + c] * s->x[t * s->d + c];
+      for (int64_t j = i; j > 0 && z[j] > z[j - 1]; j--) { // insertion sort, descending
+        double swap = z[j];
+        z[j] = z[j - 1], z[j - 1] = swap;
+      }
+    }
+    margin = fmin(margin, z[s->top_k - 1] - z[s->top_k]);
+  }
+  print_message("moh router: smallest K-th to (K+1)-th logit gap %.3f\n", margin);
+  assert_true(margin > 10 * 4 * EPS);
+}
+
+static double moh_error(int shared, int top_k, double balance_coef) {
+  sublayer_state s = {.prepare = spread_moh_router, .top_k = top_k};
+  lt_model_config cfg = small_attention_config();
+  cfg.moh = (lt_moh_config){.shared_heads = shared, .top_k = top_k, .balance_coef = balance_coef};
+  lt_params_begin(&s.params);
+  assert_ok(lt_moh_attention_create(&s.layer, &s.params, "attn", &cfg, (lt_init_stds){1, 1}));
+  assert_string_equal(s.layer->ops->kind, "moh");
+  return sublayer_error(&s, 2, 9, cfg.d_model, false);
+}
+
+static void test_moh_attention_backward_matches_finite_differences(void **state) {
+  (void)state;
+  assert_true(moh_error(0, 2, 0.5) < GRAD_TOL); // four routed heads, two chosen
+  assert_true(moh_error(1, 2, 0.5) < GRAD_TOL); // one shared head, two of three routed
+  assert_true(moh_error(2, 2, 0.5) < GRAD_TOL); // the shared heads' router, every routed head on
+  // The load-balance loss weighted to dominate the routed heads' router gradient: at 0.5 a
+  // backward without it would still pass.
+  assert_true(moh_error(1, 2, 100.0) < GRAD_TOL);
 }
 
 static void test_swiglu_mlp_backward_matches_finite_differences(void **state) {
@@ -340,7 +403,9 @@ static void model_backward(void *p, const float *dout) {
   assert_ok(lt_model_backward(&s->model, &s->ctx, &s->batch));
 }
 
-static double model_error(bool tied, bool recompute) {
+// `attention`: the layers' kinds (model.attention). MoH layers route every token to all their
+// routed heads here: a finite difference must not move a token across a tie of its router.
+static double model_error(bool tied, bool recompute, const char *attention) {
   model_state s = {.ctx = cpu()};
   lt_model_config cfg = {.d_model = 16,
                          .n_layers = 2,
@@ -352,7 +417,10 @@ static double model_error(bool tied, bool recompute) {
                          .rope_theta = 10000,
                          .norm_eps = 1e-5,
                          .init_std = 0.3,
-                         .tie_embeddings = tied};
+                         .tie_embeddings = tied,
+                         .sparse = {.window = 3, .sinks = 1, .block_size = 4, .stride = 2},
+                         .moh = {.shared_heads = 1, .top_k = 3, .balance_coef = 0.01}};
+  snprintf(cfg.attention, sizeof cfg.attention, "%s", attention);
   assert_ok(lt_model_create(&s.model, &cfg, LT_CPU));
   assert_ok(lt_params_init(&s.model.params, 77));
   // Norm gains away from 1 so that their gradients are exercised in general position.
@@ -391,17 +459,23 @@ static double model_error(bool tied, bool recompute) {
 
 static void test_model_backward_matches_finite_differences(void **state) {
   (void)state;
-  assert_true(model_error(false, false) < GRAD_TOL);
+  assert_true(model_error(false, false, "softmax") < GRAD_TOL);
 }
 
 static void test_model_with_tied_embeddings_backward_matches(void **state) {
   (void)state;
-  assert_true(model_error(true, false) < GRAD_TOL);
+  assert_true(model_error(true, false, "softmax") < GRAD_TOL);
 }
 
 static void test_model_with_recomputation_backward_matches(void **state) {
   (void)state;
-  assert_true(model_error(false, true) < GRAD_TOL);
+  assert_true(model_error(false, true, "softmax") < GRAD_TOL);
+}
+
+static void test_hybrid_model_of_sparse_and_moh_layers_backward_matches(void **state) {
+  (void)state;
+  assert_true(model_error(false, false, "sparse,moh") < GRAD_TOL);
+  assert_true(model_error(false, true, "moh,sparse") < GRAD_TOL);
 }
 
 int main(void) {
@@ -412,11 +486,14 @@ int main(void) {
       cmocka_unit_test(test_rope_backward_matches_finite_differences),
       cmocka_unit_test(test_softmax_attention_backward_matches_finite_differences),
       cmocka_unit_test(test_softmax_attention_with_document_mask_backward_matches),
+      cmocka_unit_test(test_sparse_attention_backward_matches_finite_differences),
+      cmocka_unit_test(test_moh_attention_backward_matches_finite_differences),
       cmocka_unit_test(test_swiglu_mlp_backward_matches_finite_differences),
       cmocka_unit_test(test_lm_head_loss_backward_matches_finite_differences),
       cmocka_unit_test(test_model_backward_matches_finite_differences),
       cmocka_unit_test(test_model_with_tied_embeddings_backward_matches),
       cmocka_unit_test(test_model_with_recomputation_backward_matches),
+      cmocka_unit_test(test_hybrid_model_of_sparse_and_moh_layers_backward_matches),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

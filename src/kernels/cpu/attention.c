@@ -1,59 +1,15 @@
 // Softmax attention as tiled online softmax (Milakov & Gimelshein 2018; Dao 2023,
 // FlashAttention-2, Algorithms 1 and 2): queries in tiles of TILE_Q rows stream over key tiles of
 // TILE_K, keeping a running max and sum, so memory stays O(T) and a partial result (o, lse) over
-// one key range can be merged with another's. Tiles with no visible pair are skipped.
+// one key range can be merged with another's. Tiles with no visible pair are skipped, so the
+// work of a sparse pattern (kernels/cpu/attention_mask.h) grows with its visible tiles.
 #include <math.h>
 #include <string.h>
 
+#include "kernels/cpu/attention_mask.h"
 #include "kernels/cpu/cpu_kernels.h"
 
-enum { TILE_Q = 32, TILE_K = 32 };
-
-typedef struct tile_mask {
-  const int32_t *q_pos, *k_pos, *q_doc, *k_doc; // this batch row's, or NULL
-  bool causal;
-} tile_mask;
-
-static tile_mask row_mask(const lt_attn_spec *spec, int64_t b, int64_t tq, int64_t tk) {
-  tile_mask m = {.causal = spec->causal};
-  m.q_pos = lt_i32(spec->q_pos) + b * tq;
-  m.k_pos = lt_i32(spec->k_pos) + b * tk;
-  if (spec->q_doc.data) {
-    m.q_doc = lt_i32(spec->q_doc) + b * tq;
-    m.k_doc = lt_i32(spec->k_doc) + b * tk;
-  }
-  return m;
-}
-
-static bool visible(const tile_mask *m, int64_t i, int64_t j) {
-  if (m->causal && m->k_pos[j] > m->q_pos[i]) return false;
-  if (m->q_doc && m->q_doc[i] != m->k_doc[j]) return false;
-  return true;
-}
-
-// Whether any pair in the tile may be visible: a cheap bound from position and document ranges.
-static bool tile_may_be_visible(const tile_mask *m, int64_t i0, int64_t ni, int64_t j0,
-                                int64_t nj) {
-  int32_t q_max = INT32_MIN, k_min = INT32_MAX, qd_min = INT32_MAX, qd_max = INT32_MIN;
-  int32_t kd_min = INT32_MAX, kd_max = INT32_MIN;
-  for (int64_t i = i0; i < i0 + ni; i++) {
-    if (m->q_pos[i] > q_max) q_max = m->q_pos[i];
-    if (m->q_doc) {
-      if (m->q_doc[i] < qd_min) qd_min = m->q_doc[i];
-      if (m->q_doc[i] > qd_max) qd_max = m->q_doc[i];
-    }
-  }
-  for (int64_t j = j0; j < j0 + nj; j++) {
-    if (m->k_pos[j] < k_min) k_min = m->k_pos[j];
-    if (m->k_doc) {
-      if (m->k_doc[j] < kd_min) kd_min = m->k_doc[j];
-      if (m->k_doc[j] > kd_max) kd_max = m->k_doc[j];
-    }
-  }
-  if (m->causal && k_min > q_max) return false;
-  if (m->q_doc && (kd_max < qd_min || kd_min > qd_max)) return false;
-  return true;
-}
+enum { TILE_Q = LT_CPU_ATTN_TILE, TILE_K = LT_CPU_ATTN_TILE };
 
 static float dot(const float *a, const float *b, int d) {
   float s = 0.0f;
@@ -67,13 +23,16 @@ void lt_cpu_attn_fwd(float *o, float *lse, const float *q, const float *k, const
   const int64_t tq = dims->tq, tk = dims->tk;
   const int hq = dims->hq, hkv = dims->hkv, d = dims->d, group = hq / hkv;
   const int64_t n_qtiles = (tq + TILE_Q - 1) / TILE_Q;
+  const float *gates = spec->head_gates.data ? lt_f32(spec->head_gates) : NULL;
 #pragma omp parallel for schedule(dynamic) collapse(3)
   for (int64_t b = 0; b < dims->b; b++)
     for (int h = 0; h < hq; h++)
       for (int64_t qt = 0; qt < n_qtiles; qt++) {
-        tile_mask mask = row_mask(spec, b, tq, tk);
+        const lt_cpu_attn_mask mask = lt_cpu_attn_row_mask(spec, b, tq, tk);
         const int64_t i0 = qt * TILE_Q, ni = tq - i0 < TILE_Q ? tq - i0 : TILE_Q;
+        const lt_cpu_tile_range q_range = lt_cpu_tile_range_of(mask.q_pos, mask.q_doc, i0, ni);
         const int kvh = h / group;
+        int64_t visited = 0;
         // Head widths are at most LT_MAX_HEAD_DIM (checked in dispatch), so a tile's output
         // accumulator fits on the stack.
         float row_max[TILE_Q], row_sum[TILE_Q], scores[TILE_K], accp[TILE_Q * LT_MAX_HEAD_DIM];
@@ -81,14 +40,18 @@ void lt_cpu_attn_fwd(float *o, float *lse, const float *q, const float *k, const
         memset(accp, 0, sizeof(float) * (size_t)(ni * d));
         for (int64_t j0 = 0; j0 < tk; j0 += TILE_K) {
           const int64_t nj = tk - j0 < TILE_K ? tk - j0 : TILE_K;
-          if (!tile_may_be_visible(&mask, i0, ni, j0, nj)) continue;
+          if (!lt_cpu_tile_may_be_visible(&mask, q_range,
+                                          lt_cpu_tile_range_of(mask.k_pos, mask.k_doc, j0, nj)))
+            continue;
+          visited++;
           for (int64_t r = 0; r < ni; r++) {
             const int64_t i = i0 + r;
+            if (gates && gates[(b * tq + i) * hq + h] == 0.0f) continue;
             const float *qi = q + ((b * tq + i) * hq + h) * d;
             float tile_max = -INFINITY;
             for (int64_t c = 0; c < nj; c++) {
               const int64_t j = j0 + c;
-              scores[c] = visible(&mask, i, j)
+              scores[c] = lt_cpu_attn_visible(&mask, i, j)
                               ? spec->scale * dot(qi, k + ((b * tk + j) * hkv + kvh) * d, d)
                               : -INFINITY;
               if (scores[c] > tile_max) tile_max = scores[c];
@@ -108,6 +71,10 @@ void lt_cpu_attn_fwd(float *o, float *lse, const float *q, const float *k, const
             }
             row_max[r] = new_max;
           }
+        }
+        if (spec->tiles_visited) {
+#pragma omp atomic
+          *spec->tiles_visited += visited;
         }
         for (int64_t r = 0; r < ni; r++) {
           const int64_t i = i0 + r;
@@ -167,22 +134,27 @@ void lt_cpu_attn_bwd(float *dq, float *dk, float *dv, const float *dout, const f
 #pragma omp parallel for schedule(dynamic) collapse(2)
   for (int64_t b = 0; b < dims->b; b++)
     for (int kvh = 0; kvh < hkv; kvh++) {
-      tile_mask mask = row_mask(spec, b, tq, tk);
+      const lt_cpu_attn_mask mask = lt_cpu_attn_row_mask(spec, b, tq, tk);
+      int64_t visited = 0;
       for (int h = kvh * group; h < (kvh + 1) * group; h++)
         for (int64_t i0 = 0; i0 < tq; i0 += TILE_Q) {
           const int64_t ni = tq - i0 < TILE_Q ? tq - i0 : TILE_Q;
+          const lt_cpu_tile_range q_range = lt_cpu_tile_range_of(mask.q_pos, mask.q_doc, i0, ni);
           for (int64_t j0 = 0; j0 < tk; j0 += TILE_K) {
             const int64_t nj = tk - j0 < TILE_K ? tk - j0 : TILE_K;
-            if (!tile_may_be_visible(&mask, i0, ni, j0, nj)) continue;
+            if (!lt_cpu_tile_may_be_visible(&mask, q_range,
+                                            lt_cpu_tile_range_of(mask.k_pos, mask.k_doc, j0, nj)))
+              continue;
+            visited++;
             for (int64_t r = 0; r < ni; r++) {
               const int64_t i = i0 + r;
               const float l = lse[(b * hq + h) * tq + i];
-              if (l == -INFINITY) continue;
+              if (l == -INFINITY) continue; // sees no key, or a head gated off (head_gates)
               const float dl = delta[(b * hq + h) * tq + i];
               const int64_t qoff = ((b * tq + i) * hq + h) * d;
               for (int64_t c = 0; c < nj; c++) {
                 const int64_t j = j0 + c;
-                if (!visible(&mask, i, j)) continue;
+                if (!lt_cpu_attn_visible(&mask, i, j)) continue;
                 const int64_t koff = ((b * tk + j) * hkv + kvh) * d;
                 float p = expf(spec->scale * dot(q + qoff, k + koff, d) - l);
                 float dp = dot(dout + qoff, v + koff, d);
@@ -196,5 +168,9 @@ void lt_cpu_attn_bwd(float *dq, float *dk, float *dv, const float *dout, const f
             }
           }
         }
+      if (spec->tiles_visited) {
+#pragma omp atomic
+        *spec->tiles_visited += visited;
+      }
     }
 }

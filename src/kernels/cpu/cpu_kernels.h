@@ -36,6 +36,9 @@ void lt_cpu_swiglu_bwd(float *dgate_up, const float *dh, const float *gate_up, i
 void lt_cpu_cross_entropy(float *losses, float *logits, const int32_t *targets, int64_t n,
                           int64_t v, int ignore_index, bool want_grad, float grad_scale);
 
+// The attention kernels' tile: queries and keys in blocks of this many rows.
+#define LT_CPU_ATTN_TILE 32
+
 // Attention sizes shared by the forward and backward.
 typedef struct lt_cpu_attn_dims {
   int64_t b, tq, tk;
@@ -75,6 +78,14 @@ void lt_cpu_grouped_matmul(float *c, const float *a, const float *b, bool trans_
                            const int64_t *rows, int groups, int64_t n, int64_t k);
 void lt_cpu_grouped_matmul_wgrad(float *c, const float *a, const float *b, const int64_t *rows,
                                  int groups, int64_t m, int64_t n);
+void lt_cpu_moh_route_fwd(float *gates, float *probs, int32_t *topk, float *load,
+                          const float *logits, int64_t n, int n_shared, int n_routed, int top_k);
+void lt_cpu_moh_route_bwd(float *dlogits, const float *dgates, const float *probs,
+                          const int32_t *topk, const float *load, int64_t n, int n_shared,
+                          int n_routed, int top_k, float balance_grad);
+void lt_cpu_head_gate_fwd(float *out, const float *x, const float *gates, int64_t n, int h, int d);
+void lt_cpu_head_gate_bwd(float *dx, float *dgates, const float *dout, const float *x,
+                          const float *gates, int64_t n, int h, int d);
 
 void lt_cpu_adamw(float *param, const float *grad, float *m, float *v, int64_t n,
                   const lt_adamw_args *args);

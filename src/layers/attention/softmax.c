@@ -1,4 +1,5 @@
-// x -> [q|k|v] = x Wqkv^T -> RoPE(q), RoPE(k) -> o = attention(q, k, v) -> out = o Wo^T.
+// x -> [q|k|v] = x Wqkv^T -> RoPE(q), RoPE(k) -> o = attention(q, k, v) -> out = o Wo^T, with
+// o's heads weighted per token before Wo when a MoH router is given (o -> g * o).
 #include "layers/attention/softmax.h"
 
 #include <math.h>
@@ -6,30 +7,41 @@
 #include <stdlib.h>
 
 #include "core/error.h"
+#include "layers/attention/moh.h"
 #include "layers/linear.h"
 
 typedef struct softmax_attention {
   lt_layer base;
   int n_heads, n_kv_heads, head_dim;
   float rope_theta;
-  lt_param wqkv[3]; // wq (Hq*hd, D), wk (Hkv*hd, D), wv (Hkv*hd, D), adjacent in memory
-  lt_param wo;      // (D, Hq*hd)
+  lt_attn_sparsity sparsity;
+  lt_head_router *router; // NULL: every head at weight 1
+  lt_param wqkv[3];       // wq (Hq*hd, D), wk (Hkv*hd, D), wv (Hkv*hd, D), adjacent in memory
+  lt_param wo;            // (D, Hq*hd)
   // saved for backward
   lt_tensor q, k, v; // (B, T, H, hd), q and k rotated
   lt_tensor o;       // (B, T, Hq, hd)
   lt_tensor lse;     // (B, Hq, T) f32
+  lt_tensor gates;   // (B*T, Hq) f32, the router's head weights (held by the router)
   // scratch
   lt_tensor qkv;                   // (B*T, Hq + 2 Hkv, hd), forward only
   lt_tensor dqkv, d_o, dq, dk, dv; // backward only
   lt_tensor delta;                 // (B, Hq, T) f32
+  lt_tensor o_gated, d_gated;      // (B, T, Hq, hd): with a router, g * o and its gradient
+  lt_tensor dgates;                // (B*T, Hq) f32
 } softmax_attention;
 
-static lt_attn_spec causal_spec(const softmax_attention *s, const lt_batch *batch) {
+static lt_attn_spec attention_spec(const softmax_attention *s, const lt_batch *batch) {
   lt_tensor pos = lt_reshape(batch->pos, 2, LT_SHAPE(batch->B, batch->T));
-  lt_attn_spec spec = {
-      .scale = 1.0f / sqrtf((float)s->head_dim), .causal = true, .q_pos = pos, .k_pos = pos};
+  lt_attn_spec spec = {.scale = 1.0f / sqrtf((float)s->head_dim),
+                       .causal = true,
+                       .q_pos = pos,
+                       .k_pos = pos,
+                       .sparse = s->sparsity};
   if (batch->doc.data)
     spec.q_doc = spec.k_doc = lt_reshape(batch->doc, 2, LT_SHAPE(batch->B, batch->T));
+  // A head a token's router left out costs nothing: the kernel skips its rows.
+  if (s->router) spec.head_gates = s->gates;
   return spec;
 }
 
@@ -42,16 +54,25 @@ static int plan(lt_layer *self, const lt_plan *p) {
   LT_TRY(lt_arena_alloc4(p->acts, &s->v, dt, B, T, hkv, hd));
   LT_TRY(lt_arena_alloc4(p->acts, &s->o, dt, B, T, hq, hd));
   LT_TRY(lt_arena_alloc3(p->acts, &s->lse, LT_F32, B, hq, T));
-  // The forward's and the backward's temporaries never live at once: both start at one mark.
+  // The weighted heads are rebuilt in backward rather than kept: one multiply per element.
   size_t mark = lt_arena_mark(p->scratch);
+  if (s->router) LT_TRY(lt_arena_alloc4(p->scratch, &s->o_gated, dt, B, T, hq, hd));
+  // The forward's and the backward's other temporaries never live at once: both start here.
+  size_t passes = lt_arena_mark(p->scratch);
   LT_TRY(lt_arena_alloc3(p->scratch, &s->qkv, dt, B * T, hq + 2 * hkv, hd));
-  lt_arena_release(p->scratch, mark);
+  lt_arena_release(p->scratch, passes);
   LT_TRY(lt_arena_alloc3(p->scratch, &s->dqkv, dt, B * T, hq + 2 * hkv, hd));
   LT_TRY(lt_arena_alloc4(p->scratch, &s->d_o, dt, B, T, hq, hd));
   LT_TRY(lt_arena_alloc4(p->scratch, &s->dq, dt, B, T, hq, hd));
   LT_TRY(lt_arena_alloc4(p->scratch, &s->dk, dt, B, T, hkv, hd));
   LT_TRY(lt_arena_alloc4(p->scratch, &s->dv, dt, B, T, hkv, hd));
   LT_TRY(lt_arena_alloc3(p->scratch, &s->delta, LT_F32, B, hq, T));
+  if (s->router) {
+    LT_TRY(lt_arena_alloc4(p->scratch, &s->d_gated, dt, B, T, hq, hd));
+    LT_TRY(lt_arena_alloc2(p->scratch, &s->dgates, LT_F32, B * T, hq));
+    // The router's memory comes after all of this layer's, so the two never overlap.
+    LT_TRY(lt_head_router_plan(s->router, p));
+  }
   lt_arena_release(p->scratch, mark);
   return LT_OK;
 }
@@ -68,42 +89,83 @@ static int forward(lt_layer *self, lt_ctx *ctx, lt_tensor out, lt_tensor x, cons
   LT_TRY(lt_linear_forward(ctx, s->qkv, x, wqkv));
   LT_TRY(lt_rope_qkv_fwd(ctx, tokens_heads(s->q), tokens_heads(s->k), tokens_heads(s->v), s->qkv,
                          batch->pos, s->rope_theta));
-  lt_attn_spec spec = causal_spec(s, batch);
+  if (s->router) LT_TRY(lt_head_router_forward(s->router, ctx, &s->gates, x, batch));
+  lt_attn_spec spec = attention_spec(s, batch);
   LT_TRY(lt_attn_fwd(ctx, s->o, s->lse, s->q, s->k, s->v, &spec));
-  return lt_linear_forward(ctx, out, s->o, s->wo.value);
+  if (!s->router) return lt_linear_forward(ctx, out, s->o, s->wo.value);
+  LT_TRY(lt_head_gate_fwd(ctx, s->o_gated, s->o, s->gates));
+  return lt_linear_forward(ctx, out, s->o_gated, s->wo.value);
 }
 
 static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, lt_tensor x,
                     const lt_batch *batch) {
   softmax_attention *s = (softmax_attention *)self;
-  LT_TRY(lt_linear_backward(ctx, s->d_o, s->wo.grad, dout, s->o, s->wo.value));
+  if (s->router) {
+    LT_TRY(lt_head_gate_fwd(ctx, s->o_gated, s->o, s->gates));
+    LT_TRY(lt_linear_backward(ctx, s->d_gated, s->wo.grad, dout, s->o_gated, s->wo.value));
+    LT_TRY(lt_head_gate_bwd(ctx, s->d_o, s->dgates, s->d_gated, s->o, s->gates));
+  } else {
+    LT_TRY(lt_linear_backward(ctx, s->d_o, s->wo.grad, dout, s->o, s->wo.value));
+  }
   LT_TRY(lt_attn_bwd_delta(ctx, s->delta, s->d_o, s->o));
   LT_TRY(lt_zero(ctx, s->dq));
   LT_TRY(lt_zero(ctx, s->dk));
   LT_TRY(lt_zero(ctx, s->dv));
-  lt_attn_spec spec = causal_spec(s, batch);
+  lt_attn_spec spec = attention_spec(s, batch);
   LT_TRY(lt_attn_bwd(ctx, s->dq, s->dk, s->dv, s->d_o, s->q, s->k, s->v, s->lse, s->delta, &spec));
   LT_TRY(lt_rope_qkv_bwd(ctx, s->dqkv, tokens_heads(s->dq), tokens_heads(s->dk),
                          tokens_heads(s->dv), batch->pos, s->rope_theta));
   lt_tensor wqkv, dwqkv;
   LT_TRY(lt_fused_view(&wqkv, s->wqkv, 3, LT_PARAM_VALUE));
   LT_TRY(lt_fused_view(&dwqkv, s->wqkv, 3, LT_PARAM_GRAD));
-  return lt_linear_backward(ctx, dx, dwqkv, s->dqkv, x, wqkv);
+  LT_TRY(lt_linear_backward(ctx, dx, dwqkv, s->dqkv, x, wqkv));
+  if (s->router) LT_TRY(lt_head_router_backward(s->router, ctx, dx, s->dgates, x, batch));
+  return LT_OK;
 }
 
 static void destroy(lt_layer *self) {
+  softmax_attention *s = (softmax_attention *)self;
+  if (s->router) lt_head_router_destroy(s->router);
   free(self);
 }
 
-static const lt_layer_ops softmax_ops = {
-    .kind = "softmax", .plan = plan, .forward = forward, .backward = backward, .destroy = destroy};
+// One implementation, three kinds: the name is what tells them apart in messages.
+#define ATTENTION_OPS(name)                                                                        \
+  { .kind = name, .plan = plan, .forward = forward, .backward = backward, .destroy = destroy }
+static const lt_layer_ops softmax_ops = ATTENTION_OPS("softmax");
+static const lt_layer_ops sparse_ops = ATTENTION_OPS("sparse");
+static const lt_layer_ops moh_ops = ATTENTION_OPS("moh");
 
 int lt_softmax_attention_create(lt_layer **out, lt_params *params, const char *prefix,
                                 const lt_model_config *cfg, lt_init_stds stds) {
+  const lt_softmax_options plain = {0};
+  return lt_softmax_attention_create_with(out, params, prefix, cfg, &plain, stds);
+}
+
+int lt_sparse_attention_create(lt_layer **out, lt_params *params, const char *prefix,
+                               const lt_model_config *cfg, lt_init_stds stds) {
+  const lt_sparse_config *c = &cfg->sparse;
+  const lt_softmax_options sparse = {.sparsity = {.window = c->window,
+                                                  .sinks = c->sinks,
+                                                  .block_size = c->block_size,
+                                                  .local_blocks = c->local_blocks,
+                                                  .stride = c->stride,
+                                                  .global_blocks = c->global_blocks}};
+  return lt_softmax_attention_create_with(out, params, prefix, cfg, &sparse, stds);
+}
+
+int lt_softmax_attention_create_with(lt_layer **out, lt_params *params, const char *prefix,
+                                     const lt_model_config *cfg, const lt_softmax_options *options,
+                                     lt_init_stds stds) {
   softmax_attention *s = calloc(1, sizeof *s);
+  if (!s && options->router) lt_head_router_destroy(options->router);
   LT_CHECK(s, LT_ERR_MEMORY, "out of memory creating %s", prefix);
   *out = &s->base;
-  s->base.ops = &softmax_ops;
+  const lt_attn_sparsity *p = &options->sparsity;
+  const bool sparse = p->window || p->sinks || p->local_blocks || p->stride || p->global_blocks;
+  s->base.ops = options->router ? &moh_ops : sparse ? &sparse_ops : &softmax_ops;
+  s->sparsity = options->sparsity;
+  s->router = options->router;
   s->n_heads = cfg->n_heads;
   s->n_kv_heads = cfg->n_kv_heads ? cfg->n_kv_heads : cfg->n_heads;
   s->head_dim = cfg->head_dim ? cfg->head_dim : cfg->d_model / cfg->n_heads;
