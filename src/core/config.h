@@ -17,6 +17,25 @@ typedef enum lt_init_scheme { LT_INIT_LLAMA, LT_INIT_SCALED, LT_INIT_NEOX } lt_i
 typedef enum lt_lr_decay { LT_DECAY_COSINE, LT_DECAY_LINEAR, LT_DECAY_CONSTANT } lt_lr_decay;
 typedef enum lt_device_choice { LT_DEVICE_CPU, LT_DEVICE_CUDA } lt_device_choice;
 
+// model.linear.*: linear attention layers (layers/attention/linear.c). The enums' values are the
+// kernels' (lt_feature_map, lt_linear_norm, lt_gate in kernels/kernels.h) and the layer's
+// (lt_linear_decay in layers/attention/linear.h), in the order of their config choices.
+typedef struct lt_linear_config {
+  int feature_map;   // elu1 | relu | silu | identity
+  int normalization; // denominator | rmsnorm | none
+  int decay;         // none | retnet | alibi
+  int gate;          // none | linear | sigmoid | silu
+  int chunk_size;
+} lt_linear_config;
+
+// model.lightning.*: lightning attention layers (layers/attention/lightning.c).
+typedef struct lt_lightning_config {
+  int block_size;
+  int feature_map; // as lt_linear_config
+  int gate;        // as lt_linear_config
+  bool depth_scaled_decay;
+} lt_lightning_config;
+
 typedef struct lt_model_config {
   char attention[256]; // token mixer per layer: a kind, or a pattern (see lt_config_layer_kind)
   char ffn[256];       // feed-forward per layer, likewise
@@ -24,6 +43,8 @@ typedef struct lt_model_config {
   double rope_theta, norm_eps, init_std;
   bool tie_embeddings;
   int init; // lt_init_scheme
+  lt_linear_config linear;
+  lt_lightning_config lightning;
 } lt_model_config;
 
 typedef struct lt_train_config {

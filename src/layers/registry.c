@@ -3,6 +3,8 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "layers/attention/lightning.h"
+#include "layers/attention/linear.h"
 #include "layers/attention/softmax.h"
 #include "layers/mlp.h"
 
@@ -20,13 +22,29 @@ static int create_softmax(lt_layer **out, lt_params *params, const char *prefix,
   return lt_softmax_attention_create(out, params, prefix, cfg, stds);
 }
 
+static int create_linear(lt_layer **out, lt_params *params, const char *prefix,
+                         const lt_model_config *cfg, int layer_index, lt_init_stds stds) {
+  (void)layer_index;
+  return lt_linear_attention_create(out, params, prefix, cfg, stds);
+}
+
+// Lightning's decay depends on the layer's depth.
+static int create_lightning(lt_layer **out, lt_params *params, const char *prefix,
+                            const lt_model_config *cfg, int layer_index, lt_init_stds stds) {
+  return lt_lightning_attention_create(out, params, prefix, cfg, layer_index, stds);
+}
+
 static int create_swiglu(lt_layer **out, lt_params *params, const char *prefix,
                          const lt_model_config *cfg, int layer_index, lt_init_stds stds) {
   (void)layer_index;
   return lt_swiglu_mlp_create(out, params, prefix, cfg->d_model, cfg->ffn_dim, stds);
 }
 
-static const kind_entry mixers[] = {{"softmax", create_softmax}};
+static const kind_entry mixers[] = {
+    {"softmax", create_softmax},
+    {"linear", create_linear},
+    {"lightning", create_lightning},
+};
 static const kind_entry ffns[] = {{"swiglu", create_swiglu}};
 
 static int create(const kind_entry *table, int n, const char *what, lt_layer **out,

@@ -1,10 +1,13 @@
 // Gradient checks: every layer's backward against central differences of its forward, and the
 // same for the whole model. test_gradcheck_catches_* show that the check fails a wrong backward.
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "gradcheck.h"
+#include "layers/attention/lightning.h"
+#include "layers/attention/linear.h"
 #include "layers/attention/softmax.h"
 #include "layers/lm_head.h"
 #include "layers/mlp.h"
@@ -247,6 +250,82 @@ static void test_softmax_attention_with_document_mask_backward_matches(void **st
   assert_true(sublayer_error(&s, 2, 45, cfg.d_model, true) < GRAD_TOL);
 }
 
+// Linear and lightning attention: every option of the feature map, normalisation, decay and gate
+// appears in one of these, with grouped heads, several blocks (block 4 over T = 19) and documents.
+static double linear_error(lt_linear_config lin, int n_kv_heads, bool with_docs) {
+  sublayer_state s = {0};
+  lt_model_config cfg = small_attention_config();
+  cfg.n_kv_heads = n_kv_heads, cfg.norm_eps = 1e-5, cfg.linear = lin;
+  lt_params_begin(&s.params);
+  assert_ok(lt_linear_attention_create(&s.layer, &s.params, "attn", &cfg, (lt_init_stds){1, 1}));
+  return sublayer_error(&s, 2, 19, cfg.d_model, with_docs);
+}
+
+static void test_linear_attention_backward_matches_finite_differences(void **state) {
+  (void)state;
+  lt_linear_config lin = {.feature_map = LT_FEATURE_ELU1,
+                          .normalization = LT_LINEAR_NORM_DENOMINATOR,
+                          .decay = LT_LINEAR_DECAY_NONE,
+                          .gate = LT_GATE_NONE,
+                          .chunk_size = 4};
+  assert_true(linear_error(lin, 4, false) < GRAD_TOL);
+}
+
+static void
+test_linear_attention_with_decay_sigmoid_gate_and_documents_backward_matches(void **state) {
+  (void)state;
+  lt_linear_config lin = {.feature_map = LT_FEATURE_ELU1,
+                          .normalization = LT_LINEAR_NORM_DENOMINATOR,
+                          .decay = LT_LINEAR_DECAY_RETNET,
+                          .gate = LT_GATE_SIGMOID,
+                          .chunk_size = 4};
+  assert_true(linear_error(lin, 2, true) < GRAD_TOL);
+}
+
+static void test_linear_attention_unnormalised_with_silu_gate_backward_matches(void **state) {
+  (void)state;
+  lt_linear_config lin = {.feature_map = LT_FEATURE_IDENTITY,
+                          .normalization = LT_LINEAR_NORM_NONE,
+                          .decay = LT_LINEAR_DECAY_ALIBI,
+                          .gate = LT_GATE_SILU,
+                          .chunk_size = 4};
+  assert_true(linear_error(lin, 2, false) < GRAD_TOL);
+}
+
+static void test_linear_attention_with_rmsnorm_and_documents_backward_matches(void **state) {
+  (void)state;
+  lt_linear_config lin = {.feature_map = LT_FEATURE_ELU1,
+                          .normalization = LT_LINEAR_NORM_RMS,
+                          .decay = LT_LINEAR_DECAY_RETNET,
+                          .gate = LT_GATE_LINEAR,
+                          .chunk_size = 4};
+  assert_true(linear_error(lin, 4, true) < GRAD_TOL);
+}
+
+static double lightning_error(bool with_docs) {
+  sublayer_state s = {0};
+  lt_model_config cfg = small_attention_config();
+  cfg.n_layers = 4, cfg.norm_eps = 1e-5;
+  cfg.lightning = (lt_lightning_config){.block_size = 4,
+                                        .feature_map = LT_FEATURE_SILU,
+                                        .gate = LT_GATE_LINEAR,
+                                        .depth_scaled_decay = true};
+  lt_params_begin(&s.params);
+  assert_ok(
+      lt_lightning_attention_create(&s.layer, &s.params, "attn", &cfg, 1, (lt_init_stds){1, 1}));
+  return sublayer_error(&s, 2, 19, cfg.d_model, with_docs);
+}
+
+static void test_lightning_attention_backward_matches_finite_differences(void **state) {
+  (void)state;
+  assert_true(lightning_error(false) < GRAD_TOL);
+}
+
+static void test_lightning_attention_with_document_mask_backward_matches(void **state) {
+  (void)state;
+  assert_true(lightning_error(true) < GRAD_TOL);
+}
+
 static void test_swiglu_mlp_backward_matches_finite_differences(void **state) {
   (void)state;
   sublayer_state s = {0};
@@ -340,9 +419,13 @@ static void model_backward(void *p, const float *dout) {
   assert_ok(lt_model_backward(&s->model, &s->ctx, &s->batch));
 }
 
-static double model_error(bool tied, bool recompute) {
+static double model_error(const char *attention, bool tied, bool recompute) {
   model_state s = {.ctx = cpu()};
-  lt_model_config cfg = {.d_model = 16,
+  lt_model_config cfg = {.lightning = {.block_size = 4,
+                                       .feature_map = LT_FEATURE_SILU,
+                                       .gate = LT_GATE_LINEAR,
+                                       .depth_scaled_decay = true},
+                         .d_model = 16,
                          .n_layers = 2,
                          .n_heads = 4,
                          .n_kv_heads = 2,
@@ -353,6 +436,7 @@ static double model_error(bool tied, bool recompute) {
                          .norm_eps = 1e-5,
                          .init_std = 0.3,
                          .tie_embeddings = tied};
+  snprintf(cfg.attention, sizeof cfg.attention, "%s", attention);
   assert_ok(lt_model_create(&s.model, &cfg, LT_CPU));
   assert_ok(lt_params_init(&s.model.params, 77));
   // Norm gains away from 1 so that their gradients are exercised in general position.
@@ -391,17 +475,28 @@ static double model_error(bool tied, bool recompute) {
 
 static void test_model_backward_matches_finite_differences(void **state) {
   (void)state;
-  assert_true(model_error(false, false) < GRAD_TOL);
+  assert_true(model_error("softmax", false, false) < GRAD_TOL);
 }
 
 static void test_model_with_tied_embeddings_backward_matches(void **state) {
   (void)state;
-  assert_true(model_error(true, false) < GRAD_TOL);
+  assert_true(model_error("softmax", true, false) < GRAD_TOL);
 }
 
 static void test_model_with_recomputation_backward_matches(void **state) {
   (void)state;
-  assert_true(model_error(false, true) < GRAD_TOL);
+  assert_true(model_error("softmax", false, true) < GRAD_TOL);
+}
+
+// A hybrid stack: a lightning layer, then a softmax layer.
+static void test_hybrid_lightning_softmax_model_backward_matches(void **state) {
+  (void)state;
+  assert_true(model_error("lightning,softmax", false, false) < GRAD_TOL);
+}
+
+static void test_hybrid_model_with_recomputation_backward_matches(void **state) {
+  (void)state;
+  assert_true(model_error("lightning,softmax", false, true) < GRAD_TOL);
 }
 
 int main(void) {
@@ -412,11 +507,20 @@ int main(void) {
       cmocka_unit_test(test_rope_backward_matches_finite_differences),
       cmocka_unit_test(test_softmax_attention_backward_matches_finite_differences),
       cmocka_unit_test(test_softmax_attention_with_document_mask_backward_matches),
+      cmocka_unit_test(test_linear_attention_backward_matches_finite_differences),
+      cmocka_unit_test(
+          test_linear_attention_with_decay_sigmoid_gate_and_documents_backward_matches),
+      cmocka_unit_test(test_linear_attention_unnormalised_with_silu_gate_backward_matches),
+      cmocka_unit_test(test_linear_attention_with_rmsnorm_and_documents_backward_matches),
+      cmocka_unit_test(test_lightning_attention_backward_matches_finite_differences),
+      cmocka_unit_test(test_lightning_attention_with_document_mask_backward_matches),
       cmocka_unit_test(test_swiglu_mlp_backward_matches_finite_differences),
       cmocka_unit_test(test_lm_head_loss_backward_matches_finite_differences),
       cmocka_unit_test(test_model_backward_matches_finite_differences),
       cmocka_unit_test(test_model_with_tied_embeddings_backward_matches),
       cmocka_unit_test(test_model_with_recomputation_backward_matches),
+      cmocka_unit_test(test_hybrid_lightning_softmax_model_backward_matches),
+      cmocka_unit_test(test_hybrid_model_with_recomputation_backward_matches),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
