@@ -42,6 +42,20 @@ double lt_test_max_abs(const float *a, int64_t n) {
   return worst;
 }
 
+void lt_test_plan_layer(lt_layer *layer, lt_arena *acts, lt_arena *scratch, int64_t B, int64_t T) {
+  lt_arena measure_acts, measure_scratch;
+  lt_arena_measure(&measure_acts, LT_CPU, "acts");
+  lt_arena_measure(&measure_scratch, LT_CPU, "scratch");
+  lt_plan plan = {
+      .B = B, .T = T, .act_dtype = LT_F32, .acts = &measure_acts, .scratch = &measure_scratch};
+  if (layer->ops->plan(layer, &plan)) fail_msg("planning failed: %s", lt_error_message());
+  if (lt_arena_create(acts, LT_CPU, measure_acts.peak, "acts") ||
+      lt_arena_create(scratch, LT_CPU, measure_scratch.peak, "scratch"))
+    fail_msg("%s", lt_error_message());
+  plan.acts = acts, plan.scratch = scratch;
+  if (layer->ops->plan(layer, &plan)) fail_msg("planning failed: %s", lt_error_message());
+}
+
 static char tmpdirs[64][256];
 static int n_tmpdirs = 0;
 

@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "core/error.h"
+#include "layers/layer.h"
 
 // Fails the test with longtrain's error message when an lt_status call fails.
 #define assert_ok(expr)                                                                            \
@@ -32,6 +33,10 @@ void lt_test_fill_normal(float *x, int64_t n, uint64_t seed, float std);
 double lt_test_max_rel_diff(const float *a, const float *b, int64_t n, double floor);
 // max |a| over i
 double lt_test_max_abs(const float *a, int64_t n);
+
+// Plans `layer` for micro-batches of (B, T) with f32 activations on two new CPU arenas, sized by a
+// measuring pass first, as the model does (lt_arena_destroy them when done).
+void lt_test_plan_layer(lt_layer *layer, lt_arena *acts, lt_arena *scratch, int64_t B, int64_t T);
 
 // A fresh empty folder under $TMPDIR (or /tmp), removed with its contents when the test program
 // exits (unless LT_TEST_KEEP_TMP is set).

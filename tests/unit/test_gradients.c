@@ -179,18 +179,6 @@ static void sublayer_backward(void *p, const float *dout) {
   free(tmp);
 }
 
-static void sublayer_plan(sublayer_state *s, int64_t B, int64_t T) {
-  lt_arena ma, ms;
-  lt_arena_measure(&ma, LT_CPU, "acts");
-  lt_arena_measure(&ms, LT_CPU, "scratch");
-  lt_plan plan = {.B = B, .T = T, .act_dtype = LT_F32, .acts = &ma, .scratch = &ms};
-  assert_ok(s->layer->ops->plan(s->layer, &plan));
-  assert_ok(lt_arena_create(&s->acts, LT_CPU, ma.peak, "acts"));
-  assert_ok(lt_arena_create(&s->scratch, LT_CPU, ms.peak, "scratch"));
-  plan.acts = &s->acts, plan.scratch = &s->scratch;
-  assert_ok(s->layer->ops->plan(s->layer, &plan));
-}
-
 static double sublayer_error(sublayer_state *s, int64_t B, int64_t T, int64_t d, bool with_docs) {
   s->ctx = cpu();
   s->n = B * T, s->d = d;
@@ -198,7 +186,7 @@ static double sublayer_error(sublayer_state *s, int64_t B, int64_t T, int64_t d,
   for (int i = 0; i < s->params.count; i++) // weights of size ~1/sqrt(fan_in): O(1) activations
     lt_test_fill_normal(s->params.master + s->params.info[i].offset, s->params.info[i].numel,
                         100 + (uint64_t)i, 1.0f / sqrtf((float)s->params.info[i].shape[1]));
-  sublayer_plan(s, B, T);
+  lt_test_plan_layer(s->layer, &s->acts, &s->scratch, B, T);
   s->x = normal(s->n * d, 11, 1.0f);
   s->dx = calloc((size_t)(s->n * d), 4);
   s->out = calloc((size_t)(s->n * d), 4);

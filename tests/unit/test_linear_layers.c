@@ -89,19 +89,6 @@ static void layer_create(one_layer *l, const lt_model_config *cfg) {
   assert_ok(lt_params_init(&l->params, 5));
 }
 
-static void layer_plan(one_layer *l, int64_t B, int64_t T) {
-  lt_arena_destroy(&l->acts), lt_arena_destroy(&l->scratch);
-  lt_arena ma, ms;
-  lt_arena_measure(&ma, LT_CPU, "acts");
-  lt_arena_measure(&ms, LT_CPU, "scratch");
-  lt_plan plan = {.B = B, .T = T, .act_dtype = LT_F32, .acts = &ma, .scratch = &ms};
-  assert_ok(l->layer->ops->plan(l->layer, &plan));
-  assert_ok(lt_arena_create(&l->acts, LT_CPU, ma.peak, "acts"));
-  assert_ok(lt_arena_create(&l->scratch, LT_CPU, ms.peak, "scratch"));
-  plan.acts = &l->acts, plan.scratch = &l->scratch;
-  assert_ok(l->layer->ops->plan(l->layer, &plan));
-}
-
 static void layer_destroy(one_layer *l) {
   l->layer->ops->destroy(l->layer);
   lt_arena_destroy(&l->acts), lt_arena_destroy(&l->scratch);
@@ -111,7 +98,8 @@ static void layer_destroy(one_layer *l) {
 // out (T, D) = layer(x) for one sequence of T tokens, with document ids or none.
 static void layer_run(one_layer *l, float *out, float *x, int64_t T, int32_t *doc, float *dout,
                       float *dx) {
-  layer_plan(l, 1, T);
+  lt_arena_destroy(&l->acts), lt_arena_destroy(&l->scratch);
+  lt_test_plan_layer(l->layer, &l->acts, &l->scratch, 1, T);
   int32_t *pos = malloc(sizeof(int32_t) * (size_t)T);
   for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)t;
   lt_batch batch = {.B = 1, .T = T, .pos = lt_view1(pos, LT_I32, LT_CPU, T)};
