@@ -30,6 +30,7 @@ typedef struct head_view {
   const int32_t *doc;            // (t) or NULL
   int32_t start_doc;             // the document of the state before token 0
   const float *prefix;           // (d, e) or NULL
+  bool prefix_transposed;        // prefix is stored (e, d): the view is swapped for dq
   float log_decay;
 } head_view;
 
@@ -90,11 +91,19 @@ static void decay_powers(float *pw, const head_view *hv) {
 }
 
 static void load_state(float *s, const head_view *hv) {
-  const size_t n = (size_t)hv->d * (size_t)hv->e;
-  if (hv->prefix)
-    memcpy(s, hv->prefix, n * sizeof(float));
+  const int d = hv->d, e = hv->e;
+  if (!hv->prefix)
+    memset(s, 0, sizeof(float) * (size_t)d * (size_t)e);
+  else if (!hv->prefix_transposed)
+    memcpy(s, hv->prefix, sizeof(float) * (size_t)d * (size_t)e);
   else
-    memset(s, 0, n * sizeof(float));
+    for (int y = 0; y < d; y++)
+      for (int x = 0; x < e; x++) s[(int64_t)y * e + x] = hv->prefix[(int64_t)x * d + y];
+}
+
+// Tokens in the block starting at t0.
+static int64_t block_len(const head_view *hv, int64_t t0) {
+  return hv->t - t0 < hv->block ? hv->t - t0 : hv->block;
 }
 
 // S = (keep ? lambda^n S : 0) + sum_{j in block, j in the block's last document} lambda^(last-j)
@@ -119,18 +128,21 @@ static int32_t update_state(float *s, const head_view *hv, const float *pw, int6
   return hv->doc ? hv->doc[last] : state_doc;
 }
 
-static void forward_head(float *o, const head_view *hv, float *s, float *pw) {
+// out_i (+)= sum_{t0 <= j <= i} lambda^(i-j) (q_i . k_j) v_j + lambda^(r+1) q_i S, block by block,
+// starting from S = the prefix (or 0): Algorithm 1. The forward writes o; with the roles swapped
+// (swap_for_dq) the same pass accumulates dq.
+static void blocked_pass(float *out, const head_view *hv, float *s, const float *pw,
+                         bool accumulate) {
   const int d = hv->d, e = hv->e;
-  decay_powers(pw, hv);
   load_state(s, hv);
   int32_t state_doc = hv->start_doc;
   for (int64_t t0 = 0; t0 < hv->t; t0 += hv->block) {
-    const int64_t n = hv->t - t0 < hv->block ? hv->t - t0 : hv->block;
+    const int64_t n = block_len(hv, t0);
     for (int64_t r = 0; r < n; r++) {
       const int64_t i = t0 + r;
       const float *qi = q_at(hv, i);
-      float *oi = o + i * (int64_t)hv->hq * e;
-      memset(oi, 0, sizeof(float) * (size_t)e);
+      float *oi = out + i * (int64_t)hv->hq * e;
+      if (!accumulate) memset(oi, 0, sizeof(float) * (size_t)e);
       if (in_doc(hv, i, state_doc)) { // inter: lambda^(r+1) q_i S
         for (int y = 0; y < d; y++) {
           const float wq = pw[r + 1] * qi[y], *row = s + (int64_t)y * e;
@@ -167,35 +179,22 @@ int lt_cpu_linear_attn_fwd(float *o, const float *q, const float *k, const float
     for (int h = 0; h < dims->hq; h++) {
       float *s = work + per * (size_t)omp_get_thread_num(), *pw = s + (size_t)dims->d * dims->e;
       head_view hv = view_head(dims, spec, q, k, v, NULL, prefix, b, h);
-      forward_head(o + (b * dims->t * dims->hq + h) * dims->e, &hv, s, pw);
+      decay_powers(pw, &hv);
+      blocked_pass(o + (b * dims->t * dims->hq + h) * dims->e, &hv, s, pw, false);
     }
   free(work);
   return LT_OK;
 }
 
-// dq_i = lambda^(r+1) S dO_i + sum_{j <= i} lambda^(i-j) (dO_i . v_j) k_j, with S rebuilt block by
-// block exactly as in the forward (Algorithm 2's first loop).
-static void backward_dq(float *dq, const head_view *hv, float *s, const float *pw) {
-  const int d = hv->d, e = hv->e;
-  load_state(s, hv);
-  int32_t state_doc = hv->start_doc;
-  for (int64_t t0 = 0; t0 < hv->t; t0 += hv->block) {
-    const int64_t n = hv->t - t0 < hv->block ? hv->t - t0 : hv->block;
-    for (int64_t r = 0; r < n; r++) {
-      const int64_t i = t0 + r;
-      const float *gi = dout_at(hv, i);
-      float *dqi = dq + i * hv->q_stride;
-      if (in_doc(hv, i, state_doc))
-        for (int y = 0; y < d; y++) dqi[y] += pw[r + 1] * dot(s + (int64_t)y * e, gi, e);
-      for (int64_t j = t0; j <= i; j++) {
-        if (!same_doc(hv, i, j)) continue;
-        const float a = pw[i - j] * dot(gi, v_at(hv, j), e), *kj = k_at(hv, j);
-#pragma omp simd
-        for (int y = 0; y < d; y++) dqi[y] += a * kj[y];
-      }
-    }
-    state_doc = update_state(s, hv, pw, t0, n, state_doc);
-  }
+// dq_i = sum_{j <= i} lambda^(i-j) (dO_i . v_j) k_j + lambda^(r+1) dO_i S^T (Algorithm 2's first
+// loop) is the forward's pass with dO, v, k in the roles of q, k, v, whose state is S^T.
+static head_view swap_for_dq(const head_view *hv) {
+  head_view sw = *hv;
+  sw.d = hv->e, sw.e = hv->d;
+  sw.q = hv->dout, sw.k = hv->v, sw.v = hv->k;
+  sw.q_stride = (int64_t)hv->hq * hv->e, sw.kv_stride = (int64_t)hv->hkv * hv->e;
+  sw.prefix_transposed = true;
+  return sw;
 }
 
 // dk, dv from the blocks in reverse (Algorithm 2's second loop). ds is the gradient of the state
@@ -209,7 +208,7 @@ static void backward_dkv(float *dk, float *dv, float *dprefix, const head_view *
   memset(ds, 0, sizeof(float) * (size_t)d * (size_t)e);
   const int64_t n_blocks = (hv->t + hv->block - 1) / hv->block;
   for (int64_t blk = n_blocks - 1; blk >= 0; blk--) {
-    const int64_t t0 = blk * hv->block, n = hv->t - t0 < hv->block ? hv->t - t0 : hv->block;
+    const int64_t t0 = blk * hv->block, n = block_len(hv, t0);
     const int64_t last = t0 + n - 1;
     const int32_t prev_doc = t0 > 0 && hv->doc ? hv->doc[t0 - 1] : hv->start_doc;
     for (int64_t j = t0; j <= last; j++) {
@@ -267,7 +266,8 @@ int lt_cpu_linear_attn_bwd(float *dq, float *dk, float *dv, float *dprefix, cons
       for (int h = kvh * group; h < (kvh + 1) * group; h++) {
         head_view hv = view_head(dims, spec, q, k, v, dout, prefix, b, h);
         decay_powers(pw, &hv);
-        backward_dq(dq + (b * dims->t * dims->hq + h) * dims->d, &hv, s, pw);
+        const head_view swapped = swap_for_dq(&hv);
+        blocked_pass(dq + (b * dims->t * dims->hq + h) * dims->d, &swapped, s, pw, true);
         backward_dkv(dk + (b * dims->t * dims->hkv + kvh) * dims->d,
                      dv + (b * dims->t * dims->hkv + kvh) * dims->e,
                      dprefix ? dprefix + (b * dims->hq + h) * de : NULL, &hv, s, pw);
