@@ -85,6 +85,28 @@ static float dot(const float *a, const float *b, int n) {
   return s;
 }
 
+// s (d x e) += w a^T b: a state's term.
+static void add_outer(float *s, float w, const float *a, const float *b, int d, int e) {
+  for (int y = 0; y < d; y++) {
+    const float wa = w * a[y];
+    float *row = s + (int64_t)y * e;
+#pragma omp simd
+    for (int x = 0; x < e; x++) row[x] += wa * b[x];
+  }
+}
+
+// The gradients of a term w k^T v given the state's gradient g: dk += w g v, dv += w k^T g.
+static void add_outer_grads(float *dk, float *dv, float w, const float *k, const float *v,
+                            const float *g, int d, int e) {
+  for (int y = 0; y < d; y++) {
+    const float *row = g + (int64_t)y * e;
+    dk[y] += w * dot(row, v, e);
+    const float wk = w * k[y];
+#pragma omp simd
+    for (int x = 0; x < e; x++) dv[x] += wk * row[x];
+  }
+}
+
 // pw[m] = lambda^m for 0 <= m <= block.
 static void decay_powers(float *pw, const head_view *hv) {
   for (int64_t m = 0; m <= hv->block; m++) pw[m] = expf(hv->log_decay * (float)m);
@@ -116,14 +138,7 @@ static int32_t update_state(float *s, const head_view *hv, const float *pw, int6
   const float carry = in_doc(hv, last, state_doc) ? pw[n] : 0.0f;
   for (int64_t x = 0; x < (int64_t)d * e; x++) s[x] *= carry;
   for (int64_t j = t0; j <= last; j++) {
-    if (!same_doc(hv, j, last)) continue;
-    const float w = pw[last - j], *kj = k_at(hv, j), *vj = v_at(hv, j);
-    for (int y = 0; y < d; y++) {
-      const float wk = w * kj[y];
-      float *row = s + (int64_t)y * e;
-#pragma omp simd
-      for (int x = 0; x < e; x++) row[x] += wk * vj[x];
-    }
+    if (same_doc(hv, j, last)) add_outer(s, pw[last - j], k_at(hv, j), v_at(hv, j), d, e);
   }
   return hv->doc ? hv->doc[last] : state_doc;
 }
@@ -223,28 +238,13 @@ static void backward_dkv(float *dk, float *dv, float *dprefix, const head_view *
 #pragma omp simd
         for (int x = 0; x < e; x++) dvj[x] += p * gi[x];
       }
-      if (!same_doc(hv, j, last)) continue; // j never reaches the end-of-block state
-      const float w = pw[last - j];
-      for (int y = 0; y < d; y++) {
-        const float *row = ds + (int64_t)y * e;
-        dkj[y] += w * dot(row, vj, e);
-        const float wk = w * kj[y];
-#pragma omp simd
-        for (int x = 0; x < e; x++) dvj[x] += wk * row[x];
-      }
+      if (same_doc(hv, j, last)) // else j never reaches the end-of-block state
+        add_outer_grads(dkj, dvj, pw[last - j], kj, vj, ds, d, e);
     }
     const float carry = in_doc(hv, last, prev_doc) ? pw[n] : 0.0f;
     for (int64_t x = 0; x < (int64_t)d * e; x++) ds[x] *= carry;
-    for (int64_t i = t0; i <= last; i++) {
-      if (!in_doc(hv, i, prev_doc)) continue;
-      const float *qi = q_at(hv, i), *gi = dout_at(hv, i);
-      for (int y = 0; y < d; y++) {
-        const float wq = pw[i - t0 + 1] * qi[y];
-        float *row = ds + (int64_t)y * e;
-#pragma omp simd
-        for (int x = 0; x < e; x++) row[x] += wq * gi[x];
-      }
-    }
+    for (int64_t i = t0; i <= last; i++)
+      if (in_doc(hv, i, prev_doc)) add_outer(ds, pw[i - t0 + 1], q_at(hv, i), dout_at(hv, i), d, e);
   }
   if (dprefix) memcpy(dprefix, ds, sizeof(float) * (size_t)d * (size_t)e);
 }
@@ -293,13 +293,8 @@ void lt_cpu_linear_attn_state(float *state, const float *k, const float *v,
       float *s = state + (b * dims->hq + h) * (int64_t)d * e;
       memset(s, 0, sizeof(float) * (size_t)d * (size_t)e);
       for (int64_t j = 0; j < hv.t; j++) {
-        if (!same_doc(&hv, j, hv.t - 1)) continue;
-        const float w = weight_to_end(&hv, j), *kj = k_at(&hv, j), *vj = v_at(&hv, j);
-        for (int y = 0; y < d; y++) {
-          const float wk = w * kj[y];
-#pragma omp simd
-          for (int x = 0; x < e; x++) s[(int64_t)y * e + x] += wk * vj[x];
-        }
+        if (same_doc(&hv, j, hv.t - 1))
+          add_outer(s, weight_to_end(&hv, j), k_at(&hv, j), v_at(&hv, j), d, e);
       }
     }
 }
@@ -316,16 +311,9 @@ void lt_cpu_linear_attn_state_bwd(float *dk, float *dv, const float *dstate, con
         const float *g = dstate + (b * dims->hq + h) * (int64_t)d * e;
         for (int64_t j = 0; j < hv.t; j++) {
           if (!same_doc(&hv, j, hv.t - 1)) continue;
-          const float w = weight_to_end(&hv, j), *kj = k_at(&hv, j), *vj = v_at(&hv, j);
-          float *dkj = dk + ((b * dims->t + j) * dims->hkv + kvh) * d;
-          float *dvj = dv + ((b * dims->t + j) * dims->hkv + kvh) * e;
-          for (int y = 0; y < d; y++) {
-            const float *row = g + (int64_t)y * e;
-            dkj[y] += w * dot(row, vj, e);
-            const float wk = w * kj[y];
-#pragma omp simd
-            for (int x = 0; x < e; x++) dvj[x] += wk * row[x];
-          }
+          add_outer_grads(dk + ((b * dims->t + j) * dims->hkv + kvh) * d,
+                          dv + ((b * dims->t + j) * dims->hkv + kvh) * e, weight_to_end(&hv, j),
+                          k_at(&hv, j), v_at(&hv, j), g, d, e);
         }
       }
 }
