@@ -65,8 +65,8 @@ const lt_config_key lt_config_keys[] = {
     ENUM("model.linear.normalization", model.linear.normalization, "denominator",
          "denominator|rmsnorm|none",
          "Linear attention: how the output is normalised. denominator: divided by phi(q) . "
-         "sum_j lambda^(i-j) phi(k_j) (Katharopoulos et al. 2020, eq. 5; needs feature_map elu1 "
-         "or relu); rmsnorm: RMSNorm without gain over all heads (TransNormer's NormAttention); "
+         "sum_j lambda^(i-j) phi(k_j) (Katharopoulos et al. 2020; needs feature_map elu1 or "
+         "relu); rmsnorm: RMSNorm without gain over all heads (TransNormer's NormAttention); "
          "none."),
     ENUM("model.linear.decay", model.linear.decay, "none", "none|retnet|alibi",
          "Linear attention: per-head decay lambda_h of the state, S_t = lambda_h S_{t-1} + "

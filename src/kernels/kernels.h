@@ -113,8 +113,8 @@ int lt_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_tensor
 
 // --- linear attention (linear, lightning), shaped for LASP-2 ---
 //
-// Linear attention with an optional per-head decay lambda_h (Katharopoulos et al. 2020, eq. 4-6;
-// RetNet; TransNormerLLM, eq. 3) as the recurrence over the tokens of one document,
+// Linear attention with an optional per-head decay lambda_h (Katharopoulos et al. 2020; RetNet;
+// TransNormerLLM) as the recurrence over the tokens of one document,
 //   S_t = lambda S_{t-1} + k_t^T v_t,    o_t = q_t S_t,
 // i.e. o_i = sum_{j <= i, same document} lambda^(i - j) (q_i . k_j) v_j. The kernels compute it in
 // blocks of `block` tokens as Lightning Attention-2 does (Qin et al. 2024, Algorithms 1 and 2): a
@@ -134,7 +134,7 @@ int lt_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_tensor
 // chunk's state keeps only that document's tokens, and a prefix state is read only by the
 // queries of its document (prefix_doc).
 
-// The map phi applied to q and k (Katharopoulos et al. 2020, sec. 3.2: elu + 1 keeps the
+// The map phi applied to q and k (Katharopoulos et al. 2020: elu + 1 keeps the
 // attention weights positive; TransNormerLLM uses silu).
 typedef enum lt_feature_map {
   LT_FEATURE_ELU1,     // 1 + elu(x)
@@ -145,7 +145,7 @@ typedef enum lt_feature_map {
 
 // How the attention output is normalised before the gate and the output projection.
 typedef enum lt_linear_norm {
-  LT_LINEAR_NORM_DENOMINATOR, // o / (phi(q) . sum lambda^(i-j) phi(k_j) + eps): Katharopoulos eq. 5
+  LT_LINEAR_NORM_DENOMINATOR, // o / (phi(q) . sum lambda^(i-j) phi(k_j) + eps): Katharopoulos
   LT_LINEAR_NORM_RMS, // simple RMSNorm (no gain) over all heads: TransNormer's NormAttention
   LT_LINEAR_NORM_NONE,
 } lt_linear_norm;

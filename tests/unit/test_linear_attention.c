@@ -600,9 +600,9 @@ static void test_feature_map_backwards_match_finite_differences(void **state) {
 }
 
 // q and k through elu + 1, v with its ones column, the attention, and the output stage with the
-// denominator: Katharopoulos et al.'s eq. 6, o_i = phi(q_i) sum_j phi(k_j) v_j^T / (phi(q_i) .
-// sum_j phi(k_j) + eps), in double.
-static void test_denominator_normalisation_is_katharopoulos_eq_6(void **state) {
+// denominator: Katharopoulos et al.'s causal linear attention, o_i = phi(q_i) sum_j phi(k_j) v_j^T
+// / (phi(q_i) . sum_j phi(k_j) + eps), in double.
+static void test_denominator_normalisation_is_katharopoulos_linear_attention(void **state) {
   (void)state;
   const int64_t T = 21;
   const int h = 2, d = 4, e = d + 1;
@@ -713,7 +713,7 @@ int main(void) {
       cmocka_unit_test(test_lasp2_chunks_without_decay_equal_the_whole_sequence),
       cmocka_unit_test(test_lasp2_chunks_reset_at_documents),
       cmocka_unit_test(test_feature_map_backwards_match_finite_differences),
-      cmocka_unit_test(test_denominator_normalisation_is_katharopoulos_eq_6),
+      cmocka_unit_test(test_denominator_normalisation_is_katharopoulos_linear_attention),
       cmocka_unit_test(test_output_stage_backwards_match_finite_differences),
   };
   const int failed = cmocka_run_group_tests(tests, NULL, NULL);

@@ -11,7 +11,7 @@ static float sigmoid(float x) {
 
 static float feature(lt_feature_map map, float x) {
   switch (map) {
-  case LT_FEATURE_ELU1: // 1 + elu(x) (Katharopoulos et al. 2020, eq. 7)
+  case LT_FEATURE_ELU1: // 1 + elu(x) (Katharopoulos et al. 2020)
     return x > 0.0f ? 1.0f + x : expf(x);
   case LT_FEATURE_RELU:
     return x > 0.0f ? x : 0.0f;

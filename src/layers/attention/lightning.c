@@ -7,8 +7,8 @@
 
 void lt_lightning_log_decay(float *log_decay, int n_heads, int layer, int n_layers,
                             bool depth_scaled) {
-  // The deepest layers barely decay, so that they can see the whole context (TransNormerLLM,
-  // sec. 3.1.1); the 1e-5 keeps the last layer's decay from vanishing altogether.
+  // The deepest layers barely decay, so that they can see the whole context (TransNormerLLM);
+  // the 1e-5 keeps the last layer's decay from vanishing altogether.
   double scale = 1.0;
   if (depth_scaled) scale = (n_layers > 1 ? 1.0 - (double)layer / (n_layers - 1) : 1.0) + 1e-5;
   for (int h = 0; h < n_heads; h++) log_decay[h] = (float)(-lt_alibi_slope(h, n_heads) * scale);
