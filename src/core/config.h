@@ -34,6 +34,25 @@ typedef struct lt_moh_config {
   double balance_coef;
 } lt_moh_config;
 
+// model.linear.*: linear attention layers (layers/attention/linear.c). The enums' values are the
+// kernels' (lt_feature_map, lt_linear_norm, lt_gate in kernels/kernels.h) and the layer's
+// (lt_linear_decay in layers/attention/linear.h), in the order of their config choices.
+typedef struct lt_linear_config {
+  int feature_map;   // elu1 | relu | silu | identity
+  int normalization; // denominator | rmsnorm | none
+  int decay;         // none | retnet | alibi
+  int gate;          // none | linear | sigmoid | silu
+  int chunk_size;
+} lt_linear_config;
+
+// model.lightning.*: lightning attention layers (layers/attention/lightning.c).
+typedef struct lt_lightning_config {
+  int block_size;
+  int feature_map; // as lt_linear_config
+  int gate;        // as lt_linear_config
+  bool depth_scaled_decay;
+} lt_lightning_config;
+
 typedef struct lt_model_config {
   char attention[256]; // token mixer per layer: a kind, or a pattern (see lt_config_layer_kind)
   char ffn[256];       // feed-forward per layer, likewise
@@ -44,6 +63,9 @@ typedef struct lt_model_config {
   lt_moe_config moe;
   lt_sparse_config sparse;
   lt_moh_config moh;
+
+  lt_linear_config linear;
+  lt_lightning_config lightning;
 } lt_model_config;
 
 typedef struct lt_train_config {

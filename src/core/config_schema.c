@@ -25,7 +25,7 @@
 
 #define BIG 2147483647.0
 
-const char *const lt_attention_kinds[] = {"softmax", "sparse", "moh", NULL};
+const char *const lt_attention_kinds[] = {"softmax", "sparse", "moh", "linear", "lightning", NULL};
 const char *const lt_ffn_kinds[] = {"swiglu", "moe", NULL};
 
 const lt_config_key lt_config_keys[] = {
@@ -111,6 +111,38 @@ const lt_config_key lt_config_keys[] = {
     FLOAT("model.moh.balance_coef", model.moh.balance_coef, "0.01", 0, 1e6,
           "Mixture-of-head attention: weight beta of the routed heads' load-balance loss in the "
           "objective (MoH eq. 7); 0 turns it off."),
+    ENUM("model.linear.feature_map", model.linear.feature_map, "elu1", "elu1|relu|silu|identity",
+         "Linear attention: the feature map phi of queries and keys. elu1: 1 + elu(x) "
+         "(Katharopoulos et al. 2020); relu; silu (TransNormerLLM); identity."),
+    ENUM("model.linear.normalization", model.linear.normalization, "denominator",
+         "denominator|rmsnorm|none",
+         "Linear attention: how the output is normalised. denominator: divided by phi(q) . "
+         "sum_j lambda^(i-j) phi(k_j) (Katharopoulos et al. 2020; needs feature_map elu1 or "
+         "relu); rmsnorm: RMSNorm without gain over all heads (TransNormer's NormAttention); "
+         "none."),
+    ENUM("model.linear.decay", model.linear.decay, "none", "none|retnet|alibi",
+         "Linear attention: per-head decay lambda_h of the state, S_t = lambda_h S_{t-1} + "
+         "k_t^T v_t. none: lambda = 1; retnet: lambda_h = 1 - 2^(-5-h) (RetNet); alibi: lambda_h "
+         "= exp(-m_h) with m_h the ALiBi slopes (as model.lightning, without depth scaling)."),
+    ENUM("model.linear.gate", model.linear.gate, "none", "none|linear|sigmoid|silu",
+         "Linear attention: output gate, y = norm(o) * g(x Wu^T) before the output projection. "
+         "none; linear: g(u) = u (TransNormerLLM); sigmoid; silu."),
+    INT("model.linear.chunk_size", model.linear.chunk_size, "64", 1, 65536,
+        "Linear attention: tokens per chunk of the chunked form (a masked matmul inside each "
+        "chunk, the state carried between chunks). Sets speed and memory, not the result."),
+    INT("model.lightning.block_size", model.lightning.block_size, "64", 1, 65536,
+        "Lightning attention: tokens per block of the intra-block (masked, decayed q k^T v) / "
+        "inter-block (decayed state) split of Lightning Attention-2. Sets speed, not the result."),
+    ENUM("model.lightning.feature_map", model.lightning.feature_map, "silu",
+         "elu1|relu|silu|identity",
+         "Lightning attention: the feature map of queries and keys; silu as in TransNormerLLM."),
+    ENUM("model.lightning.gate", model.lightning.gate, "linear", "none|linear|sigmoid|silu",
+         "Lightning attention: output gate after the RMSNorm of the attention output; linear "
+         "(g(u) = u) as in TransNormerLLM, sigmoid as in TNL."),
+    BOOL("model.lightning.depth_scaled_decay", model.lightning.depth_scaled_decay, "true",
+         "Lightning attention: scale the heads' decay rates (the ALiBi slopes m_h, lambda_h = "
+         "exp(-m_h)) by 1 - l/(L-1) + 1e-5 in layer l of L, as TransNormerLLM does: strong "
+         "decay in the first layer, almost none in the last."),
 
     INT64("train.steps", train.steps, "1000", 1, 1e15, "Optimizer steps to train for."),
     INT("train.batch", train.batch, "8", 1, BIG,
@@ -213,6 +245,33 @@ static int validate_moh(const lt_config *cfg) {
   return LT_OK;
 }
 
+// Whether the enum key at `path` is set to the choice `name`.
+static bool is_choice(const lt_config *cfg, const char *path, const char *name) {
+  for (int i = 0; i < lt_config_n_keys; i++) {
+    const lt_config_key *key = &lt_config_keys[i];
+    if (strcmp(key->path, path) != 0) continue;
+    const char *p = key->choices;
+    for (int index = *(const int *)((const char *)cfg + key->offset); index > 0; index--)
+      p = strchr(p, '|') + 1;
+    const size_t len = strcspn(p, "|");
+    return strlen(name) == len && strncmp(p, name, len) == 0;
+  }
+  return false;
+}
+
+// The linear kinds' settings matter only where a layer uses them.
+static int validate_linear(const lt_config *cfg) {
+  if (uses_attention(&cfg->model, "linear"))
+    LT_CHECK(!is_choice(cfg, "model.linear.normalization", "denominator") ||
+                 is_choice(cfg, "model.linear.feature_map", "elu1") ||
+                 is_choice(cfg, "model.linear.feature_map", "relu"),
+             LT_ERR_CONFIG,
+             "%s: model.linear.normalization: denominator needs a positive feature map: set "
+             "model.linear.feature_map to elu1 or relu, or model.linear.normalization to rmsnorm",
+             cfg->source);
+  return LT_OK;
+}
+
 int lt_config_validate(const lt_config *cfg) {
   const lt_model_config *m = &cfg->model;
   const lt_train_config *t = &cfg->train;
@@ -250,7 +309,7 @@ int lt_config_validate(const lt_config *cfg) {
            src, t->min_lr, t->lr);
   if (uses_attention(m, "sparse")) LT_TRY(validate_sparse(cfg));
   if (uses_attention(m, "moh")) LT_TRY(validate_moh(cfg));
-  return LT_OK;
+  return validate_linear(cfg);
 }
 
 int lt_config_validate_moe(const lt_moe_config *moe, const char *src) {

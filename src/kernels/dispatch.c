@@ -510,3 +510,176 @@ int lt_grouped_matmul_wgrad(lt_ctx *ctx, lt_tensor c, lt_tensor a, lt_tensor b,
                               b.shape[1]);
   return LT_OK;
 }
+
+static int linear_dims(const char *op, lt_cpu_linear_dims *dims, lt_tensor q, lt_tensor k,
+                       lt_tensor v, const lt_linear_attn_spec *spec) {
+  EXPECT(q.ndim == 4 && k.ndim == 4 && v.ndim == 4, op, "q, k, v must be (B, T, H, D)", q, k);
+  *dims = (lt_cpu_linear_dims){.b = q.shape[0],
+                               .t = q.shape[1],
+                               .hq = (int)q.shape[2],
+                               .hkv = (int)k.shape[2],
+                               .d = (int)q.shape[3],
+                               .e = (int)v.shape[3]};
+  EXPECT(k.shape[0] == dims->b && k.shape[1] == dims->t && k.shape[3] == dims->d, op,
+         "k vs q: batch, tokens or head width", q, k);
+  EXPECT(v.shape[0] == dims->b && v.shape[1] == dims->t && v.shape[2] == dims->hkv, op,
+         "v vs k: batch, tokens or heads", v, k);
+  EXPECT(dims->hkv > 0 && dims->hq % dims->hkv == 0, op, "query heads per key/value head", q, k);
+  EXPECT(spec->block >= 1, op, "block must be at least 1", q, q);
+  EXPECT(!spec->log_decay.data ||
+             (lt_numel(spec->log_decay) == dims->hq && spec->log_decay.dtype == LT_F32),
+         op, "log_decay must be (Hq) f32", spec->log_decay, q);
+  EXPECT(!spec->doc.data || (lt_numel(spec->doc) == dims->b * dims->t && spec->doc.dtype == LT_I32),
+         op, "document ids must be (B, T) i32", spec->doc, q);
+  return LT_OK;
+}
+
+static int expect_state(const char *op, lt_tensor state, const lt_cpu_linear_dims *dims) {
+  EXPECT(state.ndim == 4 && lt_numel(state) == dims->b * dims->hq * dims->d * dims->e &&
+             state.dtype == LT_F32,
+         op, "state must be (B, Hq, D, E) f32", state, state);
+  return LT_OK;
+}
+
+// A prefix state under a document mask needs to know its document.
+static int expect_prefix(const char *op, lt_tensor prefix, const lt_cpu_linear_dims *dims,
+                         const lt_linear_attn_spec *spec) {
+  if (!prefix.data) return LT_OK;
+  LT_TRY(expect_state(op, prefix, dims));
+  EXPECT(!spec->doc.data || lt_numel(spec->prefix_doc) == dims->b, op,
+         "prefix_doc must be (B) i32 with a prefix and document ids", spec->prefix_doc, prefix);
+  return LT_OK;
+}
+
+int lt_linear_attn_fwd(lt_ctx *ctx, lt_tensor o, lt_tensor q, lt_tensor k, lt_tensor v,
+                       lt_tensor prefix, const lt_linear_attn_spec *spec) {
+  lt_cpu_linear_dims dims;
+  LT_TRY(linear_dims("linear_attn_fwd", &dims, q, k, v, spec));
+  EXPECT(o.ndim == 4 && o.shape[0] == dims.b && o.shape[1] == dims.t && o.shape[2] == dims.hq &&
+             o.shape[3] == dims.e,
+         "linear_attn_fwd", "o must be (B, T, Hq, E)", o, v);
+  LT_TRY(expect_prefix("linear_attn_fwd", prefix, &dims, spec));
+  ON_CUDA(lt_cuda_linear_attn_fwd(ctx, o, q, k, v, prefix, spec));
+  EXPECT_F32("linear_attn_fwd", q);
+  return lt_cpu_linear_attn_fwd(lt_f32(o), lt_f32(q), lt_f32(k), lt_f32(v), lt_f32(prefix), &dims,
+                                spec);
+}
+
+int lt_linear_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_tensor dprefix,
+                       lt_tensor dout, lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor prefix,
+                       const lt_linear_attn_spec *spec) {
+  lt_cpu_linear_dims dims;
+  LT_TRY(linear_dims("linear_attn_bwd", &dims, q, k, v, spec));
+  EXPECT(lt_same_shape(dq, q) && lt_same_shape(dk, k) && lt_same_shape(dv, v), "linear_attn_bwd",
+         "dq, dk, dv vs q, k, v", dq, q);
+  EXPECT(dout.ndim == 4 && lt_numel(dout) == dims.b * dims.t * dims.hq * dims.e, "linear_attn_bwd",
+         "dout must be (B, T, Hq, E)", dout, v);
+  LT_TRY(expect_prefix("linear_attn_bwd", prefix, &dims, spec));
+  if (dprefix.data) LT_TRY(expect_state("linear_attn_bwd", dprefix, &dims));
+  ON_CUDA(lt_cuda_linear_attn_bwd(ctx, dq, dk, dv, dprefix, dout, q, k, v, prefix, spec));
+  EXPECT_F32("linear_attn_bwd", q);
+  return lt_cpu_linear_attn_bwd(lt_f32(dq), lt_f32(dk), lt_f32(dv), lt_f32(dprefix), lt_f32(dout),
+                                lt_f32(q), lt_f32(k), lt_f32(v), lt_f32(prefix), &dims, spec);
+}
+
+// The state kernels have no q: a shape-only view of it, with the state's query heads, lets them
+// share linear_dims' checks.
+static lt_tensor query_shape(lt_tensor state, lt_tensor k) {
+  const int64_t hq = state.ndim == 4 ? state.shape[1] : 0;
+  return lt_view4(NULL, k.dtype, k.device, k.shape[0], k.shape[1], hq, k.shape[3]);
+}
+
+int lt_linear_attn_state(lt_ctx *ctx, lt_tensor state, lt_tensor k, lt_tensor v,
+                         const lt_linear_attn_spec *spec) {
+  lt_cpu_linear_dims dims;
+  EXPECT(k.ndim == 4, "linear_attn_state", "k must be (B, T, Hkv, D)", k, v);
+  LT_TRY(linear_dims("linear_attn_state", &dims, query_shape(state, k), k, v, spec));
+  LT_TRY(expect_state("linear_attn_state", state, &dims));
+  ON_CUDA(lt_cuda_linear_attn_state(ctx, state, k, v, spec));
+  EXPECT_F32("linear_attn_state", k);
+  lt_cpu_linear_attn_state(lt_f32(state), lt_f32(k), lt_f32(v), &dims, spec);
+  return LT_OK;
+}
+
+int lt_linear_attn_state_bwd(lt_ctx *ctx, lt_tensor dk, lt_tensor dv, lt_tensor dstate, lt_tensor k,
+                             lt_tensor v, const lt_linear_attn_spec *spec) {
+  lt_cpu_linear_dims dims;
+  EXPECT(k.ndim == 4, "linear_attn_state_bwd", "k must be (B, T, Hkv, D)", k, v);
+  LT_TRY(linear_dims("linear_attn_state_bwd", &dims, query_shape(dstate, k), k, v, spec));
+  LT_TRY(expect_state("linear_attn_state_bwd", dstate, &dims));
+  EXPECT(lt_same_shape(dk, k) && lt_same_shape(dv, v), "linear_attn_state_bwd", "dk, dv vs k, v",
+         dk, k);
+  ON_CUDA(lt_cuda_linear_attn_state_bwd(ctx, dk, dv, dstate, k, v, spec));
+  EXPECT_F32("linear_attn_state_bwd", k);
+  lt_cpu_linear_attn_state_bwd(lt_f32(dk), lt_f32(dv), lt_f32(dstate), lt_f32(k), lt_f32(v), &dims,
+                               spec);
+  return LT_OK;
+}
+
+static int check_linear_qkv(lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor qkv) {
+  EXPECT(q.ndim == 3 && k.ndim == 3 && v.ndim == 3 && qkv.ndim == 3, "linear_qkv",
+         "expected 3-D (N, H, D)", q, qkv);
+  const int64_t n = q.shape[0], d = q.shape[2];
+  EXPECT(k.shape[0] == n && v.shape[0] == n && qkv.shape[0] == n, "linear_qkv", "token counts", q,
+         qkv);
+  EXPECT(k.shape[2] == d && qkv.shape[2] == d && (v.shape[2] == d || v.shape[2] == d + 1),
+         "linear_qkv", "head widths (v: D or D + 1)", q, v);
+  EXPECT(k.shape[1] == v.shape[1] && qkv.shape[1] == q.shape[1] + 2 * k.shape[1], "linear_qkv",
+         "head counts", qkv, k);
+  return LT_OK;
+}
+
+int lt_linear_qkv_fwd(lt_ctx *ctx, lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor qkv,
+                      lt_feature_map map) {
+  LT_TRY(check_linear_qkv(q, k, v, qkv));
+  ON_CUDA(lt_cuda_linear_qkv_fwd(ctx, q, k, v, qkv, map));
+  lt_cpu_linear_qkv_fwd(lt_f32(q), lt_f32(k), lt_f32(v), lt_f32(qkv), q.shape[0], (int)q.shape[1],
+                        (int)k.shape[1], (int)q.shape[2], (int)v.shape[2], map);
+  return LT_OK;
+}
+
+int lt_linear_qkv_bwd(lt_ctx *ctx, lt_tensor dqkv, lt_tensor dq, lt_tensor dk, lt_tensor dv,
+                      lt_tensor qkv, lt_feature_map map) {
+  LT_TRY(check_linear_qkv(dq, dk, dv, qkv));
+  EXPECT(lt_same_shape(dqkv, qkv), "linear_qkv_bwd", "dqkv vs qkv", dqkv, qkv);
+  ON_CUDA(lt_cuda_linear_qkv_bwd(ctx, dqkv, dq, dk, dv, qkv, map));
+  lt_cpu_linear_qkv_bwd(lt_f32(dqkv), lt_f32(dq), lt_f32(dk), lt_f32(dv), lt_f32(qkv), dq.shape[0],
+                        (int)dq.shape[1], (int)dk.shape[1], (int)dq.shape[2], (int)dv.shape[2],
+                        map);
+  return LT_OK;
+}
+
+static int check_linear_out(lt_tensor y, lt_tensor rstd, lt_tensor o, lt_tensor u,
+                            lt_linear_norm norm, lt_gate gate) {
+  EXPECT(o.ndim == 3, "linear_out", "o must be (N, H, E)", o, y);
+  const int64_t n = o.shape[0], h = o.shape[1], e = o.shape[2];
+  const int64_t d = norm == LT_LINEAR_NORM_DENOMINATOR ? e - 1 : e;
+  EXPECT(d >= 1 && lt_numel(y) == n * h * d, "linear_out",
+         "y must be (N, H*D), o (N, H, D + 1) with the denominator", y, o);
+  EXPECT(gate == LT_GATE_NONE || lt_same_shape(u, y), "linear_out", "gate u vs y", u, y);
+  EXPECT(norm != LT_LINEAR_NORM_RMS || (lt_numel(rstd) == n && rstd.dtype == LT_F32), "linear_out",
+         "rstd must be (N) f32", rstd, o);
+  return LT_OK;
+}
+
+int lt_linear_out_fwd(lt_ctx *ctx, lt_tensor y, lt_tensor rstd, lt_tensor o, lt_tensor u,
+                      lt_linear_norm norm, lt_gate gate, float eps) {
+  LT_TRY(check_linear_out(y, rstd, o, u, norm, gate));
+  ON_CUDA(lt_cuda_linear_out_fwd(ctx, y, rstd, o, u, norm, gate, eps));
+  const int e = (int)o.shape[2], d = norm == LT_LINEAR_NORM_DENOMINATOR ? e - 1 : e;
+  lt_cpu_linear_out_fwd(lt_f32(y), lt_f32(rstd), lt_f32(o), lt_f32(u), o.shape[0], (int)o.shape[1],
+                        d, e, norm, gate, eps);
+  return LT_OK;
+}
+
+int lt_linear_out_bwd(lt_ctx *ctx, lt_tensor d_o, lt_tensor du, lt_tensor dy, lt_tensor o,
+                      lt_tensor u, lt_tensor rstd, lt_linear_norm norm, lt_gate gate, float eps) {
+  LT_TRY(check_linear_out(dy, rstd, o, u, norm, gate));
+  EXPECT(lt_same_shape(d_o, o) && (gate == LT_GATE_NONE || lt_same_shape(du, u)), "linear_out_bwd",
+         "d_o vs o or du vs u", d_o, o);
+  ON_CUDA(lt_cuda_linear_out_bwd(ctx, d_o, du, dy, o, u, rstd, norm, gate, eps));
+  const int e = (int)o.shape[2], d = norm == LT_LINEAR_NORM_DENOMINATOR ? e - 1 : e;
+  lt_cpu_linear_out_bwd(lt_f32(d_o), lt_f32(du), lt_f32(dy), lt_f32(o), lt_f32(u), lt_f32(rstd),
+                        o.shape[0], (int)o.shape[1], d, e, norm, gate, eps);
+  return LT_OK;
+}

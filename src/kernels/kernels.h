@@ -219,6 +219,92 @@ int lt_head_gate_fwd(lt_ctx *ctx, lt_tensor out, lt_tensor x, lt_tensor gates);
 int lt_head_gate_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dgates, lt_tensor dout, lt_tensor x,
                      lt_tensor gates);
 
+// --- linear attention (linear, lightning), shaped for LASP-2 ---
+//
+// Linear attention with an optional per-head decay lambda_h (Katharopoulos et al. 2020; RetNet;
+// TransNormerLLM) as the recurrence over the tokens of one document,
+//   S_t = lambda S_{t-1} + k_t^T v_t,    o_t = q_t S_t,
+// i.e. o_i = sum_{j <= i, same document} lambda^(i - j) (q_i . k_j) v_j. The kernels compute it in
+// blocks of `block` tokens as Lightning Attention-2 does (Qin et al. 2024, Algorithms 1 and 2): a
+// masked, decayed q k^T v inside each block and the decayed state carried between blocks, with
+// powers of lambda (no cumulative sums of log-decays).
+//
+// A chunk of a longer sequence (context parallel, LASP-2, Sun et al. 2025) is summarised by its
+// state M = sum_j lambda^(T-1-j) k_j^T v_j (D x E per head, whatever its length). Each chunk's
+// output needs only the prefix state of the chunks before it, combined as
+//   P_c = sum_{c' < c} lambda^(start_c - end_c') M_c'
+// (end exclusive), so the whole sequence is one all-gather of states; in the backward, the
+// prefix gradients dP_c are all-gathered and summed the other way (suffix sums) into each
+// chunk's dM. A single device is the one-chunk case with no prefix.
+//
+// Documents (lt_batch.doc) are contiguous runs of one id: the state resets where the id changes,
+// so no information crosses documents. A state belongs to the document of its last token; a
+// chunk's state keeps only that document's tokens, and a prefix state is read only by the
+// queries of its document (prefix_doc).
+
+// The map phi applied to q and k (Katharopoulos et al. 2020: elu + 1 keeps the
+// attention weights positive; TransNormerLLM uses silu).
+typedef enum lt_feature_map {
+  LT_FEATURE_ELU1,     // 1 + elu(x)
+  LT_FEATURE_RELU,     // max(x, 0)
+  LT_FEATURE_SILU,     // x sigmoid(x)
+  LT_FEATURE_IDENTITY, // x
+} lt_feature_map;
+
+// How the attention output is normalised before the gate and the output projection.
+typedef enum lt_linear_norm {
+  LT_LINEAR_NORM_DENOMINATOR, // o / (phi(q) . sum lambda^(i-j) phi(k_j) + eps): Katharopoulos
+  LT_LINEAR_NORM_RMS, // simple RMSNorm (no gain) over all heads: TransNormer's NormAttention
+  LT_LINEAR_NORM_NONE,
+} lt_linear_norm;
+
+// The output gate y = norm(o) * g(u), u = x Wu^T (TransNormerLLM: g is the identity).
+typedef enum lt_gate { LT_GATE_NONE, LT_GATE_LINEAR, LT_GATE_SIGMOID, LT_GATE_SILU } lt_gate;
+
+typedef struct lt_linear_attn_spec {
+  lt_tensor log_decay;  // (Hq) f32, log lambda_h <= 0 per query head; data == NULL: no decay
+  int64_t block;        // tokens per block of the intra/inter split (Lightning's B), >= 1
+  lt_tensor doc;        // (B, T) i32 document id of each token of the chunk, or data == NULL
+  lt_tensor prefix_doc; // (B) i32 document of the prefix state (only with doc and a prefix)
+} lt_linear_attn_spec;
+
+// o_i = q_i (lambda^(i+1) P + sum_{j <= i} lambda^(i-j) k_j^T v_j), P the prefix state (its
+// term only where doc_i == prefix_doc), within documents. Query head h reads key/value head
+// h / (Hq / Hkv). q: (B, T, Hq, D); k: (B, T, Hkv, D); v: (B, T, Hkv, E); o: (B, T, Hq, E);
+// prefix: (B, Hq, D, E) f32, or data == NULL for none (the start of a sequence).
+int lt_linear_attn_fwd(lt_ctx *ctx, lt_tensor o, lt_tensor q, lt_tensor k, lt_tensor v,
+                       lt_tensor prefix, const lt_linear_attn_spec *spec);
+// dq, dk, dv += the gradients of the forward's o, given dout; dprefix = d/dP (overwritten; skipped
+// when its data is NULL).
+int lt_linear_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_tensor dprefix,
+                       lt_tensor dout, lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor prefix,
+                       const lt_linear_attn_spec *spec);
+// The chunk's state M = sum_j lambda^(T-1-j) k_j^T v_j over the tokens of its last document.
+// state: (B, Hq, D, E) f32, overwritten.
+int lt_linear_attn_state(lt_ctx *ctx, lt_tensor state, lt_tensor k, lt_tensor v,
+                         const lt_linear_attn_spec *spec);
+// dk, dv += the state's gradients, given dstate (B, Hq, D, E).
+int lt_linear_attn_state_bwd(lt_ctx *ctx, lt_tensor dk, lt_tensor dv, lt_tensor dstate, lt_tensor k,
+                             lt_tensor v, const lt_linear_attn_spec *spec);
+
+// Splits a fused projection into q = phi(.), k = phi(.) and v, with a column of ones appended to
+// v when E = D + 1 (its attention output is then the normaliser phi(q) . sum phi(k)).
+// qkv: (N, Hq + 2*Hkv, D); q: (N, Hq, D); k: (N, Hkv, D); v: (N, Hkv, E), E = D or D + 1.
+int lt_linear_qkv_fwd(lt_ctx *ctx, lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor qkv,
+                      lt_feature_map map);
+// dqkv = d/dqkv (overwritten) from dq, dk, dv; the ones column's gradient is dropped.
+int lt_linear_qkv_bwd(lt_ctx *ctx, lt_tensor dqkv, lt_tensor dq, lt_tensor dk, lt_tensor dv,
+                      lt_tensor qkv, lt_feature_map map);
+
+// The output stage: y = norm(o) * g(u). o: (N, H, E) with E = D + 1 for the denominator (its last
+// column) and E = D otherwise; u, y: (N, H*D); u unused (data NULL allowed) without a gate;
+// rstd: (N) f32, written for LT_LINEAR_NORM_RMS. eps: the denominator's or the RMSNorm's.
+int lt_linear_out_fwd(lt_ctx *ctx, lt_tensor y, lt_tensor rstd, lt_tensor o, lt_tensor u,
+                      lt_linear_norm norm, lt_gate gate, float eps);
+// d_o, du = gradients (overwritten) given dy and the forward's o, u and rstd.
+int lt_linear_out_bwd(lt_ctx *ctx, lt_tensor d_o, lt_tensor du, lt_tensor dy, lt_tensor o,
+                      lt_tensor u, lt_tensor rstd, lt_linear_norm norm, lt_gate gate, float eps);
+
 // --- optimizer ---
 
 typedef struct lt_adamw_args {

@@ -4,6 +4,8 @@
 
 #include "core/error.h"
 #include "layers/attention/moh.h"
+#include "layers/attention/lightning.h"
+#include "layers/attention/linear.h"
 #include "layers/attention/softmax.h"
 #include "layers/mlp.h"
 #include "layers/moe.h"
@@ -34,6 +36,18 @@ static int create_moh(lt_layer **out, lt_params *params, const char *prefix,
   return lt_moh_attention_create(out, params, prefix, cfg, stds);
 }
 
+static int create_linear(lt_layer **out, lt_params *params, const char *prefix,
+                         const lt_model_config *cfg, int layer_index, lt_init_stds stds) {
+  (void)layer_index;
+  return lt_linear_attention_create(out, params, prefix, cfg, stds);
+}
+
+// Lightning's decay depends on the layer's depth.
+static int create_lightning(lt_layer **out, lt_params *params, const char *prefix,
+                            const lt_model_config *cfg, int layer_index, lt_init_stds stds) {
+  return lt_lightning_attention_create(out, params, prefix, cfg, layer_index, stds);
+}
+
 static int create_swiglu(lt_layer **out, lt_params *params, const char *prefix,
                          const lt_model_config *cfg, int layer_index, lt_init_stds stds) {
   (void)layer_index;
@@ -47,7 +61,9 @@ static int create_moe(lt_layer **out, lt_params *params, const char *prefix,
 }
 
 static const kind_entry mixers[] = {
-    {"softmax", create_softmax}, {"sparse", create_sparse}, {"moh", create_moh}};
+    {"softmax", create_softmax}, {"sparse", create_sparse},       {"moh", create_moh},
+    {"linear", create_linear},   {"lightning", create_lightning},
+};
 static const kind_entry ffns[] = {{"swiglu", create_swiglu}, {"moe", create_moe}};
 
 static int create(const kind_entry *table, int n, const char *what, lt_layer **out,

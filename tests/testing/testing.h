@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "core/error.h"
+#include "layers/layer.h"
 
 // Fails the test with longtrain's error message when an lt_status call fails.
 #define assert_ok(expr)                                                                            \

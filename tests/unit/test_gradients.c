@@ -8,6 +8,8 @@
 #include "gradcheck.h"
 #include "layer_harness.h"
 #include "layers/attention/moh.h"
+#include "layers/attention/lightning.h"
+#include "layers/attention/linear.h"
 #include "layers/attention/softmax.h"
 #include "layers/lm_head.h"
 #include "layers/mlp.h"
@@ -310,6 +312,82 @@ static void test_moh_attention_backward_matches_finite_differences(void **state)
   assert_true(moh_error(1, 2, 100.0) < GRAD_TOL);
 }
 
+// Linear and lightning attention: every option of the feature map, normalisation, decay and gate
+// appears in one of these, with grouped heads, several blocks (block 4 over T = 19) and documents.
+static double linear_error(lt_linear_config lin, int n_kv_heads, bool with_docs) {
+  sublayer_state s = {0};
+  lt_model_config cfg = small_attention_config();
+  cfg.n_kv_heads = n_kv_heads, cfg.norm_eps = 1e-5, cfg.linear = lin;
+  lt_params_begin(&s.params);
+  assert_ok(lt_linear_attention_create(&s.layer, &s.params, "attn", &cfg, (lt_init_stds){1, 1}));
+  return sublayer_error(&s, 2, 19, cfg.d_model, with_docs);
+}
+
+static void test_linear_attention_backward_matches_finite_differences(void **state) {
+  (void)state;
+  lt_linear_config lin = {.feature_map = LT_FEATURE_ELU1,
+                          .normalization = LT_LINEAR_NORM_DENOMINATOR,
+                          .decay = LT_LINEAR_DECAY_NONE,
+                          .gate = LT_GATE_NONE,
+                          .chunk_size = 4};
+  assert_true(linear_error(lin, 4, false) < GRAD_TOL);
+}
+
+static void
+test_linear_attention_with_decay_sigmoid_gate_and_documents_backward_matches(void **state) {
+  (void)state;
+  lt_linear_config lin = {.feature_map = LT_FEATURE_ELU1,
+                          .normalization = LT_LINEAR_NORM_DENOMINATOR,
+                          .decay = LT_LINEAR_DECAY_RETNET,
+                          .gate = LT_GATE_SIGMOID,
+                          .chunk_size = 4};
+  assert_true(linear_error(lin, 2, true) < GRAD_TOL);
+}
+
+static void test_linear_attention_unnormalised_with_silu_gate_backward_matches(void **state) {
+  (void)state;
+  lt_linear_config lin = {.feature_map = LT_FEATURE_IDENTITY,
+                          .normalization = LT_LINEAR_NORM_NONE,
+                          .decay = LT_LINEAR_DECAY_ALIBI,
+                          .gate = LT_GATE_SILU,
+                          .chunk_size = 4};
+  assert_true(linear_error(lin, 2, false) < GRAD_TOL);
+}
+
+static void test_linear_attention_with_rmsnorm_and_documents_backward_matches(void **state) {
+  (void)state;
+  lt_linear_config lin = {.feature_map = LT_FEATURE_ELU1,
+                          .normalization = LT_LINEAR_NORM_RMS,
+                          .decay = LT_LINEAR_DECAY_RETNET,
+                          .gate = LT_GATE_LINEAR,
+                          .chunk_size = 4};
+  assert_true(linear_error(lin, 4, true) < GRAD_TOL);
+}
+
+static double lightning_error(bool with_docs) {
+  sublayer_state s = {0};
+  lt_model_config cfg = small_attention_config();
+  cfg.n_layers = 4, cfg.norm_eps = 1e-5;
+  cfg.lightning = (lt_lightning_config){.block_size = 4,
+                                        .feature_map = LT_FEATURE_SILU,
+                                        .gate = LT_GATE_LINEAR,
+                                        .depth_scaled_decay = true};
+  lt_params_begin(&s.params);
+  assert_ok(
+      lt_lightning_attention_create(&s.layer, &s.params, "attn", &cfg, 1, (lt_init_stds){1, 1}));
+  return sublayer_error(&s, 2, 19, cfg.d_model, with_docs);
+}
+
+static void test_lightning_attention_backward_matches_finite_differences(void **state) {
+  (void)state;
+  assert_true(lightning_error(false) < GRAD_TOL);
+}
+
+static void test_lightning_attention_with_document_mask_backward_matches(void **state) {
+  (void)state;
+  assert_true(lightning_error(true) < GRAD_TOL);
+}
+
 static void test_swiglu_mlp_backward_matches_finite_differences(void **state) {
   (void)state;
   sublayer_state s = {0};
@@ -407,7 +485,11 @@ static void model_backward(void *p, const float *dout) {
 // routed heads here: a finite difference must not move a token across a tie of its router.
 static double model_error(bool tied, bool recompute, const char *attention) {
   model_state s = {.ctx = cpu()};
-  lt_model_config cfg = {.d_model = 16,
+  lt_model_config cfg = {.lightning = {.block_size = 4,
+                                       .feature_map = LT_FEATURE_SILU,
+                                       .gate = LT_GATE_LINEAR,
+                                       .depth_scaled_decay = true},
+                         .d_model = 16,
                          .n_layers = 2,
                          .n_heads = 4,
                          .n_kv_heads = 2,
@@ -478,6 +560,13 @@ static void test_hybrid_model_of_sparse_and_moh_layers_backward_matches(void **s
   assert_true(model_error(false, true, "moh,sparse") < GRAD_TOL);
 }
 
+// A hybrid stack: a lightning layer, then a softmax layer, with and without recomputation.
+static void test_hybrid_lightning_softmax_model_backward_matches(void **state) {
+  (void)state;
+  assert_true(model_error(false, false, "lightning,softmax") < GRAD_TOL);
+  assert_true(model_error(false, true, "lightning,softmax") < GRAD_TOL);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_rmsnorm_backward_matches_finite_differences),
@@ -488,12 +577,20 @@ int main(void) {
       cmocka_unit_test(test_softmax_attention_with_document_mask_backward_matches),
       cmocka_unit_test(test_sparse_attention_backward_matches_finite_differences),
       cmocka_unit_test(test_moh_attention_backward_matches_finite_differences),
+      cmocka_unit_test(test_linear_attention_backward_matches_finite_differences),
+      cmocka_unit_test(
+          test_linear_attention_with_decay_sigmoid_gate_and_documents_backward_matches),
+      cmocka_unit_test(test_linear_attention_unnormalised_with_silu_gate_backward_matches),
+      cmocka_unit_test(test_linear_attention_with_rmsnorm_and_documents_backward_matches),
+      cmocka_unit_test(test_lightning_attention_backward_matches_finite_differences),
+      cmocka_unit_test(test_lightning_attention_with_document_mask_backward_matches),
       cmocka_unit_test(test_swiglu_mlp_backward_matches_finite_differences),
       cmocka_unit_test(test_lm_head_loss_backward_matches_finite_differences),
       cmocka_unit_test(test_model_backward_matches_finite_differences),
       cmocka_unit_test(test_model_with_tied_embeddings_backward_matches),
       cmocka_unit_test(test_model_with_recomputation_backward_matches),
       cmocka_unit_test(test_hybrid_model_of_sparse_and_moh_layers_backward_matches),
+      cmocka_unit_test(test_hybrid_lightning_softmax_model_backward_matches),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

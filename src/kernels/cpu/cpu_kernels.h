@@ -87,6 +87,35 @@ void lt_cpu_head_gate_fwd(float *out, const float *x, const float *gates, int64_
 void lt_cpu_head_gate_bwd(float *dx, float *dgates, const float *dout, const float *x,
                           const float *gates, int64_t n, int h, int d);
 
+// Linear attention sizes shared by its kernels: v and o rows are e wide, q and k rows d.
+typedef struct lt_cpu_linear_dims {
+  int64_t b, t;
+  int hq, hkv, d, e;
+} lt_cpu_linear_dims;
+
+// These two allocate a per-thread workspace and fail with LT_ERR_MEMORY without it.
+int lt_cpu_linear_attn_fwd(float *o, const float *q, const float *k, const float *v,
+                           const float *prefix, const lt_cpu_linear_dims *dims,
+                           const lt_linear_attn_spec *spec);
+int lt_cpu_linear_attn_bwd(float *dq, float *dk, float *dv, float *dprefix, const float *dout,
+                           const float *q, const float *k, const float *v, const float *prefix,
+                           const lt_cpu_linear_dims *dims, const lt_linear_attn_spec *spec);
+void lt_cpu_linear_attn_state(float *state, const float *k, const float *v,
+                              const lt_cpu_linear_dims *dims, const lt_linear_attn_spec *spec);
+void lt_cpu_linear_attn_state_bwd(float *dk, float *dv, const float *dstate, const float *k,
+                                  const float *v, const lt_cpu_linear_dims *dims,
+                                  const lt_linear_attn_spec *spec);
+void lt_cpu_linear_qkv_fwd(float *q, float *k, float *v, const float *qkv, int64_t n, int hq,
+                           int hkv, int d, int e, lt_feature_map map);
+void lt_cpu_linear_qkv_bwd(float *dqkv, const float *dq, const float *dk, const float *dv,
+                           const float *qkv, int64_t n, int hq, int hkv, int d, int e,
+                           lt_feature_map map);
+void lt_cpu_linear_out_fwd(float *y, float *rstd, const float *o, const float *u, int64_t n, int h,
+                           int d, int e, lt_linear_norm norm, lt_gate gate, float eps);
+void lt_cpu_linear_out_bwd(float *d_o, float *du, const float *dy, const float *o, const float *u,
+                           const float *rstd, int64_t n, int h, int d, int e, lt_linear_norm norm,
+                           lt_gate gate, float eps);
+
 void lt_cpu_adamw(float *param, const float *grad, float *m, float *v, int64_t n,
                   const lt_adamw_args *args);
 

@@ -1,0 +1,184 @@
+// The elementwise ends of linear attention: the feature map phi on the way in (with the ones
+// column that turns the attention into its own normaliser), and on the way out the
+// normalisation and the output gate.
+#include <math.h>
+
+#include "kernels/cpu/cpu_kernels.h"
+
+static float sigmoid(float x) {
+  return 1.0f / (1.0f + expf(-x));
+}
+
+static float feature(lt_feature_map map, float x) {
+  switch (map) {
+  case LT_FEATURE_ELU1: // 1 + elu(x) (Katharopoulos et al. 2020)
+    return x > 0.0f ? 1.0f + x : expf(x);
+  case LT_FEATURE_RELU:
+    return x > 0.0f ? x : 0.0f;
+  case LT_FEATURE_SILU:
+    return x * sigmoid(x);
+  case LT_FEATURE_IDENTITY:
+    break;
+  }
+  return x;
+}
+
+static float feature_grad(lt_feature_map map, float x) {
+  switch (map) {
+  case LT_FEATURE_ELU1:
+    return x > 0.0f ? 1.0f : expf(x);
+  case LT_FEATURE_RELU:
+    return x > 0.0f ? 1.0f : 0.0f;
+  case LT_FEATURE_SILU: {
+    const float s = sigmoid(x);
+    return s * (1.0f + x * (1.0f - s));
+  }
+  case LT_FEATURE_IDENTITY:
+    break;
+  }
+  return 1.0f;
+}
+
+void lt_cpu_linear_qkv_fwd(float *q, float *k, float *v, const float *qkv, int64_t n, int hq,
+                           int hkv, int d, int e, lt_feature_map map) {
+  const int64_t row = (int64_t)(hq + 2 * hkv) * d;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; t++) {
+    const float *src = qkv + t * row;
+    for (int64_t x = 0; x < (int64_t)hq * d; x++) q[t * hq * d + x] = feature(map, src[x]);
+    src += (int64_t)hq * d;
+    for (int64_t x = 0; x < (int64_t)hkv * d; x++) k[t * hkv * d + x] = feature(map, src[x]);
+    src += (int64_t)hkv * d;
+    for (int h = 0; h < hkv; h++) {
+      float *vh = v + (t * hkv + h) * e;
+      for (int x = 0; x < d; x++) vh[x] = src[h * d + x];
+      if (e > d) vh[d] = 1.0f;
+    }
+  }
+}
+
+void lt_cpu_linear_qkv_bwd(float *dqkv, const float *dq, const float *dk, const float *dv,
+                           const float *qkv, int64_t n, int hq, int hkv, int d, int e,
+                           lt_feature_map map) {
+  const int64_t row = (int64_t)(hq + 2 * hkv) * d;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; t++) {
+    const float *src = qkv + t * row;
+    float *dst = dqkv + t * row;
+    for (int64_t x = 0; x < (int64_t)hq * d; x++)
+      dst[x] = dq[t * hq * d + x] * feature_grad(map, src[x]);
+    src += (int64_t)hq * d, dst += (int64_t)hq * d;
+    for (int64_t x = 0; x < (int64_t)hkv * d; x++)
+      dst[x] = dk[t * hkv * d + x] * feature_grad(map, src[x]);
+    dst += (int64_t)hkv * d;
+    for (int h = 0; h < hkv; h++)
+      for (int x = 0; x < d; x++) dst[h * d + x] = dv[(t * hkv + h) * e + x];
+  }
+}
+
+static float gate_value(lt_gate gate, float u) {
+  switch (gate) {
+  case LT_GATE_NONE:
+    return 1.0f;
+  case LT_GATE_LINEAR:
+    return u;
+  case LT_GATE_SIGMOID:
+    return sigmoid(u);
+  case LT_GATE_SILU:
+    break;
+  }
+  return u * sigmoid(u);
+}
+
+static float gate_grad(lt_gate gate, float u) {
+  switch (gate) {
+  case LT_GATE_NONE:
+    return 0.0f;
+  case LT_GATE_LINEAR:
+    return 1.0f;
+  case LT_GATE_SIGMOID: {
+    const float s = sigmoid(u);
+    return s * (1.0f - s);
+  }
+  case LT_GATE_SILU:
+    break;
+  }
+  const float s = sigmoid(u);
+  return s * (1.0f + u * (1.0f - s));
+}
+
+// The normalised output of token t, head h, column x (x < d), from o and the statistics.
+static float normalised(const float *ot, int64_t h, int x, int d, int e, lt_linear_norm norm,
+                        float rstd, float eps) {
+  const float *oh = ot + h * e;
+  switch (norm) {
+  case LT_LINEAR_NORM_DENOMINATOR:
+    return oh[x] / (oh[d] + eps);
+  case LT_LINEAR_NORM_RMS:
+    return oh[x] * rstd;
+  case LT_LINEAR_NORM_NONE:
+    break;
+  }
+  return oh[x];
+}
+
+void lt_cpu_linear_out_fwd(float *y, float *rstd, const float *o, const float *u, int64_t n, int h,
+                           int d, int e, lt_linear_norm norm, lt_gate gate, float eps) {
+  const int64_t width = (int64_t)h * d;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; t++) {
+    const float *ot = o + t * h * e;
+    float r = 0.0f;
+    if (norm == LT_LINEAR_NORM_RMS) { // simple RMSNorm: no gain (TransNormerLLM's SRMSNorm)
+      double ss = 0.0;
+      for (int64_t x = 0; x < width; x++) ss += (double)ot[x] * ot[x];
+      r = rstd[t] = 1.0f / sqrtf((float)(ss / (double)width) + eps);
+    }
+    for (int64_t hh = 0; hh < h; hh++)
+      for (int x = 0; x < d; x++) {
+        const int64_t at = t * width + hh * d + x;
+        const float g = gate == LT_GATE_NONE ? 1.0f : gate_value(gate, u[at]);
+        y[at] = normalised(ot, hh, x, d, e, norm, r, eps) * g;
+      }
+  }
+}
+
+// With a = norm(o) and y = a g(u): da = dy g(u), du = dy a g'(u); then through the norm:
+//   denominator a_x = o_x / (o_d + eps): do_x = da_x / (o_d + eps), do_d = -sum_x da_x a_x / (o_d +
+//   eps) rms a = o r: do = r (da - a mean(da a))
+void lt_cpu_linear_out_bwd(float *d_o, float *du, const float *dy, const float *o, const float *u,
+                           const float *rstd, int64_t n, int h, int d, int e, lt_linear_norm norm,
+                           lt_gate gate, float eps) {
+  const int64_t width = (int64_t)h * d;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; t++) {
+    const float *ot = o + t * h * e;
+    float *grad = d_o + t * h * e;
+    const float r = norm == LT_LINEAR_NORM_RMS ? rstd[t] : 0.0f;
+    double mean = 0.0;
+    for (int64_t hh = 0; hh < h; hh++) {
+      double den_grad = 0.0;
+      for (int x = 0; x < d; x++) {
+        const int64_t at = t * width + hh * d + x;
+        const float a = normalised(ot, hh, x, d, e, norm, r, eps);
+        float da = dy[at];
+        if (gate != LT_GATE_NONE) {
+          du[at] = dy[at] * a * gate_grad(gate, u[at]);
+          da *= gate_value(gate, u[at]);
+        }
+        grad[hh * e + x] = da; // d/da for now; the norm's chain rule follows
+        den_grad += (double)da * a;
+      }
+      if (norm == LT_LINEAR_NORM_DENOMINATOR) {
+        const float inv = 1.0f / (ot[hh * e + d] + eps);
+        for (int x = 0; x < d; x++) grad[hh * e + x] *= inv;
+        grad[hh * e + d] = (float)(-den_grad * inv);
+      }
+      mean += den_grad;
+    }
+    if (norm == LT_LINEAR_NORM_RMS) {
+      const float m = (float)(mean / (double)width);
+      for (int64_t x = 0; x < width; x++) grad[x] = r * (grad[x] - ot[x] * r * m);
+    }
+  }
+}
