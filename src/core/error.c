@@ -62,8 +62,8 @@ void lt_error_clear(void) {
 }
 
 const char *lt_status_name(int code) {
-  static const char *names[] = {"ok", "internal", "usage",  "config", "data",   "checkpoint",
-                                "io", "memory",   "device", "comm",   "numeric"};
+  static const char *names[] = {"ok", "internal", "usage",  "config", "data",    "checkpoint",
+                                "io", "memory",   "device", "comm",   "numeric", "stopped"};
   if (code >= 0 && code < (int)(sizeof names / sizeof names[0])) return names[code];
   return "unknown";
 }

@@ -7,5 +7,9 @@
 int lt_commit_file(const char *tmp_path, const char *final_path);
 // mkdir -p
 int lt_make_dirs(const char *path);
+// fsync of a file or of a folder (so the entries it holds, e.g. a rename into it, are durable).
+int lt_fsync_path(const char *path);
+// rm -r; a path that does not exist is not an error.
+int lt_remove_tree(const char *path);
 
 #endif

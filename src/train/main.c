@@ -85,7 +85,9 @@ int main(int argc, char **argv) {
       rc = lt_fail(LT_ERR_USAGE, "unknown command '%s' (see longtrain --help)", argv[1]);
     }
   }
-  if (rc != LT_OK) {
+  if (rc == LT_STOPPED) { // every rank stopped together: no abort
+    fprintf(stderr, "longtrain: %s\n", lt_error_message());
+  } else if (rc != LT_OK) {
     fprintf(stderr, "longtrain: error: %s\n", lt_error_message());
     lt_world_abort(&world, rc);
   }
