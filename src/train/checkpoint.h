@@ -4,7 +4,7 @@
 //   RUN_DIR/checkpoints/step_00001000/
 //     meta.h5                      attributes: format_version, step, tokens_seen, data_position,
 //                                  seed, train_seconds, n_shards, n_params, config (the resolved
-//                                  YAML); written last
+//                                  YAML), config_source; written last
 //     shard-00000-of-00001.h5      groups /weights, /adam_m, /adam_v: one f32 dataset per
 //                                  parameter, named by its logical name ("layers.0.attn.wq")
 //
@@ -50,8 +50,9 @@ typedef struct lt_checkpoint_meta {
   int64_t data_position; // samples consumed from the training loader (global, over all ranks)
   int64_t seed;          // run.seed
   int64_t n_shards, n_params;
-  double train_seconds; // wall time spent training so far
-  char *config_yaml;    // the resolved config (owned; lt_checkpoint_meta_free)
+  double train_seconds;            // wall time spent training so far
+  char *config_yaml;               // the resolved config (owned; lt_checkpoint_meta_free)
+  char config_source[LT_PATH_MAX]; // where that config came from ("run.yaml with --set ...")
 } lt_checkpoint_meta;
 
 void lt_checkpoint_meta_free(lt_checkpoint_meta *meta);
@@ -82,9 +83,11 @@ int lt_checkpoint_write_slice(lt_checkpoint_writer *w, lt_ckpt_kind kind, const 
 // Every parameter as a whole tensor (this process holds them all) and, with `optimizer`, the
 // AdamW moments.
 int lt_checkpoint_write_params(lt_checkpoint_writer *w, const lt_params *params, bool optimizer);
-// Closes this rank's shard, writes meta.h5, makes everything durable and renames the folder into
-// place (a world of one; a parallel run adds a barrier before the meta and the rename). On
-// failure the temporary folder is removed and the earlier checkpoints are untouched.
+// Closes and fsyncs this rank's shard: what every rank but 0 does last.
+int lt_checkpoint_finish_shard(lt_checkpoint_writer *w);
+// On rank 0, once every rank finished its shard (a parallel run puts a barrier here): finishes
+// shard 0, writes meta.h5, makes the folder durable and renames it into place. On failure the
+// temporary folder is removed and the earlier checkpoints are untouched.
 int lt_checkpoint_commit(lt_checkpoint_writer *w, const lt_checkpoint_meta *meta);
 void lt_checkpoint_abort(lt_checkpoint_writer *w);
 
@@ -121,6 +124,10 @@ int lt_checkpoint_read_slice(lt_checkpoint *ck, lt_ckpt_kind kind, const char *n
 // missing from either side, or of another shape, is LT_ERR_CKPT naming it and both shapes.
 int lt_checkpoint_read_params(lt_checkpoint *ck, lt_params *params, bool optimizer);
 
+// The resolved config of an open checkpoint, then each "a.b=value" override. An unreadable saved
+// config is LT_ERR_CKPT; a bad override LT_ERR_CONFIG.
+int lt_checkpoint_load_config(const lt_checkpoint *ck, int n_overrides, char *const *overrides,
+                              lt_config *cfg);
 // For `longtrain eval` and fine-tuning: the resolved config saved in checkpoint `dir`, and its
 // weights (not the optimizer state) into `params` (refreshing the compute copy).
 int lt_checkpoint_read_config(const char *dir, lt_config *cfg);

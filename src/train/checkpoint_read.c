@@ -63,9 +63,11 @@ static int read_meta(lt_checkpoint *ck) {
         rc = corrupt(ck, "meta.h5", "the attribute %s is missing or invalid", ints[i].name);
     if (rc == LT_OK && (m->n_shards < 1 || m->n_shards > 99999))
       rc = corrupt(ck, "meta.h5", "n_shards %lld is out of range", (long long)m->n_shards);
-    if (rc == LT_OK && (lt_h5_read_f64(file, "train_seconds", &m->train_seconds) != 0 ||
-                        lt_h5_read_string_alloc(file, "config", &m->config_yaml) != 0))
-      rc = corrupt(ck, "meta.h5", "train_seconds or config is missing");
+    if (rc == LT_OK &&
+        (lt_h5_read_f64(file, "train_seconds", &m->train_seconds) != 0 ||
+         lt_h5_read_string_alloc(file, "config", &m->config_yaml) != 0 ||
+         lt_h5_read_string(file, "config_source", m->config_source, sizeof m->config_source) != 0))
+      rc = corrupt(ck, "meta.h5", "train_seconds, config or config_source is missing");
   }
   H5Fclose(file);
   return rc;
@@ -325,17 +327,23 @@ int lt_checkpoint_read_params(lt_checkpoint *ck, lt_params *params, bool optimiz
   return lt_params_sync_compute(params);
 }
 
+int lt_checkpoint_load_config(const lt_checkpoint *ck, int n_overrides, char *const *overrides,
+                              lt_config *cfg) {
+  char name[LT_PATH_MAX + 32];
+  snprintf(name, sizeof name, "%s/meta.h5 (config)", ck->dir);
+  // The config a checkpoint holds was valid when written: a parse failure is damage, or a
+  // longtrain that knows other keys. Only then come the overrides, whose errors are the user's.
+  if (lt_config_load_string(cfg, ck->meta.config_yaml, name, 0, NULL) != LT_OK)
+    return lt_error_context(LT_ERR_CKPT, "checkpoint config unreadable (written by another "
+                                         "longtrain version?)");
+  if (n_overrides == 0) return LT_OK;
+  return lt_config_load_string(cfg, ck->meta.config_yaml, name, n_overrides, overrides);
+}
+
 int lt_checkpoint_read_config(const char *dir, lt_config *cfg) {
   lt_checkpoint ck;
   LT_TRY(lt_checkpoint_open(&ck, dir));
-  char name[LT_PATH_MAX + 32];
-  snprintf(name, sizeof name, "%s/meta.h5 (config)", ck.dir);
-  int rc = lt_config_load_string(cfg, ck.meta.config_yaml, name, 0, NULL);
-  // The config a checkpoint holds was valid when written: a parse failure is damage, or a
-  // longtrain that knows other keys.
-  if (rc != LT_OK)
-    rc = lt_error_context(LT_ERR_CKPT, "checkpoint config unreadable (written by another "
-                                       "longtrain version?)");
+  int rc = lt_checkpoint_load_config(&ck, 0, NULL, cfg);
   lt_checkpoint_close(&ck);
   return rc;
 }

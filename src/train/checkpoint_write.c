@@ -144,7 +144,7 @@ int lt_checkpoint_write_params(lt_checkpoint_writer *w, const lt_params *params,
   return rc;
 }
 
-static int close_shard(lt_checkpoint_writer *w) {
+int lt_checkpoint_finish_shard(lt_checkpoint_writer *w) {
   herr_t rc = 0;
   errno = 0;
   for (int k = 0; k < LT_CKPT_KINDS; k++) {
@@ -154,7 +154,8 @@ static int close_shard(lt_checkpoint_writer *w) {
   // Closing flushes HDF5's caches: on a full disk this is where the failure shows.
   if (w->file >= 0 && H5Fclose(w->file) < 0) rc = -1;
   w->file = -1;
-  return rc < 0 ? write_failed(w, "closing the shard", errno) : LT_OK;
+  if (rc < 0) return write_failed(w, "closing the shard", errno);
+  return lt_fsync_path(w->shard_path) == LT_OK ? LT_OK : write_failed(w, "fsync", errno);
 }
 
 static int write_meta(lt_checkpoint_writer *w, const lt_checkpoint_meta *meta, const char *path) {
@@ -169,7 +170,8 @@ static int write_meta(lt_checkpoint_writer *w, const lt_checkpoint_meta *meta, c
               lt_h5_write_i64(file, "n_shards", w->n_shards) |
               lt_h5_write_i64(file, "n_params", meta->n_params) |
               lt_h5_write_f64(file, "train_seconds", meta->train_seconds) |
-              lt_h5_write_string(file, "config", meta->config_yaml ? meta->config_yaml : "");
+              lt_h5_write_string(file, "config", meta->config_yaml ? meta->config_yaml : "") |
+              lt_h5_write_string(file, "config_source", meta->config_source);
   int err = errno;
   if (H5Fclose(file) < 0) attrs = -1;
   return attrs ? write_failed(w, "writing meta.h5", err ? err : errno) : LT_OK;
@@ -194,10 +196,10 @@ static int rename_into_place(lt_checkpoint_writer *w) {
 int lt_checkpoint_commit(lt_checkpoint_writer *w, const lt_checkpoint_meta *meta) {
   char meta_path[LT_PATH_MAX + 64];
   snprintf(meta_path, sizeof meta_path, "%s/meta.h5", w->tmp);
-  int rc = close_shard(w);
+  int rc = lt_checkpoint_finish_shard(w);
   if (rc == LT_OK) rc = write_meta(w, meta, meta_path);
-  const char *durable[3] = {w->shard_path, meta_path, w->tmp};
-  for (int i = 0; i < 3 && rc == LT_OK; i++)
+  const char *durable[2] = {meta_path, w->tmp};
+  for (int i = 0; i < 2 && rc == LT_OK; i++)
     if (lt_fsync_path(durable[i]) != LT_OK) rc = write_failed(w, "fsync", errno);
   if (rc == LT_OK) rc = rename_into_place(w);
   if (rc != LT_OK) lt_checkpoint_abort(w);

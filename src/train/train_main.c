@@ -75,14 +75,10 @@ static int parse_args(int argc, char **argv, train_args *args, bool *help) {
 static int load_config(const train_args *args, lt_config *cfg) {
   if (args->config_path)
     return lt_config_load(cfg, args->config_path, args->n_overrides, args->overrides);
-  lt_config saved;
-  LT_TRY(lt_checkpoint_read_config(args->resume, &saved));
-  char *yaml;
-  LT_TRY(lt_config_to_yaml(&saved, &yaml));
-  char name[LT_PATH_MAX + 32];
-  snprintf(name, sizeof name, "%s/meta.h5 (config)", args->resume);
-  int rc = lt_config_load_string(cfg, yaml, name, args->n_overrides, args->overrides);
-  free(yaml);
+  lt_checkpoint ck;
+  LT_TRY(lt_checkpoint_open(&ck, args->resume));
+  int rc = lt_checkpoint_load_config(&ck, args->n_overrides, args->overrides, cfg);
+  lt_checkpoint_close(&ck);
   return rc;
 }
 

@@ -220,6 +220,7 @@ int lt_trainer_save(lt_trainer *tr, double train_seconds, char *written, size_t 
                              .seed = tr->cfg.run.seed,
                              .n_params = lt_model_n_params(&tr->model),
                              .train_seconds = train_seconds};
+  snprintf(meta.config_source, sizeof meta.config_source, "%s", tr->cfg.source);
   LT_TRY(lt_config_to_yaml(&tr->cfg, &meta.config_yaml));
   lt_checkpoint_writer w;
   int rc = lt_checkpoint_begin(&w, root, tr->opt.step, 0, 1);
