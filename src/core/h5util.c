@@ -6,8 +6,18 @@
 
 #include "core/tensor.h"
 
+void lt_h5_init(void) {
+  static bool done = false;
+  if (done) return;
+  done = true;
+  // HDF5 1.10 closes files left open at exit, and a file whose close failed for a full disk is
+  // left half-closed: closing it again at exit crashes. longtrain closes every file itself.
+  H5dont_atexit();
+  H5Eset_auto2(H5E_DEFAULT, NULL, NULL); // errors are reported by longtrain, in one line
+}
+
 hid_t lt_h5_create(const char *path) {
-  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+  lt_h5_init();
   hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
   H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110);
   hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
@@ -16,7 +26,7 @@ hid_t lt_h5_create(const char *path) {
 }
 
 hid_t lt_h5_open(const char *path) {
-  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+  lt_h5_init();
   return H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
 }
 

@@ -13,6 +13,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+// Once per process, before any other HDF5 call: silences HDF5's own error printing and its exit
+// handler (see h5util.c). lt_h5_create, lt_h5_open and the dataset reader call it.
+void lt_h5_init(void);
 // Creates (truncating) `path` in HDF5's 1.10 format, whose metadata (superblock, object headers,
 // chunk indexes) carries checksums that HDF5 verifies on every read. h5py reads it.
 hid_t lt_h5_create(const char *path);

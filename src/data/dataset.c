@@ -65,7 +65,7 @@ static int open_ids(lt_dataset *ds, const char *name, int64_t *handle, int64_t *
 int lt_dataset_open(lt_dataset *ds, const char *path) {
   *ds = (lt_dataset){.file = -1, .tokens = -1, .offsets = -1};
   snprintf(ds->path, sizeof ds->path, "%s", path);
-  H5Eset_auto2(H5E_DEFAULT, NULL, NULL); // errors are reported here, in one line
+  lt_h5_init();
   if (access(path, R_OK) != 0)
     return lt_fail(LT_ERR_DATA, "%s: %s: make it with `longtrain prepare --output %s FILES...`",
                    path, strerror(errno), path);

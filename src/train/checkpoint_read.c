@@ -38,7 +38,7 @@ static int read_meta(lt_checkpoint *ck) {
                    "%s: not a complete checkpoint (no meta.h5): give a folder "
                    "RUN_DIR/checkpoints/step_N, or --resume auto for the newest complete one",
                    ck->dir);
-  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+  lt_h5_init();
   if (H5Fis_hdf5(path) <= 0) return corrupt(ck, "meta.h5", "not an HDF5 file");
   hid_t file = lt_h5_open(path);
   if (file < 0) return corrupt(ck, "meta.h5", "HDF5 cannot open it");
