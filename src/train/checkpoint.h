@@ -67,7 +67,6 @@ typedef struct lt_checkpoint_writer {
   int64_t step;
   int shard, n_shards;
   int64_t file, groups[LT_CKPT_KINDS]; // HDF5 handles of this rank's shard
-  int64_t bytes_written;
   int64_t fail_after_bytes; // LT_FAULT_INJECT=ckpt_write:after_bytes=N (tests); -1 when unset
 } lt_checkpoint_writer;
 

@@ -36,9 +36,12 @@ static int write_failed(const lt_checkpoint_writer *w, const char *what, int err
                  w->dir, what, err ? strerror(err) : "HDF5 error");
 }
 
-// LT_FAULT_INJECT=ckpt_write:after_bytes=N makes the writer fail as a full disk would once N
-// bytes of tensors are written: the test of what a failed save leaves behind, where no small
-// filesystem can be mounted.
+// LT_FAULT_INJECT=ckpt_write:after_bytes=N makes the writer fail as a full disk would once this
+// process has written N bytes of tensors: the test of what a failed save leaves behind (the
+// checkpoints before it complete, the one that crosses N fails), where no small filesystem can
+// be mounted. Counted over the process, as a disk fills over a run.
+static int64_t injected_written = 0;
+
 static int64_t injected_limit(void) {
   const char *spec = getenv("LT_FAULT_INJECT");
   long long n;
@@ -93,7 +96,7 @@ int lt_checkpoint_write_slice(lt_checkpoint_writer *w, lt_ckpt_kind kind, const 
   chunk[0] = (hsize_t)(CHUNK_ELEMS / row > 0 ? CHUNK_ELEMS / row : 1);
   if (chunk[0] > dims[0]) chunk[0] = dims[0];
   const int64_t bytes = numel * (int64_t)sizeof(float);
-  if (w->fail_after_bytes >= 0 && w->bytes_written + bytes > w->fail_after_bytes) {
+  if (w->fail_after_bytes >= 0 && injected_written + bytes > w->fail_after_bytes) {
     char what[160];
     snprintf(what, sizeof what, "writing %s/%s (injected by LT_FAULT_INJECT)",
              lt_ckpt_kind_group(kind), name);
@@ -118,7 +121,7 @@ int lt_checkpoint_write_slice(lt_checkpoint_writer *w, lt_ckpt_kind kind, const 
     snprintf(what, sizeof what, "writing %s/%s", lt_ckpt_kind_group(kind), name);
     return write_failed(w, what, err ? err : errno);
   }
-  w->bytes_written += bytes;
+  injected_written += bytes;
   return LT_OK;
 }
 
