@@ -11,6 +11,7 @@ packages=(
   libyaml-dev                # configs
   libcjson-dev               # metrics JSONL, tokenizer.json
   libcmocka-dev              # tests
+  clang libclang-rt-14-dev libomp-14-dev # libFuzzer targets (launch/fuzz.sh)
   fortunes-min fortunes      # English text for the quickstart dataset
 )
 

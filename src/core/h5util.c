@@ -117,9 +117,9 @@ int lt_h5_read_string_alloc(hid_t obj, const char *name, char **out) {
   int rc = -1;
   if (attr_points(attr) != 1) {
     rc = -1;
-  } else if (!H5Tis_variable_str(type)) {
+  } else if (!H5Tis_variable_str(type)) { // refused unread when it claims too much
     size_t size = H5Tget_size(type);
-    char *buf = size < ((size_t)1 << 30) ? calloc(1, size + 1) : NULL;
+    char *buf = size <= LT_H5_MAX_STRING ? calloc(1, size + 1) : NULL;
     if (buf && H5Aread(attr, type, buf) >= 0) {
       *out = buf;
       rc = 0;
@@ -131,7 +131,7 @@ int lt_h5_read_string_alloc(hid_t obj, const char *name, char **out) {
     hid_t mem = H5Tcopy(H5T_C_S1);
     H5Tset_size(mem, H5T_VARIABLE);
     if (H5Aread(attr, mem, &value) >= 0 && value) {
-      *out = strdup(value);
+      if (strlen(value) <= LT_H5_MAX_STRING) *out = strdup(value);
       rc = *out ? 0 : -1;
       H5free_memory(value);
     }

@@ -33,7 +33,9 @@ int lt_h5_read_f64(hid_t obj, const char *name, double *out);
 int lt_h5_read_i64_array(hid_t obj, const char *name, int64_t *out, int cap, int *n);
 // Fixed or variable length; cut to cap - 1 characters.
 int lt_h5_read_string(hid_t obj, const char *name, char *out, size_t cap);
-// Allocates the string (caller frees); any length.
+// Allocates the string (caller frees); at most LT_H5_MAX_STRING bytes (a config is kilobytes:
+// more is a damaged file).
+#define LT_H5_MAX_STRING ((size_t)16 << 20)
 int lt_h5_read_string_alloc(hid_t obj, const char *name, char **out);
 
 // Whether a read of the hyperslab [start, start + count) of `dset` is safe in a file of

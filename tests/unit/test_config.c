@@ -476,6 +476,14 @@ static void test_rope_ntk_factor_below_one_is_rejected(void **state) {
                       "between 1 and");
 }
 
+// Found by the config fuzzer: a message that quotes a value holding line breaks stays one line.
+static void test_a_quoted_value_with_line_breaks_is_reported_on_one_line(void **state) {
+  (void)state;
+  char path[1200];
+  int rc = load_bad_file("model:\n  ffn: \"swig\n\n  lu\"\n", path, sizeof path);
+  EXPECT_CONFIG_ERROR(rc, "model.ffn", "unknown kind 'swig\\nlu'");
+}
+
 static void test_new_sections_load_from_a_file(void **state) {
   (void)state;
   lt_config cfg;
@@ -615,6 +623,7 @@ int main(void) {
       cmocka_unit_test(test_checkpoint_every_must_be_an_integer),
       cmocka_unit_test(test_rope_ntk_factor_below_one_is_rejected),
       cmocka_unit_test(test_new_sections_load_from_a_file),
+      cmocka_unit_test(test_a_quoted_value_with_line_breaks_is_reported_on_one_line),
       cmocka_unit_test(test_readme_documents_every_key),
       cmocka_unit_test(test_layer_pattern_cycles_over_the_stack),
       cmocka_unit_test(test_layer_pattern_errors_name_the_key_and_the_fix),
