@@ -28,7 +28,8 @@ static const char *train_usage =
     "                    attempt of a requeued job)\n"
     "  --resume CKPT     continue from checkpoint folder CKPT; without --config, with its config\n"
     "  --init-from CKPT  start from CKPT's weights only: a fresh optimizer, schedule and data\n"
-    "                    position (fine-tuning; see train.freeze, model.rope_ntk_factor)\n"
+    "                    position (fine-tuning; see train.freeze, model.rope_ntk_factor); with\n"
+    "                    --resume auto, only when RUN_DIR has no checkpoint yet\n"
     "\n"
     "SIGTERM or SIGUSR1 finishes the current step, writes a checkpoint and exits with status 11.\n";
 
@@ -60,9 +61,10 @@ static int parse_args(int argc, char **argv, train_args *args, bool *help) {
     if (strcmp(arg, "--resume") == 0) args->resume = value;
     if (strcmp(arg, "--init-from") == 0) args->init_from = value;
   }
-  LT_CHECK(!(args->resume && args->init_from), LT_ERR_USAGE,
-           "train: --resume continues a run and --init-from starts a new one from a checkpoint's "
-           "weights: give one of them");
+  LT_CHECK(!(args->resume && args->init_from && strcmp(args->resume, "auto") != 0), LT_ERR_USAGE,
+           "train: --resume CKPT continues a run and --init-from starts a new one from a "
+           "checkpoint's weights: give one of them (--resume auto with --init-from resumes when "
+           "the run has a checkpoint and starts from the weights when not)");
   bool resume_path = args->resume && strcmp(args->resume, "auto") != 0;
   LT_CHECK(args->config_path || resume_path, LT_ERR_USAGE,
            "train: --config FILE.yaml is required (or --resume CKPT, which uses the checkpoint's "
@@ -125,7 +127,7 @@ static void describe(const lt_trainer *tr) {
           tr->data.path, (long long)tr->data.n_tokens, (long long)tr->data.n_docs,
           (long long)tr->loader.n_windows, (long long)tr->seq_len + 1,
           packing[tr->cfg.data.packing]);
-  if (tr->has_val)
+  if (tr->has_val && tr->cfg.train.eval_every > 0)
     lt_info("validation: %lld windows of %s; %d micro-batches every %d steps",
             (long long)tr->val_loader.n_windows, tr->val_loader.data->path,
             tr->cfg.train.eval_batches, tr->cfg.train.eval_every);
@@ -144,7 +146,10 @@ static void describe(const lt_trainer *tr) {
 
 // Sets the weights: from a checkpoint's full state, its weights alone, or the seed.
 static int start_state(lt_trainer *tr, const train_args *args, const char *resume) {
-  if (resume[0]) {
+  if (resume[0]) { // a requeued fine-tune resumes its own run rather than starting over
+    if (args->init_from)
+      lt_info("resume: %s has a checkpoint: --init-from %s is not used", tr->cfg.run.dir,
+              args->init_from);
     LT_TRY(lt_trainer_resume(tr, resume));
     lt_info("resumed from %s at step %lld (%lld tokens seen)", resume, (long long)tr->opt.step,
             (long long)tr->tokens_seen);

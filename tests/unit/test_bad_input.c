@@ -220,12 +220,12 @@ static void test_disk_full_while_saving_exits_6_and_keeps_the_last_checkpoint(vo
 
 // --- arguments ---
 
-static void test_resume_and_init_from_together_exit_2(void **state) {
+static void test_resume_from_a_path_with_init_from_exits_2(void **state) {
   (void)state;
   char *out = malloc(OUT_CAP);
-  EXPECT_LINE(longtrain_stderr(out, "train --config %s --resume auto --init-from x",
+  EXPECT_LINE(longtrain_stderr(out, "train --config %s --resume some/ckpt --init-from x",
                                lt_test_run_files_get()->config),
-              out, LT_ERR_USAGE, "--resume", "--init-from", "give one of them");
+              out, LT_ERR_USAGE, "--resume CKPT", "--init-from", "give one of them");
   free(out);
 }
 
@@ -264,7 +264,7 @@ int main(void) {
       cmocka_unit_test(test_resume_from_a_newer_format_exits_5_saying_upgrade),
       cmocka_unit_test(test_info_on_a_corrupt_checkpoint_exits_5),
       cmocka_unit_test(test_disk_full_while_saving_exits_6_and_keeps_the_last_checkpoint),
-      cmocka_unit_test(test_resume_and_init_from_together_exit_2),
+      cmocka_unit_test(test_resume_from_a_path_with_init_from_exits_2),
       cmocka_unit_test(test_unknown_freeze_entry_exits_3_naming_train_freeze),
       cmocka_unit_test(test_eval_every_without_a_validation_set_exits_3),
       cmocka_unit_test(test_info_without_a_checkpoint_exits_2),

@@ -292,7 +292,8 @@ static void fine_tune(const char *name, const char *extra, char *dir, size_t cap
   checkpoint_dir(base, sizeof base, straight_run(), STEPS);
   run_dir(dir, cap, name);
   snprintf(log, sizeof log, "%s.log", dir);
-  snprintf(args, sizeof args, "train --config %s --set run.dir=%s --init-from %s %s",
+  // As a requeued job runs it: --resume auto takes the run's own checkpoint once it has one.
+  snprintf(args, sizeof args, "train --config %s --set run.dir=%s --resume auto --init-from %s %s",
            lt_test_run_files_get()->config, dir, base, extra);
   expect_exit(lt_test_longtrain(log, args), 0, log);
   char *out = lt_test_read_text(log);
@@ -346,6 +347,19 @@ static void test_init_from_starts_from_the_checkpoint_weights_and_frozen_groups_
   assert_true(trained > 0);
   lt_checkpoint_close(&a);
   lt_checkpoint_close(&b);
+
+  // Requeued, the same command continues the fine-tune instead of starting it over.
+  char log[600], args[4000];
+  snprintf(log, sizeof log, "%s.again.log", dir);
+  snprintf(args, sizeof args,
+           "train --config %s --set run.dir=%s --resume auto --init-from %s %s --set "
+           "train.steps=4",
+           lt_test_run_files_get()->config, dir, base, extra);
+  expect_exit(lt_test_longtrain(log, args), 0, log);
+  char *out = lt_test_read_text(log), resumed[800];
+  snprintf(resumed, sizeof resumed, "resumed from %s at step 3", tuned);
+  if (!strstr(out, resumed) || !strstr(out, "is not used")) fail_msg("log:\n%s", out);
+  free(out);
 }
 
 static void test_init_from_with_a_longer_context_and_ntk_rope_scaling(void **state) {
