@@ -12,6 +12,7 @@
 #include "data/dataset.h"
 #include "data/tokenizer.h"
 #include "testing.h"
+#include "train/checkpoint.h"
 
 static const char *run_config = "model:\n"
                                 "  d_model: 64\n"
@@ -110,6 +111,45 @@ int lt_test_wait(pid_t pid) {
 
 int lt_test_longtrain(const char *log, const char *args) {
   return lt_test_wait(lt_test_spawn(log, args));
+}
+
+void lt_test_expect_exit(pid_t pid, int status, const char *log) {
+  int got = lt_test_wait(pid);
+  if (got == status) return;
+  char *text = lt_test_read_text(log);
+  fail_msg("exit status %d, expected %d; log:\n%s", got, status, text ? text : "(none)");
+}
+
+void lt_test_expect_run_parts(const char *log, const char *args, int status,
+                              const char *const *parts) {
+  lt_test_expect_exit(lt_test_spawn(log, args), status, log);
+  char *text = lt_test_read_text(log);
+  for (int i = 0; parts[i]; i++)
+    if (!strstr(text, parts[i])) fail_msg("'%s' is missing from the log:\n%s", parts[i], text);
+  free(text);
+}
+
+void lt_test_assert_same_checkpoint(const char *a_dir, const char *b_dir) {
+  lt_checkpoint a, b;
+  assert_ok(lt_checkpoint_open(&a, a_dir));
+  assert_ok(lt_checkpoint_open(&b, b_dir));
+  assert_int_equal(a.meta.step, b.meta.step);
+  assert_int_equal(a.meta.tokens_seen, b.meta.tokens_seen);
+  assert_int_equal(a.meta.data_position, b.meta.data_position);
+  assert_int_equal(a.n_pieces, b.n_pieces);
+  for (int i = 0; i < a.n_pieces; i++) {
+    const lt_ckpt_piece *p = &a.pieces[i];
+    int64_t n = 1, zeros[LT_MAX_DIMS] = {0};
+    for (int d = 0; d < p->ndim; d++) n *= p->logical[d];
+    float *x = malloc((size_t)n * 4), *y = malloc((size_t)n * 4);
+    assert_ok(lt_checkpoint_read_slice(&a, p->kind, p->name, p->ndim, zeros, p->logical, x));
+    assert_ok(lt_checkpoint_read_slice(&b, p->kind, p->name, p->ndim, zeros, p->logical, y));
+    if (memcmp(x, y, (size_t)n * 4) != 0)
+      fail_msg("%s/%s differs", lt_ckpt_kind_group(p->kind), p->name);
+    free(x), free(y);
+  }
+  lt_checkpoint_close(&a);
+  lt_checkpoint_close(&b);
 }
 
 char *lt_test_read_text(const char *path) {

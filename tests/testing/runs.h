@@ -22,6 +22,17 @@ int lt_test_wait(pid_t pid);
 // Runs `longtrain ARGS` to the end; its output into `log`.
 int lt_test_longtrain(const char *log, const char *args);
 
+// Runs `longtrain ARGS` (output into `log`) and fails the test, showing the log, unless it exits
+// with `status` and its output holds every one of the NULL-terminated `parts`.
+void lt_test_expect_run_parts(const char *log, const char *args, int status,
+                              const char *const *parts);
+#define lt_test_expect_run(log, args, status, ...)                                                 \
+  lt_test_expect_run_parts((log), (args), (status), (const char *const[]){__VA_ARGS__, NULL})
+// Fails unless the finished process `pid` exited with `status` (the log is shown).
+void lt_test_expect_exit(pid_t pid, int status, const char *log);
+// Every tensor (weights, AdamW moments) and counter of two checkpoints, bit for bit.
+void lt_test_assert_same_checkpoint(const char *a, const char *b);
+
 // The text of file `path` (caller frees), or NULL when it does not exist.
 char *lt_test_read_text(const char *path);
 

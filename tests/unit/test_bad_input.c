@@ -52,8 +52,7 @@ static void trained_run(char *run_dir, size_t cap, int steps) {
   snprintf(args, sizeof args,
            "train --config %s --set run.dir=%s --set train.steps=%d --set checkpoint.every=2",
            lt_test_run_files_get()->config, run_dir, steps);
-  int status = lt_test_longtrain(log, args);
-  if (status != 0) fail_msg("training failed (%d): %s", status, lt_test_read_text(log));
+  lt_test_expect_run(log, args, 0, "done: ");
 }
 
 static void path_in(char *out, size_t cap, const char *dir, const char *name) {
@@ -159,28 +158,6 @@ static void test_info_on_a_corrupt_checkpoint_exits_5(void **state) {
 
 // --- a full disk ---
 
-// Every tensor and counter of two checkpoints, bit for bit.
-static void assert_same_checkpoint(const char *a_dir, const char *b_dir) {
-  lt_checkpoint a, b;
-  assert_ok(lt_checkpoint_open(&a, a_dir));
-  assert_ok(lt_checkpoint_open(&b, b_dir));
-  assert_int_equal(a.meta.step, b.meta.step);
-  assert_int_equal(a.meta.data_position, b.meta.data_position);
-  assert_int_equal(a.n_pieces, b.n_pieces);
-  for (int i = 0; i < a.n_pieces; i++) {
-    const lt_ckpt_piece *p = &a.pieces[i];
-    int64_t n = 1, zeros[LT_MAX_DIMS] = {0};
-    for (int d = 0; d < p->ndim; d++) n *= p->logical[d];
-    float *x = malloc((size_t)n * 4), *y = malloc((size_t)n * 4);
-    assert_ok(lt_checkpoint_read_slice(&a, p->kind, p->name, p->ndim, zeros, p->logical, x));
-    assert_ok(lt_checkpoint_read_slice(&b, p->kind, p->name, p->ndim, zeros, p->logical, y));
-    if (memcmp(x, y, (size_t)n * 4) != 0) fail_msg("%s differs", p->name);
-    free(x), free(y);
-  }
-  lt_checkpoint_close(&a);
-  lt_checkpoint_close(&b);
-}
-
 // The disk fills up during the run: the checkpoint of step 2 fits (1.5 MB of tensors), the one
 // of step 4 does not.
 static void test_disk_full_while_saving_exits_6_and_keeps_the_last_checkpoint(void **state) {
@@ -203,18 +180,16 @@ static void test_disk_full_while_saving_exits_6_and_keeps_the_last_checkpoint(vo
               "earlier checkpoints are intact");
   assert_int_equal(access(tmp, F_OK), -1);
   assert_int_equal(access(failed, F_OK), -1);
-  assert_same_checkpoint(good, expected_good);
+  lt_test_assert_same_checkpoint(good, expected_good);
 
   // The next attempt resumes from the checkpoint that survived and completes.
   char log[600], resume[1400];
   snprintf(log, sizeof log, "%s.after.log", run);
   snprintf(resume, sizeof resume, args, lt_test_run_files_get()->config, run);
   strcat(resume, " --resume auto");
-  int resumed = lt_test_longtrain(log, resume);
-  char *text = lt_test_read_text(log), expected[700];
+  char expected[700];
   snprintf(expected, sizeof expected, "resumed from %s at step 2", good);
-  if (resumed != 0 || !strstr(text, expected)) fail_msg("status %d; log:\n%s", resumed, text);
-  free(text);
+  lt_test_expect_run(log, resume, 0, expected);
   free(out);
 }
 

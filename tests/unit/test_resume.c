@@ -50,13 +50,6 @@ static bool wait_for_records(const char *run, int n, pid_t pid) {
   return false;
 }
 
-// Fails with the run's log when it did not exit with `expected`.
-static void expect_exit(int status, int expected, const char *log) {
-  if (status == expected) return;
-  char *text = lt_test_read_text(log);
-  fail_msg("exit status %d, expected %d; log:\n%s", status, expected, text ? text : "(none)");
-}
-
 // The run of STEPS steps that is never interrupted, made once: the reference for the others.
 static const char *straight_run(void) {
   static char dir[512];
@@ -66,7 +59,7 @@ static const char *straight_run(void) {
   snprintf(log, sizeof log, "%s.log", dir);
   snprintf(args, sizeof args, "train --config %s --set run.dir=%s", lt_test_run_files_get()->config,
            dir);
-  expect_exit(lt_test_longtrain(log, args), 0, log);
+  lt_test_expect_run(log, args, 0, "done: 40 steps");
   return dir;
 }
 
@@ -75,30 +68,6 @@ static void assert_same_records(const lt_test_records *a, const lt_test_records 
   for (int i = 0; i < a->n; i++)
     if (strcmp(a->lines[i], b->lines[i]) != 0)
       fail_msg("record %d differs:\n  %s\n  %s", i, a->lines[i], b->lines[i]);
-}
-
-// Every tensor of both checkpoints (weights and AdamW moments) and their counters, bit for bit.
-static void assert_same_checkpoint(const char *a_dir, const char *b_dir) {
-  lt_checkpoint a, b;
-  assert_ok(lt_checkpoint_open(&a, a_dir));
-  assert_ok(lt_checkpoint_open(&b, b_dir));
-  assert_int_equal(a.meta.step, b.meta.step);
-  assert_int_equal(a.meta.tokens_seen, b.meta.tokens_seen);
-  assert_int_equal(a.meta.data_position, b.meta.data_position);
-  assert_int_equal(a.n_pieces, b.n_pieces);
-  for (int i = 0; i < a.n_pieces; i++) {
-    const lt_ckpt_piece *p = &a.pieces[i];
-    int64_t n = 1, zeros[LT_MAX_DIMS] = {0};
-    for (int d = 0; d < p->ndim; d++) n *= p->logical[d];
-    float *x = malloc((size_t)n * 4), *y = malloc((size_t)n * 4);
-    assert_ok(lt_checkpoint_read_slice(&a, p->kind, p->name, p->ndim, zeros, p->logical, x));
-    assert_ok(lt_checkpoint_read_slice(&b, p->kind, p->name, p->ndim, zeros, p->logical, y));
-    if (memcmp(x, y, (size_t)n * 4) != 0)
-      fail_msg("%s/%s differs", lt_ckpt_kind_group(p->kind), p->name);
-    free(x), free(y);
-  }
-  lt_checkpoint_close(&a);
-  lt_checkpoint_close(&b);
 }
 
 // --- kill and resume ---
@@ -128,17 +97,14 @@ static void test_sigkill_then_resume_auto_reproduces_the_straight_run_bit_for_bi
   for (int i = 0; i < killed.n; i++) assert_string_equal(killed.lines[i], reference.lines[i]);
 
   snprintf(args + strlen(args), sizeof args - strlen(args), " --resume auto");
-  expect_exit(lt_test_longtrain(log, args), 0, log);
-  char *out = lt_test_read_text(log);
-  if (!strstr(out, "resumed from")) fail_msg("no resume in the log:\n%s", out);
-  free(out);
+  lt_test_expect_run(log, args, 0, "resumed from");
   lt_test_records resumed;
   lt_test_read_records(dir, &resumed);
   assert_same_records(&reference, &resumed);
   char a[600], b[600];
   checkpoint_dir(a, sizeof a, straight, STEPS);
   checkpoint_dir(b, sizeof b, dir, STEPS);
-  assert_same_checkpoint(a, b);
+  lt_test_assert_same_checkpoint(a, b);
 }
 
 // Starts the standard run into `name`, sends `signo` once it has logged a step, and expects it to
@@ -154,7 +120,7 @@ static int64_t stop_with(int signo, const char *name, char *dir, size_t cap, cha
   pid_t pid = lt_test_spawn(log, args);
   if (!wait_for(metrics, pid)) fail_msg("the run logged nothing");
   assert_int_equal(kill(pid, signo), 0);
-  expect_exit(lt_test_wait(pid), LT_STOPPED, log);
+  lt_test_expect_exit(pid, LT_STOPPED, log);
   lt_test_records records;
   lt_test_read_records(dir, &records);
   int64_t step = (int64_t)lt_test_record_value(records.lines[records.n - 1], "step");
@@ -179,7 +145,7 @@ test_sigterm_stops_after_a_checkpoint_with_status_11_and_resume_completes(void *
   stop_with(SIGTERM, "sigterm", dir, sizeof dir, args, sizeof args);
   snprintf(log, sizeof log, "%s.resume.log", dir);
   snprintf(args + strlen(args), sizeof args - strlen(args), " --resume auto");
-  expect_exit(lt_test_longtrain(log, args), 0, log);
+  lt_test_expect_run(log, args, 0, "resumed from");
   lt_test_records resumed, reference;
   lt_test_read_records(dir, &resumed);
   lt_test_read_records(straight, &reference);
@@ -200,11 +166,7 @@ static void test_resume_auto_without_a_checkpoint_starts_from_step_0(void **stat
   snprintf(args, sizeof args,
            "train --config %s --set run.dir=%s --set train.steps=2 --resume auto",
            lt_test_run_files_get()->config, dir);
-  expect_exit(lt_test_longtrain(log, args), 0, log);
-  char *out = lt_test_read_text(log);
-  if (!strstr(out, "no checkpoint in") || !strstr(out, "starting from step 0"))
-    fail_msg("log:\n%s", out);
-  free(out);
+  lt_test_expect_run(log, args, 0, "no checkpoint in", "starting from step 0");
 }
 
 static void test_validation_loss_is_logged_every_eval_every_steps(void **state) {
@@ -226,12 +188,9 @@ static void test_resume_with_a_changed_key_warns_naming_it(void **state) {
   snprintf(log, sizeof log, "%s/changed.log", lt_test_tmpdir());
   snprintf(args, sizeof args, "train --resume %s --set run.dir=%s/changed --set train.lr=1e-3",
            ckpt, lt_test_tmpdir());
-  expect_exit(lt_test_longtrain(log, args), 0, log);
-  char *out = lt_test_read_text(log);
-  if (!strstr(out,
-              "warning: resume: train.lr is 0.001, but 0.0030000000000000001 in the checkpoint"))
-    fail_msg("log:\n%s", out);
-  free(out);
+  lt_test_expect_run(log, args, 0,
+                     "warning: resume: train.lr is 0.001, but 0.0030000000000000001 in the "
+                     "checkpoint");
 }
 
 // --- fine-tuning ---
@@ -295,10 +254,7 @@ static void fine_tune(const char *name, const char *extra, char *dir, size_t cap
   // As a requeued job runs it: --resume auto takes the run's own checkpoint once it has one.
   snprintf(args, sizeof args, "train --config %s --set run.dir=%s --resume auto --init-from %s %s",
            lt_test_run_files_get()->config, dir, base, extra);
-  expect_exit(lt_test_longtrain(log, args), 0, log);
-  char *out = lt_test_read_text(log);
-  if (!strstr(out, "initialised from the weights of")) fail_msg("log:\n%s", out);
-  free(out);
+  lt_test_expect_run(log, args, 0, "initialised from the weights of");
   lt_test_records records;
   lt_test_read_records(dir, &records);
   *logged = lt_test_record_value(records.lines[0], "loss");
@@ -355,11 +311,9 @@ static void test_init_from_starts_from_the_checkpoint_weights_and_frozen_groups_
            "train --config %s --set run.dir=%s --resume auto --init-from %s %s --set "
            "train.steps=4",
            lt_test_run_files_get()->config, dir, base, extra);
-  expect_exit(lt_test_longtrain(log, args), 0, log);
-  char *out = lt_test_read_text(log), resumed[800];
+  char resumed[800];
   snprintf(resumed, sizeof resumed, "resumed from %s at step 3", tuned);
-  if (!strstr(out, resumed) || !strstr(out, "is not used")) fail_msg("log:\n%s", out);
-  free(out);
+  lt_test_expect_run(log, args, 0, resumed, "is not used");
 }
 
 static void test_init_from_with_a_longer_context_and_ntk_rope_scaling(void **state) {
@@ -390,16 +344,12 @@ static void test_info_summarises_a_checkpoint(void **state) {
   checkpoint_dir(ckpt, sizeof ckpt, straight_run(), STEPS);
   snprintf(log, sizeof log, "%s/info.log", lt_test_tmpdir());
   snprintf(args, sizeof args, "info %s", ckpt);
-  expect_exit(lt_test_longtrain(log, args), 0, log);
-  char *out = lt_test_read_text(log), data[400];
+  char data[400];
   snprintf(data, sizeof data, "data position: sample %d of %s (documents packing", STEPS * 8,
            lt_test_run_files_get()->data);
-  const char *expected[] = {"step: 40 of train.steps 40", "tokens seen: 20480", data,
-                            "parameters in 21 tensors; 2 layers, d_model 64, 4 heads (2 kv) of 16",
-                            "config source: "};
-  for (int i = 0; i < 5; i++)
-    if (!strstr(out, expected[i])) fail_msg("'%s' is missing from:\n%s", expected[i], out);
-  free(out);
+  lt_test_expect_run(log, args, 0, "step: 40 of train.steps 40", "tokens seen: 20480", data,
+                     "parameters in 21 tensors; 2 layers, d_model 64, 4 heads (2 kv) of 16",
+                     "config source: ");
 }
 
 int main(void) {
