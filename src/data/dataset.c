@@ -61,8 +61,9 @@ static int open_ids(lt_dataset *ds, const char *name, int64_t *handle, int64_t *
   // Without compression (which lt_h5_check_selection refuses) n elements take n * bytes of file:
   // a larger claim is a damaged header, refused before anything is sized by it.
   if (dims[0] > (hsize_t)ds->file_size / bytes)
-    return open_fail(ds, "/%s claims %llu elements, more than the file holds (truncated or "
-                         "corrupt): prepare it again",
+    return open_fail(ds,
+                     "/%s claims %llu elements, more than the file holds (truncated or "
+                     "corrupt): prepare it again",
                      name, (unsigned long long)dims[0]);
   *length = (int64_t)dims[0];
   return LT_OK;
