@@ -191,7 +191,11 @@ static int rename_into_place(lt_checkpoint_writer *w) {
     LT_TRY(lt_remove_tree(old));
     if (rename(w->dir, old) != 0) return write_failed(w, "moving the previous copy aside", errno);
   }
-  if (rename(w->tmp, w->dir) != 0) return write_failed(w, "renaming into place", errno);
+  if (rename(w->tmp, w->dir) != 0) {
+    int err = errno;
+    if (replacing) rename(old, w->dir); // put the previous copy back under its name
+    return write_failed(w, "renaming into place", err);
+  }
   LT_TRY(lt_fsync_path(w->root));
   return replacing ? lt_remove_tree(old) : LT_OK;
 }

@@ -144,6 +144,20 @@ static void describe(const lt_trainer *tr) {
           lt_device_name(tr->ctx.device), tr->ctx.n_threads);
 }
 
+// A run resumed from an earlier checkpoint of its own folder branches off: the later ones stay,
+// and --resume auto (which takes the highest step) would go back to them.
+static int warn_about_later_checkpoints(const lt_trainer *tr) {
+  char root[LT_PATH_MAX + 16], latest[LT_PATH_MAX + 48];
+  lt_checkpoint_root(tr->cfg.run.dir, root, sizeof root);
+  LT_TRY(lt_checkpoint_latest(root, latest, sizeof latest));
+  const char *step = strrchr(latest, '_');
+  if (latest[0] && step && atoll(step + 1) > tr->opt.step)
+    lt_warn("resume: %s holds a later checkpoint (%s) than this one; --resume auto would take "
+            "it: delete the later ones, or use another run.dir, to continue from here",
+            root, latest);
+  return LT_OK;
+}
+
 // Sets the weights: from a checkpoint's full state, its weights alone, or the seed.
 static int start_state(lt_trainer *tr, const train_args *args, const char *resume) {
   if (resume[0]) { // a requeued fine-tune resumes its own run rather than starting over
@@ -153,7 +167,7 @@ static int start_state(lt_trainer *tr, const train_args *args, const char *resum
     LT_TRY(lt_trainer_resume(tr, resume));
     lt_info("resumed from %s at step %lld (%lld tokens seen)", resume, (long long)tr->opt.step,
             (long long)tr->tokens_seen);
-    return LT_OK;
+    return warn_about_later_checkpoints(tr);
   }
   if (!args->init_from) return lt_params_init(&tr->model.params, (uint64_t)tr->cfg.run.seed);
   int rc = lt_checkpoint_load_weights(args->init_from, &tr->model.params);

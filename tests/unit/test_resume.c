@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "core/fsutil.h"
 #include "data/loader.h"
 #include "model/model.h"
 #include "runs.h"
@@ -193,6 +194,63 @@ static void test_resume_with_a_changed_key_warns_naming_it(void **state) {
                      "checkpoint");
 }
 
+static void test_resuming_from_an_earlier_checkpoint_warns_about_later_ones(void **state) {
+  (void)state;
+  char dir[512], from[600], to[600], log[700], args[1400], later[700];
+  run_dir(dir, sizeof dir, "branch");
+  snprintf(to, sizeof to, "%s/checkpoints", dir);
+  assert_ok(lt_make_dirs(to));
+  for (int step = 30; step <= 40; step += 10) { // a copy of the straight run's last two
+    checkpoint_dir(from, sizeof from, straight_run(), step);
+    checkpoint_dir(to, sizeof to, dir, step);
+    assert_ok(lt_make_dirs(to));
+    const char *files[] = {"meta.h5", "shard-00000-of-00001.h5"};
+    for (int i = 0; i < 2; i++) {
+      char a[700], b[700];
+      snprintf(a, sizeof a, "%s/%s", from, files[i]);
+      snprintf(b, sizeof b, "%s/%s", to, files[i]);
+      lt_test_copy_file(a, b);
+    }
+  }
+  checkpoint_dir(from, sizeof from, dir, 30);
+  checkpoint_dir(later, sizeof later, dir, 40);
+  snprintf(log, sizeof log, "%s.log", dir);
+  snprintf(args, sizeof args, "train --resume %s --set run.dir=%s --set train.steps=31", from, dir);
+  lt_test_expect_run(log, args, 0, "holds a later checkpoint", later,
+                     "--resume auto would take it");
+}
+
+// What h5py, the reader users have, sees in a checkpoint (skipped where python3 has no h5py).
+static void test_checkpoint_reads_in_h5py(void **state) {
+  (void)state;
+  char out[4096], command[2000], ckpt[600];
+  if (lt_test_run("python3 -c 'import h5py'", out, sizeof out) != 0) {
+    print_message("skipped: python3 cannot import h5py here\n");
+    skip();
+  }
+  checkpoint_dir(ckpt, sizeof ckpt, straight_run(), STEPS);
+  snprintf(command, sizeof command,
+           "python3 -c 'import h5py, sys\n"
+           "meta = h5py.File(sys.argv[1] + \"/meta.h5\", \"r\")\n"
+           "shard = h5py.File(sys.argv[1] + \"/shard-00000-of-00001.h5\", \"r\")\n"
+           "wq = shard[\"weights/layers.0.attn.wq\"]\n"
+           "print(int(meta.attrs[\"step\"]), int(meta.attrs[\"format_version\"]), wq.shape, "
+           "wq.attrs[\"logical_shape\"].tolist(), wq.attrs[\"offset\"].tolist(), wq.fletcher32, "
+           "\"d_model: 64\" in meta.attrs[\"config\"].decode(), repr(float(wq[1, 2])))' %s",
+           ckpt);
+  if (lt_test_run(command, out, sizeof out) != 0) fail_msg("h5py failed:\n%s", out);
+  lt_checkpoint ck;
+  float row[3];
+  assert_ok(lt_checkpoint_open(&ck, ckpt));
+  assert_ok(lt_checkpoint_read_slice(&ck, LT_CKPT_WEIGHTS, "layers.0.attn.wq", 2, LT_SHAPE(1, 0),
+                                     LT_SHAPE(1, 3), row));
+  lt_checkpoint_close(&ck);
+  const char *expected = "40 1 (64, 64) [64, 64] [0, 0] True True ";
+  if (strncmp(out, expected, strlen(expected)) != 0) fail_msg("h5py printed: %s", out);
+  if (strtod(out + strlen(expected), NULL) != (double)row[2])
+    fail_msg("h5py read %s, longtrain %.9g", out + strlen(expected), row[2]);
+}
+
 // --- fine-tuning ---
 
 // The loss of the first step of a run with the resolved config RUN_DIR/config.yaml, computed here
@@ -360,6 +418,8 @@ int main(void) {
       cmocka_unit_test(test_resume_auto_without_a_checkpoint_starts_from_step_0),
       cmocka_unit_test(test_validation_loss_is_logged_every_eval_every_steps),
       cmocka_unit_test(test_resume_with_a_changed_key_warns_naming_it),
+      cmocka_unit_test(test_resuming_from_an_earlier_checkpoint_warns_about_later_ones),
+      cmocka_unit_test(test_checkpoint_reads_in_h5py),
       cmocka_unit_test(test_init_from_starts_from_the_checkpoint_weights_and_frozen_groups_stay),
       cmocka_unit_test(test_init_from_with_a_longer_context_and_ntk_rope_scaling),
       cmocka_unit_test(test_ntk_factor_scales_the_rope_base_by_s_to_the_d_over_d_minus_2),
