@@ -15,6 +15,7 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p build-fuzz/artifacts
 # HDF5 leaks part of what it allocated for a file it could not open: its leaks, not ours.
 export LSAN_OPTIONS="suppressions=$PWD/tests/fuzz/lsan.supp"
+export TMPDIR="$work" # where the targets write the files they open
 for target in config dataset checkpoint; do
   mkdir -p "$work/$target"
   if ! "build-fuzz/tests/fuzz/fuzz_$target" -max_total_time="$seconds" -timeout=10 \

@@ -14,7 +14,7 @@
 #include "model/model.h"
 #include "train/checkpoint.h"
 
-static char dir[128], files[2][192];
+static char dir[600], files[2][700];
 static uint8_t *good[2];
 static size_t good_size[2];
 static lt_model model;
@@ -40,8 +40,9 @@ static void spill(const char *file, const uint8_t *bytes, size_t size) {
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc, (void)argv;
-  char root[96];
-  snprintf(root, sizeof root, "/tmp/lt-fuzz-checkpoint-%d", (int)getpid());
+  char root[540];
+  const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+  snprintf(root, sizeof root, "%s/lt-fuzz-checkpoint-%d", tmp, (int)getpid());
   lt_model_config cfg = lt_fuzz_model_config();
   lt_checkpoint_writer w;
   lt_checkpoint_meta meta = {.step = 1, .n_params = 1};

@@ -12,7 +12,7 @@
 #include "data/dataset.h"
 #include "data/loader.h"
 
-static char path[64];
+static char path[512];
 
 // A small dataset as `longtrain prepare` lays it out (checksummed 1.10 format, Fletcher-32
 // chunks) but with 64-token chunks, so the seed is a few kilobytes.
@@ -43,7 +43,8 @@ static void write_seed(const char *file, hid_t token_type, int vocab) {
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc, (void)argv;
-  snprintf(path, sizeof path, "/tmp/lt-fuzz-dataset-%d.h5", (int)getpid());
+  const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+  snprintf(path, sizeof path, "%s/lt-fuzz-dataset-%d.h5", tmp, (int)getpid());
   // LT_FUZZ_WRITE_SEEDS=DIR: write the seed corpus into DIR and stop; tests/fuzz/corpus/dataset
   // was made so.
   const char *seeds = getenv("LT_FUZZ_WRITE_SEEDS");
