@@ -11,6 +11,8 @@ packages=(
   libyaml-dev                # configs
   libcjson-dev               # metrics JSONL, tokenizer.json
   libcmocka-dev              # tests
+  clang libclang-rt-14-dev libomp-14-dev # libFuzzer targets (launch/fuzz.sh)
+  python3-h5py               # the test that reads a checkpoint with h5py
   fortunes-min fortunes      # English text for the quickstart dataset
 )
 

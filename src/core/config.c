@@ -451,6 +451,13 @@ int lt_config_to_yaml(const lt_config *cfg, char **out) {
   return LT_OK;
 }
 
+void lt_config_format_value(const lt_config *cfg, const lt_config_key *key, char *buf, size_t cap) {
+  text_buf b = {0};
+  append_scalar(&b, cfg, key);
+  snprintf(buf, cap, "%s", b.failed || !b.data ? "?" : b.data);
+  free(b.data);
+}
+
 void lt_config_print_docs(void) {
   printf("| key | type | default | meaning |\n| --- | --- | --- | --- |\n");
   for (int i = 0; i < lt_config_n_keys; i++) {

@@ -58,6 +58,7 @@ typedef struct lt_model_config {
   char ffn[256];       // feed-forward per layer, likewise
   int d_model, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim, vocab_size, max_seq_len;
   double rope_theta, norm_eps, init_std;
+  double rope_ntk_factor; // context extension: RoPE's base becomes theta * s^(d/(d-2))
   bool tie_embeddings;
   int init; // lt_init_scheme
   lt_moe_config moe;
@@ -74,11 +75,23 @@ typedef struct lt_train_config {
   double lr, min_lr, weight_decay, beta1, beta2, eps, clip_norm;
   int decay; // lt_lr_decay
   bool decay_embeddings, decay_norms, recompute;
+  char freeze[256];             // parameter groups and name prefixes that are not trained
+  int eval_every, eval_batches; // validation loss cadence and size
 } lt_train_config;
+
+typedef enum lt_packing { LT_PACK_STREAM, LT_PACK_DOCUMENTS } lt_packing;
 
 typedef struct lt_data_config {
   char path[LT_PATH_MAX];
+  int packing; // lt_packing
+  double val_fraction;
+  char val_path[LT_PATH_MAX];
 } lt_data_config;
+
+typedef struct lt_checkpoint_config {
+  int64_t every; // steps between checkpoints; 0: only at the end (and on SIGTERM / SIGUSR1)
+  int keep;      // complete checkpoints kept; older ones are deleted
+} lt_checkpoint_config;
 
 typedef struct lt_run_config {
   char dir[LT_PATH_MAX];
@@ -91,6 +104,7 @@ typedef struct lt_config {
   lt_model_config model;
   lt_train_config train;
   lt_data_config data;
+  lt_checkpoint_config checkpoint;
   lt_run_config run;
   char source[LT_PATH_MAX]; // the file it came from, for messages ("<defaults>" if none)
 } lt_config;
@@ -132,6 +146,8 @@ int lt_config_set(lt_config *cfg, const char *assignment);
 int lt_config_validate(const lt_config *cfg);
 // The resolved config as YAML text (caller frees).
 int lt_config_to_yaml(const lt_config *cfg, char **out);
+// The value of `key` in `cfg` as the resolved YAML writes it, into buf (cut to cap).
+void lt_config_format_value(const lt_config *cfg, const lt_config_key *key, char *buf, size_t cap);
 // A markdown table of every key: path, type, default, meaning.
 void lt_config_print_docs(void);
 

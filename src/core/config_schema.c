@@ -50,6 +50,11 @@ const lt_config_key lt_config_keys[] = {
     INT("model.max_seq_len", model.max_seq_len, "4096", 1, BIG,
         "Longest sequence the model is built for; train.seq_len may not exceed it."),
     FLOAT("model.rope_theta", model.rope_theta, "10000", 1, DBL_MAX, "RoPE base frequency."),
+    FLOAT("model.rope_ntk_factor", model.rope_ntk_factor, "1", 1, 1e6,
+          "Context extension by NTK-aware RoPE scaling: the base becomes rope_theta * "
+          "s^(d/(d-2)), d the head width (YaRN paper, eq. 16). Set s to the new context over the "
+          "one the weights were trained at (e.g. 4 to fine-tune a 4K model at 16K with "
+          "--init-from and a larger max_seq_len); 1 leaves RoPE unchanged."),
     FLOAT("model.norm_eps", model.norm_eps, "1e-5", 0, 1, "RMSNorm epsilon."),
     BOOL("model.tie_embeddings", model.tie_embeddings, "false",
          "Share the LM head's weight with the token embedding."),
@@ -173,12 +178,40 @@ const lt_config_key lt_config_keys[] = {
     BOOL("train.recompute", train.recompute, "false",
          "Recompute each block's activations in the backward pass instead of keeping them "
          "(activation memory becomes one block's worth plus each block's input)."),
+    STRING("train.freeze", train.freeze, "",
+           "Parameters left untrained (fine-tuning): a comma-separated list of groups (embed, "
+           "norm, attn, ffn, head) and parameter-name prefixes (\"layers.0.\"). Frozen "
+           "parameters get no update, no weight decay and no optimizer state, and count for "
+           "nothing in the gradient norm."),
+    INT("train.eval_every", train.eval_every, "0", 0, BIG,
+        "Compute the validation loss every this many steps and at the last step; 0 never. "
+        "Needs data.val_fraction or data.val_path."),
+    INT("train.eval_batches", train.eval_batches, "8", 1, BIG,
+        "Micro-batches of train.micro_batch sequences in each validation pass: the same "
+        "held-out sequences every time, so the values are comparable."),
 
     STRING("data.path", data.path, "",
            "HDF5 token dataset made by `longtrain prepare` (required for training)."),
+    ENUM("data.packing", data.packing, "stream", "stream|documents",
+         "How sequences are cut from the token stream. stream: windows of seq_len + 1 tokens at "
+         "multiples of seq_len, across document boundaries. documents: the same windows, but "
+         "attention never crosses a document boundary, positions restart at each document's "
+         "start, and the token that ends a document is not asked to predict the next one."),
+    FLOAT("data.val_fraction", data.val_fraction, "0", 0, 0.5,
+          "Fraction of data.path's windows held out for validation, chosen by run.seed; "
+          "training never sees them."),
+    STRING("data.val_path", data.val_path, "",
+           "A separate HDF5 token dataset for the validation loss (instead of "
+           "data.val_fraction)."),
+
+    INT64("checkpoint.every", checkpoint.every, "1000", 0, 1e15,
+          "Write a checkpoint (RUN_DIR/checkpoints/step_N) every this many steps; 0: only at the "
+          "end. One is also written at the last step and on SIGTERM or SIGUSR1."),
+    INT("checkpoint.keep", checkpoint.keep, "3", 1, BIG,
+        "Complete checkpoints to keep; older ones are deleted once a newer one is complete."),
 
     STRING("run.dir", run.dir, "runs/default",
-           "Folder for this run's metrics.jsonl and resolved config.yaml."),
+           "Folder for this run's metrics.jsonl, resolved config.yaml and checkpoints/."),
     INT64("run.seed", run.seed, "1234", 0, 9.2e18,
           "Seed for initialisation and data order; same seed and config give the same run."),
     INT("run.log_every", run.log_every, "1", 1, BIG,
@@ -307,6 +340,13 @@ int lt_config_validate(const lt_config *cfg) {
            micro);
   LT_CHECK(t->min_lr <= t->lr, LT_ERR_CONFIG, "%s: train.min_lr (%g) must not exceed train.lr (%g)",
            src, t->min_lr, t->lr);
+  const lt_data_config *d = &cfg->data;
+  LT_CHECK(d->val_fraction == 0 || !d->val_path[0], LT_ERR_CONFIG,
+           "%s: data.val_fraction and data.val_path are both set: keep one of them", src);
+  LT_CHECK(t->eval_every == 0 || d->val_fraction > 0 || d->val_path[0], LT_ERR_CONFIG,
+           "%s: train.eval_every (%d) needs a validation set: set data.val_fraction (e.g. 0.01) "
+           "or data.val_path",
+           src, t->eval_every);
   if (uses_attention(m, "sparse")) LT_TRY(validate_sparse(cfg));
   if (uses_attention(m, "moh")) LT_TRY(validate_moh(cfg));
   return validate_linear(cfg);

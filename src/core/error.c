@@ -7,8 +7,26 @@
 // overwrite what the main thread reports.
 static _Thread_local char message[1024];
 
+// Messages are one line, but they quote what the user wrote, which may hold line breaks (a
+// quoted YAML string, a file name): control characters are written as escapes instead.
+static void escape_controls(void) {
+  char raw[sizeof message];
+  memcpy(raw, message, sizeof raw);
+  size_t n = 0;
+  for (const unsigned char *p = (const unsigned char *)raw; *p && n + 5 < sizeof message; p++) {
+    if (*p == '\n')
+      n += (size_t)snprintf(message + n, sizeof message - n, "\\n");
+    else if (*p < 0x20 || *p == 0x7f)
+      n += (size_t)snprintf(message + n, sizeof message - n, "\\x%02x", *p);
+    else
+      message[n++] = (char)*p;
+  }
+  message[n] = '\0';
+}
+
 int lt_failv(int code, const char *fmt, va_list ap) {
   vsnprintf(message, sizeof message, fmt, ap);
+  escape_controls();
   return code;
 }
 
@@ -50,6 +68,7 @@ int lt_error_context(int code, const char *fmt, ...) {
     n += len, room -= len;
   }
   message[n] = '\0';
+  escape_controls();
   return code;
 }
 
@@ -62,8 +81,8 @@ void lt_error_clear(void) {
 }
 
 const char *lt_status_name(int code) {
-  static const char *names[] = {"ok", "internal", "usage",  "config", "data",   "checkpoint",
-                                "io", "memory",   "device", "comm",   "numeric"};
+  static const char *names[] = {"ok", "internal", "usage",  "config", "data",    "checkpoint",
+                                "io", "memory",   "device", "comm",   "numeric", "stopped"};
   if (code >= 0 && code < (int)(sizeof names / sizeof names[0])) return names[code];
   return "unknown";
 }

@@ -21,6 +21,8 @@ typedef enum lt_status {
   LT_ERR_DEVICE = 8,   // CUDA, cuBLAS or NCCL failure
   LT_ERR_COMM = 9,     // MPI failure, or a peer rank died or hung
   LT_ERR_NUMERIC = 10, // the loss or gradients became NaN/inf
+  LT_STOPPED = 11,     // not an error: stopped by SIGTERM or SIGUSR1 after writing a checkpoint;
+                       // requeue the job with --resume auto to continue
 } lt_status;
 
 // Records `fmt` as the current error and returns `code`, so callers write `return lt_fail(...)`.

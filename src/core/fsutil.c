@@ -1,7 +1,9 @@
+#define _XOPEN_SOURCE 700 // nftw
 #include "core/fsutil.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +20,26 @@ static int fsync_path(const char *path, int flags) {
   int rc = fsync(fd);
   close(fd);
   return rc;
+}
+
+int lt_fsync_path(const char *path) {
+  struct stat st;
+  int flags = stat(path, &st) == 0 && S_ISDIR(st.st_mode) ? O_RDONLY | O_DIRECTORY : O_RDONLY;
+  LT_CHECK(fsync_path(path, flags) == 0, LT_ERR_IO, "%s: fsync failed: %s", path, strerror(errno));
+  return LT_OK;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
+  (void)st, (void)type, (void)ftw;
+  return remove(path);
+}
+
+int lt_remove_tree(const char *path) {
+  struct stat st;
+  if (lstat(path, &st) != 0 && errno == ENOENT) return LT_OK;
+  LT_CHECK(nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS) == 0, LT_ERR_IO,
+           "%s: cannot remove: %s", path, strerror(errno));
+  return LT_OK;
 }
 
 int lt_commit_file(const char *tmp_path, const char *final_path) {

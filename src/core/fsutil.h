@@ -14,5 +14,9 @@ int lt_make_dirs(const char *path);
 // unreadable file is an LT_ERR_DATA naming it (the inputs read whole are tokenizer.json and
 // model config files).
 int lt_read_file(const char *path, char **text, size_t *len);
+// fsync of a file or of a folder (so the entries it holds, e.g. a rename into it, are durable).
+int lt_fsync_path(const char *path);
+// rm -r; a path that does not exist is not an error.
+int lt_remove_tree(const char *path);
 
 #endif

@@ -11,69 +11,11 @@
 
 #include "core/error.h"
 #include "core/fsutil.h"
+#include "core/h5util.h"
 
 // Tokens are stored in chunks of this many, each with a Fletcher-32 checksum that HDF5 verifies
 // on every read, so a flipped bit on disk is an error rather than silent garbage.
-enum { TOKEN_CHUNK = 1 << 18 };
-
-static int read_int_attr(hid_t obj, const char *name, int64_t *out) {
-  if (H5Aexists(obj, name) <= 0) return -1;
-  hid_t attr = H5Aopen(obj, name, H5P_DEFAULT);
-  if (attr < 0) return -1;
-  herr_t rc = H5Aread(attr, H5T_NATIVE_INT64, out);
-  H5Aclose(attr);
-  return rc < 0 ? -1 : 0;
-}
-
-static int read_string_attr(hid_t obj, const char *name, char *out, size_t cap) {
-  if (H5Aexists(obj, name) <= 0) return -1;
-  hid_t attr = H5Aopen(obj, name, H5P_DEFAULT);
-  hid_t type = H5Aget_type(attr);
-  int rc = -1;
-  if (H5Tget_class(type) == H5T_STRING && !H5Tis_variable_str(type)) {
-    size_t size = H5Tget_size(type);
-    char *buf = calloc(1, size + 1);
-    if (buf && H5Aread(attr, type, buf) >= 0) {
-      snprintf(out, cap, "%s", buf);
-      rc = 0;
-    }
-    free(buf);
-  } else if (H5Tget_class(type) == H5T_STRING) { // variable-length, as h5py writes by default
-    char *value = NULL;
-    hid_t mem = H5Tcopy(H5T_C_S1);
-    H5Tset_size(mem, H5T_VARIABLE);
-    if (H5Aread(attr, mem, &value) >= 0 && value) {
-      snprintf(out, cap, "%s", value);
-      H5free_memory(value);
-      rc = 0;
-    }
-    H5Tclose(mem);
-  }
-  H5Tclose(type);
-  H5Aclose(attr);
-  return rc;
-}
-
-static int write_int_attr(hid_t obj, const char *name, int64_t value) {
-  hid_t space = H5Screate(H5S_SCALAR);
-  hid_t attr = H5Acreate2(obj, name, H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT);
-  herr_t rc = attr < 0 ? -1 : H5Awrite(attr, H5T_NATIVE_INT64, &value);
-  if (attr >= 0) H5Aclose(attr);
-  H5Sclose(space);
-  return rc < 0 ? -1 : 0;
-}
-
-static int write_string_attr(hid_t obj, const char *name, const char *value) {
-  hid_t type = H5Tcopy(H5T_C_S1);
-  H5Tset_size(type, strlen(value) + 1);
-  hid_t space = H5Screate(H5S_SCALAR);
-  hid_t attr = H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
-  herr_t rc = attr < 0 ? -1 : H5Awrite(attr, type, value);
-  if (attr >= 0) H5Aclose(attr);
-  H5Sclose(space);
-  H5Tclose(type);
-  return rc < 0 ? -1 : 0;
-}
+enum { TOKEN_CHUNK = 1 << 18, OFFSETS_CHUNK = 1 << 16 };
 
 // Closes what was opened and reports "PATH: what", so each message names the file.
 static int open_fail(lt_dataset *ds, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -88,10 +30,49 @@ static int open_fail(lt_dataset *ds, const char *fmt, ...) {
   return rc;
 }
 
+// Opens 1-D dataset `name` of unsigned or signed integers of `bits` (any of them when 0).
+static int open_ids(lt_dataset *ds, const char *name, int64_t *handle, int64_t *length) {
+  if (H5Lexists(ds->file, name, H5P_DEFAULT) <= 0)
+    return open_fail(ds, "has no /%s dataset: make a token dataset with `longtrain prepare`", name);
+  *handle = H5Dopen2(ds->file, name, H5P_DEFAULT);
+  if (*handle < 0) return open_fail(ds, "cannot open /%s (corrupt?): prepare it again", name);
+  hid_t space = H5Dget_space(*handle), type = H5Dget_type(*handle);
+  int rank = H5Sget_simple_extent_ndims(space);
+  hsize_t dims[1] = {0};
+  if (rank == 1) H5Sget_simple_extent_dims(space, dims, NULL);
+  bool integer = H5Tget_class(type) == H5T_INTEGER;
+  size_t bytes = H5Tget_size(type);
+  bool unsigned_int = integer && H5Tget_sign(type) == H5T_SGN_NONE;
+  H5Sclose(space);
+  H5Tclose(type);
+  if (rank != 1)
+    return open_fail(ds, "/%s must be 1-D: make a token dataset with `longtrain prepare`", name);
+  if (strcmp(name, "tokens") == 0) {
+    ds->token_bits = (int)bytes * 8;
+    if (!unsigned_int || (bytes != 2 && bytes != 4))
+      return open_fail(
+          ds, "/tokens must be uint16 or uint32: make a token dataset with `longtrain prepare`");
+  } else if (!integer || bytes != 8) {
+    return open_fail(ds,
+                     "/%s must be 64-bit integers: make a token dataset with `longtrain "
+                     "prepare`",
+                     name);
+  }
+  // Without compression (which lt_h5_check_selection refuses) n elements take n * bytes of file:
+  // a larger claim is a damaged header, refused before anything is sized by it.
+  if (dims[0] > (hsize_t)ds->file_size / bytes)
+    return open_fail(ds,
+                     "/%s claims %llu elements, more than the file holds (truncated or "
+                     "corrupt): prepare it again",
+                     name, (unsigned long long)dims[0]);
+  *length = (int64_t)dims[0];
+  return LT_OK;
+}
+
 int lt_dataset_open(lt_dataset *ds, const char *path) {
-  *ds = (lt_dataset){.file = -1, .tokens = -1};
+  *ds = (lt_dataset){.file = -1, .tokens = -1, .offsets = -1};
   snprintf(ds->path, sizeof ds->path, "%s", path);
-  H5Eset_auto2(H5E_DEFAULT, NULL, NULL); // errors are reported here, in one line
+  lt_h5_init();
   if (access(path, R_OK) != 0)
     return lt_fail(LT_ERR_DATA, "%s: %s: make it with `longtrain prepare --output %s FILES...`",
                    path, strerror(errno), path);
@@ -100,39 +81,24 @@ int lt_dataset_open(lt_dataset *ds, const char *path) {
                    "%s: not an HDF5 file (truncated, or not made by `longtrain "
                    "prepare`): prepare it again",
                    path);
-  ds->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+  ds->file_size = lt_file_size(path);
+  ds->file = lt_h5_open(path);
   if (ds->file < 0)
     return open_fail(ds, "cannot open the HDF5 file (truncated or corrupt?): prepare it again");
-  if (H5Lexists(ds->file, "tokens", H5P_DEFAULT) <= 0)
-    return open_fail(ds, "has no /tokens dataset: make a token dataset with `longtrain prepare`");
-  ds->tokens = H5Dopen2(ds->file, "tokens", H5P_DEFAULT);
-  hid_t space = H5Dget_space(ds->tokens), type = H5Dget_type(ds->tokens);
-  int rank = H5Sget_simple_extent_ndims(space);
-  hsize_t dims[1] = {0};
-  if (rank == 1) H5Sget_simple_extent_dims(space, dims, NULL);
-  bool unsigned_int = H5Tget_class(type) == H5T_INTEGER && H5Tget_sign(type) == H5T_SGN_NONE;
-  ds->token_bits = (int)H5Tget_size(type) * 8;
-  H5Sclose(space);
-  H5Tclose(type);
-  if (rank != 1)
-    return open_fail(ds, "/tokens must be 1-D: make a token dataset with `longtrain prepare`");
-  if (!unsigned_int || (ds->token_bits != 16 && ds->token_bits != 32))
-    return open_fail(
-        ds, "/tokens must be uint16 or uint32: make a token dataset with `longtrain prepare`");
-  ds->n_tokens = (int64_t)dims[0];
+  LT_TRY(open_ids(ds, "tokens", &ds->tokens, &ds->n_tokens));
   int64_t vocab, eos, version = 1;
-  if (read_int_attr(ds->file, "vocab_size", &vocab) != 0)
+  if (lt_h5_read_i64(ds->file, "vocab_size", &vocab) != 0)
     return open_fail(
         ds,
         "missing the integer attribute vocab_size: make a token dataset with `longtrain prepare`");
-  if (read_int_attr(ds->file, "eos_id", &eos) != 0)
+  if (lt_h5_read_i64(ds->file, "eos_id", &eos) != 0)
     return open_fail(
         ds, "missing the integer attribute eos_id: make a token dataset with `longtrain prepare`");
-  if (read_string_attr(ds->file, "tokenizer", ds->tokenizer, sizeof ds->tokenizer) != 0)
+  if (lt_h5_read_string(ds->file, "tokenizer", ds->tokenizer, sizeof ds->tokenizer) != 0)
     return open_fail(
         ds,
         "missing the string attribute tokenizer: make a token dataset with `longtrain prepare`");
-  read_int_attr(ds->file, "format_version", &version);
+  lt_h5_read_i64(ds->file, "format_version", &version);
   if (version > LT_DATASET_FORMAT_VERSION)
     return open_fail(
         ds, "format_version %lld is newer than this longtrain reads (%d): upgrade longtrain",
@@ -141,45 +107,52 @@ int lt_dataset_open(lt_dataset *ds, const char *path) {
     return open_fail(ds, "vocab_size %lld is out of range", (long long)vocab);
   ds->vocab_size = (int)vocab;
   ds->eos_id = (int)eos;
-  if (H5Lexists(ds->file, "doc_offsets", H5P_DEFAULT) <= 0)
-    return open_fail(ds,
-                     "has no /doc_offsets dataset: make a token dataset with `longtrain prepare`");
-  hid_t offsets = H5Dopen2(ds->file, "doc_offsets", H5P_DEFAULT);
-  hid_t ospace = H5Dget_space(offsets);
-  hsize_t n_off = 0;
-  if (H5Sget_simple_extent_ndims(ospace) == 1) H5Sget_simple_extent_dims(ospace, &n_off, NULL);
-  uint64_t last = 0;
-  herr_t rc = -1;
-  if (n_off >= 1) {
-    hsize_t start = n_off - 1, count = 1;
-    H5Sselect_hyperslab(ospace, H5S_SELECT_SET, &start, NULL, &count, NULL);
-    hid_t mem = H5Screate_simple(1, &count, NULL);
-    rc = H5Dread(offsets, H5T_NATIVE_UINT64, mem, ospace, H5P_DEFAULT, &last);
-    H5Sclose(mem);
+  int64_t n_offsets;
+  LT_TRY(open_ids(ds, "doc_offsets", &ds->offsets, &n_offsets));
+  uint64_t ends[2] = {1, 0};
+  ds->n_docs = n_offsets - 1;
+  if (n_offsets >= 1) {
+    int rc = lt_dataset_read_doc_offsets(ds, 0, 1, 1, ends);
+    if (rc == LT_OK) rc = lt_dataset_read_doc_offsets(ds, n_offsets - 1, 1, 1, ends + 1);
+    if (rc != LT_OK) {
+      lt_dataset_close(ds);
+      return rc;
+    }
   }
-  H5Sclose(ospace);
-  H5Dclose(offsets);
-  if (rc < 0 || last != (uint64_t)ds->n_tokens)
-    return open_fail(ds, "/doc_offsets does not end at the token count (truncated or corrupt?): "
-                         "prepare it again");
-  ds->n_docs = (int64_t)n_off - 1;
+  if (ends[0] != 0 || ends[1] != (uint64_t)ds->n_tokens)
+    return open_fail(ds, "/doc_offsets does not run from 0 to the token count (truncated or "
+                         "corrupt?): prepare it again");
+  return LT_OK;
+}
+
+// Elements start, start + stride, ... (count of them) of a 1-D dataset, converted to `mem_type`,
+// after checking that the read stays inside the file (lt_h5_check_selection).
+static int read_range(lt_dataset *ds, hid_t dset, const char *name, int64_t start, int64_t stride,
+                      int64_t count, hid_t mem_type, void *out) {
+  const uint64_t h_start = (uint64_t)start, h_stride = (uint64_t)stride, h_count = (uint64_t)count;
+  const uint64_t span = (h_count - 1) * h_stride + 1;
+  const char *problem = lt_h5_check_selection(dset, 1, &h_start, &span, ds->file_size);
+  LT_CHECK(!problem, LT_ERR_DATA,
+           "%s: cannot read /%s [%lld, %lld): %s (truncated or corrupt): prepare it again",
+           ds->path, name, (long long)start, (long long)(start + (int64_t)span), problem);
+  hid_t space = H5Dget_space(dset);
+  H5Sselect_hyperslab(space, H5S_SELECT_SET, (const hsize_t *)&h_start, (const hsize_t *)&h_stride,
+                      (const hsize_t *)&h_count, NULL);
+  hid_t mem = H5Screate_simple(1, (const hsize_t *)&h_count, NULL);
+  herr_t rc = H5Dread(dset, mem_type, mem, space, H5P_DEFAULT, out);
+  H5Sclose(mem);
+  H5Sclose(space);
+  LT_CHECK(rc >= 0, LT_ERR_DATA,
+           "%s: cannot read /%s [%lld, %lld): the file is corrupt (checksum mismatch) or "
+           "truncated: prepare it again",
+           ds->path, name, (long long)start, (long long)(start + (int64_t)span));
   return LT_OK;
 }
 
 int lt_dataset_read(lt_dataset *ds, int64_t start, int64_t count, int32_t *out) {
   LT_ASSERT(start >= 0 && count >= 0 && start + count <= ds->n_tokens);
   if (count == 0) return LT_OK;
-  hid_t space = H5Dget_space(ds->tokens);
-  hsize_t h_start = (hsize_t)start, h_count = (hsize_t)count;
-  H5Sselect_hyperslab(space, H5S_SELECT_SET, &h_start, NULL, &h_count, NULL);
-  hid_t mem = H5Screate_simple(1, &h_count, NULL);
-  herr_t rc = H5Dread(ds->tokens, H5T_NATIVE_UINT32, mem, space, H5P_DEFAULT, out);
-  H5Sclose(mem);
-  H5Sclose(space);
-  LT_CHECK(rc >= 0, LT_ERR_DATA,
-           "%s: cannot read tokens [%lld, %lld): the file is corrupt (checksum mismatch) or "
-           "truncated: prepare it again",
-           ds->path, (long long)start, (long long)(start + count));
+  LT_TRY(read_range(ds, ds->tokens, "tokens", start, 1, count, H5T_NATIVE_UINT32, out));
   const uint32_t *raw = (const uint32_t *)out;
   for (int64_t i = 0; i < count; i++)
     LT_CHECK(raw[i] < (uint32_t)ds->vocab_size, LT_ERR_DATA,
@@ -189,12 +162,17 @@ int lt_dataset_read(lt_dataset *ds, int64_t start, int64_t count, int32_t *out) 
   return LT_OK;
 }
 
-int lt_dataset_read_doc_offsets(lt_dataset *ds, uint64_t *out) {
-  hid_t offsets = H5Dopen2(ds->file, "doc_offsets", H5P_DEFAULT);
-  herr_t rc =
-      offsets < 0 ? -1 : H5Dread(offsets, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, out);
-  if (offsets >= 0) H5Dclose(offsets);
-  LT_CHECK(rc >= 0, LT_ERR_DATA, "%s: cannot read /doc_offsets (corrupt?)", ds->path);
+int lt_dataset_read_doc_offsets(lt_dataset *ds, int64_t start, int64_t stride, int64_t count,
+                                uint64_t *out) {
+  LT_ASSERT(start >= 0 && stride >= 1 && count >= 0);
+  if (count == 0) return LT_OK;
+  LT_ASSERT(start + (count - 1) * stride <= ds->n_docs);
+  LT_TRY(read_range(ds, ds->offsets, "doc_offsets", start, stride, count, H5T_NATIVE_UINT64, out));
+  for (int64_t i = 0; i < count; i++)
+    LT_CHECK(out[i] <= (uint64_t)ds->n_tokens && (i == 0 || out[i] >= out[i - 1]), LT_ERR_DATA,
+             "%s: /doc_offsets[%lld] = %llu is out of order or past the token count: the "
+             "dataset is corrupt; prepare it again",
+             ds->path, (long long)(start + i * stride), (unsigned long long)out[i]);
   return LT_OK;
 }
 
@@ -202,8 +180,9 @@ void lt_dataset_close(lt_dataset *ds) {
   // HDF5 ids are positive, so a zeroed lt_dataset (its owner failed before opening it) closes
   // as a no-op instead of printing HDF5's error stack.
   if (ds->tokens > 0) H5Dclose(ds->tokens);
+  if (ds->offsets > 0) H5Dclose(ds->offsets);
   if (ds->file > 0) H5Fclose(ds->file);
-  ds->tokens = ds->file = -1;
+  ds->tokens = ds->offsets = ds->file = -1;
 }
 
 // --- writing ---
@@ -211,12 +190,11 @@ void lt_dataset_close(lt_dataset *ds) {
 int lt_dataset_writer_open(lt_dataset_writer *w, const char *path, const char *tokenizer,
                            int vocab_size, int eos_id) {
   *w = (lt_dataset_writer){.file = -1, .tokens = -1, .vocab_size = vocab_size, .eos_id = eos_id};
-  H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
   snprintf(w->path, sizeof w->path, "%s", path);
   snprintf(w->tmp_path, sizeof w->tmp_path, "%s.tmp%d", path, (int)getpid());
   snprintf(w->tokenizer, sizeof w->tokenizer, "%s", tokenizer);
   w->token_bits = vocab_size <= 65536 ? 16 : 32;
-  w->file = H5Fcreate(w->tmp_path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  w->file = lt_h5_create(w->tmp_path);
   LT_CHECK(w->file >= 0, LT_ERR_IO, "%s: cannot create the dataset file: %s", path,
            errno ? strerror(errno) : "HDF5 error");
   hsize_t dims = 0, max = H5S_UNLIMITED, chunk = TOKEN_CHUNK;
@@ -274,17 +252,23 @@ int lt_dataset_writer_commit(lt_dataset_writer *w) {
   w->doc_offsets[w->n_docs] = (uint64_t)w->n_tokens;
   hsize_t n_off = (hsize_t)w->n_docs + 1;
   hid_t space = H5Screate_simple(1, &n_off, NULL);
-  hid_t offsets = H5Dcreate2(w->file, "doc_offsets", H5T_STD_U64LE, space, H5P_DEFAULT, H5P_DEFAULT,
-                             H5P_DEFAULT);
+  // Checksummed like the tokens; a chunk of at most OFFSETS_CHUNK keeps tiny datasets tiny.
+  hsize_t chunk = n_off < OFFSETS_CHUNK ? n_off : OFFSETS_CHUNK;
+  hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+  H5Pset_chunk(dcpl, 1, &chunk);
+  H5Pset_fletcher32(dcpl);
+  hid_t offsets =
+      H5Dcreate2(w->file, "doc_offsets", H5T_STD_U64LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+  H5Pclose(dcpl);
   herr_t rc = offsets < 0 ? -1
                           : H5Dwrite(offsets, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT,
                                      w->doc_offsets);
   if (offsets >= 0) H5Dclose(offsets);
   H5Sclose(space);
-  int attrs = write_int_attr(w->file, "vocab_size", w->vocab_size) |
-              write_int_attr(w->file, "eos_id", w->eos_id) |
-              write_int_attr(w->file, "format_version", LT_DATASET_FORMAT_VERSION) |
-              write_string_attr(w->file, "tokenizer", w->tokenizer);
+  int attrs = lt_h5_write_i64(w->file, "vocab_size", w->vocab_size) |
+              lt_h5_write_i64(w->file, "eos_id", w->eos_id) |
+              lt_h5_write_i64(w->file, "format_version", LT_DATASET_FORMAT_VERSION) |
+              lt_h5_write_string(w->file, "tokenizer", w->tokenizer);
   H5Dclose(w->tokens);
   w->tokens = -1;
   if (H5Fclose(w->file) < 0) rc = -1;

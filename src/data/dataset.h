@@ -2,7 +2,8 @@
 //   /tokens       1-D unsigned integers (uint32, or uint16 when the vocab fits)
 //   /doc_offsets  1-D uint64: where each document starts, then the token count (n_docs + 1)
 //   attributes    vocab_size, eos_id (int64), tokenizer (string), format_version (int64)
-// Readers take hyperslabs: a dataset never has to fit in memory.
+// Readers take hyperslabs: a dataset never has to fit in memory. Files are written in HDF5's 1.10
+// format (checksummed metadata) with Fletcher-32 on every chunk of data.
 #ifndef LT_DATASET_H
 #define LT_DATASET_H
 
@@ -15,7 +16,8 @@
 
 typedef struct lt_dataset {
   char path[LT_PATH_MAX];
-  int64_t file, tokens; // HDF5 handles
+  int64_t file, tokens, offsets; // HDF5 handles
+  int64_t file_size;             // bytes, to refuse reads that a damaged file sends past its end
   int64_t n_tokens, n_docs;
   int vocab_size, eos_id, token_bits;
   char tokenizer[64];
@@ -24,8 +26,10 @@ typedef struct lt_dataset {
 int lt_dataset_open(lt_dataset *ds, const char *path);
 // tokens[start, start + count) into out as int32; ids outside the vocab are a data error.
 int lt_dataset_read(lt_dataset *ds, int64_t start, int64_t count, int32_t *out);
-// The document offsets (n_docs + 1 of them) into out.
-int lt_dataset_read_doc_offsets(lt_dataset *ds, uint64_t *out);
+// Document offsets start, start + stride, ... (count of them; n_docs + 1 in all) into out; they
+// must be in order and within the token count (a data error otherwise).
+int lt_dataset_read_doc_offsets(lt_dataset *ds, int64_t start, int64_t stride, int64_t count,
+                                uint64_t *out);
 void lt_dataset_close(lt_dataset *ds);
 
 // Writing, for `longtrain prepare`: append documents, then commit. The file appears at its path

@@ -23,6 +23,15 @@ static lt_init_stds init_stds(const lt_model_config *cfg) {
   return (lt_init_stds){(float)cfg->init_std, (float)cfg->init_std};
 }
 
+double lt_model_rope_theta(const lt_model_config *cfg) {
+  // NTK-aware scaling (bloc97 2023; Peng et al., YaRN, eq. 16): b' = b * s^(d / (d - 2)) stretches
+  // the lowest frequency by s while the highest stays put, so a model trained at context L reads
+  // positions up to s * L with a short fine-tune.
+  const double s = cfg->rope_ntk_factor > 0 ? cfg->rope_ntk_factor : 1.0;
+  const double d = cfg->head_dim ? cfg->head_dim : (double)cfg->d_model / cfg->n_heads;
+  return s == 1.0 ? cfg->rope_theta : cfg->rope_theta * pow(s, d / (d - 2.0));
+}
+
 int lt_model_create(lt_model *model, const lt_model_config *cfg, lt_device device) {
   *model = (lt_model){.cfg = *cfg, .device = device};
   lt_model_config *c = &model->cfg;
@@ -31,6 +40,9 @@ int lt_model_create(lt_model *model, const lt_model_config *cfg, lt_device devic
   if (!c->ffn[0]) strcpy(c->ffn, "swiglu");
   if (!c->n_kv_heads) c->n_kv_heads = c->n_heads;
   if (!c->head_dim) c->head_dim = c->d_model / c->n_heads;
+  // Every attention kind reads cfg->rope_theta: fold the context-extension factor into it once.
+  c->rope_theta = lt_model_rope_theta(c);
+  c->rope_ntk_factor = 1.0;
   lt_init_stds stds = init_stds(c);
   lt_params_begin(&model->params);
   LT_TRY(lt_embedding_create(&model->embed, &model->params, c->vocab_size, c->d_model, stds.in));

@@ -36,6 +36,9 @@ typedef struct lt_model {
   lt_tensor d_resid, d_branch, d_final; // (N, D) gradients
 } lt_model;
 
+// RoPE's base after context extension: rope_theta * rope_ntk_factor^(d/(d-2)), d the head width.
+// lt_model_create stores it in model->cfg.rope_theta, which is what the layers read.
+double lt_model_rope_theta(const lt_model_config *cfg);
 // Registers and allocates the parameters (not initialised: lt_params_init, or load them).
 int lt_model_create(lt_model *model, const lt_model_config *cfg, lt_device device);
 void lt_model_destroy(lt_model *model);

@@ -1,7 +1,9 @@
 #include "optim/adamw.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/error.h"
 
@@ -13,17 +15,51 @@ static bool decays(const lt_param_info *p, const lt_train_config *cfg) {
   return true;
 }
 
+// train.freeze: each comma-separated entry is a group name or a prefix of parameter names.
+static int parse_freeze(lt_optimizer *opt, const char *spec) {
+  const lt_params *params = opt->params;
+  for (const char *p = spec; *p;) {
+    size_t len = strcspn(p, ",");
+    char entry[256];
+    snprintf(entry, sizeof entry, "%.*s", (int)len, p);
+    p += len + (p[len] == ',');
+    if (!entry[0]) continue;
+    int matched = 0;
+    for (int i = 0; i < params->count; i++) {
+      const lt_param_info *info = &params->info[i];
+      bool hit = strcmp(lt_param_group_name(info->spec.group), entry) == 0 ||
+                 strncmp(info->name, entry, strlen(entry)) == 0;
+      if (hit) matched++, opt->frozen[i] = true;
+    }
+    LT_CHECK(matched > 0, LT_ERR_CONFIG,
+             "train.freeze: '%s' is neither a parameter group (embed, norm, attn, ffn, head) nor "
+             "the start of a parameter name (e.g. layers.0.)",
+             entry);
+  }
+  for (int i = 0; i < params->count; i++) opt->n_frozen += opt->frozen[i];
+  LT_CHECK(opt->n_frozen < params->count, LT_ERR_CONFIG,
+           "train.freeze: '%s' freezes every parameter, so nothing would train: freeze fewer",
+           spec);
+  return LT_OK;
+}
+
 int lt_optimizer_create(lt_optimizer *opt, lt_params *params, const lt_train_config *cfg) {
   *opt = (lt_optimizer){.cfg = *cfg, .params = params};
   opt->decay = calloc((size_t)params->count, sizeof *opt->decay);
-  LT_CHECK(opt->decay, LT_ERR_MEMORY, "out of memory creating the optimizer");
+  opt->frozen = calloc((size_t)params->count, sizeof *opt->frozen);
+  LT_CHECK(opt->decay && opt->frozen, LT_ERR_MEMORY, "out of memory creating the optimizer");
   for (int i = 0; i < params->count; i++) opt->decay[i] = decays(&params->info[i], cfg);
-  return LT_OK;
+  return parse_freeze(opt, cfg->freeze);
 }
 
 void lt_optimizer_destroy(lt_optimizer *opt) {
   free(opt->decay);
+  free(opt->frozen);
   *opt = (lt_optimizer){0};
+}
+
+static lt_tensor param_part(const lt_params *p, const lt_param_info *info, float *buffer) {
+  return lt_view1(buffer + info->offset, LT_F32, p->device, info->numel);
 }
 
 int lt_grad_norm(lt_ctx *ctx, const lt_params *params, double *norm) {
@@ -35,6 +71,9 @@ int lt_grad_norm(lt_ctx *ctx, const lt_params *params, double *norm) {
 }
 
 int lt_optimizer_step(lt_optimizer *opt, lt_ctx *ctx, double lr, double *grad_norm) {
+  lt_params *p = opt->params;
+  for (int i = 0; i < p->count && opt->n_frozen; i++)
+    if (opt->frozen[i]) LT_TRY(lt_zero(ctx, param_part(p, &p->info[i], p->grad)));
   LT_TRY(lt_grad_norm(ctx, opt->params, grad_norm));
   LT_CHECK(isfinite(*grad_norm), LT_ERR_NUMERIC,
            "the gradient norm is %g at step %lld: lower train.lr or raise train.warmup, or resume "
@@ -47,8 +86,8 @@ int lt_optimizer_step(lt_optimizer *opt, lt_ctx *ctx, double lr, double *grad_no
     if (coef < 1.0) clip = (float)coef;
   }
   opt->step++;
-  lt_params *p = opt->params;
   for (int i = 0; i < p->count; i++) {
+    if (opt->frozen[i]) continue;
     const lt_param_info *info = &p->info[i];
     lt_adamw_args args = {.lr = (float)lr,
                           .beta1 = (float)opt->cfg.beta1,
@@ -57,13 +96,8 @@ int lt_optimizer_step(lt_optimizer *opt, lt_ctx *ctx, double lr, double *grad_no
                           .weight_decay = opt->decay[i] ? (float)opt->cfg.weight_decay : 0.0f,
                           .grad_scale = clip,
                           .step = opt->step};
-    lt_tensor view = lt_view1(NULL, LT_F32, p->device, info->numel);
-    lt_tensor param = view, grad = view, m = view, v = view;
-    param.data = p->master + info->offset;
-    grad.data = p->grad + info->offset;
-    m.data = p->adam_m + info->offset;
-    v.data = p->adam_v + info->offset;
-    LT_TRY(lt_adamw(ctx, param, grad, m, v, &args));
+    LT_TRY(lt_adamw(ctx, param_part(p, info, p->master), param_part(p, info, p->grad),
+                    param_part(p, info, p->adam_m), param_part(p, info, p->adam_v), &args));
   }
   return lt_params_sync_compute(p);
 }

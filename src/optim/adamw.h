@@ -10,16 +10,20 @@ typedef struct lt_optimizer {
   lt_train_config cfg;
   lt_params *params;
   bool *decay;  // per parameter: does weight decay apply
+  bool *frozen; // per parameter: left out of training (train.freeze)
+  int n_frozen;
   int64_t step; // optimizer steps taken so far
 } lt_optimizer;
 
+// Fails with LT_ERR_CONFIG when an entry of cfg->freeze matches no parameter, or all of them.
 int lt_optimizer_create(lt_optimizer *opt, lt_params *params, const lt_train_config *cfg);
 void lt_optimizer_destroy(lt_optimizer *opt);
 // Global L2 norm of all gradients (before clipping).
 int lt_grad_norm(lt_ctx *ctx, const lt_params *params, double *norm);
 // One step at learning rate `lr`: clips to cfg.clip_norm by the global norm, updates every
-// parameter, refreshes the compute copy. *grad_norm receives the norm before clipping; a
-// non-finite norm is an error and leaves the weights untouched.
+// parameter that is not frozen, refreshes the compute copy. Frozen parameters' gradients are
+// zeroed first, so they count for nothing in the norm. *grad_norm receives the norm before
+// clipping; a non-finite norm is an error and leaves the weights untouched.
 int lt_optimizer_step(lt_optimizer *opt, lt_ctx *ctx, double lr, double *grad_norm);
 
 #endif

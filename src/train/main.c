@@ -10,6 +10,7 @@
 #include "core/log.h"
 #include "data/prepare.h"
 #include "parallel/comm.h"
+#include "train/info.h"
 #include "train/trainer.h"
 
 static const char *usage =
@@ -19,6 +20,7 @@ static const char *usage =
     "  prepare   tokenize text files into an HDF5 token dataset\n"
     "  train     train a model from a YAML config\n"
     "  config    print the documentation of every config key (--docs), or a resolved config\n"
+    "  info      summarise a checkpoint\n"
     "\n"
     "`longtrain <command> --help` describes each.\n";
 
@@ -81,11 +83,15 @@ int main(int argc, char **argv) {
       rc = lt_train_main(argc - 1, argv + 1, &world);
     } else if (strcmp(argv[1], "config") == 0) {
       rc = config_main(argc - 1, argv + 1);
+    } else if (strcmp(argv[1], "info") == 0) {
+      rc = lt_info_main(argc - 1, argv + 1);
     } else {
       rc = lt_fail(LT_ERR_USAGE, "unknown command '%s' (see longtrain --help)", argv[1]);
     }
   }
-  if (rc != LT_OK) {
+  if (rc == LT_STOPPED) { // every rank stopped together: no abort
+    fprintf(stderr, "longtrain: %s\n", lt_error_message());
+  } else if (rc != LT_OK) {
     fprintf(stderr, "longtrain: error: %s\n", lt_error_message());
     lt_world_abort(&world, rc);
   }

@@ -2,16 +2,48 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "core/error.h"
+#include "core/fsutil.h"
 #include "core/log.h"
 
-int lt_metrics_open(lt_metrics *metrics, const char *run_dir) {
+// Rewrites the file without the records of steps after `step` (atomically: a crash here leaves
+// the old file).
+static int drop_records_after(const char *path, int64_t step) {
+  FILE *in = fopen(path, "r");
+  if (!in) return LT_OK; // nothing logged yet
+  char tmp[1200];
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  FILE *out = fopen(tmp, "w");
+  if (!out) {
+    fclose(in);
+    return lt_fail(LT_ERR_IO, "%s: cannot write: %s (check run.dir)", tmp, strerror(errno));
+  }
+  char *line = NULL;
+  size_t cap = 0;
+  bool ok = true;
+  while (getline(&line, &cap, in) >= 0) {
+    long long record_step;
+    if (sscanf(line, "{\"step\": %lld", &record_step) == 1 && record_step > step) continue;
+    ok = ok && fputs(line, out) >= 0;
+  }
+  free(line);
+  fclose(in);
+  if (fclose(out) != 0 || !ok) {
+    remove(tmp);
+    return lt_fail(LT_ERR_IO, "%s: write failed (disk full?)", tmp);
+  }
+  return lt_commit_file(tmp, path);
+}
+
+int lt_metrics_open(lt_metrics *metrics, const char *run_dir, int64_t resumed_step) {
   snprintf(metrics->path, sizeof metrics->path, "%s/metrics.jsonl", run_dir);
-  // Never truncated: an earlier run's records stay, and a resumed run continues the same file.
-  if (access(metrics->path, F_OK) == 0)
+  if (resumed_step >= 0)
+    LT_TRY(drop_records_after(metrics->path, resumed_step));
+  else if (access(metrics->path, F_OK) == 0)
     lt_warn("%s already exists: appending this run's records to it (use another run.dir to keep "
             "runs apart)",
             metrics->path);
@@ -42,26 +74,28 @@ static const char *format_rate(double rate, char *buf, size_t len) {
 }
 
 int lt_metrics_log(lt_metrics *metrics, const lt_step_metrics *m, int print) {
-  char aux[48] = "", aux_json[48] = "";
-  if (m->aux_loss != 0) { // only models with routers have auxiliary losses
-    snprintf(aux, sizeof aux, " | aux %.4f", m->aux_loss);
-    snprintf(aux_json, sizeof aux_json, ", \"aux_loss\": %.6f", m->aux_loss);
-  }
+  // Auxiliary losses only for models with routers; validation loss only on evaluation steps.
   if (print) {
-    char elapsed[32], eta[32], rate[32];
+    char elapsed[32], eta[32], rate[32], aux[48] = "", val[48] = "";
+    if (m->aux_loss != 0) snprintf(aux, sizeof aux, " | aux %.4f", m->aux_loss);
+    if (m->has_val_loss) snprintf(val, sizeof val, "val loss %.4f | ", m->val_loss);
     int width = snprintf(NULL, 0, "%lld", (long long)m->steps);
-    printf("step %*lld/%lld | loss %.4f%s | lr %.2e | grad norm %.3f | %s tok/s | elapsed %s | eta "
-           "%s\n",
-           width, (long long)m->step, (long long)m->steps, m->loss, aux, m->lr, m->grad_norm,
+    printf("step %*lld/%lld | loss %.4f%s | lr %.2e | grad norm %.3f | %s%s tok/s | elapsed %s | "
+           "eta %s\n",
+           width, (long long)m->step, (long long)m->steps, m->loss, aux, m->lr, m->grad_norm, val,
            format_rate(m->tokens_per_s, rate, sizeof rate),
            format_duration(m->elapsed_s, elapsed, sizeof elapsed),
            format_duration(m->eta_s, eta, sizeof eta));
     fflush(stdout);
   }
+  // %.17g: a resumed run's records compare bit for bit with an uninterrupted run's.
+  char aux[64] = "", val[64] = "";
+  if (m->aux_loss != 0) snprintf(aux, sizeof aux, ", \"aux_loss\": %.17g", m->aux_loss);
+  if (m->has_val_loss) snprintf(val, sizeof val, ", \"val_loss\": %.17g", m->val_loss);
   fprintf(metrics->jsonl,
-          "{\"step\": %lld, \"loss\": %.6f%s, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens_per_s\": "
-          "%.1f, \"tokens\": %lld, \"elapsed_s\": %.3f, \"eta_s\": %.1f}\n",
-          (long long)m->step, m->loss, aux_json, m->lr, m->grad_norm, m->tokens_per_s,
+          "{\"step\": %lld, \"loss\": %.17g%s, \"lr\": %.17g, \"grad_norm\": %.17g%s, "
+          "\"tokens_per_s\": %.1f, \"tokens\": %lld, \"elapsed_s\": %.3f, \"eta_s\": %.1f}\n",
+          (long long)m->step, m->loss, aux, m->lr, m->grad_norm, val, m->tokens_per_s,
           (long long)m->tokens_seen, m->elapsed_s, isfinite(m->eta_s) ? m->eta_s : -1.0);
   LT_CHECK(fflush(metrics->jsonl) == 0, LT_ERR_IO, "%s: write failed: %s", metrics->path,
            strerror(errno));

@@ -1,5 +1,6 @@
-// The training loop: builds the model, optimizer and data loader from a config and runs
-// optimizer steps, each over train.batch / (train.micro_batch * dp) accumulated micro-batches.
+// The trainer: the model, optimizer and data loaders built from a config, one optimizer step
+// over train.batch / (train.micro_batch * dp) accumulated micro-batches, the validation loss, and
+// the state that checkpoints save and restore.
 #ifndef LT_TRAINER_H
 #define LT_TRAINER_H
 
@@ -16,25 +17,35 @@ typedef struct lt_trainer {
   lt_ctx ctx;
   lt_model model;
   lt_optimizer opt;
-  lt_dataset data;
-  lt_loader loader;
+  lt_dataset data, val_data; // val_data only with data.val_path
+  lt_loader loader, val_loader;
+  bool has_val;
   int64_t micro_batch, accum, seq_len;
-  int32_t *host_tokens, *host_targets, *host_pos; // accum * micro_batch * seq_len each
-  lt_arena batch_arena;                           // the micro-batch on the device
+  lt_samples host;      // the step's samples on this rank: accum * micro_batch * seq_len each
+  lt_arena batch_arena; // the micro-batch on the device
   lt_batch batch;
   lt_aux_loss aux; // the layers' auxiliary losses (routers' load balance), per micro-batch
   lt_metrics metrics;
   int64_t tokens_seen;
-  double elapsed_s;
+  double train_seconds; // spent training before this process started (restored on resume)
 } lt_trainer;
 
-// Everything but the metrics file; the caller initialises or loads the weights.
+// Everything but the metrics file; the caller initialises the weights or loads them.
 int lt_trainer_create(lt_trainer *tr, const lt_config *cfg, lt_world *world);
 // One optimizer step; fills *out (loss, lr, grad norm; the timing fields are the caller's).
 int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out);
+// The mean loss per target token over train.eval_batches micro-batches of the validation set,
+// the same ones every call.
+int lt_trainer_eval(lt_trainer *tr, double *loss);
+// The whole training state from checkpoint `dir`: weights, AdamW moments and step, tokens seen,
+// data position, time spent. Config keys that differ from the checkpoint's are warned about.
+int lt_trainer_resume(lt_trainer *tr, const char *dir);
+// Writes the checkpoint of the current step (its folder into `written`) and deletes the ones
+// beyond checkpoint.keep.
+int lt_trainer_save(lt_trainer *tr, double train_seconds, char *written, size_t cap);
 void lt_trainer_destroy(lt_trainer *tr);
 
-// `longtrain train ARGS`: returns an lt_status.
+// `longtrain train ARGS` (train_main.c): returns an lt_status; LT_STOPPED after a signal.
 int lt_train_main(int argc, char **argv, lt_world *world);
 
 #endif

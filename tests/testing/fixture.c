@@ -50,3 +50,27 @@ double lt_fixture_attr(lt_fixture *fx, const char *name) {
   H5Aclose(a);
   return v;
 }
+
+int64_t lt_fixture_data_offset(const char *path, const char *name) {
+  lt_fixture fx;
+  lt_fixture_open(&fx, path);
+  hid_t set = H5Dopen2(fx.file, name, H5P_DEFAULT);
+  if (set < 0) fail_msg("%s has no dataset %s", path, name);
+  hid_t dcpl = H5Dget_create_plist(set);
+  haddr_t addr = HADDR_UNDEF;
+  if (H5Pget_layout(dcpl) == H5D_CHUNKED) {
+    hsize_t offset[4], size;
+    unsigned mask;
+    hid_t space = H5Dget_space(set);
+    herr_t rc = H5Dget_chunk_info(set, space, 0, offset, &mask, &addr, &size);
+    H5Sclose(space);
+    if (rc < 0) fail_msg("no chunk info for %s in %s", name, path);
+  } else {
+    addr = H5Dget_offset(set);
+  }
+  H5Pclose(dcpl);
+  H5Dclose(set);
+  lt_fixture_close(&fx);
+  if (addr == HADDR_UNDEF) fail_msg("%s in %s has no data on disk", name, path);
+  return (int64_t)addr;
+}

@@ -17,5 +17,8 @@ int64_t lt_fixture_numel(lt_fixture *fx, const char *name);
 void lt_fixture_read_f32(lt_fixture *fx, const char *name, float *out, int64_t n);
 void lt_fixture_read_i32(lt_fixture *fx, const char *name, int32_t *out, int64_t n);
 double lt_fixture_attr(lt_fixture *fx, const char *name);
+// The byte offset in file `path` where the data of dataset `name` starts (its first chunk when
+// chunked), for tests that corrupt it.
+int64_t lt_fixture_data_offset(const char *path, const char *name);
 
 #endif

@@ -88,6 +88,49 @@ int lt_test_run(const char *command, char *out, size_t cap) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+void lt_test_flip_byte(const char *path, int64_t offset) {
+  FILE *f = fopen(path, "r+b");
+  if (!f) fail_msg("cannot open %s to corrupt it", path);
+  if (fseek(f, offset, SEEK_SET) != 0)
+    fail_msg("cannot seek to %lld in %s", (long long)offset, path);
+  int c = fgetc(f);
+  if (c == EOF) fail_msg("%s has no byte %lld", path, (long long)offset);
+  fseek(f, offset, SEEK_SET);
+  fputc(c ^ 0xff, f);
+  fclose(f);
+}
+
+// The whole file in a malloc'd buffer; *size receives its length.
+static char *slurp(const char *path, long *size) {
+  FILE *f = fopen(path, "rb");
+  if (!f) fail_msg("cannot open %s", path);
+  fseek(f, 0, SEEK_END);
+  *size = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *data = malloc((size_t)*size + 1);
+  if (fread(data, 1, (size_t)*size, f) != (size_t)*size) fail_msg("cannot read %s", path);
+  fclose(f);
+  return data;
+}
+
+void lt_test_copy_file(const char *from, const char *to) {
+  long size;
+  char *data = slurp(from, &size);
+  FILE *f = fopen(to, "wb");
+  if (!f || fwrite(data, 1, (size_t)size, f) != (size_t)size) fail_msg("cannot write %s", to);
+  fclose(f);
+  free(data);
+}
+
+bool lt_test_same_file(const char *a, const char *b) {
+  long size_a, size_b;
+  char *data_a = slurp(a, &size_a), *data_b = slurp(b, &size_b);
+  bool same = size_a == size_b && memcmp(data_a, data_b, (size_t)size_a) == 0;
+  free(data_a);
+  free(data_b);
+  return same;
+}
+
 const char *lt_test_source_path(const char *relative) {
   static char paths[8][1024];
   static int used = 0;

@@ -5,6 +5,7 @@
 // cmocka needs these first.
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -41,6 +42,11 @@ void lt_test_write_file(const char *path, const char *text);
 // Runs `command` through the shell, stdout and stderr captured into out (truncated to cap);
 // returns its exit status (or -1 when it did not exit normally).
 int lt_test_run(const char *command, char *out, size_t cap);
+// XORs byte `offset` of the file at `path` with 0xff (corruption on disk).
+void lt_test_flip_byte(const char *path, int64_t offset);
+// Copies a file byte for byte; and whether two files are identical.
+void lt_test_copy_file(const char *from, const char *to);
+bool lt_test_same_file(const char *a, const char *b);
 // A path inside the source tree or the build, for fixtures and the longtrain binary.
 const char *lt_test_source_path(const char *relative);
 const char *lt_test_binary(void);

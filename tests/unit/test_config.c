@@ -430,6 +430,79 @@ static void test_min_lr_may_not_exceed_lr(void **state) {
   EXPECT_CONFIG_ERROR(rc, path, "train.min_lr (0.001) must not exceed train.lr (0.0001)");
 }
 
+// --- checkpoints, data pipeline and fine-tuning keys ---
+
+static void test_eval_every_needs_a_validation_set(void **state) {
+  (void)state;
+  char path[1200];
+  int rc = load_bad_file("train:\n  eval_every: 50\n", path, sizeof path);
+  EXPECT_CONFIG_ERROR(rc, path, "train.eval_every (50) needs a validation set", "data.val_fraction",
+                      "data.val_path");
+}
+
+static void test_val_fraction_and_val_path_are_exclusive(void **state) {
+  (void)state;
+  char path[1200];
+  int rc = load_bad_file("data:\n  val_fraction: 0.01\n  val_path: v.h5\n", path, sizeof path);
+  EXPECT_CONFIG_ERROR(rc, path, "data.val_fraction and data.val_path are both set");
+}
+
+static void test_val_fraction_above_a_half_names_the_range(void **state) {
+  (void)state;
+  EXPECT_CONFIG_ERROR(set_on_defaults("data.val_fraction=0.6"), "data.val_fraction",
+                      "between 0 and 0.5", "0.6");
+}
+
+static void test_packing_is_stream_or_documents(void **state) {
+  (void)state;
+  EXPECT_CONFIG_ERROR(set_on_defaults("data.packing=bestfit"), "data.packing", "stream|documents",
+                      "'bestfit'");
+}
+
+static void test_checkpoint_keep_must_be_at_least_one(void **state) {
+  (void)state;
+  EXPECT_CONFIG_ERROR(set_on_defaults("checkpoint.keep=0"), "checkpoint.keep", "at least 1");
+}
+
+static void test_checkpoint_every_must_be_an_integer(void **state) {
+  (void)state;
+  EXPECT_CONFIG_ERROR(set_on_defaults("checkpoint.every=often"), "checkpoint.every",
+                      "expects an integer");
+}
+
+static void test_rope_ntk_factor_below_one_is_rejected(void **state) {
+  (void)state;
+  EXPECT_CONFIG_ERROR(set_on_defaults("model.rope_ntk_factor=0.5"), "model.rope_ntk_factor",
+                      "between 1 and");
+}
+
+// Found by the config fuzzer: a message that quotes a value holding line breaks stays one line.
+static void test_a_quoted_value_with_line_breaks_is_reported_on_one_line(void **state) {
+  (void)state;
+  char path[1200];
+  int rc = load_bad_file("model:\n  ffn: \"swig\n\n  lu\"\n", path, sizeof path);
+  EXPECT_CONFIG_ERROR(rc, "model.ffn", "unknown kind 'swig\\nlu'");
+}
+
+static void test_new_sections_load_from_a_file(void **state) {
+  (void)state;
+  lt_config cfg;
+  char path[1200];
+  assert_ok(load_file(&cfg, "pipeline.yaml",
+                      "data:\n  packing: documents\n  val_fraction: 0.02\ncheckpoint:\n"
+                      "  every: 250\n  keep: 5\ntrain:\n  eval_every: 100\n  eval_batches: 4\n"
+                      "  freeze: embed,layers.0.\nmodel:\n  rope_ntk_factor: 4\n",
+                      path, sizeof path, 0, NULL));
+  assert_int_equal(cfg.data.packing, LT_PACK_DOCUMENTS);
+  assert_true(cfg.data.val_fraction == 0.02);
+  assert_int_equal(cfg.checkpoint.every, 250);
+  assert_int_equal(cfg.checkpoint.keep, 5);
+  assert_int_equal(cfg.train.eval_every, 100);
+  assert_int_equal(cfg.train.eval_batches, 4);
+  assert_string_equal(cfg.train.freeze, "embed,layers.0.");
+  assert_true(cfg.model.rope_ntk_factor == 4);
+}
+
 // --- the documentation ---
 
 // True when `word` occurs in `text` as a whole key path (not as the start of a longer one, as
@@ -542,6 +615,15 @@ int main(void) {
       cmocka_unit_test(test_seq_len_may_not_exceed_max_seq_len),
       cmocka_unit_test(test_batch_must_be_a_multiple_of_micro_batch),
       cmocka_unit_test(test_min_lr_may_not_exceed_lr),
+      cmocka_unit_test(test_eval_every_needs_a_validation_set),
+      cmocka_unit_test(test_val_fraction_and_val_path_are_exclusive),
+      cmocka_unit_test(test_val_fraction_above_a_half_names_the_range),
+      cmocka_unit_test(test_packing_is_stream_or_documents),
+      cmocka_unit_test(test_checkpoint_keep_must_be_at_least_one),
+      cmocka_unit_test(test_checkpoint_every_must_be_an_integer),
+      cmocka_unit_test(test_rope_ntk_factor_below_one_is_rejected),
+      cmocka_unit_test(test_new_sections_load_from_a_file),
+      cmocka_unit_test(test_a_quoted_value_with_line_breaks_is_reported_on_one_line),
       cmocka_unit_test(test_readme_documents_every_key),
       cmocka_unit_test(test_layer_pattern_cycles_over_the_stack),
       cmocka_unit_test(test_layer_pattern_errors_name_the_key_and_the_fix),

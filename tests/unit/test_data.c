@@ -108,7 +108,7 @@ static void test_written_dataset_reads_back_exactly(void **state) {
   const int32_t expected[7] = {104, 105, LT_BYTE_EOS, 0, 255, LT_BYTE_PAD, LT_BYTE_EOS};
   assert_memory_equal(tokens, expected, sizeof expected);
   uint64_t offsets[4];
-  assert_ok(lt_dataset_read_doc_offsets(&ds, offsets));
+  assert_ok(lt_dataset_read_doc_offsets(&ds, 0, 1, ds.n_docs + 1, offsets));
   const uint64_t expected_offsets[4] = {0, 3, 3, 7};
   assert_memory_equal(offsets, expected_offsets, sizeof expected_offsets);
   lt_dataset_close(&ds);
@@ -231,7 +231,7 @@ static void test_prepare_splits_documents_at_the_separator_and_ends_each_with_eo
   int32_t tokens[13];
   uint64_t offsets[4];
   assert_ok(lt_dataset_read(&ds, 0, 13, tokens));
-  assert_ok(lt_dataset_read_doc_offsets(&ds, offsets));
+  assert_ok(lt_dataset_read_doc_offsets(&ds, 0, 1, ds.n_docs + 1, offsets));
   assert_memory_equal(tokens, expected, sizeof expected);
   assert_memory_equal(offsets, expected_offsets, sizeof expected_offsets);
   lt_dataset_close(&ds);
@@ -253,7 +253,7 @@ static void test_prepare_without_separator_makes_one_document_per_file(void **st
   assert_int_equal(ds.n_docs, 2);
   assert_int_equal(ds.n_tokens, 10); // "ab\n%\ncd" EOS "e" EOS
   uint64_t offsets[3];
-  assert_ok(lt_dataset_read_doc_offsets(&ds, offsets));
+  assert_ok(lt_dataset_read_doc_offsets(&ds, 0, 1, ds.n_docs + 1, offsets));
   assert_int_equal(offsets[1], 8);
   lt_dataset_close(&ds);
 }
@@ -332,7 +332,8 @@ static void open_counting(lt_dataset *ds, lt_loader *loader, uint64_t seed) {
   snprintf(path, sizeof path, "%s/count.h5", lt_test_tmpdir());
   write_counting_dataset(path, N_WINDOWS * T + 1, 1000);
   assert_ok(lt_dataset_open(ds, path));
-  assert_ok(lt_loader_create(loader, ds, T, seed));
+  lt_loader_spec spec = {.seq_len = T, .seed = seed};
+  assert_ok(lt_loader_create(loader, ds, &spec));
   assert_int_equal(loader->n_windows, N_WINDOWS);
 }
 
@@ -343,7 +344,7 @@ static void test_loader_windows_are_inputs_and_targets_shifted_by_one(void **sta
   open_counting(&ds, &loader, 1);
   enum { B = 3 };
   int32_t tokens[B * T], targets[B * T], pos[B * T];
-  assert_ok(lt_loader_next(&loader, B, tokens, targets, pos));
+  assert_ok(lt_loader_next(&loader, B, 0, 1, (lt_samples){tokens, targets, pos, NULL}));
   for (int b = 0; b < B; b++) {
     int32_t start = (int32_t)lt_loader_window_of(&loader, b) * T;
     for (int t = 0; t < T; t++) {
@@ -364,7 +365,7 @@ static void read_order(uint64_t seed, int n, int64_t *windows) {
   open_counting(&ds, &loader, seed);
   int32_t tokens[T], targets[T], pos[T];
   for (int i = 0; i < n; i++) {
-    assert_ok(lt_loader_next(&loader, 1, tokens, targets, pos));
+    assert_ok(lt_loader_next(&loader, 1, 0, 1, (lt_samples){tokens, targets, pos, NULL}));
     windows[i] = tokens[0] / T;
   }
   lt_loader_destroy(&loader);
@@ -410,7 +411,8 @@ static void test_dataset_shorter_than_one_window_is_a_data_error(void **state) {
   lt_dataset ds;
   lt_loader loader;
   assert_ok(lt_dataset_open(&ds, path));
-  EXPECT_DATA_ERROR(lt_loader_create(&loader, &ds, T, 1), path, "train.seq_len");
+  EXPECT_DATA_ERROR(lt_loader_create(&loader, &ds, &(lt_loader_spec){.seq_len = T, .seed = 1}),
+                    path, "train.seq_len");
   lt_dataset_close(&ds);
 }
 

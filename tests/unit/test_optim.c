@@ -1,6 +1,7 @@
 // The learning-rate schedule, the AdamW kernel against PyTorch's formula, and the optimizer step:
 // clipping by the global norm, which parameters decay, and what a non-finite gradient does.
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -280,6 +281,54 @@ static void test_decay_norms_and_decay_embeddings_opt_in(void **state) {
   tiny_destroy(&t);
 }
 
+// --- frozen parameters (train.freeze) ---
+
+static void test_frozen_parameters_get_no_update_no_decay_and_no_norm(void **state) {
+  (void)state;
+  tiny_model t;
+  tiny_create(&t);
+  for (int i = 0; i < t.params.count; i++) fill(t.params.info[i].bind->value, 1.0f);
+  lt_train_config cfg = optimizer_config(0.0);
+  snprintf(cfg.freeze, sizeof cfg.freeze, "attn,lm_head");
+  lt_optimizer opt;
+  assert_ok(lt_optimizer_create(&opt, &t.params, &cfg));
+  assert_int_equal(opt.n_frozen, 2);
+  set_norm_ten_gradient(&t, 1.0f); // all of it on the frozen wq
+  lt_f32(t.embed.grad)[0] = 3.0f;  // and a norm of 3 on the trained embedding
+  lt_f32(t.head.grad)[0] = 100.0f; // frozen too
+  double norm;
+  assert_ok(lt_optimizer_step(&opt, &t.ctx, 0.1, &norm));
+  assert_true(fabs(norm - 3.0) < 1e-9);    // frozen gradients count for nothing
+  assert_all(t.wq.value, 1.0f, "attn.wq"); // no update and no weight decay
+  assert_all(t.head.value, 1.0f, "lm_head.weight");
+  assert_true(lt_f32(t.embed.value)[0] != 1.0f); // the rest trains
+  for (int i = 0; i < t.params.count; i++) {
+    const lt_param_info *p = &t.params.info[i];
+    bool frozen = p->bind == &t.wq || p->bind == &t.head;
+    if (frozen && lt_test_max_abs(t.params.adam_m + p->offset, p->numel) != 0)
+      fail_msg("%s has AdamW state", p->name);
+  }
+  lt_optimizer_destroy(&opt);
+  tiny_destroy(&t);
+}
+
+static void test_freeze_entry_matching_nothing_is_a_config_error(void **state) {
+  (void)state;
+  tiny_model t;
+  tiny_create(&t);
+  lt_train_config cfg = optimizer_config(1.0);
+  snprintf(cfg.freeze, sizeof cfg.freeze, "embed,blocks.9.");
+  lt_optimizer opt;
+  EXPECT_ERROR(lt_optimizer_create(&opt, &t.params, &cfg), LT_ERR_CONFIG, "train.freeze",
+               "'blocks.9.'", "parameter group");
+  lt_optimizer_destroy(&opt);
+  snprintf(cfg.freeze, sizeof cfg.freeze, "embed,norm,attn,head");
+  EXPECT_ERROR(lt_optimizer_create(&opt, &t.params, &cfg), LT_ERR_CONFIG, "train.freeze",
+               "freezes every parameter");
+  lt_optimizer_destroy(&opt);
+  tiny_destroy(&t);
+}
+
 // A step on a gradient holding `bad` must fail and leave weights, moments and step count alone.
 static void expect_rejected_gradient(float bad) {
   tiny_model t;
@@ -333,6 +382,8 @@ int main(void) {
       cmocka_unit_test(test_clip_adds_pytorchs_1e_6_to_the_norm),
       cmocka_unit_test(test_weight_decay_skips_norms_and_embeddings_by_default),
       cmocka_unit_test(test_decay_norms_and_decay_embeddings_opt_in),
+      cmocka_unit_test(test_frozen_parameters_get_no_update_no_decay_and_no_norm),
+      cmocka_unit_test(test_freeze_entry_matching_nothing_is_a_config_error),
       cmocka_unit_test(test_nan_gradient_is_a_numeric_error_and_leaves_the_weights),
       cmocka_unit_test(test_infinite_gradient_is_a_numeric_error_and_leaves_the_weights),
   };

@@ -1,0 +1,49 @@
+// Helpers for tests that run the real `longtrain` binary as a user would: a small dataset and
+// config, processes started in the background (to signal or kill them), and the records of
+// metrics.jsonl reduced to the fields that must match bit for bit.
+#ifndef LT_TEST_RUNS_H
+#define LT_TEST_RUNS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+// A folder with a dataset of English-like byte documents (data.h5), a second one (other.h5) and a
+// config of a small model on the first (run.yaml). Made once per test program.
+typedef struct lt_test_run_files {
+  char dir[256], data[300], other[300], config[300];
+} lt_test_run_files;
+const lt_test_run_files *lt_test_run_files_get(void);
+
+// Starts `longtrain ARGS` (ARGS split at spaces) with stdout and stderr into `log`.
+pid_t lt_test_spawn(const char *log, const char *args);
+// Waits for it: its exit status, or 128 + the signal that ended it.
+int lt_test_wait(pid_t pid);
+// Runs `longtrain ARGS` to the end; its output into `log`.
+int lt_test_longtrain(const char *log, const char *args);
+
+// Runs `longtrain ARGS` (output into `log`) and fails the test, showing the log, unless it exits
+// with `status` and its output holds every one of the NULL-terminated `parts`.
+void lt_test_expect_run_parts(const char *log, const char *args, int status,
+                              const char *const *parts);
+#define lt_test_expect_run(log, args, status, ...)                                                 \
+  lt_test_expect_run_parts((log), (args), (status), (const char *const[]){__VA_ARGS__, NULL})
+// Fails unless the finished process `pid` exited with `status` (the log is shown).
+void lt_test_expect_exit(pid_t pid, int status, const char *log);
+// Every tensor (weights, AdamW moments) and counter of two checkpoints, bit for bit.
+void lt_test_assert_same_checkpoint(const char *a, const char *b);
+
+// The text of file `path` (caller frees), or NULL when it does not exist.
+char *lt_test_read_text(const char *path);
+
+// One line per record of RUN_DIR/metrics.jsonl with what a step computed (step, loss, lr,
+// grad_norm, val_loss, tokens: the timings left out), as printed with 17 digits.
+typedef struct lt_test_records {
+  char lines[256][256];
+  int n;
+} lt_test_records;
+void lt_test_read_records(const char *run_dir, lt_test_records *out);
+// A field of a record line ("loss") as a double.
+double lt_test_record_value(const char *line, const char *field);
+
+#endif
