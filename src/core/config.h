@@ -100,8 +100,17 @@ typedef struct lt_run_config {
   int device; // lt_device_choice
 } lt_run_config;
 
+// parallel.*: how the world's ranks are split. World size = dp * pp * cp * tp, tp innermost (the
+// ranks of one tensor-parallel group are neighbours: one node's fast links).
+typedef struct lt_parallel_config {
+  int dp, pp, cp, tp;
+  bool zero;       // ZeRO-1: shard the optimizer state over dp
+  int timeout_s;   // a collective that waits longer ends the job (a dead or hung rank)
+} lt_parallel_config;
+
 typedef struct lt_config {
   lt_model_config model;
+  lt_parallel_config parallel;
   lt_train_config train;
   lt_data_config data;
   lt_checkpoint_config checkpoint;

@@ -219,6 +219,27 @@ const lt_config_key lt_config_keys[] = {
     INT("run.threads", run.threads, "0", 0, 4096,
         "CPU threads for the CPU kernels and OpenBLAS; 0 means all cores."),
     ENUM("run.device", run.device, "cpu", "cpu|cuda", "Where to train."),
+
+    INT("parallel.dp", parallel.dp, "1", 1, 65536,
+        "Data-parallel replicas: each trains on its own share of the global batch and the "
+        "gradients "
+        "are averaged. dp * pp * cp * tp must equal the number of ranks mpirun or srun starts."),
+    INT("parallel.pp", parallel.pp, "1", 1, 4096,
+        "Pipeline stages: the layers are split into pp consecutive ranges, one per stage, run with "
+        "the 1F1B schedule over the step's micro-batches."),
+    INT("parallel.cp", parallel.cp, "1", 1, 4096,
+        "Context-parallel ranks: each sequence is split over cp ranks (2*cp zigzag chunks, rank r "
+        "holding chunks r and 2cp-1-r); softmax-like attention runs as ring attention, linear-like "
+        "attention with LASP-2."),
+    INT("parallel.tp", parallel.tp, "1", 1, 4096,
+        "Tensor-parallel ranks (Megatron-LM): heads, the feed-forward's hidden units and the vocab "
+        "are split over tp ranks; the innermost axis, so keep it within a node."),
+    BOOL("parallel.zero", parallel.zero, "false",
+         "ZeRO-1: each data-parallel rank keeps and updates 1/dp of the optimizer state "
+         "(gradients reduce-scattered, weights all-gathered)."),
+    INT("parallel.timeout_s", parallel.timeout_s, "600", 1, 86400,
+        "A rank that waits this long in one collective ends the whole job with a message naming "
+        "the operation (a peer died or hangs)."),
 };
 
 const int lt_config_n_keys = (int)(sizeof lt_config_keys / sizeof lt_config_keys[0]);

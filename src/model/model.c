@@ -32,7 +32,8 @@ double lt_model_rope_theta(const lt_model_config *cfg) {
   return s == 1.0 ? cfg->rope_theta : cfg->rope_theta * pow(s, d / (d - 2.0));
 }
 
-int lt_model_create(lt_model *model, const lt_model_config *cfg, lt_device device) {
+int lt_model_create(lt_model *model, const lt_model_config *cfg, lt_device device,
+                    const lt_mesh *mesh) {
   *model = (lt_model){.cfg = *cfg, .device = device};
   lt_model_config *c = &model->cfg;
   // Configs built in code (tests) may leave the kinds empty: the defaults.
@@ -44,7 +45,7 @@ int lt_model_create(lt_model *model, const lt_model_config *cfg, lt_device devic
   c->rope_theta = lt_model_rope_theta(c);
   c->rope_ntk_factor = 1.0;
   lt_init_stds stds = init_stds(c);
-  lt_params_begin(&model->params);
+  lt_params_begin(&model->params, mesh);
   LT_TRY(lt_embedding_create(&model->embed, &model->params, c->vocab_size, c->d_model, stds.in));
   model->blocks = calloc((size_t)c->n_layers, sizeof *model->blocks);
   LT_CHECK(model->blocks, LT_ERR_MEMORY, "out of memory creating %d blocks", c->n_layers);

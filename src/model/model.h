@@ -40,7 +40,9 @@ typedef struct lt_model {
 // lt_model_create stores it in model->cfg.rope_theta, which is what the layers read.
 double lt_model_rope_theta(const lt_model_config *cfg);
 // Registers and allocates the parameters (not initialised: lt_params_init, or load them).
-int lt_model_create(lt_model *model, const lt_model_config *cfg, lt_device device);
+// `mesh` says how the model is split over processes (tensor, pipeline parallel); NULL for one.
+int lt_model_create(lt_model *model, const lt_model_config *cfg, lt_device device,
+                    const lt_mesh *mesh);
 void lt_model_destroy(lt_model *model);
 // Sizes and allocates activation memory for micro-batches of B sequences of T tokens. Cheap to
 // call again with the same shape.

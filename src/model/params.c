@@ -19,8 +19,8 @@ const char *lt_param_group_name(lt_param_group group) {
   return group < LT_GROUP_COUNT ? names[group] : "?";
 }
 
-void lt_params_begin(lt_params *params) {
-  *params = (lt_params){0};
+void lt_params_begin(lt_params *params, const lt_mesh *mesh) {
+  *params = (lt_params){.mesh = mesh};
 }
 
 int lt_params_add(lt_params *params, lt_param *bind, const char *name, int ndim,
@@ -34,10 +34,22 @@ int lt_params_add(lt_params *params, lt_param *bind, const char *name, int ndim,
     params->info = grown;
     params->capacity = capacity;
   }
+  if (spec.shard_length)
+    LT_CHECK(spec.shard_dim >= 0 && spec.shard_dim < ndim && spec.shard_start >= 0 &&
+                 spec.shard_start + spec.shard_length <= shape[spec.shard_dim],
+             LT_ERR_INTERNAL, "parameter %s: shard [%lld, +%lld) of dim %d is outside its shape",
+             name, (long long)spec.shard_start, (long long)spec.shard_length, spec.shard_dim);
   lt_param_info *p = &params->info[params->count++];
   *p = (lt_param_info){.ndim = ndim, .spec = spec, .bind = bind, .numel = 1};
   strcpy(p->name, name);
-  for (int i = 0; i < ndim; i++) p->shape[i] = shape[i], p->numel *= shape[i];
+  for (int i = 0; i < ndim; i++) {
+    p->logical_shape[i] = p->shape[i] = shape[i];
+    if (spec.shard_length && i == spec.shard_dim) {
+      p->shape[i] = spec.shard_length;
+      p->slice_start[i] = spec.shard_start;
+    }
+    p->numel *= p->shape[i];
+  }
   size_t offset = params->numel;
   if (!spec.fused_with_prev) offset = (offset + PARAM_ALIGN - 1) / PARAM_ALIGN * PARAM_ALIGN;
   p->offset = offset;
@@ -85,24 +97,35 @@ int lt_params_allocate(lt_params *params, lt_device device) {
 
 int lt_params_init(lt_params *params, uint64_t seed) {
   lt_rng root = lt_rng_seed(seed);
-  for (int i = 0; i < params->count; i++) {
-    lt_param_info *p = &params->info[i];
+  for (int n = 0; n < params->count; n++) {
+    lt_param_info *p = &params->info[n];
     float *host = malloc((size_t)p->numel * sizeof(float));
     LT_CHECK(host, LT_ERR_MEMORY, "out of host memory initialising %s", p->name);
     uint64_t key = lt_rng_split_name(root, p->name).key;
-    for (int64_t j = 0; j < p->numel; j++) {
-      switch (p->spec.init) {
-      case LT_INIT_ZEROS:
-        host[j] = 0.0f;
-        break;
-      case LT_INIT_ONES:
-        host[j] = 1.0f;
-        break;
-      case LT_INIT_NORMAL:
-        host[j] = p->spec.std * lt_rng_normal_at(key, (uint64_t)j);
-        break;
-      }
-    }
+    // The shard is (outer, length, inner) of the logical (outer, whole, inner) around its split
+    // dimension: element (o, m, i) is logical element (o, start + m, i).
+    int dim = p->spec.shard_length ? p->spec.shard_dim : 0;
+    int64_t outer = 1, inner = 1;
+    for (int d = 0; d < dim; d++) outer *= p->shape[d];
+    for (int d = dim + 1; d < p->ndim; d++) inner *= p->shape[d];
+    const int64_t length = p->shape[dim], whole = p->logical_shape[dim],
+                  start = p->slice_start[dim];
+    for (int64_t o = 0, j = 0; o < outer; o++)
+      for (int64_t m = 0; m < length; m++)
+        for (int64_t i = 0; i < inner; i++, j++) {
+          uint64_t logical = (uint64_t)((o * whole + start + m) * inner + i);
+          switch (p->spec.init) {
+          case LT_INIT_ZEROS:
+            host[j] = 0.0f;
+            break;
+          case LT_INIT_ONES:
+            host[j] = 1.0f;
+            break;
+          case LT_INIT_NORMAL:
+            host[j] = p->spec.std * lt_rng_normal_at(key, logical);
+            break;
+          }
+        }
     int rc = lt_device_copy(params->master + p->offset, params->device, host, LT_CPU,
                             (size_t)p->numel * sizeof(float));
     free(host);

@@ -35,19 +35,29 @@ typedef struct lt_param_spec {
   lt_param_group group;
   bool fused_with_prev; // laid out right after the previous parameter with no padding, so the
                         // two can be read as one matrix (q|k|v, gate|up)
+  // Tensor or expert parallelism: this process holds indices [shard_start, shard_start +
+  // shard_length) of dimension shard_dim of the logical tensor. shard_length 0: the whole tensor.
+  int shard_dim;
+  int64_t shard_start, shard_length;
 } lt_param_spec;
 
 typedef struct lt_param_info {
   char name[96];
   int ndim;
-  int64_t shape[LT_MAX_DIMS]; // logical (unsharded) shape
-  int64_t numel;
-  size_t offset; // in elements, into each flat buffer
+  int64_t shape[LT_MAX_DIMS];         // what this process holds (its shard)
+  int64_t logical_shape[LT_MAX_DIMS]; // the whole tensor, as checkpoints store it
+  int64_t slice_start[LT_MAX_DIMS];   // where the shard sits in the whole tensor
+  int64_t numel;                      // of the shard
+  size_t offset;                      // in elements, into each flat buffer
   lt_param_spec spec;
   lt_param *bind; // the layer's handle, filled by lt_params_allocate
 } lt_param_info;
 
+typedef struct lt_mesh lt_mesh;
+
 typedef struct lt_params {
+  const lt_mesh *mesh; // how the model is split over processes (layers read it when they
+                       // register their shards); NULL for a single process
   lt_param_info *info;
   int count, capacity;
   size_t numel; // elements in each flat buffer, padding included
@@ -60,12 +70,14 @@ typedef struct lt_params {
 
 const char *lt_param_group_name(lt_param_group group);
 
-void lt_params_begin(lt_params *params);
+void lt_params_begin(lt_params *params, const lt_mesh *mesh);
+// `shape` is the logical shape; spec.shard_* say which slice this process holds.
 int lt_params_add(lt_params *params, lt_param *bind, const char *name, int ndim,
                   const int64_t *shape, lt_param_spec spec);
 int lt_params_allocate(lt_params *params, lt_device device);
-// Fills every parameter from `seed`: the value of element i of parameter "name" depends only on
-// (seed, name, i), so the same model is built whatever the parallel layout.
+// Fills every parameter from `seed`: the value of element i of the whole (logical) tensor "name"
+// depends only on (seed, name, i), so every parallel layout builds the same model: a shard holds
+// exactly the numbers of its slice of the unsharded tensor.
 int lt_params_init(lt_params *params, uint64_t seed);
 int lt_params_zero_grad(lt_params *params);
 // After the optimizer changed master: refresh the compute copy (a no-op on the CPU).

@@ -291,18 +291,18 @@ static int check_no_extra_tensors(const lt_checkpoint *ck, const lt_params *para
 static int read_param(lt_checkpoint *ck, lt_ckpt_kind kind, const lt_param_info *p, float *host) {
   int ndim;
   int64_t shape[LT_MAX_DIMS];
-  static const int64_t zeros[LT_MAX_DIMS] = {0};
   LT_TRY(lt_checkpoint_shape(ck, kind, p->name, &ndim, shape));
-  if (ndim != p->ndim || memcmp(shape, p->shape, (size_t)ndim * sizeof *shape) != 0) {
+  if (ndim != p->ndim || memcmp(shape, p->logical_shape, (size_t)ndim * sizeof *shape) != 0) {
     char have[96], want[96];
     return lt_fail(LT_ERR_CKPT,
                    "%s: tensor %s is %s in the checkpoint but %s in this model: the checkpoint "
                    "was made for another model shape (compare `longtrain info %s` with your "
                    "config)",
                    ck->dir, p->name, shape_text(ndim, shape, have, sizeof have),
-                   shape_text(p->ndim, p->shape, want, sizeof want), ck->dir);
+                   shape_text(p->ndim, p->logical_shape, want, sizeof want), ck->dir);
   }
-  return lt_checkpoint_read_slice(ck, kind, p->name, ndim, zeros, shape, host);
+  // A sharded parameter reads its own slice, whatever the layout that wrote the checkpoint.
+  return lt_checkpoint_read_slice(ck, kind, p->name, ndim, p->slice_start, p->shape, host);
 }
 
 int lt_checkpoint_read_params(lt_checkpoint *ck, lt_params *params, bool optimizer) {

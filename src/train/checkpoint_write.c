@@ -133,15 +133,14 @@ int lt_checkpoint_write_params(lt_checkpoint_writer *w, const lt_params *params,
   float *host = malloc((size_t)largest * sizeof *host);
   LT_CHECK(host, LT_ERR_MEMORY, "out of host memory writing a checkpoint");
   int rc = LT_OK;
-  static const int64_t zeros[LT_MAX_DIMS] = {0};
   for (int k = 0; k < (optimizer ? LT_CKPT_KINDS : 1) && rc == LT_OK; k++)
     for (int i = 0; i < params->count && rc == LT_OK; i++) {
       const lt_param_info *p = &params->info[i];
       rc = lt_device_copy(host, LT_CPU, buffers[k] + p->offset, params->device,
                           (size_t)p->numel * sizeof(float));
       if (rc == LT_OK)
-        rc = lt_checkpoint_write_slice(w, (lt_ckpt_kind)k, p->name, p->ndim, p->shape, zeros,
-                                       p->shape, host);
+        rc = lt_checkpoint_write_slice(w, (lt_ckpt_kind)k, p->name, p->ndim, p->logical_shape,
+                                       p->slice_start, p->shape, host);
     }
   free(host);
   return rc;

@@ -74,7 +74,7 @@ int lt_trainer_create(lt_trainer *tr, const lt_config *cfg, lt_world *world) {
   lt_device device = cfg->run.device == LT_DEVICE_CUDA ? LT_CUDA : LT_CPU;
   LT_TRY(lt_ctx_init(&tr->ctx, device, cfg->run.threads));
   LT_TRY(open_data(tr));
-  LT_TRY(lt_model_create(&tr->model, &tr->cfg.model, device));
+  LT_TRY(lt_model_create(&tr->model, &tr->cfg.model, device, NULL));
   LT_TRY(lt_model_plan(&tr->model, tr->micro_batch, tr->seq_len, t->recompute));
   LT_TRY(lt_optimizer_create(&tr->opt, &tr->model.params, t));
   return allocate_batches(tr);

@@ -32,7 +32,7 @@ static lt_model_config toy_config(int d_model) {
 // A model whose weights and AdamW moments are random, so a lost or swapped value shows.
 static void toy_model(lt_model *model, int d_model, uint64_t seed) {
   lt_model_config cfg = toy_config(d_model);
-  assert_ok(lt_model_create(model, &cfg, LT_CPU));
+  assert_ok(lt_model_create(model, &cfg, LT_CPU, NULL));
   lt_params *p = &model->params;
   for (int i = 0; i < p->count; i++) {
     const lt_param_info *info = &p->info[i];
@@ -364,7 +364,7 @@ static int load_into(const char *dir, int d_model, bool tie) {
   lt_model model;
   lt_model_config cfg = toy_config(d_model);
   cfg.tie_embeddings = tie;
-  assert_ok(lt_model_create(&model, &cfg, LT_CPU));
+  assert_ok(lt_model_create(&model, &cfg, LT_CPU, NULL));
   lt_checkpoint ck;
   int rc = lt_checkpoint_open(&ck, dir);
   if (rc == LT_OK) {
@@ -452,7 +452,7 @@ static void test_checkpoint_missing_a_tensor_of_the_model_names_it(void **state)
   lt_model tied;
   lt_model_config cfg = toy_config(32);
   cfg.tie_embeddings = true;
-  assert_ok(lt_model_create(&tied, &cfg, LT_CPU));
+  assert_ok(lt_model_create(&tied, &cfg, LT_CPU, NULL));
   assert_ok(save(root, 1, &tied));
   lt_model_destroy(&tied);
   char dir[512];

@@ -235,7 +235,7 @@ static void test_softmax_attention_backward_matches_finite_differences(void **st
   (void)state;
   sublayer_state s = {0};
   lt_model_config cfg = small_attention_config();
-  lt_params_begin(&s.params);
+  lt_params_begin(&s.params, NULL);
   assert_ok(lt_softmax_attention_create(&s.layer, &s.params, "attn", &cfg, (lt_init_stds){1, 1}));
   // T = 45 spans two 32-row tiles, one partial.
   assert_true(sublayer_error(&s, 2, 45, cfg.d_model, false) < GRAD_TOL);
@@ -245,7 +245,7 @@ static void test_softmax_attention_with_document_mask_backward_matches(void **st
   (void)state;
   sublayer_state s = {0};
   lt_model_config cfg = small_attention_config();
-  lt_params_begin(&s.params);
+  lt_params_begin(&s.params, NULL);
   assert_ok(lt_softmax_attention_create(&s.layer, &s.params, "attn", &cfg, (lt_init_stds){1, 1}));
   assert_true(sublayer_error(&s, 2, 45, cfg.d_model, true) < GRAD_TOL);
 }
@@ -257,7 +257,7 @@ static void test_sparse_attention_backward_matches_finite_differences(void **sta
   // Every part of the pattern at once, under a document mask; T = 45 over two tiles.
   cfg.sparse = (lt_sparse_config){
       .window = 7, .sinks = 2, .block_size = 8, .local_blocks = 1, .stride = 3, .global_blocks = 1};
-  lt_params_begin(&s.params);
+  lt_params_begin(&s.params, NULL);
   assert_ok(lt_sparse_attention_create(&s.layer, &s.params, "attn", &cfg, (lt_init_stds){1, 1}));
   assert_string_equal(s.layer->ops->kind, "sparse");
   assert_true(sublayer_error(&s, 2, 45, cfg.d_model, true) < GRAD_TOL);
@@ -296,7 +296,7 @@ static double moh_error(int shared, int top_k, double balance_coef) {
   sublayer_state s = {.prepare = spread_moh_router, .top_k = top_k};
   lt_model_config cfg = small_attention_config();
   cfg.moh = (lt_moh_config){.shared_heads = shared, .top_k = top_k, .balance_coef = balance_coef};
-  lt_params_begin(&s.params);
+  lt_params_begin(&s.params, NULL);
   assert_ok(lt_moh_attention_create(&s.layer, &s.params, "attn", &cfg, (lt_init_stds){1, 1}));
   assert_string_equal(s.layer->ops->kind, "moh");
   return sublayer_error(&s, 2, 9, cfg.d_model, false);
@@ -318,7 +318,7 @@ static double linear_error(lt_linear_config lin, int n_kv_heads, bool with_docs)
   sublayer_state s = {0};
   lt_model_config cfg = small_attention_config();
   cfg.n_kv_heads = n_kv_heads, cfg.norm_eps = 1e-5, cfg.linear = lin;
-  lt_params_begin(&s.params);
+  lt_params_begin(&s.params, NULL);
   assert_ok(lt_linear_attention_create(&s.layer, &s.params, "attn", &cfg, (lt_init_stds){1, 1}));
   return sublayer_error(&s, 2, 19, cfg.d_model, with_docs);
 }
@@ -372,7 +372,7 @@ static double lightning_error(bool with_docs) {
                                         .feature_map = LT_FEATURE_SILU,
                                         .gate = LT_GATE_LINEAR,
                                         .depth_scaled_decay = true};
-  lt_params_begin(&s.params);
+  lt_params_begin(&s.params, NULL);
   assert_ok(
       lt_lightning_attention_create(&s.layer, &s.params, "attn", &cfg, 1, (lt_init_stds){1, 1}));
   return sublayer_error(&s, 2, 19, cfg.d_model, with_docs);
@@ -391,7 +391,7 @@ static void test_lightning_attention_with_document_mask_backward_matches(void **
 static void test_swiglu_mlp_backward_matches_finite_differences(void **state) {
   (void)state;
   sublayer_state s = {0};
-  lt_params_begin(&s.params);
+  lt_params_begin(&s.params, NULL);
   assert_ok(lt_swiglu_mlp_create(&s.layer, &s.params, "ffn", 12, 20, (lt_init_stds){1, 1}));
   assert_true(sublayer_error(&s, 2, 5, 12, false) < GRAD_TOL);
 }
@@ -432,7 +432,7 @@ static void head_backward(void *p, const float *dout) {
 static void test_lm_head_loss_backward_matches_finite_differences(void **state) {
   (void)state;
   head_state s = {.ctx = cpu(), .n = 10, .d = 8, .vocab = 13};
-  lt_params_begin(&s.params);
+  lt_params_begin(&s.params, NULL);
   assert_ok(lt_lm_head_create(&s.head, &s.params, NULL, s.vocab, s.d, 1.0f));
   assert_ok(lt_params_allocate(&s.params, LT_CPU));
   lt_test_fill_normal(s.params.master, (int64_t)s.params.numel, 3, 0.5f);
@@ -503,7 +503,7 @@ static double model_error(bool tied, bool recompute, const char *attention) {
                          .sparse = {.window = 3, .sinks = 1, .block_size = 4, .stride = 2},
                          .moh = {.shared_heads = 1, .top_k = 3, .balance_coef = 0.01}};
   snprintf(cfg.attention, sizeof cfg.attention, "%s", attention);
-  assert_ok(lt_model_create(&s.model, &cfg, LT_CPU));
+  assert_ok(lt_model_create(&s.model, &cfg, LT_CPU, NULL));
   assert_ok(lt_params_init(&s.model.params, 77));
   // Norm gains away from 1 so that their gradients are exercised in general position.
   for (int i = 0; i < s.model.params.count; i++) {

@@ -61,7 +61,7 @@ static int setup(void **state) {
   r->T = (int64_t)lt_fixture_attr(fx, "seq_len");
   assert_int_equal(lt_fixture_attr(fx, "ignore_index"), LT_IGNORE_INDEX);
   assert_ok(lt_ctx_init(&r->ctx, LT_CPU, 2));
-  assert_ok(lt_model_create(&r->model, &cfg, LT_CPU));
+  assert_ok(lt_model_create(&r->model, &cfg, LT_CPU, NULL));
   const lt_params *p = &r->model.params;
   char name[160];
   for (int i = 0; i < p->count; i++) {

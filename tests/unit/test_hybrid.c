@@ -47,7 +47,7 @@ static double train(const char *attention, int steps, double *first) {
                          .init_std = 0.02};
   snprintf(cfg.attention, sizeof cfg.attention, "%s", attention);
   lt_model model;
-  assert_ok(lt_model_create(&model, &cfg, LT_CPU));
+  assert_ok(lt_model_create(&model, &cfg, LT_CPU, NULL));
   assert_ok(lt_params_init(&model.params, 7));
   const int64_t B = 8, T = 32, n = B * T;
   assert_ok(lt_model_plan(&model, B, T, false));

@@ -80,7 +80,7 @@ static lt_model_config layer_config(const char *kind) {
 
 static void layer_create(one_layer *l, const lt_model_config *cfg) {
   *l = (one_layer){0};
-  lt_params_begin(&l->params);
+  lt_params_begin(&l->params, NULL);
   const lt_init_stds stds = {0.3f, 0.3f};
   if (strcmp(cfg->attention, "linear") == 0)
     assert_ok(lt_linear_attention_create(&l->layer, &l->params, "attn", cfg, stds));
@@ -199,7 +199,7 @@ static void test_hybrid_pattern_builds_lightning_and_softmax_layers(void **state
   cfg.n_layers = 8, cfg.ffn_dim = 24, cfg.vocab_size = 11, cfg.max_seq_len = 16;
   cfg.rope_theta = 10000;
   lt_model model;
-  assert_ok(lt_model_create(&model, &cfg, LT_CPU));
+  assert_ok(lt_model_create(&model, &cfg, LT_CPU, NULL));
   for (int l = 0; l < 8; l++)
     assert_string_equal(model.blocks[l].mixer->ops->kind, l % 4 == 3 ? "softmax" : "lightning");
   // Lightning layers have a gate projection; the parameter table says so by name.
@@ -281,7 +281,7 @@ static void test_layer_with_a_zero_block_size_is_a_config_error(void **state) {
   lt_model_config cfg = layer_config("lightning");
   cfg.lightning.block_size = 0;
   lt_params params;
-  lt_params_begin(&params);
+  lt_params_begin(&params, NULL);
   lt_layer *layer = NULL;
   EXPECT_ERROR(lt_lightning_attention_create(&layer, &params, "layers.0.attn", &cfg, 0,
                                              (lt_init_stds){1, 1}),

@@ -37,7 +37,7 @@ static void toy_create_ffn(toy *t, int64_t B, int64_t T, bool recompute, const c
   lt_model_config cfg = toy_config();
   snprintf(cfg.ffn, sizeof cfg.ffn, "%s", ffn);
   cfg.moe = (lt_moe_config){.n_experts = 4, .top_k = 2, .renormalize = true, .ffn_dim = 32};
-  assert_ok(lt_model_create(&t->model, &cfg, LT_CPU));
+  assert_ok(lt_model_create(&t->model, &cfg, LT_CPU, NULL));
   assert_ok(lt_params_init(&t->model.params, 2024));
   assert_ok(lt_model_plan(&t->model, B, T, recompute));
   // A fixed pseudo-random token stream; each row is its own sequence.

@@ -76,7 +76,7 @@ static double tie_margin(moe_case *c, int64_t t) {
 static void make_case(moe_case *c, lt_model_config cfg, int64_t B, int64_t T, uint64_t seed) {
   *c = (moe_case){.cfg = cfg, .n = B * T, .d = cfg.d_model};
   assert_ok(lt_ctx_init(&c->ctx, LT_CPU, 2));
-  lt_params_begin(&c->params);
+  lt_params_begin(&c->params, NULL);
   assert_ok(lt_moe_create(&c->layer, &c->params, "moe", &c->cfg, (lt_init_stds){1, 1}));
   assert_ok(lt_params_allocate(&c->params, LT_CPU));
   for (int i = 0; i < c->params.count; i++) // weights of size ~1/sqrt(fan_in): O(1) activations
@@ -243,7 +243,7 @@ static void test_identical_experts_all_chosen_equal_one_dense_swiglu(void **stat
   // The same weights as a dense SwiGLU layer: renormalized gates over all experts sum to 1.
   lt_params dense_params;
   lt_layer *dense;
-  lt_params_begin(&dense_params);
+  lt_params_begin(&dense_params, NULL);
   assert_ok(lt_swiglu_mlp_create(&dense, &dense_params, "mlp", d, f, (lt_init_stds){1, 1}));
   assert_ok(lt_params_allocate(&dense_params, LT_CPU));
   memcpy(dense_params.master + lt_params_find(&dense_params, "mlp.w_gate")->offset,
@@ -431,7 +431,7 @@ static void test_moe_layer_rejects_a_bad_config_built_in_code(void **state) {
   lt_model_config cfg = moe_config(3, 4, true, 0);
   lt_params params;
   lt_layer *layer = NULL;
-  lt_params_begin(&params);
+  lt_params_begin(&params, NULL);
   EXPECT_ERROR(lt_moe_create(&layer, &params, "layers.2.ffn", &cfg, (lt_init_stds){1, 1}),
                LT_ERR_CONFIG, "layers.2.ffn", "model.moe.top_k (4)");
   if (layer) layer->ops->destroy(layer);

@@ -46,7 +46,7 @@ static lt_model_config moe_model_config(const char *ffn) {
 static void make_model(moe_model *s, lt_model_config cfg, int64_t B, int64_t T, bool recompute) {
   *s = (moe_model){0};
   assert_ok(lt_ctx_init(&s->ctx, LT_CPU, 2));
-  assert_ok(lt_model_create(&s->model, &cfg, LT_CPU));
+  assert_ok(lt_model_create(&s->model, &cfg, LT_CPU, NULL));
   assert_ok(lt_params_init(&s->model.params, 77));
   assert_ok(lt_model_plan(&s->model, B, T, recompute));
   const int64_t n = B * T;

@@ -29,7 +29,7 @@ static lt_model_config moh_config(int shared, int top_k) {
 // A MoH or softmax layer for batches of (B, T), weights seeded by name: the attention weights of
 // the two kinds are the same.
 static void build(lt_test_layer *l, bool moh, const lt_model_config *cfg) {
-  lt_params_begin(&l->params);
+  lt_params_begin(&l->params, NULL);
   if (moh)
     assert_ok(lt_moh_attention_create(&l->layer, &l->params, "attn", cfg, (lt_init_stds){1, 1}));
   else

@@ -132,7 +132,7 @@ typedef struct tiny_model {
 } tiny_model;
 
 static void tiny_create(tiny_model *t) {
-  lt_params_begin(&t->params);
+  lt_params_begin(&t->params, NULL);
   assert_ok(
       lt_params_add(&t->params, &t->embed, "embed.weight", 2, LT_SHAPE(5, 4),
                     (lt_param_spec){.init = LT_INIT_NORMAL, .std = 0.5f, .group = LT_GROUP_EMBED}));

@@ -109,7 +109,7 @@ static void test_packed_documents_compute_as_if_each_were_alone(void **state) {
   lt_ctx ctx;
   assert_ok(lt_ctx_init(&ctx, LT_CPU, 2));
   lt_model model;
-  assert_ok(lt_model_create(&model, &cfg, LT_CPU));
+  assert_ok(lt_model_create(&model, &cfg, LT_CPU, NULL));
   assert_ok(lt_params_init(&model.params, 5));
   int32_t tokens[T], targets[T], pos[T], doc[T];
   for (int t = 0; t < T; t++) {

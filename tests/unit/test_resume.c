@@ -263,7 +263,7 @@ static double first_step_loss(const char *run, const char *weights) {
   lt_ctx ctx;
   assert_ok(lt_ctx_init(&ctx, LT_CPU, cfg.run.threads));
   lt_model model;
-  assert_ok(lt_model_create(&model, &cfg.model, LT_CPU));
+  assert_ok(lt_model_create(&model, &cfg.model, LT_CPU, NULL));
   assert_ok(lt_checkpoint_load_weights(weights, &model.params));
   lt_dataset ds;
   assert_ok(lt_dataset_open(&ds, cfg.data.path));

@@ -352,7 +352,7 @@ static void build_layer(lt_test_layer *l, bool sparse, lt_sparse_config pattern)
                          .head_dim = 6,
                          .rope_theta = 10000.0,
                          .sparse = pattern};
-  lt_params_begin(&l->params);
+  lt_params_begin(&l->params, NULL);
   if (sparse)
     assert_ok(
         lt_sparse_attention_create(&l->layer, &l->params, "attn", &cfg, (lt_init_stds){1, 1}));

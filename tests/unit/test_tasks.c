@@ -250,7 +250,7 @@ static void test_softmax_attention_learns_mqar_far_above_chance(void **state) {
                          .init = LT_INIT_SCALED,
                          .init_std = 0.02};
   lt_model model;
-  assert_ok(lt_model_create(&model, &cfg, LT_CPU));
+  assert_ok(lt_model_create(&model, &cfg, LT_CPU, NULL));
   assert_ok(lt_params_init(&model.params, 1));
   assert_ok(lt_model_plan(&model, B, T, false));
   lt_train_config tc = {.lr = peak_lr,

@@ -1,0 +1,87 @@
+#include "parallel/mesh.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "core/error.h"
+
+static const char *axis_names[LT_N_AXES] = {"dp", "pp", "cp", "tp"};
+
+static void single_group(lt_group *g, const char *name) {
+  *g = (lt_group){.rank = 0, .size = 1, .comm = MPI_COMM_NULL};
+  snprintf(g->name, sizeof g->name, "%s", name);
+}
+
+void lt_mesh_single(lt_mesh *mesh) {
+  *mesh = (lt_mesh){.world_rank = 0, .world_size = 1};
+  single_group(&mesh->world, "world");
+  for (int a = 0; a < LT_N_AXES; a++) {
+    mesh->size[a] = 1;
+    single_group(&mesh->axis[a], axis_names[a]);
+  }
+  single_group(&mesh->dp_cp, "dp*cp");
+}
+
+int lt_mesh_rank_of(const lt_mesh *mesh, const int coord[LT_N_AXES]) {
+  int rank = 0;
+  for (int a = 0; a < LT_N_AXES; a++) rank = rank * mesh->size[a] + coord[a];
+  return rank;
+}
+
+// The ranks that share every coordinate outside `axes` form one group, ordered along `axes`.
+static int split(lt_mesh *mesh, lt_group *g, const char *name, const bool axes[LT_N_AXES]) {
+  int color = 0, key = 0;
+  for (int a = 0; a < LT_N_AXES; a++) {
+    if (axes[a])
+      key = key * mesh->size[a] + mesh->coord[a];
+    else
+      color = color * mesh->size[a] + mesh->coord[a];
+  }
+  single_group(g, name);
+  int size = 1;
+  for (int a = 0; a < LT_N_AXES; a++)
+    if (axes[a]) size *= mesh->size[a];
+  if (size == 1) return LT_OK;
+  LT_CHECK(MPI_Comm_split(MPI_COMM_WORLD, color, key, &g->comm) == MPI_SUCCESS, LT_ERR_COMM,
+           "MPI_Comm_split for the %s group failed", name);
+  MPI_Comm_rank(g->comm, &g->rank);
+  MPI_Comm_size(g->comm, &g->size);
+  return LT_OK;
+}
+
+int lt_mesh_create(lt_mesh *mesh, const lt_world *world, const lt_parallel_config *cfg) {
+  lt_mesh_single(mesh);
+  const int sizes[LT_N_AXES] = {cfg->dp, cfg->pp, cfg->cp, cfg->tp};
+  long product = 1;
+  for (int a = 0; a < LT_N_AXES; a++) product *= sizes[a];
+  LT_CHECK(product == world->size, LT_ERR_CONFIG,
+           "parallel.dp * pp * cp * tp = %d * %d * %d * %d = %ld, but %d rank%s started: set the "
+           "parallel sizes to multiply to the rank count (or start %ld ranks, e.g. mpirun -np %ld)",
+           cfg->dp, cfg->pp, cfg->cp, cfg->tp, product, world->size,
+           world->size == 1 ? " was" : "s were", product, product);
+  mesh->world_rank = world->rank, mesh->world_size = world->size;
+  int rest = world->rank;
+  for (int a = LT_N_AXES - 1; a >= 0; a--) {
+    mesh->size[a] = sizes[a];
+    mesh->coord[a] = rest % sizes[a];
+    rest /= sizes[a];
+  }
+  if (world->size == 1) return LT_OK;
+  mesh->world = (lt_group){.rank = world->rank, .size = world->size, .comm = MPI_COMM_WORLD};
+  snprintf(mesh->world.name, sizeof mesh->world.name, "world");
+  for (int a = 0; a < LT_N_AXES; a++) {
+    bool axes[LT_N_AXES] = {false};
+    axes[a] = true;
+    LT_TRY(split(mesh, &mesh->axis[a], axis_names[a], axes));
+  }
+  const bool dp_cp[LT_N_AXES] = {[LT_AXIS_DP] = true, [LT_AXIS_CP] = true};
+  return split(mesh, &mesh->dp_cp, "dp*cp", dp_cp);
+}
+
+void lt_mesh_destroy(lt_mesh *mesh) {
+  lt_group *groups[LT_N_AXES + 1] = {&mesh->axis[0], &mesh->axis[1], &mesh->axis[2], &mesh->axis[3],
+                                     &mesh->dp_cp};
+  for (int i = 0; i < LT_N_AXES + 1; i++)
+    if (groups[i]->comm != MPI_COMM_NULL) MPI_Comm_free(&groups[i]->comm);
+  lt_mesh_single(mesh);
+}
