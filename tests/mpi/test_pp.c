@@ -1,0 +1,197 @@
+// Run under mpirun with 2 ranks: a model split into two pipeline stages and run with the 1F1B
+// schedule over 4 micro-batches computes what the whole model computes in one process: the same
+// loss, auxiliary losses and gradient of every parameter of every stage, the same validation
+// loss, and 20 optimizer steps of the same loss curve. Every rank builds the whole model too, as
+// the reference.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pipeline_case.h"
+#include "testing.h"
+
+enum { STAGES = 2 };
+
+static lt_world world;
+static lt_ctx ctx;
+
+static void test_softmax_model_untied_equals_the_single_process(void **state) {
+  (void)state;
+  const lt_pp_case c = {.n_layers = 4, .micro_batches = 4, .B = 2, .T = 16};
+  lt_test_pp_expect_same_step(&world, &ctx, &c);
+}
+
+static void test_softmax_model_tied_equals_the_single_process(void **state) {
+  (void)state;
+  const lt_pp_case c = {.n_layers = 4, .tie = true, .micro_batches = 4, .B = 2, .T = 16};
+  lt_test_pp_expect_same_step(&world, &ctx, &c);
+}
+
+static void test_hybrid_lightning_softmax_model_untied_equals_the_single_process(void **state) {
+  (void)state;
+  const lt_pp_case c = {
+      .attention = "lightning,softmax", .n_layers = 4, .micro_batches = 4, .B = 2, .T = 16};
+  lt_test_pp_expect_same_step(&world, &ctx, &c);
+}
+
+static void test_hybrid_lightning_softmax_model_tied_equals_the_single_process(void **state) {
+  (void)state;
+  const lt_pp_case c = {.attention = "lightning,softmax",
+                        .n_layers = 4,
+                        .tie = true,
+                        .micro_batches = 4,
+                        .B = 2,
+                        .T = 16};
+  lt_test_pp_expect_same_step(&world, &ctx, &c);
+}
+
+static void test_recomputation_keeps_the_pipeline_equal_to_the_single_process(void **state) {
+  (void)state;
+  const lt_pp_case c = {.attention = "lightning,softmax",
+                        .n_layers = 4,
+                        .tie = true,
+                        .recompute = true,
+                        .micro_batches = 4,
+                        .B = 2,
+                        .T = 16};
+  lt_test_pp_expect_same_step(&world, &ctx, &c);
+}
+
+// Routers keep per-micro-batch state (MoH's head weights, MoE's dispatch plan) that the forwards
+// of other micro-batches in flight must not overwrite; documents restart inside sequences.
+static void test_routed_layers_with_documents_equal_the_single_process(void **state) {
+  (void)state;
+  const lt_pp_case c = {.attention = "moh,softmax",
+                        .ffn = "moe,swiglu",
+                        .n_layers = 4,
+                        .documents = true,
+                        .micro_batches = 4,
+                        .B = 2,
+                        .T = 16};
+  lt_test_pp_expect_same_step(&world, &ctx, &c);
+}
+
+static void test_uneven_split_from_pp_layers_equals_the_single_process(void **state) {
+  (void)state;
+  const lt_pp_case c = {.attention = "lightning,softmax",
+                        .n_layers = 4,
+                        .tie = true,
+                        .micro_batches = 4,
+                        .B = 2,
+                        .T = 16,
+                        .pp_layers = "1,3"};
+  lt_test_pp_expect_same_step(&world, &ctx, &c);
+}
+
+static void test_stages_hold_their_layers_the_embedding_first_and_the_head_last(void **state) {
+  (void)state;
+  lt_mesh mesh;
+  lt_test_pp_mesh(&mesh, &world, STAGES, "1,3");
+  for (int tie = 0; tie < 2; tie++) {
+    const lt_pp_case c = {.n_layers = 4, .tie = tie, .micro_batches = 1, .B = 1, .T = 8};
+    lt_model m;
+    lt_test_pp_model(&m, &c, &mesh);
+    const bool first = mesh.coord[LT_AXIS_PP] == 0;
+    assert_int_equal(m.layer_begin, first ? 0 : 1);
+    assert_int_equal(m.layer_end, first ? 1 : 4);
+    assert_true((lt_params_find(&m.params, "layers.0.attn.wq") != NULL) == first);
+    assert_true((lt_params_find(&m.params, "layers.3.ffn.w_down") != NULL) == !first);
+    assert_true((lt_params_find(&m.params, "final_norm") != NULL) == !first);
+    assert_true((lt_params_find(&m.params, "lm_head") != NULL) == (!first && !tie));
+    // Tied, the last stage holds a copy of the embedding, marked as such.
+    const lt_param_info *embed = lt_params_find(&m.params, "embed");
+    assert_true((embed != NULL) == (first || tie));
+    if (embed) assert_true(embed->spec.pipeline_copy == !first);
+    lt_model_destroy(&m);
+  }
+  lt_mesh_destroy(&mesh);
+}
+
+static void test_schedule_runs_one_forward_one_backward_after_the_warm_up(void **state) {
+  (void)state;
+  const lt_pp_case c = {.n_layers = 4, .micro_batches = 4, .B = 1, .T = 8};
+  // Stage 0 keeps one forward ahead (F0 F1 before B0); the last stage alternates from the start.
+  static const char *const expected[STAGES] = {"F0 F1 B0 F2 B1 F3 B2 B3",
+                                               "F0 B0 F1 B1 F2 B2 F3 B3"};
+  lt_test_pp_expect_order(&world, &ctx, &c, expected);
+}
+
+static void test_validation_loss_through_the_pipeline_equals_the_single_process(void **state) {
+  (void)state;
+  lt_mesh mesh;
+  lt_test_pp_mesh(&mesh, &world, STAGES, NULL);
+  const lt_pp_case c = {
+      .attention = "lightning,softmax", .n_layers = 4, .micro_batches = 3, .B = 2, .T = 16};
+  lt_model stage, whole;
+  lt_test_pp_model(&stage, &c, &mesh);
+  lt_test_pp_model(&whole, &c, NULL);
+  lt_pp_data d;
+  lt_test_pp_data_make(&d, &c, 5);
+  lt_micro_batches micro = lt_test_pp_micro_batches(&d);
+  double loss, ref_loss = 0.0;
+  assert_ok(lt_pipeline_eval(&stage, &ctx, &micro, &loss));
+  for (int64_t m = 0; m < d.count; m++) {
+    double micro_loss;
+    assert_ok(micro.load(&d, m, &d.batch));
+    assert_ok(lt_model_forward(&whole, &ctx, &d.batch, false, 0.0f, &micro_loss));
+    ref_loss += micro_loss;
+  }
+  printf("validation loss sum %.9g vs %.9g\n", loss, ref_loss);
+  assert_true(fabs(loss - ref_loss) <= 1e-7 * ref_loss);
+  lt_test_pp_data_free(&d);
+  lt_model_destroy(&stage);
+  lt_model_destroy(&whole);
+  lt_mesh_destroy(&mesh);
+}
+
+static void test_twenty_steps_follow_the_single_process_loss_curve(void **state) {
+  (void)state;
+  const lt_pp_case c = {.attention = "lightning,softmax",
+                        .n_layers = 4,
+                        .tie = true,
+                        .micro_batches = 4,
+                        .B = 2,
+                        .T = 16};
+  lt_test_pp_expect_same_curve(&world, &ctx, &c, 20);
+}
+
+static void test_layers_the_stages_cannot_share_evenly_are_a_config_error(void **state) {
+  (void)state;
+  lt_mesh mesh;
+  lt_test_pp_mesh(&mesh, &world, STAGES, NULL);
+  const lt_pp_case c = {.n_layers = 3};
+  lt_model_config cfg = lt_test_pp_model_config(&c);
+  lt_model m;
+  EXPECT_ERROR(lt_model_create(&m, &cfg, LT_CPU, &mesh), LT_ERR_CONFIG,
+               "parallel.pp (2) does not divide model.n_layers (3)", "parallel.pp_layers",
+               "\"2,1\"");
+  lt_model_destroy(&m);
+  lt_mesh_destroy(&mesh);
+}
+
+int main(int argc, char **argv) {
+  if (lt_world_init(&world, &argc, &argv) != LT_OK || !world.mpi || world.size != STAGES) {
+    fprintf(stderr, "test_pp must run under mpirun -np %d\n", STAGES);
+    return 1;
+  }
+  if (lt_ctx_init(&ctx, LT_CPU, 1) != LT_OK) return 1;
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_softmax_model_untied_equals_the_single_process),
+      cmocka_unit_test(test_softmax_model_tied_equals_the_single_process),
+      cmocka_unit_test(test_hybrid_lightning_softmax_model_untied_equals_the_single_process),
+      cmocka_unit_test(test_hybrid_lightning_softmax_model_tied_equals_the_single_process),
+      cmocka_unit_test(test_recomputation_keeps_the_pipeline_equal_to_the_single_process),
+      cmocka_unit_test(test_routed_layers_with_documents_equal_the_single_process),
+      cmocka_unit_test(test_uneven_split_from_pp_layers_equals_the_single_process),
+      cmocka_unit_test(test_stages_hold_their_layers_the_embedding_first_and_the_head_last),
+      cmocka_unit_test(test_schedule_runs_one_forward_one_backward_after_the_warm_up),
+      cmocka_unit_test(test_validation_loss_through_the_pipeline_equals_the_single_process),
+      cmocka_unit_test(test_twenty_steps_follow_the_single_process_loss_curve),
+      cmocka_unit_test(test_layers_the_stages_cannot_share_evenly_are_a_config_error),
+  };
+  int failures = cmocka_run_group_tests(tests, NULL, NULL);
+  lt_ctx_destroy(&ctx);
+  lt_world_finalize(&world);
+  return failures;
+}
