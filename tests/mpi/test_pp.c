@@ -8,8 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "optim/adamw.h"
 #include "pipeline_case.h"
 #include "testing.h"
+#include "train/checkpoint.h"
 
 enum { STAGES = 2 };
 
@@ -156,6 +158,75 @@ static void test_twenty_steps_follow_the_single_process_loss_curve(void **state)
   lt_test_pp_expect_same_curve(&world, &ctx, &c, 20);
 }
 
+static void barrier(const lt_group *g) {
+  float token = 0.0f;
+  assert_ok(lt_all_reduce_sum(g, lt_view1(&token, LT_F32, LT_CPU, 1)));
+}
+
+// Writes checkpoint step 1 under `root` (the same on every stage): each stage the parameters it
+// holds as its own shard, shard 0 first to create the folder, then rank 0 commits.
+static void write_checkpoint(const lt_model *m, const lt_group *pp, const char *root) {
+  lt_checkpoint_writer w;
+  if (pp->rank == 0) assert_ok(lt_checkpoint_begin(&w, root, 1, 0, pp->size));
+  barrier(pp);
+  if (pp->rank != 0) assert_ok(lt_checkpoint_begin(&w, root, 1, pp->rank, pp->size));
+  assert_ok(lt_checkpoint_write_params(&w, &m->params, true));
+  if (pp->rank != 0) assert_ok(lt_checkpoint_finish_shard(&w));
+  barrier(pp);
+  const lt_checkpoint_meta meta = {.step = 1};
+  if (pp->rank == 0) assert_ok(lt_checkpoint_commit(&w, &meta));
+  barrier(pp);
+}
+
+// The stages' shards make one checkpoint (the tied copy left to the first stage): one process
+// loads it whole, and a pipeline loads back exactly the weights and AdamW moments it wrote.
+static void test_stages_write_one_checkpoint_that_loads_whole_and_back(void **state) {
+  (void)state;
+  lt_mesh mesh;
+  lt_test_pp_mesh(&mesh, &world, STAGES, NULL);
+  const lt_group *pp = &mesh.axis[LT_AXIS_PP];
+  const lt_pp_case c = {.attention = "lightning,softmax",
+                        .n_layers = 4,
+                        .tie = true,
+                        .micro_batches = 2,
+                        .B = 1,
+                        .T = 8};
+  lt_model m, whole, again;
+  lt_test_pp_model(&m, &c, &mesh);
+  const lt_train_config tc = {.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8};
+  lt_optimizer opt;
+  assert_ok(lt_optimizer_create(&opt, &m.params, &tc));
+  lt_pp_data d;
+  lt_test_pp_data_make(&d, &c, 0);
+  double loss, aux, norm;
+  lt_test_pp_step(&m, &ctx, &d, &loss, &aux, NULL);
+  assert_ok(lt_optimizer_step(&opt, &ctx, tc.lr, &norm));
+  char root[256] = "";
+  if (pp->rank == 0) snprintf(root, sizeof root, "%s/checkpoints", lt_test_tmpdir());
+  assert_ok(lt_broadcast(pp, lt_view1(root, LT_U8, LT_CPU, sizeof root), 0));
+  write_checkpoint(&m, pp, root);
+  char dir[300];
+  snprintf(dir, sizeof dir, "%s/step_00000001", root);
+  lt_test_pp_model(&whole, &c, NULL);
+  assert_ok(lt_checkpoint_load_weights(dir, &whole.params));
+  assert_true(lt_test_pp_max_diff(&m, &whole, false) == 0.0);
+  lt_test_pp_model(&again, &c, &mesh);
+  lt_checkpoint ck;
+  assert_ok(lt_checkpoint_open(&ck, dir));
+  assert_ok(lt_checkpoint_read_params(&ck, &again.params, true));
+  lt_checkpoint_close(&ck);
+  const size_t bytes = sizeof(float) * m.params.numel;
+  assert_memory_equal(again.params.master, m.params.master, bytes);
+  assert_memory_equal(again.params.adam_m, m.params.adam_m, bytes);
+  assert_memory_equal(again.params.adam_v, m.params.adam_v, bytes);
+  lt_test_pp_data_free(&d);
+  lt_optimizer_destroy(&opt);
+  lt_model_destroy(&m);
+  lt_model_destroy(&whole);
+  lt_model_destroy(&again);
+  lt_mesh_destroy(&mesh);
+}
+
 static void test_layers_the_stages_cannot_share_evenly_are_a_config_error(void **state) {
   (void)state;
   lt_mesh mesh;
@@ -188,6 +259,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_schedule_runs_one_forward_one_backward_after_the_warm_up),
       cmocka_unit_test(test_validation_loss_through_the_pipeline_equals_the_single_process),
       cmocka_unit_test(test_twenty_steps_follow_the_single_process_loss_curve),
+      cmocka_unit_test(test_stages_write_one_checkpoint_that_loads_whole_and_back),
       cmocka_unit_test(test_layers_the_stages_cannot_share_evenly_are_a_config_error),
   };
   int failures = cmocka_run_group_tests(tests, NULL, NULL);
