@@ -177,7 +177,7 @@ void lt_test_pp_expect_same_curve(const lt_world *world, lt_ctx *ctx, const lt_p
   lt_test_pp_model(&stage, c, &mesh);
   lt_test_pp_model(&whole, c, NULL);
   // Clipping at a norm the gradients exceed: the norm is then every stage's, and must be right.
-  const lt_train_config tc = {.lr = 1e-2,
+  const lt_train_config tc = {.lr = 3e-3,
                               .beta1 = 0.9,
                               .beta2 = 0.95,
                               .eps = 1e-8,
@@ -198,7 +198,11 @@ void lt_test_pp_expect_same_curve(const lt_world *world, lt_ctx *ctx, const lt_p
     lt_test_pp_step(&whole, ctx, &d, &ref_loss, &ref_aux, NULL);
     assert_ok(lt_optimizer_step(&opt, ctx, tc.lr, &norm));
     assert_ok(lt_optimizer_step(&ref_opt, ctx, tc.lr, &ref_norm));
-    if (!close_to(loss, ref_loss, 1e-5) || !close_to(norm, ref_norm, 1e-5))
+    // Untied, every stage computes what the single process does, in the same order: only the
+    // gradient norm's sum of squares is added in another order (in double). Tied, the
+    // embedding's gradient is summed in another order too, and AdamW carries the difference on.
+    const bool same_loss = c->tie ? close_to(loss, ref_loss, 1e-5) : loss == ref_loss;
+    if (!same_loss || !close_to(norm, ref_norm, 1e-5))
       fail_msg("step %d: loss %.9g vs %.9g, gradient norm %.9g vs %.9g", step + 1, loss / tokens,
                ref_loss / tokens, norm, ref_norm);
     clipped += ref_norm > tc.clip_norm;
@@ -212,7 +216,7 @@ void lt_test_pp_expect_same_curve(const lt_world *world, lt_ctx *ctx, const lt_p
          mesh.coord[LT_AXIS_PP], first, last, steps, clipped, weights);
   assert_true(clipped > 0);
   assert_true(last < first);
-  assert_true(weights < 1e-4);
+  assert_true(c->tie ? weights < 1e-5 : weights == 0.0);
   assert_true(tied_copies_equal(&stage, &mesh));
   lt_optimizer_destroy(&opt);
   lt_optimizer_destroy(&ref_opt);

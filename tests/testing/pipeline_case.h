@@ -51,8 +51,9 @@ double lt_test_pp_max_diff(const lt_model *stage, const lt_model *reference, boo
 // The checks, on a mesh of world->size pipeline stages; every rank also builds the whole model.
 // One step: the loss, auxiliary losses and every gradient of this stage equal the reference's.
 void lt_test_pp_expect_same_step(const lt_world *world, lt_ctx *ctx, const lt_pp_case *c);
-// `steps` AdamW steps with clipping that binds: the same losses and gradient norms at every
-// step, weights that stay close, and a tied embedding's two copies equal bit for bit.
+// `steps` AdamW steps with clipping that binds: the same losses (bit for bit untied) and gradient
+// norms at every step, the same weights (bit for bit untied), and a tied embedding's two copies
+// equal bit for bit.
 void lt_test_pp_expect_same_curve(const lt_world *world, lt_ctx *ctx, const lt_pp_case *c,
                                   int steps);
 // The order each stage ran its forwards and backwards in ("F0 F1 B0 ..."), against
