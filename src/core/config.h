@@ -106,6 +106,7 @@ typedef struct lt_parallel_config {
   int dp, pp, cp, tp;
   bool zero;       // ZeRO-1: shard the optimizer state over dp
   int timeout_s;   // a collective that waits longer ends the job (a dead or hung rank)
+  char pp_layers[256]; // each pipeline stage's layer count ("3,5"); "" for n_layers / pp each
 } lt_parallel_config;
 
 typedef struct lt_config {
@@ -172,5 +173,11 @@ extern const char *const lt_ffn_kinds[];
 // length divides n_layers.
 int lt_config_layer_kind(const char *pattern, const char *const *kinds, int n_layers, int layer,
                          const char *key, const char **kind);
+
+// Pipeline stage `stage` of `stages` holds layers [*begin, *end): `pp_layers` (parallel.pp_layers)
+// lists every stage's count, or is empty for n_layers / stages each (which must then divide).
+// Each stage holds at least one layer.
+int lt_config_stage_layers(const char *pp_layers, int stages, int n_layers, int stage, int *begin,
+                           int *end);
 
 #endif

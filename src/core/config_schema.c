@@ -227,6 +227,11 @@ const lt_config_key lt_config_keys[] = {
     INT("parallel.pp", parallel.pp, "1", 1, 4096,
         "Pipeline stages: the layers are split into pp consecutive ranges, one per stage, run with "
         "the 1F1B schedule over the step's micro-batches."),
+    STRING("parallel.pp_layers", parallel.pp_layers, "",
+           "Layers of each pipeline stage, first to last, as a comma-separated list summing to "
+           "model.n_layers (\"5,6,6,5\": lighter first and last stages, which also hold the "
+           "embedding and the LM head with the loss). Empty: model.n_layers / parallel.pp each, "
+           "which must divide."),
     INT("parallel.cp", parallel.cp, "1", 1, 4096,
         "Context-parallel ranks: each sequence is split over cp ranks (2*cp zigzag chunks, rank r "
         "holding chunks r and 2cp-1-r); softmax-like attention runs as ring attention, linear-like "
@@ -368,6 +373,10 @@ int lt_config_validate(const lt_config *cfg) {
            "%s: train.eval_every (%d) needs a validation set: set data.val_fraction (e.g. 0.01) "
            "or data.val_path",
            src, t->eval_every);
+  int begin, end;
+  int rc = lt_config_stage_layers(cfg->parallel.pp_layers, cfg->parallel.pp, m->n_layers, 0, &begin,
+                                  &end);
+  if (rc) return lt_error_context(rc, "%s", src);
   if (uses_attention(m, "sparse")) LT_TRY(validate_sparse(cfg));
   if (uses_attention(m, "moh")) LT_TRY(validate_moh(cfg));
   return validate_linear(cfg);
@@ -430,5 +439,53 @@ int lt_config_layer_kind(const char *pattern, const char *const *kinds, int n_la
            "%s: the pattern \"%s\" has %d layers, which does not divide model.n_layers (%d)", key,
            pattern, length, n_layers);
   *kind = chosen[layer % length];
+  return LT_OK;
+}
+
+// A balanced split for messages: the first n_layers % stages stages take one layer more.
+static void suggest_split(int stages, int n_layers, char *out, size_t cap) {
+  out[0] = '\0';
+  for (int s = 0; s < stages && strlen(out) + 12 < cap; s++)
+    snprintf(out + strlen(out), cap - strlen(out), "%s%d", s ? "," : "",
+             n_layers / stages + (s < n_layers % stages));
+}
+
+int lt_config_stage_layers(const char *pp_layers, int stages, int n_layers, int stage, int *begin,
+                           int *end) {
+  LT_CHECK(stages <= n_layers, LT_ERR_CONFIG,
+           "parallel.pp (%d) exceeds model.n_layers (%d): every pipeline stage needs a layer; "
+           "lower parallel.pp",
+           stages, n_layers);
+  char example[64];
+  suggest_split(stages, n_layers, example, sizeof example);
+  if (!pp_layers[0]) {
+    LT_CHECK(n_layers % stages == 0, LT_ERR_CONFIG,
+             "parallel.pp (%d) does not divide model.n_layers (%d): set parallel.pp_layers to "
+             "each stage's layer count (e.g. \"%s\"), or a parallel.pp that divides it",
+             stages, n_layers, example);
+    *begin = stage * (n_layers / stages), *end = *begin + n_layers / stages;
+    return LT_OK;
+  }
+  int count = 0, sum = 0;
+  for (const char *p = pp_layers; *p;) {
+    char *stop;
+    long layers = strtol(p, &stop, 10);
+    LT_CHECK(stop != p && layers >= 1 && layers <= 4096 && (*stop == ',' || *stop == '\0'),
+             LT_ERR_CONFIG,
+             "parallel.pp_layers \"%s\" must list each stage's layer count, each at least 1 "
+             "(e.g. \"%s\")",
+             pp_layers, example);
+    if (count == stage) *begin = sum, *end = sum + (int)layers;
+    count++, sum += (int)layers;
+    p = *stop ? stop + 1 : stop;
+    LT_CHECK(*stop == '\0' || *p, LT_ERR_CONFIG,
+             "parallel.pp_layers \"%s\" ends with a comma: list each stage's layer count",
+             pp_layers);
+  }
+  LT_CHECK(count == stages && sum == n_layers, LT_ERR_CONFIG,
+           "parallel.pp_layers \"%s\" lists %d stage%s of %d layers in all, but parallel.pp is %d "
+           "and model.n_layers %d: list parallel.pp counts that sum to model.n_layers (e.g. "
+           "\"%s\")",
+           pp_layers, count, count == 1 ? "" : "s", sum, stages, n_layers, example);
   return LT_OK;
 }

@@ -8,7 +8,10 @@
 // two arenas. Saved activations come from `acts`; temporaries that live only inside one call come
 // from `scratch`, where each layer releases what it took before returning, so all layers' scratch
 // overlaps. The model runs planning once on measuring arenas and once for real, so the sizes
-// are those of this code.
+// are those of this code. It may plan again on another `acts` between a forward and its backward
+// (pipeline parallelism keeps several micro-batches in flight, each with its own activations):
+// everything backward reads from its forward must be in views that plan() sets, or be read back
+// from them; plan() must hand out the same sizes every time, and do nothing else that costs.
 #ifndef LT_LAYER_H
 #define LT_LAYER_H
 

@@ -141,6 +141,9 @@ static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, l
                     const lt_batch *batch) {
   moe_layer *m = (moe_layer *)self;
   x = lt_flatten2(x), dx = lt_flatten2(dx), dout = lt_flatten2(dout);
+  // The host copy of the plan is the last forward's: with several micro-batches in flight (the
+  // pipeline's 1F1B) that may be another one's, so this one's is read again from its activations.
+  LT_TRY(read_plan(m));
   const int64_t rows = m->rows[m->n_experts];
   lt_tensor xe = lt_rows(m->xe, 0, rows), h = lt_rows(m->h, 0, rows);
   lt_tensor gate_up = lt_rows(m->gate_up_out, 0, rows), ye = lt_rows(m->ye, 0, rows);

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "layers/registry.h"
+#include "parallel/mesh.h"
 
 static lt_init_stds init_stds(const lt_model_config *cfg) {
   const double d = cfg->d_model, layers = cfg->n_layers;
@@ -32,9 +33,24 @@ double lt_model_rope_theta(const lt_model_config *cfg) {
   return s == 1.0 ? cfg->rope_theta : cfg->rope_theta * pow(s, d / (d - 2.0));
 }
 
+// The parameter `name` is this pipeline stage's copy of one that another stage holds too.
+static void mark_pipeline_copy(lt_params *params, const char *name) {
+  for (int i = 0; i < params->count; i++)
+    if (strcmp(params->info[i].name, name) == 0) params->info[i].spec.pipeline_copy = true;
+}
+
+// Which blocks this process holds, and whether it holds the embedding and the head.
+static int place_stage(lt_model *model, const lt_mesh *mesh) {
+  const int stages = mesh ? mesh->size[LT_AXIS_PP] : 1, stage = mesh ? mesh->coord[LT_AXIS_PP] : 0;
+  model->first_stage = stage == 0;
+  model->last_stage = stage == stages - 1;
+  return lt_config_stage_layers(mesh ? mesh->parallel.pp_layers : "", stages, model->cfg.n_layers,
+                                stage, &model->layer_begin, &model->layer_end);
+}
+
 int lt_model_create(lt_model *model, const lt_model_config *cfg, lt_device device,
                     const lt_mesh *mesh) {
-  *model = (lt_model){.cfg = *cfg, .device = device};
+  *model = (lt_model){.cfg = *cfg, .device = device, .n_slots = 1};
   lt_model_config *c = &model->cfg;
   // Configs built in code (tests) may leave the kinds empty: the defaults.
   if (!c->attention[0]) strcpy(c->attention, "softmax");
@@ -45,12 +61,19 @@ int lt_model_create(lt_model *model, const lt_model_config *cfg, lt_device devic
   c->rope_theta = lt_model_rope_theta(c);
   c->rope_ntk_factor = 1.0;
   lt_init_stds stds = init_stds(c);
+  LT_TRY(place_stage(model, mesh));
   lt_params_begin(&model->params, mesh);
-  LT_TRY(lt_embedding_create(&model->embed, &model->params, c->vocab_size, c->d_model, stds.in));
+  // A tied LM head on the last pipeline stage reads its own copy of the embedding (Megatron's
+  // word_embeddings_for_head): the same logical parameter, initialised alike by name, its
+  // gradient summed with the first stage's so both copies stay equal (lt_pipeline_train_step).
+  const bool tied_copy = c->tie_embeddings && model->last_stage && !model->first_stage;
+  if (model->first_stage || tied_copy)
+    LT_TRY(lt_embedding_create(&model->embed, &model->params, c->vocab_size, c->d_model, stds.in));
+  if (tied_copy) mark_pipeline_copy(&model->params, "embed");
   model->blocks = calloc((size_t)c->n_layers, sizeof *model->blocks);
   LT_CHECK(model->blocks, LT_ERR_MEMORY, "out of memory creating %d blocks", c->n_layers);
   const float eps = (float)c->norm_eps;
-  for (int l = 0; l < c->n_layers; l++) {
+  for (int l = model->layer_begin; l < model->layer_end; l++) {
     lt_block *b = &model->blocks[l];
     const char *mixer_kind, *ffn_kind;
     LT_TRY(lt_config_layer_kind(c->attention, lt_attention_kinds, c->n_layers, l, "model.attention",
@@ -66,11 +89,20 @@ int lt_model_create(lt_model *model, const lt_model_config *cfg, lt_device devic
     snprintf(name, sizeof name, "layers.%d.ffn", l);
     LT_TRY(lt_ffn_create(&b->ffn, ffn_kind, &model->params, name, c, l, stds));
   }
-  LT_TRY(lt_rmsnorm_create(&model->final_norm, &model->params, "final_norm", c->d_model, eps));
-  LT_TRY(lt_lm_head_create(&model->head, &model->params,
-                           c->tie_embeddings ? &model->embed.weight : NULL, c->vocab_size,
-                           c->d_model, stds.in));
+  if (model->last_stage) {
+    LT_TRY(lt_rmsnorm_create(&model->final_norm, &model->params, "final_norm", c->d_model, eps));
+    LT_TRY(lt_lm_head_create(&model->head, &model->params,
+                             c->tie_embeddings ? &model->embed.weight : NULL, c->vocab_size,
+                             c->d_model, stds.in));
+  }
   return lt_params_allocate(&model->params, device);
+}
+
+static void free_extra_slots(lt_model *model) {
+  for (int i = 0; i + 1 < model->n_slots; i++) lt_arena_destroy(&model->extra_slots[i]);
+  free(model->extra_slots);
+  model->extra_slots = NULL;
+  model->n_slots = 1, model->slot = 0;
 }
 
 void lt_model_destroy(lt_model *model) {
@@ -81,30 +113,21 @@ void lt_model_destroy(lt_model *model) {
       if (b->ffn) b->ffn->ops->destroy(b->ffn);
     }
   free(model->blocks);
+  free_extra_slots(model);
   lt_arena_destroy(&model->acts);
   lt_arena_destroy(&model->scratch);
   lt_params_free(&model->params);
   *model = (lt_model){0};
 }
 
-// Hands out every view the step needs. Run once on measuring arenas, once on real ones.
-static int plan_views(lt_model *model, const lt_plan *p) {
+// The views and sublayer memory of this stage's blocks, from p->acts. With recomputation only one
+// block's are alive at a time, so every block shares one region.
+static int plan_blocks(lt_model *model, const lt_plan *p) {
   const int64_t n = p->B * p->T, d = model->cfg.d_model;
   const lt_dtype dt = p->act_dtype;
   lt_arena *acts = p->acts;
-  for (int l = 0; l < model->cfg.n_layers; l++)
-    LT_TRY(lt_arena_alloc2(acts, &model->blocks[l].x_in, dt, n, d));
-  lt_tensor *model_views[] = {&model->x_out,   &model->final_in, &model->branch,
-                              &model->d_resid, &model->d_branch, &model->d_final};
-  for (size_t i = 0; i < sizeof model_views / sizeof model_views[0]; i++)
-    LT_TRY(lt_arena_alloc2(acts, model_views[i], dt, n, d));
-  LT_TRY(lt_arena_alloc1(acts, &model->final_rstd, LT_F32, n));
-  if (model->recompute) LT_TRY(lt_arena_alloc2(acts, &model->recompute_out, dt, n, d));
-  LT_TRY(lt_lm_head_plan(&model->head, p));
-  // With recomputation every block's saved activations share one region: only one block's are
-  // alive at a time, rebuilt from its input just before its backward.
   size_t shared = lt_arena_mark(acts), end = shared;
-  for (int l = 0; l < model->cfg.n_layers; l++) {
+  for (int l = model->layer_begin; l < model->layer_end; l++) {
     lt_block *b = &model->blocks[l];
     if (model->recompute) lt_arena_release(acts, shared);
     LT_TRY(lt_arena_alloc2(acts, &b->attn_in, dt, n, d));
@@ -120,26 +143,93 @@ static int plan_views(lt_model *model, const lt_plan *p) {
   return LT_OK;
 }
 
+// Hands out every view the step needs. Run once on measuring arenas, once on real ones, and again
+// whenever the pipeline moves to another micro-batch's slot.
+//
+// p->acts takes what a micro-batch's backward reads from its forward, and `work` what lives within
+// one pass (the residual's gradient, a sublayer's branch). When they are one arena the first part
+// comes first: its `saved_bytes` are one slot, and the rest is shared by every slot.
+static int plan_views(lt_model *model, const lt_plan *p, lt_arena *work) {
+  const int64_t n = p->B * p->T, d = model->cfg.d_model;
+  const lt_dtype dt = p->act_dtype;
+  lt_arena *acts = p->acts;
+  for (int l = model->layer_begin; l < model->layer_end; l++)
+    LT_TRY(lt_arena_alloc2(acts, &model->blocks[l].x_in, dt, n, d));
+  LT_TRY(lt_arena_alloc2(acts, &model->x_out, dt, n, d));
+  if (model->last_stage) {
+    LT_TRY(lt_arena_alloc1(acts, &model->final_rstd, LT_F32, n));
+    LT_TRY(lt_lm_head_plan(&model->head, p));
+  }
+  // With recomputation the blocks' saved activations are rebuilt from each block's input just
+  // before its backward: they belong to the pass, not to the micro-batch.
+  lt_plan pass = *p;
+  pass.acts = work;
+  if (!model->recompute) LT_TRY(plan_blocks(model, p));
+  model->saved_bytes = lt_arena_mark(acts);
+  lt_tensor *pass_views[] = {&model->final_in, &model->branch, &model->d_resid, &model->d_branch,
+                             &model->d_final};
+  for (size_t i = 0; i < sizeof pass_views / sizeof pass_views[0]; i++)
+    LT_TRY(lt_arena_alloc2(work, pass_views[i], dt, n, d));
+  if (!model->recompute) return LT_OK;
+  LT_TRY(lt_arena_alloc2(work, &model->recompute_out, dt, n, d));
+  return plan_blocks(model, &pass);
+}
+
+static lt_plan model_plan(const lt_model *model, lt_arena *acts, lt_arena *scratch) {
+  const lt_dtype dt = model->device == LT_CUDA ? LT_BF16 : LT_F32;
+  return (lt_plan){.B = model->B, .T = model->T, .act_dtype = dt, .acts = acts, .scratch = scratch};
+}
+
 int lt_model_plan(lt_model *model, int64_t B, int64_t T, bool recompute) {
   if (model->B == B && model->T == T && model->recompute == recompute && model->acts.base)
     return LT_OK;
+  free_extra_slots(model);
   lt_arena_destroy(&model->acts);
   lt_arena_destroy(&model->scratch);
   model->B = B, model->T = T, model->recompute = recompute;
-  const lt_dtype dt = model->device == LT_CUDA ? LT_BF16 : LT_F32;
   lt_arena acts, scratch;
   lt_arena_measure(&acts, model->device, "activations");
   lt_arena_measure(&scratch, model->device, "scratch");
-  lt_plan p = {.B = B, .T = T, .act_dtype = dt, .acts = &acts, .scratch = &scratch};
-  LT_TRY(plan_views(model, &p));
+  lt_plan p = model_plan(model, &acts, &scratch);
+  LT_TRY(plan_views(model, &p, &acts));
   LT_TRY(lt_arena_create(&model->acts, model->device, acts.peak, "activations"));
   LT_TRY(lt_arena_create(&model->scratch, model->device, scratch.peak, "scratch"));
   p.acts = &model->acts, p.scratch = &model->scratch;
-  LT_TRY(plan_views(model, &p));
+  LT_TRY(plan_views(model, &p, &model->acts));
   char a[32], s[32];
   lt_debug("activation memory for B=%lld T=%lld: %s saved, %s scratch", (long long)B, (long long)T,
            lt_format_bytes((double)acts.peak, a, sizeof a),
            lt_format_bytes((double)scratch.peak, s, sizeof s));
+  return LT_OK;
+}
+
+int lt_model_plan_slots(lt_model *model, int n_slots) {
+  LT_ASSERT(n_slots >= 1 && (model->acts.base || n_slots == 1));
+  if (n_slots == model->n_slots) return LT_OK;
+  LT_TRY(lt_model_use_slot(model, 0));
+  free_extra_slots(model);
+  model->extra_slots = calloc((size_t)n_slots - 1, sizeof *model->extra_slots);
+  LT_CHECK(model->extra_slots || n_slots == 1, LT_ERR_MEMORY, "out of memory for %d slots",
+           n_slots);
+  for (int i = 0; i + 1 < n_slots; i++) {
+    LT_TRY(lt_arena_create(&model->extra_slots[i], model->device, model->saved_bytes,
+                           "activations of a micro-batch in flight"));
+    model->n_slots = i + 2;
+  }
+  return LT_OK;
+}
+
+int lt_model_use_slot(lt_model *model, int slot) {
+  LT_ASSERT(slot >= 0 && slot < model->n_slots);
+  if (slot == model->slot) return LT_OK;
+  // Planning again hands out the same offsets, so the pass's memory stays where it was and only
+  // the saved views move to the slot's arena.
+  lt_arena *acts = slot == 0 ? &model->acts : &model->extra_slots[slot - 1];
+  model->acts.used = slot == 0 ? 0 : model->saved_bytes;
+  acts->used = 0;
+  lt_plan p = model_plan(model, acts, &model->scratch);
+  LT_TRY(plan_views(model, &p, &model->acts));
+  model->slot = slot;
   return LT_OK;
 }
 
@@ -171,12 +261,14 @@ static int block_backward(lt_ctx *ctx, lt_block *b, lt_tensor d_resid, lt_tensor
 
 static int blocks_forward(lt_model *model, lt_ctx *ctx, const lt_batch *batch) {
   LT_TRY(check_planned(model, batch));
-  LT_TRY(lt_embedding_forward(ctx, &model->embed, model->blocks[0].x_in, batch->tokens));
-  const int layers = model->cfg.n_layers;
-  for (int l = 0; l < layers; l++) {
-    lt_tensor out = l + 1 < layers ? model->blocks[l + 1].x_in : model->x_out;
+  const int begin = model->layer_begin, end = model->layer_end;
+  if (model->first_stage)
+    LT_TRY(lt_embedding_forward(ctx, &model->embed, model->blocks[begin].x_in, batch->tokens));
+  for (int l = begin; l < end; l++) {
+    lt_tensor out = l + 1 < end ? model->blocks[l + 1].x_in : model->x_out;
     LT_TRY(block_forward(ctx, &model->blocks[l], out, model->branch, batch));
   }
+  if (!model->last_stage) return LT_OK;
   return lt_rmsnorm_forward(ctx, &model->final_norm, model->final_in, model->final_rstd,
                             model->x_out);
 }
@@ -184,6 +276,8 @@ static int blocks_forward(lt_model *model, lt_ctx *ctx, const lt_batch *batch) {
 int lt_model_forward(lt_model *model, lt_ctx *ctx, const lt_batch *batch, bool want_grad,
                      float grad_scale, double *loss_sum) {
   LT_TRY(blocks_forward(model, ctx, batch));
+  *loss_sum = 0.0;
+  if (!model->last_stage) return LT_OK; // the loss is the last stage's
   lt_tensor d_final = model->d_final;
   if (!want_grad) d_final.data = NULL;
   LT_TRY(lt_lm_head_loss(&model->head, ctx, model->final_in, batch->targets, grad_scale, d_final));
@@ -200,22 +294,27 @@ int lt_model_forward(lt_model *model, lt_ctx *ctx, const lt_batch *batch, bool w
 
 int lt_model_backward(lt_model *model, lt_ctx *ctx, const lt_batch *batch) {
   LT_TRY(check_planned(model, batch));
-  LT_TRY(lt_zero(ctx, model->d_resid));
-  LT_TRY(lt_rmsnorm_backward(ctx, &model->final_norm, model->d_resid, model->d_final, model->x_out,
-                             model->final_rstd));
+  if (model->last_stage) {
+    LT_TRY(lt_zero(ctx, model->d_resid));
+    LT_TRY(lt_rmsnorm_backward(ctx, &model->final_norm, model->d_resid, model->d_final,
+                               model->x_out, model->final_rstd));
+  }
   // A recomputed forward must not add its auxiliary losses a second time.
   lt_batch replay = *batch;
   replay.aux = NULL;
-  for (int l = model->cfg.n_layers - 1; l >= 0; l--) {
+  for (int l = model->layer_end - 1; l >= model->layer_begin; l--) {
     lt_block *b = &model->blocks[l];
     if (model->recompute)
       LT_TRY(block_forward(ctx, b, model->recompute_out, model->branch, &replay));
     LT_TRY(block_backward(ctx, b, model->d_resid, model->d_branch, batch));
   }
+  if (!model->first_stage) return LT_OK;
   return lt_embedding_backward(ctx, &model->embed, model->d_resid, batch->tokens);
 }
 
 int lt_model_logits(lt_model *model, lt_ctx *ctx, const lt_batch *batch, lt_tensor logits) {
+  LT_CHECK(model->first_stage && model->last_stage, LT_ERR_INTERNAL,
+           "logits need the whole model in one process, not one pipeline stage");
   LT_TRY(blocks_forward(model, ctx, batch));
   return lt_lm_head_logits(&model->head, ctx, logits, model->final_in);
 }

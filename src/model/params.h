@@ -39,6 +39,10 @@ typedef struct lt_param_spec {
   // shard_length) of dimension shard_dim of the logical tensor. shard_length 0: the whole tensor.
   int shard_dim;
   int64_t shard_start, shard_length;
+  // Pipeline parallelism: another stage holds this same parameter too (a tied embedding's copy on
+  // the last stage, read by the LM head). Its gradient is summed with that stage's, so both copies
+  // take the same update; the gradient norm and checkpoints count the first stage's alone.
+  bool pipeline_copy;
 } lt_param_spec;
 
 typedef struct lt_param_info {

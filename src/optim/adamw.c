@@ -6,6 +6,8 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "parallel/mesh.h"
+#include "parallel/pipeline.h"
 
 // Weight decay applies to matrices, not to norm gains; the embedding is a matrix but, as in
 // Megatron and most Llama recipes, is excluded unless train.decay_embeddings is set.
@@ -15,7 +17,8 @@ static bool decays(const lt_param_info *p, const lt_train_config *cfg) {
   return true;
 }
 
-// train.freeze: each comma-separated entry is a group name or a prefix of parameter names.
+// train.freeze: each comma-separated entry is a group name or a prefix of parameter names. Under
+// pipeline parallelism each stage holds some of the parameters: the counts are the pipeline's.
 static int parse_freeze(lt_optimizer *opt, const char *spec) {
   const lt_params *params = opt->params;
   for (const char *p = spec; *p;) {
@@ -24,20 +27,23 @@ static int parse_freeze(lt_optimizer *opt, const char *spec) {
     snprintf(entry, sizeof entry, "%.*s", (int)len, p);
     p += len + (p[len] == ',');
     if (!entry[0]) continue;
-    int matched = 0;
+    double matched = 0;
     for (int i = 0; i < params->count; i++) {
       const lt_param_info *info = &params->info[i];
       bool hit = strcmp(lt_param_group_name(info->spec.group), entry) == 0 ||
                  strncmp(info->name, entry, strlen(entry)) == 0;
       if (hit) matched++, opt->frozen[i] = true;
     }
+    LT_TRY(lt_pipeline_sum(params, &matched, 1));
     LT_CHECK(matched > 0, LT_ERR_CONFIG,
              "train.freeze: '%s' is neither a parameter group (embed, norm, attn, ffn, head) nor "
              "the start of a parameter name (e.g. layers.0.)",
              entry);
   }
   for (int i = 0; i < params->count; i++) opt->n_frozen += opt->frozen[i];
-  LT_CHECK(opt->n_frozen < params->count, LT_ERR_CONFIG,
+  double counts[2] = {opt->n_frozen, params->count};
+  LT_TRY(lt_pipeline_sum(params, counts, 2));
+  LT_CHECK(counts[0] < counts[1], LT_ERR_CONFIG,
            "train.freeze: '%s' freezes every parameter, so nothing would train: freeze fewer",
            spec);
   return LT_OK;
@@ -65,7 +71,10 @@ static lt_tensor param_part(const lt_params *p, const lt_param_info *info, float
 int lt_grad_norm(lt_ctx *ctx, const lt_params *params, double *norm) {
   double sum = 0.0;
   lt_tensor all = lt_view1(params->grad, LT_F32, params->device, (int64_t)params->numel);
-  LT_TRY(lt_sum_squares(ctx, &sum, all)); // padding between parameters is zero
+  if (params->mesh && params->mesh->size[LT_AXIS_PP] > 1)
+    LT_TRY(lt_pipeline_grad_sum_squares(ctx, params, &sum)); // every stage's share
+  else
+    LT_TRY(lt_sum_squares(ctx, &sum, all)); // padding between parameters is zero
   *norm = sqrt(sum);
   return LT_OK;
 }

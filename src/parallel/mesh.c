@@ -20,6 +20,8 @@ void lt_mesh_single(lt_mesh *mesh) {
     single_group(&mesh->axis[a], axis_names[a]);
   }
   single_group(&mesh->dp_cp, "dp*cp");
+  single_group(&mesh->embed, "embed");
+  mesh->parallel = (lt_parallel_config){.dp = 1, .pp = 1, .cp = 1, .tp = 1};
 }
 
 int lt_mesh_rank_of(const lt_mesh *mesh, const int coord[LT_N_AXES]) {
@@ -49,6 +51,29 @@ static int split(lt_mesh *mesh, lt_group *g, const char *name, const bool axes[L
   return LT_OK;
 }
 
+// The first and last stage of each pipeline; every rank takes part in the split (a collective),
+// the stages between get no communicator.
+static int split_embed_group(lt_mesh *mesh) {
+  const int stage = mesh->coord[LT_AXIS_PP], last = mesh->size[LT_AXIS_PP] - 1;
+  if (last == 0) return LT_OK;
+  const bool member = stage == 0 || stage == last;
+  int color = MPI_UNDEFINED;
+  if (member) {
+    int others[LT_N_AXES];
+    memcpy(others, mesh->coord, sizeof others);
+    others[LT_AXIS_PP] = 0; // the pipeline's own coordinates name it
+    color = lt_mesh_rank_of(mesh, others);
+  }
+  MPI_Comm comm;
+  LT_CHECK(MPI_Comm_split(MPI_COMM_WORLD, color, stage, &comm) == MPI_SUCCESS, LT_ERR_COMM,
+           "MPI_Comm_split for the embed group failed");
+  if (!member) return LT_OK;
+  mesh->embed.comm = comm;
+  MPI_Comm_rank(comm, &mesh->embed.rank);
+  MPI_Comm_size(comm, &mesh->embed.size);
+  return LT_OK;
+}
+
 int lt_mesh_create(lt_mesh *mesh, const lt_world *world, const lt_parallel_config *cfg) {
   lt_mesh_single(mesh);
   const int sizes[LT_N_AXES] = {cfg->dp, cfg->pp, cfg->cp, cfg->tp};
@@ -60,6 +85,7 @@ int lt_mesh_create(lt_mesh *mesh, const lt_world *world, const lt_parallel_confi
            cfg->dp, cfg->pp, cfg->cp, cfg->tp, product, world->size,
            world->size == 1 ? " was" : "s were", product, product);
   mesh->world_rank = world->rank, mesh->world_size = world->size;
+  mesh->parallel = *cfg;
   int rest = world->rank;
   for (int a = LT_N_AXES - 1; a >= 0; a--) {
     mesh->size[a] = sizes[a];
@@ -75,13 +101,14 @@ int lt_mesh_create(lt_mesh *mesh, const lt_world *world, const lt_parallel_confi
     LT_TRY(split(mesh, &mesh->axis[a], axis_names[a], axes));
   }
   const bool dp_cp[LT_N_AXES] = {[LT_AXIS_DP] = true, [LT_AXIS_CP] = true};
-  return split(mesh, &mesh->dp_cp, "dp*cp", dp_cp);
+  LT_TRY(split(mesh, &mesh->dp_cp, "dp*cp", dp_cp));
+  return split_embed_group(mesh);
 }
 
 void lt_mesh_destroy(lt_mesh *mesh) {
-  lt_group *groups[LT_N_AXES + 1] = {&mesh->axis[0], &mesh->axis[1], &mesh->axis[2], &mesh->axis[3],
-                                     &mesh->dp_cp};
-  for (int i = 0; i < LT_N_AXES + 1; i++)
+  lt_group *groups[LT_N_AXES + 2] = {&mesh->axis[0], &mesh->axis[1], &mesh->axis[2],
+                                     &mesh->axis[3], &mesh->dp_cp,   &mesh->embed};
+  for (int i = 0; i < LT_N_AXES + 2; i++)
     if (groups[i]->comm != MPI_COMM_NULL) MPI_Comm_free(&groups[i]->comm);
   lt_mesh_single(mesh);
 }

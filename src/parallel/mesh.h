@@ -27,6 +27,10 @@ typedef struct lt_mesh {
   lt_group world;
   lt_group axis[LT_N_AXES];
   lt_group dp_cp; // where replicated parameters' gradients are summed: data and context parallel
+  // The first and the last pipeline stage (Megatron's embedding group): a tied embedding lives on
+  // both, and its gradient is summed here. Size 1 on the stages between and without pipelining.
+  lt_group embed;
+  lt_parallel_config parallel; // what the mesh was built from (the pipeline's layer split)
 } lt_mesh;
 
 // Splits the world as `cfg` says. The product of the sizes must be the world's size: otherwise a

@@ -10,6 +10,7 @@
 #include "core/device.h"
 #include "core/error.h"
 #include "core/h5util.h"
+#include "parallel/pipeline.h"
 #include "train/checkpoint.h"
 
 // A checkpoint that cannot be used: the message names the file and what to do instead.
@@ -276,16 +277,22 @@ int lt_checkpoint_read_slice(lt_checkpoint *ck, lt_ckpt_kind kind, const char *n
 }
 
 // Every tensor of the checkpoint's weights must be one of the model's: a checkpoint of a model
-// with an extra tensor (an untied head, another layer) is another model.
+// with an extra tensor (an untied head, another layer) is another model. A pipeline stage holds
+// only its own layers: there each tensor must be one of some stage's.
 static int check_no_extra_tensors(const lt_checkpoint *ck, const lt_params *params) {
-  for (int i = 0; i < ck->n_pieces; i++) {
-    const lt_ckpt_piece *p = &ck->pieces[i];
-    LT_CHECK(p->kind != LT_CKPT_WEIGHTS || lt_params_find(params, p->name), LT_ERR_CKPT,
-             "%s: tensor %s is not in this model: the checkpoint was made for another model "
-             "(compare `longtrain info %s` with your config)",
-             ck->dir, p->name, ck->dir);
-  }
-  return LT_OK;
+  double *held = calloc((size_t)ck->n_pieces + 1, sizeof *held);
+  LT_CHECK(held, LT_ERR_MEMORY, "out of host memory reading checkpoint %s", ck->dir);
+  for (int i = 0; i < ck->n_pieces; i++)
+    held[i] = ck->pieces[i].kind != LT_CKPT_WEIGHTS || lt_params_find(params, ck->pieces[i].name);
+  int rc = lt_pipeline_sum(params, held, ck->n_pieces);
+  for (int i = 0; i < ck->n_pieces && rc == LT_OK; i++)
+    if (held[i] == 0)
+      rc = lt_fail(LT_ERR_CKPT,
+                   "%s: tensor %s is not in this model: the checkpoint was made for another model "
+                   "(compare `longtrain info %s` with your config)",
+                   ck->dir, ck->pieces[i].name, ck->dir);
+  free(held);
+  return rc;
 }
 
 static int read_param(lt_checkpoint *ck, lt_ckpt_kind kind, const lt_param_info *p, float *host) {

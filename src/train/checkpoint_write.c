@@ -136,6 +136,7 @@ int lt_checkpoint_write_params(lt_checkpoint_writer *w, const lt_params *params,
   for (int k = 0; k < (optimizer ? LT_CKPT_KINDS : 1) && rc == LT_OK; k++)
     for (int i = 0; i < params->count && rc == LT_OK; i++) {
       const lt_param_info *p = &params->info[i];
+      if (p->spec.pipeline_copy) continue; // the first pipeline stage writes it
       rc = lt_device_copy(host, LT_CPU, buffers[k] + p->offset, params->device,
                           (size_t)p->numel * sizeof(float));
       if (rc == LT_OK)

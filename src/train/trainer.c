@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "optim/schedule.h"
+#include "parallel/pipeline.h"
 #include "train/checkpoint.h"
 
 // Opens `path` as the dataset of config key `key` and checks it fits the model's vocab.
@@ -111,6 +112,18 @@ static int stage_micro_batch(lt_trainer *tr, int64_t m) {
   return LT_OK;
 }
 
+// The pipeline schedule's view of the host buffers: micro-batch m into tr->batch.
+static int load_micro_batch(void *trainer, int64_t m, lt_batch *batch) {
+  lt_trainer *tr = trainer;
+  LT_ASSERT(batch == &tr->batch);
+  return stage_micro_batch(tr, m);
+}
+
+static lt_micro_batches micro_batches(lt_trainer *tr, int64_t count) {
+  return (lt_micro_batches){
+      .count = count, .load = load_micro_batch, .state = tr, .batch = &tr->batch};
+}
+
 // The target tokens among the first n of the host buffers, summed over the ranks.
 static int count_targets(lt_trainer *tr, int64_t n, double *count) {
   *count = 0;
@@ -132,7 +145,14 @@ int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out) {
   // Auxiliary losses are means over a micro-batch's tokens already: the step's is their mean.
   tr->aux.grad_scale = (float)(1.0 / (double)tr->accum);
   double loss_sum = 0.0, aux_sum = 0.0;
-  for (int64_t m = 0; m < tr->accum; m++) {
+  // Pipeline parallelism: the stages run the micro-batches in the 1F1B order instead, and every
+  // stage gets the loss and auxiliary losses summed as this loop sums them.
+  const lt_micro_batches micro = micro_batches(tr, tr->accum);
+  const bool pipelined = lt_pipeline_stages(&tr->model) > 1;
+  if (pipelined)
+    LT_TRY(lt_pipeline_train_step(&tr->model, &tr->ctx, &micro, grad_scale, &loss_sum, &aux_sum,
+                                  NULL));
+  for (int64_t m = 0; m < tr->accum && !pipelined; m++) {
     double micro_loss;
     LT_TRY(stage_micro_batch(tr, m));
     tr->aux.sum = 0.0; // read before backward, which may run the forward again (recompute)
@@ -169,8 +189,13 @@ int lt_trainer_eval(lt_trainer *tr, double *loss) {
   for (int b = 0; b < tr->cfg.train.eval_batches; b++) {
     LT_TRY(lt_loader_next(&tr->val_loader, global, tr->world->rank, tr->world->size, tr->host));
     double micro_loss;
-    LT_TRY(stage_micro_batch(tr, 0));
-    LT_TRY(lt_model_forward(&tr->model, &tr->ctx, &tr->batch, false, 0.0f, &micro_loss));
+    const lt_micro_batches one = micro_batches(tr, 1);
+    if (lt_pipeline_stages(&tr->model) > 1) {
+      LT_TRY(lt_pipeline_eval(&tr->model, &tr->ctx, &one, &micro_loss));
+    } else {
+      LT_TRY(stage_micro_batch(tr, 0));
+      LT_TRY(lt_model_forward(&tr->model, &tr->ctx, &tr->batch, false, 0.0f, &micro_loss));
+    }
     sums[0] += micro_loss;
     for (int64_t i = 0; i < n; i++) sums[1] += tr->host.targets[i] != LT_IGNORE_INDEX;
   }

@@ -77,6 +77,24 @@ static void test_ring_exchange_passes_to_the_next_rank(void **state) {
   assert_true(recv == (float)((g->rank + g->size - 1) % g->size));
 }
 
+// pp 4 x tp 2: each tp column is a pipeline; its stages 0 and 3 share the embed group, the
+// stages between have none.
+static void test_embed_group_joins_the_first_and_last_stage_of_each_pipeline(void **state) {
+  (void)state;
+  lt_mesh pipes;
+  lt_parallel_config cfg = {.dp = 1, .pp = 4, .cp = 1, .tp = 2};
+  assert_ok(lt_mesh_create(&pipes, &world, &cfg));
+  const int stage = pipes.coord[LT_AXIS_PP], tp = pipes.coord[LT_AXIS_TP];
+  const bool member = stage == 0 || stage == 3;
+  assert_int_equal(pipes.embed.size, member ? 2 : 1);
+  float r = (float)world.rank;
+  assert_ok(lt_all_reduce_sum(&pipes.embed, lt_view1(&r, LT_F32, LT_CPU, 1)));
+  // World ranks of stages 0 and 3 of tp column c: c and 6 + c.
+  assert_true(r == (member ? (float)(tp + 6 + tp) : (float)world.rank));
+  if (member) assert_int_equal(pipes.embed.rank, stage == 0 ? 0 : 1);
+  lt_mesh_destroy(&pipes);
+}
+
 static void test_sizes_that_do_not_match_the_world_are_a_config_error(void **state) {
   (void)state;
   lt_mesh bad;
@@ -95,6 +113,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_all_reduce_sums_over_the_group_only),
       cmocka_unit_test(test_all_gather_and_reduce_scatter_follow_rank_order),
       cmocka_unit_test(test_ring_exchange_passes_to_the_next_rank),
+      cmocka_unit_test(test_embed_group_joins_the_first_and_last_stage_of_each_pipeline),
       cmocka_unit_test(test_sizes_that_do_not_match_the_world_are_a_config_error),
   };
   int failures = cmocka_run_group_tests(tests, setup, NULL);

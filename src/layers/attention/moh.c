@@ -27,9 +27,10 @@ struct lt_head_router {
   float host_load[2 * LT_MOH_MAX_HEADS];
 };
 
-int lt_head_router_plan(lt_head_router *r, const lt_plan *p) {
+int lt_head_router_plan(lt_head_router *r, const lt_plan *p, lt_tensor *gates) {
   const int64_t n = p->B * p->T;
   LT_TRY(lt_arena_alloc2(p->acts, &r->gates, LT_F32, n, r->n_shared + r->n_routed));
+  *gates = r->gates;
   LT_TRY(lt_arena_alloc2(p->acts, &r->probs, LT_F32, n, r->n_logits));
   LT_TRY(lt_arena_alloc2(p->acts, &r->topk, LT_I32, n, r->top_k));
   LT_TRY(lt_arena_alloc2(p->acts, &r->load, LT_F32, 2, r->n_routed));
@@ -40,13 +41,11 @@ int lt_head_router_plan(lt_head_router *r, const lt_plan *p) {
   return LT_OK;
 }
 
-int lt_head_router_forward(lt_head_router *r, lt_ctx *ctx, lt_tensor *gates, lt_tensor x,
-                           const lt_batch *batch) {
+int lt_head_router_forward(lt_head_router *r, lt_ctx *ctx, lt_tensor x, const lt_batch *batch) {
   lt_tensor w;
   LT_TRY(lt_fused_view(&w, r->weights, r->n_weights, LT_PARAM_VALUE));
   LT_TRY(lt_linear_forward(ctx, r->logits, x, w));
   LT_TRY(lt_moh_route_fwd(ctx, r->gates, r->probs, r->topk, r->load, r->logits, r->n_shared));
-  *gates = r->gates;
   if (!batch->aux || r->balance_coef == 0.0f) return LT_OK;
   // L_b = R sum_i f_i P_i (K when balanced), from 2R numbers brought to the host.
   LT_TRY(lt_tensor_to_host(r->host_load, r->load));

@@ -71,7 +71,7 @@ static int plan(lt_layer *self, const lt_plan *p) {
     LT_TRY(lt_arena_alloc4(p->scratch, &s->d_gated, dt, B, T, hq, hd));
     LT_TRY(lt_arena_alloc2(p->scratch, &s->dgates, LT_F32, B * T, hq));
     // The router's memory comes after all of this layer's, so the two never overlap.
-    LT_TRY(lt_head_router_plan(s->router, p));
+    LT_TRY(lt_head_router_plan(s->router, p, &s->gates));
   }
   lt_arena_release(p->scratch, mark);
   return LT_OK;
@@ -89,7 +89,7 @@ static int forward(lt_layer *self, lt_ctx *ctx, lt_tensor out, lt_tensor x, cons
   LT_TRY(lt_linear_forward(ctx, s->qkv, x, wqkv));
   LT_TRY(lt_rope_qkv_fwd(ctx, tokens_heads(s->q), tokens_heads(s->k), tokens_heads(s->v), s->qkv,
                          batch->pos, s->rope_theta));
-  if (s->router) LT_TRY(lt_head_router_forward(s->router, ctx, &s->gates, x, batch));
+  if (s->router) LT_TRY(lt_head_router_forward(s->router, ctx, x, batch));
   lt_attn_spec spec = attention_spec(s, batch);
   LT_TRY(lt_attn_fwd(ctx, s->o, s->lse, s->q, s->k, s->v, &spec));
   if (!s->router) return lt_linear_forward(ctx, out, s->o, s->wo.value);
