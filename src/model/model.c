@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "layers/registry.h"
+#include "parallel/mesh.h"
 
 static lt_init_stds init_stds(const lt_model_config *cfg) {
   const double d = cfg->d_model, layers = cfg->n_layers;
@@ -44,6 +45,8 @@ int lt_model_create(lt_model *model, const lt_model_config *cfg, lt_device devic
   // Every attention kind reads cfg->rope_theta: fold the context-extension factor into it once.
   c->rope_theta = lt_model_rope_theta(c);
   c->rope_ntk_factor = 1.0;
+  // Tensor parallelism splits heads, hidden units and the vocabulary evenly over its ranks.
+  if (mesh) LT_TRY(lt_config_validate_tp(c, mesh->size[LT_AXIS_TP], "model"));
   lt_init_stds stds = init_stds(c);
   lt_params_begin(&model->params, mesh);
   LT_TRY(lt_embedding_create(&model->embed, &model->params, c->vocab_size, c->d_model, stds.in));

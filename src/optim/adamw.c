@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "parallel/tp.h"
 
 // Weight decay applies to matrices, not to norm gains; the embedding is a matrix but, as in
 // Megatron and most Llama recipes, is excluded unless train.decay_embeddings is set.
@@ -64,8 +65,9 @@ static lt_tensor param_part(const lt_params *p, const lt_param_info *info, float
 
 int lt_grad_norm(lt_ctx *ctx, const lt_params *params, double *norm) {
   double sum = 0.0;
-  lt_tensor all = lt_view1(params->grad, LT_F32, params->device, (int64_t)params->numel);
-  LT_TRY(lt_sum_squares(ctx, &sum, all)); // padding between parameters is zero
+  // The whole model's: under tensor parallelism, each split parameter's slices summed over the
+  // ranks and each copied one counted once.
+  LT_TRY(lt_tp_grad_sum_squares(ctx, params, &sum));
   *norm = sqrt(sum);
   return LT_OK;
 }

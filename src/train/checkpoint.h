@@ -79,8 +79,9 @@ int lt_checkpoint_begin(lt_checkpoint_writer *w, const char *root, int64_t step,
 int lt_checkpoint_write_slice(lt_checkpoint_writer *w, lt_ckpt_kind kind, const char *name,
                               int ndim, const int64_t *logical, const int64_t *offset,
                               const int64_t *extent, const float *data);
-// Every parameter as a whole tensor (this process holds them all) and, with `optimizer`, the
-// AdamW moments.
+// Every parameter this process holds, as the slice of the logical tensor it is (the whole tensor
+// without parallelism), and with `optimizer` the AdamW moments. Under tensor parallelism the
+// parameters every tp rank holds a copy of are written by its first rank only.
 int lt_checkpoint_write_params(lt_checkpoint_writer *w, const lt_params *params, bool optimizer);
 // Closes and fsyncs this rank's shard: what every rank but 0 does last.
 int lt_checkpoint_finish_shard(lt_checkpoint_writer *w);

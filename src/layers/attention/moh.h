@@ -18,14 +18,14 @@ int lt_moh_attention_create(lt_layer **out, lt_params *params, const char *prefi
                             const lt_model_config *cfg, lt_init_stds stds);
 
 int lt_head_router_plan(lt_head_router *router, const lt_plan *plan);
-// The head weights (N, n_heads) f32 for input x (N, D); adds balance_coef times the load-balance
-// loss to batch->aux->sum when batch->aux is not NULL. The result stays valid until the next
-// forward.
+// The head weights (N, n_heads) f32 for input x (N, D), of this rank's heads under tensor
+// parallelism; adds balance_coef times the load-balance loss to batch->aux->sum when batch->aux is
+// not NULL. The result stays valid until the next forward.
 int lt_head_router_forward(lt_head_router *router, lt_ctx *ctx, lt_tensor *gates, lt_tensor x,
                            const lt_batch *batch);
-// Given dgates (N, n_heads), the gradient of the loss by the head weights: the router's weight
-// gradients (+=) and dx += the router's share. The balance loss's gradient is scaled by
-// batch->aux->grad_scale (none without batch->aux).
+// Given dgates (N, n_heads), the gradient of the loss by the (this rank's) head weights: the
+// router's weight gradients (+=) and dx += the router's share, the same on every rank. The balance
+// loss's gradient is scaled by batch->aux->grad_scale (none without batch->aux).
 int lt_head_router_backward(lt_head_router *router, lt_ctx *ctx, lt_tensor dx, lt_tensor dgates,
                             lt_tensor x, const lt_batch *batch);
 void lt_head_router_destroy(lt_head_router *router);
