@@ -382,12 +382,15 @@ int lt_config_validate(const lt_config *cfg) {
   return validate_linear(cfg);
 }
 
-// One size the tensor-parallel ranks split evenly, or the one-line error that says how to fix it.
-static int tp_divides(int size, const char *key, int tp, const char *what, const char *src) {
+// One size the tensor-parallel ranks split evenly, or the one-line error that says how to fix it:
+// the multiples of tp around it, or with `up_only` the one above (a vocabulary is padded, never
+// cut).
+static int tp_divides(int size, const char *key, int tp, const char *what, bool up_only,
+                      const char *src) {
   if (size % tp == 0) return LT_OK;
   const int below = size / tp * tp, above = below + tp;
   char fix[96];
-  if (below > 0)
+  if (below > 0 && !up_only)
     snprintf(fix, sizeof fix, "set %s to %d or %d", key, below, above);
   else
     snprintf(fix, sizeof fix, "set %s to %d", key, above);
@@ -399,22 +402,22 @@ static int tp_divides(int size, const char *key, int tp, const char *what, const
 
 int lt_config_validate_tp(const lt_model_config *m, int tp, const char *src) {
   if (tp <= 1) return LT_OK;
-  LT_TRY(tp_divides(m->n_heads, "model.n_heads", tp, "query heads", src));
+  LT_TRY(tp_divides(m->n_heads, "model.n_heads", tp, "query heads", false, src));
   // Megatron-LM requires the same: every rank keeps its query heads' own key/value heads, so no
   // key/value head is copied across ranks (whose gradients would then need a sum of their own).
   if (m->n_kv_heads)
-    LT_TRY(tp_divides(m->n_kv_heads, "model.n_kv_heads", tp, "key/value heads", src));
+    LT_TRY(tp_divides(m->n_kv_heads, "model.n_kv_heads", tp, "key/value heads", false, src));
   if (uses_ffn(m, "swiglu"))
-    LT_TRY(tp_divides(m->ffn_dim, "model.ffn_dim", tp, "feed-forward's hidden units", src));
+    LT_TRY(tp_divides(m->ffn_dim, "model.ffn_dim", tp, "feed-forward's hidden units", false, src));
   if (uses_ffn(m, "moe")) {
-    if (m->moe.ffn_dim)
-      LT_TRY(tp_divides(m->moe.ffn_dim, "model.moe.ffn_dim", tp, "experts' hidden units", src));
-    else
-      LT_TRY(tp_divides(m->ffn_dim, "model.ffn_dim", tp, "experts' hidden units", src));
+    const bool own = m->moe.ffn_dim > 0;
+    LT_TRY(tp_divides(own ? m->moe.ffn_dim : m->ffn_dim,
+                      own ? "model.moe.ffn_dim" : "model.ffn_dim", tp, "experts' hidden units",
+                      false, src));
   }
-  // Rounding the vocabulary up is padding: the extra rows are never targets.
+  // Padding rows are never targets: only their logits cost a little.
   return tp_divides(m->vocab_size, "model.vocab_size", tp, "vocabulary (padding rows are fine)",
-                    src);
+                    true, src);
 }
 
 int lt_config_validate_moe(const lt_moe_config *moe, const char *src) {
