@@ -233,7 +233,9 @@ const lt_config_key lt_config_keys[] = {
         "attention with LASP-2."),
     INT("parallel.tp", parallel.tp, "1", 1, 4096,
         "Tensor-parallel ranks (Megatron-LM): heads, the feed-forward's hidden units and the vocab "
-        "are split over tp ranks; the innermost axis, so keep it within a node."),
+        "are split over tp ranks; the innermost axis, so keep it within a node. model.n_heads, "
+        "model.n_kv_heads, model.ffn_dim (model.moe.ffn_dim for experts) and model.vocab_size "
+        "must be multiples of it."),
     BOOL("parallel.zero", parallel.zero, "false",
          "ZeRO-1: each data-parallel rank keeps and updates 1/dp of the optimizer state "
          "(gradients reduce-scattered, weights all-gathered)."),

@@ -281,6 +281,7 @@ static void train_pair(model_pair *p, lt_optimizer opt[2], int steps) {
   assert_ok(lt_optimizer_create(&opt[0], &p->tp.params, &t));
   assert_ok(lt_optimizer_create(&opt[1], &p->whole.params, &t));
   int clipped = 0;
+  double worst_loss = 0.0, worst_norm = 0.0;
   for (int step = 0; step < steps; step++) {
     test_batch tb;
     make_batch(&tb, 100 + (uint64_t)step, step % 2 == 1);
@@ -295,7 +296,12 @@ static void train_pair(model_pair *p, lt_optimizer opt[2], int steps) {
     assert_true(fabs(a.loss - b.loss) <= 1e-4 * b.loss);
     assert_true(fabs(a.aux - b.aux) <= 1e-4 * b.aux);
     assert_true(fabs(norm_tp - norm) <= 1e-4 * norm);
+    worst_loss = fmax(worst_loss, fabs(a.loss - b.loss) / b.loss);
+    worst_norm = fmax(worst_norm, fabs(norm_tp - norm) / norm);
   }
+  if (world.rank == 0)
+    printf("  %d steps: worst relative difference of the loss %.1e, of the gradient norm %.1e\n",
+           steps, worst_loss, worst_norm);
   assert_true(clipped > 0); // the gradient norm mattered: its sum over ranks was tested
 }
 

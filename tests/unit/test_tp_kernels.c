@@ -24,14 +24,20 @@ enum { CE_N = 7, CE_V = 12, CE_RANKS = 3, CE_PART = CE_V / CE_RANKS };
 
 static const int32_t ce_targets[CE_N] = {0, 5, LT_IGNORE_INDEX, 11, 4, 8, 3};
 
-// Columns [r * PART, (r + 1) * PART) of logits (N, V) into part (N, PART), and back.
+// rows x width floats from src (rows `src_stride` apart) to dst (rows `dst_stride` apart): a rank's
+// columns out of a whole tensor, or back into it.
+static void copy_columns(float *dst, int dst_stride, const float *src, int src_stride, int rows,
+                         int width) {
+  for (int n = 0; n < rows; n++)
+    memcpy(dst + n * dst_stride, src + n * src_stride, sizeof(float) * (size_t)width);
+}
+
+// Rank r's columns of logits (N, V) as (N, PART), and back.
 static void take_columns(float *part, const float *whole, int r) {
-  for (int n = 0; n < CE_N; n++)
-    memcpy(part + n * CE_PART, whole + n * CE_V + r * CE_PART, sizeof(float) * CE_PART);
+  copy_columns(part, CE_PART, whole + r * CE_PART, CE_V, CE_N, CE_PART);
 }
 static void put_columns(float *whole, const float *part, int r) {
-  for (int n = 0; n < CE_N; n++)
-    memcpy(whole + n * CE_V + r * CE_PART, part + n * CE_PART, sizeof(float) * CE_PART);
+  copy_columns(whole + r * CE_PART, CE_V, part, CE_PART, CE_N, CE_PART);
 }
 
 // The three ranks' passes with the all-reduces done here: the losses, and with want_grad the
@@ -160,12 +166,10 @@ enum { OUT_W = OUT_H * OUT_D, OUT_WP = OUT_HP * OUT_D };
 
 // Rank r's heads of a (N, H * D) row-major tensor, and back.
 static void take_heads(float *part, const float *whole, int r) {
-  for (int n = 0; n < OUT_N; n++)
-    memcpy(part + n * OUT_WP, whole + n * OUT_W + r * OUT_WP, sizeof(float) * OUT_WP);
+  copy_columns(part, OUT_WP, whole + r * OUT_WP, OUT_W, OUT_N, OUT_WP);
 }
 static void put_heads(float *whole, const float *part, int r) {
-  for (int n = 0; n < OUT_N; n++)
-    memcpy(whole + n * OUT_W + r * OUT_WP, part + n * OUT_WP, sizeof(float) * OUT_WP);
+  copy_columns(whole + r * OUT_WP, OUT_W, part, OUT_WP, OUT_N, OUT_WP);
 }
 
 typedef struct out_split {
