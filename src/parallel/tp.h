@@ -44,7 +44,10 @@ int64_t lt_tp_start(const lt_tp *tp, int64_t n);
 // row-parallel ones dim 1 (their input columns). Unchanged without a split.
 lt_param_spec lt_tp_shard(lt_param_spec spec, const lt_tp *tp, int dim, int64_t length);
 
-// g, forward: the row-parallel projection's partial outputs summed over tp (in place).
+// g, forward: the row-parallel projection's partial outputs summed over tp (in place). Every rank
+// gets the same bits (the all-reduce algorithms of Open MPI and NCCL combine each element alike
+// for all ranks), which the whole routers of MoE and MoH rely on: the same input on every rank
+// routes alike (tests/mpi/test_tp.c checks routed models at tp 2 and 4).
 int lt_tp_reduce_output(const lt_tp *tp, lt_tensor out);
 // f, backward: the column-parallel projections' partial input gradients summed over tp.
 int lt_tp_reduce_input_grad(const lt_tp *tp, lt_tensor dx);
