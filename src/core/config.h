@@ -163,6 +163,9 @@ void lt_config_print_docs(void);
 
 // The model.moe.* relations (top_k within n_experts, ...); `src` names the config in messages.
 int lt_config_validate_moe(const lt_moe_config *moe, const char *src);
+// The sizes tensor parallelism splits over `tp` ranks (heads, key/value heads, hidden units, the
+// vocabulary) must be multiples of it; `src` names the config in messages.
+int lt_config_validate_tp(const lt_model_config *model, int tp, const char *src);
 
 // The kinds a layer pattern may name (NULL-terminated), in config_schema.c.
 extern const char *const lt_attention_kinds[];

@@ -238,7 +238,9 @@ const lt_config_key lt_config_keys[] = {
         "attention with LASP-2."),
     INT("parallel.tp", parallel.tp, "1", 1, 4096,
         "Tensor-parallel ranks (Megatron-LM): heads, the feed-forward's hidden units and the vocab "
-        "are split over tp ranks; the innermost axis, so keep it within a node."),
+        "are split over tp ranks; the innermost axis, so keep it within a node. model.n_heads, "
+        "model.n_kv_heads, model.ffn_dim (model.moe.ffn_dim for experts) and model.vocab_size "
+        "must be multiples of it."),
     BOOL("parallel.zero", parallel.zero, "false",
          "ZeRO-1: each data-parallel rank keeps and updates 1/dp of the optimizer state "
          "(gradients reduce-scattered, weights all-gathered)."),
@@ -249,16 +251,24 @@ const lt_config_key lt_config_keys[] = {
 
 const int lt_config_n_keys = (int)(sizeof lt_config_keys / sizeof lt_config_keys[0]);
 
-// Whether any layer of the stack is of attention kind `kind` (the pattern already checked).
-static bool uses_attention(const lt_model_config *m, const char *kind) {
+// Whether any layer of the stack uses `kind` under `pattern` (the pattern already checked).
+static bool uses_kind(const lt_model_config *m, const char *pattern, const char *const *kinds,
+                      const char *key, const char *kind) {
   for (int l = 0; l < m->n_layers; l++) {
     const char *k;
-    if (lt_config_layer_kind(m->attention, lt_attention_kinds, m->n_layers, l, "model.attention",
-                             &k) == LT_OK &&
+    if (lt_config_layer_kind(pattern, kinds, m->n_layers, l, key, &k) == LT_OK &&
         strcmp(k, kind) == 0)
       return true;
   }
   return false;
+}
+
+static bool uses_attention(const lt_model_config *m, const char *kind) {
+  return uses_kind(m, m->attention, lt_attention_kinds, "model.attention", kind);
+}
+
+static bool uses_ffn(const lt_model_config *m, const char *kind) {
+  return uses_kind(m, m->ffn, lt_ffn_kinds, "model.ffn", kind);
 }
 
 static int validate_sparse(const lt_config *cfg) {
@@ -379,7 +389,46 @@ int lt_config_validate(const lt_config *cfg) {
   if (rc) return lt_error_context(rc, "%s", src);
   if (uses_attention(m, "sparse")) LT_TRY(validate_sparse(cfg));
   if (uses_attention(m, "moh")) LT_TRY(validate_moh(cfg));
+  LT_TRY(lt_config_validate_tp(m, cfg->parallel.tp, src));
   return validate_linear(cfg);
+}
+
+// One size the tensor-parallel ranks split evenly, or the one-line error that says how to fix it:
+// the multiples of tp around it, or with `up_only` the one above (a vocabulary is padded, never
+// cut).
+static int tp_divides(int size, const char *key, int tp, const char *what, bool up_only,
+                      const char *src) {
+  if (size % tp == 0) return LT_OK;
+  const int below = size / tp * tp, above = below + tp;
+  char fix[96];
+  if (below > 0 && !up_only)
+    snprintf(fix, sizeof fix, "set %s to %d or %d", key, below, above);
+  else
+    snprintf(fix, sizeof fix, "set %s to %d", key, above);
+  return lt_fail(LT_ERR_CONFIG,
+                 "%s: %s (%d) must be a multiple of parallel.tp (%d): each tensor-parallel rank "
+                 "holds 1/tp of the %s; %s, or change parallel.tp",
+                 src, key, size, tp, what, fix);
+}
+
+int lt_config_validate_tp(const lt_model_config *m, int tp, const char *src) {
+  if (tp <= 1) return LT_OK;
+  LT_TRY(tp_divides(m->n_heads, "model.n_heads", tp, "query heads", false, src));
+  // Megatron-LM requires the same: every rank keeps its query heads' own key/value heads, so no
+  // key/value head is copied across ranks (whose gradients would then need a sum of their own).
+  if (m->n_kv_heads)
+    LT_TRY(tp_divides(m->n_kv_heads, "model.n_kv_heads", tp, "key/value heads", false, src));
+  if (uses_ffn(m, "swiglu"))
+    LT_TRY(tp_divides(m->ffn_dim, "model.ffn_dim", tp, "feed-forward's hidden units", false, src));
+  if (uses_ffn(m, "moe")) {
+    const bool own = m->moe.ffn_dim > 0;
+    LT_TRY(tp_divides(own ? m->moe.ffn_dim : m->ffn_dim,
+                      own ? "model.moe.ffn_dim" : "model.ffn_dim", tp, "experts' hidden units",
+                      false, src));
+  }
+  // Padding rows are never targets: only their logits cost a little.
+  return tp_divides(m->vocab_size, "model.vocab_size", tp, "vocabulary (padding rows are fine)",
+                    true, src);
 }
 
 int lt_config_validate_moe(const lt_moe_config *moe, const char *src) {

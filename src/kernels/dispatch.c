@@ -103,22 +103,44 @@ int lt_sum_squares(lt_ctx *ctx, double *out, lt_tensor x) {
   return LT_OK;
 }
 
-int lt_embedding_fwd(lt_ctx *ctx, lt_tensor out, lt_tensor tokens, lt_tensor table) {
-  EXPECT(tokens.dtype == LT_I32 && lt_numel(tokens) == out.shape[0], "embedding_fwd",
+static int check_embedding(const char *op, lt_tensor out, lt_tensor tokens, lt_tensor table) {
+  EXPECT(tokens.dtype == LT_I32 && lt_numel(tokens) == lt_numel(out) / out.shape[out.ndim - 1], op,
          "tokens vs output rows", tokens, out);
-  EXPECT(table.ndim == 2 && out.shape[out.ndim - 1] == table.shape[1], "embedding_fwd", "width",
-         out, table);
+  EXPECT(table.ndim == 2 && out.shape[out.ndim - 1] == table.shape[1], op, "width", out, table);
+  return LT_OK;
+}
+
+int lt_embedding_fwd(lt_ctx *ctx, lt_tensor out, lt_tensor tokens, lt_tensor table) {
+  LT_TRY(check_embedding("embedding_fwd", out, tokens, table));
   ON_CUDA(lt_cuda_embedding_fwd(ctx, out, tokens, table));
-  lt_cpu_embedding_fwd(lt_f32(out), lt_i32(tokens), lt_f32(table), lt_numel(tokens),
-                       table.shape[1]);
+  lt_cpu_embedding_fwd(lt_f32(out), lt_i32(tokens), lt_f32(table), lt_numel(tokens), table.shape[1],
+                       0, table.shape[0]);
   return LT_OK;
 }
 
 int lt_embedding_bwd(lt_ctx *ctx, lt_tensor dtable, lt_tensor dout, lt_tensor tokens) {
-  EXPECT(dout.shape[dout.ndim - 1] == dtable.shape[1], "embedding_bwd", "width", dout, dtable);
+  LT_TRY(check_embedding("embedding_bwd", dout, tokens, dtable));
   ON_CUDA(lt_cuda_embedding_bwd(ctx, dtable, dout, tokens));
   lt_cpu_embedding_bwd(lt_f32(dtable), lt_f32(dout), lt_i32(tokens), lt_numel(tokens),
-                       dtable.shape[1]);
+                       dtable.shape[1], 0, dtable.shape[0]);
+  return LT_OK;
+}
+
+int lt_embedding_shard_fwd(lt_ctx *ctx, lt_tensor out, lt_tensor tokens, lt_tensor table,
+                           int64_t vocab_start) {
+  LT_TRY(check_embedding("embedding_shard_fwd", out, tokens, table));
+  ON_CUDA(lt_cuda_embedding_shard_fwd(ctx, out, tokens, table, vocab_start));
+  lt_cpu_embedding_fwd(lt_f32(out), lt_i32(tokens), lt_f32(table), lt_numel(tokens), table.shape[1],
+                       vocab_start, table.shape[0]);
+  return LT_OK;
+}
+
+int lt_embedding_shard_bwd(lt_ctx *ctx, lt_tensor dtable, lt_tensor dout, lt_tensor tokens,
+                           int64_t vocab_start) {
+  LT_TRY(check_embedding("embedding_shard_bwd", dout, tokens, dtable));
+  ON_CUDA(lt_cuda_embedding_shard_bwd(ctx, dtable, dout, tokens, vocab_start));
+  lt_cpu_embedding_bwd(lt_f32(dtable), lt_f32(dout), lt_i32(tokens), lt_numel(tokens),
+                       dtable.shape[1], vocab_start, dtable.shape[0]);
   return LT_OK;
 }
 
@@ -202,6 +224,51 @@ int lt_cross_entropy(lt_ctx *ctx, lt_tensor losses, lt_tensor logits, lt_tensor 
   ON_CUDA(lt_cuda_cross_entropy(ctx, losses, logits, targets, ignore_index, want_grad, grad_scale));
   lt_cpu_cross_entropy(lt_f32(losses), lt_f32(logits), lt_i32(targets), n, v, ignore_index,
                        want_grad, grad_scale);
+  return LT_OK;
+}
+
+// The shard ops' operands: logits (N, V) f32, targets (N) i32, stats (3, N) f32.
+static int check_shard_ce(const char *op, lt_tensor stats, lt_tensor logits, lt_tensor targets) {
+  const int64_t v = logits.shape[logits.ndim - 1], n = lt_numel(logits) / v;
+  EXPECT(logits.dtype == LT_F32, op, "logits must be f32", logits, logits);
+  EXPECT(lt_numel(stats) == 3 * n && stats.dtype == LT_F32, op, "stats must be (3, N) f32", stats,
+         logits);
+  EXPECT(lt_numel(targets) == n && targets.dtype == LT_I32, op, "targets vs logits rows", targets,
+         logits);
+  return LT_OK;
+}
+
+int lt_cross_entropy_shard_max(lt_ctx *ctx, lt_tensor stats, lt_tensor logits, lt_tensor targets,
+                               int64_t vocab_start) {
+  LT_TRY(check_shard_ce("cross_entropy_shard_max", stats, logits, targets));
+  ON_CUDA(lt_cuda_cross_entropy_shard_max(ctx, stats, logits, targets, vocab_start));
+  const int64_t v = logits.shape[logits.ndim - 1];
+  lt_cpu_cross_entropy_shard_max(lt_f32(stats), lt_f32(logits), lt_i32(targets),
+                                 lt_numel(logits) / v, v, vocab_start);
+  return LT_OK;
+}
+
+int lt_cross_entropy_shard_sum_exp(lt_ctx *ctx, lt_tensor stats, lt_tensor logits) {
+  const int64_t v = logits.shape[logits.ndim - 1], n = lt_numel(logits) / v;
+  EXPECT(lt_numel(stats) == 3 * n && stats.dtype == LT_F32 && logits.dtype == LT_F32,
+         "cross_entropy_shard_sum_exp", "stats must be (3, N) f32 for f32 logits (N, V)", stats,
+         logits);
+  ON_CUDA(lt_cuda_cross_entropy_shard_sum_exp(ctx, stats, logits));
+  lt_cpu_cross_entropy_shard_sum_exp(lt_f32(stats), lt_f32(logits), n, v);
+  return LT_OK;
+}
+
+int lt_cross_entropy_shard_finish(lt_ctx *ctx, lt_tensor losses, lt_tensor logits,
+                                  lt_tensor targets, lt_tensor stats, int64_t vocab_start,
+                                  int ignore_index, bool want_grad, float grad_scale) {
+  LT_TRY(check_shard_ce("cross_entropy_shard_finish", stats, logits, targets));
+  const int64_t v = logits.shape[logits.ndim - 1], n = lt_numel(logits) / v;
+  EXPECT(lt_numel(losses) == n && losses.dtype == LT_F32, "cross_entropy_shard_finish",
+         "losses must be (N) f32", losses, logits);
+  ON_CUDA(lt_cuda_cross_entropy_shard_finish(ctx, losses, logits, targets, stats, vocab_start,
+                                             ignore_index, want_grad, grad_scale));
+  lt_cpu_cross_entropy_shard_finish(lt_f32(losses), lt_f32(logits), lt_i32(targets), lt_f32(stats),
+                                    n, v, vocab_start, ignore_index, want_grad, grad_scale);
   return LT_OK;
 }
 
@@ -662,24 +729,60 @@ static int check_linear_out(lt_tensor y, lt_tensor rstd, lt_tensor o, lt_tensor 
   return LT_OK;
 }
 
+// A split row's statistic, (N) f32, given only with the RMS normalisation.
+static int check_row_stat(lt_tensor row_stat, lt_tensor o, lt_linear_norm norm) {
+  if (!row_stat.data) return LT_OK;
+  EXPECT(norm == LT_LINEAR_NORM_RMS && lt_numel(row_stat) == o.shape[0] && row_stat.dtype == LT_F32,
+         "linear_out", "row_stat must be (N) f32, and only with the RMS normalisation", row_stat,
+         o);
+  return LT_OK;
+}
+
 int lt_linear_out_fwd(lt_ctx *ctx, lt_tensor y, lt_tensor rstd, lt_tensor o, lt_tensor u,
-                      lt_linear_norm norm, lt_gate gate, float eps) {
+                      lt_linear_norm norm, lt_gate gate, float eps, lt_tensor row_stat) {
   LT_TRY(check_linear_out(y, rstd, o, u, norm, gate));
-  ON_CUDA(lt_cuda_linear_out_fwd(ctx, y, rstd, o, u, norm, gate, eps));
+  LT_TRY(check_row_stat(row_stat, o, norm));
+  ON_CUDA(lt_cuda_linear_out_fwd(ctx, y, rstd, o, u, norm, gate, eps, row_stat));
   const int e = (int)o.shape[2], d = norm == LT_LINEAR_NORM_DENOMINATOR ? e - 1 : e;
   lt_cpu_linear_out_fwd(lt_f32(y), lt_f32(rstd), lt_f32(o), lt_f32(u), o.shape[0], (int)o.shape[1],
-                        d, e, norm, gate, eps);
+                        d, e, norm, gate, eps, lt_f32(row_stat));
   return LT_OK;
 }
 
 int lt_linear_out_bwd(lt_ctx *ctx, lt_tensor d_o, lt_tensor du, lt_tensor dy, lt_tensor o,
-                      lt_tensor u, lt_tensor rstd, lt_linear_norm norm, lt_gate gate, float eps) {
+                      lt_tensor u, lt_tensor rstd, lt_linear_norm norm, lt_gate gate, float eps,
+                      lt_tensor row_stat) {
   LT_TRY(check_linear_out(dy, rstd, o, u, norm, gate));
+  LT_TRY(check_row_stat(row_stat, o, norm));
   EXPECT(lt_same_shape(d_o, o) && (gate == LT_GATE_NONE || lt_same_shape(du, u)), "linear_out_bwd",
          "d_o vs o or du vs u", d_o, o);
-  ON_CUDA(lt_cuda_linear_out_bwd(ctx, d_o, du, dy, o, u, rstd, norm, gate, eps));
+  ON_CUDA(lt_cuda_linear_out_bwd(ctx, d_o, du, dy, o, u, rstd, norm, gate, eps, row_stat));
   const int e = (int)o.shape[2], d = norm == LT_LINEAR_NORM_DENOMINATOR ? e - 1 : e;
   lt_cpu_linear_out_bwd(lt_f32(d_o), lt_f32(du), lt_f32(dy), lt_f32(o), lt_f32(u), lt_f32(rstd),
-                        o.shape[0], (int)o.shape[1], d, e, norm, gate, eps);
+                        o.shape[0], (int)o.shape[1], d, e, norm, gate, eps, lt_f32(row_stat));
+  return LT_OK;
+}
+
+int lt_linear_out_rms_stat(lt_ctx *ctx, lt_tensor row_stat, lt_tensor o, int64_t row_width) {
+  EXPECT(o.ndim == 3 && lt_numel(row_stat) == o.shape[0] && row_stat.dtype == LT_F32,
+         "linear_out_rms_stat", "o must be (N, H, D), row_stat (N) f32", row_stat, o);
+  EXPECT(row_width >= o.shape[1] * o.shape[2], "linear_out_rms_stat",
+         "the whole row is narrower than this rank's part", o, o);
+  ON_CUDA(lt_cuda_linear_out_rms_stat(ctx, row_stat, o, row_width));
+  lt_cpu_linear_out_rms_stat(lt_f32(row_stat), lt_f32(o), o.shape[0], o.shape[1] * o.shape[2],
+                             row_width);
+  return LT_OK;
+}
+
+int lt_linear_out_rms_grad_stat(lt_ctx *ctx, lt_tensor row_stat, lt_tensor dy, lt_tensor o,
+                                lt_tensor u, lt_tensor rstd, lt_gate gate, int64_t row_width) {
+  LT_TRY(check_linear_out(dy, rstd, o, u, LT_LINEAR_NORM_RMS, gate));
+  EXPECT(lt_numel(row_stat) == o.shape[0] && row_stat.dtype == LT_F32, "linear_out_rms_grad_stat",
+         "row_stat must be (N) f32", row_stat, o);
+  EXPECT(row_width >= o.shape[1] * o.shape[2], "linear_out_rms_grad_stat",
+         "the whole row is narrower than this rank's part", o, o);
+  ON_CUDA(lt_cuda_linear_out_rms_grad_stat(ctx, row_stat, dy, o, u, rstd, gate, row_width));
+  lt_cpu_linear_out_rms_grad_stat(lt_f32(row_stat), lt_f32(dy), lt_f32(o), lt_f32(u), lt_f32(rstd),
+                                  o.shape[0], o.shape[1] * o.shape[2], row_width, gate);
   return LT_OK;
 }

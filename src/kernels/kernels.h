@@ -47,6 +47,15 @@ int lt_sum_squares(lt_ctx *ctx, double *out, lt_tensor x);
 int lt_embedding_fwd(lt_ctx *ctx, lt_tensor out, lt_tensor tokens, lt_tensor table);
 // dtable[tokens[n], :] += dout[n, :]
 int lt_embedding_bwd(lt_ctx *ctx, lt_tensor dtable, lt_tensor dout, lt_tensor tokens);
+// The vocab-parallel lookup (Megatron-LM's VocabParallelEmbedding): `table` (V, D) holds rows
+// [vocab_start, vocab_start + V) of the whole table. out[n, :] = table[tokens[n] - vocab_start, :]
+// for the tokens in that range and 0 for the others, whose rows other ranks hold: the sum over
+// the tensor-parallel ranks completes every row.
+int lt_embedding_shard_fwd(lt_ctx *ctx, lt_tensor out, lt_tensor tokens, lt_tensor table,
+                           int64_t vocab_start);
+// dtable[tokens[n] - vocab_start, :] += dout[n, :] for the tokens in the range.
+int lt_embedding_shard_bwd(lt_ctx *ctx, lt_tensor dtable, lt_tensor dout, lt_tensor tokens,
+                           int64_t vocab_start);
 
 // out = x * rstd * weight, rstd = 1/sqrt(mean(x^2) + eps)    x, out: (N, C); weight: (C); rstd: (N)
 // f32
@@ -76,6 +85,27 @@ int lt_swiglu_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor dh, lt_tensor gate_
 // logits: (N, V); targets: (N) i32; losses: (N) f32
 int lt_cross_entropy(lt_ctx *ctx, lt_tensor losses, lt_tensor logits, lt_tensor targets,
                      int ignore_index, bool want_grad, float grad_scale);
+
+// Vocab-parallel cross-entropy (Megatron-LM, Shoeybi et al. 2019, section 3): a rank holds the
+// logits of the vocab columns [vocab_start, vocab_start + V) only, and never the whole row. A
+// row's loss lse - logit[t] is assembled from per-rank statistics, completed over the ranks
+// between these calls (stats: (3, N) f32 = [row max | sum of exps | target logit]):
+//   lt_cross_entropy_shard_max      stats[0] = max of this rank's logits; stats[2] = the target's
+//                                   logit where this rank holds the target, else 0
+//   (all-reduce max of stats[0] over the ranks)
+//   lt_cross_entropy_shard_sum_exp  stats[1] = sum_j exp(logits[n, j] - stats[0][n])
+//   (all-reduce sum of stats[1] and stats[2])
+//   lt_cross_entropy_shard_finish   losses = stats[0] + log(stats[1]) - stats[2], 0 where
+//                                   ignored; with want_grad, logits <- grad_scale * (softmax -
+//                                   onehot) on this rank's columns, as lt_cross_entropy
+// With one rank holding every column this is lt_cross_entropy, in three passes.
+// logits: (N, V) f32; targets: (N) i32; losses: (N) f32
+int lt_cross_entropy_shard_max(lt_ctx *ctx, lt_tensor stats, lt_tensor logits, lt_tensor targets,
+                               int64_t vocab_start);
+int lt_cross_entropy_shard_sum_exp(lt_ctx *ctx, lt_tensor stats, lt_tensor logits);
+int lt_cross_entropy_shard_finish(lt_ctx *ctx, lt_tensor losses, lt_tensor logits,
+                                  lt_tensor targets, lt_tensor stats, int64_t vocab_start,
+                                  int ignore_index, bool want_grad, float grad_scale);
 
 // --- attention (softmax), shaped for ring attention ---
 
@@ -299,11 +329,26 @@ int lt_linear_qkv_bwd(lt_ctx *ctx, lt_tensor dqkv, lt_tensor dq, lt_tensor dk, l
 // The output stage: y = norm(o) * g(u). o: (N, H, E) with E = D + 1 for the denominator (its last
 // column) and E = D otherwise; u, y: (N, H*D); u unused (data NULL allowed) without a gate;
 // rstd: (N) f32, written for LT_LINEAR_NORM_RMS. eps: the denominator's or the RMSNorm's.
+// row_stat: data NULL, or for LT_LINEAR_NORM_RMS over a row split between ranks, the row's mean
+// square over all of them (below).
 int lt_linear_out_fwd(lt_ctx *ctx, lt_tensor y, lt_tensor rstd, lt_tensor o, lt_tensor u,
-                      lt_linear_norm norm, lt_gate gate, float eps);
-// d_o, du = gradients (overwritten) given dy and the forward's o, u and rstd.
+                      lt_linear_norm norm, lt_gate gate, float eps, lt_tensor row_stat);
+// d_o, du = gradients (overwritten) given dy and the forward's o, u and rstd. row_stat: data NULL,
+// or for a split row the mean of da * a over all of it (below; a = the normalised o, da = dy g(u)).
 int lt_linear_out_bwd(lt_ctx *ctx, lt_tensor d_o, lt_tensor du, lt_tensor dy, lt_tensor o,
-                      lt_tensor u, lt_tensor rstd, lt_linear_norm norm, lt_gate gate, float eps);
+                      lt_tensor u, lt_tensor rstd, lt_linear_norm norm, lt_gate gate, float eps,
+                      lt_tensor row_stat);
+// Tensor parallelism splits the heads, and with them the row that LT_LINEAR_NORM_RMS normalises
+// (every head of a token). Its two statistics are then sums over the ranks, each taken between
+// two calls; row_width is the whole row's H*D over all ranks:
+//   forward   lt_linear_out_rms_stat: row_stat[t] = (sum of o[t]^2 over this rank's heads) /
+//             row_width; all-reduce row_stat; lt_linear_out_fwd with it
+//   backward  lt_linear_out_rms_grad_stat: row_stat[t] = (sum of da * a over this rank's columns)
+//             / row_width, from dy, o, u and the forward's rstd; all-reduce; lt_linear_out_bwd
+// o: (N, H, D); dy, u: (N, H*D); rstd, row_stat: (N) f32
+int lt_linear_out_rms_stat(lt_ctx *ctx, lt_tensor row_stat, lt_tensor o, int64_t row_width);
+int lt_linear_out_rms_grad_stat(lt_ctx *ctx, lt_tensor row_stat, lt_tensor dy, lt_tensor o,
+                                lt_tensor u, lt_tensor rstd, lt_gate gate, int64_t row_width);
 
 // --- optimizer ---
 

@@ -8,10 +8,14 @@ enum { LOGITS_CHUNK_BYTES = 64 << 20 };
 
 int lt_lm_head_create(lt_lm_head *head, lt_params *params, const lt_param *tied, int64_t vocab,
                       int64_t d_model, float std) {
-  *head = (lt_lm_head){.vocab = vocab, .weight = tied ? tied : &head->own};
+  *head = (lt_lm_head){.weight = tied ? tied : &head->own, .tp = lt_tp_of(params)};
+  // Tied or not, rank r holds the vocab rows that the embedding's rank r holds.
+  head->vocab = lt_tp_count(&head->tp, vocab);
+  head->vocab_start = lt_tp_start(&head->tp, vocab);
   if (tied) return LT_OK;
+  lt_param_spec spec = {.init = LT_INIT_NORMAL, .std = std, .group = LT_GROUP_HEAD};
   return lt_params_add(params, &head->own, "lm_head", 2, LT_SHAPE(vocab, d_model),
-                       (lt_param_spec){.init = LT_INIT_NORMAL, .std = std, .group = LT_GROUP_HEAD});
+                       lt_tp_shard(spec, &head->tp, 0, vocab));
 }
 
 int lt_lm_head_plan(lt_lm_head *head, const lt_plan *p) {
@@ -22,8 +26,28 @@ int lt_lm_head_plan(lt_lm_head *head, const lt_plan *p) {
   LT_TRY(lt_arena_alloc1(p->acts, &head->losses, LT_F32, n));
   size_t mark = lt_arena_mark(p->scratch);
   LT_TRY(lt_arena_alloc2(p->scratch, &head->logits, LT_F32, head->chunk_rows, head->vocab));
+  if (head->tp.size > 1)
+    LT_TRY(lt_arena_alloc1(p->scratch, &head->stats, LT_F32, 3 * head->chunk_rows));
   lt_arena_release(p->scratch, mark);
   return LT_OK;
+}
+
+// The loss (and with want_grad the gradient, over the logits) of one chunk of rows. Vocab-parallel,
+// each row's maximum, sum of exps and target logit are completed over the tp ranks (Megatron-LM's
+// vocab_parallel_cross_entropy): two all-reduces of a few numbers per row, where gathering the
+// logits would move the whole vocabulary.
+static int chunk_loss(lt_lm_head *head, lt_ctx *ctx, lt_tensor losses, lt_tensor logits,
+                      lt_tensor targets, bool want_grad, float grad_scale) {
+  if (head->tp.size == 1)
+    return lt_cross_entropy(ctx, losses, logits, targets, LT_IGNORE_INDEX, want_grad, grad_scale);
+  const int64_t rows = logits.shape[0];
+  lt_tensor stats = lt_view2(head->stats.data, LT_F32, head->stats.device, 3, rows);
+  LT_TRY(lt_cross_entropy_shard_max(ctx, stats, logits, targets, head->vocab_start));
+  LT_TRY(lt_tp_all_reduce_max(&head->tp, lt_rows(stats, 0, 1)));
+  LT_TRY(lt_cross_entropy_shard_sum_exp(ctx, stats, logits));
+  LT_TRY(lt_tp_all_reduce_sum(&head->tp, lt_rows(stats, 1, 2)));
+  return lt_cross_entropy_shard_finish(ctx, losses, logits, targets, stats, head->vocab_start,
+                                       LT_IGNORE_INDEX, want_grad, grad_scale);
 }
 
 int lt_lm_head_loss(lt_lm_head *head, lt_ctx *ctx, lt_tensor x, lt_tensor targets, float grad_scale,
@@ -36,16 +60,27 @@ int lt_lm_head_loss(lt_lm_head *head, lt_ctx *ctx, lt_tensor x, lt_tensor target
     lt_tensor logits = lt_rows(head->logits, 0, rows);
     lt_tensor x_chunk = lt_rows(x2, start, rows);
     LT_TRY(lt_linear_forward(ctx, logits, x_chunk, head->weight->value));
-    LT_TRY(lt_cross_entropy(ctx, lt_rows(head->losses, start, rows), logits,
-                            lt_rows(targets, start, rows), LT_IGNORE_INDEX, want_grad, grad_scale));
+    LT_TRY(chunk_loss(head, ctx, lt_rows(head->losses, start, rows), logits,
+                      lt_rows(targets, start, rows), want_grad, grad_scale));
     if (want_grad)
       LT_TRY(lt_linear_backward(ctx, lt_rows(dx2, start, rows), head->weight->grad, logits, x_chunk,
                                 head->weight->value));
   }
-  return LT_OK;
+  // The head reads x on every rank (a column-parallel projection): its gradient is the sum of the
+  // ranks' shares (Megatron's f, backward).
+  return want_grad ? lt_tp_reduce_input_grad(&head->tp, dx) : LT_OK;
 }
 
 int lt_lm_head_logits(lt_lm_head *head, lt_ctx *ctx, lt_tensor logits, lt_tensor x) {
-  (void)head;
-  return lt_linear_forward(ctx, logits, x, head->weight->value);
+  if (head->tp.size == 1) return lt_linear_forward(ctx, logits, x, head->weight->value);
+  // Each rank's columns, a chunk of rows at a time, gathered side by side.
+  lt_tensor x2 = lt_flatten2(x);
+  const int64_t n = x2.shape[0];
+  for (int64_t start = 0; start < n; start += head->chunk_rows) {
+    int64_t rows = n - start < head->chunk_rows ? n - start : head->chunk_rows;
+    lt_tensor part = lt_rows(head->logits, 0, rows);
+    LT_TRY(lt_linear_forward(ctx, part, lt_rows(x2, start, rows), head->weight->value));
+    LT_TRY(lt_tp_gather_last_dim(&head->tp, lt_rows(logits, start, rows), part));
+  }
+  return LT_OK;
 }

@@ -5,10 +5,13 @@
 
 #include "core/error.h"
 #include "layers/linear.h"
+#include "parallel/tp.h"
 
 typedef struct swiglu_mlp {
   lt_layer base;
-  int64_t ffn_dim;
+  lt_tp tp;
+  bool reduce;               // sum the output and dx over tp here (not in the caller)
+  int64_t ffn_dim;           // this rank's hidden units
   lt_param w_gate_up[2];     // w_gate (F, D), w_up (F, D), adjacent: one (2F, D) matmul
   lt_param w_down;           // (D, F)
   lt_tensor gate_up;         // saved (B*T, 2F); the product h is recomputed in backward (cheap)
@@ -34,7 +37,8 @@ static int forward(lt_layer *self, lt_ctx *ctx, lt_tensor out, lt_tensor x, cons
   LT_TRY(lt_fused_view(&w, m->w_gate_up, 2, LT_PARAM_VALUE));
   LT_TRY(lt_linear_forward(ctx, m->gate_up, x, w));
   LT_TRY(lt_swiglu_fwd(ctx, m->h, m->gate_up));
-  return lt_linear_forward(ctx, out, m->h, m->w_down.value);
+  LT_TRY(lt_linear_forward(ctx, out, m->h, m->w_down.value));
+  return m->reduce ? lt_tp_reduce_output(&m->tp, out) : LT_OK;
 }
 
 static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, lt_tensor x,
@@ -47,7 +51,8 @@ static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, l
   lt_tensor w, dw;
   LT_TRY(lt_fused_view(&w, m->w_gate_up, 2, LT_PARAM_VALUE));
   LT_TRY(lt_fused_view(&dw, m->w_gate_up, 2, LT_PARAM_GRAD));
-  return lt_linear_backward(ctx, dx, dw, m->dgate_up, x, w);
+  LT_TRY(lt_linear_backward(ctx, dx, dw, m->dgate_up, x, w));
+  return m->reduce ? lt_tp_reduce_input_grad(&m->tp, dx) : LT_OK;
 }
 
 static void destroy(lt_layer *self) {
@@ -57,25 +62,36 @@ static void destroy(lt_layer *self) {
 static const lt_layer_ops swiglu_ops = {
     .kind = "swiglu", .plan = plan, .forward = forward, .backward = backward, .destroy = destroy};
 
-int lt_swiglu_mlp_create(lt_layer **out, lt_params *params, const char *prefix, int64_t d_model,
-                         int64_t ffn_dim, lt_init_stds stds) {
+static int create(lt_layer **out, lt_params *params, const char *prefix, int64_t d_model,
+                  int64_t ffn_dim, lt_init_stds stds, bool reduce) {
   swiglu_mlp *m = calloc(1, sizeof *m);
   LT_CHECK(m, LT_ERR_MEMORY, "out of memory creating %s", prefix);
   *out = &m->base;
   m->base.ops = &swiglu_ops;
-  m->ffn_dim = ffn_dim;
+  m->tp = lt_tp_of(params);
+  m->reduce = reduce;
+  m->ffn_dim = lt_tp_count(&m->tp, ffn_dim);
   char name[96];
   const char *names[2] = {"w_gate", "w_up"};
   for (int i = 0; i < 2; i++) {
     snprintf(name, sizeof name, "%s.%s", prefix, names[i]);
+    const lt_param_spec spec = {
+        .init = LT_INIT_NORMAL, .std = stds.in, .group = LT_GROUP_FFN, .fused_with_prev = i > 0};
     LT_TRY(lt_params_add(params, &m->w_gate_up[i], name, 2, LT_SHAPE(ffn_dim, d_model),
-                         (lt_param_spec){.init = LT_INIT_NORMAL,
-                                         .std = stds.in,
-                                         .group = LT_GROUP_FFN,
-                                         .fused_with_prev = i > 0}));
+                         lt_tp_shard(spec, &m->tp, 0, ffn_dim)));
   }
   snprintf(name, sizeof name, "%s.w_down", prefix);
-  return lt_params_add(
-      params, &m->w_down, name, 2, LT_SHAPE(d_model, ffn_dim),
-      (lt_param_spec){.init = LT_INIT_NORMAL, .std = stds.out, .group = LT_GROUP_FFN});
+  const lt_param_spec spec = {.init = LT_INIT_NORMAL, .std = stds.out, .group = LT_GROUP_FFN};
+  return lt_params_add(params, &m->w_down, name, 2, LT_SHAPE(d_model, ffn_dim),
+                       lt_tp_shard(spec, &m->tp, 1, ffn_dim));
+}
+
+int lt_swiglu_mlp_create(lt_layer **out, lt_params *params, const char *prefix, int64_t d_model,
+                         int64_t ffn_dim, lt_init_stds stds) {
+  return create(out, params, prefix, d_model, ffn_dim, stds, true);
+}
+
+int lt_swiglu_mlp_create_partial(lt_layer **out, lt_params *params, const char *prefix,
+                                 int64_t d_model, int64_t ffn_dim, lt_init_stds stds) {
+  return create(out, params, prefix, d_model, ffn_dim, stds, false);
 }

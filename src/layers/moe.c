@@ -7,6 +7,16 @@
 //                                                     P_i = mean over tokens of probs[:, i]
 //   z-loss        z_loss_coef * mean over tokens of logsumexp(logits)^2
 // f_i is piecewise constant, so the balance loss's gradient flows through P_i alone.
+//
+// Tensor parallel: each expert's hidden units are split over the tp ranks as a dense SwiGLU's are
+// (w_gate, w_up column-parallel, w_down row-parallel; Megatron-core's expert tensor parallelism),
+// and so are the shared experts'. The router is whole on every rank: the input is the same
+// everywhere, so every rank routes every token alike, dispatches the same rows and computes the
+// same auxiliary losses (counted once, as the single process does). An expert's output is then a
+// partial sum over its hidden units, combined by the same gates; the layer's output is reduced
+// over tp once, the shared experts' partial sums included. Backward, the gates' gradient
+// dgate = dout . ye is summed over tp before the router's backward, and the router's share of dx
+// is added after the sum of the experts' shares.
 #include "layers/moe.h"
 
 #include <math.h>
@@ -17,11 +27,13 @@
 #include "core/error.h"
 #include "layers/linear.h"
 #include "layers/mlp.h"
+#include "parallel/tp.h"
 
 typedef struct moe_layer {
   lt_layer base;
+  lt_tp tp;
   int n_experts, top_k;
-  int64_t d_model, ffn_dim;
+  int64_t d_model, ffn_dim; // ffn_dim: this rank's hidden units of each expert
   lt_moe_config cfg;
   lt_param router;   // (E, D)
   lt_param *gate_up; // 2E: expert e's w_gate (F, D) then w_up (F, D), all adjacent: (E, 2F, D)
@@ -134,6 +146,7 @@ static int forward(lt_layer *self, lt_ctx *ctx, lt_tensor out, lt_tensor x, cons
     LT_TRY(m->shared->ops->forward(m->shared, ctx, m->shared_out, x, batch));
     LT_TRY(lt_add(ctx, out, out, m->shared_out));
   }
+  LT_TRY(lt_tp_reduce_output(&m->tp, out));
   return batch->aux ? add_aux_losses(m, ctx, batch->aux) : LT_OK;
 }
 
@@ -162,6 +175,13 @@ static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, l
   LT_TRY(lt_grouped_matmul(ctx, dxe, dgate_up, w_gate_up, false, m->rows));
   LT_TRY(lt_grouped_matmul_wgrad(ctx, dw_gate_up, dgate_up, xe, m->rows));
   LT_TRY(lt_moe_dispatch_bwd(ctx, dx, dxe, m->slot_row));
+  if (m->shared) {
+    LT_TRY(m->shared->ops->backward(m->shared, ctx, m->shared_out, dout, x, batch));
+    LT_TRY(lt_add(ctx, dx, dx, m->shared_out));
+  }
+  LT_TRY(lt_tp_reduce_input_grad(&m->tp, dx));
+  // ye was this rank's partial sum over the hidden units, and so is dgate = dout . ye.
+  LT_TRY(lt_tp_all_reduce_sum(&m->tp, m->dgate));
   // The router: the gates' gradient plus the auxiliary losses', scaled as the objective counts
   // them (none when nothing collects them).
   const float aux_scale = batch->aux ? batch->aux->grad_scale : 0.0f;
@@ -174,12 +194,7 @@ static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, l
   LT_TRY(lt_moe_route_bwd(ctx, m->dlogits, m->dgate, m->gate, m->expert, m->probs, m->lse,
                           m->balance, z_scale, m->cfg.renormalize));
   LT_TRY(lt_matmul(ctx, m->router.grad, m->dlogits, true, x, false, 1.0f, 1.0f));
-  LT_TRY(lt_matmul(ctx, dx, m->dlogits, false, m->router.value, false, 1.0f, 1.0f));
-  if (m->shared) {
-    LT_TRY(m->shared->ops->backward(m->shared, ctx, m->shared_out, dout, x, batch));
-    LT_TRY(lt_add(ctx, dx, dx, m->shared_out));
-  }
-  return LT_OK;
+  return lt_matmul(ctx, dx, m->dlogits, false, m->router.value, false, 1.0f, 1.0f);
 }
 
 static void destroy(lt_layer *self) {
@@ -193,14 +208,17 @@ static void destroy(lt_layer *self) {
 static const lt_layer_ops moe_ops = {
     .kind = "moe", .plan = plan, .forward = forward, .backward = backward, .destroy = destroy};
 
-static int add_weight(lt_params *params, lt_param *bind, const char *prefix, int expert,
-                      const char *what, int64_t rows, int64_t cols, float std, bool fused) {
+// An expert's (rows, cols) weight, its hidden units (dim 0 of w_gate and w_up, dim 1 of w_down)
+// split over tp.
+static int add_weight(lt_params *params, const lt_tp *tp, lt_param *bind, const char *prefix,
+                      int expert, const char *what, int64_t rows, int64_t cols, int split_dim,
+                      float std, bool fused) {
   char name[96];
   snprintf(name, sizeof name, "%s.experts.%d.%s", prefix, expert, what);
-  return lt_params_add(
-      params, bind, name, 2, LT_SHAPE(rows, cols),
-      (lt_param_spec){
-          .init = LT_INIT_NORMAL, .std = std, .group = LT_GROUP_FFN, .fused_with_prev = fused});
+  const lt_param_spec spec = {
+      .init = LT_INIT_NORMAL, .std = std, .group = LT_GROUP_FFN, .fused_with_prev = fused};
+  return lt_params_add(params, bind, name, 2, LT_SHAPE(rows, cols),
+                       lt_tp_shard(spec, tp, split_dim, split_dim == 0 ? rows : cols));
 }
 
 int lt_moe_create(lt_layer **out, lt_params *params, const char *prefix, const lt_model_config *cfg,
@@ -212,10 +230,12 @@ int lt_moe_create(lt_layer **out, lt_params *params, const char *prefix, const l
   *out = &m->base;
   m->base.ops = &moe_ops;
   m->cfg = cfg->moe;
+  m->tp = lt_tp_of(params);
   const int e = m->n_experts = cfg->moe.n_experts;
   m->top_k = cfg->moe.top_k;
   m->d_model = cfg->d_model;
-  const int64_t d = m->d_model, f = m->ffn_dim = cfg->moe.ffn_dim ? cfg->moe.ffn_dim : cfg->ffn_dim;
+  const int64_t d = m->d_model, f = cfg->moe.ffn_dim ? cfg->moe.ffn_dim : cfg->ffn_dim;
+  m->ffn_dim = lt_tp_count(&m->tp, f);
   m->gate_up = calloc(2 * (size_t)e, sizeof *m->gate_up);
   m->down = calloc((size_t)e, sizeof *m->down);
   m->rows = calloc((size_t)e + 1, sizeof *m->rows);
@@ -233,12 +253,16 @@ int lt_moe_create(lt_layer **out, lt_params *params, const char *prefix, const l
       (lt_param_spec){.init = LT_INIT_NORMAL, .std = stds.in, .group = LT_GROUP_FFN}));
   // All experts' gate|up weights adjacent, then all down weights: each set is one grouped GEMM.
   for (int i = 0; i < e; i++) {
-    LT_TRY(add_weight(params, &m->gate_up[2 * i], prefix, i, "w_gate", f, d, stds.in, i > 0));
-    LT_TRY(add_weight(params, &m->gate_up[2 * i + 1], prefix, i, "w_up", f, d, stds.in, true));
+    LT_TRY(add_weight(params, &m->tp, &m->gate_up[2 * i], prefix, i, "w_gate", f, d, 0, stds.in,
+                      i > 0));
+    LT_TRY(add_weight(params, &m->tp, &m->gate_up[2 * i + 1], prefix, i, "w_up", f, d, 0, stds.in,
+                      true));
   }
   for (int i = 0; i < e; i++)
-    LT_TRY(add_weight(params, &m->down[i], prefix, i, "w_down", d, f, stds.out, i > 0));
+    LT_TRY(add_weight(params, &m->tp, &m->down[i], prefix, i, "w_down", d, f, 1, stds.out, i > 0));
   if (cfg->moe.n_shared_experts == 0) return LT_OK;
   snprintf(name, sizeof name, "%s.shared", prefix);
-  return lt_swiglu_mlp_create(&m->shared, params, name, d, cfg->moe.n_shared_experts * f, stds);
+  // Its partial sums join the routed experts' before the layer's one reduction over tp.
+  return lt_swiglu_mlp_create_partial(&m->shared, params, name, d, cfg->moe.n_shared_experts * f,
+                                      stds);
 }

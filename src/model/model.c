@@ -60,6 +60,8 @@ int lt_model_create(lt_model *model, const lt_model_config *cfg, lt_device devic
   // Every attention kind reads cfg->rope_theta: fold the context-extension factor into it once.
   c->rope_theta = lt_model_rope_theta(c);
   c->rope_ntk_factor = 1.0;
+  // Tensor parallelism splits heads, hidden units and the vocabulary evenly over its ranks.
+  if (mesh) LT_TRY(lt_config_validate_tp(c, mesh->size[LT_AXIS_TP], "model"));
   lt_init_stds stds = init_stds(c);
   LT_TRY(place_stage(model, mesh));
   lt_params_begin(&model->params, mesh);

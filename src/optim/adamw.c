@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "parallel/mesh.h"
 #include "parallel/pipeline.h"
+#include "parallel/tp.h"
 
 // Weight decay applies to matrices, not to norm gains; the embedding is a matrix but, as in
 // Megatron and most Llama recipes, is excluded unless train.decay_embeddings is set.
@@ -70,11 +71,21 @@ static lt_tensor param_part(const lt_params *p, const lt_param_info *info, float
 
 int lt_grad_norm(lt_ctx *ctx, const lt_params *params, double *norm) {
   double sum = 0.0;
-  lt_tensor all = lt_view1(params->grad, LT_F32, params->device, (int64_t)params->numel);
-  if (params->mesh && params->mesh->size[LT_AXIS_PP] > 1)
-    LT_TRY(lt_pipeline_grad_sum_squares(ctx, params, &sum)); // every stage's share
-  else
-    LT_TRY(lt_sum_squares(ctx, &sum, all)); // padding between parameters is zero
+  // The whole model's: each process sums the gradients it counts (a tensor-parallel copy on its
+  // first tp rank only, a tied embedding's pipeline copy on the first stage only), then the sums
+  // of the tp ranks and of the pipeline stages are added.
+  for (int i = 0; i < params->count; i++) {
+    const lt_param_info *p = &params->info[i];
+    if (p->spec.pipeline_copy || lt_tp_duplicate(params, p)) continue;
+    double squares;
+    LT_TRY(lt_sum_squares(ctx, &squares,
+                          lt_view1(params->grad + p->offset, LT_F32, params->device, p->numel)));
+    sum += squares;
+  }
+  if (params->mesh) {
+    LT_TRY(lt_all_reduce_sum_f64(&params->mesh->axis[LT_AXIS_TP], &sum, 1));
+    LT_TRY(lt_all_reduce_sum_f64(&params->mesh->axis[LT_AXIS_PP], &sum, 1));
+  }
   *norm = sqrt(sum);
   return LT_OK;
 }

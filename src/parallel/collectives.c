@@ -1,6 +1,7 @@
 // Collectives over a mesh group. Host tensors go through MPI; device tensors will go through NCCL
 // (bootstrapped over MPI) in CUDA builds. Every failure names the operation, the group and the
 // tensor.
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/error.h"
@@ -58,6 +59,24 @@ int lt_all_reduce_sum(const lt_group *g, lt_tensor t) {
 
 int lt_all_reduce_max(const lt_group *g, lt_tensor t) {
   return all_reduce(g, t, MPI_MAX, "all-reduce (max)");
+}
+
+int lt_all_reduce_sum_f64(const lt_group *g, double *values, int n) {
+  if (g->size == 1) return LT_OK;
+  uint64_t *all = malloc(sizeof(uint64_t) * (size_t)g->size * (size_t)n);
+  LT_CHECK(all, LT_ERR_MEMORY, "out of host memory summing over the %s group", g->name);
+  int rc = lt_all_gather(g, lt_view1(all, LT_U64, LT_CPU, (int64_t)g->size * n),
+                         lt_view1(values, LT_U64, LT_CPU, n));
+  for (int i = 0; i < n && rc == LT_OK; i++) {
+    values[i] = 0.0;
+    for (int r = 0; r < g->size; r++) {
+      double v;
+      memcpy(&v, &all[(size_t)r * (size_t)n + (size_t)i], sizeof v);
+      values[i] += v;
+    }
+  }
+  free(all);
+  return rc;
 }
 
 int lt_all_gather(const lt_group *g, lt_tensor out, lt_tensor in) {

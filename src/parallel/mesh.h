@@ -49,6 +49,10 @@ int lt_mesh_rank_of(const lt_mesh *mesh, const int coord[LT_N_AXES]);
 // t = sum (or max) of every rank's t, in place.
 int lt_all_reduce_sum(const lt_group *g, lt_tensor t);
 int lt_all_reduce_max(const lt_group *g, lt_tensor t);
+// Sums n doubles (host) over the group so that every rank gets the same bits: each rank's values
+// travel as their 64-bit patterns and every rank adds them in rank order. For the loss, token
+// counts and the gradient norm, which every rank must agree on exactly.
+int lt_all_reduce_sum_f64(const lt_group *g, double *values, int n);
 // out = the ranks' `in` concatenated in rank order (out holds size * numel(in) elements).
 int lt_all_gather(const lt_group *g, lt_tensor out, lt_tensor in);
 // out = this rank's 1/size slice (in rank order) of the sum of every rank's `in`.

@@ -61,42 +61,9 @@ int lt_pipeline_stages(const lt_model *model) {
   return mesh ? mesh->size[LT_AXIS_PP] : 1;
 }
 
-// Sums n doubles over a group so that every rank gets the same bits: each rank's values travel
-// as their 64-bit patterns and every rank adds them in rank order.
-static int sum_over(const lt_group *g, double *values, int n) {
-  if (g->size == 1) return LT_OK;
-  uint64_t *all = malloc(sizeof(uint64_t) * (size_t)(g->size * n));
-  LT_CHECK(all, LT_ERR_MEMORY, "out of host memory summing over the %s group", g->name);
-  int rc = lt_all_gather(g, lt_view1(all, LT_U64, LT_CPU, (int64_t)g->size * n),
-                         lt_view1(values, LT_U64, LT_CPU, n));
-  for (int i = 0; i < n && rc == LT_OK; i++) {
-    values[i] = 0.0;
-    for (int r = 0; r < g->size; r++) {
-      double v;
-      memcpy(&v, &all[r * n + i], sizeof v);
-      values[i] += v;
-    }
-  }
-  free(all);
-  return rc;
-}
-
 int lt_pipeline_sum(const lt_params *params, double *values, int n) {
   if (!params->mesh) return LT_OK;
-  return sum_over(&params->mesh->axis[LT_AXIS_PP], values, n);
-}
-
-int lt_pipeline_grad_sum_squares(lt_ctx *ctx, const lt_params *params, double *sum) {
-  *sum = 0.0;
-  for (int i = 0; i < params->count; i++) {
-    const lt_param_info *p = &params->info[i];
-    if (p->spec.pipeline_copy) continue; // the first stage counts it
-    double squares;
-    lt_tensor grad = lt_view1(params->grad + p->offset, LT_F32, params->device, p->numel);
-    LT_TRY(lt_sum_squares(ctx, &squares, grad));
-    *sum += squares;
-  }
-  return lt_pipeline_sum(params, sum, 1);
+  return lt_all_reduce_sum_f64(&params->mesh->axis[LT_AXIS_PP], values, n);
 }
 
 // One stage's run through a schedule.
@@ -196,7 +163,7 @@ static int run_step(stage_run *r, double *loss_sum, double *aux_sum, lt_pipeline
   // The loss is the last stage's and each stage has its own layers' auxiliary losses: every stage
   // reports their sums, as one process holding all stages would.
   double sums[2] = {r->loss, r->aux};
-  LT_TRY(sum_over(r->pp, sums, 2));
+  LT_TRY(lt_all_reduce_sum_f64(r->pp, sums, 2));
   *loss_sum = sums[0];
   if (aux_sum) *aux_sum = sums[1];
   return r->train ? sum_tied_embedding(r->model) : LT_OK;

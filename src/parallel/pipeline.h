@@ -78,8 +78,5 @@ int lt_pipeline_eval(lt_model *model, lt_ctx *ctx, const lt_micro_batches *micro
 // Sums n values over the stages of the pipeline `params` belongs to, the same bits on every stage
 // (nothing to do without pipelining).
 int lt_pipeline_sum(const lt_params *params, double *values, int n);
-// The sum of squares of the model's gradients over every stage, a tied embedding counted once:
-// what the global gradient norm is the root of.
-int lt_pipeline_grad_sum_squares(lt_ctx *ctx, const lt_params *params, double *sum);
 
 #endif

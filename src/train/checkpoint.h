@@ -79,9 +79,10 @@ int lt_checkpoint_begin(lt_checkpoint_writer *w, const char *root, int64_t step,
 int lt_checkpoint_write_slice(lt_checkpoint_writer *w, lt_ckpt_kind kind, const char *name,
                               int ndim, const int64_t *logical, const int64_t *offset,
                               const int64_t *extent, const float *data);
-// Every parameter this process holds, as the slice of the logical tensor it is, and with
-// `optimizer` the AdamW moments; a pipeline stage's copy of a tied embedding is left to the first
-// stage, which holds the same values.
+// Every parameter this process holds, as the slice of the logical tensor it is (the whole tensor
+// without parallelism), and with `optimizer` the AdamW moments. A parameter several processes
+// hold whole is written once: a tensor-parallel copy by its first tp rank, a tied embedding's
+// pipeline copy by the first stage.
 int lt_checkpoint_write_params(lt_checkpoint_writer *w, const lt_params *params, bool optimizer);
 // Closes and fsyncs this rank's shard: what every rank but 0 does last.
 int lt_checkpoint_finish_shard(lt_checkpoint_writer *w);

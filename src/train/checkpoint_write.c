@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/fsutil.h"
 #include "core/h5util.h"
+#include "parallel/tp.h"
 #include "train/checkpoint.h"
 
 // Tensors are stored in chunks of about 1 MiB (whole rows along dim 0): small enough that a
@@ -136,7 +137,9 @@ int lt_checkpoint_write_params(lt_checkpoint_writer *w, const lt_params *params,
   for (int k = 0; k < (optimizer ? LT_CKPT_KINDS : 1) && rc == LT_OK; k++)
     for (int i = 0; i < params->count && rc == LT_OK; i++) {
       const lt_param_info *p = &params->info[i];
-      if (p->spec.pipeline_copy) continue; // the first pipeline stage writes it
+      // Written once: a pipeline stage's copy of a tied embedding by the first stage, a
+      // tensor-parallel copy by the first tp rank.
+      if (p->spec.pipeline_copy || lt_tp_duplicate(params, p)) continue;
       rc = lt_device_copy(host, LT_CPU, buffers[k] + p->offset, params->device,
                           (size_t)p->numel * sizeof(float));
       if (rc == LT_OK)

@@ -97,7 +97,7 @@ static void test_denominator_normalisation_is_katharopoulos_linear_attention(voi
                                lt_view4(v, LT_F32, LT_CPU, 1, T, h, e), none, &spec));
   assert_ok(lt_linear_out_fwd(&ctx, lt_view2(y, LT_F32, LT_CPU, T, h * d), none,
                               lt_view3(o, LT_F32, LT_CPU, T, h, e), none,
-                              LT_LINEAR_NORM_DENOMINATOR, LT_GATE_NONE, eps));
+                              LT_LINEAR_NORM_DENOMINATOR, LT_GATE_NONE, eps, none));
   for (int64_t i = 0; i < T; i++)
     for (int hh = 0; hh < h; hh++) {
       double num[4] = {0}, den = 0;
@@ -116,6 +116,9 @@ static void test_denominator_normalisation_is_katharopoulos_linear_attention(voi
   free(qkv), free(q), free(k), free(v), free(o), free(y), free(ref);
 }
 
+// row_stat of the output stage: none, the row is whole here.
+static const lt_tensor whole_row = {0};
+
 typedef struct out_state {
   int64_t n;
   int h, d, e;
@@ -129,7 +132,7 @@ static void out_forward(void *p) {
   assert_ok(lt_linear_out_fwd(
       &ctx, lt_view2(s->y, LT_F32, LT_CPU, s->n, s->h * s->d),
       lt_view1(s->rstd, LT_F32, LT_CPU, s->n), lt_view3(s->o, LT_F32, LT_CPU, s->n, s->h, s->e),
-      lt_view2(s->u, LT_F32, LT_CPU, s->n, s->h * s->d), s->norm, s->gate, 1e-5f));
+      lt_view2(s->u, LT_F32, LT_CPU, s->n, s->h * s->d), s->norm, s->gate, 1e-5f, whole_row));
 }
 
 static void out_backward(void *p, const float *dy) {
@@ -141,7 +144,8 @@ static void out_backward(void *p, const float *dy) {
                               lt_view2((float *)dy, LT_F32, LT_CPU, s->n, s->h * s->d),
                               lt_view3(s->o, LT_F32, LT_CPU, s->n, s->h, s->e),
                               lt_view2(s->u, LT_F32, LT_CPU, s->n, s->h * s->d),
-                              lt_view1(s->rstd, LT_F32, LT_CPU, s->n), s->norm, s->gate, 1e-5f));
+                              lt_view1(s->rstd, LT_F32, LT_CPU, s->n), s->norm, s->gate, 1e-5f,
+                              whole_row));
   for (int64_t i = 0; i < s->n * s->h * s->e; i++) s->d_o[i] += g_o[i];
   if (s->gate != LT_GATE_NONE)
     for (int64_t i = 0; i < s->n * s->h * s->d; i++) s->du[i] += g_u[i];

@@ -14,10 +14,11 @@ void lt_cpu_add(float *out, const float *a, const float *b, int64_t n);
 void lt_cpu_scale(float *x, float s, int64_t n);
 double lt_cpu_sum_squares(const float *x, int64_t n);
 
+// table holds the rows [vocab_start, vocab_start + rows) of the whole table.
 void lt_cpu_embedding_fwd(float *out, const int32_t *tokens, const float *table, int64_t n,
-                          int64_t d);
+                          int64_t d, int64_t vocab_start, int64_t rows);
 void lt_cpu_embedding_bwd(float *dtable, const float *dout, const int32_t *tokens, int64_t n,
-                          int64_t d);
+                          int64_t d, int64_t vocab_start, int64_t rows);
 
 void lt_cpu_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *weight, int64_t n,
                         int64_t c, float eps);
@@ -35,6 +36,13 @@ void lt_cpu_swiglu_bwd(float *dgate_up, const float *dh, const float *gate_up, i
 
 void lt_cpu_cross_entropy(float *losses, float *logits, const int32_t *targets, int64_t n,
                           int64_t v, int ignore_index, bool want_grad, float grad_scale);
+void lt_cpu_cross_entropy_shard_max(float *stats, const float *logits, const int32_t *targets,
+                                    int64_t n, int64_t v, int64_t vocab_start);
+void lt_cpu_cross_entropy_shard_sum_exp(float *stats, const float *logits, int64_t n, int64_t v);
+void lt_cpu_cross_entropy_shard_finish(float *losses, float *logits, const int32_t *targets,
+                                       const float *stats, int64_t n, int64_t v,
+                                       int64_t vocab_start, int ignore_index, bool want_grad,
+                                       float grad_scale);
 
 // The attention kernels' tile: queries and keys in blocks of this many rows.
 #define LT_CPU_ATTN_TILE 32
@@ -111,10 +119,17 @@ void lt_cpu_linear_qkv_bwd(float *dqkv, const float *dq, const float *dk, const 
                            const float *qkv, int64_t n, int hq, int hkv, int d, int e,
                            lt_feature_map map);
 void lt_cpu_linear_out_fwd(float *y, float *rstd, const float *o, const float *u, int64_t n, int h,
-                           int d, int e, lt_linear_norm norm, lt_gate gate, float eps);
+                           int d, int e, lt_linear_norm norm, lt_gate gate, float eps,
+                           const float *row_stat);
 void lt_cpu_linear_out_bwd(float *d_o, float *du, const float *dy, const float *o, const float *u,
                            const float *rstd, int64_t n, int h, int d, int e, lt_linear_norm norm,
-                           lt_gate gate, float eps);
+                           lt_gate gate, float eps, const float *row_stat);
+// width: this rank's H*D; row_width: the whole row's over every rank.
+void lt_cpu_linear_out_rms_stat(float *row_stat, const float *o, int64_t n, int64_t width,
+                                int64_t row_width);
+void lt_cpu_linear_out_rms_grad_stat(float *row_stat, const float *dy, const float *o,
+                                     const float *u, const float *rstd, int64_t n, int64_t width,
+                                     int64_t row_width, lt_gate gate);
 
 void lt_cpu_adamw(float *param, const float *grad, float *m, float *v, int64_t n,
                   const lt_adamw_args *args);

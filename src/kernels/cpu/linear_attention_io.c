@@ -122,17 +122,25 @@ static float normalised(const float *ot, int64_t h, int x, int d, int e, lt_line
   return oh[x];
 }
 
+// The sum of squares of one token's row of o (RMS normalisation: e == d, so the row is flat).
+static double row_sum_squares(const float *ot, int64_t width) {
+  double ss = 0.0;
+  for (int64_t x = 0; x < width; x++) ss += (double)ot[x] * ot[x];
+  return ss;
+}
+
 void lt_cpu_linear_out_fwd(float *y, float *rstd, const float *o, const float *u, int64_t n, int h,
-                           int d, int e, lt_linear_norm norm, lt_gate gate, float eps) {
+                           int d, int e, lt_linear_norm norm, lt_gate gate, float eps,
+                           const float *row_stat) {
   const int64_t width = (int64_t)h * d;
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < n; t++) {
     const float *ot = o + t * h * e;
     float r = 0.0f;
     if (norm == LT_LINEAR_NORM_RMS) { // simple RMSNorm: no gain (TransNormerLLM's SRMSNorm)
-      double ss = 0.0;
-      for (int64_t x = 0; x < width; x++) ss += (double)ot[x] * ot[x];
-      r = rstd[t] = 1.0f / sqrtf((float)(ss / (double)width) + eps);
+      const float mean_square =
+          row_stat ? row_stat[t] : (float)(row_sum_squares(ot, width) / (double)width);
+      r = rstd[t] = 1.0f / sqrtf(mean_square + eps);
     }
     for (int64_t hh = 0; hh < h; hh++)
       for (int x = 0; x < d; x++) {
@@ -143,12 +151,19 @@ void lt_cpu_linear_out_fwd(float *y, float *rstd, const float *o, const float *u
   }
 }
 
+void lt_cpu_linear_out_rms_stat(float *row_stat, const float *o, int64_t n, int64_t width,
+                                int64_t row_width) {
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; t++)
+    row_stat[t] = (float)(row_sum_squares(o + t * width, width) / (double)row_width);
+}
+
 // With a = norm(o) and y = a g(u): da = dy g(u), du = dy a g'(u); then through the norm:
 //   denominator a_x = o_x / (o_d + eps): do_x = da_x / (o_d + eps), do_d = -sum_x da_x a_x / (o_d +
 //   eps) rms a = o r: do = r (da - a mean(da a))
 void lt_cpu_linear_out_bwd(float *d_o, float *du, const float *dy, const float *o, const float *u,
                            const float *rstd, int64_t n, int h, int d, int e, lt_linear_norm norm,
-                           lt_gate gate, float eps) {
+                           lt_gate gate, float eps, const float *row_stat) {
   const int64_t width = (int64_t)h * d;
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < n; t++) {
@@ -177,8 +192,23 @@ void lt_cpu_linear_out_bwd(float *d_o, float *du, const float *dy, const float *
       mean += den_grad;
     }
     if (norm == LT_LINEAR_NORM_RMS) {
-      const float m = (float)(mean / (double)width);
+      const float m = row_stat ? row_stat[t] : (float)(mean / (double)width);
       for (int64_t x = 0; x < width; x++) grad[x] = r * (grad[x] - ot[x] * r * m);
     }
+  }
+}
+
+void lt_cpu_linear_out_rms_grad_stat(float *row_stat, const float *dy, const float *o,
+                                     const float *u, const float *rstd, int64_t n, int64_t width,
+                                     int64_t row_width, lt_gate gate) {
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; t++) {
+    double dot = 0.0; // sum of da * a over this rank's columns, a = o r, da = dy g(u)
+    for (int64_t x = 0; x < width; x++) {
+      const int64_t at = t * width + x;
+      const float g = gate == LT_GATE_NONE ? 1.0f : gate_value(gate, u[at]);
+      dot += (double)(dy[at] * g) * (o[at] * rstd[t]);
+    }
+    row_stat[t] = (float)(dot / (double)row_width);
   }
 }

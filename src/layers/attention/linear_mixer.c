@@ -8,24 +8,35 @@
 #include "core/device.h"
 #include "core/error.h"
 #include "layers/linear.h"
+#include "parallel/tp.h"
 
+// Tensor parallel (Megatron-LM): rank r holds heads [r H/tp, (r+1) H/tp) with the decays of those
+// global head indices, the rows of Wq, Wk, Wv and Wu for them (column-parallel) and the matching
+// columns of Wo (row-parallel). The RMS normalisation spans every head of a token: its two
+// per-token statistics are summed over tp (kernels.h, lt_linear_out_rms_stat), one number per
+// token each way instead of the heads' outputs.
 typedef struct linear_mixer {
   lt_layer base;
   lt_layer_ops ops; // the shared functions under this kind's name
   lt_linear_mixer_options opt;
-  int n_heads, n_kv_heads, head_dim, v_width; // v_width: head_dim, + 1 for the denominator
+  lt_tp tp;
+  int n_heads, n_kv_heads, head_dim, v_width; // this rank's heads; v_width: head_dim (+ 1 for the
+                                              // denominator)
+  int64_t row_width;                          // every rank's heads: what the RMSNorm spans
   float *log_decay_host;                      // (n_heads) or NULL
   lt_tensor log_decay;                        // the same on the compute device, owned here
   lt_param wqkv[3]; // wq (Hq*hd, D), wk (Hkv*hd, D), wv (Hkv*hd, D), adjacent in memory
   lt_param wu;      // (Hq*hd, D), with a gate
   lt_param wo;      // (D, Hq*hd)
   // saved for backward
-  lt_tensor qkv;  // (B*T, Hq + 2 Hkv, hd) before the feature map
-  lt_tensor o;    // (B, T, Hq, v_width) attention output
-  lt_tensor u;    // (B*T, Hq*hd) gate input
-  lt_tensor rstd; // (B*T) f32, RMSNorm's
+  lt_tensor qkv;      // (B*T, Hq + 2 Hkv, hd) before the feature map
+  lt_tensor o;        // (B, T, Hq, v_width) attention output
+  lt_tensor u;        // (B*T, Hq*hd) gate input
+  lt_tensor rstd;     // (B*T) f32, RMSNorm's
+  lt_tensor row_stat; // (B*T) f32: split over tp, the mean square of the whole row (else unused)
   // scratch
-  lt_tensor q, k, v, y;                    // q, k, v after the feature map; y = norm(o) g(u)
+  lt_tensor grad_stat;  // (B*T) f32: split over tp, the backward's mean of da * a
+  lt_tensor q, k, v, y; // q, k, v after the feature map; y = norm(o) g(u)
   lt_tensor dy, d_o, dq, dk, dv, du, dqkv; // backward only
 } linear_mixer;
 
@@ -69,9 +80,12 @@ static int plan(lt_layer *self, const lt_plan *p) {
   LT_TRY(lt_arena_alloc4(p->acts, &m->o, dt, B, T, hq, e));
   if (m->opt.gate != LT_GATE_NONE) LT_TRY(lt_arena_alloc2(p->acts, &m->u, dt, n, hq * hd));
   LT_TRY(lt_arena_alloc1(p->acts, &m->rstd, LT_F32, n));
+  const bool split_row = m->tp.size > 1 && m->opt.norm == LT_LINEAR_NORM_RMS;
+  if (split_row) LT_TRY(lt_arena_alloc1(p->acts, &m->row_stat, LT_F32, n));
   // q, k, v and y are rebuilt in the backward, so the forward's and the backward's scratch share
   // one start.
   size_t mark = lt_arena_mark(p->scratch);
+  if (split_row) LT_TRY(lt_arena_alloc1(p->scratch, &m->grad_stat, LT_F32, n));
   LT_TRY(lt_arena_alloc4(p->scratch, &m->q, dt, B, T, hq, hd));
   LT_TRY(lt_arena_alloc4(p->scratch, &m->k, dt, B, T, hkv, hd));
   LT_TRY(lt_arena_alloc4(p->scratch, &m->v, dt, B, T, hkv, e));
@@ -98,10 +112,10 @@ static int feature_maps(linear_mixer *m, lt_ctx *ctx) {
                            m->opt.feature_map);
 }
 
-// y = norm(o) g(u), likewise run in both passes.
+// y = norm(o) g(u), likewise run in both passes (the backward with the forward's row_stat).
 static int output_stage(linear_mixer *m, lt_ctx *ctx) {
   return lt_linear_out_fwd(ctx, m->y, m->rstd, tokens_heads(m->o), m->u, m->opt.norm, m->opt.gate,
-                           m->opt.eps);
+                           m->opt.eps, m->row_stat);
 }
 
 static int forward(lt_layer *self, lt_ctx *ctx, lt_tensor out, lt_tensor x, const lt_batch *batch) {
@@ -114,8 +128,13 @@ static int forward(lt_layer *self, lt_ctx *ctx, lt_tensor out, lt_tensor x, cons
   lt_tensor no_prefix = {0};
   LT_TRY(lt_linear_attn_fwd(ctx, m->o, m->q, m->k, m->v, no_prefix, &spec));
   if (m->opt.gate != LT_GATE_NONE) LT_TRY(lt_linear_forward(ctx, m->u, x, m->wu.value));
+  if (m->row_stat.data) { // the RMSNorm's row spans the heads of every tp rank
+    LT_TRY(lt_linear_out_rms_stat(ctx, m->row_stat, tokens_heads(m->o), m->row_width));
+    LT_TRY(lt_tp_all_reduce_sum(&m->tp, m->row_stat));
+  }
   LT_TRY(output_stage(m, ctx));
-  return lt_linear_forward(ctx, out, m->y, m->wo.value);
+  LT_TRY(lt_linear_forward(ctx, out, m->y, m->wo.value));
+  return lt_tp_reduce_output(&m->tp, out);
 }
 
 static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, lt_tensor x,
@@ -124,8 +143,13 @@ static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, l
   LT_TRY(feature_maps(m, ctx));
   LT_TRY(output_stage(m, ctx));
   LT_TRY(lt_linear_backward(ctx, m->dy, m->wo.grad, dout, m->y, m->wo.value));
+  if (m->grad_stat.data) {
+    LT_TRY(lt_linear_out_rms_grad_stat(ctx, m->grad_stat, m->dy, tokens_heads(m->o), m->u, m->rstd,
+                                       m->opt.gate, m->row_width));
+    LT_TRY(lt_tp_all_reduce_sum(&m->tp, m->grad_stat));
+  }
   LT_TRY(lt_linear_out_bwd(ctx, tokens_heads(m->d_o), m->du, m->dy, tokens_heads(m->o), m->u,
-                           m->rstd, m->opt.norm, m->opt.gate, m->opt.eps));
+                           m->rstd, m->opt.norm, m->opt.gate, m->opt.eps, m->grad_stat));
   LT_TRY(lt_zero(ctx, m->dq));
   LT_TRY(lt_zero(ctx, m->dk));
   LT_TRY(lt_zero(ctx, m->dv));
@@ -139,13 +163,15 @@ static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, l
   LT_TRY(lt_fused_view(&wqkv, m->wqkv, 3, LT_PARAM_VALUE));
   LT_TRY(lt_fused_view(&dwqkv, m->wqkv, 3, LT_PARAM_GRAD));
   LT_TRY(lt_linear_backward(ctx, dx, dwqkv, m->dqkv, x, wqkv));
-  if (m->opt.gate == LT_GATE_NONE) return LT_OK;
-  // The gate's share: dWu += du^T x, and dx += du Wu on top of the projection's dx.
-  lt_tensor no_dx = {0};
-  LT_TRY(lt_linear_backward(ctx, no_dx, m->wu.grad, m->du, x, m->wu.value));
-  const int64_t width = m->wu.value.shape[1];
-  lt_tensor dx_rows = lt_reshape(dx, 2, LT_SHAPE(lt_numel(dx) / width, width));
-  return lt_matmul(ctx, dx_rows, m->du, false, m->wu.value, false, 1.0f, 1.0f);
+  if (m->opt.gate != LT_GATE_NONE) {
+    // The gate's share: dWu += du^T x, and dx += du Wu on top of the projection's dx.
+    lt_tensor no_dx = {0};
+    LT_TRY(lt_linear_backward(ctx, no_dx, m->wu.grad, m->du, x, m->wu.value));
+    const int64_t width = m->wu.value.shape[1];
+    lt_tensor dx_rows = lt_reshape(dx, 2, LT_SHAPE(lt_numel(dx) / width, width));
+    LT_TRY(lt_matmul(ctx, dx_rows, m->du, false, m->wu.value, false, 1.0f, 1.0f));
+  }
+  return lt_tp_reduce_input_grad(&m->tp, dx);
 }
 
 static void destroy(lt_layer *self) {
@@ -155,15 +181,18 @@ static void destroy(lt_layer *self) {
   free(m);
 }
 
-static int add_weight(lt_params *params, lt_param *bind, const char *prefix, const char *name,
-                      int64_t rows, int64_t cols, float std, bool fused_with_prev) {
+// A (rows, cols) weight, split over tp along `split_dim` by heads.
+static int add_weight(lt_params *params, const lt_tp *tp, lt_param *bind, const char *prefix,
+                      const char *name, int64_t rows, int64_t cols, int split_dim, float std,
+                      bool fused_with_prev) {
   char full[96];
   snprintf(full, sizeof full, "%s.%s", prefix, name);
+  const lt_param_spec spec = {.init = LT_INIT_NORMAL,
+                              .std = std,
+                              .group = LT_GROUP_ATTN,
+                              .fused_with_prev = fused_with_prev};
   return lt_params_add(params, bind, full, 2, LT_SHAPE(rows, cols),
-                       (lt_param_spec){.init = LT_INIT_NORMAL,
-                                       .std = std,
-                                       .group = LT_GROUP_ATTN,
-                                       .fused_with_prev = fused_with_prev});
+                       lt_tp_shard(spec, tp, split_dim, split_dim == 0 ? rows : cols));
 }
 
 int lt_linear_mixer_create(lt_layer **out, lt_params *params, const char *prefix,
@@ -182,22 +211,27 @@ int lt_linear_mixer_create(lt_layer **out, lt_params *params, const char *prefix
                           .destroy = destroy};
   m->base.ops = &m->ops;
   m->opt = *options;
-  m->n_heads = cfg->n_heads;
-  m->n_kv_heads = cfg->n_kv_heads ? cfg->n_kv_heads : cfg->n_heads;
+  m->tp = lt_tp_of(params);
+  const int heads = cfg->n_heads, kv_heads = cfg->n_kv_heads ? cfg->n_kv_heads : cfg->n_heads;
+  m->n_heads = (int)lt_tp_count(&m->tp, heads);
+  m->n_kv_heads = (int)lt_tp_count(&m->tp, kv_heads);
   m->head_dim = cfg->head_dim ? cfg->head_dim : cfg->d_model / cfg->n_heads;
   m->v_width = m->head_dim + (options->norm == LT_LINEAR_NORM_DENOMINATOR);
-  if (options->log_decay) {
+  m->row_width = (int64_t)heads * m->head_dim;
+  if (options->log_decay) { // this rank's heads keep the decays of their global indices
     m->log_decay_host = malloc(sizeof(float) * (size_t)m->n_heads);
     LT_CHECK(m->log_decay_host, LT_ERR_MEMORY, "out of memory creating %s", prefix);
-    memcpy(m->log_decay_host, options->log_decay, sizeof(float) * (size_t)m->n_heads);
+    memcpy(m->log_decay_host, options->log_decay + lt_tp_start(&m->tp, heads),
+           sizeof(float) * (size_t)m->n_heads);
   }
   m->opt.log_decay = NULL; // the copy above is the layer's
   const int64_t d = cfg->d_model, hd = m->head_dim;
-  const int64_t rows[3] = {m->n_heads * hd, m->n_kv_heads * hd, m->n_kv_heads * hd};
+  const int64_t rows[3] = {heads * hd, kv_heads * hd, kv_heads * hd};
   const char *names[3] = {"wq", "wk", "wv"};
   for (int i = 0; i < 3; i++)
-    LT_TRY(add_weight(params, &m->wqkv[i], prefix, names[i], rows[i], d, stds.in, i > 0));
+    LT_TRY(
+        add_weight(params, &m->tp, &m->wqkv[i], prefix, names[i], rows[i], d, 0, stds.in, i > 0));
   if (options->gate != LT_GATE_NONE)
-    LT_TRY(add_weight(params, &m->wu, prefix, "wu", m->n_heads * hd, d, stds.in, false));
-  return add_weight(params, &m->wo, prefix, "wo", d, m->n_heads * hd, stds.out, false);
+    LT_TRY(add_weight(params, &m->tp, &m->wu, prefix, "wu", heads * hd, d, 0, stds.in, false));
+  return add_weight(params, &m->tp, &m->wo, prefix, "wo", d, heads * hd, 1, stds.out, false);
 }

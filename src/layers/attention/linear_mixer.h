@@ -15,7 +15,8 @@ typedef struct lt_linear_mixer_options {
   lt_linear_norm norm;
   lt_gate gate;
   int64_t block;          // tokens per block of the blocked computation
-  const float *log_decay; // (n_heads) log lambda_h <= 0, copied; NULL for no decay
+  const float *log_decay; // (n_heads) log lambda_h <= 0 of every head, NULL for no decay; the
+                          // layer copies its heads' (a tensor-parallel rank's share)
   float eps;              // of the denominator or the RMSNorm
 } lt_linear_mixer_options;
 

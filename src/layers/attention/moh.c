@@ -1,5 +1,12 @@
 // The MoH router: per token, logits z = x [W_shared | W_routed | W_mix]^T (one matmul), then the
 // head weights of eqs. 4-5 and the load-balance loss of eq. 6 (kernels.h: lt_moh_route_fwd).
+//
+// Tensor parallel: the attention's heads are split over the tp ranks, but a token's top-k and its
+// normalisations span all routed heads, so the router stays whole on every rank (its weights are
+// replicated, like a norm's): every rank computes the same weights for all heads and keeps its
+// heads' columns. Backward, the ranks' columns of the weights' gradient are gathered, and each
+// rank runs the same router backward: the same weight gradients everywhere, and a balance loss
+// (and its gradient) equal to the single process's, counted once.
 #include "layers/attention/moh.h"
 
 #include <stdio.h>
@@ -9,8 +16,10 @@
 #include "core/error.h"
 #include "layers/attention/softmax.h"
 #include "layers/linear.h"
+#include "parallel/tp.h"
 
 struct lt_head_router {
+  lt_tp tp;
   int n_shared, n_routed, top_k, n_logits;
   float balance_coef;
   // w_shared (S, D) when S >= 2 (one shared head needs no weighing), w_routed (R, D), w_mix (2, D)
@@ -18,25 +27,31 @@ struct lt_head_router {
   lt_param weights[3];
   int n_weights;
   // saved for backward
-  lt_tensor gates; // (N, S + R) f32
-  lt_tensor probs; // (N, n_logits) f32
-  lt_tensor topk;  // (N, K) i32
-  lt_tensor load;  // (2, R) f32: f_i and P_i
+  lt_tensor gates;       // (N, S + R) f32
+  lt_tensor probs;       // (N, n_logits) f32
+  lt_tensor topk;        // (N, K) i32
+  lt_tensor load;        // (2, R) f32: f_i and P_i
+  lt_tensor gates_local; // (N, (S + R) / tp) f32: this tensor-parallel rank's heads' columns
   // scratch
   lt_tensor logits, dlogits; // (N, n_logits)
+  lt_tensor dgates_all;      // (N, S + R) f32, gathered from the tensor-parallel ranks
   float host_load[2 * LT_MOH_MAX_HEADS];
 };
 
 int lt_head_router_plan(lt_head_router *r, const lt_plan *p, lt_tensor *gates) {
   const int64_t n = p->B * p->T;
   LT_TRY(lt_arena_alloc2(p->acts, &r->gates, LT_F32, n, r->n_shared + r->n_routed));
-  *gates = r->gates;
   LT_TRY(lt_arena_alloc2(p->acts, &r->probs, LT_F32, n, r->n_logits));
   LT_TRY(lt_arena_alloc2(p->acts, &r->topk, LT_I32, n, r->top_k));
   LT_TRY(lt_arena_alloc2(p->acts, &r->load, LT_F32, 2, r->n_routed));
+  const int64_t heads = r->n_shared + r->n_routed;
+  if (r->tp.size > 1)
+    LT_TRY(lt_arena_alloc2(p->acts, &r->gates_local, LT_F32, n, lt_tp_count(&r->tp, heads)));
+  *gates = r->tp.size > 1 ? r->gates_local : r->gates; // the layer's heads' weights
   size_t mark = lt_arena_mark(p->scratch);
   LT_TRY(lt_arena_alloc2(p->scratch, &r->logits, p->act_dtype, n, r->n_logits));
   LT_TRY(lt_arena_alloc2(p->scratch, &r->dlogits, p->act_dtype, n, r->n_logits));
+  if (r->tp.size > 1) LT_TRY(lt_arena_alloc2(p->scratch, &r->dgates_all, LT_F32, n, heads));
   lt_arena_release(p->scratch, mark);
   return LT_OK;
 }
@@ -46,6 +61,8 @@ int lt_head_router_forward(lt_head_router *r, lt_ctx *ctx, lt_tensor x, const lt
   LT_TRY(lt_fused_view(&w, r->weights, r->n_weights, LT_PARAM_VALUE));
   LT_TRY(lt_linear_forward(ctx, r->logits, x, w));
   LT_TRY(lt_moh_route_fwd(ctx, r->gates, r->probs, r->topk, r->load, r->logits, r->n_shared));
+  // Under tensor parallelism the layer reads this rank's heads' columns (the planned view).
+  if (r->tp.size > 1) LT_TRY(lt_tp_split_last_dim(&r->tp, r->gates_local, r->gates));
   if (!batch->aux || r->balance_coef == 0.0f) return LT_OK;
   // L_b = R sum_i f_i P_i (K when balanced), from 2R numbers brought to the host.
   LT_TRY(lt_tensor_to_host(r->host_load, r->load));
@@ -59,6 +76,10 @@ int lt_head_router_forward(lt_head_router *r, lt_ctx *ctx, lt_tensor x, const lt
 int lt_head_router_backward(lt_head_router *r, lt_ctx *ctx, lt_tensor dx, lt_tensor dgates,
                             lt_tensor x, const lt_batch *batch) {
   const float balance_grad = batch->aux ? batch->aux->grad_scale * r->balance_coef : 0.0f;
+  if (r->tp.size > 1) {
+    LT_TRY(lt_tp_gather_last_dim(&r->tp, r->dgates_all, dgates));
+    dgates = r->dgates_all;
+  }
   LT_TRY(lt_moh_route_bwd(ctx, r->dlogits, dgates, r->probs, r->topk, r->load, r->n_shared,
                           balance_grad));
   lt_tensor w, dw, x2 = lt_flatten2(x), dx2 = lt_flatten2(dx);
@@ -80,7 +101,8 @@ int lt_moh_attention_create(lt_layer **out, lt_params *params, const char *prefi
   LT_ASSERT(cfg->moh.top_k >= 1 && cfg->moh.top_k <= n_routed);
   lt_head_router *r = calloc(1, sizeof *r);
   LT_CHECK(r, LT_ERR_MEMORY, "out of memory creating %s", prefix);
-  *r = (lt_head_router){.n_shared = n_shared,
+  *r = (lt_head_router){.tp = lt_tp_of(params),
+                        .n_shared = n_shared,
                         .n_routed = n_routed,
                         .top_k = cfg->moh.top_k,
                         .balance_coef = (float)cfg->moh.balance_coef};

@@ -17,14 +17,15 @@ typedef struct lt_head_router lt_head_router;
 int lt_moh_attention_create(lt_layer **out, lt_params *params, const char *prefix,
                             const lt_model_config *cfg, lt_init_stds stds);
 
-// `gates` receives the view of the head weights (N, n_heads) f32 that each forward fills: a
-// planned view, so it follows the model to another micro-batch's activations (pipelining).
+// `gates` receives the view of the head weights (N, n_heads) f32 that each forward fills (under
+// tensor parallelism, of this rank's heads): a planned view, so it follows the model to another
+// micro-batch's activations (pipelining).
 int lt_head_router_plan(lt_head_router *router, const lt_plan *plan, lt_tensor *gates);
 // The head weights for input x (N, D) into the planned gates; adds balance_coef times the
 // load-balance loss to batch->aux->sum when batch->aux is not NULL.
 int lt_head_router_forward(lt_head_router *router, lt_ctx *ctx, lt_tensor x, const lt_batch *batch);
-// Given dgates (N, n_heads), the gradient of the loss by the head weights: the router's weight
-// gradients (+=) and dx += the router's share. The balance loss's gradient is scaled by
+// Given dgates (N, n_heads), the gradient of the loss by the (this rank's) head weights: the
+// router's weight gradients (+=) and dx += the router's share, the same on every tp rank. The balance loss's gradient is scaled by
 // batch->aux->grad_scale (none without batch->aux).
 int lt_head_router_backward(lt_head_router *router, lt_ctx *ctx, lt_tensor dx, lt_tensor dgates,
                             lt_tensor x, const lt_batch *batch);

@@ -1,5 +1,10 @@
 // x -> [q|k|v] = x Wqkv^T -> RoPE(q), RoPE(k) -> o = attention(q, k, v) -> out = o Wo^T, with
 // o's heads weighted per token before Wo when a MoH router is given (o -> g * o).
+//
+// Tensor parallel (Megatron-LM): rank r holds query heads [r Hq/tp, (r+1) Hq/tp) and their own
+// key/value heads [r Hkv/tp, ...) (grouped-query heads stay grouped: a rank's query heads read only
+// its key/value heads), so Wq, Wk, Wv are column-parallel (their rows) and Wo row-parallel (its
+// columns); the outputs' partial sums are reduced over tp, and so are the input gradients.
 #include "layers/attention/softmax.h"
 
 #include <math.h>
@@ -9,10 +14,12 @@
 #include "core/error.h"
 #include "layers/attention/moh.h"
 #include "layers/linear.h"
+#include "parallel/tp.h"
 
 typedef struct softmax_attention {
   lt_layer base;
-  int n_heads, n_kv_heads, head_dim;
+  lt_tp tp;
+  int n_heads, n_kv_heads, head_dim; // this rank's heads under tensor parallelism
   float rope_theta;
   lt_attn_sparsity sparsity;
   lt_head_router *router; // NULL: every head at weight 1
@@ -92,9 +99,9 @@ static int forward(lt_layer *self, lt_ctx *ctx, lt_tensor out, lt_tensor x, cons
   if (s->router) LT_TRY(lt_head_router_forward(s->router, ctx, x, batch));
   lt_attn_spec spec = attention_spec(s, batch);
   LT_TRY(lt_attn_fwd(ctx, s->o, s->lse, s->q, s->k, s->v, &spec));
-  if (!s->router) return lt_linear_forward(ctx, out, s->o, s->wo.value);
-  LT_TRY(lt_head_gate_fwd(ctx, s->o_gated, s->o, s->gates));
-  return lt_linear_forward(ctx, out, s->o_gated, s->wo.value);
+  if (s->router) LT_TRY(lt_head_gate_fwd(ctx, s->o_gated, s->o, s->gates));
+  LT_TRY(lt_linear_forward(ctx, out, s->router ? s->o_gated : s->o, s->wo.value));
+  return lt_tp_reduce_output(&s->tp, out);
 }
 
 static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, lt_tensor x,
@@ -119,6 +126,8 @@ static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, l
   LT_TRY(lt_fused_view(&wqkv, s->wqkv, 3, LT_PARAM_VALUE));
   LT_TRY(lt_fused_view(&dwqkv, s->wqkv, 3, LT_PARAM_GRAD));
   LT_TRY(lt_linear_backward(ctx, dx, dwqkv, s->dqkv, x, wqkv));
+  LT_TRY(lt_tp_reduce_input_grad(&s->tp, dx));
+  // The router is whole on every rank: its share of dx is added once, after the sum over tp.
   if (s->router) LT_TRY(lt_head_router_backward(s->router, ctx, dx, s->dgates, x, batch));
   return LT_OK;
 }
@@ -166,24 +175,25 @@ int lt_softmax_attention_create_with(lt_layer **out, lt_params *params, const ch
   s->base.ops = options->router ? &moh_ops : sparse ? &sparse_ops : &softmax_ops;
   s->sparsity = options->sparsity;
   s->router = options->router;
-  s->n_heads = cfg->n_heads;
-  s->n_kv_heads = cfg->n_kv_heads ? cfg->n_kv_heads : cfg->n_heads;
+  s->tp = lt_tp_of(params);
+  const int heads = cfg->n_heads, kv_heads = cfg->n_kv_heads ? cfg->n_kv_heads : cfg->n_heads;
+  s->n_heads = (int)lt_tp_count(&s->tp, heads);
+  s->n_kv_heads = (int)lt_tp_count(&s->tp, kv_heads);
   s->head_dim = cfg->head_dim ? cfg->head_dim : cfg->d_model / cfg->n_heads;
   s->rope_theta = (float)cfg->rope_theta;
   const int64_t d = cfg->d_model, hd = s->head_dim;
-  const int64_t rows[3] = {s->n_heads * hd, s->n_kv_heads * hd, s->n_kv_heads * hd};
+  const int64_t rows[3] = {heads * hd, kv_heads * hd, kv_heads * hd};
   const char *names[3] = {"wq", "wk", "wv"};
   char name[96];
   for (int i = 0; i < 3; i++) {
     snprintf(name, sizeof name, "%s.%s", prefix, names[i]);
+    const lt_param_spec spec = {
+        .init = LT_INIT_NORMAL, .std = stds.in, .group = LT_GROUP_ATTN, .fused_with_prev = i > 0};
     LT_TRY(lt_params_add(params, &s->wqkv[i], name, 2, LT_SHAPE(rows[i], d),
-                         (lt_param_spec){.init = LT_INIT_NORMAL,
-                                         .std = stds.in,
-                                         .group = LT_GROUP_ATTN,
-                                         .fused_with_prev = i > 0}));
+                         lt_tp_shard(spec, &s->tp, 0, rows[i])));
   }
   snprintf(name, sizeof name, "%s.wo", prefix);
-  return lt_params_add(
-      params, &s->wo, name, 2, LT_SHAPE(d, s->n_heads * hd),
-      (lt_param_spec){.init = LT_INIT_NORMAL, .std = stds.out, .group = LT_GROUP_ATTN});
+  const lt_param_spec spec = {.init = LT_INIT_NORMAL, .std = stds.out, .group = LT_GROUP_ATTN};
+  return lt_params_add(params, &s->wo, name, 2, LT_SHAPE(d, rows[0]),
+                       lt_tp_shard(spec, &s->tp, 1, rows[0]));
 }
