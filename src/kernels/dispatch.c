@@ -193,15 +193,19 @@ int lt_swiglu_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor dh, lt_tensor gate_
   return LT_OK;
 }
 
-int lt_cross_entropy(lt_ctx *ctx, lt_tensor losses, lt_tensor logits, lt_tensor targets,
-                     int ignore_index, bool want_grad, float grad_scale) {
+int lt_cross_entropy(lt_ctx *ctx, lt_tensor losses, lt_tensor dlogits, lt_tensor logits,
+                     lt_tensor targets, int ignore_index, float grad_scale) {
   int64_t v = logits.shape[logits.ndim - 1], n = lt_numel(logits) / v;
   EXPECT(lt_numel(targets) == n && lt_numel(losses) == n && targets.dtype == LT_I32,
          "cross_entropy", "targets vs logits rows", targets, logits);
-  EXPECT(losses.dtype == LT_F32, "cross_entropy", "losses must be f32", losses, logits);
-  ON_CUDA(lt_cuda_cross_entropy(ctx, losses, logits, targets, ignore_index, want_grad, grad_scale));
-  lt_cpu_cross_entropy(lt_f32(losses), lt_f32(logits), lt_i32(targets), n, v, ignore_index,
-                       want_grad, grad_scale);
+  EXPECT(losses.dtype == LT_F32 && logits.dtype == LT_F32, "cross_entropy",
+         "losses and logits must be f32", losses, logits);
+  EXPECT(!dlogits.data || lt_numel(dlogits) == lt_numel(logits), "cross_entropy",
+         "dlogits vs logits", dlogits, logits);
+  ON_CUDA(lt_cuda_cross_entropy(ctx, losses, dlogits, logits, targets, ignore_index, grad_scale));
+  if (dlogits.data) EXPECT_F32("cross_entropy", dlogits);
+  lt_cpu_cross_entropy(lt_f32(losses), lt_f32(dlogits), lt_f32(logits), lt_i32(targets), n, v,
+                       ignore_index, grad_scale);
   return LT_OK;
 }
 
@@ -272,11 +276,23 @@ int lt_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_tensor
 }
 
 int lt_adamw(lt_ctx *ctx, lt_tensor param, lt_tensor grad, lt_tensor m, lt_tensor v,
-             const lt_adamw_args *args) {
+             lt_tensor compute, const lt_adamw_args *args) {
   EXPECT(lt_numel(param) == lt_numel(grad) && lt_numel(m) == lt_numel(param) &&
              lt_numel(v) == lt_numel(param),
          "adamw", "param, grad and moments differ in size", param, grad);
-  ON_CUDA(lt_cuda_adamw(ctx, param, grad, m, v, args));
-  lt_cpu_adamw(lt_f32(param), lt_f32(grad), lt_f32(m), lt_f32(v), lt_numel(param), args);
+  EXPECT(param.dtype == LT_F32 && grad.dtype == LT_F32 && m.dtype == LT_F32 && v.dtype == LT_F32,
+         "adamw", "param, grad and moments must be f32", param, grad);
+  EXPECT(!compute.data || lt_numel(compute) == lt_numel(param), "adamw", "compute copy vs param",
+         compute, param);
+  for (int i = 0; i < args->n_runs; i++)
+    EXPECT(args->runs[i].start >= 0 && args->runs[i].numel >= 0 &&
+               args->runs[i].start + args->runs[i].numel <= lt_numel(param),
+           "adamw", "a run lies outside the buffer", param, param);
+  ON_CUDA(lt_cuda_adamw(ctx, param, grad, m, v, compute, args));
+  lt_cpu_adamw(lt_f32(param), lt_f32(grad), lt_f32(m), lt_f32(v), args);
+  if (compute.data && compute.data != param.data) {
+    EXPECT_F32("adamw compute copy", compute);
+    memcpy(compute.data, param.data, lt_nbytes(param));
+  }
   return LT_OK;
 }

@@ -22,6 +22,10 @@ int lt_lm_head_plan(lt_lm_head *head, const lt_plan *p) {
   LT_TRY(lt_arena_alloc1(p->acts, &head->losses, LT_F32, n));
   size_t mark = lt_arena_mark(p->scratch);
   LT_TRY(lt_arena_alloc2(p->scratch, &head->logits, LT_F32, head->chunk_rows, head->vocab));
+  head->dlogits = head->logits;
+  if (p->act_dtype != LT_F32)
+    LT_TRY(
+        lt_arena_alloc2(p->scratch, &head->dlogits, p->act_dtype, head->chunk_rows, head->vocab));
   lt_arena_release(p->scratch, mark);
   return LT_OK;
 }
@@ -34,13 +38,14 @@ int lt_lm_head_loss(lt_lm_head *head, lt_ctx *ctx, lt_tensor x, lt_tensor target
   for (int64_t start = 0; start < n; start += head->chunk_rows) {
     int64_t rows = n - start < head->chunk_rows ? n - start : head->chunk_rows;
     lt_tensor logits = lt_rows(head->logits, 0, rows);
+    lt_tensor dlogits = want_grad ? lt_rows(head->dlogits, 0, rows) : (lt_tensor){0};
     lt_tensor x_chunk = lt_rows(x2, start, rows);
     LT_TRY(lt_linear_forward(ctx, logits, x_chunk, head->weight->value));
-    LT_TRY(lt_cross_entropy(ctx, lt_rows(head->losses, start, rows), logits,
-                            lt_rows(targets, start, rows), LT_IGNORE_INDEX, want_grad, grad_scale));
+    LT_TRY(lt_cross_entropy(ctx, lt_rows(head->losses, start, rows), dlogits, logits,
+                            lt_rows(targets, start, rows), LT_IGNORE_INDEX, grad_scale));
     if (want_grad)
-      LT_TRY(lt_linear_backward(ctx, lt_rows(dx2, start, rows), head->weight->grad, logits, x_chunk,
-                                head->weight->value));
+      LT_TRY(lt_linear_backward(ctx, lt_rows(dx2, start, rows), head->weight->grad, dlogits,
+                                x_chunk, head->weight->value));
   }
   return LT_OK;
 }

@@ -10,8 +10,11 @@ typedef struct lt_lm_head {
   lt_param own;           // (vocab, d_model) when untied
   const lt_param *weight; // &own, or the embedding's weight when tied
   int64_t vocab, chunk_rows;
-  lt_tensor losses; // (B*T) f32, per-token loss of the last call (0 where ignored)
-  lt_tensor logits; // scratch (chunk_rows, vocab)
+  lt_tensor losses;  // (B*T) f32, per-token loss of the last call (0 where ignored)
+  lt_tensor logits;  // scratch (chunk_rows, vocab) f32: the loss is taken in f32 whatever the
+                     // activations' dtype
+  lt_tensor dlogits; // scratch (chunk_rows, vocab) in the activations' dtype, the matmuls' operand
+                     // for the backward; the logits themselves (in place) when that is f32
 } lt_lm_head;
 
 // `tied` is the embedding's weight to share, or NULL for a head of its own.

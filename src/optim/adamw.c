@@ -13,16 +13,31 @@ static bool decays(const lt_param_info *p, const lt_train_config *cfg) {
   return true;
 }
 
+// Consecutive parameters with the same decay, and the padding between them (all zero, so AdamW
+// leaves it zero), form one run: the whole buffer is updated in one pass of a few runs.
 int lt_optimizer_create(lt_optimizer *opt, lt_params *params, const lt_train_config *cfg) {
   *opt = (lt_optimizer){.cfg = *cfg, .params = params};
-  opt->decay = calloc((size_t)params->count, sizeof *opt->decay);
-  LT_CHECK(opt->decay, LT_ERR_MEMORY, "out of memory creating the optimizer");
-  for (int i = 0; i < params->count; i++) opt->decay[i] = decays(&params->info[i], cfg);
+  opt->runs = calloc((size_t)params->count + 1, sizeof *opt->runs);
+  LT_CHECK(opt->runs, LT_ERR_MEMORY, "out of memory creating the optimizer");
+  for (int i = 0; i < params->count; i++) {
+    const lt_param_info *p = &params->info[i];
+    float wd = decays(p, cfg) ? (float)cfg->weight_decay : 0.0f;
+    int64_t end = (int64_t)p->offset + p->numel;
+    if (opt->n_runs > 0 && opt->runs[opt->n_runs - 1].weight_decay == wd) {
+      lt_adamw_run *last = &opt->runs[opt->n_runs - 1];
+      last->numel = end - last->start;
+    } else {
+      int64_t start =
+          opt->n_runs ? opt->runs[opt->n_runs - 1].start + opt->runs[opt->n_runs - 1].numel : 0;
+      opt->runs[opt->n_runs++] =
+          (lt_adamw_run){.start = start, .numel = end - start, .weight_decay = wd};
+    }
+  }
   return LT_OK;
 }
 
 void lt_optimizer_destroy(lt_optimizer *opt) {
-  free(opt->decay);
+  free(opt->runs);
   *opt = (lt_optimizer){0};
 }
 
@@ -48,22 +63,20 @@ int lt_optimizer_step(lt_optimizer *opt, lt_ctx *ctx, double lr, double *grad_no
   }
   opt->step++;
   lt_params *p = opt->params;
-  for (int i = 0; i < p->count; i++) {
-    const lt_param_info *info = &p->info[i];
-    lt_adamw_args args = {.lr = (float)lr,
-                          .beta1 = (float)opt->cfg.beta1,
-                          .beta2 = (float)opt->cfg.beta2,
-                          .eps = (float)opt->cfg.eps,
-                          .weight_decay = opt->decay[i] ? (float)opt->cfg.weight_decay : 0.0f,
-                          .grad_scale = clip,
-                          .step = opt->step};
-    lt_tensor view = lt_view1(NULL, LT_F32, p->device, info->numel);
-    lt_tensor param = view, grad = view, m = view, v = view;
-    param.data = p->master + info->offset;
-    grad.data = p->grad + info->offset;
-    m.data = p->adam_m + info->offset;
-    v.data = p->adam_v + info->offset;
-    LT_TRY(lt_adamw(ctx, param, grad, m, v, &args));
-  }
-  return lt_params_sync_compute(p);
+  lt_adamw_args args = {.lr = (float)lr,
+                        .beta1 = (float)opt->cfg.beta1,
+                        .beta2 = (float)opt->cfg.beta2,
+                        .eps = (float)opt->cfg.eps,
+                        .grad_scale = clip,
+                        .step = opt->step,
+                        .runs = opt->runs,
+                        .n_runs = opt->n_runs};
+  const int64_t n = (int64_t)p->numel;
+  lt_tensor master = lt_view1(p->master, LT_F32, p->device, n);
+  lt_tensor compute = {0}; // the CPU computes on the master weights themselves
+  if (p->compute != p->master)
+    compute = lt_view1(p->compute, p->device == LT_CUDA ? LT_BF16 : LT_F32, p->device, n);
+  return lt_adamw(ctx, master, lt_view1(p->grad, LT_F32, p->device, n),
+                  lt_view1(p->adam_m, LT_F32, p->device, n),
+                  lt_view1(p->adam_v, LT_F32, p->device, n), compute, &args);
 }

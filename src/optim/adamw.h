@@ -9,7 +9,8 @@
 typedef struct lt_optimizer {
   lt_train_config cfg;
   lt_params *params;
-  bool *decay;  // per parameter: does weight decay apply
+  lt_adamw_run *runs; // the flat buffer as stretches of one weight decay, for one fused update
+  int n_runs;
   int64_t step; // optimizer steps taken so far
 } lt_optimizer;
 

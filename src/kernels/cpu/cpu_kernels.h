@@ -33,8 +33,10 @@ void lt_cpu_swiglu_fwd(float *h, const float *gate_up, int64_t n, int64_t f);
 void lt_cpu_swiglu_bwd(float *dgate_up, const float *dh, const float *gate_up, int64_t n,
                        int64_t f);
 
-void lt_cpu_cross_entropy(float *losses, float *logits, const int32_t *targets, int64_t n,
-                          int64_t v, int ignore_index, bool want_grad, float grad_scale);
+// dlogits may be NULL (no gradient) or alias logits.
+void lt_cpu_cross_entropy(float *losses, float *dlogits, const float *logits,
+                          const int32_t *targets, int64_t n, int64_t v, int ignore_index,
+                          float grad_scale);
 
 // Attention sizes shared by the forward and backward.
 typedef struct lt_cpu_attn_dims {
@@ -52,7 +54,6 @@ void lt_cpu_attn_bwd(float *dq, float *dk, float *dv, const float *dout, const f
                      const float *k, const float *v, const float *lse, const float *delta,
                      const lt_cpu_attn_dims *dims, const lt_attn_spec *spec);
 
-void lt_cpu_adamw(float *param, const float *grad, float *m, float *v, int64_t n,
-                  const lt_adamw_args *args);
+void lt_cpu_adamw(float *param, const float *grad, float *m, float *v, const lt_adamw_args *args);
 
 #endif
