@@ -1,0 +1,175 @@
+// Building blocks of the flash attention kernels: tensor-core fragments (mma.sync m16n8k16 bf16,
+// ldmatrix), asynchronous global-to-shared copies, the swizzled shared-memory tile layout, and
+// the tile tables that say which (query tile, key tile) pairs any mask lets through.
+//
+// Fragment layouts (PTX ISA, "Matrix fragments for mma.m16n8k16"), with g = lane / 4 and
+// c = lane % 4:
+//   A (16 x 16, row-major), 4 registers of 2 bf16: (g, 2c..2c+1), (g+8, 2c..), (g, 2c+8..),
+//     (g+8, 2c+8..)
+//   B (16 x 8, k by n), 2 registers: (k = 2c..2c+1, n = g), (k = 2c+8.., n = g)
+//   C (16 x 8, f32), 4 registers: (g, 2c), (g, 2c+1), (g+8, 2c), (g+8, 2c+1)
+// So the C fragments of two adjacent n-tiles are, packed to bf16, the A fragment of one k-step:
+// attention's probabilities go from one matmul into the next without leaving registers
+// (FlashAttention-2, section 3.3).
+#ifndef LT_ATTENTION_COMMON_CUH
+#define LT_ATTENTION_COMMON_CUH
+
+#include <math.h>
+
+#include "kernels/cuda/cuda_common.cuh"
+
+#define LOG2E 1.4426950408889634f
+#define LN2   0.6931471805599453f
+
+// Everything the forward and backward kernels read. Strides are those of (B, T, H, D) tensors.
+typedef struct attn_params {
+  const bf16 *q, *k, *v, *dout;
+  bf16 *o;
+  float *lse, *delta;                           // (B, Hq, Tq)
+  float *dq;                                    // (B, Tq, Hq, D) f32, accumulated with atomics
+  void *dk, *dv;                                // (B, Tk, Hkv, D), bf16 or f32 (dkv_f32)
+  const int32_t *q_pos, *k_pos, *q_doc, *k_doc; // docs NULL without a document mask
+  const int4 *q_tiles, *k_tiles; // per (batch row, tile): pos min, pos max, doc min, doc max
+  int64_t tq, tk;
+  int hq, hkv, n_q_tiles, n_k_tiles;
+  float scale_log2; // softmax scale times log2(e): the kernels work in base 2
+  bool causal, dkv_f32;
+} attn_params;
+
+// Which pairs of a query tile and a key tile may attend, from their ranges alone.
+enum { TILE_HIDDEN = 0, TILE_FULL = 1, TILE_PARTIAL = 2 };
+
+__device__ __forceinline__ int classify_tiles(int4 q, int4 k, bool causal, bool docs, bool ragged) {
+  if (causal && k.x > q.y) return TILE_HIDDEN;              // every key after every query
+  if (docs && (k.w < q.z || k.z > q.w)) return TILE_HIDDEN; // no document in common
+  bool full = !ragged;
+  if (causal && k.y > q.x) full = false;
+  if (docs && !(q.z == q.w && k.z == k.w && q.z == k.z)) full = false;
+  return full ? TILE_FULL : TILE_PARTIAL;
+}
+
+// Whether query position/document (qp, qd) sees key (kp, kd): lt_attn_spec's rule.
+__device__ __forceinline__ bool pair_visible(int32_t qp, int32_t qd, int32_t kp, int32_t kd,
+                                             bool causal, bool docs) {
+  return (!causal || kp <= qp) && (!docs || qd == kd);
+}
+
+// A list of the tiles a block visits, in order, built cooperatively by all its threads: entry =
+// tile index, with bit 31 set for TILE_PARTIAL. `classify(t)` gives a tile's kind.
+template <int THREADS, typename F>
+__device__ int build_tile_list(int *list, int *warp_counts, int first, int count, F &&classify) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int total = 0;
+  for (int base = 0; base < count; base += THREADS) {
+    const int t = first + base + (int)threadIdx.x;
+    const int kind = base + (int)threadIdx.x < count ? classify(t) : TILE_HIDDEN;
+    const unsigned mask = __ballot_sync(0xffffffffu, kind != TILE_HIDDEN);
+    if (lane == 0) warp_counts[warp] = __popc(mask);
+    __syncthreads();
+    int offset = total;
+    for (int w = 0; w < warp; w++) offset += warp_counts[w];
+    for (int w = 0; w < THREADS / 32; w++) total += warp_counts[w];
+    if (kind != TILE_HIDDEN)
+      list[offset + __popc(mask & ((1u << lane) - 1))] =
+          t | (kind == TILE_PARTIAL ? (int)0x80000000u : 0);
+    __syncthreads();
+  }
+  return total;
+}
+
+__device__ __forceinline__ uint32_t smem_u32(const void *p) {
+  return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+// 16 bytes global -> shared, asynchronously; zero-filled when !valid (rows past the end).
+__device__ __forceinline__ void cp_async16(uint32_t smem_addr, const void *gmem, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr), "l"(gmem),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// c += a b on the tensor cores: a 16 x 16 bf16, b 16 x 8 bf16, c 16 x 8 f32.
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+               "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t *>(&v);
+}
+
+// The A fragment of k-step kk from the C fragments of n-tiles 2 kk and 2 kk + 1.
+__device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&c0)[4],
+                                       const float (&c1)[4]) {
+  a[0] = pack_bf16(c0[0], c0[1]);
+  a[1] = pack_bf16(c0[2], c0[3]);
+  a[2] = pack_bf16(c1[0], c1[1]);
+  a[3] = pack_bf16(c1[2], c1[3]);
+}
+
+// Tiles in shared memory are rows of D bf16 padded by 16 bytes: the 8 rows one ldmatrix reads
+// start 4 banks apart, so they hit all 32 banks once, and an address is a per-thread base plus a
+// compile-time offset (no swizzle arithmetic in the inner loops).
+template <int D> __host__ __device__ constexpr int tile_row_bytes() {
+  return D * 2 + 16;
+}
+template <int ROWS, int D> __host__ __device__ constexpr int tile_bytes() {
+  return ROWS * tile_row_bytes<D>();
+}
+template <int D> __device__ __forceinline__ uint32_t tile_addr(uint32_t base, int row, int chunk) {
+  return base + (uint32_t)(row * tile_row_bytes<D>() + chunk * 16);
+}
+
+// Copies rows [row0, row0 + ROWS) of a (T, H, D) slice (row stride H * D elements) into a
+// padded tile, zero-filling rows at or past `rows_valid`.
+template <int ROWS, int D, int THREADS>
+__device__ __forceinline__ void load_tile(void *tile, const bf16 *src, int64_t row_stride,
+                                          int64_t row0, int64_t rows_valid) {
+  constexpr int CHUNKS = D / 8;
+  static_assert(ROWS * CHUNKS % THREADS == 0, "whole chunks per thread");
+  const uint32_t base = smem_u32(tile);
+#pragma unroll
+  for (int i = 0; i < ROWS * CHUNKS / THREADS; i++) {
+    const int c = i * THREADS + (int)threadIdx.x, r = c / CHUNKS, ch = c % CHUNKS;
+    const bool valid = row0 + r < rows_valid;
+    cp_async16(tile_addr<D>(base, r, ch), src + (valid ? (row0 + r) * row_stride : 0) + ch * 8,
+               valid);
+  }
+}
+
+// 4-byte async copy (a position, document id or statistic); zero when !valid.
+__device__ __forceinline__ void cp_async4(void *smem, const void *gmem, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
+               "r"(valid ? 4 : 0));
+}
+
+// Checks the operands, fills the parameters shared by the forward and backward, and builds the
+// tile tables for query tiles of q_tile rows and key tiles of k_tile rows (attention_fwd.cu).
+int lt_cuda_attn_setup(lt_ctx *ctx, attn_params *p, lt_tensor q, lt_tensor k, lt_tensor v,
+                       const lt_attn_spec *spec, int q_tile, int k_tile, const char *op);
+
+// Launches the tile-table kernel for (B, T) positions and documents in tiles of `tile` rows.
+int lt_cuda_attn_tiles(lt_cuda_state *st, int4 *out, const int32_t *pos, const int32_t *doc,
+                       int64_t b, int64_t t, int tile);
+
+#endif
