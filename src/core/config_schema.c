@@ -106,6 +106,27 @@ const lt_config_key lt_config_keys[] = {
 
 const int lt_config_n_keys = (int)(sizeof lt_config_keys / sizeof lt_config_keys[0]);
 
+// The CUDA kernels read rows as 16-byte vectors and the flash attention kernels are built for two
+// head widths: shapes outside that fail here, naming the key, instead of deep inside a kernel.
+static int validate_cuda_shapes(const lt_config *cfg, int head_dim) {
+  const lt_model_config *m = &cfg->model;
+  const char *src = cfg->source;
+  LT_CHECK(m->d_model % 8 == 0, LT_ERR_CONFIG,
+           "%s: model.d_model (%d) must be a multiple of 8 with run.device: cuda", src, m->d_model);
+  LT_CHECK(m->ffn_dim % 8 == 0, LT_ERR_CONFIG,
+           "%s: model.ffn_dim (%d) must be a multiple of 8 with run.device: cuda", src, m->ffn_dim);
+  for (int l = 0; l < m->n_layers; l++) {
+    const char *kind;
+    LT_TRY(lt_config_layer_kind(m->attention, lt_attention_kinds, m->n_layers, l, "model.attention",
+                                &kind));
+    LT_CHECK(strcmp(kind, "softmax") != 0 || head_dim == 64 || head_dim == 128, LT_ERR_CONFIG,
+             "%s: softmax attention with run.device: cuda needs a head width of 64 or 128, not %d: "
+             "set model.head_dim (or model.n_heads so that d_model / n_heads is 64 or 128)",
+             src, head_dim);
+  }
+  return LT_OK;
+}
+
 int lt_config_validate(const lt_config *cfg) {
   const lt_model_config *m = &cfg->model;
   const lt_train_config *t = &cfg->train;
@@ -131,6 +152,7 @@ int lt_config_validate(const lt_config *cfg) {
   LT_CHECK(head_dim % 2 == 0, LT_ERR_CONFIG,
            "%s: the head width (%d) must be even for RoPE: set model.head_dim or model.n_heads",
            src, head_dim);
+  if (cfg->run.device == LT_DEVICE_CUDA) LT_TRY(validate_cuda_shapes(cfg, head_dim));
   LT_CHECK(t->seq_len <= m->max_seq_len, LT_ERR_CONFIG,
            "%s: train.seq_len (%d) exceeds model.max_seq_len (%d): raise model.max_seq_len", src,
            t->seq_len, m->max_seq_len);

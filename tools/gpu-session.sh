@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: build the CUDA build, run the tests (GPU ones included), and run the
+# benchmarks against PyTorch, logging each stage to $OUT (or ./gpu-logs). Run from the project's
+# root with the device folder (../shared/device copied into the project) as the first argument:
+#   bash tools/gpu-session.sh .gpu build test attention model-4k model-16k model-64k
+# Stages run in the order given; each has a time limit so one hang cannot eat the whole call.
+set -uo pipefail
+device_dir=$(cd "$1" && pwd)
+shift
+out=${OUT:-gpu-logs}
+mkdir -p "$out"
+# shellcheck disable=SC1091
+source "$device_dir/setup.sh"
+reference="python3 $device_dir/torch_reference.py"
+export PYTHONUNBUFFERED=1
+build=build-gpu
+
+stage() { # stage NAME SECONDS COMMAND...
+  local name=$1 limit=$2
+  shift 2
+  echo "=== $name ($(date +%T))"
+  timeout "$limit" "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  echo "--- $name: exit $rc"
+  return $rc
+}
+
+for what in "$@"; do
+  case $what in
+  build)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    stage configure 120 cmake -S . -B $build -G Ninja -DCMAKE_BUILD_TYPE=Release -DLT_CUDA=ON \
+      -DCMAKE_CUDA_ARCHITECTURES=90 -DLT_WERROR=ON || { tail -30 "$out/configure.log"; exit 1; }
+    stage compile 400 cmake --build $build -j 16 || { grep -E "error|warning" "$out/compile.log" | head -40; exit 1; }
+    ;;
+  test)
+    for t in test_cuda_kernels test_cuda_attention test_cuda_training; do
+      stage "$t" 300 env LT_CUDA_SYNC=1 $build/tests/gpu/$t
+      grep -E "rel\. |abs\. |FAILED|ERROR|error|loss|norm|steps" "$out/$t.log" | head -80
+    done
+    stage ctest 300 ctest --test-dir $build --output-on-failure
+    tail -15 "$out/ctest.log"
+    ;;
+  attention)
+    stage attention 300 $build/bench/bench_attention --seq 4096 16384 65536 --reference "$reference"
+    tail -8 "$out/attention.log"
+    ;;
+  model-4k)
+    stage model-4k 400 $build/bench/bench_model --seq 4096 --batch 8 --reference "$reference"
+    tail -12 "$out/model-4k.log"
+    ;;
+  model-16k)
+    stage model-16k 400 $build/bench/bench_model --seq 16384 --batch 2 --reference "$reference"
+    tail -12 "$out/model-16k.log"
+    ;;
+  model-64k)
+    stage model-64k 300 $build/bench/bench_model --seq 65536 --batch 1 --recompute --steps 3 \
+      --warmup 1
+    tail -10 "$out/model-64k.log"
+    ;;
+  *)
+    echo "unknown stage $what"
+    exit 2
+    ;;
+  esac
+done
