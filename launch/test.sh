@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
 # All the tests in one command: install the Debian packages, build with warnings as errors, and
-# run every test through ctest. Extra arguments go to ctest (e.g. -R attention).
+# run every test through ctest. Then the same with the CUDA backend (-DLT_CUDA=ON, Hopper), so
+# the CUDA code always compiles; its GPU tests skip where there is no GPU. Extra arguments go to
+# ctest (e.g. -R attention).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/install-deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DLT_WERROR=ON >/dev/null
 cmake --build build -j"$(nproc)"
 ctest --test-dir build --output-on-failure "$@"
+
+if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export CUDACXX=/usr/local/cuda/bin/nvcc
+fi
+cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DLT_WERROR=ON -DLT_CUDA=ON \
+  -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
+cmake --build build-cuda -j"$(nproc)"
+ctest --test-dir build-cuda --output-on-failure "$@"
