@@ -1,8 +1,9 @@
 // Training throughput of a model config on the GPU against PyTorch (torch.compile, SDPA, fused
 // AdamW, bf16 autocast) on the same GPU in the same run, on random tokens.
 //   bench_model --config configs/llama-135m.yaml --seq 4096 --batch 8 [--micro-batch M]
-//               [--recompute] [--steps 10] [--warmup 3] [--reference "python3
-//               .gpu/torch_reference.py"]
+//               [--recompute] [--steps 10] [--warmup 3] [--profile]
+//               [--reference "python3 .gpu/torch_reference.py"]
+// --profile prints the GPU time of every op (LT_CUDA_PROFILE=1) when the run ends.
 // Tokens/s counts whole optimizer steps (data loading, forward, backward, clipping, AdamW) over
 // --steps steps after --warmup. MFU uses the reference's count, 6 N + 6 L d T FLOPs per token
 // (N: every parameter), against the H100's 989 TFLOP/s, so the two MFUs compare directly.
@@ -139,10 +140,12 @@ int main(int argc, char **argv) {
       a.reference = argv[++i];
     else if (strcmp(argv[i], "--recompute") == 0)
       a.recompute = true;
+    else if (strcmp(argv[i], "--profile") == 0)
+      setenv("LT_CUDA_PROFILE", "1", 1);
     else {
       fprintf(stderr,
               "usage: %s [--config FILE] [--seq T] [--batch B] [--micro-batch M] "
-              "[--recompute] [--steps N] [--warmup N] [--reference COMMAND]\n",
+              "[--recompute] [--steps N] [--warmup N] [--profile] [--reference COMMAND]\n",
               argv[0]);
       return 2;
     }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # All the tests in one command: install the Debian packages, build with warnings as errors, and
-# run every test through ctest. Then the same with the CUDA backend (-DLT_CUDA=ON, Hopper), so
+# run every test through ctest. Then the same with the CUDA backend (-DLT_CUDA=ON, Hopper sm_90a), so
 # the CUDA code always compiles; its GPU tests skip where there is no GPU. Extra arguments go to
 # ctest (e.g. -R attention).
 set -euo pipefail
@@ -14,6 +14,6 @@ if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
   export CUDACXX=/usr/local/cuda/bin/nvcc
 fi
 cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DLT_WERROR=ON -DLT_CUDA=ON \
-  -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
+  -DCMAKE_CUDA_ARCHITECTURES=90a >/dev/null
 cmake --build build-cuda -j"$(nproc)"
 ctest --test-dir build-cuda --output-on-failure "$@"

@@ -33,14 +33,19 @@ for what in "$@"; do
   build)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     stage configure 120 cmake -S . -B $build -G Ninja -DCMAKE_BUILD_TYPE=Release -DLT_CUDA=ON \
-      -DCMAKE_CUDA_ARCHITECTURES=90 || { tail -30 "$out/configure.log"; exit 1; }
+      -DCMAKE_CUDA_ARCHITECTURES=90a || { tail -30 "$out/configure.log"; exit 1; }
     stage compile 400 cmake --build $build -j 16 || { grep -E "error|warning" "$out/compile.log" | head -40; exit 1; }
     ;;
   test)
     for t in test_cuda_kernels test_cuda_attention test_cuda_training; do
-      stage "$t" 300 env LT_CUDA_SYNC=1 $build/tests/gpu/$t
-      grep -E "rel\. |abs\. |FAILED|ERROR|error|loss|norm|steps" "$out/$t.log" | head -80
+      stage "$t" 240 env LT_CUDA_SYNC=1 $build/tests/gpu/$t
+      grep -E "rel\. |abs\. |FAILED|ERROR|error|loss|norm|steps|^[a-z0-9]" "$out/$t.log" | head -90
     done
+    stage attention-portable 240 env LT_CUDA_SYNC=1 LT_ATTENTION_KERNELS=portable \
+      $build/tests/gpu/test_cuda_attention
+    grep -E "FAILED|ERROR|PASSED" "$out/attention-portable.log"
+    ;;
+  ctest)
     stage ctest 300 ctest --test-dir $build --output-on-failure
     tail -15 "$out/ctest.log"
     ;;
@@ -55,6 +60,12 @@ for what in "$@"; do
   model-16k)
     stage model-16k 400 $build/bench/bench_model --seq 16384 --batch 2 "${model_reference[@]}"
     tail -12 "$out/model-16k.log"
+    ;;
+  profile-4k | profile-16k)
+    seq=4096 batch=8
+    [ "$what" = profile-16k ] && seq=16384 batch=2
+    stage "$what" 300 $build/bench/bench_model --seq $seq --batch $batch --steps 3 --warmup 1 --profile
+    grep -E "tokens/s|longtrain \||ms " "$out/$what.log" | head -40
     ;;
   model-64k)
     stage model-64k 300 $build/bench/bench_model --seq 65536 --batch 1 --recompute --steps 3 \

@@ -6,16 +6,30 @@
 // Computing S^T rather than S keeps a warp's keys in its fragment rows, so P^T and dS^T feed the
 // dV and dK products straight from registers; dS goes through shared memory for dQ, which blocks
 // of different key tiles add into an f32 buffer with atomics (so dQ's rounding depends on their
-// order: README, "Determinism"). Matches lt_cpu_attn_bwd.
+// order: README, "Determinism"). As in the forward, one structure has two kernels: wgmma on Hopper
+// (two warpgroups of 64 keys; FlashAttention-3's operand layouts), mma.sync elsewhere (four warps).
+// Matches lt_cpu_attn_bwd.
 #include <limits.h>
 
 #include "kernels/cuda/attention_common.cuh"
+#include "kernels/cuda/wgmma.cuh"
 
-enum { THREADS = 128, WARPS = 4, BN = 64, BM = 64, LIST_MAX = 1024 };
+enum { BM = 64, NT = BM / 8, LIST_MAX = 1024 };
 
-template <int D> constexpr size_t bwd_smem_bytes() {
-  return 2 * (size_t)tile_bytes<BN, D>() + 4 * (size_t)tile_bytes<BM, D>() +
-         (size_t)tile_bytes<BN, BM>() + 2 * 4 * (size_t)BM * 4 + LIST_MAX * 4;
+template <bool HOPPER> __host__ __device__ constexpr int bwd_threads() {
+  return HOPPER ? 256 : 128;
+}
+template <bool HOPPER> __host__ __device__ constexpr int bwd_bn() {
+  return bwd_threads<HOPPER>() / 2; // 16 keys per warp
+}
+template <int D, bool HOPPER> __host__ __device__ constexpr int bwd_tile_bytes(int rows) {
+  return HOPPER ? rows * D * 2 : rows * tile_row_bytes<D>();
+}
+template <int D, bool HOPPER> constexpr size_t bwd_smem_bytes() {
+  constexpr int BN = bwd_bn<HOPPER>();
+  return 1024 + 2 * (size_t)bwd_tile_bytes<D, HOPPER>(BN) +
+         4 * (size_t)bwd_tile_bytes<D, HOPPER>(BM) + (size_t)bwd_tile_bytes<BM, HOPPER>(BN) +
+         2 * 4 * (size_t)BM * 4 + LIST_MAX * 4;
 }
 
 template <typename T> __device__ __forceinline__ void add_pair(T *dst, float x, float y);
@@ -28,31 +42,208 @@ template <> __device__ __forceinline__ void add_pair<bf16>(bf16 *dst, float x, f
   *d2 = __floats2bfloat162_rn(old.x + x, old.y + y);
 }
 
+__device__ __forceinline__ float (&frag4(float *x, int i))[4] {
+  return *reinterpret_cast<float(*)[4]>(x + 4 * i);
+}
+
+// The query tile's statistics and masks, as the backward reads them from shared memory.
+typedef struct bwd_tile_stats {
+  const float *lse, *delta;
+  const int32_t *qpos, *qdoc;
+} bwd_tile_stats;
+
+// S^T and dP^T become P^T and dS^T in place. The thread's keys are key_row and key_row + 8 of the
+// block (positions kpos, kdoc); its queries are columns 8 nt + 2 c + {0, 1} of the tile.
+__device__ __forceinline__ void bwd_probs(float (&st)[NT * 4], float (&dpt)[NT * 4],
+                                          const bwd_tile_stats &t, const attn_params &p,
+                                          bool partial, int64_t i0, int64_t j0, int key_row,
+                                          const int32_t (&kpos)[2], const int32_t (&kdoc)[2],
+                                          bool docs) {
+  const int c = threadIdx.x & 3;
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      const int col = nt * 8 + c * 2 + (e & 1), hf = e >> 1;
+      const float lse = t.lse[col];
+      bool visible = lse != -INFINITY; // a query that sees no key has no gradient
+      if (partial)
+        visible =
+            visible && i0 + col < p.tq && j0 + key_row + hf * 8 < p.tk &&
+            pair_visible(t.qpos[col], docs ? t.qdoc[col] : 0, kpos[hf], kdoc[hf], p.causal, docs);
+      const float pv = visible ? exp2f(fmaf(st[nt * 4 + e], p.scale_log2, -lse * LOG2E)) : 0.0f;
+      st[nt * 4 + e] = pv;
+      dpt[nt * 4 + e] = pv * (dpt[nt * 4 + e] - t.delta[col]);
+    }
+}
+
+// S^T = K Q^T and dP^T = V dO^T for the warp's 16 keys on mma.sync (padded tiles, ldmatrix).
+template <int D>
+__device__ __forceinline__ void bwd_scores_mma(float (&st)[NT * 4], float (&dpt)[NT * 4],
+                                               uint32_t k_base, uint32_t v_base, uint32_t q_base,
+                                               uint32_t do_base, int warp, int lane) {
+#pragma unroll
+  for (int e = 0; e < NT * 4; e++) st[e] = 0.0f, dpt[e] = 0.0f;
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ks++) {
+    uint32_t ka[4], va[4];
+    ldmatrix_x4(ka, tile_addr<D>(k_base, warp * 16 + (lane & 15), ks * 2 + (lane >> 4)));
+    ldmatrix_x4(va, tile_addr<D>(v_base, warp * 16 + (lane & 15), ks * 2 + (lane >> 4)));
+#pragma unroll
+    for (int np = 0; np < NT / 2; np++) {
+      const int row = np * 16 + (lane & 7) + ((lane >> 4) << 3), chunk = ks * 2 + ((lane >> 3) & 1);
+      uint32_t qb[4], ob[4];
+      ldmatrix_x4(qb, tile_addr<D>(q_base, row, chunk));
+      ldmatrix_x4(ob, tile_addr<D>(do_base, row, chunk));
+      mma_bf16(frag4(st, 2 * np), ka, qb[0], qb[1]);
+      mma_bf16(frag4(st, 2 * np + 1), ka, qb[2], qb[3]);
+      mma_bf16(frag4(dpt, 2 * np), va, ob[0], ob[1]);
+      mma_bf16(frag4(dpt, 2 * np + 1), va, ob[2], ob[3]);
+    }
+  }
+}
+
+// The same for warpgroup wg's 64 keys on wgmma: K, V (A) and Q, dO (B) K-major, swizzled.
+template <int D, int BN>
+__device__ __forceinline__ void bwd_scores_wgmma(float (&st)[NT * 4], float (&dpt)[NT * 4],
+                                                 uint32_t k_base, uint32_t v_base, uint32_t q_base,
+                                                 uint32_t do_base, int wg) {
+  wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ks++) {
+    const uint32_t kv_off = (ks >> 2) * BN * 128 + wg * 64 * 128 + (ks & 3) * 32;
+    const uint32_t q_off = (ks >> 2) * BM * 128 + (ks & 3) * 32;
+    wgmma_ss_n64<0, 0>(st, make_desc(k_base + kv_off, 16, 1024),
+                       make_desc(q_base + q_off, 16, 1024), ks > 0);
+    wgmma_ss_n64<0, 0>(dpt, make_desc(v_base + kv_off, 16, 1024),
+                       make_desc(do_base + q_off, 16, 1024), ks > 0);
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+  wgmma_fence_operands(st);
+  wgmma_fence_operands(dpt);
+}
+
+// dV += P^T dO and dK += dS^T Q on mma.sync: A from registers, dO and Q transposed by ldmatrix.
+template <int D>
+__device__ __forceinline__ void bwd_dkdv_mma(float (&dk)[D / 2], float (&dv)[D / 2],
+                                             const float (&st)[NT * 4], const float (&dpt)[NT * 4],
+                                             uint32_t q_base, uint32_t do_base, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < BM / 16; kk++) {
+    uint32_t pa[4], sa[4];
+    probs_fragment<NT>(pa, st, kk);
+    probs_fragment<NT>(sa, dpt, kk);
+#pragma unroll
+    for (int dp = 0; dp < D / 16; dp++) {
+      uint32_t ob[4], qb[4];
+      ldmatrix_x4_trans(ob, tile_addr<D>(do_base, kk * 16 + (lane & 15), dp * 2 + (lane >> 4)));
+      ldmatrix_x4_trans(qb, tile_addr<D>(q_base, kk * 16 + (lane & 15), dp * 2 + (lane >> 4)));
+      mma_bf16(frag4(dv, 2 * dp), pa, ob[0], ob[1]);
+      mma_bf16(frag4(dv, 2 * dp + 1), pa, ob[2], ob[3]);
+      mma_bf16(frag4(dk, 2 * dp), sa, qb[0], qb[1]);
+      mma_bf16(frag4(dk, 2 * dp + 1), sa, qb[2], qb[3]);
+    }
+  }
+}
+
+// The same on wgmma, issued and committed but not waited for: A from registers (pa, sa must stay
+// untouched until the wait), dO and Q N-major from their swizzled tiles.
+template <int D>
+__device__ __forceinline__ void
+bwd_dkdv_wgmma(float (&dk)[D / 2], float (&dv)[D / 2], const uint32_t (&pa)[BM / 16][4],
+               const uint32_t (&sa)[BM / 16][4], uint32_t q_base, uint32_t do_base) {
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < BM / 16; kk++) {
+    const uint64_t ob = make_desc(do_base + kk * 16 * 128, BM * 128, 1024);
+    const uint64_t qb = make_desc(q_base + kk * 16 * 128, BM * 128, 1024);
+    if constexpr (D == 64) {
+      wgmma_rs_n64<1>(dv, pa[kk], ob, true);
+      wgmma_rs_n64<1>(dk, sa[kk], qb, true);
+    } else {
+      wgmma_rs_n128<1>(dv, pa[kk], ob, true);
+      wgmma_rs_n128<1>(dk, sa[kk], qb, true);
+    }
+  }
+  wgmma_commit();
+}
+
+// dQ rows warp * 16 .. + 15 of the tile on mma.sync: dS (A) from the padded dS^T tile
+// transposed, K (B) transposed, over all BN keys.
+template <int D, int BN>
+__device__ __forceinline__ void bwd_dq_mma(float (&dq)[D / 2], uint32_t ds_base, uint32_t k_base,
+                                           int warp, int lane) {
+#pragma unroll
+  for (int e = 0; e < D / 2; e++) dq[e] = 0.0f;
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; kk++) {
+    uint32_t da[4];
+    ldmatrix_x4_trans(da, tile_addr<BM>(ds_base, kk * 16 + (lane & 7) + ((lane >> 4) << 3),
+                                        warp * 2 + ((lane >> 3) & 1)));
+#pragma unroll
+    for (int dp = 0; dp < D / 16; dp++) {
+      uint32_t kb[4];
+      ldmatrix_x4_trans(kb, tile_addr<D>(k_base, kk * 16 + (lane & 15), dp * 2 + (lane >> 4)));
+      mma_bf16(frag4(dq, 2 * dp), da, kb[0], kb[1]);
+      mma_bf16(frag4(dq, 2 * dp + 1), da, kb[2], kb[3]);
+    }
+  }
+}
+
+// dQ of all BM rows over warpgroup wg's 64 keys on wgmma: dS (A) M-major from the group's
+// swizzled dS^T rows, K (B) N-major.
+template <int D, int BN>
+__device__ __forceinline__ void bwd_dq_wgmma(float (&dq)[D / 2], uint32_t ds_base, uint32_t k_base,
+                                             int wg) {
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < 4; kk++) {
+    const uint64_t a = make_desc(ds_base + (wg * 64 + kk * 16) * 128, BN * 128, 1024);
+    const uint64_t kb = make_desc(k_base + (wg * 64 + kk * 16) * 128, BN * 128, 1024);
+    if constexpr (D == 64)
+      wgmma_ss_n64<1, 1>(dq, a, kb, kk > 0);
+    else
+      wgmma_ss_n128<1, 1>(dq, a, kb, kk > 0);
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+  wgmma_fence_operands(dq);
+}
+
 // q, dout: (B, Tq, Hq, D) bf16; k, v: (B, Tk, Hkv, D) bf16; lse, delta: (B, Hq, Tq) f32;
 // dq: (B, Tq, Hq, D) f32 (+=, atomic); dk, dv: (B, Tk, Hkv, D) TKV (+=); grid (key tiles, Hkv, B)
-template <int D, typename TKV>
-__global__ void __launch_bounds__(THREADS, 1) attn_bwd_kernel(const attn_params p) {
-  constexpr int NT = BM / 8, DT = D / 8, KS = D / 16;
-  constexpr int KV_BYTES = tile_bytes<BN, D>(), QT_BYTES = tile_bytes<BM, D>();
-  extern __shared__ __align__(128) unsigned char smem[];
-  unsigned char *k_s = smem, *v_s = k_s + KV_BYTES;      // (BN, D) padded
-  unsigned char *q_s = v_s + KV_BYTES;                   // 2 x (BM, D) padded
-  unsigned char *do_s = q_s + 2 * QT_BYTES;              // 2 x (BM, D) padded
-  unsigned char *ds_s = do_s + 2 * QT_BYTES;             // (BN, BM) padded: dS^T in bf16
-  float *lse_s = (float *)(ds_s + tile_bytes<BN, BM>()); // 2 x BM, times log2 e
-  float *delta_s = lse_s + 2 * BM;                       // 2 x BM
-  int32_t *qpos_s = (int32_t *)(delta_s + 2 * BM);       // 2 x BM
-  int32_t *qdoc_s = qpos_s + 2 * BM;                     // 2 x BM
-  int *list = qdoc_s + 2 * BM;                           // LIST_MAX
+template <int D, typename TKV, bool HOPPER>
+__global__ void __launch_bounds__(bwd_threads<HOPPER>(), 1) attn_bwd_kernel(const attn_params p) {
+  constexpr int THREADS = bwd_threads<HOPPER>(), WARPS = THREADS / 32, BN = bwd_bn<HOPPER>();
+  constexpr int KV_BYTES = bwd_tile_bytes<D, HOPPER>(BN), QT_BYTES = bwd_tile_bytes<D, HOPPER>(BM);
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char *smem = (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char *k_s = smem, *v_s = k_s + KV_BYTES;                // (BN, D)
+  unsigned char *q_s = v_s + KV_BYTES;                             // 2 x (BM, D)
+  unsigned char *do_s = q_s + 2 * QT_BYTES;                        // 2 x (BM, D)
+  unsigned char *ds_s = do_s + 2 * QT_BYTES;                       // (BN, BM): dS^T in bf16
+  float *lse_s = (float *)(ds_s + bwd_tile_bytes<BM, HOPPER>(BN)); // 2 x BM
+  float *delta_s = lse_s + 2 * BM;                                 // 2 x BM
+  int32_t *qpos_s = (int32_t *)(delta_s + 2 * BM);                 // 2 x BM
+  int32_t *qdoc_s = qpos_s + 2 * BM;                               // 2 x BM
+  int *list = qdoc_s + 2 * BM;                                     // LIST_MAX
   __shared__ int warp_counts[WARPS];
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
+  const int wg = warp >> 2;
   const int kt = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, group = p.hq / p.hkv;
   const int64_t j0 = (int64_t)kt * BN;
   const bool docs = p.q_doc != nullptr;
   const int64_t kv_head = ((int64_t)b * p.tk * p.hkv + kvh) * D;
-  load_tile<BN, D, THREADS>(k_s, p.k + kv_head, (int64_t)p.hkv * D, j0, p.tk);
-  load_tile<BN, D, THREADS>(v_s, p.v + kv_head, (int64_t)p.hkv * D, j0, p.tk);
+  const uint32_t k_base = smem_u32(k_s), v_base = smem_u32(v_s), ds_base = smem_u32(ds_s);
+  if constexpr (HOPPER) {
+    load_tile_swizzled<BN, D, THREADS>(k_base, p.k + kv_head, (int64_t)p.hkv * D, j0, p.tk);
+    load_tile_swizzled<BN, D, THREADS>(v_base, p.v + kv_head, (int64_t)p.hkv * D, j0, p.tk);
+  } else {
+    load_tile<BN, D, THREADS>(k_s, p.k + kv_head, (int64_t)p.hkv * D, j0, p.tk);
+    load_tile<BN, D, THREADS>(v_s, p.v + kv_head, (int64_t)p.hkv * D, j0, p.tk);
+  }
   cp_async_commit();
 
   // This thread's two keys: warp * 16 + g + 8 hf.
@@ -64,20 +255,23 @@ __global__ void __launch_bounds__(THREADS, 1) attn_bwd_kernel(const attn_params 
     kpos[hf] = valid ? p.k_pos[(int64_t)b * p.tk + j] : INT_MAX;
     kdoc[hf] = valid && docs ? p.k_doc[(int64_t)b * p.tk + j] : 0;
   }
-
-  float dk_acc[DT][4], dv_acc[DT][4];
+  float dk[D / 2], dv[D / 2];
 #pragma unroll
-  for (int dt = 0; dt < DT; dt++)
-#pragma unroll
-    for (int e = 0; e < 4; e++) dk_acc[dt][e] = 0.0f, dv_acc[dt][e] = 0.0f;
+  for (int e = 0; e < D / 2; e++) dk[e] = 0.0f, dv[e] = 0.0f;
 
-  // Query tile `entry` of head h into buffer buf: Q, dO, lse (times log2 e later), delta,
-  // positions.
+  // Query tile `entry` of head h into buffer buf: Q, dO, lse, delta and positions.
   auto issue_tile = [&](int entry, int h, int buf) {
     const int64_t i0 = (int64_t)(entry & 0x7fffffff) * BM, q_stride = (int64_t)p.hq * D;
     const int64_t head = ((int64_t)b * p.tq * p.hq + h) * D;
-    load_tile<BM, D, THREADS>(q_s + buf * QT_BYTES, p.q + head, q_stride, i0, p.tq);
-    load_tile<BM, D, THREADS>(do_s + buf * QT_BYTES, p.dout + head, q_stride, i0, p.tq);
+    if constexpr (HOPPER) {
+      load_tile_swizzled<BM, D, THREADS>(smem_u32(q_s + buf * QT_BYTES), p.q + head, q_stride, i0,
+                                         p.tq);
+      load_tile_swizzled<BM, D, THREADS>(smem_u32(do_s + buf * QT_BYTES), p.dout + head, q_stride,
+                                         i0, p.tq);
+    } else {
+      load_tile<BM, D, THREADS>(q_s + buf * QT_BYTES, p.q + head, q_stride, i0, p.tq);
+      load_tile<BM, D, THREADS>(do_s + buf * QT_BYTES, p.dout + head, q_stride, i0, p.tq);
+    }
     for (int r = threadIdx.x; r < BM; r += THREADS) {
       const bool valid = i0 + r < p.tq;
       const int64_t stat = ((int64_t)b * p.hq + h) * p.tq + (valid ? i0 + r : 0);
@@ -90,7 +284,6 @@ __global__ void __launch_bounds__(THREADS, 1) attn_bwd_kernel(const attn_params 
     cp_async_commit();
   };
 
-  const uint32_t k_base = smem_u32(k_s), v_base = smem_u32(v_s), ds_base = smem_u32(ds_s);
   for (int first = 0; first < p.n_q_tiles; first += LIST_MAX) {
     const int count = p.n_q_tiles - first < LIST_MAX ? p.n_q_tiles - first : LIST_MAX;
     const int n = build_tile_list<THREADS>(list, warp_counts, first, count, [&](int t) {
@@ -110,111 +303,70 @@ __global__ void __launch_bounds__(THREADS, 1) attn_bwd_kernel(const attn_params 
       } else {
         cp_async_wait<0>();
       }
+      if constexpr (HOPPER) fence_proxy_async(); // cp.async wrote what the tensor cores read
       __syncthreads();
-      const uint32_t q_base = smem_u32(q_s + buf * QT_BYTES);
-      const uint32_t do_base = smem_u32(do_s + buf * QT_BYTES);
+      const uint32_t q_base = smem_u32(q_s + buf * QT_BYTES),
+                     do_base = smem_u32(do_s + buf * QT_BYTES);
+      const bwd_tile_stats stats = {lse_s + buf * BM, delta_s + buf * BM, qpos_s + buf * BM,
+                                    qdoc_s + buf * BM};
+      float st[NT * 4], dpt[NT * 4], dq[D / 2];
+      if constexpr (HOPPER)
+        bwd_scores_wgmma<D, BN>(st, dpt, k_base, v_base, q_base, do_base, wg);
+      else
+        bwd_scores_mma<D>(st, dpt, k_base, v_base, q_base, do_base, warp, lane);
+      bwd_probs(st, dpt, stats, p, entry < 0, i0, j0, warp * 16 + g, kpos, kdoc, docs);
 
-      // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys and the tile's BM queries.
-      float st[NT][4], dpt[NT][4];
+      // dS^T goes to shared memory for dQ, while (on Hopper) dV and dK multiply.
+      if constexpr (HOPPER) {
+        uint32_t pa[BM / 16][4], sa[BM / 16][4];
 #pragma unroll
-      for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) st[nt][e] = 0.0f, dpt[nt][e] = 0.0f;
-#pragma unroll
-      for (int ks = 0; ks < KS; ks++) {
-        uint32_t ka[4], va[4];
-        ldmatrix_x4(ka, tile_addr<D>(k_base, warp * 16 + (lane & 15), ks * 2 + (lane >> 4)));
-        ldmatrix_x4(va, tile_addr<D>(v_base, warp * 16 + (lane & 15), ks * 2 + (lane >> 4)));
-#pragma unroll
-        for (int np = 0; np < NT / 2; np++) {
-          const int row = np * 16 + (lane & 7) + ((lane >> 4) << 3),
-                    chunk = ks * 2 + ((lane >> 3) & 1);
-          uint32_t qb[4], ob[4];
-          ldmatrix_x4(qb, tile_addr<D>(q_base, row, chunk));
-          ldmatrix_x4(ob, tile_addr<D>(do_base, row, chunk));
-          mma_bf16(st[2 * np], ka, qb[0], qb[1]);
-          mma_bf16(st[2 * np + 1], ka, qb[2], qb[3]);
-          mma_bf16(dpt[2 * np], va, ob[0], ob[1]);
-          mma_bf16(dpt[2 * np + 1], va, ob[2], ob[3]);
+        for (int kk = 0; kk < BM / 16; kk++) {
+          probs_fragment<NT>(pa[kk], st, kk);
+          probs_fragment<NT>(sa[kk], dpt, kk);
         }
-      }
-
-      // P^T from the saved lse, then dS^T = P^T (dP^T - delta).
+        bwd_dkdv_wgmma<D>(dk, dv, pa, sa, q_base, do_base);
 #pragma unroll
-      for (int nt = 0; nt < NT; nt++)
+        for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-          const int col = nt * 8 + c * 2 + (e & 1), hf = e >> 1;
-          const float lse = lse_s[buf * BM + col];
-          bool visible = lse != -INFINITY; // a query that sees no key has no gradient
-          if (entry < 0) {                 // TILE_PARTIAL
-            const int32_t qd = docs ? qdoc_s[buf * BM + col] : 0;
-            visible = visible && i0 + col < p.tq && j0 + warp * 16 + hf * 8 + g < p.tk &&
-                      pair_visible(qpos_s[buf * BM + col], qd, kpos[hf], kdoc[hf], p.causal, docs);
+          for (int hf = 0; hf < 2; hf++) {
+            const int row = warp * 16 + hf * 8 + g;
+            asm volatile(
+                "st.shared.b32 [%0], %1;\n" ::"r"(swizzled_addr<BN>(ds_base, row, nt) + c * 4),
+                "r"(pack_bf16(dpt[nt * 4 + 2 * hf], dpt[nt * 4 + 2 * hf + 1])));
           }
-          const float pv = visible ? exp2f(fmaf(st[nt][e], p.scale_log2, -lse * LOG2E)) : 0.0f;
-          st[nt][e] = pv;
-          dpt[nt][e] = pv * (dpt[nt][e] - delta_s[buf * BM + col]);
-        }
-
-        // dV += P^T dO and dK += dS^T Q: A from registers, B = dO and Q transposed from shared.
+        fence_proxy_async();
+        asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg)); // the warpgroup's own dS^T rows
+        wgmma_wait<0>();
+        wgmma_keep_fragments(pa);
+        wgmma_keep_fragments(sa);
+        wgmma_fence_operands(dk);
+        wgmma_fence_operands(dv);
+        bwd_dq_wgmma<D, BN>(dq, ds_base, k_base, wg);
+      } else {
+        bwd_dkdv_mma<D>(dk, dv, st, dpt, q_base, do_base, lane);
 #pragma unroll
-      for (int kk = 0; kk < BM / 16; kk++) {
-        uint32_t pa[4], sa[4];
-        c_to_a(pa, st[2 * kk], st[2 * kk + 1]);
-        c_to_a(sa, dpt[2 * kk], dpt[2 * kk + 1]);
+        for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-        for (int dp = 0; dp < DT / 2; dp++) {
-          uint32_t ob[4], qb[4];
-          ldmatrix_x4_trans(ob, tile_addr<D>(do_base, kk * 16 + (lane & 15), dp * 2 + (lane >> 4)));
-          ldmatrix_x4_trans(qb, tile_addr<D>(q_base, kk * 16 + (lane & 15), dp * 2 + (lane >> 4)));
-          mma_bf16(dv_acc[2 * dp], pa, ob[0], ob[1]);
-          mma_bf16(dv_acc[2 * dp + 1], pa, ob[2], ob[3]);
-          mma_bf16(dk_acc[2 * dp], sa, qb[0], qb[1]);
-          mma_bf16(dk_acc[2 * dp + 1], sa, qb[2], qb[3]);
-        }
+          for (int hf = 0; hf < 2; hf++) {
+            const uint32_t addr = tile_addr<BM>(ds_base, warp * 16 + hf * 8 + g, nt) + c * 4;
+            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr),
+                         "r"(pack_bf16(dpt[nt * 4 + 2 * hf], dpt[nt * 4 + 2 * hf + 1])));
+          }
+        __syncthreads();
+        bwd_dq_mma<D, BN>(dq, ds_base, k_base, warp, lane);
       }
-
-      // dS^T to shared memory, for dQ = dS K.
-#pragma unroll
-      for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-        for (int hf = 0; hf < 2; hf++) {
-          const uint32_t addr = tile_addr<BM>(ds_base, warp * 16 + hf * 8 + g, nt) + c * 4;
-          asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr),
-                       "r"(pack_bf16(dpt[nt][2 * hf], dpt[nt][2 * hf + 1])));
-        }
-      __syncthreads();
-
-      // dQ rows warp * 16 .. + 15 of the tile: A = dS (dS^T transposed), B = K transposed.
-      float dq_acc[DT][4];
-#pragma unroll
-      for (int dt = 0; dt < DT; dt++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) dq_acc[dt][e] = 0.0f;
-#pragma unroll
-      for (int kk = 0; kk < BN / 16; kk++) {
-        uint32_t da[4];
-        ldmatrix_x4_trans(da, tile_addr<BM>(ds_base, kk * 16 + (lane & 7) + ((lane >> 4) << 3),
-                                            warp * 2 + ((lane >> 3) & 1)));
-#pragma unroll
-        for (int dp = 0; dp < DT / 2; dp++) {
-          uint32_t kb[4];
-          ldmatrix_x4_trans(kb, tile_addr<D>(k_base, kk * 16 + (lane & 15), dp * 2 + (lane >> 4)));
-          mma_bf16(dq_acc[2 * dp], da, kb[0], kb[1]);
-          mma_bf16(dq_acc[2 * dp + 1], da, kb[2], kb[3]);
-        }
-      }
+      // The dQ rows this thread holds: 16 (warp % 4 on Hopper) + g + 8 hf of the tile.
       const float scale = p.scale_log2 / LOG2E;
+      const int dq_row = (HOPPER ? (warp & 3) : warp) * 16 + g;
 #pragma unroll
       for (int hf = 0; hf < 2; hf++) {
-        const int64_t i = i0 + warp * 16 + hf * 8 + g;
+        const int64_t i = i0 + dq_row + hf * 8;
         if (i >= p.tq) continue;
-        float *dq_row = p.dq + (((int64_t)b * p.tq + i) * p.hq + h) * D;
+        float *dq_row_ptr = p.dq + (((int64_t)b * p.tq + i) * p.hq + h) * D;
 #pragma unroll
-        for (int dt = 0; dt < DT; dt++)
-          atomicAdd(reinterpret_cast<float2 *>(dq_row + dt * 8 + c * 2),
-                    make_float2(dq_acc[dt][2 * hf] * scale, dq_acc[dt][2 * hf + 1] * scale));
+        for (int dt = 0; dt < D / 8; dt++)
+          atomicAdd(reinterpret_cast<float2 *>(dq_row_ptr + dt * 8 + c * 2),
+                    make_float2(dq[dt * 4 + 2 * hf] * scale, dq[dt * 4 + 2 * hf + 1] * scale));
       }
       __syncthreads(); // buffers and dS^T are refilled next
     }
@@ -228,22 +380,28 @@ __global__ void __launch_bounds__(THREADS, 1) attn_bwd_kernel(const attn_params 
     TKV *dk_row = (TKV *)p.dk + (((int64_t)b * p.tk + j) * p.hkv + kvh) * D;
     TKV *dv_row = (TKV *)p.dv + (((int64_t)b * p.tk + j) * p.hkv + kvh) * D;
 #pragma unroll
-    for (int dt = 0; dt < DT; dt++) {
-      add_pair(dk_row + dt * 8 + c * 2, dk_acc[dt][2 * hf] * scale, dk_acc[dt][2 * hf + 1] * scale);
-      add_pair(dv_row + dt * 8 + c * 2, dv_acc[dt][2 * hf], dv_acc[dt][2 * hf + 1]);
+    for (int dt = 0; dt < D / 8; dt++) {
+      add_pair(dk_row + dt * 8 + c * 2, dk[dt * 4 + 2 * hf] * scale,
+               dk[dt * 4 + 2 * hf + 1] * scale);
+      add_pair(dv_row + dt * 8 + c * 2, dv[dt * 4 + 2 * hf], dv[dt * 4 + 2 * hf + 1]);
     }
   }
 }
 
-template <int D, typename TKV>
+template <int D, typename TKV, bool HOPPER>
 static int launch_bwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
-  constexpr size_t smem = bwd_smem_bytes<D>();
-  CUDA_TRY(cudaFuncSetAttribute(attn_bwd_kernel<D, TKV>,
+  constexpr size_t smem = bwd_smem_bytes<D, HOPPER>();
+  CUDA_TRY(cudaFuncSetAttribute(attn_bwd_kernel<D, TKV, HOPPER>,
                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
            "attn_bwd: raising shared memory to %zu bytes", smem);
   dim3 grid((unsigned)p.n_k_tiles, (unsigned)p.hkv, (unsigned)b);
-  attn_bwd_kernel<D, TKV><<<grid, THREADS, smem, st->stream>>>(p);
+  attn_bwd_kernel<D, TKV, HOPPER><<<grid, bwd_threads<HOPPER>(), smem, st->stream>>>(p);
   return LT_OK;
+}
+
+template <int D, bool HOPPER>
+static int launch_bwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
+  return p.dkv_f32 ? launch_bwd<D, float, HOPPER>(st, p, b) : launch_bwd<D, bf16, HOPPER>(st, p, b);
 }
 
 int lt_cuda_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_tensor dout,
@@ -253,19 +411,20 @@ int lt_cuda_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_t
   if (dq.dtype != LT_F32 || dout.dtype != LT_BF16 || dk.dtype != dv.dtype ||
       (dk.dtype != LT_F32 && dk.dtype != LT_BF16))
     return lt_cuda_unsupported("attn_bwd", "dq f32, dout bf16, dk and dv both bf16 or f32", dq, dk);
+  const bool hopper = st->attn_wgmma;
   attn_params p;
-  LT_TRY(lt_cuda_attn_setup(ctx, &p, q, k, v, spec, BM, BN, "attn_bwd"));
+  LT_TRY(lt_cuda_attn_setup(ctx, &p, q, k, v, spec, BM, hopper ? bwd_bn<true>() : bwd_bn<false>(),
+                            "attn_bwd"));
   p.dout = (const bf16 *)dout.data, p.lse = (float *)lse.data, p.delta = (float *)delta.data;
   p.dq = (float *)dq.data, p.dk = dk.data, p.dv = dv.data;
   p.dkv_f32 = dk.dtype == LT_F32;
   if (p.tq == 0 || p.tk == 0) return LT_OK;
   const int64_t b = q.shape[0];
-  const int d = (int)q.shape[3];
   int rc;
-  if (d == 64)
-    rc = p.dkv_f32 ? launch_bwd<64, float>(st, p, b) : launch_bwd<64, bf16>(st, p, b);
+  if (q.shape[3] == 64)
+    rc = hopper ? launch_bwd<64, true>(st, p, b) : launch_bwd<64, false>(st, p, b);
   else
-    rc = p.dkv_f32 ? launch_bwd<128, float>(st, p, b) : launch_bwd<128, bf16>(st, p, b);
+    rc = hopper ? launch_bwd<128, true>(st, p, b) : launch_bwd<128, false>(st, p, b);
   LT_TRY(rc);
   return lt_cuda_launched(st, "attn_bwd", q, dk);
 }

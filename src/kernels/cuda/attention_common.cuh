@@ -140,6 +140,30 @@ template <int D> __device__ __forceinline__ uint32_t tile_addr(uint32_t base, in
   return base + (uint32_t)(row * tile_row_bytes<D>() + chunk * 16);
 }
 
+// Tiles for wgmma are stored as D / 64 column blocks of ROWS rows of 128 bytes, chunk c of row r
+// at chunk c ^ (r % 8): the canonical 128-byte-swizzled layout (wgmma.cuh), read K-major or
+// MN-major alike. Tiles must start at 1024-byte boundaries.
+template <int ROWS>
+__device__ __forceinline__ uint32_t swizzled_addr(uint32_t base, int row, int chunk) {
+  return base +
+         (uint32_t)((chunk >> 3) * ROWS * 128 + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
+}
+
+template <int ROWS, int D, int THREADS>
+__device__ __forceinline__ void load_tile_swizzled(uint32_t base, const bf16 *src,
+                                                   int64_t row_stride, int64_t row0,
+                                                   int64_t rows_valid) {
+  constexpr int CHUNKS = D / 8;
+  static_assert(ROWS * CHUNKS % THREADS == 0, "whole chunks per thread");
+#pragma unroll
+  for (int i = 0; i < ROWS * CHUNKS / THREADS; i++) {
+    const int c = i * THREADS + (int)threadIdx.x, r = c / CHUNKS, ch = c % CHUNKS;
+    const bool valid = row0 + r < rows_valid;
+    cp_async16(swizzled_addr<ROWS>(base, r, ch),
+               src + (valid ? (row0 + r) * row_stride : 0) + ch * 8, valid);
+  }
+}
+
 // Copies rows [row0, row0 + ROWS) of a (T, H, D) slice (row stride H * D elements) into a
 // padded tile, zero-filling rows at or past `rows_valid`.
 template <int ROWS, int D, int THREADS>
@@ -161,6 +185,102 @@ __device__ __forceinline__ void load_tile(void *tile, const bf16 *src, int64_t r
 __device__ __forceinline__ void cp_async4(void *smem, const void *gmem, bool valid) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
                "r"(valid ? 4 : 0));
+}
+
+// --- the forward's per-tile math, shared by the mma.sync and wgmma kernels -------------------
+// A thread holds two query rows (g and g + 8 of its warp's 16) of a score tile as s[4 nt + e]:
+// row g + 8 (e / 2), key column 8 nt + 2 c + e % 2; and the matching output rows as o[4 dt + e].
+
+// Sets to -inf every score the mask hides: keys past tk, and pairs lt_attn_spec rules out.
+// `row` is the thread's first row in the block; positions of the tile's keys are in kpos/kdoc.
+template <int NT>
+__device__ __forceinline__ void mask_scores(float (&s)[NT * 4], int row, const int32_t *qpos,
+                                            const int32_t *qdoc, const int32_t *kpos,
+                                            const int32_t *kdoc, int64_t j0, int64_t tk,
+                                            bool causal, bool docs) {
+  const int c = threadIdx.x & 3;
+#pragma unroll
+  for (int hf = 0; hf < 2; hf++) {
+    const int32_t qp = qpos[row + 8 * hf], qd = qdoc[row + 8 * hf];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+      for (int e2 = 0; e2 < 2; e2++) {
+        const int col = nt * 8 + c * 2 + e2;
+        if (j0 + col >= tk || !pair_visible(qp, qd, kpos[col], docs ? kdoc[col] : 0, causal, docs))
+          s[nt * 4 + 2 * hf + e2] = -INFINITY;
+      }
+  }
+}
+
+// The online-softmax step (FlashAttention-2, Algorithm 1, lines 8-10) in base 2: scores become
+// probabilities exp2(s * scale_log2 - m) against the new running max m, and the running sum and
+// output are rescaled to it.
+template <int NT, int DT>
+__device__ __forceinline__ void online_softmax(float (&s)[NT * 4], float (&o)[DT * 4],
+                                               float (&row_max)[2], float (&row_sum)[2],
+                                               float scale_log2) {
+#pragma unroll
+  for (int hf = 0; hf < 2; hf++) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+      mx = fmaxf(mx, fmaxf(s[nt * 4 + 2 * hf], s[nt * 4 + 2 * hf + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(row_max[hf], mx * scale_log2);
+    const float m_use = m_new == -INFINITY ? 0.0f : m_new; // a row that has seen nothing yet
+    const float rescale = exp2f(row_max[hf] - m_use);
+    row_max[hf] = m_new;
+    float sum = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+      for (int e2 = 0; e2 < 2; e2++) {
+        const float pv = exp2f(fmaf(s[nt * 4 + 2 * hf + e2], scale_log2, -m_use));
+        s[nt * 4 + 2 * hf + e2] = pv;
+        sum += pv;
+      }
+    row_sum[hf] = row_sum[hf] * rescale + sum;
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++)
+      o[dt * 4 + 2 * hf] *= rescale, o[dt * 4 + 2 * hf + 1] *= rescale;
+  }
+}
+
+// The probabilities of keys 16 kk .. 16 kk + 15 as an A fragment (bf16).
+template <int NT>
+__device__ __forceinline__ void probs_fragment(uint32_t (&a)[4], const float (&s)[NT * 4], int kk) {
+  a[0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
+  a[1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+  a[2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+  a[3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+}
+
+// o / l and lse = (m + log2 l) ln 2 for the thread's two rows (i0 + row, + 8); o = 0 and
+// lse = -inf for a row that saw no key.
+template <int D>
+__device__ __forceinline__ void write_output(const attn_params &p, const float (&o)[D / 2],
+                                             const float (&row_max)[2], const float (&row_sum)[2],
+                                             int b, int h, int64_t i0, int row) {
+  const int c = threadIdx.x & 3;
+#pragma unroll
+  for (int hf = 0; hf < 2; hf++) {
+    float l = row_sum[hf];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int64_t i = i0 + row + 8 * hf;
+    if (i >= p.tq) continue;
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    bf16 *o_row = p.o + (((int64_t)b * p.tq + i) * p.hq + h) * D;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++)
+      *reinterpret_cast<uint32_t *>(o_row + dt * 8 + c * 2) =
+          pack_bf16(o[dt * 4 + 2 * hf] * inv, o[dt * 4 + 2 * hf + 1] * inv);
+    if (c == 0)
+      p.lse[((int64_t)b * p.hq + h) * p.tq + i] =
+          l > 0.0f ? (row_max[hf] + log2f(l)) * LN2 : -INFINITY;
+  }
 }
 
 // Checks the operands, fills the parameters shared by the forward and backward, and builds the

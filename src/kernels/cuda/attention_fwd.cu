@@ -1,53 +1,153 @@
 // Flash attention forward on the tensor cores (FlashAttention-2, Dao 2023, Algorithm 1): a block
-// owns BM query rows of one head (32 per warp, as two m16 tiles) and streams the key/value tiles
-// its mask lets through, keeping the running row max and sum in registers. K and V tiles are
-// double-buffered with cp.async, so the next tile loads while this one is multiplied.
-// Matches lt_cpu_attn_fwd, including (o, lse) for partial key ranges and lse = -inf, o = 0 for a
-// query that sees no key.
+// owns BM = 128 query rows of one head (16 per warp) and streams the key/value tiles its mask lets
+// through, keeping the running row max and sum in registers; K and V tiles are double-buffered
+// with cp.async, so the next tile loads while this one is multiplied. Two kernels share that
+// structure and the per-tile math (attention_common.cuh):
+// - Hopper (sm_90a): each warpgroup multiplies with wgmma, straight from swizzled shared memory
+//   (S = Q K^T) and from the probability registers (O += P V), as FlashAttention-3 does;
+// - elsewhere, or with LT_ATTENTION_KERNELS=portable: mma.sync m16n8k16 on ldmatrix fragments.
+// Both match lt_cpu_attn_fwd, including (o, lse) over partial key ranges and lse = -inf, o = 0 for
+// a query that sees no key.
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/cuda/attention_common.cuh"
+#include "kernels/cuda/wgmma.cuh"
 
-enum { THREADS = 256, WARPS = 8, WARP_ROWS = 16, M_TILES = 1, LIST_MAX = 1024 };
+enum { THREADS = 256, WARPS = 8, BM = 128, LIST_MAX = 1024 };
 
-template <int D> struct fwd_tiles;
-template <> struct fwd_tiles<64> { static constexpr int BM = 128, BN = 128; };
-template <> struct fwd_tiles<128> { static constexpr int BM = 128, BN = 64; };
+// Key rows per tile: the mma.sync kernel keeps scores and output under 255 registers; wgmma's
+// widest efficient shape is n = 128.
+template <int D, bool HOPPER> __host__ __device__ constexpr int fwd_bn() {
+  return HOPPER || D == 64 ? 128 : 64;
+}
 
-template <int D> constexpr size_t fwd_smem_bytes() {
-  constexpr int BM = fwd_tiles<D>::BM, BN = fwd_tiles<D>::BN;
-  return (size_t)tile_bytes<BM, D>() + 4 * (size_t)tile_bytes<BN, D>() + 4 * (size_t)BN * 4 +
-         2 * (size_t)BM * 4 + LIST_MAX * 4;
+template <int D, bool HOPPER> __host__ __device__ constexpr int fwd_tile_bytes(int rows) {
+  return HOPPER ? rows * D * 2 : rows * tile_row_bytes<D>();
+}
+
+template <int D, bool HOPPER> constexpr size_t fwd_smem_bytes() {
+  constexpr int BN = fwd_bn<D, HOPPER>();
+  return 1024 + (size_t)fwd_tile_bytes<D, HOPPER>(BM) + 4 * (size_t)fwd_tile_bytes<D, HOPPER>(BN) +
+         4 * (size_t)BN * 4 + 2 * (size_t)BM * 4 + LIST_MAX * 4;
+}
+
+// Four accumulators of a flat fragment array as one mma.sync C fragment.
+__device__ __forceinline__ float (&frag4(float *x, int i))[4] {
+  return *reinterpret_cast<float(*)[4]>(x + 4 * i);
+}
+
+// S = Q K^T for the warp's 16 rows on mma.sync: Q and K from padded tiles by ldmatrix.
+template <int D, int NT>
+__device__ __forceinline__ void fwd_scores_mma(float (&s)[NT * 4], uint32_t q_base, uint32_t k_base,
+                                               int warp, int lane) {
+#pragma unroll
+  for (int e = 0; e < NT * 4; e++) s[e] = 0.0f;
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ks++) {
+    uint32_t a[4];
+    ldmatrix_x4(a, tile_addr<D>(q_base, warp * 16 + (lane & 15), ks * 2 + (lane >> 4)));
+#pragma unroll
+    for (int np = 0; np < NT / 2; np++) {
+      uint32_t kb[4];
+      ldmatrix_x4(kb, tile_addr<D>(k_base, np * 16 + (lane & 7) + ((lane >> 4) << 3),
+                                   ks * 2 + ((lane >> 3) & 1)));
+      mma_bf16(frag4(s, 2 * np), a, kb[0], kb[1]);
+      mma_bf16(frag4(s, 2 * np + 1), a, kb[2], kb[3]);
+    }
+  }
+}
+
+// O += P V on mma.sync: P from the score registers, V transposed from its padded tile.
+template <int D, int NT>
+__device__ __forceinline__ void fwd_pv_mma(float (&o)[D / 2], const float (&s)[NT * 4],
+                                           uint32_t v_base, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < NT / 2; kk++) {
+    uint32_t a[4];
+    probs_fragment<NT>(a, s, kk);
+#pragma unroll
+    for (int dp = 0; dp < D / 16; dp++) {
+      uint32_t vb[4];
+      ldmatrix_x4_trans(vb, tile_addr<D>(v_base, kk * 16 + (lane & 15), dp * 2 + (lane >> 4)));
+      mma_bf16(frag4(o, 2 * dp), a, vb[0], vb[1]);
+      mma_bf16(frag4(o, 2 * dp + 1), a, vb[2], vb[3]);
+    }
+  }
+}
+
+// S = Q K^T for warpgroup wg's 64 rows on wgmma: Q (A) and K (B) K-major from their swizzled
+// tiles; a k-step of 16 columns is 32 bytes into a 128-byte row, column block ks / 4.
+template <int D, int BN>
+__device__ __forceinline__ void fwd_scores_wgmma(float (&s)[BN / 2], uint32_t q_base,
+                                                 uint32_t k_base, int wg) {
+  static_assert(BN == 128, "one m64n128k16 per k-step");
+  wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ks++) {
+    const uint32_t in_row = (ks & 3) * 32; // column block ks / 4, then 32 bytes per k-step
+    const uint64_t a = make_desc(q_base + (ks >> 2) * BM * 128 + wg * 64 * 128 + in_row, 16, 1024);
+    const uint64_t bd = make_desc(k_base + (ks >> 2) * BN * 128 + in_row, 16, 1024);
+    wgmma_ss_n128<0, 0>(s, a, bd, ks > 0);
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+  wgmma_fence_operands(s);
+}
+
+// O += P V on wgmma: P (A) from registers, V (B) N-major from its swizzled tile: a k-step is 16
+// key rows (2048 bytes); the 64-column blocks of V are BN * 128 bytes apart.
+template <int D, int BN>
+__device__ __forceinline__ void fwd_pv_wgmma(float (&o)[D / 2], const float (&s)[BN / 2],
+                                             uint32_t v_base) {
+  uint32_t a[BN / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; kk++) probs_fragment<BN / 8>(a[kk], s, kk);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; kk++) {
+    const uint64_t bd = make_desc(v_base + kk * 16 * 128, BN * 128, 1024);
+    if constexpr (D == 64)
+      wgmma_rs_n64<1>(o, a[kk], bd, true);
+    else
+      wgmma_rs_n128<1>(o, a[kk], bd, true);
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+  wgmma_keep_fragments(a);
+  wgmma_fence_operands(o);
 }
 
 // q, o: (B, Tq, Hq, D) bf16; k, v: (B, Tk, Hkv, D) bf16; lse: (B, Hq, Tq) f32;
-// grid (query tiles, Hq, B)
-template <int D>
+// grid (query tiles, Hq, B), 256 threads
+template <int D, bool HOPPER>
 __global__ void __launch_bounds__(THREADS, 1) attn_fwd_kernel(const attn_params p) {
-  constexpr int BM = fwd_tiles<D>::BM, BN = fwd_tiles<D>::BN;
-  constexpr int NT = BN / 8, DT = D / 8, KS = D / 16;
-  static_assert(BM == WARPS * WARP_ROWS, "a warp owns WARP_ROWS query rows");
-  extern __shared__ __align__(128) unsigned char smem[];
-  constexpr int KV_BYTES = tile_bytes<BN, D>();
-  unsigned char *q_s = smem;                         // (BM, D) padded
-  unsigned char *k_s = q_s + tile_bytes<BM, D>();    // 2 x (BN, D) padded
-  unsigned char *v_s = k_s + 2 * KV_BYTES;           // 2 x (BN, D) padded
-  int32_t *kpos_s = (int32_t *)(v_s + 2 * KV_BYTES); // 2 x BN
-  int32_t *kdoc_s = kpos_s + 2 * BN;                 // 2 x BN
-  int32_t *qpos_s = kdoc_s + 2 * BN;                 // BM
-  int32_t *qdoc_s = qpos_s + BM;                     // BM
-  int *list = qdoc_s + BM;                           // LIST_MAX
+  constexpr int BN = fwd_bn<D, HOPPER>(), NT = BN / 8, DT = D / 8;
+  constexpr int Q_BYTES = fwd_tile_bytes<D, HOPPER>(BM), KV_BYTES = fwd_tile_bytes<D, HOPPER>(BN);
+  extern __shared__ unsigned char smem_raw[];
+  // wgmma's swizzled tiles start at 1024-byte boundaries.
+  unsigned char *smem = (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char *q_s = smem, *k_s = q_s + Q_BYTES, *v_s = k_s + 2 * KV_BYTES; // 2 buffers each
+  int32_t *kpos_s = (int32_t *)(v_s + 2 * KV_BYTES);                          // 2 x BN
+  int32_t *kdoc_s = kpos_s + 2 * BN;                                          // 2 x BN
+  int32_t *qpos_s = kdoc_s + 2 * BN;                                          // BM
+  int32_t *qdoc_s = qpos_s + BM;                                              // BM
+  int *list = qdoc_s + BM;                                                    // LIST_MAX
   __shared__ int warp_counts[WARPS];
 
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2;
   const int qt = p.n_q_tiles - 1 - (int)blockIdx.x; // longest causal rows first
   const int h = blockIdx.y, b = blockIdx.z, kvh = h / (p.hq / p.hkv);
   const int64_t i0 = (int64_t)qt * BM;
   const bool docs = p.q_doc != nullptr;
+  const uint32_t q_base = smem_u32(q_s);
 
-  load_tile<BM, D, THREADS>(q_s, p.q + ((int64_t)b * p.tq * p.hq + h) * D, (int64_t)p.hq * D, i0,
-                            p.tq);
+  const bf16 *q_head = p.q + ((int64_t)b * p.tq * p.hq + h) * D;
+  if constexpr (HOPPER)
+    load_tile_swizzled<BM, D, THREADS>(q_base, q_head, (int64_t)p.hq * D, i0, p.tq);
+  else
+    load_tile<BM, D, THREADS>(q_s, q_head, (int64_t)p.hq * D, i0, p.tq);
   cp_async_commit();
   // Positions and documents of the block's queries, read only where a tile is masked pair by pair.
   for (int r = threadIdx.x; r < BM; r += THREADS) {
@@ -56,22 +156,22 @@ __global__ void __launch_bounds__(THREADS, 1) attn_fwd_kernel(const attn_params 
     qdoc_s[r] = valid && docs ? p.q_doc[(int64_t)b * p.tq + i0 + r] : 0;
   }
 
-  float o_acc[M_TILES][DT][4], row_max[M_TILES][2], row_sum[M_TILES][2];
+  float o[DT * 4], row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
 #pragma unroll
-  for (int mt = 0; mt < M_TILES; mt++) {
-#pragma unroll
-    for (int dt = 0; dt < DT; dt++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) o_acc[mt][dt][e] = 0.0f;
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) row_max[mt][hf] = -INFINITY, row_sum[mt][hf] = 0.0f;
-  }
+  for (int e = 0; e < DT * 4; e++) o[e] = 0.0f;
 
   auto issue_tile = [&](int entry, int buf) {
     const int64_t j0 = (int64_t)(entry & 0x7fffffff) * BN, kv_stride = (int64_t)p.hkv * D;
     const int64_t head = ((int64_t)b * p.tk * p.hkv + kvh) * D;
-    load_tile<BN, D, THREADS>(k_s + buf * KV_BYTES, p.k + head, kv_stride, j0, p.tk);
-    load_tile<BN, D, THREADS>(v_s + buf * KV_BYTES, p.v + head, kv_stride, j0, p.tk);
+    if constexpr (HOPPER) {
+      load_tile_swizzled<BN, D, THREADS>(smem_u32(k_s + buf * KV_BYTES), p.k + head, kv_stride, j0,
+                                         p.tk);
+      load_tile_swizzled<BN, D, THREADS>(smem_u32(v_s + buf * KV_BYTES), p.v + head, kv_stride, j0,
+                                         p.tk);
+    } else {
+      load_tile<BN, D, THREADS>(k_s + buf * KV_BYTES, p.k + head, kv_stride, j0, p.tk);
+      load_tile<BN, D, THREADS>(v_s + buf * KV_BYTES, p.v + head, kv_stride, j0, p.tk);
+    }
     for (int j = threadIdx.x; j < BN; j += THREADS) {
       const bool valid = j0 + j < p.tk;
       const int64_t at = (int64_t)b * p.tk + (valid ? j0 + j : 0);
@@ -81,7 +181,6 @@ __global__ void __launch_bounds__(THREADS, 1) attn_fwd_kernel(const attn_params 
     cp_async_commit();
   };
 
-  const uint32_t q_base = smem_u32(q_s);
   for (int first = 0; first < p.n_k_tiles; first += LIST_MAX) {
     const int count = p.n_k_tiles - first < LIST_MAX ? p.n_k_tiles - first : LIST_MAX;
     const int n = build_tile_list<THREADS>(list, warp_counts, first, count, [&](int t) {
@@ -92,137 +191,36 @@ __global__ void __launch_bounds__(THREADS, 1) attn_fwd_kernel(const attn_params 
     if (n > 0) issue_tile(list[0], 0);
     for (int it = 0; it < n; it++) {
       const int entry = list[it], buf = it & 1;
-      const int64_t j0 = (int64_t)(entry & 0x7fffffff) * BN;
       if (it + 1 < n) {
         issue_tile(list[it + 1], buf ^ 1);
         cp_async_wait<1>();
       } else {
         cp_async_wait<0>();
       }
+      if constexpr (HOPPER) fence_proxy_async(); // cp.async wrote what the tensor cores read
       __syncthreads();
       const uint32_t k_base = smem_u32(k_s + buf * KV_BYTES),
                      v_base = smem_u32(v_s + buf * KV_BYTES);
 
-      // S = Q K^T for this warp's 32 rows and the tile's BN keys.
-      float s[M_TILES][NT][4];
-#pragma unroll
-      for (int mt = 0; mt < M_TILES; mt++)
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-          for (int e = 0; e < 4; e++) s[mt][nt][e] = 0.0f;
-#pragma unroll
-      for (int ks = 0; ks < KS; ks++) {
-        uint32_t a[M_TILES][4];
-#pragma unroll
-        for (int mt = 0; mt < M_TILES; mt++)
-          ldmatrix_x4(a[mt], tile_addr<D>(q_base, warp * WARP_ROWS + mt * 16 + (lane & 15),
-                                          ks * 2 + (lane >> 4)));
-#pragma unroll
-        for (int np = 0; np < NT / 2; np++) {
-          uint32_t kb[4];
-          ldmatrix_x4(kb, tile_addr<D>(k_base, np * 16 + (lane & 7) + ((lane >> 4) << 3),
-                                       ks * 2 + ((lane >> 3) & 1)));
-#pragma unroll
-          for (int mt = 0; mt < M_TILES; mt++) {
-            mma_bf16(s[mt][2 * np], a[mt], kb[0], kb[1]);
-            mma_bf16(s[mt][2 * np + 1], a[mt], kb[2], kb[3]);
-          }
-        }
+      float s[NT * 4];
+      if constexpr (HOPPER) {
+        fwd_scores_wgmma<D, BN>(s, q_base, k_base, warp >> 2);
+      } else {
+        fwd_scores_mma<D, NT>(s, q_base, k_base, warp, lane);
       }
-
-      if (entry < 0) { // TILE_PARTIAL: the mask pair by pair
-#pragma unroll
-        for (int mt = 0; mt < M_TILES; mt++)
-#pragma unroll
-          for (int hf = 0; hf < 2; hf++) {
-            const int r = warp * WARP_ROWS + mt * 16 + hf * 8 + g;
-            const int32_t qp = qpos_s[r], qd = qdoc_s[r];
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-              for (int e2 = 0; e2 < 2; e2++) {
-                const int col = nt * 8 + c * 2 + e2;
-                const int32_t kd = docs ? kdoc_s[buf * BN + col] : 0;
-                if (j0 + col >= p.tk ||
-                    !pair_visible(qp, qd, kpos_s[buf * BN + col], kd, p.causal, docs))
-                  s[mt][nt][2 * hf + e2] = -INFINITY;
-              }
-          }
-      }
-
-      // Online softmax in base 2 (scores scaled by scale * log2 e).
-#pragma unroll
-      for (int mt = 0; mt < M_TILES; mt++)
-#pragma unroll
-        for (int hf = 0; hf < 2; hf++) {
-          float mx = -INFINITY;
-#pragma unroll
-          for (int nt = 0; nt < NT; nt++)
-            mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hf], s[mt][nt][2 * hf + 1]));
-          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-          const float m_new = fmaxf(row_max[mt][hf], mx * p.scale_log2);
-          const float m_use = m_new == -INFINITY ? 0.0f : m_new; // a row that has seen nothing
-          const float rescale = exp2f(row_max[mt][hf] - m_use);
-          row_max[mt][hf] = m_new;
-          float sum = 0.0f;
-#pragma unroll
-          for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int e2 = 0; e2 < 2; e2++) {
-              const float pv = exp2f(fmaf(s[mt][nt][2 * hf + e2], p.scale_log2, -m_use));
-              s[mt][nt][2 * hf + e2] = pv;
-              sum += pv;
-            }
-          row_sum[mt][hf] = row_sum[mt][hf] * rescale + sum;
-#pragma unroll
-          for (int dt = 0; dt < DT; dt++) {
-            o_acc[mt][dt][2 * hf] *= rescale;
-            o_acc[mt][dt][2 * hf + 1] *= rescale;
-          }
-        }
-
-        // O += P V, P straight from the score registers.
-#pragma unroll
-      for (int kk = 0; kk < BN / 16; kk++) {
-        uint32_t a[M_TILES][4];
-#pragma unroll
-        for (int mt = 0; mt < M_TILES; mt++) c_to_a(a[mt], s[mt][2 * kk], s[mt][2 * kk + 1]);
-#pragma unroll
-        for (int dp = 0; dp < DT / 2; dp++) {
-          uint32_t vb[4];
-          ldmatrix_x4_trans(vb, tile_addr<D>(v_base, kk * 16 + (lane & 15), dp * 2 + (lane >> 4)));
-#pragma unroll
-          for (int mt = 0; mt < M_TILES; mt++) {
-            mma_bf16(o_acc[mt][2 * dp], a[mt], vb[0], vb[1]);
-            mma_bf16(o_acc[mt][2 * dp + 1], a[mt], vb[2], vb[3]);
-          }
-        }
+      if (entry < 0) // TILE_PARTIAL: the mask pair by pair
+        mask_scores<NT>(s, warp * 16 + g, qpos_s, qdoc_s, kpos_s + buf * BN, kdoc_s + buf * BN,
+                        (int64_t)(entry & 0x7fffffff) * BN, p.tk, p.causal, docs);
+      online_softmax<NT, DT>(s, o, row_max, row_sum, p.scale_log2);
+      if constexpr (HOPPER) {
+        fwd_pv_wgmma<D, BN>(o, s, v_base);
+      } else {
+        fwd_pv_mma<D, NT>(o, s, v_base, lane);
       }
       __syncthreads(); // the next iteration's copy refills this buffer
     }
   }
-
-#pragma unroll
-  for (int mt = 0; mt < M_TILES; mt++)
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-      float l = row_sum[mt][hf];
-      l += __shfl_xor_sync(0xffffffffu, l, 1);
-      l += __shfl_xor_sync(0xffffffffu, l, 2);
-      const int64_t i = i0 + warp * WARP_ROWS + mt * 16 + hf * 8 + g;
-      if (i >= p.tq) continue;
-      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-      bf16 *o_row = p.o + (((int64_t)b * p.tq + i) * p.hq + h) * D;
-#pragma unroll
-      for (int dt = 0; dt < DT; dt++)
-        *reinterpret_cast<uint32_t *>(o_row + dt * 8 + c * 2) =
-            pack_bf16(o_acc[mt][dt][2 * hf] * inv, o_acc[mt][dt][2 * hf + 1] * inv);
-      if (c == 0)
-        p.lse[((int64_t)b * p.hq + h) * p.tq + i] =
-            l > 0.0f ? (row_max[mt][hf] + log2f(l)) * LN2 : -INFINITY;
-    }
+  write_output<D>(p, o, row_max, row_sum, b, h, i0, warp * 16 + g);
 }
 
 // The checks and tile tables shared by the forward and backward launches.
@@ -264,13 +262,36 @@ int lt_cuda_attn_setup(lt_ctx *ctx, attn_params *p, lt_tensor q, lt_tensor k, lt
   return LT_OK;
 }
 
-template <int D> static int launch_fwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
-  constexpr size_t smem = fwd_smem_bytes<D>();
-  CUDA_TRY(cudaFuncSetAttribute(attn_fwd_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                (int)smem),
+// Whether this build's attention kernels were compiled with wgmma (sm_90a).
+__global__ void wgmma_probe_kernel(int *out) {
+#ifdef LT_HAVE_WGMMA
+  *out = 1;
+#else
+  *out = 0;
+#endif
+}
+
+int lt_cuda_attn_pick_kernels(lt_cuda_state *st) {
+  int *flag = (int *)st->scratch, built = 0, major = 0;
+  wgmma_probe_kernel<<<1, 1, 0, st->stream>>>(flag);
+  CUDA_TRY(cudaMemcpyAsync(&built, flag, sizeof built, cudaMemcpyDeviceToHost, st->stream),
+           "probing the attention kernels");
+  CUDA_TRY(cudaStreamSynchronize(st->stream), "probing the attention kernels");
+  CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, st->device),
+           "reading the compute capability of GPU %d", st->device);
+  const char *choice = getenv("LT_ATTENTION_KERNELS");
+  st->attn_wgmma = built && major == 9 && !(choice && strcmp(choice, "portable") == 0);
+  return LT_OK;
+}
+
+template <int D, bool HOPPER>
+static int launch_fwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
+  constexpr size_t smem = fwd_smem_bytes<D, HOPPER>();
+  CUDA_TRY(cudaFuncSetAttribute(attn_fwd_kernel<D, HOPPER>,
+                                cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
            "attn_fwd: raising shared memory to %zu bytes", smem);
   dim3 grid((unsigned)p.n_q_tiles, (unsigned)p.hq, (unsigned)b);
-  attn_fwd_kernel<D><<<grid, THREADS, smem, st->stream>>>(p);
+  attn_fwd_kernel<D, HOPPER><<<grid, THREADS, smem, st->stream>>>(p);
   return LT_OK;
 }
 
@@ -278,12 +299,20 @@ int lt_cuda_attn_fwd(lt_ctx *ctx, lt_tensor o, lt_tensor lse, lt_tensor q, lt_te
                      const lt_attn_spec *spec) {
   lt_cuda_state *st = cuda_state(ctx);
   const int d = (int)q.shape[3];
+  const bool hopper = st->attn_wgmma;
   if (o.dtype != LT_BF16) return lt_cuda_unsupported("attn_fwd", "o must be bf16", o, q);
-  const int k_tile = d == 64 ? fwd_tiles<64>::BN : fwd_tiles<128>::BN;
+  const int k_tile = d == 64 ? (hopper ? fwd_bn<64, true>() : fwd_bn<64, false>())
+                             : (hopper ? fwd_bn<128, true>() : fwd_bn<128, false>());
   attn_params p;
-  LT_TRY(lt_cuda_attn_setup(ctx, &p, q, k, v, spec, fwd_tiles<128>::BM, k_tile, "attn_fwd"));
+  LT_TRY(lt_cuda_attn_setup(ctx, &p, q, k, v, spec, BM, k_tile, "attn_fwd"));
   p.o = (bf16 *)o.data, p.lse = (float *)lse.data;
   if (p.tq == 0) return LT_OK;
-  LT_TRY(d == 64 ? launch_fwd<64>(st, p, q.shape[0]) : launch_fwd<128>(st, p, q.shape[0]));
+  const int64_t b = q.shape[0];
+  int rc;
+  if (d == 64)
+    rc = hopper ? launch_fwd<64, true>(st, p, b) : launch_fwd<64, false>(st, p, b);
+  else
+    rc = hopper ? launch_fwd<128, true>(st, p, b) : launch_fwd<128, false>(st, p, b);
+  LT_TRY(rc);
   return lt_cuda_launched(st, "attn_fwd", q, k);
 }

@@ -18,7 +18,8 @@ extern "C" {
 
 typedef __nv_bfloat16 bf16;
 
-struct matmul_plan; // matmul.cu
+struct matmul_plan;  // matmul.cu
+struct cuda_profile; // runtime.cu
 
 typedef struct lt_cuda_state {
   int device, n_sms;
@@ -34,6 +35,8 @@ typedef struct lt_cuda_state {
   struct matmul_plan *plans;
   int n_plans;
   bool sync_each_op; // LT_CUDA_SYNC=1: wait after every op, so an error names the op that failed
+  bool attn_wgmma;   // attention on wgmma (an sm_90a build on a Hopper GPU), else mma.sync
+  struct cuda_profile *profile; // LT_CUDA_PROFILE=1: GPU time per op, printed when the ctx ends
 } lt_cuda_state;
 
 static inline lt_cuda_state *cuda_state(lt_ctx *ctx) {
@@ -41,6 +44,9 @@ static inline lt_cuda_state *cuda_state(lt_ctx *ctx) {
 }
 
 void lt_cuda_matmul_plans_free(lt_cuda_state *st); // matmul.cu
+// Chooses the attention kernels: wgmma where this build has them and the GPU is a Hopper, unless
+// LT_ATTENTION_KERNELS=portable asks for the mma.sync ones (attention_fwd.cu).
+int lt_cuda_attn_pick_kernels(lt_cuda_state *st);
 
 // Records "CUDA error in <what>: <message> (<name>)" and returns LT_ERR_DEVICE.
 int lt_cuda_fail(cudaError_t err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -8,8 +8,8 @@ enum { MAX_THREADS = 1024, BWD_BLOCKS_PER_SM = 8 };
 // out = x * rstd * weight, rstd = 1 / sqrt(mean(x^2) + eps). Matches lt_cpu_rmsnorm_fwd.
 // x, out: (N, C); weight: (C); rstd: (N) f32
 template <typename T, typename TW, int VPT>
-__global__ void rmsnorm_fwd_kernel(T *out, float *rstd, const T *x, const TW *weight, int64_t c,
-                                   float eps) {
+__global__ void __launch_bounds__(MAX_THREADS)
+    rmsnorm_fwd_kernel(T *out, float *rstd, const T *x, const TW *weight, int64_t c, float eps) {
   __shared__ float partial[32];
   const int64_t row = blockIdx.x;
   const T *xr = x + row * c;
@@ -42,18 +42,17 @@ __global__ void rmsnorm_fwd_kernel(T *out, float *rstd, const T *x, const TW *we
 // With xhat = x r and g = dout * w: dx += r (g - xhat mean(g xhat)), and each block's share of
 // dweight = sum over its rows of dout xhat goes to partial[block]. Matches lt_cpu_rmsnorm_bwd
 // (with rmsnorm_dweight_kernel). dx, dout, x: (N, C); weight: (C); rstd: (N); partial: (grid, C)
+// Blocks may have 1024 threads, so registers are few: the weight is re-read (from L1) per row.
 template <typename T, typename TW, int VPT>
-__global__ void rmsnorm_bwd_kernel(T *dx, float *partial, const T *dout, const T *x,
-                                   const TW *weight, const float *rstd, int64_t n, int64_t c) {
+__global__ void __launch_bounds__(MAX_THREADS)
+    rmsnorm_bwd_kernel(T *dx, float *partial, const T *dout, const T *x, const TW *weight,
+                       const float *rstd, int64_t n, int64_t c) {
   __shared__ float red[32];
-  float w[VPT][8], dw[VPT][8];
+  float dw[VPT][8];
 #pragma unroll
-  for (int p = 0; p < VPT; p++) {
-    const int64_t col = ((int64_t)p * blockDim.x + threadIdx.x) * 8;
+  for (int p = 0; p < VPT; p++)
 #pragma unroll
-    for (int e = 0; e < 8; e++) dw[p][e] = 0.0f, w[p][e] = 0.0f;
-    if (col < c) load8(weight + col, w[p]);
-  }
+    for (int e = 0; e < 8; e++) dw[p][e] = 0.0f;
   for (int64_t row = blockIdx.x; row < n; row += gridDim.x) {
     const float r = rstd[row];
     float g[VPT][8], xh[VPT][8];
@@ -62,13 +61,15 @@ __global__ void rmsnorm_bwd_kernel(T *dx, float *partial, const T *dout, const T
     for (int p = 0; p < VPT; p++) {
       const int64_t col = ((int64_t)p * blockDim.x + threadIdx.x) * 8;
       if (col < c) {
+        float w[8];
         load8(dout + row * c + col, g[p]);
         load8(x + row * c + col, xh[p]);
+        load8(weight + col, w);
 #pragma unroll
         for (int e = 0; e < 8; e++) {
           xh[p][e] *= r;
           dw[p][e] += g[p][e] * xh[p][e];
-          g[p][e] *= w[p][e];
+          g[p][e] *= w[e];
           dot += g[p][e] * xh[p][e];
         }
       }

@@ -28,7 +28,78 @@ int lt_cuda_fail(cudaError_t err, const char *fmt, ...) {
                  cudaGetErrorName(err));
 }
 
+// The profile: an event after every op; the time between consecutive events is the later op's
+// (launch gaps included), summed per op and operand shapes.
+enum { PROFILE_MARKS = 4096, PROFILE_KEYS = 512 };
+
+typedef struct profile_total {
+  char key[160];
+  double ms;
+  long calls;
+} profile_total;
+
+struct cuda_profile {
+  cudaEvent_t events[PROFILE_MARKS];
+  int keys_of[PROFILE_MARKS]; // index into totals of the op each event ends
+  int n_marks;
+  profile_total totals[PROFILE_KEYS];
+  int n_totals;
+};
+
+static int profile_key(struct cuda_profile *pr, const char *key) {
+  for (int i = 0; i < pr->n_totals; i++)
+    if (strcmp(pr->totals[i].key, key) == 0) return i;
+  if (pr->n_totals == PROFILE_KEYS) return PROFILE_KEYS - 1; // the rest lumped into the last
+  snprintf(pr->totals[pr->n_totals].key, sizeof pr->totals[0].key, "%s", key);
+  return pr->n_totals++;
+}
+
+// Adds the recorded intervals to the totals, keeping the last event as the next start.
+static void profile_flush(struct cuda_profile *pr) {
+  if (pr->n_marks == 0) return;
+  cudaEventSynchronize(pr->events[pr->n_marks - 1]);
+  for (int i = 1; i < pr->n_marks; i++) {
+    float ms = 0.0f;
+    cudaEventElapsedTime(&ms, pr->events[i - 1], pr->events[i]);
+    pr->totals[pr->keys_of[i]].ms += ms;
+    pr->totals[pr->keys_of[i]].calls++;
+  }
+  cudaEvent_t last = pr->events[pr->n_marks - 1];
+  pr->events[pr->n_marks - 1] = pr->events[0];
+  pr->events[0] = last;
+  pr->n_marks = 1;
+}
+
+static void profile_mark(lt_cuda_state *st, const char *op, lt_tensor a, lt_tensor b) {
+  struct cuda_profile *pr = st->profile;
+  if (pr->n_marks == PROFILE_MARKS) profile_flush(pr);
+  char key[160], da[64], db[64];
+  snprintf(key, sizeof key, "%s %s, %s", op, lt_tensor_desc(a, da, sizeof da),
+           lt_tensor_desc(b, db, sizeof db));
+  pr->keys_of[pr->n_marks] = profile_key(pr, key);
+  cudaEventRecord(pr->events[pr->n_marks++], st->stream);
+}
+
+static int by_time(const void *x, const void *y) {
+  double a = ((const profile_total *)x)->ms, b = ((const profile_total *)y)->ms;
+  return (a < b) - (a > b);
+}
+
+static void profile_report(struct cuda_profile *pr) {
+  profile_flush(pr);
+  qsort(pr->totals, (size_t)pr->n_totals, sizeof pr->totals[0], by_time);
+  double total = 0.0;
+  for (int i = 0; i < pr->n_totals; i++) total += pr->totals[i].ms;
+  fprintf(stderr, "CUDA profile (LT_CUDA_PROFILE): %.1f ms of GPU time in %d kinds of op\n", total,
+          pr->n_totals);
+  for (int i = 0; i < pr->n_totals; i++)
+    fprintf(stderr, "%9.2f ms %5.1f%% %6ld calls  %s\n", pr->totals[i].ms,
+            100.0 * pr->totals[i].ms / (total > 0 ? total : 1), pr->totals[i].calls,
+            pr->totals[i].key);
+}
+
 int lt_cuda_launched(lt_cuda_state *st, const char *op, lt_tensor a, lt_tensor b) {
+  if (st->profile) profile_mark(st, op, a, b);
   cudaError_t err = cudaGetLastError();
   if (err == cudaSuccess && st->sync_each_op) err = cudaStreamSynchronize(st->stream);
   if (err == cudaSuccess) return LT_OK;
@@ -84,7 +155,7 @@ int lt_cuda_ctx_init(lt_ctx *ctx) {
   LT_CHECK(st, LT_ERR_MEMORY, "out of host memory creating the CUDA context");
   ctx->cuda = st;
   st->device = local_rank() % count;
-  const char *sync = getenv("LT_CUDA_SYNC");
+  const char *sync = getenv("LT_CUDA_SYNC"), *profile = getenv("LT_CUDA_PROFILE");
   st->sync_each_op = sync && strcmp(sync, "0") != 0;
   CUDA_TRY(cudaSetDevice(st->device), "cudaSetDevice(%d) of %d GPUs", st->device, count);
   CUDA_TRY(cudaDeviceGetAttribute(&st->n_sms, cudaDevAttrMultiProcessorCount, st->device),
@@ -107,6 +178,11 @@ void lt_cuda_ctx_destroy(lt_ctx *ctx) {
   lt_cuda_state *st = cuda_state(ctx);
   if (!st) return;
   if (st->stream) cudaStreamSynchronize(st->stream);
+  if (st->profile) {
+    profile_report(st->profile);
+    for (int i = 0; i < PROFILE_MARKS; i++) cudaEventDestroy(st->profile->events[i]);
+    free(st->profile);
+  }
   lt_cuda_matmul_plans_free(st);
   if (st->blas) cublasLtDestroy(st->blas);
   lt_cuda_free(st->blas_workspace);
