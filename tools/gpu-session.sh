@@ -38,10 +38,10 @@ for what in "$@"; do
     ;;
   test)
     for t in test_cuda_kernels test_cuda_attention test_cuda_training; do
-      stage "$t" 240 env LT_CUDA_SYNC=1 $build/tests/gpu/$t
+      stage "$t" 150 env LT_CUDA_SYNC=1 $build/tests/gpu/$t
       grep -E "rel\. |abs\. |FAILED|ERROR|error|loss|norm|steps|^[a-z0-9]" "$out/$t.log" | head -90
     done
-    stage attention-portable 240 env LT_CUDA_SYNC=1 LT_ATTENTION_KERNELS=portable \
+    stage attention-portable 150 env LT_CUDA_SYNC=1 LT_ATTENTION_KERNELS=portable \
       $build/tests/gpu/test_cuda_attention
     grep -E "FAILED|ERROR|PASSED" "$out/attention-portable.log"
     ;;

@@ -171,7 +171,13 @@ int lt_cuda_ctx_init(lt_ctx *ctx) {
   LT_TRY(lt_cuda_alloc(st->scratch_bytes, "the kernels' workspace", &st->scratch));
   CUDA_TRY(cudaMallocHost((void **)&st->host_result, sizeof(double)), "cudaMallocHost of %zu bytes",
            sizeof(double));
-  return LT_OK;
+  if (profile && strcmp(profile, "0") != 0) {
+    st->profile = (struct cuda_profile *)calloc(1, sizeof *st->profile);
+    LT_CHECK(st->profile, LT_ERR_MEMORY, "out of host memory for the CUDA profile");
+    for (int i = 0; i < PROFILE_MARKS; i++)
+      CUDA_TRY(cudaEventCreate(&st->profile->events[i]), "creating profile events");
+  }
+  return lt_cuda_attn_pick_kernels(st);
 }
 
 void lt_cuda_ctx_destroy(lt_ctx *ctx) {
