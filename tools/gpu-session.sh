@@ -67,6 +67,26 @@ for what in "$@"; do
     stage "$what" 300 $build/bench/bench_model --seq $seq --batch $batch --steps 3 --warmup 1 --profile
     grep -E "tokens/s|longtrain \||ms " "$out/$what.log" | head -40
     ;;
+  attention-model)
+    stage attention-model 300 $build/bench/bench_attention --heads 12 --head-dim 64 --batch 8 \
+      --seq 4096 --reference "$reference"
+    tail -4 "$out/attention-model.log"
+    ;;
+  variant-fwd64)
+    stage variant-configure 120 cmake -S . -B build-variant -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      -DLT_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a -DCMAKE_CUDA_FLAGS=-DLT_TUNE_FWD64_BN64
+    stage variant-compile 300 cmake --build build-variant -j 16 --target bench_attention
+    stage variant-fwd64 300 build-variant/bench/bench_attention --heads 12 --head-dim 64 --batch 8 \
+      --seq 4096
+    tail -4 "$out/variant-fwd64.log"
+    ;;
+  ncu-bwd)
+    stage ncu-bwd 300 ncu --clock-control none --kernel-name regex:attn_bwd --launch-skip 2 \
+      --launch-count 1 --section SpeedOfLight --section Occupancy --section WarpStateStats \
+      --section SchedulerStats $build/bench/bench_attention --heads 12 --head-dim 64 --batch 8 \
+      --seq 4096
+    grep -vE "^==PROF==|^ +-+ +-+" "$out/ncu-bwd.log" | tail -75
+    ;;
   model-64k)
     stage model-64k 300 $build/bench/bench_model --seq 65536 --batch 1 --recompute --steps 3 \
       --warmup 1

@@ -5,9 +5,13 @@
 //   dS^T = P^T (dP^T - delta), dK += scale dS^T Q, dQ += scale dS K.
 // Computing S^T rather than S keeps a warp's keys in its fragment rows, so P^T and dS^T feed the
 // dV and dK products straight from registers; dS goes through shared memory for dQ, which blocks
-// of different key tiles add into an f32 buffer with atomics (so dQ's rounding depends on their
-// order: README, "Determinism"). As in the forward, one structure has two kernels: wgmma on Hopper
-// (two warpgroups of 64 keys; FlashAttention-3's operand layouts), mma.sync elsewhere (four warps).
+// of different key tiles add into an f32 buffer (so dQ's rounding depends on their order: README,
+// "Determinism"). As in the forward, one structure has two kernels:
+// - Hopper (sm_90a): two warpgroups of 64 keys multiply with wgmma (FlashAttention-3's operand
+//   layouts); each computes half of dQ's columns over all the block's keys, stages them in shared
+//   memory, and the copy engine adds each row to global memory (cp.reduce.async.bulk), a fraction
+//   of the L2 traffic of per-thread atomics;
+// - elsewhere: four warps on mma.sync, adding dQ with per-thread atomics.
 // Matches lt_cpu_attn_bwd.
 #include <limits.h>
 
@@ -25,11 +29,15 @@ template <bool HOPPER> __host__ __device__ constexpr int bwd_bn() {
 template <int D, bool HOPPER> __host__ __device__ constexpr int bwd_tile_bytes(int rows) {
   return HOPPER ? rows * D * 2 : rows * tile_row_bytes<D>();
 }
+// The Hopper kernel's dQ tile in f32, rows padded by 16 bytes against bank conflicts.
+template <int D> __host__ __device__ constexpr int dq_row_bytes() {
+  return D * 4 + 16;
+}
 template <int D, bool HOPPER> constexpr size_t bwd_smem_bytes() {
   constexpr int BN = bwd_bn<HOPPER>();
   return 1024 + 2 * (size_t)bwd_tile_bytes<D, HOPPER>(BN) +
          4 * (size_t)bwd_tile_bytes<D, HOPPER>(BM) + (size_t)bwd_tile_bytes<BM, HOPPER>(BN) +
-         2 * 4 * (size_t)BM * 4 + LIST_MAX * 4;
+         2 * 4 * (size_t)BM * 4 + LIST_MAX * 4 + (HOPPER ? (size_t)BM * dq_row_bytes<D>() : 0);
 }
 
 template <typename T> __device__ __forceinline__ void add_pair(T *dst, float x, float y);
@@ -191,24 +199,44 @@ __device__ __forceinline__ void bwd_dq_mma(float (&dq)[D / 2], uint32_t ds_base,
   }
 }
 
-// dQ of all BM rows over warpgroup wg's 64 keys on wgmma: dS (A) M-major from the group's
-// swizzled dS^T rows, K (B) N-major.
+// Columns [wg D / 2, (wg + 1) D / 2) of dQ for all BM rows over the block's BN keys on wgmma: dS
+// (A) M-major from the swizzled dS^T tile, K (B) N-major. The half of K's columns starts at
+// column block wg (D = 128) or 64 bytes into the one block (D = 64).
 template <int D, int BN>
-__device__ __forceinline__ void bwd_dq_wgmma(float (&dq)[D / 2], uint32_t ds_base, uint32_t k_base,
+__device__ __forceinline__ void bwd_dq_wgmma(float (&dq)[D / 4], uint32_t ds_base, uint32_t k_base,
                                              int wg) {
+  const uint32_t half = D == 128 ? wg * BN * 128 : wg * 64;
   wgmma_fence();
 #pragma unroll
-  for (int kk = 0; kk < 4; kk++) {
-    const uint64_t a = make_desc(ds_base + (wg * 64 + kk * 16) * 128, BN * 128, 1024);
-    const uint64_t kb = make_desc(k_base + (wg * 64 + kk * 16) * 128, BN * 128, 1024);
+  for (int kk = 0; kk < BN / 16; kk++) {
+    const uint64_t a = make_desc(ds_base + kk * 16 * 128, BN * 128, 1024);
+    const uint64_t kb = make_desc(k_base + half + kk * 16 * 128, BN * 128, 1024);
     if constexpr (D == 64)
-      wgmma_ss_n64<1, 1>(dq, a, kb, kk > 0);
+      wgmma_ss_n32<1, 1>(dq, a, kb, kk > 0);
     else
-      wgmma_ss_n128<1, 1>(dq, a, kb, kk > 0);
+      wgmma_ss_n64<1, 1>(dq, a, kb, kk > 0);
   }
   wgmma_commit();
   wgmma_wait<0>();
   wgmma_fence_operands(dq);
+}
+
+// Adds `bytes` of f32 from shared to global memory through the copy engine; wait_read before the
+// shared source is written again, wait_done before the block exits.
+__device__ __forceinline__ void bulk_reduce_add(float *global, uint32_t shared, int bytes) {
+  asm volatile(
+      "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(global),
+      "r"(shared), "r"(bytes)
+      : "memory");
+}
+__device__ __forceinline__ void bulk_commit() {
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+}
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+}
+__device__ __forceinline__ void bulk_wait_done() {
+  asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 }
 
 // q, dout: (B, Tq, Hq, D) bf16; k, v: (B, Tk, Hkv, D) bf16; lse, delta: (B, Hq, Tq) f32;
@@ -228,6 +256,7 @@ __global__ void __launch_bounds__(bwd_threads<HOPPER>(), 1) attn_bwd_kernel(cons
   int32_t *qpos_s = (int32_t *)(delta_s + 2 * BM);                 // 2 x BM
   int32_t *qdoc_s = qpos_s + 2 * BM;                               // 2 x BM
   int *list = qdoc_s + 2 * BM;                                     // LIST_MAX
+  unsigned char *dq_s = (unsigned char *)(list + LIST_MAX);        // Hopper: (BM, D) f32
   __shared__ int warp_counts[WARPS];
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
@@ -309,7 +338,7 @@ __global__ void __launch_bounds__(bwd_threads<HOPPER>(), 1) attn_bwd_kernel(cons
                      do_base = smem_u32(do_s + buf * QT_BYTES);
       const bwd_tile_stats stats = {lse_s + buf * BM, delta_s + buf * BM, qpos_s + buf * BM,
                                     qdoc_s + buf * BM};
-      float st[NT * 4], dpt[NT * 4], dq[D / 2];
+      float st[NT * 4], dpt[NT * 4];
       if constexpr (HOPPER)
         bwd_scores_wgmma<D, BN>(st, dpt, k_base, v_base, q_base, do_base, wg);
       else
@@ -334,14 +363,36 @@ __global__ void __launch_bounds__(bwd_threads<HOPPER>(), 1) attn_bwd_kernel(cons
                 "st.shared.b32 [%0], %1;\n" ::"r"(swizzled_addr<BN>(ds_base, row, nt) + c * 4),
                 "r"(pack_bf16(dpt[nt * 4 + 2 * hf], dpt[nt * 4 + 2 * hf + 1])));
           }
+        if (threadIdx.x < BM) bulk_wait_read(); // the last tile's dQ rows have left dq_s
         fence_proxy_async();
-        asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg)); // the warpgroup's own dS^T rows
+        __syncthreads(); // all of dS^T stored
         wgmma_wait<0>();
         wgmma_keep_fragments(pa);
         wgmma_keep_fragments(sa);
         wgmma_fence_operands(dk);
         wgmma_fence_operands(dv);
+        float dq[D / 4];
         bwd_dq_wgmma<D, BN>(dq, ds_base, k_base, wg);
+        const float scale = p.scale_log2 / LOG2E;
+        const uint32_t dq_base = smem_u32(dq_s);
+#pragma unroll
+        for (int dt = 0; dt < D / 16; dt++)
+#pragma unroll
+          for (int hf = 0; hf < 2; hf++) {
+            const int row = (warp & 3) * 16 + hf * 8 + g, col = wg * (D / 2) + dt * 8 + c * 2;
+            asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(
+                             dq_base + row * dq_row_bytes<D>() + col * 4),
+                         "f"(dq[dt * 4 + 2 * hf] * scale), "f"(dq[dt * 4 + 2 * hf + 1] * scale));
+          }
+        fence_proxy_async();
+        __syncthreads();
+        if (threadIdx.x < BM) {
+          const int64_t i = i0 + threadIdx.x;
+          if (i < p.tq)
+            bulk_reduce_add(p.dq + (((int64_t)b * p.tq + i) * p.hq + h) * D,
+                            dq_base + threadIdx.x * dq_row_bytes<D>(), D * 4);
+          bulk_commit();
+        }
       } else {
         bwd_dkdv_mma<D>(dk, dv, st, dpt, q_base, do_base, lane);
 #pragma unroll
@@ -353,25 +404,25 @@ __global__ void __launch_bounds__(bwd_threads<HOPPER>(), 1) attn_bwd_kernel(cons
                          "r"(pack_bf16(dpt[nt * 4 + 2 * hf], dpt[nt * 4 + 2 * hf + 1])));
           }
         __syncthreads();
+        float dq[D / 2];
         bwd_dq_mma<D, BN>(dq, ds_base, k_base, warp, lane);
-      }
-      // The dQ rows this thread holds: 16 (warp % 4 on Hopper) + g + 8 hf of the tile.
-      const float scale = p.scale_log2 / LOG2E;
-      const int dq_row = (HOPPER ? (warp & 3) : warp) * 16 + g;
+        const float scale = p.scale_log2 / LOG2E;
 #pragma unroll
-      for (int hf = 0; hf < 2; hf++) {
-        const int64_t i = i0 + dq_row + hf * 8;
-        if (i >= p.tq) continue;
-        float *dq_row_ptr = p.dq + (((int64_t)b * p.tq + i) * p.hq + h) * D;
+        for (int hf = 0; hf < 2; hf++) {
+          const int64_t i = i0 + warp * 16 + g + hf * 8;
+          if (i >= p.tq) continue;
+          float *dq_row = p.dq + (((int64_t)b * p.tq + i) * p.hq + h) * D;
 #pragma unroll
-        for (int dt = 0; dt < D / 8; dt++)
-          atomicAdd(reinterpret_cast<float2 *>(dq_row_ptr + dt * 8 + c * 2),
-                    make_float2(dq[dt * 4 + 2 * hf] * scale, dq[dt * 4 + 2 * hf + 1] * scale));
+          for (int dt = 0; dt < D / 8; dt++)
+            atomicAdd(reinterpret_cast<float2 *>(dq_row + dt * 8 + c * 2),
+                      make_float2(dq[dt * 4 + 2 * hf] * scale, dq[dt * 4 + 2 * hf + 1] * scale));
+        }
       }
       __syncthreads(); // buffers and dS^T are refilled next
     }
   }
 
+  if (HOPPER && threadIdx.x < BM) bulk_wait_done(); // dq_s must outlive the copies reading it
   const float scale = p.scale_log2 / LOG2E;
 #pragma unroll
   for (int hf = 0; hf < 2; hf++) {

@@ -20,7 +20,13 @@ enum { THREADS = 256, WARPS = 8, BM = 128, LIST_MAX = 1024 };
 // Key rows per tile: the mma.sync kernel keeps scores and output under 255 registers; wgmma's
 // widest efficient shape is n = 128.
 template <int D, bool HOPPER> __host__ __device__ constexpr int fwd_bn() {
+#ifdef LT_TUNE_FWD64_BN64
+  if (HOPPER && D == 64) return 64;
+#endif
   return HOPPER || D == 64 ? 128 : 64;
+}
+template <int D, bool HOPPER> __host__ __device__ constexpr int fwd_min_blocks() {
+  return HOPPER && fwd_bn<D, HOPPER>() == 64 ? 2 : 1;
 }
 
 template <int D, bool HOPPER> __host__ __device__ constexpr int fwd_tile_bytes(int rows) {
@@ -82,14 +88,16 @@ __device__ __forceinline__ void fwd_pv_mma(float (&o)[D / 2], const float (&s)[N
 template <int D, int BN>
 __device__ __forceinline__ void fwd_scores_wgmma(float (&s)[BN / 2], uint32_t q_base,
                                                  uint32_t k_base, int wg) {
-  static_assert(BN == 128, "one m64n128k16 per k-step");
   wgmma_fence();
 #pragma unroll
   for (int ks = 0; ks < D / 16; ks++) {
     const uint32_t in_row = (ks & 3) * 32; // column block ks / 4, then 32 bytes per k-step
     const uint64_t a = make_desc(q_base + (ks >> 2) * BM * 128 + wg * 64 * 128 + in_row, 16, 1024);
     const uint64_t bd = make_desc(k_base + (ks >> 2) * BN * 128 + in_row, 16, 1024);
-    wgmma_ss_n128<0, 0>(s, a, bd, ks > 0);
+    if constexpr (BN == 128)
+      wgmma_ss_n128<0, 0>(s, a, bd, ks > 0);
+    else
+      wgmma_ss_n64<0, 0>(s, a, bd, ks > 0);
   }
   wgmma_commit();
   wgmma_wait<0>();
@@ -122,7 +130,8 @@ __device__ __forceinline__ void fwd_pv_wgmma(float (&o)[D / 2], const float (&s)
 // q, o: (B, Tq, Hq, D) bf16; k, v: (B, Tk, Hkv, D) bf16; lse: (B, Hq, Tq) f32;
 // grid (query tiles, Hq, B), 256 threads
 template <int D, bool HOPPER>
-__global__ void __launch_bounds__(THREADS, 1) attn_fwd_kernel(const attn_params p) {
+__global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
+    attn_fwd_kernel(const attn_params p) {
   constexpr int BN = fwd_bn<D, HOPPER>(), NT = BN / 8, DT = D / 8;
   constexpr int Q_BYTES = fwd_tile_bytes<D, HOPPER>(BM), KV_BYTES = fwd_tile_bytes<D, HOPPER>(BN);
   extern __shared__ unsigned char smem_raw[];
