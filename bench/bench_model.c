@@ -18,6 +18,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "data/dataset.h"
+#include "kernels/cuda/cuda_kernels.h"
 #include "train/trainer.h"
 
 typedef struct torch_result {
@@ -95,7 +96,10 @@ static int run(const bench_args *a, double *tokens_per_s, double *flops_per_toke
   double start = 0;
   int rc = LT_OK;
   for (int s = 0; s < steps && rc == LT_OK; s++) {
-    if (s == a->warmup) start = bench_now_s();
+    if (s == a->warmup) {
+      start = bench_now_s();
+      lt_cuda_profile_reset(&tr.ctx); // the profile covers the timed steps only
+    }
     lt_step_metrics metrics;
     rc = lt_trainer_step(&tr, &metrics);
     if (rc == LT_OK && s == 0) *first_loss = metrics.loss;

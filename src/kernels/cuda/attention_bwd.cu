@@ -18,7 +18,9 @@
 #include "kernels/cuda/attention_common.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
-enum { BM = 64, NT = BM / 8, LIST_MAX = 1024 };
+// STAGES query tiles in flight: one being read, one landing, and one free for the next copy, so a
+// tile's buffers need no barrier after their last use.
+enum { BM = 64, NT = BM / 8, LIST_MAX = 1024, STAGES = 3 };
 
 template <bool HOPPER> __host__ __device__ constexpr int bwd_threads() {
   return HOPPER ? 256 : 128;
@@ -36,8 +38,9 @@ template <int D> __host__ __device__ constexpr int dq_row_bytes() {
 template <int D, bool HOPPER> constexpr size_t bwd_smem_bytes() {
   constexpr int BN = bwd_bn<HOPPER>();
   return 1024 + 2 * (size_t)bwd_tile_bytes<D, HOPPER>(BN) +
-         4 * (size_t)bwd_tile_bytes<D, HOPPER>(BM) + (size_t)bwd_tile_bytes<BM, HOPPER>(BN) +
-         2 * 4 * (size_t)BM * 4 + LIST_MAX * 4 + (HOPPER ? (size_t)BM * dq_row_bytes<D>() : 0);
+         2 * STAGES * (size_t)bwd_tile_bytes<D, HOPPER>(BM) +
+         (size_t)bwd_tile_bytes<BM, HOPPER>(BN) + STAGES * 4 * (size_t)BM * 4 + LIST_MAX * 4 +
+         (HOPPER ? (size_t)BM * dq_row_bytes<D>() : 0);
 }
 
 template <typename T> __device__ __forceinline__ void add_pair(T *dst, float x, float y);
@@ -71,17 +74,22 @@ __device__ __forceinline__ void bwd_probs(float (&st)[NT * 4], float (&dpt)[NT *
 #pragma unroll
   for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-    for (int e = 0; e < 4; e++) {
-      const int col = nt * 8 + c * 2 + (e & 1), hf = e >> 1;
-      const float lse = t.lse[col];
-      bool visible = lse != -INFINITY; // a query that sees no key has no gradient
-      if (partial)
-        visible =
-            visible && i0 + col < p.tq && j0 + key_row + hf * 8 < p.tk &&
-            pair_visible(t.qpos[col], docs ? t.qdoc[col] : 0, kpos[hf], kdoc[hf], p.causal, docs);
-      const float pv = visible ? exp2f(fmaf(st[nt * 4 + e], p.scale_log2, -lse * LOG2E)) : 0.0f;
-      st[nt * 4 + e] = pv;
-      dpt[nt * 4 + e] = pv * (dpt[nt * 4 + e] - t.delta[col]);
+    for (int e2 = 0; e2 < 2; e2++) {
+      const int col = nt * 8 + c * 2 + e2;
+      const float lse2 = t.lse[col] * LOG2E, delta = t.delta[col];
+      // A query that sees no key (lse = -inf) has no gradient.
+      const bool query_ok = lse2 != -INFINITY && (!partial || i0 + col < p.tq);
+#pragma unroll
+      for (int hf = 0; hf < 2; hf++) {
+        const int e = 2 * hf + e2;
+        const bool visible =
+            query_ok && (!partial || (j0 + key_row + hf * 8 < p.tk &&
+                                      pair_visible(t.qpos[col], docs ? t.qdoc[col] : 0, kpos[hf],
+                                                   kdoc[hf], p.causal, docs)));
+        const float pv = visible ? fast_exp2(fmaf(st[nt * 4 + e], p.scale_log2, -lse2)) : 0.0f;
+        st[nt * 4 + e] = pv;
+        dpt[nt * 4 + e] = pv * (dpt[nt * 4 + e] - delta);
+      }
     }
 }
 
@@ -248,14 +256,14 @@ __global__ void __launch_bounds__(bwd_threads<HOPPER>(), 1) attn_bwd_kernel(cons
   extern __shared__ unsigned char smem_raw[];
   unsigned char *smem = (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
   unsigned char *k_s = smem, *v_s = k_s + KV_BYTES;                // (BN, D)
-  unsigned char *q_s = v_s + KV_BYTES;                             // 2 x (BM, D)
-  unsigned char *do_s = q_s + 2 * QT_BYTES;                        // 2 x (BM, D)
-  unsigned char *ds_s = do_s + 2 * QT_BYTES;                       // (BN, BM): dS^T in bf16
-  float *lse_s = (float *)(ds_s + bwd_tile_bytes<BM, HOPPER>(BN)); // 2 x BM
-  float *delta_s = lse_s + 2 * BM;                                 // 2 x BM
-  int32_t *qpos_s = (int32_t *)(delta_s + 2 * BM);                 // 2 x BM
-  int32_t *qdoc_s = qpos_s + 2 * BM;                               // 2 x BM
-  int *list = qdoc_s + 2 * BM;                                     // LIST_MAX
+  unsigned char *q_s = v_s + KV_BYTES;                             // STAGES x (BM, D)
+  unsigned char *do_s = q_s + STAGES * QT_BYTES;                   // STAGES x (BM, D)
+  unsigned char *ds_s = do_s + STAGES * QT_BYTES;                  // (BN, BM): dS^T in bf16
+  float *lse_s = (float *)(ds_s + bwd_tile_bytes<BM, HOPPER>(BN)); // STAGES x BM
+  float *delta_s = lse_s + STAGES * BM;                            // STAGES x BM
+  int32_t *qpos_s = (int32_t *)(delta_s + STAGES * BM);            // STAGES x BM
+  int32_t *qdoc_s = qpos_s + STAGES * BM;                          // STAGES x BM
+  int *list = qdoc_s + STAGES * BM;                                // LIST_MAX
   unsigned char *dq_s = (unsigned char *)(list + LIST_MAX);        // Hopper: (BM, D) f32
   __shared__ int warp_counts[WARPS];
 
@@ -323,11 +331,14 @@ __global__ void __launch_bounds__(bwd_threads<HOPPER>(), 1) attn_bwd_kernel(cons
     });
     const int steps = n * group; // every query head of the group over the same tiles
     if (steps > 0) issue_tile(list[0], kvh * group, 0);
-    for (int it = 0; it < steps; it++) {
-      const int entry = list[it % n], h = kvh * group + it / n, buf = it & 1;
+    // Step it works on list[at] of head h in buffer buf.
+    for (int it = 0, at = 0, h = kvh * group, buf = 0; it < steps; it++) {
+      const int entry = list[at];
       const int64_t i0 = (int64_t)(entry & 0x7fffffff) * BM;
+      const int next_at = at + 1 == n ? 0 : at + 1, next_h = at + 1 == n ? h + 1 : h;
+      const int next_buf = buf + 1 == STAGES ? 0 : buf + 1;
       if (it + 1 < steps) {
-        issue_tile(list[(it + 1) % n], kvh * group + (it + 1) / n, buf ^ 1);
+        issue_tile(list[next_at], next_h, next_buf);
         cp_async_wait<1>();
       } else {
         cp_async_wait<0>();
@@ -363,7 +374,7 @@ __global__ void __launch_bounds__(bwd_threads<HOPPER>(), 1) attn_bwd_kernel(cons
                 "st.shared.b32 [%0], %1;\n" ::"r"(swizzled_addr<BN>(ds_base, row, nt) + c * 4),
                 "r"(pack_bf16(dpt[nt * 4 + 2 * hf], dpt[nt * 4 + 2 * hf + 1])));
           }
-        if (threadIdx.x < BM) bulk_wait_read(); // the last tile's dQ rows have left dq_s
+        if ((threadIdx.x & 127) < BM) bulk_wait_read(); // the last tile's dQ rows left dq_s
         fence_proxy_async();
         __syncthreads(); // all of dS^T stored
         wgmma_wait<0>();
@@ -385,12 +396,12 @@ __global__ void __launch_bounds__(bwd_threads<HOPPER>(), 1) attn_bwd_kernel(cons
                          "f"(dq[dt * 4 + 2 * hf] * scale), "f"(dq[dt * 4 + 2 * hf + 1] * scale));
           }
         fence_proxy_async();
-        __syncthreads();
-        if (threadIdx.x < BM) {
-          const int64_t i = i0 + threadIdx.x;
-          if (i < p.tq)
-            bulk_reduce_add(p.dq + (((int64_t)b * p.tq + i) * p.hq + h) * D,
-                            dq_base + threadIdx.x * dq_row_bytes<D>(), D * 4);
+        asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg)); // the group's half of every row
+        const int row = threadIdx.x & 127;
+        if (row < BM) {
+          if (i0 + row < p.tq)
+            bulk_reduce_add(p.dq + (((int64_t)b * p.tq + i0 + row) * p.hq + h) * D + wg * (D / 2),
+                            dq_base + row * dq_row_bytes<D>() + wg * (D / 2) * 4, D * 2);
           bulk_commit();
         }
       } else {
@@ -418,11 +429,11 @@ __global__ void __launch_bounds__(bwd_threads<HOPPER>(), 1) attn_bwd_kernel(cons
                       make_float2(dq[dt * 4 + 2 * hf] * scale, dq[dt * 4 + 2 * hf + 1] * scale));
         }
       }
-      __syncthreads(); // buffers and dS^T are refilled next
+      at = next_at, h = next_h, buf = next_buf;
     }
   }
 
-  if (HOPPER && threadIdx.x < BM) bulk_wait_done(); // dq_s must outlive the copies reading it
+  if (HOPPER && (threadIdx.x & 127) < BM) bulk_wait_done(); // dq_s outlives the copies reading it
   const float scale = p.scale_log2 / LOG2E;
 #pragma unroll
   for (int hf = 0; hf < 2; hf++) {

@@ -17,13 +17,11 @@
 
 enum { THREADS = 256, WARPS = 8, BM = 128, LIST_MAX = 1024 };
 
-// Key rows per tile: the mma.sync kernel keeps scores and output under 255 registers; wgmma's
-// widest efficient shape is n = 128.
+// Key rows per tile. mma.sync keeps scores and output under 255 registers; with wgmma, d = 128
+// takes n = 128 and d = 64 takes n = 64, which fits two blocks on an SM (measured 14% faster
+// than n = 128 at one block).
 template <int D, bool HOPPER> __host__ __device__ constexpr int fwd_bn() {
-#ifdef LT_TUNE_FWD64_BN64
-  if (HOPPER && D == 64) return 64;
-#endif
-  return HOPPER || D == 64 ? 128 : 64;
+  return HOPPER ? (D == 128 ? 128 : 64) : (D == 64 ? 128 : 64);
 }
 template <int D, bool HOPPER> __host__ __device__ constexpr int fwd_min_blocks() {
   return HOPPER && fwd_bn<D, HOPPER>() == 64 ? 2 : 1;
@@ -33,10 +31,18 @@ template <int D, bool HOPPER> __host__ __device__ constexpr int fwd_tile_bytes(i
   return HOPPER ? rows * D * 2 : rows * tile_row_bytes<D>();
 }
 
+// K/V tiles in flight. With three (where they fit), a tile's buffer is refilled two steps after its
+// last use, so the tile loop needs no closing barrier and (wgmma) a tile's P V multiply can still
+// run while the next tile's scores are computed.
+template <int D, bool HOPPER> __host__ __device__ constexpr int fwd_stages() {
+  return HOPPER && D == 64 ? 3 : 2;
+}
+
 template <int D, bool HOPPER> constexpr size_t fwd_smem_bytes() {
-  constexpr int BN = fwd_bn<D, HOPPER>();
-  return 1024 + (size_t)fwd_tile_bytes<D, HOPPER>(BM) + 4 * (size_t)fwd_tile_bytes<D, HOPPER>(BN) +
-         4 * (size_t)BN * 4 + 2 * (size_t)BM * 4 + LIST_MAX * 4;
+  constexpr int BN = fwd_bn<D, HOPPER>(), STAGES = fwd_stages<D, HOPPER>();
+  return 1024 + (size_t)fwd_tile_bytes<D, HOPPER>(BM) +
+         2 * STAGES * (size_t)fwd_tile_bytes<D, HOPPER>(BN) + 2 * STAGES * (size_t)BN * 4 +
+         2 * (size_t)BM * 4 + LIST_MAX * 4;
 }
 
 // Four accumulators of a flat fragment array as one mma.sync C fragment.
@@ -100,16 +106,13 @@ __device__ __forceinline__ void fwd_scores_wgmma(float (&s)[BN / 2], uint32_t q_
       wgmma_ss_n64<0, 0>(s, a, bd, ks > 0);
   }
   wgmma_commit();
-  wgmma_wait<0>();
-  wgmma_fence_operands(s);
 }
 
 // O += P V on wgmma: P (A) from registers, V (B) N-major from its swizzled tile: a k-step is 16
 // key rows (2048 bytes); the 64-column blocks of V are BN * 128 bytes apart.
 template <int D, int BN>
-__device__ __forceinline__ void fwd_pv_wgmma(float (&o)[D / 2], const float (&s)[BN / 2],
-                                             uint32_t v_base) {
-  uint32_t a[BN / 16][4];
+__device__ __forceinline__ void fwd_pv_wgmma(float (&o)[D / 2], uint32_t (&a)[BN / 16][4],
+                                             const float (&s)[BN / 2], uint32_t v_base) {
 #pragma unroll
   for (int kk = 0; kk < BN / 16; kk++) probs_fragment<BN / 8>(a[kk], s, kk);
   wgmma_fence();
@@ -122,9 +125,6 @@ __device__ __forceinline__ void fwd_pv_wgmma(float (&o)[D / 2], const float (&s)
       wgmma_rs_n128<1>(o, a[kk], bd, true);
   }
   wgmma_commit();
-  wgmma_wait<0>();
-  wgmma_keep_fragments(a);
-  wgmma_fence_operands(o);
 }
 
 // q, o: (B, Tq, Hq, D) bf16; k, v: (B, Tk, Hkv, D) bf16; lse: (B, Hq, Tq) f32;
@@ -133,16 +133,19 @@ template <int D, bool HOPPER>
 __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
     attn_fwd_kernel(const attn_params p) {
   constexpr int BN = fwd_bn<D, HOPPER>(), NT = BN / 8, DT = D / 8;
+  constexpr int STAGES = fwd_stages<D, HOPPER>();
+  constexpr bool OVERLAP = HOPPER && STAGES == 3; // P V of one tile beside the next tile's S
   constexpr int Q_BYTES = fwd_tile_bytes<D, HOPPER>(BM), KV_BYTES = fwd_tile_bytes<D, HOPPER>(BN);
   extern __shared__ unsigned char smem_raw[];
   // wgmma's swizzled tiles start at 1024-byte boundaries.
   unsigned char *smem = (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
-  unsigned char *q_s = smem, *k_s = q_s + Q_BYTES, *v_s = k_s + 2 * KV_BYTES; // 2 buffers each
-  int32_t *kpos_s = (int32_t *)(v_s + 2 * KV_BYTES);                          // 2 x BN
-  int32_t *kdoc_s = kpos_s + 2 * BN;                                          // 2 x BN
-  int32_t *qpos_s = kdoc_s + 2 * BN;                                          // BM
-  int32_t *qdoc_s = qpos_s + BM;                                              // BM
-  int *list = qdoc_s + BM;                                                    // LIST_MAX
+  unsigned char *q_s = smem, *k_s = q_s + Q_BYTES;        // STAGES buffers of K
+  unsigned char *v_s = k_s + STAGES * KV_BYTES;           // and of V
+  int32_t *kpos_s = (int32_t *)(v_s + STAGES * KV_BYTES); // STAGES x BN
+  int32_t *kdoc_s = kpos_s + STAGES * BN;                 // STAGES x BN
+  int32_t *qpos_s = kdoc_s + STAGES * BN;                 // BM
+  int32_t *qdoc_s = qpos_s + BM;                          // BM
+  int *list = qdoc_s + BM;                                // LIST_MAX
   __shared__ int warp_counts[WARPS];
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2;
@@ -190,6 +193,9 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
     cp_async_commit();
   };
 
+  uint32_t pa[BN / 16][4]; // wgmma: the probabilities, read by the P V multiply in flight
+  bool pv_in_flight = false;
+  int buf = 0; // the ring of buffers runs on across list passes
   for (int first = 0; first < p.n_k_tiles; first += LIST_MAX) {
     const int count = p.n_k_tiles - first < LIST_MAX ? p.n_k_tiles - first : LIST_MAX;
     const int n = build_tile_list<THREADS>(list, warp_counts, first, count, [&](int t) {
@@ -197,11 +203,11 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
       const int4 k_info = p.k_tiles[(int64_t)b * p.n_k_tiles + t];
       return classify_tiles(q_info, k_info, p.causal, docs, (int64_t)(t + 1) * BN > p.tk);
     });
-    if (n > 0) issue_tile(list[0], 0);
+    if (n > 0) issue_tile(list[0], buf);
     for (int it = 0; it < n; it++) {
-      const int entry = list[it], buf = it & 1;
+      const int entry = list[it], next_buf = buf + 1 == STAGES ? 0 : buf + 1;
       if (it + 1 < n) {
-        issue_tile(list[it + 1], buf ^ 1);
+        issue_tile(list[it + 1], next_buf);
         cp_async_wait<1>();
       } else {
         cp_async_wait<0>();
@@ -214,6 +220,10 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
       float s[NT * 4];
       if constexpr (HOPPER) {
         fwd_scores_wgmma<D, BN>(s, q_base, k_base, warp >> 2);
+        wgmma_wait<0>(); // this tile's S, and the last tile's P V if still in flight
+        if (pv_in_flight) wgmma_keep_fragments(pa);
+        wgmma_fence_operands(o);
+        wgmma_fence_operands(s);
       } else {
         fwd_scores_mma<D, NT>(s, q_base, k_base, warp, lane);
       }
@@ -222,12 +232,25 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
                         (int64_t)(entry & 0x7fffffff) * BN, p.tk, p.causal, docs);
       online_softmax<NT, DT>(s, o, row_max, row_sum, p.scale_log2);
       if constexpr (HOPPER) {
-        fwd_pv_wgmma<D, BN>(o, s, v_base);
+        fwd_pv_wgmma<D, BN>(o, pa, s, v_base);
+        pv_in_flight = true;
+        if constexpr (!OVERLAP) {
+          wgmma_wait<0>();
+          wgmma_keep_fragments(pa);
+          wgmma_fence_operands(o);
+          pv_in_flight = false;
+        }
       } else {
         fwd_pv_mma<D, NT>(o, s, v_base, lane);
       }
-      __syncthreads(); // the next iteration's copy refills this buffer
+      if constexpr (STAGES == 2) __syncthreads(); // the next iteration's copy refills this buffer
+      buf = next_buf;
     }
+  }
+  if (pv_in_flight) {
+    wgmma_wait<0>();
+    wgmma_keep_fragments(pa);
+    wgmma_fence_operands(o);
   }
   write_output<D>(p, o, row_max, row_sum, b, h, i0, warp * 16 + g);
 }

@@ -19,6 +19,9 @@ extern "C" {
 int lt_cuda_ctx_init(lt_ctx *ctx);
 void lt_cuda_ctx_destroy(lt_ctx *ctx);
 int lt_cuda_sync(lt_ctx *ctx);
+// With LT_CUDA_PROFILE=1 the context sums the GPU time of every op and prints the totals when it
+// ends; this starts the sums over (e.g. after warm-up steps). A no-op otherwise.
+void lt_cuda_profile_reset(lt_ctx *ctx);
 
 // f32 -> bf16 outside a context, on the default stream (the parameters' compute copy).
 int lt_cuda_f32_to_bf16(void *dst, const float *src, size_t n);

@@ -12,6 +12,7 @@
 // projection of the 135M model 10x slower than the same-sized gate|up one). The margin keeps the
 // choice, and so the bits of the result, the same from run to run.
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -169,14 +170,23 @@ static int build_plan(lt_cuda_state *st, struct matmul_plan *p, const matmul_key
   float first_ms, best_ms;
   LT_TRY(time_candidate(st, p, &results[0].algo, call, &first_ms));
   best_ms = first_ms;
+  int chosen = 0;
+  char times[256];
+  int len = snprintf(times, sizeof times, "%.3f", first_ms);
   for (int i = 1; i < found; i++) {
     float ms;
     if (time_candidate(st, p, &results[i].algo, call, &ms) != LT_OK) {
       lt_error_clear(); // a candidate that fails to run is simply not chosen
       continue;
     }
-    if (ms < best_ms && ms < 0.9f * first_ms) best_ms = ms, p->algo = results[i].algo;
+    if (len < (int)sizeof times)
+      len += snprintf(times + len, sizeof times - (size_t)len, " %.3f", ms);
+    if (ms < best_ms && ms < 0.9f * first_ms) best_ms = ms, p->algo = results[i].algo, chosen = i;
   }
+  if (st->profile)
+    fprintf(stderr, "matmul (%lld x %lld x %lld%s%s, %s out): candidates %s ms; chose #%d\n",
+            (long long)key->m, (long long)key->n, (long long)key->k, key->trans_a ? ", a^T" : "",
+            key->trans_b ? ", b^T" : "", lt_dtype_name((lt_dtype)key->dtype_c), times, chosen);
   return LT_OK;
 }
 

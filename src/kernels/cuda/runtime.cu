@@ -85,6 +85,13 @@ static int by_time(const void *x, const void *y) {
   return (a < b) - (a > b);
 }
 
+void lt_cuda_profile_reset(lt_ctx *ctx) {
+  struct cuda_profile *pr = cuda_state(ctx)->profile;
+  if (!pr) return;
+  profile_flush(pr);
+  for (int i = 0; i < pr->n_totals; i++) pr->totals[i].ms = 0.0, pr->totals[i].calls = 0;
+}
+
 static void profile_report(struct cuda_profile *pr) {
   profile_flush(pr);
   qsort(pr->totals, (size_t)pr->n_totals, sizeof pr->totals[0], by_time);
@@ -93,9 +100,10 @@ static void profile_report(struct cuda_profile *pr) {
   fprintf(stderr, "CUDA profile (LT_CUDA_PROFILE): %.1f ms of GPU time in %d kinds of op\n", total,
           pr->n_totals);
   for (int i = 0; i < pr->n_totals; i++)
-    fprintf(stderr, "%9.2f ms %5.1f%% %6ld calls  %s\n", pr->totals[i].ms,
-            100.0 * pr->totals[i].ms / (total > 0 ? total : 1), pr->totals[i].calls,
-            pr->totals[i].key);
+    if (pr->totals[i].calls)
+      fprintf(stderr, "%9.2f ms %5.1f%% %6ld calls  %s\n", pr->totals[i].ms,
+              100.0 * pr->totals[i].ms / (total > 0 ? total : 1), pr->totals[i].calls,
+              pr->totals[i].key);
 }
 
 int lt_cuda_launched(lt_cuda_state *st, const char *op, lt_tensor a, lt_tensor b) {
