@@ -20,13 +20,19 @@
 
 // STAGES query tiles in flight: one being read, one landing, and one free for the next copy, so a
 // tile's buffers need no barrier after their last use.
-enum { BM = 64, NT = BM / 8, LIST_MAX = 1024, STAGES = 3 };
+enum { BM = 64, NT = BM / 8, LIST_MAX = 1024, STAGES = 3, BWD64_BLOCKS = 2 };
 
-template <bool HOPPER> __host__ __device__ constexpr int bwd_threads() {
-  return HOPPER ? 256 : 128;
+// Threads per block: one warpgroup of 64 keys, or (Hopper, d = 128) two, which split dQ's
+// columns. With d = 64 one warpgroup's registers and shared memory leave room for MIN_BLOCKS
+// blocks per SM, which run unsynchronised: one multiplies while another does its softmax.
+template <int D, bool HOPPER> __host__ __device__ constexpr int bwd_threads() {
+  return HOPPER && D == 128 ? 256 : 128;
 }
-template <bool HOPPER> __host__ __device__ constexpr int bwd_bn() {
-  return bwd_threads<HOPPER>() / 2; // 16 keys per warp
+template <int D, bool HOPPER> __host__ __device__ constexpr int bwd_bn() {
+  return bwd_threads<D, HOPPER>() / 2; // 16 keys per warp
+}
+template <int D, bool HOPPER> __host__ __device__ constexpr int bwd_min_blocks() {
+  return HOPPER && D == 64 ? BWD64_BLOCKS : 1;
 }
 template <int D, bool HOPPER> __host__ __device__ constexpr int bwd_tile_bytes(int rows) {
   return HOPPER ? rows * D * 2 : rows * tile_row_bytes<D>();
@@ -36,7 +42,7 @@ template <int D> __host__ __device__ constexpr int dq_row_bytes() {
   return D * 4 + 16;
 }
 template <int D, bool HOPPER> constexpr size_t bwd_smem_bytes() {
-  constexpr int BN = bwd_bn<HOPPER>();
+  constexpr int BN = bwd_bn<D, HOPPER>();
   return 1024 + 2 * (size_t)bwd_tile_bytes<D, HOPPER>(BN) +
          2 * STAGES * (size_t)bwd_tile_bytes<D, HOPPER>(BM) +
          (size_t)bwd_tile_bytes<BM, HOPPER>(BN) + STAGES * 4 * (size_t)BM * 4 + LIST_MAX * 4 +
@@ -207,26 +213,35 @@ __device__ __forceinline__ void bwd_dq_mma(float (&dq)[D / 2], uint32_t ds_base,
   }
 }
 
-// Columns [wg D / 2, (wg + 1) D / 2) of dQ for all BM rows over the block's BN keys on wgmma: dS
-// (A) M-major from the swizzled dS^T tile, K (B) N-major. The half of K's columns starts at
-// column block wg (D = 128) or 64 bytes into the one block (D = 64).
-template <int D, int BN>
-__device__ __forceinline__ void bwd_dq_wgmma(float (&dq)[D / 4], uint32_t ds_base, uint32_t k_base,
-                                             int wg) {
-  const uint32_t half = D == 128 ? wg * BN * 128 : wg * 64;
+// Columns [wg COLS, (wg + 1) COLS) of dQ for all BM rows over the block's BN keys on wgmma: dS
+// (A) M-major from the swizzled dS^T tile, K (B) N-major from column block wg COLS / 64.
+template <int COLS, int BN>
+__device__ __forceinline__ void bwd_dq_wgmma(float (&dq)[COLS / 2], uint32_t ds_base,
+                                             uint32_t k_base, int wg) {
+  static_assert(COLS % 64 == 0, "whole column blocks of K");
+  const uint32_t block = wg * (COLS / 64) * BN * 128;
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < BN / 16; kk++) {
     const uint64_t a = make_desc(ds_base + kk * 16 * 128, BN * 128, 1024);
-    const uint64_t kb = make_desc(k_base + half + kk * 16 * 128, BN * 128, 1024);
-    if constexpr (D == 64)
-      wgmma_ss_n32<1, 1>(dq, a, kb, kk > 0);
-    else
+    const uint64_t kb = make_desc(k_base + block + kk * 16 * 128, BN * 128, 1024);
+    if constexpr (COLS == 64)
       wgmma_ss_n64<1, 1>(dq, a, kb, kk > 0);
+    else
+      wgmma_ss_n128<1, 1>(dq, a, kb, kk > 0);
   }
   wgmma_commit();
   wgmma_wait<0>();
   wgmma_fence_operands(dq);
+}
+
+// Waits for the 128 threads of warpgroup wg (named barriers 1 and 2; immediates, so the block
+// reserves only those).
+__device__ __forceinline__ void warpgroup_barrier(int wg) {
+  if (wg == 0)
+    asm volatile("bar.sync 1, 128;\n" ::: "memory");
+  else
+    asm volatile("bar.sync 2, 128;\n" ::: "memory");
 }
 
 // Adds `bytes` of f32 from shared to global memory through the copy engine; wait_read before the
@@ -250,8 +265,9 @@ __device__ __forceinline__ void bulk_wait_done() {
 // q, dout: (B, Tq, Hq, D) bf16; k, v: (B, Tk, Hkv, D) bf16; lse, delta: (B, Hq, Tq) f32;
 // dq: (B, Tq, Hq, D) f32 (+=, atomic); dk, dv: (B, Tk, Hkv, D) TKV (+=); grid (key tiles, Hkv, B)
 template <int D, typename TKV, bool HOPPER>
-__global__ void __launch_bounds__(bwd_threads<HOPPER>(), 1) attn_bwd_kernel(const attn_params p) {
-  constexpr int THREADS = bwd_threads<HOPPER>(), WARPS = THREADS / 32, BN = bwd_bn<HOPPER>();
+__global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HOPPER>())
+    attn_bwd_kernel(const attn_params p) {
+  constexpr int THREADS = bwd_threads<D, HOPPER>(), WARPS = THREADS / 32, BN = bwd_bn<D, HOPPER>();
   constexpr int KV_BYTES = bwd_tile_bytes<D, HOPPER>(BN), QT_BYTES = bwd_tile_bytes<D, HOPPER>(BM);
   extern __shared__ unsigned char smem_raw[];
   unsigned char *smem = (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
@@ -382,26 +398,27 @@ __global__ void __launch_bounds__(bwd_threads<HOPPER>(), 1) attn_bwd_kernel(cons
         wgmma_keep_fragments(sa);
         wgmma_fence_operands(dk);
         wgmma_fence_operands(dv);
-        float dq[D / 4];
-        bwd_dq_wgmma<D, BN>(dq, ds_base, k_base, wg);
+        constexpr int COLS = D / (THREADS / 128); // dQ columns per warpgroup
+        float dq[COLS / 2];
+        bwd_dq_wgmma<COLS, BN>(dq, ds_base, k_base, wg);
         const float scale = p.scale_log2 / LOG2E;
         const uint32_t dq_base = smem_u32(dq_s);
 #pragma unroll
-        for (int dt = 0; dt < D / 16; dt++)
+        for (int dt = 0; dt < COLS / 8; dt++)
 #pragma unroll
           for (int hf = 0; hf < 2; hf++) {
-            const int row = (warp & 3) * 16 + hf * 8 + g, col = wg * (D / 2) + dt * 8 + c * 2;
+            const int row = (warp & 3) * 16 + hf * 8 + g, col = wg * COLS + dt * 8 + c * 2;
             asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(
                              dq_base + row * dq_row_bytes<D>() + col * 4),
                          "f"(dq[dt * 4 + 2 * hf] * scale), "f"(dq[dt * 4 + 2 * hf + 1] * scale));
           }
         fence_proxy_async();
-        asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg)); // the group's half of every row
+        warpgroup_barrier(wg); // the group's columns of every row
         const int row = threadIdx.x & 127;
         if (row < BM) {
           if (i0 + row < p.tq)
-            bulk_reduce_add(p.dq + (((int64_t)b * p.tq + i0 + row) * p.hq + h) * D + wg * (D / 2),
-                            dq_base + row * dq_row_bytes<D>() + wg * (D / 2) * 4, D * 2);
+            bulk_reduce_add(p.dq + (((int64_t)b * p.tq + i0 + row) * p.hq + h) * D + wg * COLS,
+                            dq_base + row * dq_row_bytes<D>() + wg * COLS * 4, COLS * 4);
           bulk_commit();
         }
       } else {
@@ -457,7 +474,7 @@ static int launch_bwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
            "attn_bwd: raising shared memory to %zu bytes", smem);
   dim3 grid((unsigned)p.n_k_tiles, (unsigned)p.hkv, (unsigned)b);
-  attn_bwd_kernel<D, TKV, HOPPER><<<grid, bwd_threads<HOPPER>(), smem, st->stream>>>(p);
+  attn_bwd_kernel<D, TKV, HOPPER><<<grid, bwd_threads<D, HOPPER>(), smem, st->stream>>>(p);
   return LT_OK;
 }
 
@@ -475,8 +492,9 @@ int lt_cuda_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_t
     return lt_cuda_unsupported("attn_bwd", "dq f32, dout bf16, dk and dv both bf16 or f32", dq, dk);
   const bool hopper = st->attn_wgmma;
   attn_params p;
-  LT_TRY(lt_cuda_attn_setup(ctx, &p, q, k, v, spec, BM, hopper ? bwd_bn<true>() : bwd_bn<false>(),
-                            "attn_bwd"));
+  const int k_tile = q.shape[3] == 64 ? (hopper ? bwd_bn<64, true>() : bwd_bn<64, false>())
+                                      : (hopper ? bwd_bn<128, true>() : bwd_bn<128, false>());
+  LT_TRY(lt_cuda_attn_setup(ctx, &p, q, k, v, spec, BM, k_tile, "attn_bwd"));
   p.dout = (const bf16 *)dout.data, p.lse = (float *)lse.data, p.delta = (float *)delta.data;
   p.dq = (float *)dq.data, p.dk = dk.data, p.dv = dv.data;
   p.dkv_f32 = dk.dtype == LT_F32;
