@@ -18,9 +18,7 @@
 #include "kernels/cuda/attention_common.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
-// STAGES query tiles in flight: one being read, one landing, and one free for the next copy, so a
-// tile's buffers need no barrier after their last use.
-enum { BM = 64, NT = BM / 8, LIST_MAX = 1024, STAGES = 3, BWD64_BLOCKS = 2 };
+enum { BM = 64, NT = BM / 8, LIST_MAX = 1024 };
 
 // Threads per block: one warpgroup of 64 keys, or (Hopper, d = 128) two, which split dQ's
 // columns. With d = 64 one warpgroup's registers and shared memory leave room for MIN_BLOCKS
@@ -32,7 +30,29 @@ template <int D, bool HOPPER> __host__ __device__ constexpr int bwd_bn() {
   return bwd_threads<D, HOPPER>() / 2; // 16 keys per warp
 }
 template <int D, bool HOPPER> __host__ __device__ constexpr int bwd_min_blocks() {
-  return HOPPER && D == 64 ? BWD64_BLOCKS : 1;
+#ifdef LT_TUNE_BWD64_3BLOCKS
+  return HOPPER && D == 64 ? 3 : 1;
+#else
+  return HOPPER && D == 64 ? 2 : 1;
+#endif
+}
+// Query tiles in flight. With three (one being read, one landing, one free for the next copy) a
+// tile's buffers need no barrier after their last use; two leave room for more blocks per SM.
+template <int D, bool HOPPER> __host__ __device__ constexpr int bwd_stages() {
+#ifdef LT_TUNE_BWD64_3BLOCKS
+  return HOPPER && D == 64 ? 2 : 3;
+#else
+  return 3;
+#endif
+}
+// How dQ reaches global memory: bulk reductions of a shared-memory tile (the copy engine), or
+// per-thread atomics straight from registers.
+template <int D, bool HOPPER> __host__ __device__ constexpr bool bwd_dq_bulk() {
+#ifdef LT_TUNE_BWD128_ATOMIC
+  return false;
+#else
+  return HOPPER && D == 128;
+#endif
 }
 template <int D, bool HOPPER> __host__ __device__ constexpr int bwd_tile_bytes(int rows) {
   return HOPPER ? rows * D * 2 : rows * tile_row_bytes<D>();
@@ -42,11 +62,11 @@ template <int D> __host__ __device__ constexpr int dq_row_bytes() {
   return D * 4 + 16;
 }
 template <int D, bool HOPPER> constexpr size_t bwd_smem_bytes() {
-  constexpr int BN = bwd_bn<D, HOPPER>();
+  constexpr int BN = bwd_bn<D, HOPPER>(), STAGES = bwd_stages<D, HOPPER>();
   return 1024 + 2 * (size_t)bwd_tile_bytes<D, HOPPER>(BN) +
          2 * STAGES * (size_t)bwd_tile_bytes<D, HOPPER>(BM) +
          (size_t)bwd_tile_bytes<BM, HOPPER>(BN) + STAGES * 4 * (size_t)BM * 4 + LIST_MAX * 4 +
-         (HOPPER ? (size_t)BM * dq_row_bytes<D>() : 0);
+         (bwd_dq_bulk<D, HOPPER>() ? (size_t)BM * dq_row_bytes<D>() : 0);
 }
 
 template <typename T> __device__ __forceinline__ void add_pair(T *dst, float x, float y);
@@ -269,6 +289,8 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
     attn_bwd_kernel(const attn_params p) {
   constexpr int THREADS = bwd_threads<D, HOPPER>(), WARPS = THREADS / 32, BN = bwd_bn<D, HOPPER>();
   constexpr int KV_BYTES = bwd_tile_bytes<D, HOPPER>(BN), QT_BYTES = bwd_tile_bytes<D, HOPPER>(BM);
+  constexpr int STAGES = bwd_stages<D, HOPPER>();
+  constexpr bool BULK = bwd_dq_bulk<D, HOPPER>();
   extern __shared__ unsigned char smem_raw[];
   unsigned char *smem = (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
   unsigned char *k_s = smem, *v_s = k_s + KV_BYTES;                // (BN, D)
@@ -280,7 +302,7 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
   int32_t *qpos_s = (int32_t *)(delta_s + STAGES * BM);            // STAGES x BM
   int32_t *qdoc_s = qpos_s + STAGES * BM;                          // STAGES x BM
   int *list = qdoc_s + STAGES * BM;                                // LIST_MAX
-  unsigned char *dq_s = (unsigned char *)(list + LIST_MAX);        // Hopper: (BM, D) f32
+  unsigned char *dq_s = (unsigned char *)(list + LIST_MAX);        // BULK: (BM, D) f32
   __shared__ int warp_counts[WARPS];
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
@@ -390,7 +412,7 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
                 "st.shared.b32 [%0], %1;\n" ::"r"(swizzled_addr<BN>(ds_base, row, nt) + c * 4),
                 "r"(pack_bf16(dpt[nt * 4 + 2 * hf], dpt[nt * 4 + 2 * hf + 1])));
           }
-        if ((threadIdx.x & 127) < BM) bulk_wait_read(); // the last tile's dQ rows left dq_s
+        if (BULK && (threadIdx.x & 127) < BM) bulk_wait_read(); // the last tile's dQ left dq_s
         fence_proxy_async();
         __syncthreads(); // all of dS^T stored
         wgmma_wait<0>();
@@ -402,24 +424,37 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
         float dq[COLS / 2];
         bwd_dq_wgmma<COLS, BN>(dq, ds_base, k_base, wg);
         const float scale = p.scale_log2 / LOG2E;
-        const uint32_t dq_base = smem_u32(dq_s);
-#pragma unroll
-        for (int dt = 0; dt < COLS / 8; dt++)
+        if constexpr (!BULK) {
 #pragma unroll
           for (int hf = 0; hf < 2; hf++) {
-            const int row = (warp & 3) * 16 + hf * 8 + g, col = wg * COLS + dt * 8 + c * 2;
-            asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(
-                             dq_base + row * dq_row_bytes<D>() + col * 4),
-                         "f"(dq[dt * 4 + 2 * hf] * scale), "f"(dq[dt * 4 + 2 * hf + 1] * scale));
+            const int64_t i = i0 + (warp & 3) * 16 + g + hf * 8;
+            if (i >= p.tq) continue;
+            float *dq_row = p.dq + (((int64_t)b * p.tq + i) * p.hq + h) * D + wg * COLS;
+#pragma unroll
+            for (int dt = 0; dt < COLS / 8; dt++)
+              atomicAdd(reinterpret_cast<float2 *>(dq_row + dt * 8 + c * 2),
+                        make_float2(dq[dt * 4 + 2 * hf] * scale, dq[dt * 4 + 2 * hf + 1] * scale));
           }
-        fence_proxy_async();
-        warpgroup_barrier(wg); // the group's columns of every row
-        const int row = threadIdx.x & 127;
-        if (row < BM) {
-          if (i0 + row < p.tq)
-            bulk_reduce_add(p.dq + (((int64_t)b * p.tq + i0 + row) * p.hq + h) * D + wg * COLS,
-                            dq_base + row * dq_row_bytes<D>() + wg * COLS * 4, COLS * 4);
-          bulk_commit();
+        } else {
+          const uint32_t dq_base = smem_u32(dq_s);
+#pragma unroll
+          for (int dt = 0; dt < COLS / 8; dt++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+              const int row = (warp & 3) * 16 + hf * 8 + g, col = wg * COLS + dt * 8 + c * 2;
+              asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(
+                               dq_base + row * dq_row_bytes<D>() + col * 4),
+                           "f"(dq[dt * 4 + 2 * hf] * scale), "f"(dq[dt * 4 + 2 * hf + 1] * scale));
+            }
+          fence_proxy_async();
+          warpgroup_barrier(wg); // the group's columns of every row
+          const int row = threadIdx.x & 127;
+          if (row < BM) {
+            if (i0 + row < p.tq)
+              bulk_reduce_add(p.dq + (((int64_t)b * p.tq + i0 + row) * p.hq + h) * D + wg * COLS,
+                              dq_base + row * dq_row_bytes<D>() + wg * COLS * 4, COLS * 4);
+            bulk_commit();
+          }
         }
       } else {
         bwd_dkdv_mma<D>(dk, dv, st, dpt, q_base, do_base, lane);
@@ -446,11 +481,12 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
                       make_float2(dq[dt * 4 + 2 * hf] * scale, dq[dt * 4 + 2 * hf + 1] * scale));
         }
       }
+      if constexpr (STAGES == 2) __syncthreads(); // the next copy refills this tile's buffers
       at = next_at, h = next_h, buf = next_buf;
     }
   }
 
-  if (HOPPER && (threadIdx.x & 127) < BM) bulk_wait_done(); // dq_s outlives the copies reading it
+  if (BULK && (threadIdx.x & 127) < BM) bulk_wait_done(); // dq_s outlives the copies reading it
   const float scale = p.scale_log2 / LOG2E;
 #pragma unroll
   for (int hf = 0; hf < 2; hf++) {
