@@ -74,19 +74,6 @@ for what in "$@"; do
       --seq 4096 --reference "$reference"
     tail -4 "$out/attention-model.log"
     ;;
-  variants)
-    for v in ${VARIANTS:-}; do
-      stage "configure-$v" 120 cmake -S . -B "build-$v" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-        -DLT_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a "-DCMAKE_CUDA_FLAGS=-DLT_TUNE_$v"
-      stage "compile-$v" 300 cmake --build "build-$v" -j 16 --target bench_attention
-      stage "variant-$v" 120 "build-$v/bench/bench_attention" --heads 12 --head-dim 64 --batch 8 \
-        --seq 4096
-      stage "variant128-$v" 120 "build-$v/bench/bench_attention" --seq 16384
-      echo "$v: $(tail -1 "$out/variant-$v.log")"
-      echo "$v: $(tail -1 "$out/variant128-$v.log")"
-      rm -f "$out"/configure-$v.log "$out"/compile-$v.log
-    done
-    ;;
   ncu-source)
     stage ncu-source 300 ncu --clock-control none --kernel-name regex:attn_bwd --launch-skip 2 \
       --launch-count 1 --section WarpStateStats --section SourceCounters --print-details all \

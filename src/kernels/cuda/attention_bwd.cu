@@ -5,13 +5,14 @@
 //   dS^T = P^T (dP^T - delta), dK += scale dS^T Q, dQ += scale dS K.
 // Computing S^T rather than S keeps a warp's keys in its fragment rows, so P^T and dS^T feed the
 // dV and dK products straight from registers; dS goes through shared memory for dQ, which blocks
-// of different key tiles add into an f32 buffer (so dQ's rounding depends on their order: README,
-// "Determinism"). As in the forward, one structure has two kernels:
-// - Hopper (sm_90a): two warpgroups of 64 keys multiply with wgmma (FlashAttention-3's operand
-//   layouts); each computes half of dQ's columns over all the block's keys, stages them in shared
-//   memory, and the copy engine adds each row to global memory (cp.reduce.async.bulk), a fraction
-//   of the L2 traffic of per-thread atomics;
-// - elsewhere: four warps on mma.sync, adding dQ with per-thread atomics.
+// of different key tiles add into an f32 buffer with atomics (so dQ's rounding depends on their
+// order: README, "Determinism"). As in the forward, one structure has two kernels:
+// - Hopper (sm_90a): warpgroups of 64 keys multiply with wgmma (FlashAttention-3's operand
+//   layouts). d = 128 puts two in a block, which split dQ's columns; d = 64 puts one in a block
+//   and three blocks on an SM, unsynchronised, so one multiplies while another computes its
+//   probabilities. The probabilities are computed while dP^T is still being multiplied.
+// - elsewhere: four warps on mma.sync.
+// (Bulk reductions of a shared-memory dQ tile measured slower than the atomics here.)
 // Matches lt_cpu_attn_bwd.
 #include <limits.h>
 
@@ -21,8 +22,8 @@
 enum { BM = 64, NT = BM / 8, LIST_MAX = 1024 };
 
 // Threads per block: one warpgroup of 64 keys, or (Hopper, d = 128) two, which split dQ's
-// columns. With d = 64 one warpgroup's registers and shared memory leave room for MIN_BLOCKS
-// blocks per SM, which run unsynchronised: one multiplies while another does its softmax.
+// columns. With d = 64 one warpgroup's registers and shared memory leave room for three blocks
+// per SM (measured 9% faster than two).
 template <int D, bool HOPPER> __host__ __device__ constexpr int bwd_threads() {
   return HOPPER && D == 128 ? 256 : 128;
 }
@@ -30,43 +31,21 @@ template <int D, bool HOPPER> __host__ __device__ constexpr int bwd_bn() {
   return bwd_threads<D, HOPPER>() / 2; // 16 keys per warp
 }
 template <int D, bool HOPPER> __host__ __device__ constexpr int bwd_min_blocks() {
-#ifdef LT_TUNE_BWD64_3BLOCKS
   return HOPPER && D == 64 ? 3 : 1;
-#else
-  return HOPPER && D == 64 ? 2 : 1;
-#endif
 }
 // Query tiles in flight. With three (one being read, one landing, one free for the next copy) a
-// tile's buffers need no barrier after their last use; two leave room for more blocks per SM.
+// tile's buffers need no barrier after their last use; two leave shared memory for three blocks.
 template <int D, bool HOPPER> __host__ __device__ constexpr int bwd_stages() {
-#ifdef LT_TUNE_BWD64_3BLOCKS
   return HOPPER && D == 64 ? 2 : 3;
-#else
-  return 3;
-#endif
-}
-// How dQ reaches global memory: bulk reductions of a shared-memory tile (the copy engine), or
-// per-thread atomics straight from registers.
-template <int D, bool HOPPER> __host__ __device__ constexpr bool bwd_dq_bulk() {
-#ifdef LT_TUNE_BWD128_ATOMIC
-  return false;
-#else
-  return HOPPER && D == 128;
-#endif
 }
 template <int D, bool HOPPER> __host__ __device__ constexpr int bwd_tile_bytes(int rows) {
   return HOPPER ? rows * D * 2 : rows * tile_row_bytes<D>();
-}
-// The Hopper kernel's dQ tile in f32, rows padded by 16 bytes against bank conflicts.
-template <int D> __host__ __device__ constexpr int dq_row_bytes() {
-  return D * 4 + 16;
 }
 template <int D, bool HOPPER> constexpr size_t bwd_smem_bytes() {
   constexpr int BN = bwd_bn<D, HOPPER>(), STAGES = bwd_stages<D, HOPPER>();
   return 1024 + 2 * (size_t)bwd_tile_bytes<D, HOPPER>(BN) +
          2 * STAGES * (size_t)bwd_tile_bytes<D, HOPPER>(BM) +
-         (size_t)bwd_tile_bytes<BM, HOPPER>(BN) + STAGES * 4 * (size_t)BM * 4 + LIST_MAX * 4 +
-         (bwd_dq_bulk<D, HOPPER>() ? (size_t)BM * dq_row_bytes<D>() : 0);
+         (size_t)bwd_tile_bytes<BM, HOPPER>(BN) + STAGES * 4 * (size_t)BM * 4 + LIST_MAX * 4;
 }
 
 template <typename T> __device__ __forceinline__ void add_pair(T *dst, float x, float y);
@@ -91,30 +70,49 @@ typedef struct bwd_tile_stats {
 
 // S^T and dP^T become P^T and dS^T in place. The thread's keys are key_row and key_row + 8 of the
 // block (positions kpos, kdoc); its queries are columns 8 nt + 2 c + {0, 1} of the tile.
-__device__ __forceinline__ void bwd_probs(float (&st)[NT * 4], float (&dpt)[NT * 4],
-                                          const bwd_tile_stats &t, const attn_params &p,
-                                          bool partial, int64_t i0, int64_t j0, int key_row,
-                                          const int32_t (&kpos)[2], const int32_t (&kdoc)[2],
-                                          bool docs) {
+template <bool PARTIAL>
+__device__ __forceinline__ void
+bwd_probs(float (&st)[NT * 4], const bwd_tile_stats &t, const attn_params &p, int64_t i0,
+          int64_t j0, int key_row, const int32_t (&kpos)[2], const int32_t (&kdoc)[2], bool docs) {
   const int c = threadIdx.x & 3;
 #pragma unroll
   for (int nt = 0; nt < NT; nt++)
 #pragma unroll
     for (int e2 = 0; e2 < 2; e2++) {
       const int col = nt * 8 + c * 2 + e2;
-      const float lse2 = t.lse[col] * LOG2E, delta = t.delta[col];
-      // A query that sees no key (lse = -inf) has no gradient.
-      const bool query_ok = lse2 != -INFINITY && (!partial || i0 + col < p.tq);
+      const float lse2 = t.lse[col] * LOG2E;
+      // A query that sees no key (lse = -inf) has no gradient. In a full tile every query sees
+      // a key, so only partial tiles check.
+      const bool query_ok = !PARTIAL || (lse2 != -INFINITY && i0 + col < p.tq);
 #pragma unroll
       for (int hf = 0; hf < 2; hf++) {
         const int e = 2 * hf + e2;
-        const bool visible =
-            query_ok && (!partial || (j0 + key_row + hf * 8 < p.tk &&
-                                      pair_visible(t.qpos[col], docs ? t.qdoc[col] : 0, kpos[hf],
-                                                   kdoc[hf], p.causal, docs)));
-        const float pv = visible ? fast_exp2(fmaf(st[nt * 4 + e], p.scale_log2, -lse2)) : 0.0f;
-        st[nt * 4 + e] = pv;
-        dpt[nt * 4 + e] = pv * (dpt[nt * 4 + e] - delta);
+        const float pv = fast_exp2(fmaf(st[nt * 4 + e], p.scale_log2, -lse2));
+        if constexpr (PARTIAL)
+          st[nt * 4 + e] = query_ok && j0 + key_row + hf * 8 < p.tk &&
+                                   pair_visible(t.qpos[col], docs ? t.qdoc[col] : 0, kpos[hf],
+                                                kdoc[hf], p.causal, docs)
+                               ? pv
+                               : 0.0f;
+        else
+          st[nt * 4 + e] = pv;
+      }
+    }
+}
+
+// dP^T becomes dS^T = P^T (dP^T - delta) in place.
+__device__ __forceinline__ void bwd_dscores(const float (&st)[NT * 4], float (&dpt)[NT * 4],
+                                            const bwd_tile_stats &t) {
+  const int c = threadIdx.x & 3;
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+    for (int e2 = 0; e2 < 2; e2++) {
+      const float delta = t.delta[nt * 8 + c * 2 + e2];
+#pragma unroll
+      for (int hf = 0; hf < 2; hf++) {
+        const int e = nt * 4 + 2 * hf + e2;
+        dpt[e] = st[e] * (dpt[e] - delta);
       }
     }
 }
@@ -157,13 +155,16 @@ __device__ __forceinline__ void bwd_scores_wgmma(float (&st)[NT * 4], float (&dp
     const uint32_t q_off = (ks >> 2) * BM * 128 + (ks & 3) * 32;
     wgmma_ss_n64<0, 0>(st, make_desc(k_base + kv_off, 16, 1024),
                        make_desc(q_base + q_off, 16, 1024), ks > 0);
+  }
+  wgmma_commit();
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ks++) {
+    const uint32_t kv_off = (ks >> 2) * BN * 128 + wg * 64 * 128 + (ks & 3) * 32;
+    const uint32_t q_off = (ks >> 2) * BM * 128 + (ks & 3) * 32;
     wgmma_ss_n64<0, 0>(dpt, make_desc(v_base + kv_off, 16, 1024),
                        make_desc(do_base + q_off, 16, 1024), ks > 0);
   }
   wgmma_commit();
-  wgmma_wait<0>();
-  wgmma_fence_operands(st);
-  wgmma_fence_operands(dpt);
 }
 
 // dV += P^T dO and dK += dS^T Q on mma.sync: A from registers, dO and Q transposed by ldmatrix.
@@ -255,33 +256,6 @@ __device__ __forceinline__ void bwd_dq_wgmma(float (&dq)[COLS / 2], uint32_t ds_
   wgmma_fence_operands(dq);
 }
 
-// Waits for the 128 threads of warpgroup wg (named barriers 1 and 2; immediates, so the block
-// reserves only those).
-__device__ __forceinline__ void warpgroup_barrier(int wg) {
-  if (wg == 0)
-    asm volatile("bar.sync 1, 128;\n" ::: "memory");
-  else
-    asm volatile("bar.sync 2, 128;\n" ::: "memory");
-}
-
-// Adds `bytes` of f32 from shared to global memory through the copy engine; wait_read before the
-// shared source is written again, wait_done before the block exits.
-__device__ __forceinline__ void bulk_reduce_add(float *global, uint32_t shared, int bytes) {
-  asm volatile(
-      "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(global),
-      "r"(shared), "r"(bytes)
-      : "memory");
-}
-__device__ __forceinline__ void bulk_commit() {
-  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-}
-__device__ __forceinline__ void bulk_wait_read() {
-  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-}
-__device__ __forceinline__ void bulk_wait_done() {
-  asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
-}
-
 // q, dout: (B, Tq, Hq, D) bf16; k, v: (B, Tk, Hkv, D) bf16; lse, delta: (B, Hq, Tq) f32;
 // dq: (B, Tq, Hq, D) f32 (+=, atomic); dk, dv: (B, Tk, Hkv, D) TKV (+=); grid (key tiles, Hkv, B)
 template <int D, typename TKV, bool HOPPER>
@@ -290,7 +264,6 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
   constexpr int THREADS = bwd_threads<D, HOPPER>(), WARPS = THREADS / 32, BN = bwd_bn<D, HOPPER>();
   constexpr int KV_BYTES = bwd_tile_bytes<D, HOPPER>(BN), QT_BYTES = bwd_tile_bytes<D, HOPPER>(BM);
   constexpr int STAGES = bwd_stages<D, HOPPER>();
-  constexpr bool BULK = bwd_dq_bulk<D, HOPPER>();
   extern __shared__ unsigned char smem_raw[];
   unsigned char *smem = (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
   unsigned char *k_s = smem, *v_s = k_s + KV_BYTES;                // (BN, D)
@@ -302,7 +275,6 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
   int32_t *qpos_s = (int32_t *)(delta_s + STAGES * BM);            // STAGES x BM
   int32_t *qdoc_s = qpos_s + STAGES * BM;                          // STAGES x BM
   int *list = qdoc_s + STAGES * BM;                                // LIST_MAX
-  unsigned char *dq_s = (unsigned char *)(list + LIST_MAX);        // BULK: (BM, D) f32
   __shared__ int warp_counts[WARPS];
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
@@ -388,11 +360,22 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
       const bwd_tile_stats stats = {lse_s + buf * BM, delta_s + buf * BM, qpos_s + buf * BM,
                                     qdoc_s + buf * BM};
       float st[NT * 4], dpt[NT * 4];
-      if constexpr (HOPPER)
+      if constexpr (HOPPER) {
         bwd_scores_wgmma<D, BN>(st, dpt, k_base, v_base, q_base, do_base, wg);
-      else
+        wgmma_wait<1>(); // S^T; dP^T still multiplying while P^T is computed
+        wgmma_fence_operands(st);
+      } else {
         bwd_scores_mma<D>(st, dpt, k_base, v_base, q_base, do_base, warp, lane);
-      bwd_probs(st, dpt, stats, p, entry < 0, i0, j0, warp * 16 + g, kpos, kdoc, docs);
+      }
+      if (entry < 0) // TILE_PARTIAL
+        bwd_probs<true>(st, stats, p, i0, j0, warp * 16 + g, kpos, kdoc, docs);
+      else
+        bwd_probs<false>(st, stats, p, i0, j0, warp * 16 + g, kpos, kdoc, docs);
+      if constexpr (HOPPER) {
+        wgmma_wait<0>();
+        wgmma_fence_operands(dpt);
+      }
+      bwd_dscores(st, dpt, stats);
 
       // dS^T goes to shared memory for dQ, while (on Hopper) dV and dK multiply.
       if constexpr (HOPPER) {
@@ -412,7 +395,6 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
                 "st.shared.b32 [%0], %1;\n" ::"r"(swizzled_addr<BN>(ds_base, row, nt) + c * 4),
                 "r"(pack_bf16(dpt[nt * 4 + 2 * hf], dpt[nt * 4 + 2 * hf + 1])));
           }
-        if (BULK && (threadIdx.x & 127) < BM) bulk_wait_read(); // the last tile's dQ left dq_s
         fence_proxy_async();
         __syncthreads(); // all of dS^T stored
         wgmma_wait<0>();
@@ -424,37 +406,15 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
         float dq[COLS / 2];
         bwd_dq_wgmma<COLS, BN>(dq, ds_base, k_base, wg);
         const float scale = p.scale_log2 / LOG2E;
-        if constexpr (!BULK) {
 #pragma unroll
-          for (int hf = 0; hf < 2; hf++) {
-            const int64_t i = i0 + (warp & 3) * 16 + g + hf * 8;
-            if (i >= p.tq) continue;
-            float *dq_row = p.dq + (((int64_t)b * p.tq + i) * p.hq + h) * D + wg * COLS;
-#pragma unroll
-            for (int dt = 0; dt < COLS / 8; dt++)
-              atomicAdd(reinterpret_cast<float2 *>(dq_row + dt * 8 + c * 2),
-                        make_float2(dq[dt * 4 + 2 * hf] * scale, dq[dt * 4 + 2 * hf + 1] * scale));
-          }
-        } else {
-          const uint32_t dq_base = smem_u32(dq_s);
+        for (int hf = 0; hf < 2; hf++) {
+          const int64_t i = i0 + (warp & 3) * 16 + g + hf * 8;
+          if (i >= p.tq) continue;
+          float *dq_row = p.dq + (((int64_t)b * p.tq + i) * p.hq + h) * D + wg * COLS;
 #pragma unroll
           for (int dt = 0; dt < COLS / 8; dt++)
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++) {
-              const int row = (warp & 3) * 16 + hf * 8 + g, col = wg * COLS + dt * 8 + c * 2;
-              asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(
-                               dq_base + row * dq_row_bytes<D>() + col * 4),
-                           "f"(dq[dt * 4 + 2 * hf] * scale), "f"(dq[dt * 4 + 2 * hf + 1] * scale));
-            }
-          fence_proxy_async();
-          warpgroup_barrier(wg); // the group's columns of every row
-          const int row = threadIdx.x & 127;
-          if (row < BM) {
-            if (i0 + row < p.tq)
-              bulk_reduce_add(p.dq + (((int64_t)b * p.tq + i0 + row) * p.hq + h) * D + wg * COLS,
-                              dq_base + row * dq_row_bytes<D>() + wg * COLS * 4, COLS * 4);
-            bulk_commit();
-          }
+            atomicAdd(reinterpret_cast<float2 *>(dq_row + dt * 8 + c * 2),
+                      make_float2(dq[dt * 4 + 2 * hf] * scale, dq[dt * 4 + 2 * hf + 1] * scale));
         }
       } else {
         bwd_dkdv_mma<D>(dk, dv, st, dpt, q_base, do_base, lane);
@@ -486,7 +446,6 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
     }
   }
 
-  if (BULK && (threadIdx.x & 127) < BM) bulk_wait_done(); // dq_s outlives the copies reading it
   const float scale = p.scale_log2 / LOG2E;
 #pragma unroll
   for (int hf = 0; hf < 2; hf++) {
