@@ -18,6 +18,21 @@ bool lt_gpu_available(void) {
   return available;
 }
 
+lt_ctx lt_test_cpu, lt_test_gpu;
+
+int lt_gpu_group_setup(void **state) {
+  (void)state;
+  lt_ctx_init(&lt_test_cpu, LT_CPU, 0);
+  if (lt_gpu_available()) assert_ok(lt_ctx_init(&lt_test_gpu, LT_CUDA, 0));
+  return 0;
+}
+
+int lt_gpu_group_teardown(void **state) {
+  (void)state;
+  if (lt_gpu_available()) lt_ctx_destroy(&lt_test_gpu);
+  return 0;
+}
+
 uint64_t lt_gpu_next_seed(void) {
   static uint64_t seed = 0;
   static bool started = false;

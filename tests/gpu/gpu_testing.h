@@ -18,6 +18,11 @@
   } while (0)
 
 bool lt_gpu_available(void);
+// The contexts the kernel tests compare: the CPU reference (all cores) and the GPU where usable;
+// cmocka's group setup and teardown make and end them.
+extern lt_ctx lt_test_cpu, lt_test_gpu;
+int lt_gpu_group_setup(void **state);
+int lt_gpu_group_teardown(void **state);
 // The next seed of this program's sequence.
 uint64_t lt_gpu_next_seed(void);
 // n normal values of standard deviation std, rounded to bf16 when `bf16` (the CPU reference then

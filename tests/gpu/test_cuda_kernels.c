@@ -10,8 +10,6 @@
 #include "core/rng.h"
 #include "gpu_testing.h"
 
-static lt_ctx cpu, gpu;
-
 static lt_tensor host(float *x, int ndim, const int64_t *shape) {
   return lt_view(x, LT_F32, LT_CPU, ndim, shape);
 }
@@ -28,10 +26,10 @@ static void test_matmul_matches_cpu_for_every_transpose_and_output(void **state)
                 gb = lt_gpu_upload(b, LT_BF16, 2, b_shape);
       // bf16 output, overwritten
       memcpy(want, c0, sizeof(float) * m * n);
-      assert_ok(lt_matmul(&cpu, host(want, 2, LT_SHAPE(m, n)), host(a, 2, a_shape), ta,
+      assert_ok(lt_matmul(&lt_test_cpu, host(want, 2, LT_SHAPE(m, n)), host(a, 2, a_shape), ta,
                           host(b, 2, b_shape), tb, 1.0f, 0.0f));
       lt_tensor c = lt_gpu_upload(c0, LT_BF16, 2, LT_SHAPE(m, n));
-      assert_ok(lt_matmul(&gpu, c, ga, ta, gb, tb, 1.0f, 0.0f));
+      assert_ok(lt_matmul(&lt_test_gpu, c, ga, ta, gb, tb, 1.0f, 0.0f));
       float *got = lt_gpu_fetch(c);
       lt_gpu_expect_close(ta ? (tb ? "matmul a^T b^T -> bf16" : "matmul a^T b -> bf16")
                              : (tb ? "matmul a b^T -> bf16" : "matmul a b -> bf16"),
@@ -39,10 +37,10 @@ static void test_matmul_matches_cpu_for_every_transpose_and_output(void **state)
       free(got);
       // f32 output accumulated (the weight-gradient form): c = 0.5 op(a) op(b) + c
       memcpy(want, c0, sizeof(float) * m * n);
-      assert_ok(lt_matmul(&cpu, host(want, 2, LT_SHAPE(m, n)), host(a, 2, a_shape), ta,
+      assert_ok(lt_matmul(&lt_test_cpu, host(want, 2, LT_SHAPE(m, n)), host(a, 2, a_shape), ta,
                           host(b, 2, b_shape), tb, 0.5f, 1.0f));
       lt_tensor cf = lt_gpu_upload(c0, LT_F32, 2, LT_SHAPE(m, n));
-      assert_ok(lt_matmul(&gpu, cf, ga, ta, gb, tb, 0.5f, 1.0f));
+      assert_ok(lt_matmul(&lt_test_gpu, cf, ga, ta, gb, tb, 0.5f, 1.0f));
       got = lt_gpu_fetch(cf);
       lt_gpu_expect_close("matmul accumulated into f32", got, want, m * n, 1e-5);
       free(got), free(a), free(b), free(c0), free(want);
@@ -59,8 +57,8 @@ static void test_add_scale_copy_and_zero_match_cpu(void **state) {
     const lt_dtype dtype = dt ? LT_BF16 : LT_F32;
     lt_tensor ga = lt_gpu_upload(a, dtype, 1, LT_SHAPE(n)),
               gb = lt_gpu_upload(b, dtype, 1, LT_SHAPE(n));
-    assert_ok(lt_add(&gpu, ga, ga, gb)); // in place, as the residual adds
-    assert_ok(lt_scale(&gpu, ga, -0.75f));
+    assert_ok(lt_add(&lt_test_gpu, ga, ga, gb)); // in place, as the residual adds
+    assert_ok(lt_scale(&lt_test_gpu, ga, -0.75f));
     for (int64_t i = 0; i < n; i++) want[i] = (a[i] + b[i]) * -0.75f;
     float *got = lt_gpu_fetch(ga);
     lt_gpu_expect_close(dt ? "add then scale, bf16" : "add then scale, f32", got, want, n,
@@ -69,11 +67,11 @@ static void test_add_scale_copy_and_zero_match_cpu(void **state) {
   }
   lt_tensor f = lt_gpu_upload(a, LT_F32, 1, LT_SHAPE(n)),
             h = lt_gpu_upload(b, LT_BF16, 1, LT_SHAPE(n));
-  assert_ok(lt_copy(&gpu, h, f)); // f32 -> bf16 rounds to nearest even, as lt_f32_to_bf16
+  assert_ok(lt_copy(&lt_test_gpu, h, f)); // f32 -> bf16 rounds to nearest even, as lt_f32_to_bf16
   float *got = lt_gpu_fetch(h);
   assert_memory_equal(got, a, sizeof(float) * n); // a is already bf16-exact
   free(got);
-  assert_ok(lt_zero(&gpu, f));
+  assert_ok(lt_zero(&lt_test_gpu, f));
   got = lt_gpu_fetch(f);
   assert_true(lt_test_max_abs(got, n) == 0.0);
   free(got), free(a), free(b), free(want);
@@ -86,9 +84,9 @@ static void test_sum_squares_matches_cpu_and_repeats_exactly(void **state) {
   float *x = lt_gpu_random(n, 2.0f, false);
   lt_tensor g = lt_gpu_upload(x, LT_F32, 1, LT_SHAPE(n));
   double want, got, again;
-  assert_ok(lt_sum_squares(&cpu, &want, host(x, 1, LT_SHAPE(n))));
-  assert_ok(lt_sum_squares(&gpu, &got, g));
-  assert_ok(lt_sum_squares(&gpu, &again, g));
+  assert_ok(lt_sum_squares(&lt_test_cpu, &want, host(x, 1, LT_SHAPE(n))));
+  assert_ok(lt_sum_squares(&lt_test_gpu, &got, g));
+  assert_ok(lt_sum_squares(&lt_test_gpu, &again, g));
   printf("  sum of squares: rel. error %.3g\n", fabs(got - want) / want);
   assert_true(fabs(got - want) < 1e-12 * want);
   assert_true(got == again);
@@ -113,15 +111,15 @@ static void test_embedding_lookup_and_scatter_add_match_cpu(void **state) {
     float *out = malloc(sizeof(float) * n * d), *want_dtable = malloc(sizeof(float) * vocab * d);
     memcpy(want_dtable, dtable, sizeof(float) * vocab * d);
     lt_tensor tok_cpu = lt_view1(tokens, LT_I32, LT_CPU, n);
-    assert_ok(lt_embedding_fwd(&cpu, host(out, 2, LT_SHAPE(n, d)), tok_cpu,
+    assert_ok(lt_embedding_fwd(&lt_test_cpu, host(out, 2, LT_SHAPE(n, d)), tok_cpu,
                                host(table, 2, LT_SHAPE(vocab, d))));
-    assert_ok(lt_embedding_bwd(&cpu, host(want_dtable, 2, LT_SHAPE(vocab, d)),
+    assert_ok(lt_embedding_bwd(&lt_test_cpu, host(want_dtable, 2, LT_SHAPE(vocab, d)),
                                host(dout, 2, LT_SHAPE(n, d)), tok_cpu));
     lt_tensor g_tok = lt_gpu_upload_i32(tokens, 1, LT_SHAPE(n));
     lt_tensor g_out = lt_gpu_upload(out, LT_BF16, 2, LT_SHAPE(n, d));
-    assert_ok(lt_zero(&gpu, g_out));
-    assert_ok(
-        lt_embedding_fwd(&gpu, g_out, g_tok, lt_gpu_upload(table, LT_BF16, 2, LT_SHAPE(vocab, d))));
+    assert_ok(lt_zero(&lt_test_gpu, g_out));
+    assert_ok(lt_embedding_fwd(&lt_test_gpu, g_out, g_tok,
+                               lt_gpu_upload(table, LT_BF16, 2, LT_SHAPE(vocab, d))));
     float *got = lt_gpu_fetch(g_out);
     assert_memory_equal(got, out, sizeof(float) * n * d); // a lookup of bf16 values is exact
     free(got);
@@ -129,7 +127,7 @@ static void test_embedding_lookup_and_scatter_add_match_cpu(void **state) {
     float *first = NULL;
     for (int run = 0; run < 2; run++) {
       lt_tensor g_dtable = lt_gpu_upload(dtable, LT_F32, 2, LT_SHAPE(vocab, d));
-      assert_ok(lt_embedding_bwd(&gpu, g_dtable, g_dout, g_tok));
+      assert_ok(lt_embedding_bwd(&lt_test_gpu, g_dtable, g_dout, g_tok));
       got = lt_gpu_fetch(g_dtable);
       if (run == 0) {
         lt_gpu_expect_close("embedding scatter-add (f32)", got, want_dtable, vocab * d, 1e-6);
@@ -156,16 +154,16 @@ static void test_rmsnorm_forward_and_backward_match_cpu(void **state) {
     float *dx = malloc(sizeof(float) * n * c), *dw = malloc(sizeof(float) * c);
     memcpy(dx, dx0, sizeof(float) * n * c);
     memcpy(dw, dw0, sizeof(float) * c);
-    assert_ok(lt_rmsnorm_fwd(&cpu, host(out, 2, LT_SHAPE(n, c)), host(rstd, 1, LT_SHAPE(n)),
+    assert_ok(lt_rmsnorm_fwd(&lt_test_cpu, host(out, 2, LT_SHAPE(n, c)), host(rstd, 1, LT_SHAPE(n)),
                              host(x, 2, LT_SHAPE(n, c)), host(w, 1, LT_SHAPE(c)), 1e-5f));
-    assert_ok(lt_rmsnorm_bwd(&cpu, host(dx, 2, LT_SHAPE(n, c)), host(dw, 1, LT_SHAPE(c)),
+    assert_ok(lt_rmsnorm_bwd(&lt_test_cpu, host(dx, 2, LT_SHAPE(n, c)), host(dw, 1, LT_SHAPE(c)),
                              host(dout, 2, LT_SHAPE(n, c)), host(x, 2, LT_SHAPE(n, c)),
                              host(w, 1, LT_SHAPE(c)), host(rstd, 1, LT_SHAPE(n))));
     lt_tensor gx = lt_gpu_upload(x, LT_BF16, 2, LT_SHAPE(n, c)),
               gw = lt_gpu_upload(w, LT_BF16, 1, LT_SHAPE(c));
     lt_tensor gout = lt_gpu_upload(out, LT_BF16, 2, LT_SHAPE(n, c));
     lt_tensor grstd = lt_gpu_upload(rstd, LT_F32, 1, LT_SHAPE(n));
-    assert_ok(lt_rmsnorm_fwd(&gpu, gout, grstd, gx, gw, 1e-5f));
+    assert_ok(lt_rmsnorm_fwd(&lt_test_gpu, gout, grstd, gx, gw, 1e-5f));
     float *got_out = lt_gpu_fetch(gout), *got_rstd = lt_gpu_fetch(grstd);
     printf(" C = %lld\n", (long long)c);
     lt_gpu_expect_close("rmsnorm out (bf16)", got_out, out, n * c, 1e-2);
@@ -173,8 +171,9 @@ static void test_rmsnorm_forward_and_backward_match_cpu(void **state) {
     // The backward from the CPU's rstd, so only the backward's own error is measured.
     lt_tensor gdx = lt_gpu_upload(dx0, LT_BF16, 2, LT_SHAPE(n, c)),
               gdw = lt_gpu_upload(dw0, LT_F32, 1, LT_SHAPE(c));
-    assert_ok(lt_rmsnorm_bwd(&gpu, gdx, gdw, lt_gpu_upload(dout, LT_BF16, 2, LT_SHAPE(n, c)), gx,
-                             gw, lt_gpu_upload(rstd, LT_F32, 1, LT_SHAPE(n))));
+    assert_ok(lt_rmsnorm_bwd(&lt_test_gpu, gdx, gdw,
+                             lt_gpu_upload(dout, LT_BF16, 2, LT_SHAPE(n, c)), gx, gw,
+                             lt_gpu_upload(rstd, LT_F32, 1, LT_SHAPE(n))));
     float *got_dx = lt_gpu_fetch(gdx), *got_dw = lt_gpu_fetch(gdw);
     lt_gpu_expect_close("rmsnorm dx += (bf16)", got_dx, dx, n * c, 1e-2);
     lt_gpu_expect_close("rmsnorm dweight += (f32)", got_dw, dw, c, 1e-5);
@@ -195,15 +194,15 @@ static void test_rope_split_and_its_transpose_match_cpu(void **state) {
   float *q = malloc(sizeof(float) * n * hq * d), *k = malloc(sizeof(float) * n * hkv * d);
   float *v = malloc(sizeof(float) * n * hkv * d), *dqkv = malloc(sizeof(float) * n * heads * d);
   lt_tensor pos_cpu = lt_view1(pos, LT_I32, LT_CPU, n);
-  assert_ok(lt_rope_qkv_fwd(&cpu, host(q, 3, LT_SHAPE(n, hq, d)), host(k, 3, LT_SHAPE(n, hkv, d)),
-                            host(v, 3, LT_SHAPE(n, hkv, d)), host(qkv, 3, LT_SHAPE(n, heads, d)),
-                            pos_cpu, 10000.0f));
+  assert_ok(lt_rope_qkv_fwd(&lt_test_cpu, host(q, 3, LT_SHAPE(n, hq, d)),
+                            host(k, 3, LT_SHAPE(n, hkv, d)), host(v, 3, LT_SHAPE(n, hkv, d)),
+                            host(qkv, 3, LT_SHAPE(n, heads, d)), pos_cpu, 10000.0f));
   lt_tensor gpos = lt_gpu_upload_i32(pos, 1, LT_SHAPE(n));
   lt_tensor gq = lt_gpu_upload(q, LT_BF16, 3, LT_SHAPE(n, hq, d));
   lt_tensor gk = lt_gpu_upload(k, LT_BF16, 3, LT_SHAPE(n, hkv, d));
   lt_tensor gv = lt_gpu_upload(v, LT_BF16, 3, LT_SHAPE(n, hkv, d));
-  assert_ok(lt_rope_qkv_fwd(&gpu, gq, gk, gv, lt_gpu_upload(qkv, LT_BF16, 3, LT_SHAPE(n, heads, d)),
-                            gpos, 10000.0f));
+  assert_ok(lt_rope_qkv_fwd(&lt_test_gpu, gq, gk, gv,
+                            lt_gpu_upload(qkv, LT_BF16, 3, LT_SHAPE(n, heads, d)), gpos, 10000.0f));
   float *got[3] = {lt_gpu_fetch(gq), lt_gpu_fetch(gk), lt_gpu_fetch(gv)};
   lt_gpu_expect_close("rope q", got[0], q, n * hq * d, 1e-2);
   lt_gpu_expect_close("rope k", got[1], k, n * hkv * d, 1e-2);
@@ -211,11 +210,11 @@ static void test_rope_split_and_its_transpose_match_cpu(void **state) {
   // Backward: dq in f32 (as the attention layer keeps it), dk and dv in bf16.
   float *dq = lt_gpu_random(n * hq * d, 1.0f, false), *dk = lt_gpu_random(n * hkv * d, 1.0f, true);
   float *dv = lt_gpu_random(n * hkv * d, 1.0f, true);
-  assert_ok(lt_rope_qkv_bwd(&cpu, host(dqkv, 3, LT_SHAPE(n, heads, d)),
+  assert_ok(lt_rope_qkv_bwd(&lt_test_cpu, host(dqkv, 3, LT_SHAPE(n, heads, d)),
                             host(dq, 3, LT_SHAPE(n, hq, d)), host(dk, 3, LT_SHAPE(n, hkv, d)),
                             host(dv, 3, LT_SHAPE(n, hkv, d)), pos_cpu, 10000.0f));
   lt_tensor gdqkv = lt_gpu_upload(qkv, LT_BF16, 3, LT_SHAPE(n, heads, d));
-  assert_ok(lt_rope_qkv_bwd(&gpu, gdqkv, lt_gpu_upload(dq, LT_F32, 3, LT_SHAPE(n, hq, d)),
+  assert_ok(lt_rope_qkv_bwd(&lt_test_gpu, gdqkv, lt_gpu_upload(dq, LT_F32, 3, LT_SHAPE(n, hq, d)),
                             lt_gpu_upload(dk, LT_BF16, 3, LT_SHAPE(n, hkv, d)),
                             lt_gpu_upload(dv, LT_BF16, 3, LT_SHAPE(n, hkv, d)), gpos, 10000.0f));
   float *got_dqkv = lt_gpu_fetch(gdqkv);
@@ -231,14 +230,15 @@ static void test_swiglu_forward_and_backward_match_cpu(void **state) {
   const int64_t n = 100, f = 264;
   float *gu = lt_gpu_random(n * 2 * f, 2.0f, true), *dh = lt_gpu_random(n * f, 1.0f, true);
   float *h = malloc(sizeof(float) * n * f), *dgu = malloc(sizeof(float) * n * 2 * f);
-  assert_ok(lt_swiglu_fwd(&cpu, host(h, 2, LT_SHAPE(n, f)), host(gu, 2, LT_SHAPE(n, 2 * f))));
-  assert_ok(lt_swiglu_bwd(&cpu, host(dgu, 2, LT_SHAPE(n, 2 * f)), host(dh, 2, LT_SHAPE(n, f)),
-                          host(gu, 2, LT_SHAPE(n, 2 * f))));
+  assert_ok(
+      lt_swiglu_fwd(&lt_test_cpu, host(h, 2, LT_SHAPE(n, f)), host(gu, 2, LT_SHAPE(n, 2 * f))));
+  assert_ok(lt_swiglu_bwd(&lt_test_cpu, host(dgu, 2, LT_SHAPE(n, 2 * f)),
+                          host(dh, 2, LT_SHAPE(n, f)), host(gu, 2, LT_SHAPE(n, 2 * f))));
   lt_tensor ggu = lt_gpu_upload(gu, LT_BF16, 2, LT_SHAPE(n, 2 * f));
   lt_tensor gh = lt_gpu_upload(h, LT_BF16, 2, LT_SHAPE(n, f));
   lt_tensor gdgu = lt_gpu_upload(gu, LT_BF16, 2, LT_SHAPE(n, 2 * f));
-  assert_ok(lt_swiglu_fwd(&gpu, gh, ggu));
-  assert_ok(lt_swiglu_bwd(&gpu, gdgu, lt_gpu_upload(dh, LT_BF16, 2, LT_SHAPE(n, f)), ggu));
+  assert_ok(lt_swiglu_fwd(&lt_test_gpu, gh, ggu));
+  assert_ok(lt_swiglu_bwd(&lt_test_gpu, gdgu, lt_gpu_upload(dh, LT_BF16, 2, LT_SHAPE(n, f)), ggu));
   float *got_h = lt_gpu_fetch(gh), *got_dgu = lt_gpu_fetch(gdgu);
   lt_gpu_expect_close("swiglu h", got_h, h, n * f, 1e-2);
   lt_gpu_expect_close("swiglu dgate_up", got_dgu, dgu, n * 2 * f, 1e-2);
@@ -257,21 +257,21 @@ static void test_cross_entropy_losses_and_bf16_gradient_match_cpu(void **state) 
     for (int64_t i = 0; i < n; i++)
       targets[i] = i % 5 == 3 ? -100 : (int32_t)lt_rng_below(&rng, (uint64_t)v);
     float *losses = malloc(sizeof(float) * n), *grad = malloc(sizeof(float) * n * v);
-    assert_ok(lt_cross_entropy(&cpu, host(losses, 1, LT_SHAPE(n)), host(grad, 2, LT_SHAPE(n, v)),
-                               host(logits, 2, LT_SHAPE(n, v)),
+    assert_ok(lt_cross_entropy(&lt_test_cpu, host(losses, 1, LT_SHAPE(n)),
+                               host(grad, 2, LT_SHAPE(n, v)), host(logits, 2, LT_SHAPE(n, v)),
                                lt_view1(targets, LT_I32, LT_CPU, n), -100, 0.25f));
     lt_tensor glogits = lt_gpu_upload(logits, LT_F32, 2, LT_SHAPE(n, v));
     lt_tensor ggrad = lt_gpu_upload(logits, LT_BF16, 2, LT_SHAPE(n, v));
     lt_tensor glosses = lt_gpu_upload(losses, LT_F32, 1, LT_SHAPE(n));
-    assert_ok(lt_zero(&gpu, glosses));
-    assert_ok(lt_cross_entropy(&gpu, glosses, ggrad, glogits,
+    assert_ok(lt_zero(&lt_test_gpu, glosses));
+    assert_ok(lt_cross_entropy(&lt_test_gpu, glosses, ggrad, glogits,
                                lt_gpu_upload_i32(targets, 1, LT_SHAPE(n)), -100, 0.25f));
     float *got_losses = lt_gpu_fetch(glosses), *got_grad = lt_gpu_fetch(ggrad);
     lt_gpu_expect_close("cross-entropy losses (f32)", got_losses, losses, n, 1e-5);
     lt_gpu_expect_close("cross-entropy dlogits (bf16)", got_grad, grad, n * v, 1e-2);
     for (int64_t i = 3; i < n; i += 5) assert_true(got_losses[i] == 0.0f); // ignored rows
     // In place, as on the CPU: the f32 logits become their gradient.
-    assert_ok(lt_cross_entropy(&gpu, glosses, glogits, glogits,
+    assert_ok(lt_cross_entropy(&lt_test_gpu, glosses, glogits, glogits,
                                lt_gpu_upload_i32(targets, 1, LT_SHAPE(n)), -100, 0.25f));
     free(got_grad);
     got_grad = lt_gpu_fetch(glogits);
@@ -310,9 +310,9 @@ static void test_adamw_over_runs_matches_cpu_and_writes_the_bf16_copy(void **sta
                           .step = step,
                           .runs = runs,
                           .n_runs = n_runs};
-    assert_ok(lt_adamw(&cpu, host(p, 1, LT_SHAPE(n)), host(g, 1, LT_SHAPE(n)),
+    assert_ok(lt_adamw(&lt_test_cpu, host(p, 1, LT_SHAPE(n)), host(g, 1, LT_SHAPE(n)),
                        host(m, 1, LT_SHAPE(n)), host(v, 1, LT_SHAPE(n)), (lt_tensor){0}, &args));
-    assert_ok(lt_adamw(&gpu, gp, gg, gm, gv, gc, &args));
+    assert_ok(lt_adamw(&lt_test_gpu, gp, gg, gm, gv, gc, &args));
   }
   float *got_p = lt_gpu_fetch(gp), *got_m = lt_gpu_fetch(gm), *got_v = lt_gpu_fetch(gv);
   float *got_c = lt_gpu_fetch(gc);
@@ -345,25 +345,22 @@ static void test_out_of_memory_names_the_size_and_what_to_lower(void **state) {
   assert_null(p);
 }
 
+// Where no GPU is usable (CI), asking for one is a device error that names run.device and the fix.
+static void test_without_a_gpu_a_cuda_context_fails_naming_run_device(void **state) {
+  if (lt_gpu_available()) skip();
+  lt_ctx ctx;
+  EXPECT_ERROR(lt_ctx_init(&ctx, LT_CUDA, 1), LT_ERR_DEVICE, "run.device is cuda",
+               "CUDA_VISIBLE_DEVICES", "run.device: cpu");
+}
+
 static void test_unsupported_operands_fail_naming_the_op_and_tensors(void **state) {
   SKIP_WITHOUT_GPU();
   float x[64] = {0};
   lt_tensor a = lt_gpu_upload(x, LT_F32, 2, LT_SHAPE(8, 8)),
             b = lt_gpu_upload(x, LT_BF16, 2, LT_SHAPE(8, 8));
-  EXPECT_ERROR(lt_matmul(&gpu, a, a, false, b, false, 1.0f, 0.0f), LT_ERR_INTERNAL, "matmul",
-               "f32 (8, 8) cuda", "bf16 (8, 8) cuda");
+  EXPECT_ERROR(lt_matmul(&lt_test_gpu, a, a, false, b, false, 1.0f, 0.0f), LT_ERR_INTERNAL,
+               "matmul", "f32 (8, 8) cuda", "bf16 (8, 8) cuda");
   lt_gpu_free_all();
-}
-
-static int setup(void **state) {
-  lt_ctx_init(&cpu, LT_CPU, 2);
-  if (lt_gpu_available()) assert_ok(lt_ctx_init(&gpu, LT_CUDA, 2));
-  return 0;
-}
-
-static int teardown(void **state) {
-  if (lt_gpu_available()) lt_ctx_destroy(&gpu);
-  return 0;
 }
 
 int main(void) {
@@ -379,6 +376,7 @@ int main(void) {
       cmocka_unit_test(test_adamw_over_runs_matches_cpu_and_writes_the_bf16_copy),
       cmocka_unit_test(test_out_of_memory_names_the_size_and_what_to_lower),
       cmocka_unit_test(test_unsupported_operands_fail_naming_the_op_and_tensors),
+      cmocka_unit_test(test_without_a_gpu_a_cuda_context_fails_naming_run_device),
   };
-  return cmocka_run_group_tests(tests, setup, teardown);
+  return cmocka_run_group_tests(tests, lt_gpu_group_setup, lt_gpu_group_teardown);
 }

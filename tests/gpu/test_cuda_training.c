@@ -129,7 +129,7 @@ static void test_one_training_step_on_gpu_matches_the_cpu_fp32_step(void **state
   const double loss_cpu = loss_and_grads(&cpu, &d), loss_gpu = loss_and_grads(&gpu, &d);
   printf("  loss: cpu %.6f, gpu %.6f (rel. diff %.2g)\n", loss_cpu, loss_gpu,
          fabs(loss_gpu - loss_cpu) / loss_cpu);
-  assert_true(fabs(loss_gpu - loss_cpu) < 2e-3 * loss_cpu);
+  assert_true(fabs(loss_gpu - loss_cpu) < 5e-4 * loss_cpu);
   // Every parameter's gradient, and the whole gradient.
   float *g_cpu = grads_on_host(&cpu), *g_gpu = grads_on_host(&gpu);
   const lt_params *p = &cpu.model.params;
@@ -141,8 +141,8 @@ static void test_one_training_step_on_gpu_matches_the_cpu_fp32_step(void **state
     if (!(e <= worst)) worst = e, worst_name = info->name;
   }
   printf("  worst parameter gradient: %s, rel. L2 error %.3g\n", worst_name, worst);
-  assert_true(worst < 5e-2);
-  lt_gpu_expect_close("all gradients", g_gpu, g_cpu, (int64_t)p->numel, 3e-2);
+  assert_true(worst < 3e-2);
+  lt_gpu_expect_close("all gradients", g_gpu, g_cpu, (int64_t)p->numel, 2e-2);
   // The optimizer step: the global norm it clips by, then the loss at the updated weights.
   double norm_cpu, norm_gpu;
   lt_train_config tc = adamw_config();
@@ -150,13 +150,13 @@ static void test_one_training_step_on_gpu_matches_the_cpu_fp32_step(void **state
   assert_ok(lt_optimizer_step(&gpu.opt, &gpu.ctx, tc.lr, &norm_gpu));
   printf("  gradient norm: cpu %.6f, gpu %.6f (rel. diff %.2g; host norm %.6f)\n", norm_cpu,
          norm_gpu, fabs(norm_gpu - norm_cpu) / norm_cpu, norm(g_gpu, (int64_t)p->numel));
-  assert_true(fabs(norm_gpu - norm_cpu) < 2e-2 * norm_cpu);
+  assert_true(fabs(norm_gpu - norm_cpu) < 1e-2 * norm_cpu);
   assert_true(fabs(norm_gpu - norm(g_gpu, (int64_t)p->numel)) < 1e-6 * norm_gpu);
   const double after_cpu = loss_only(&cpu, &d), after_gpu = loss_only(&gpu, &d);
   printf("  loss after the step: cpu %.6f, gpu %.6f (rel. diff %.2g)\n", after_cpu, after_gpu,
          fabs(after_gpu - after_cpu) / after_cpu);
   assert_true(after_cpu < loss_cpu && after_gpu < loss_gpu);
-  assert_true(fabs(after_gpu - after_cpu) < 2e-3 * after_cpu);
+  assert_true(fabs(after_gpu - after_cpu) < 5e-4 * after_cpu);
   free(g_cpu), free(g_gpu);
   run_destroy(&cpu), run_destroy(&gpu);
   lt_gpu_free_all();
@@ -250,7 +250,7 @@ static void test_trainer_trains_on_gpu_as_on_cpu(void **state) {
   }
   for (int s = 0; s < 3; s++) {
     printf("  step %d: loss cpu %.6f, gpu %.6f\n", s + 1, losses[0][s], losses[1][s]);
-    assert_true(fabs(losses[1][s] - losses[0][s]) < 5e-3 * losses[0][s]);
+    assert_true(fabs(losses[1][s] - losses[0][s]) < 1e-3 * losses[0][s]);
   }
 }
 

@@ -17,7 +17,6 @@
 #include <limits.h>
 
 #include "kernels/cuda/attention_common.cuh"
-#include "kernels/cuda/wgmma.cuh"
 
 enum { BM = 64, NT = BM / 8, LIST_MAX = 1024 };
 
@@ -56,10 +55,6 @@ template <> __device__ __forceinline__ void add_pair<bf16>(bf16 *dst, float x, f
   __nv_bfloat162 *d2 = reinterpret_cast<__nv_bfloat162 *>(dst);
   const float2 old = __bfloat1622float2(*d2);
   *d2 = __floats2bfloat162_rn(old.x + x, old.y + y);
-}
-
-__device__ __forceinline__ float (&frag4(float *x, int i))[4] {
-  return *reinterpret_cast<float(*)[4]>(x + 4 * i);
 }
 
 // The query tile's statistics and masks, as the backward reads them from shared memory.
@@ -148,23 +143,20 @@ template <int D, int BN>
 __device__ __forceinline__ void bwd_scores_wgmma(float (&st)[NT * 4], float (&dpt)[NT * 4],
                                                  uint32_t k_base, uint32_t v_base, uint32_t q_base,
                                                  uint32_t do_base, int wg) {
+  // acc = (the group's 64 rows of a key-side tile) (a query-side tile)^T, as one commit group.
+  auto product = [&](float(&acc)[NT * 4], uint32_t key_side, uint32_t query_side) {
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ks++) {
+      const uint32_t kv_off = (ks >> 2) * BN * 128 + wg * 64 * 128 + (ks & 3) * 32;
+      const uint32_t q_off = (ks >> 2) * BM * 128 + (ks & 3) * 32;
+      wgmma_ss_n64<0, 0>(acc, make_desc(key_side + kv_off, 16, 1024),
+                         make_desc(query_side + q_off, 16, 1024), ks > 0);
+    }
+    wgmma_commit();
+  };
   wgmma_fence();
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ks++) {
-    const uint32_t kv_off = (ks >> 2) * BN * 128 + wg * 64 * 128 + (ks & 3) * 32;
-    const uint32_t q_off = (ks >> 2) * BM * 128 + (ks & 3) * 32;
-    wgmma_ss_n64<0, 0>(st, make_desc(k_base + kv_off, 16, 1024),
-                       make_desc(q_base + q_off, 16, 1024), ks > 0);
-  }
-  wgmma_commit();
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ks++) {
-    const uint32_t kv_off = (ks >> 2) * BN * 128 + wg * 64 * 128 + (ks & 3) * 32;
-    const uint32_t q_off = (ks >> 2) * BM * 128 + (ks & 3) * 32;
-    wgmma_ss_n64<0, 0>(dpt, make_desc(v_base + kv_off, 16, 1024),
-                       make_desc(do_base + q_off, 16, 1024), ks > 0);
-  }
-  wgmma_commit();
+  product(st, k_base, q_base);
+  product(dpt, v_base, do_base);
 }
 
 // dV += P^T dO and dK += dS^T Q on mma.sync: A from registers, dO and Q transposed by ldmatrix.
@@ -177,16 +169,8 @@ __device__ __forceinline__ void bwd_dkdv_mma(float (&dk)[D / 2], float (&dv)[D /
     uint32_t pa[4], sa[4];
     probs_fragment<NT>(pa, st, kk);
     probs_fragment<NT>(sa, dpt, kk);
-#pragma unroll
-    for (int dp = 0; dp < D / 16; dp++) {
-      uint32_t ob[4], qb[4];
-      ldmatrix_x4_trans(ob, tile_addr<D>(do_base, kk * 16 + (lane & 15), dp * 2 + (lane >> 4)));
-      ldmatrix_x4_trans(qb, tile_addr<D>(q_base, kk * 16 + (lane & 15), dp * 2 + (lane >> 4)));
-      mma_bf16(frag4(dv, 2 * dp), pa, ob[0], ob[1]);
-      mma_bf16(frag4(dv, 2 * dp + 1), pa, ob[2], ob[3]);
-      mma_bf16(frag4(dk, 2 * dp), sa, qb[0], qb[1]);
-      mma_bf16(frag4(dk, 2 * dp + 1), sa, qb[2], qb[3]);
-    }
+    mma_tile_rows<D>(dv, pa, do_base, kk, lane);
+    mma_tile_rows<D>(dk, sa, q_base, kk, lane);
   }
 }
 
@@ -224,13 +208,7 @@ __device__ __forceinline__ void bwd_dq_mma(float (&dq)[D / 2], uint32_t ds_base,
     uint32_t da[4];
     ldmatrix_x4_trans(da, tile_addr<BM>(ds_base, kk * 16 + (lane & 7) + ((lane >> 4) << 3),
                                         warp * 2 + ((lane >> 3) & 1)));
-#pragma unroll
-    for (int dp = 0; dp < D / 16; dp++) {
-      uint32_t kb[4];
-      ldmatrix_x4_trans(kb, tile_addr<D>(k_base, kk * 16 + (lane & 15), dp * 2 + (lane >> 4)));
-      mma_bf16(frag4(dq, 2 * dp), da, kb[0], kb[1]);
-      mma_bf16(frag4(dq, 2 * dp + 1), da, kb[2], kb[3]);
-    }
+    mma_tile_rows<D>(dq, da, k_base, kk, lane);
   }
 }
 
@@ -284,13 +262,8 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
   const bool docs = p.q_doc != nullptr;
   const int64_t kv_head = ((int64_t)b * p.tk * p.hkv + kvh) * D;
   const uint32_t k_base = smem_u32(k_s), v_base = smem_u32(v_s), ds_base = smem_u32(ds_s);
-  if constexpr (HOPPER) {
-    load_tile_swizzled<BN, D, THREADS>(k_base, p.k + kv_head, (int64_t)p.hkv * D, j0, p.tk);
-    load_tile_swizzled<BN, D, THREADS>(v_base, p.v + kv_head, (int64_t)p.hkv * D, j0, p.tk);
-  } else {
-    load_tile<BN, D, THREADS>(k_s, p.k + kv_head, (int64_t)p.hkv * D, j0, p.tk);
-    load_tile<BN, D, THREADS>(v_s, p.v + kv_head, (int64_t)p.hkv * D, j0, p.tk);
-  }
+  load_rows<HOPPER, BN, D, THREADS>(k_s, p.k + kv_head, (int64_t)p.hkv * D, j0, p.tk);
+  load_rows<HOPPER, BN, D, THREADS>(v_s, p.v + kv_head, (int64_t)p.hkv * D, j0, p.tk);
   cp_async_commit();
 
   // This thread's two keys: warp * 16 + g + 8 hf.
@@ -310,15 +283,8 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
   auto issue_tile = [&](int entry, int h, int buf) {
     const int64_t i0 = (int64_t)(entry & 0x7fffffff) * BM, q_stride = (int64_t)p.hq * D;
     const int64_t head = ((int64_t)b * p.tq * p.hq + h) * D;
-    if constexpr (HOPPER) {
-      load_tile_swizzled<BM, D, THREADS>(smem_u32(q_s + buf * QT_BYTES), p.q + head, q_stride, i0,
-                                         p.tq);
-      load_tile_swizzled<BM, D, THREADS>(smem_u32(do_s + buf * QT_BYTES), p.dout + head, q_stride,
-                                         i0, p.tq);
-    } else {
-      load_tile<BM, D, THREADS>(q_s + buf * QT_BYTES, p.q + head, q_stride, i0, p.tq);
-      load_tile<BM, D, THREADS>(do_s + buf * QT_BYTES, p.dout + head, q_stride, i0, p.tq);
-    }
+    load_rows<HOPPER, BM, D, THREADS>(q_s + buf * QT_BYTES, p.q + head, q_stride, i0, p.tq);
+    load_rows<HOPPER, BM, D, THREADS>(do_s + buf * QT_BYTES, p.dout + head, q_stride, i0, p.tq);
     for (int r = threadIdx.x; r < BM; r += THREADS) {
       const bool valid = i0 + r < p.tq;
       const int64_t stat = ((int64_t)b * p.hq + h) * p.tq + (valid ? i0 + r : 0);
@@ -347,14 +313,8 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
       const int64_t i0 = (int64_t)(entry & 0x7fffffff) * BM;
       const int next_at = at + 1 == n ? 0 : at + 1, next_h = at + 1 == n ? h + 1 : h;
       const int next_buf = buf + 1 == STAGES ? 0 : buf + 1;
-      if (it + 1 < steps) {
-        issue_tile(list[next_at], next_h, next_buf);
-        cp_async_wait<1>();
-      } else {
-        cp_async_wait<0>();
-      }
-      if constexpr (HOPPER) fence_proxy_async(); // cp.async wrote what the tensor cores read
-      __syncthreads();
+      if (it + 1 < steps) issue_tile(list[next_at], next_h, next_buf);
+      wait_for_tile<HOPPER>(it + 1 < steps);
       const uint32_t q_base = smem_u32(q_s + buf * QT_BYTES),
                      do_base = smem_u32(do_s + buf * QT_BYTES);
       const bwd_tile_stats stats = {lse_s + buf * BM, delta_s + buf * BM, qpos_s + buf * BM,

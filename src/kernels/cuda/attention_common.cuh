@@ -17,6 +17,7 @@
 #include <math.h>
 
 #include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/wgmma.cuh"
 
 #define LOG2E 1.4426950408889634f
 #define LN2   0.6931471805599453f
@@ -118,6 +119,11 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<uint32_t *>(&v);
 }
 
+// Four accumulators of a flat fragment array as one mma.sync C fragment.
+__device__ __forceinline__ float (&frag4(float *x, int i))[4] {
+  return *reinterpret_cast<float(*)[4]>(x + 4 * i);
+}
+
 // The A fragment of k-step kk from the C fragments of n-tiles 2 kk and 2 kk + 1.
 __device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&c0)[4],
                                        const float (&c1)[4]) {
@@ -138,6 +144,20 @@ template <int ROWS, int D> __host__ __device__ constexpr int tile_bytes() {
 }
 template <int D> __device__ __forceinline__ uint32_t tile_addr(uint32_t base, int row, int chunk) {
   return base + (uint32_t)(row * tile_row_bytes<D>() + chunk * 16);
+}
+
+// acc (the warp's 16 rows x D) += a (16 x 16, the k-step) x rows [16 kk, 16 kk + 16) of a padded
+// (rows, D) tile, read transposed by ldmatrix: O += P V, dV += P^T dO, dK += dS^T Q, dQ += dS K.
+template <int D>
+__device__ __forceinline__ void mma_tile_rows(float (&acc)[D / 2], const uint32_t (&a)[4],
+                                              uint32_t tile_base, int kk, int lane) {
+#pragma unroll
+  for (int dp = 0; dp < D / 16; dp++) {
+    uint32_t b[4];
+    ldmatrix_x4_trans(b, tile_addr<D>(tile_base, kk * 16 + (lane & 15), dp * 2 + (lane >> 4)));
+    mma_bf16(frag4(acc, 2 * dp), a, b[0], b[1]);
+    mma_bf16(frag4(acc, 2 * dp + 1), a, b[2], b[3]);
+  }
 }
 
 // Tiles for wgmma are stored as D / 64 column blocks of ROWS rows of 128 bytes, chunk c of row r
@@ -295,6 +315,27 @@ __device__ __forceinline__ void write_output(const attn_params &p, const float (
 // tile tables for query tiles of q_tile rows and key tiles of k_tile rows (attention_fwd.cu).
 int lt_cuda_attn_setup(lt_ctx *ctx, attn_params *p, lt_tensor q, lt_tensor k, lt_tensor v,
                        const lt_attn_spec *spec, int q_tile, int k_tile, const char *op);
+
+// Waits until this step's copies have landed (the next step's, when issued, stay in flight) and
+// are visible to every thread of the block, and on Hopper to the tensor cores too.
+template <bool HOPPER> __device__ __forceinline__ void wait_for_tile(bool next_in_flight) {
+  if (next_in_flight)
+    cp_async_wait<1>();
+  else
+    cp_async_wait<0>();
+  if constexpr (HOPPER) fence_proxy_async(); // cp.async wrote what the tensor cores read
+  __syncthreads();
+}
+
+// A tile in the layout its multiplies read: swizzled for wgmma, padded rows for ldmatrix.
+template <bool SWIZZLED, int ROWS, int D, int THREADS>
+__device__ __forceinline__ void load_rows(unsigned char *tile, const bf16 *src, int64_t row_stride,
+                                          int64_t row0, int64_t rows_valid) {
+  if constexpr (SWIZZLED)
+    load_tile_swizzled<ROWS, D, THREADS>(smem_u32(tile), src, row_stride, row0, rows_valid);
+  else
+    load_tile<ROWS, D, THREADS>(tile, src, row_stride, row0, rows_valid);
+}
 
 // Launches the tile-table kernel for (B, T) positions and documents in tiles of `tile` rows.
 int lt_cuda_attn_tiles(lt_cuda_state *st, int4 *out, const int32_t *pos, const int32_t *doc,

@@ -13,7 +13,6 @@
 #include <string.h>
 
 #include "kernels/cuda/attention_common.cuh"
-#include "kernels/cuda/wgmma.cuh"
 
 enum { THREADS = 256, WARPS = 8, BM = 128, LIST_MAX = 1024 };
 
@@ -45,11 +44,6 @@ template <int D, bool HOPPER> constexpr size_t fwd_smem_bytes() {
          2 * (size_t)BM * 4 + LIST_MAX * 4;
 }
 
-// Four accumulators of a flat fragment array as one mma.sync C fragment.
-__device__ __forceinline__ float (&frag4(float *x, int i))[4] {
-  return *reinterpret_cast<float(*)[4]>(x + 4 * i);
-}
-
 // S = Q K^T for the warp's 16 rows on mma.sync: Q and K from padded tiles by ldmatrix.
 template <int D, int NT>
 __device__ __forceinline__ void fwd_scores_mma(float (&s)[NT * 4], uint32_t q_base, uint32_t k_base,
@@ -79,13 +73,7 @@ __device__ __forceinline__ void fwd_pv_mma(float (&o)[D / 2], const float (&s)[N
   for (int kk = 0; kk < NT / 2; kk++) {
     uint32_t a[4];
     probs_fragment<NT>(a, s, kk);
-#pragma unroll
-    for (int dp = 0; dp < D / 16; dp++) {
-      uint32_t vb[4];
-      ldmatrix_x4_trans(vb, tile_addr<D>(v_base, kk * 16 + (lane & 15), dp * 2 + (lane >> 4)));
-      mma_bf16(frag4(o, 2 * dp), a, vb[0], vb[1]);
-      mma_bf16(frag4(o, 2 * dp + 1), a, vb[2], vb[3]);
-    }
+    mma_tile_rows<D>(o, a, v_base, kk, lane);
   }
 }
 
@@ -156,10 +144,7 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
   const uint32_t q_base = smem_u32(q_s);
 
   const bf16 *q_head = p.q + ((int64_t)b * p.tq * p.hq + h) * D;
-  if constexpr (HOPPER)
-    load_tile_swizzled<BM, D, THREADS>(q_base, q_head, (int64_t)p.hq * D, i0, p.tq);
-  else
-    load_tile<BM, D, THREADS>(q_s, q_head, (int64_t)p.hq * D, i0, p.tq);
+  load_rows<HOPPER, BM, D, THREADS>(q_s, q_head, (int64_t)p.hq * D, i0, p.tq);
   cp_async_commit();
   // Positions and documents of the block's queries, read only where a tile is masked pair by pair.
   for (int r = threadIdx.x; r < BM; r += THREADS) {
@@ -175,15 +160,8 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
   auto issue_tile = [&](int entry, int buf) {
     const int64_t j0 = (int64_t)(entry & 0x7fffffff) * BN, kv_stride = (int64_t)p.hkv * D;
     const int64_t head = ((int64_t)b * p.tk * p.hkv + kvh) * D;
-    if constexpr (HOPPER) {
-      load_tile_swizzled<BN, D, THREADS>(smem_u32(k_s + buf * KV_BYTES), p.k + head, kv_stride, j0,
-                                         p.tk);
-      load_tile_swizzled<BN, D, THREADS>(smem_u32(v_s + buf * KV_BYTES), p.v + head, kv_stride, j0,
-                                         p.tk);
-    } else {
-      load_tile<BN, D, THREADS>(k_s + buf * KV_BYTES, p.k + head, kv_stride, j0, p.tk);
-      load_tile<BN, D, THREADS>(v_s + buf * KV_BYTES, p.v + head, kv_stride, j0, p.tk);
-    }
+    load_rows<HOPPER, BN, D, THREADS>(k_s + buf * KV_BYTES, p.k + head, kv_stride, j0, p.tk);
+    load_rows<HOPPER, BN, D, THREADS>(v_s + buf * KV_BYTES, p.v + head, kv_stride, j0, p.tk);
     for (int j = threadIdx.x; j < BN; j += THREADS) {
       const bool valid = j0 + j < p.tk;
       const int64_t at = (int64_t)b * p.tk + (valid ? j0 + j : 0);
@@ -206,14 +184,8 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
     if (n > 0) issue_tile(list[0], buf);
     for (int it = 0; it < n; it++) {
       const int entry = list[it], next_buf = buf + 1 == STAGES ? 0 : buf + 1;
-      if (it + 1 < n) {
-        issue_tile(list[it + 1], next_buf);
-        cp_async_wait<1>();
-      } else {
-        cp_async_wait<0>();
-      }
-      if constexpr (HOPPER) fence_proxy_async(); // cp.async wrote what the tensor cores read
-      __syncthreads();
+      if (it + 1 < n) issue_tile(list[it + 1], next_buf);
+      wait_for_tile<HOPPER>(it + 1 < n);
       const uint32_t k_base = smem_u32(k_s + buf * KV_BYTES),
                      v_base = smem_u32(v_s + buf * KV_BYTES);
 
