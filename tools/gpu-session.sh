@@ -74,6 +74,29 @@ for what in "$@"; do
       --seq 4096 --reference "$reference"
     tail -4 "$out/attention-model.log"
     ;;
+  break-checks)
+    # Each check breaks one kernel on purpose, rebuilds one test and expects it to fail.
+    breaks=(
+      "src/kernels/cuda/rmsnorm.cu|s/d\[e\] += r \* (g\[p\]\[e\] - xh\[p\]\[e\] \* mean);/d[e] += r * g[p][e];/|test_cuda_kernels"
+      "src/kernels/cuda/cross_entropy.cu|s/e\[i\] = grad_scale \* (expf/e[i] = (expf/|test_cuda_kernels"
+      "src/kernels/cuda/attention_common.cuh|s/row_sum\[hf\] = row_sum\[hf\] \* rescale + sum;/row_sum[hf] = row_sum[hf] + sum;/|test_cuda_attention"
+      "src/kernels/cuda/attention_bwd.cu|s/add_pair(dk_row + dt \* 8 + c \* 2, dk\[dt \* 4 + 2 \* hf\] \* scale,/add_pair(dk_row + dt * 8 + c * 2, dk[dt * 4 + 2 * hf] * scale * 1.05f,/|test_cuda_attention"
+      "src/kernels/cuda/attention_bwd.cu|s/dpt\[e\] = st\[e\] \* (dpt\[e\] - delta);/dpt[e] = st[e] * dpt[e];/|test_cuda_training"
+    )
+    for spec in "${breaks[@]}"; do
+      IFS='|' read -r file expr test <<<"$spec"
+      cp "$file" "$file.orig"
+      sed -i "$expr" "$file"
+      if cmp -s "$file" "$file.orig"; then echo "break-check: the edit did not apply to $file"; mv "$file.orig" "$file"; continue; fi
+      cmake --build $build --target "$test" >/dev/null 2>&1
+      $build/tests/gpu/$test >"$out/break.log" 2>&1
+      echo "broken $file ($expr): $test exit $? ($(grep -c FAILED "$out/break.log") FAILED lines)"
+      grep -E "^\[  FAILED  \] test_" "$out/break.log" | sort -u | head -4
+      mv "$file.orig" "$file"
+    done
+    rm -f "$out/break.log"
+    cmake --build $build >/dev/null
+    ;;
   ncu-source)
     stage ncu-source 300 ncu --clock-control none --kernel-name regex:attn_bwd --launch-skip 2 \
       --launch-count 1 --section WarpStateStats --section SourceCounters --print-details all \
