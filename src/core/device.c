@@ -18,10 +18,12 @@ const char *lt_format_bytes(double bytes, char *buf, size_t len) {
   return buf;
 }
 
+#ifndef LT_WITH_CUDA
 static int no_cuda(void) {
   return lt_fail(LT_ERR_USAGE, "this longtrain was built without CUDA: rebuild with -DLT_CUDA=ON "
                                "or run with device: cpu");
 }
+#endif
 
 int lt_device_alloc(lt_device device, size_t bytes, const char *what, void **out) {
   *out = NULL;
@@ -77,7 +79,7 @@ int lt_device_copy(void *dst, lt_device dst_device, const void *src, lt_device s
     return LT_OK;
   }
 #ifdef LT_WITH_CUDA
-  return lt_cuda_copy(dst, dst_device == LT_CUDA, src, src_device == LT_CUDA, bytes);
+  return lt_cuda_memcpy(dst, dst_device == LT_CUDA, src, src_device == LT_CUDA, bytes);
 #else
   return no_cuda();
 #endif

@@ -18,6 +18,13 @@
   return lt_fail(LT_ERR_USAGE, "this longtrain was built without CUDA: rebuild with -DLT_CUDA=ON")
 #endif
 
+// Ops of the layer kinds that have CUDA kernels only on the CPU so far (the attention family, MoE
+// and the tensor-parallel shards): config validation keeps them off CUDA, and this names the op if
+// anything reaches one anyway.
+#define CPU_ONLY(op)                                                                               \
+  if (ctx->device == LT_CUDA)                                                                      \
+  return lt_fail(LT_ERR_USAGE, "%s has no CUDA kernel yet: run this model with run.device: cpu", op)
+
 // Shape errors are longtrain's bugs, never the user's: report the op and the offending tensors.
 static int bad_shape(const char *op, const char *what, lt_tensor a, lt_tensor b) {
   char da[96], db[96];
@@ -129,7 +136,7 @@ int lt_embedding_bwd(lt_ctx *ctx, lt_tensor dtable, lt_tensor dout, lt_tensor to
 int lt_embedding_shard_fwd(lt_ctx *ctx, lt_tensor out, lt_tensor tokens, lt_tensor table,
                            int64_t vocab_start) {
   LT_TRY(check_embedding("embedding_shard_fwd", out, tokens, table));
-  ON_CUDA(lt_cuda_embedding_shard_fwd(ctx, out, tokens, table, vocab_start));
+  CPU_ONLY("embedding_shard_fwd");
   lt_cpu_embedding_fwd(lt_f32(out), lt_i32(tokens), lt_f32(table), lt_numel(tokens), table.shape[1],
                        vocab_start, table.shape[0]);
   return LT_OK;
@@ -138,7 +145,7 @@ int lt_embedding_shard_fwd(lt_ctx *ctx, lt_tensor out, lt_tensor tokens, lt_tens
 int lt_embedding_shard_bwd(lt_ctx *ctx, lt_tensor dtable, lt_tensor dout, lt_tensor tokens,
                            int64_t vocab_start) {
   LT_TRY(check_embedding("embedding_shard_bwd", dout, tokens, dtable));
-  ON_CUDA(lt_cuda_embedding_shard_bwd(ctx, dtable, dout, tokens, vocab_start));
+  CPU_ONLY("embedding_shard_bwd");
   lt_cpu_embedding_bwd(lt_f32(dtable), lt_f32(dout), lt_i32(tokens), lt_numel(tokens),
                        dtable.shape[1], vocab_start, dtable.shape[0]);
   return LT_OK;
@@ -215,15 +222,19 @@ int lt_swiglu_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor dh, lt_tensor gate_
   return LT_OK;
 }
 
-int lt_cross_entropy(lt_ctx *ctx, lt_tensor losses, lt_tensor logits, lt_tensor targets,
-                     int ignore_index, bool want_grad, float grad_scale) {
+int lt_cross_entropy(lt_ctx *ctx, lt_tensor losses, lt_tensor dlogits, lt_tensor logits,
+                     lt_tensor targets, int ignore_index, float grad_scale) {
   int64_t v = logits.shape[logits.ndim - 1], n = lt_numel(logits) / v;
   EXPECT(lt_numel(targets) == n && lt_numel(losses) == n && targets.dtype == LT_I32,
          "cross_entropy", "targets vs logits rows", targets, logits);
-  EXPECT(losses.dtype == LT_F32, "cross_entropy", "losses must be f32", losses, logits);
-  ON_CUDA(lt_cuda_cross_entropy(ctx, losses, logits, targets, ignore_index, want_grad, grad_scale));
-  lt_cpu_cross_entropy(lt_f32(losses), lt_f32(logits), lt_i32(targets), n, v, ignore_index,
-                       want_grad, grad_scale);
+  EXPECT(losses.dtype == LT_F32 && logits.dtype == LT_F32, "cross_entropy",
+         "losses and logits must be f32", losses, logits);
+  EXPECT(!dlogits.data || lt_numel(dlogits) == lt_numel(logits), "cross_entropy",
+         "dlogits vs logits", dlogits, logits);
+  ON_CUDA(lt_cuda_cross_entropy(ctx, losses, dlogits, logits, targets, ignore_index, grad_scale));
+  if (dlogits.data) EXPECT_F32("cross_entropy", dlogits);
+  lt_cpu_cross_entropy(lt_f32(losses), lt_f32(dlogits), lt_f32(logits), lt_i32(targets), n, v,
+                       ignore_index, grad_scale);
   return LT_OK;
 }
 
@@ -241,7 +252,7 @@ static int check_shard_ce(const char *op, lt_tensor stats, lt_tensor logits, lt_
 int lt_cross_entropy_shard_max(lt_ctx *ctx, lt_tensor stats, lt_tensor logits, lt_tensor targets,
                                int64_t vocab_start) {
   LT_TRY(check_shard_ce("cross_entropy_shard_max", stats, logits, targets));
-  ON_CUDA(lt_cuda_cross_entropy_shard_max(ctx, stats, logits, targets, vocab_start));
+  CPU_ONLY("cross_entropy_shard_max");
   const int64_t v = logits.shape[logits.ndim - 1];
   lt_cpu_cross_entropy_shard_max(lt_f32(stats), lt_f32(logits), lt_i32(targets),
                                  lt_numel(logits) / v, v, vocab_start);
@@ -253,7 +264,7 @@ int lt_cross_entropy_shard_sum_exp(lt_ctx *ctx, lt_tensor stats, lt_tensor logit
   EXPECT(lt_numel(stats) == 3 * n && stats.dtype == LT_F32 && logits.dtype == LT_F32,
          "cross_entropy_shard_sum_exp", "stats must be (3, N) f32 for f32 logits (N, V)", stats,
          logits);
-  ON_CUDA(lt_cuda_cross_entropy_shard_sum_exp(ctx, stats, logits));
+  CPU_ONLY("cross_entropy_shard_sum_exp");
   lt_cpu_cross_entropy_shard_sum_exp(lt_f32(stats), lt_f32(logits), n, v);
   return LT_OK;
 }
@@ -265,8 +276,7 @@ int lt_cross_entropy_shard_finish(lt_ctx *ctx, lt_tensor losses, lt_tensor logit
   const int64_t v = logits.shape[logits.ndim - 1], n = lt_numel(logits) / v;
   EXPECT(lt_numel(losses) == n && losses.dtype == LT_F32, "cross_entropy_shard_finish",
          "losses must be (N) f32", losses, logits);
-  ON_CUDA(lt_cuda_cross_entropy_shard_finish(ctx, losses, logits, targets, stats, vocab_start,
-                                             ignore_index, want_grad, grad_scale));
+  CPU_ONLY("cross_entropy_shard_finish");
   lt_cpu_cross_entropy_shard_finish(lt_f32(losses), lt_f32(logits), lt_i32(targets), lt_f32(stats),
                                     n, v, vocab_start, ignore_index, want_grad, grad_scale);
   return LT_OK;
@@ -375,7 +385,7 @@ int lt_moh_route_fwd(lt_ctx *ctx, lt_tensor gates, lt_tensor probs, lt_tensor to
   int routed = 0, k = 0;
   LT_TRY(moh_route_dims("moh_route_fwd", gates, probs, topk, load, n_shared, &n, &routed, &k));
   EXPECT(lt_same_shape(logits, probs), "moh_route_fwd", "logits vs probs", logits, probs);
-  ON_CUDA(lt_cuda_moh_route_fwd(ctx, gates, probs, topk, load, logits, n_shared));
+  CPU_ONLY("moh_route_fwd");
   EXPECT_F32("moh_route_fwd", logits);
   lt_cpu_moh_route_fwd(lt_f32(gates), lt_f32(probs), lt_i32(topk), lt_f32(load), lt_f32(logits), n,
                        n_shared, routed, k);
@@ -388,7 +398,7 @@ int lt_moh_route_bwd(lt_ctx *ctx, lt_tensor dlogits, lt_tensor dgates, lt_tensor
   int routed = 0, k = 0;
   LT_TRY(moh_route_dims("moh_route_bwd", dgates, probs, topk, load, n_shared, &n, &routed, &k));
   EXPECT(lt_same_shape(dlogits, probs), "moh_route_bwd", "dlogits vs probs", dlogits, probs);
-  ON_CUDA(lt_cuda_moh_route_bwd(ctx, dlogits, dgates, probs, topk, load, n_shared, balance_grad));
+  CPU_ONLY("moh_route_bwd");
   EXPECT_F32("moh_route_bwd", dlogits);
   lt_cpu_moh_route_bwd(lt_f32(dlogits), lt_f32(dgates), lt_f32(probs), lt_i32(topk), lt_f32(load),
                        n, n_shared, routed, k, balance_grad);
@@ -405,7 +415,7 @@ static int check_head_gate(const char *op, lt_tensor x, lt_tensor gates) {
 int lt_head_gate_fwd(lt_ctx *ctx, lt_tensor out, lt_tensor x, lt_tensor gates) {
   LT_TRY(check_head_gate("head_gate_fwd", x, gates));
   EXPECT(lt_numel(out) == lt_numel(x), "head_gate_fwd", "out vs x", out, x);
-  ON_CUDA(lt_cuda_head_gate_fwd(ctx, out, x, gates));
+  CPU_ONLY("head_gate_fwd");
   const int d = (int)x.shape[x.ndim - 1], h = (int)x.shape[x.ndim - 2];
   lt_cpu_head_gate_fwd(lt_f32(out), lt_f32(x), lt_f32(gates), lt_numel(gates) / h, h, d);
   return LT_OK;
@@ -418,7 +428,7 @@ int lt_head_gate_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dgates, lt_tensor dout
          "dx/dout vs x", dout, x);
   EXPECT(lt_numel(dgates) == lt_numel(gates) && dgates.dtype == LT_F32, "head_gate_bwd",
          "dgates vs gates", dgates, gates);
-  ON_CUDA(lt_cuda_head_gate_bwd(ctx, dx, dgates, dout, x, gates));
+  CPU_ONLY("head_gate_bwd");
   const int d = (int)x.shape[x.ndim - 1], h = (int)x.shape[x.ndim - 2];
   lt_cpu_head_gate_bwd(lt_f32(dx), lt_f32(dgates), lt_f32(dout), lt_f32(x), lt_f32(gates),
                        lt_numel(gates) / h, h, d);
@@ -426,12 +436,24 @@ int lt_head_gate_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dgates, lt_tensor dout
 }
 
 int lt_adamw(lt_ctx *ctx, lt_tensor param, lt_tensor grad, lt_tensor m, lt_tensor v,
-             const lt_adamw_args *args) {
+             lt_tensor compute, const lt_adamw_args *args) {
   EXPECT(lt_numel(param) == lt_numel(grad) && lt_numel(m) == lt_numel(param) &&
              lt_numel(v) == lt_numel(param),
          "adamw", "param, grad and moments differ in size", param, grad);
-  ON_CUDA(lt_cuda_adamw(ctx, param, grad, m, v, args));
-  lt_cpu_adamw(lt_f32(param), lt_f32(grad), lt_f32(m), lt_f32(v), lt_numel(param), args);
+  EXPECT(param.dtype == LT_F32 && grad.dtype == LT_F32 && m.dtype == LT_F32 && v.dtype == LT_F32,
+         "adamw", "param, grad and moments must be f32", param, grad);
+  EXPECT(!compute.data || lt_numel(compute) == lt_numel(param), "adamw", "compute copy vs param",
+         compute, param);
+  for (int i = 0; i < args->n_runs; i++)
+    EXPECT(args->runs[i].start >= 0 && args->runs[i].numel >= 0 &&
+               args->runs[i].start + args->runs[i].numel <= lt_numel(param),
+           "adamw", "a run lies outside the buffer", param, param);
+  ON_CUDA(lt_cuda_adamw(ctx, param, grad, m, v, compute, args));
+  lt_cpu_adamw(lt_f32(param), lt_f32(grad), lt_f32(m), lt_f32(v), args);
+  if (compute.data && compute.data != param.data) {
+    EXPECT_F32("adamw compute copy", compute);
+    memcpy(compute.data, param.data, lt_nbytes(param));
+  }
   return LT_OK;
 }
 
@@ -452,7 +474,7 @@ int lt_moe_route(lt_ctx *ctx, lt_tensor gate, lt_tensor expert, lt_tensor probs,
          prob_sum);
   EXPECT(expert.dtype == LT_I32 && gate.dtype == LT_F32 && probs.dtype == LT_F32, "moe_route",
          "expert i32, gate and probs f32", expert, gate);
-  ON_CUDA(lt_cuda_moe_route(ctx, gate, expert, probs, lse, prob_sum, logits, renormalize));
+  CPU_ONLY("moe_route");
   EXPECT_F32("moe_route", logits);
   lt_cpu_moe_route(lt_f32(gate), lt_i32(expert), lt_f32(probs), lt_f32(lse), lt_f32(prob_sum),
                    lt_f32(logits), n, (int)e, (int)k, renormalize);
@@ -469,8 +491,7 @@ int lt_moe_route_bwd(lt_ctx *ctx, lt_tensor dlogits, lt_tensor dgate, lt_tensor 
          "dlogits and probs (N, E), gate (N, k)", dlogits, gate);
   EXPECT(lt_numel(lse) == n && lt_numel(balance) == e, "moe_route_bwd", "lse (N), balance (E)", lse,
          balance);
-  ON_CUDA(lt_cuda_moe_route_bwd(ctx, dlogits, dgate, gate, expert, probs, lse, balance, z_scale,
-                                renormalize));
+  CPU_ONLY("moe_route_bwd");
   lt_cpu_moe_route_bwd(lt_f32(dlogits), lt_f32(dgate), lt_f32(gate), lt_i32(expert), lt_f32(probs),
                        lt_f32(lse), lt_f32(balance), z_scale, n, (int)e, (int)gate.shape[1],
                        renormalize);
@@ -486,7 +507,7 @@ int lt_moe_dispatch_plan(lt_ctx *ctx, lt_tensor slot_row, lt_tensor row_token, l
   EXPECT(expert.dtype == LT_I32 && slot_row.dtype == LT_I32 && row_token.dtype == LT_I32 &&
              offsets.dtype == LT_I32 && counts.dtype == LT_I32,
          "moe_dispatch_plan", "expected i32", expert, offsets);
-  ON_CUDA(lt_cuda_moe_dispatch_plan(ctx, slot_row, row_token, offsets, counts, expert, capacity));
+  CPU_ONLY("moe_dispatch_plan");
   lt_cpu_moe_dispatch_plan(lt_i32(slot_row), lt_i32(row_token), lt_i32(offsets), lt_i32(counts),
                            lt_i32(expert), expert.shape[0], (int)e, (int)expert.shape[1], capacity);
   return LT_OK;
@@ -497,7 +518,7 @@ int lt_moe_dispatch(lt_ctx *ctx, lt_tensor xe, lt_tensor x, lt_tensor row_token)
          "x (N, D), xe (R, D)", xe, x);
   EXPECT(row_token.dtype == LT_I32 && xe.shape[0] <= lt_numel(row_token), "moe_dispatch",
          "more rows than row_token names", xe, row_token);
-  ON_CUDA(lt_cuda_moe_dispatch(ctx, xe, x, row_token));
+  CPU_ONLY("moe_dispatch");
   lt_cpu_moe_dispatch(lt_f32(xe), lt_f32(x), lt_i32(row_token), xe.shape[0], x.shape[1]);
   return LT_OK;
 }
@@ -507,7 +528,7 @@ int lt_moe_dispatch_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dxe, lt_tensor slot
          "dx (N, D), dxe (R, D)", dx, dxe);
   EXPECT(slot_row.ndim == 2 && slot_row.shape[0] == dx.shape[0] && slot_row.dtype == LT_I32,
          "moe_dispatch_bwd", "slot_row (N, k) i32", slot_row, dx);
-  ON_CUDA(lt_cuda_moe_dispatch_bwd(ctx, dx, dxe, slot_row));
+  CPU_ONLY("moe_dispatch_bwd");
   lt_cpu_moe_dispatch_bwd(lt_f32(dx), lt_f32(dxe), lt_i32(slot_row), dx.shape[0],
                           (int)slot_row.shape[1], dx.shape[1]);
   return LT_OK;
@@ -525,7 +546,7 @@ static int check_combine(const char *op, lt_tensor out, lt_tensor ye, lt_tensor 
 
 int lt_moe_combine(lt_ctx *ctx, lt_tensor out, lt_tensor ye, lt_tensor gate, lt_tensor slot_row) {
   LT_TRY(check_combine("moe_combine", out, ye, gate, slot_row));
-  ON_CUDA(lt_cuda_moe_combine(ctx, out, ye, gate, slot_row));
+  CPU_ONLY("moe_combine");
   lt_cpu_moe_combine(lt_f32(out), lt_f32(ye), lt_f32(gate), lt_i32(slot_row), out.shape[0],
                      (int)gate.shape[1], out.shape[1]);
   return LT_OK;
@@ -536,7 +557,7 @@ int lt_moe_combine_bwd(lt_ctx *ctx, lt_tensor dye, lt_tensor dgate, lt_tensor do
   LT_TRY(check_combine("moe_combine_bwd", dout, ye, gate, slot_row));
   EXPECT(lt_same_shape(dye, ye), "moe_combine_bwd", "dye vs ye", dye, ye);
   LT_TRY(check_choices("moe_combine_bwd", dgate, gate));
-  ON_CUDA(lt_cuda_moe_combine_bwd(ctx, dye, dgate, dout, ye, gate, slot_row));
+  CPU_ONLY("moe_combine_bwd");
   lt_cpu_moe_combine_bwd(lt_f32(dye), lt_f32(dgate), lt_f32(dout), lt_f32(ye), lt_f32(gate),
                          lt_i32(slot_row), dout.shape[0], (int)gate.shape[1], dout.shape[1]);
   return LT_OK;
@@ -559,7 +580,7 @@ int lt_grouped_matmul(lt_ctx *ctx, lt_tensor c, lt_tensor a, lt_tensor b, bool t
   EXPECT(a.shape[1] == k && c.shape[1] == n && c.shape[0] == a.shape[0], "grouped_matmul",
          "inner or output dimensions", a, b);
   LT_TRY(check_groups("grouped_matmul", rows, groups, a));
-  ON_CUDA(lt_cuda_grouped_matmul(ctx, c, a, b, trans_b, rows));
+  CPU_ONLY("grouped_matmul");
   EXPECT_F32("grouped_matmul", a);
   lt_cpu_grouped_matmul(lt_f32(c), lt_f32(a), lt_f32(b), trans_b, rows, (int)groups, n, k);
   return LT_OK;
@@ -572,7 +593,7 @@ int lt_grouped_matmul_wgrad(lt_ctx *ctx, lt_tensor c, lt_tensor a, lt_tensor b,
   EXPECT(c.shape[1] == a.shape[1] && c.shape[2] == b.shape[1] && c.dtype == LT_F32,
          "grouped_matmul_wgrad", "c (G, M, N) f32", c, a);
   LT_TRY(check_groups("grouped_matmul_wgrad", rows, c.shape[0], a));
-  ON_CUDA(lt_cuda_grouped_matmul_wgrad(ctx, c, a, b, rows));
+  CPU_ONLY("grouped_matmul_wgrad");
   lt_cpu_grouped_matmul_wgrad(lt_f32(c), lt_f32(a), lt_f32(b), rows, (int)c.shape[0], a.shape[1],
                               b.shape[1]);
   return LT_OK;
@@ -626,7 +647,7 @@ int lt_linear_attn_fwd(lt_ctx *ctx, lt_tensor o, lt_tensor q, lt_tensor k, lt_te
              o.shape[3] == dims.e,
          "linear_attn_fwd", "o must be (B, T, Hq, E)", o, v);
   LT_TRY(expect_prefix("linear_attn_fwd", prefix, &dims, spec));
-  ON_CUDA(lt_cuda_linear_attn_fwd(ctx, o, q, k, v, prefix, spec));
+  CPU_ONLY("linear_attn_fwd");
   EXPECT_F32("linear_attn_fwd", q);
   return lt_cpu_linear_attn_fwd(lt_f32(o), lt_f32(q), lt_f32(k), lt_f32(v), lt_f32(prefix), &dims,
                                 spec);
@@ -643,7 +664,7 @@ int lt_linear_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt
          "dout must be (B, T, Hq, E)", dout, v);
   LT_TRY(expect_prefix("linear_attn_bwd", prefix, &dims, spec));
   if (dprefix.data) LT_TRY(expect_state("linear_attn_bwd", dprefix, &dims));
-  ON_CUDA(lt_cuda_linear_attn_bwd(ctx, dq, dk, dv, dprefix, dout, q, k, v, prefix, spec));
+  CPU_ONLY("linear_attn_bwd");
   EXPECT_F32("linear_attn_bwd", q);
   return lt_cpu_linear_attn_bwd(lt_f32(dq), lt_f32(dk), lt_f32(dv), lt_f32(dprefix), lt_f32(dout),
                                 lt_f32(q), lt_f32(k), lt_f32(v), lt_f32(prefix), &dims, spec);
@@ -662,7 +683,7 @@ int lt_linear_attn_state(lt_ctx *ctx, lt_tensor state, lt_tensor k, lt_tensor v,
   EXPECT(k.ndim == 4, "linear_attn_state", "k must be (B, T, Hkv, D)", k, v);
   LT_TRY(linear_dims("linear_attn_state", &dims, query_shape(state, k), k, v, spec));
   LT_TRY(expect_state("linear_attn_state", state, &dims));
-  ON_CUDA(lt_cuda_linear_attn_state(ctx, state, k, v, spec));
+  CPU_ONLY("linear_attn_state");
   EXPECT_F32("linear_attn_state", k);
   lt_cpu_linear_attn_state(lt_f32(state), lt_f32(k), lt_f32(v), &dims, spec);
   return LT_OK;
@@ -676,7 +697,7 @@ int lt_linear_attn_state_bwd(lt_ctx *ctx, lt_tensor dk, lt_tensor dv, lt_tensor 
   LT_TRY(expect_state("linear_attn_state_bwd", dstate, &dims));
   EXPECT(lt_same_shape(dk, k) && lt_same_shape(dv, v), "linear_attn_state_bwd", "dk, dv vs k, v",
          dk, k);
-  ON_CUDA(lt_cuda_linear_attn_state_bwd(ctx, dk, dv, dstate, k, v, spec));
+  CPU_ONLY("linear_attn_state_bwd");
   EXPECT_F32("linear_attn_state_bwd", k);
   lt_cpu_linear_attn_state_bwd(lt_f32(dk), lt_f32(dv), lt_f32(dstate), lt_f32(k), lt_f32(v), &dims,
                                spec);
@@ -699,7 +720,7 @@ static int check_linear_qkv(lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor qkv
 int lt_linear_qkv_fwd(lt_ctx *ctx, lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor qkv,
                       lt_feature_map map) {
   LT_TRY(check_linear_qkv(q, k, v, qkv));
-  ON_CUDA(lt_cuda_linear_qkv_fwd(ctx, q, k, v, qkv, map));
+  CPU_ONLY("linear_qkv_fwd");
   lt_cpu_linear_qkv_fwd(lt_f32(q), lt_f32(k), lt_f32(v), lt_f32(qkv), q.shape[0], (int)q.shape[1],
                         (int)k.shape[1], (int)q.shape[2], (int)v.shape[2], map);
   return LT_OK;
@@ -709,7 +730,7 @@ int lt_linear_qkv_bwd(lt_ctx *ctx, lt_tensor dqkv, lt_tensor dq, lt_tensor dk, l
                       lt_tensor qkv, lt_feature_map map) {
   LT_TRY(check_linear_qkv(dq, dk, dv, qkv));
   EXPECT(lt_same_shape(dqkv, qkv), "linear_qkv_bwd", "dqkv vs qkv", dqkv, qkv);
-  ON_CUDA(lt_cuda_linear_qkv_bwd(ctx, dqkv, dq, dk, dv, qkv, map));
+  CPU_ONLY("linear_qkv_bwd");
   lt_cpu_linear_qkv_bwd(lt_f32(dqkv), lt_f32(dq), lt_f32(dk), lt_f32(dv), lt_f32(qkv), dq.shape[0],
                         (int)dq.shape[1], (int)dk.shape[1], (int)dq.shape[2], (int)dv.shape[2],
                         map);
@@ -742,7 +763,7 @@ int lt_linear_out_fwd(lt_ctx *ctx, lt_tensor y, lt_tensor rstd, lt_tensor o, lt_
                       lt_linear_norm norm, lt_gate gate, float eps, lt_tensor row_stat) {
   LT_TRY(check_linear_out(y, rstd, o, u, norm, gate));
   LT_TRY(check_row_stat(row_stat, o, norm));
-  ON_CUDA(lt_cuda_linear_out_fwd(ctx, y, rstd, o, u, norm, gate, eps, row_stat));
+  CPU_ONLY("linear_out_fwd");
   const int e = (int)o.shape[2], d = norm == LT_LINEAR_NORM_DENOMINATOR ? e - 1 : e;
   lt_cpu_linear_out_fwd(lt_f32(y), lt_f32(rstd), lt_f32(o), lt_f32(u), o.shape[0], (int)o.shape[1],
                         d, e, norm, gate, eps, lt_f32(row_stat));
@@ -756,7 +777,7 @@ int lt_linear_out_bwd(lt_ctx *ctx, lt_tensor d_o, lt_tensor du, lt_tensor dy, lt
   LT_TRY(check_row_stat(row_stat, o, norm));
   EXPECT(lt_same_shape(d_o, o) && (gate == LT_GATE_NONE || lt_same_shape(du, u)), "linear_out_bwd",
          "d_o vs o or du vs u", d_o, o);
-  ON_CUDA(lt_cuda_linear_out_bwd(ctx, d_o, du, dy, o, u, rstd, norm, gate, eps, row_stat));
+  CPU_ONLY("linear_out_bwd");
   const int e = (int)o.shape[2], d = norm == LT_LINEAR_NORM_DENOMINATOR ? e - 1 : e;
   lt_cpu_linear_out_bwd(lt_f32(d_o), lt_f32(du), lt_f32(dy), lt_f32(o), lt_f32(u), lt_f32(rstd),
                         o.shape[0], (int)o.shape[1], d, e, norm, gate, eps, lt_f32(row_stat));
@@ -768,7 +789,7 @@ int lt_linear_out_rms_stat(lt_ctx *ctx, lt_tensor row_stat, lt_tensor o, int64_t
          "linear_out_rms_stat", "o must be (N, H, D), row_stat (N) f32", row_stat, o);
   EXPECT(row_width >= o.shape[1] * o.shape[2], "linear_out_rms_stat",
          "the whole row is narrower than this rank's part", o, o);
-  ON_CUDA(lt_cuda_linear_out_rms_stat(ctx, row_stat, o, row_width));
+  CPU_ONLY("linear_out_rms_stat");
   lt_cpu_linear_out_rms_stat(lt_f32(row_stat), lt_f32(o), o.shape[0], o.shape[1] * o.shape[2],
                              row_width);
   return LT_OK;
@@ -781,7 +802,7 @@ int lt_linear_out_rms_grad_stat(lt_ctx *ctx, lt_tensor row_stat, lt_tensor dy, l
          "row_stat must be (N) f32", row_stat, o);
   EXPECT(row_width >= o.shape[1] * o.shape[2], "linear_out_rms_grad_stat",
          "the whole row is narrower than this rank's part", o, o);
-  ON_CUDA(lt_cuda_linear_out_rms_grad_stat(ctx, row_stat, dy, o, u, rstd, gate, row_width));
+  CPU_ONLY("linear_out_rms_grad_stat");
   lt_cpu_linear_out_rms_grad_stat(lt_f32(row_stat), lt_f32(dy), lt_f32(o), lt_f32(u), lt_f32(rstd),
                                   o.shape[0], o.shape[1] * o.shape[2], row_width, gate);
   return LT_OK;

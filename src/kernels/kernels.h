@@ -80,11 +80,12 @@ int lt_swiglu_fwd(lt_ctx *ctx, lt_tensor h, lt_tensor gate_up);
 int lt_swiglu_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor dh, lt_tensor gate_up);
 
 // Per-row cross-entropy of logits against targets: losses[n] = lse(logits[n]) - logits[n, t_n],
-// 0 where targets[n] == ignore_index. With want_grad, logits is overwritten in place by
-// grad_scale * (softmax(logits[n]) - onehot(t_n)) (zero rows where ignored).
-// logits: (N, V); targets: (N) i32; losses: (N) f32
-int lt_cross_entropy(lt_ctx *ctx, lt_tensor losses, lt_tensor logits, lt_tensor targets,
-                     int ignore_index, bool want_grad, float grad_scale);
+// 0 where targets[n] == ignore_index. When dlogits.data is set it receives the gradient
+// grad_scale * (softmax(logits[n]) - onehot(t_n)) (zero rows where ignored); dlogits may be logits
+// itself (in place) or, where activations are bf16, a bf16 tensor of the same shape.
+// logits: (N, V) f32; dlogits: (N, V); targets: (N) i32; losses: (N) f32
+int lt_cross_entropy(lt_ctx *ctx, lt_tensor losses, lt_tensor dlogits, lt_tensor logits,
+                     lt_tensor targets, int ignore_index, float grad_scale);
 
 // Vocab-parallel cross-entropy (Megatron-LM, Shoeybi et al. 2019, section 3): a rank holds the
 // logits of the vocab columns [vocab_start, vocab_start + V) only, and never the whole row. A
@@ -163,7 +164,9 @@ int lt_attn_merge(lt_ctx *ctx, lt_tensor o, lt_tensor lse, lt_tensor o_part, lt_
 // delta = rowsum(dout * o) per query and head, (B, Hq, Tq) f32: the backward's softmax term,
 // computed once from the final output however many partials made it.
 int lt_attn_bwd_delta(lt_ctx *ctx, lt_tensor delta, lt_tensor dout, lt_tensor o);
-// Gradients of one partial, given the final lse and delta: dq, dk, dv += ...
+// Gradients of one partial, given the final lse and delta: dq, dk, dv += ... dq may be f32 where
+// the activations are bf16 (on CUDA it must be: key blocks add into it concurrently); dk and dv
+// have the activations' dtype or f32.
 int lt_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_tensor dout, lt_tensor q,
                 lt_tensor k, lt_tensor v, lt_tensor lse, lt_tensor delta, const lt_attn_spec *spec);
 
@@ -352,15 +355,24 @@ int lt_linear_out_rms_grad_stat(lt_ctx *ctx, lt_tensor row_stat, lt_tensor dy, l
 
 // --- optimizer ---
 
+// A stretch [start, start + numel) of the flat parameter buffers that shares one weight decay.
+typedef struct lt_adamw_run {
+  int64_t start, numel;
+  float weight_decay;
+} lt_adamw_run;
+
 typedef struct lt_adamw_args {
-  float lr, beta1, beta2, eps, weight_decay;
-  float grad_scale; // multiplies the gradient first (global-norm clipping)
-  long step;        // 1-based, for bias correction
+  float lr, beta1, beta2, eps;
+  float grad_scale;         // multiplies the gradient first (global-norm clipping)
+  long step;                // 1-based, for bias correction
+  const lt_adamw_run *runs; // in order; elements outside every run are left alone
+  int n_runs;
 } lt_adamw_args;
 
-// One AdamW update (Loshchilov & Hutter, decoupled decay) of param from grad, moments m and v.
-// All f32 and the same shape.
+// One AdamW update (Loshchilov & Hutter, decoupled decay) of param from grad, moments m and v,
+// all f32 and the same shape, over every run of args->runs: one pass over the whole flat buffer.
+// When compute.data is set, the updated values are also written there (the bf16 compute copy).
 int lt_adamw(lt_ctx *ctx, lt_tensor param, lt_tensor grad, lt_tensor m, lt_tensor v,
-             const lt_adamw_args *args);
+             lt_tensor compute, const lt_adamw_args *args);
 
 #endif

@@ -3,8 +3,10 @@
 #include "core/error.h"
 #include "layers/linear.h"
 
-// Rows per logits chunk: about 64 MiB of f32 logits, at least one row.
-enum { LOGITS_CHUNK_BYTES = 64 << 20 };
+// Rows per logits chunk: about 256 MiB of f32 logits, at least one row. Larger chunks make the
+// head's three matmuls efficient (512-row chunks of a 32K vocabulary ran them at a third of the
+// GPU's rate) and cut the passes over the f32 weight gradient they accumulate into.
+enum { LOGITS_CHUNK_BYTES = 256 << 20 };
 
 int lt_lm_head_create(lt_lm_head *head, lt_params *params, const lt_param *tied, int64_t vocab,
                       int64_t d_model, float std) {
@@ -26,20 +28,28 @@ int lt_lm_head_plan(lt_lm_head *head, const lt_plan *p) {
   LT_TRY(lt_arena_alloc1(p->acts, &head->losses, LT_F32, n));
   size_t mark = lt_arena_mark(p->scratch);
   LT_TRY(lt_arena_alloc2(p->scratch, &head->logits, LT_F32, head->chunk_rows, head->vocab));
+  head->dlogits = head->logits;
+  if (p->act_dtype != LT_F32)
+    LT_TRY(
+        lt_arena_alloc2(p->scratch, &head->dlogits, p->act_dtype, head->chunk_rows, head->vocab));
   if (head->tp.size > 1)
     LT_TRY(lt_arena_alloc1(p->scratch, &head->stats, LT_F32, 3 * head->chunk_rows));
   lt_arena_release(p->scratch, mark);
   return LT_OK;
 }
 
-// The loss (and with want_grad the gradient, over the logits) of one chunk of rows. Vocab-parallel,
+// The loss (and, when dlogits.data is set, the gradient) of one chunk of rows. Vocab-parallel,
 // each row's maximum, sum of exps and target logit are completed over the tp ranks (Megatron-LM's
 // vocab_parallel_cross_entropy): two all-reduces of a few numbers per row, where gathering the
 // logits would move the whole vocabulary.
-static int chunk_loss(lt_lm_head *head, lt_ctx *ctx, lt_tensor losses, lt_tensor logits,
-                      lt_tensor targets, bool want_grad, float grad_scale) {
+static int chunk_loss(lt_lm_head *head, lt_ctx *ctx, lt_tensor losses, lt_tensor dlogits,
+                      lt_tensor logits, lt_tensor targets, float grad_scale) {
   if (head->tp.size == 1)
-    return lt_cross_entropy(ctx, losses, logits, targets, LT_IGNORE_INDEX, want_grad, grad_scale);
+    return lt_cross_entropy(ctx, losses, dlogits, logits, targets, LT_IGNORE_INDEX, grad_scale);
+  // The vocab-parallel kernels write the gradient over the logits: f32 activations (the CPU) only;
+  // config validation keeps tensor parallelism off CUDA until its collectives run on NCCL.
+  const bool want_grad = dlogits.data != NULL;
+  LT_ASSERT(!want_grad || dlogits.data == logits.data);
   const int64_t rows = logits.shape[0];
   lt_tensor stats = lt_view2(head->stats.data, LT_F32, head->stats.device, 3, rows);
   LT_TRY(lt_cross_entropy_shard_max(ctx, stats, logits, targets, head->vocab_start));
@@ -58,13 +68,14 @@ int lt_lm_head_loss(lt_lm_head *head, lt_ctx *ctx, lt_tensor x, lt_tensor target
   for (int64_t start = 0; start < n; start += head->chunk_rows) {
     int64_t rows = n - start < head->chunk_rows ? n - start : head->chunk_rows;
     lt_tensor logits = lt_rows(head->logits, 0, rows);
+    lt_tensor dlogits = want_grad ? lt_rows(head->dlogits, 0, rows) : (lt_tensor){0};
     lt_tensor x_chunk = lt_rows(x2, start, rows);
     LT_TRY(lt_linear_forward(ctx, logits, x_chunk, head->weight->value));
-    LT_TRY(chunk_loss(head, ctx, lt_rows(head->losses, start, rows), logits,
-                      lt_rows(targets, start, rows), want_grad, grad_scale));
+    LT_TRY(chunk_loss(head, ctx, lt_rows(head->losses, start, rows), dlogits, logits,
+                      lt_rows(targets, start, rows), grad_scale));
     if (want_grad)
-      LT_TRY(lt_linear_backward(ctx, lt_rows(dx2, start, rows), head->weight->grad, logits, x_chunk,
-                                head->weight->value));
+      LT_TRY(lt_linear_backward(ctx, lt_rows(dx2, start, rows), head->weight->grad, dlogits,
+                                x_chunk, head->weight->value));
   }
   // The head reads x on every rank (a column-parallel projection): its gradient is the sum of the
   // ranks' shares (Megatron's f, backward).

@@ -19,9 +19,12 @@ typedef struct lt_lm_head {
   int64_t vocab_start;    // the first of them in the whole vocabulary
   int64_t chunk_rows;
   lt_tp tp;
-  lt_tensor losses; // (B*T) f32, per-token loss of the last call (0 where ignored)
-  lt_tensor logits; // scratch (chunk_rows, vocab)
-  lt_tensor stats;  // scratch (3 * chunk_rows) f32: a vocab-parallel chunk's row statistics
+  lt_tensor losses;  // (B*T) f32, per-token loss of the last call (0 where ignored)
+  lt_tensor logits;  // scratch (chunk_rows, vocab) f32: the loss is taken in f32 whatever the
+                     // activations' dtype
+  lt_tensor dlogits; // scratch (chunk_rows, vocab) in the activations' dtype, the matmuls' operand
+                     // for the backward; the logits themselves (in place) when that is f32
+  lt_tensor stats;   // scratch (3 * chunk_rows) f32: a vocab-parallel chunk's row statistics
 } lt_lm_head;
 
 // `tied` is the embedding's weight to share, or NULL for a head of its own; `vocab` is the whole

@@ -50,17 +50,43 @@ static int parse_freeze(lt_optimizer *opt, const char *spec) {
   return LT_OK;
 }
 
+// Consecutive trained parameters with the same decay, and the padding between them (all zero, so
+// AdamW leaves it zero), form one run: the whole buffer is updated in one pass of a few runs. A
+// frozen parameter is in no run, so the update leaves it alone.
+static int build_runs(lt_optimizer *opt) {
+  const lt_params *params = opt->params;
+  opt->runs = calloc((size_t)params->count + 1, sizeof *opt->runs);
+  LT_CHECK(opt->runs, LT_ERR_MEMORY, "out of memory creating the optimizer");
+  bool extend = false; // whether the previous parameter ended a run this one may continue
+  for (int i = 0; i < params->count; i++) {
+    const lt_param_info *p = &params->info[i];
+    if (opt->frozen[i]) {
+      extend = false;
+      continue;
+    }
+    float wd = decays(p, &opt->cfg) ? (float)opt->cfg.weight_decay : 0.0f;
+    int64_t end = (int64_t)p->offset + p->numel;
+    lt_adamw_run *last = opt->n_runs ? &opt->runs[opt->n_runs - 1] : NULL;
+    if (extend && last->weight_decay == wd)
+      last->numel = end - last->start;
+    else
+      opt->runs[opt->n_runs++] =
+          (lt_adamw_run){.start = (int64_t)p->offset, .numel = p->numel, .weight_decay = wd};
+    extend = true;
+  }
+  return LT_OK;
+}
+
 int lt_optimizer_create(lt_optimizer *opt, lt_params *params, const lt_train_config *cfg) {
   *opt = (lt_optimizer){.cfg = *cfg, .params = params};
-  opt->decay = calloc((size_t)params->count, sizeof *opt->decay);
   opt->frozen = calloc((size_t)params->count, sizeof *opt->frozen);
-  LT_CHECK(opt->decay && opt->frozen, LT_ERR_MEMORY, "out of memory creating the optimizer");
-  for (int i = 0; i < params->count; i++) opt->decay[i] = decays(&params->info[i], cfg);
-  return parse_freeze(opt, cfg->freeze);
+  LT_CHECK(opt->frozen, LT_ERR_MEMORY, "out of memory creating the optimizer");
+  LT_TRY(parse_freeze(opt, cfg->freeze));
+  return build_runs(opt);
 }
 
 void lt_optimizer_destroy(lt_optimizer *opt) {
-  free(opt->decay);
+  free(opt->runs);
   free(opt->frozen);
   *opt = (lt_optimizer){0};
 }
@@ -106,18 +132,20 @@ int lt_optimizer_step(lt_optimizer *opt, lt_ctx *ctx, double lr, double *grad_no
     if (coef < 1.0) clip = (float)coef;
   }
   opt->step++;
-  for (int i = 0; i < p->count; i++) {
-    if (opt->frozen[i]) continue;
-    const lt_param_info *info = &p->info[i];
-    lt_adamw_args args = {.lr = (float)lr,
-                          .beta1 = (float)opt->cfg.beta1,
-                          .beta2 = (float)opt->cfg.beta2,
-                          .eps = (float)opt->cfg.eps,
-                          .weight_decay = opt->decay[i] ? (float)opt->cfg.weight_decay : 0.0f,
-                          .grad_scale = clip,
-                          .step = opt->step};
-    LT_TRY(lt_adamw(ctx, param_part(p, info, p->master), param_part(p, info, p->grad),
-                    param_part(p, info, p->adam_m), param_part(p, info, p->adam_v), &args));
-  }
-  return lt_params_sync_compute(p);
+  lt_adamw_args args = {.lr = (float)lr,
+                        .beta1 = (float)opt->cfg.beta1,
+                        .beta2 = (float)opt->cfg.beta2,
+                        .eps = (float)opt->cfg.eps,
+                        .grad_scale = clip,
+                        .step = opt->step,
+                        .runs = opt->runs,
+                        .n_runs = opt->n_runs};
+  const int64_t n = (int64_t)p->numel;
+  lt_tensor master = lt_view1(p->master, LT_F32, p->device, n);
+  lt_tensor compute = {0}; // the CPU computes on the master weights themselves
+  if (p->compute != p->master)
+    compute = lt_view1(p->compute, p->device == LT_CUDA ? LT_BF16 : LT_F32, p->device, n);
+  return lt_adamw(ctx, master, lt_view1(p->grad, LT_F32, p->device, n),
+                  lt_view1(p->adam_m, LT_F32, p->device, n),
+                  lt_view1(p->adam_v, LT_F32, p->device, n), compute, &args);
 }

@@ -9,9 +9,10 @@
 typedef struct lt_optimizer {
   lt_train_config cfg;
   lt_params *params;
-  bool *decay;  // per parameter: does weight decay apply
   bool *frozen; // per parameter: left out of training (train.freeze)
   int n_frozen;
+  lt_adamw_run *runs; // the trained parameters as stretches of one weight decay: one fused update
+  int n_runs;
   int64_t step; // optimizer steps taken so far
 } lt_optimizer;
 

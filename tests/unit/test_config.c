@@ -163,7 +163,7 @@ static void test_bools_accept_true_false_yes_no(void **state) {
 static void test_resolved_yaml_loads_back_to_an_identical_config(void **state) {
   (void)state;
   lt_config cfg, back;
-  char *overrides[] = {"model.d_model=96",
+  char *overrides[] = {"model.d_model=384",
                        "model.n_heads=6",
                        "model.n_kv_heads=2",
                        "model.rope_theta=500000",

@@ -92,15 +92,18 @@ static void test_adamw_step_matches_pytorch_formula(void **state) {
   for (int t = 1; t <= STEPS; t++) {
     float g[N];
     memcpy(g, grads[t - 1], sizeof g);
+    lt_adamw_run all = {.start = 0, .numel = N, .weight_decay = (float)wd};
     lt_adamw_args args = {.lr = (float)lr,
                           .beta1 = (float)beta1,
                           .beta2 = (float)beta2,
                           .eps = (float)eps,
-                          .weight_decay = (float)wd,
                           .grad_scale = 1.0f,
-                          .step = t};
+                          .step = t,
+                          .runs = &all,
+                          .n_runs = 1};
     assert_ok(lt_adamw(&ctx, lt_view1(param, LT_F32, LT_CPU, N), lt_view1(g, LT_F32, LT_CPU, N),
-                       lt_view1(m, LT_F32, LT_CPU, N), lt_view1(v, LT_F32, LT_CPU, N), &args));
+                       lt_view1(m, LT_F32, LT_CPU, N), lt_view1(v, LT_F32, LT_CPU, N),
+                       (lt_tensor){0}, &args));
     // torch.optim.AdamW (Loshchilov & Hutter, Algorithm 2, as PyTorch writes it).
     for (int i = 0; i < N; i++) {
       double gi = grads[t - 1][i];

@@ -6,19 +6,21 @@
 
 #include "kernels/cpu/cpu_kernels.h"
 
-void lt_cpu_adamw(float *param, const float *grad, float *m, float *v, int64_t n,
-                  const lt_adamw_args *a) {
+void lt_cpu_adamw(float *param, const float *grad, float *m, float *v, const lt_adamw_args *a) {
   // Bias corrections in double, as PyTorch computes them on the host.
   double bias1 = 1.0 - pow(a->beta1, (double)a->step);
   float bias2_sqrt = (float)sqrt(1.0 - pow(a->beta2, (double)a->step));
   float step_size = (float)(a->lr / bias1);
-  float decay = 1.0f - a->lr * a->weight_decay;
-#pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; i++) {
-    float g = grad[i] * a->grad_scale;
-    float p = param[i] * decay;
-    m[i] += (1.0f - a->beta1) * (g - m[i]); // lerp, as PyTorch
-    v[i] = a->beta2 * v[i] + (1.0f - a->beta2) * g * g;
-    param[i] = p - step_size * m[i] / (sqrtf(v[i]) / bias2_sqrt + a->eps);
+  for (int r = 0; r < a->n_runs; r++) {
+    const int64_t start = a->runs[r].start, end = start + a->runs[r].numel;
+    float decay = 1.0f - a->lr * a->runs[r].weight_decay;
+#pragma omp parallel for schedule(static) if (end - start > 65536)
+    for (int64_t i = start; i < end; i++) {
+      float g = grad[i] * a->grad_scale;
+      float p = param[i] * decay;
+      m[i] += (1.0f - a->beta1) * (g - m[i]); // lerp, as PyTorch
+      v[i] = a->beta2 * v[i] + (1.0f - a->beta2) * g * g;
+      param[i] = p - step_size * m[i] / (sqrtf(v[i]) / bias2_sqrt + a->eps);
+    }
   }
 }

@@ -34,8 +34,10 @@ void lt_cpu_swiglu_fwd(float *h, const float *gate_up, int64_t n, int64_t f);
 void lt_cpu_swiglu_bwd(float *dgate_up, const float *dh, const float *gate_up, int64_t n,
                        int64_t f);
 
-void lt_cpu_cross_entropy(float *losses, float *logits, const int32_t *targets, int64_t n,
-                          int64_t v, int ignore_index, bool want_grad, float grad_scale);
+// dlogits may be NULL (no gradient) or alias logits.
+void lt_cpu_cross_entropy(float *losses, float *dlogits, const float *logits,
+                          const int32_t *targets, int64_t n, int64_t v, int ignore_index,
+                          float grad_scale);
 void lt_cpu_cross_entropy_shard_max(float *stats, const float *logits, const int32_t *targets,
                                     int64_t n, int64_t v, int64_t vocab_start);
 void lt_cpu_cross_entropy_shard_sum_exp(float *stats, const float *logits, int64_t n, int64_t v);
@@ -131,7 +133,6 @@ void lt_cpu_linear_out_rms_grad_stat(float *row_stat, const float *dy, const flo
                                      const float *u, const float *rstd, int64_t n, int64_t width,
                                      int64_t row_width, lt_gate gate);
 
-void lt_cpu_adamw(float *param, const float *grad, float *m, float *v, int64_t n,
-                  const lt_adamw_args *args);
+void lt_cpu_adamw(float *param, const float *grad, float *m, float *v, const lt_adamw_args *args);
 
 #endif

@@ -70,7 +70,8 @@ static int plan(lt_layer *self, const lt_plan *p) {
   lt_arena_release(p->scratch, passes);
   LT_TRY(lt_arena_alloc3(p->scratch, &s->dqkv, dt, B * T, hq + 2 * hkv, hd));
   LT_TRY(lt_arena_alloc4(p->scratch, &s->d_o, dt, B, T, hq, hd));
-  LT_TRY(lt_arena_alloc4(p->scratch, &s->dq, dt, B, T, hq, hd));
+  // dq in f32: key blocks (and, with ring attention, steps) add into it one after another.
+  LT_TRY(lt_arena_alloc4(p->scratch, &s->dq, LT_F32, B, T, hq, hd));
   LT_TRY(lt_arena_alloc4(p->scratch, &s->dk, dt, B, T, hkv, hd));
   LT_TRY(lt_arena_alloc4(p->scratch, &s->dv, dt, B, T, hkv, hd));
   LT_TRY(lt_arena_alloc3(p->scratch, &s->delta, LT_F32, B, hq, T));

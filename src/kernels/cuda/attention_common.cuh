@@ -1,0 +1,344 @@
+// Building blocks of the flash attention kernels: tensor-core fragments (mma.sync m16n8k16 bf16,
+// ldmatrix), asynchronous global-to-shared copies, the swizzled shared-memory tile layout, and
+// the tile tables that say which (query tile, key tile) pairs any mask lets through.
+//
+// Fragment layouts (PTX ISA, "Matrix fragments for mma.m16n8k16"), with g = lane / 4 and
+// c = lane % 4:
+//   A (16 x 16, row-major), 4 registers of 2 bf16: (g, 2c..2c+1), (g+8, 2c..), (g, 2c+8..),
+//     (g+8, 2c+8..)
+//   B (16 x 8, k by n), 2 registers: (k = 2c..2c+1, n = g), (k = 2c+8.., n = g)
+//   C (16 x 8, f32), 4 registers: (g, 2c), (g, 2c+1), (g+8, 2c), (g+8, 2c+1)
+// So the C fragments of two adjacent n-tiles are, packed to bf16, the A fragment of one k-step:
+// attention's probabilities go from one matmul into the next without leaving registers
+// (FlashAttention-2, section 3.3).
+#ifndef LT_ATTENTION_COMMON_CUH
+#define LT_ATTENTION_COMMON_CUH
+
+#include <math.h>
+
+#include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/wgmma.cuh"
+
+#define LOG2E 1.4426950408889634f
+#define LN2   0.6931471805599453f
+
+// Everything the forward and backward kernels read. Strides are those of (B, T, H, D) tensors.
+typedef struct attn_params {
+  const bf16 *q, *k, *v, *dout;
+  bf16 *o;
+  float *lse, *delta;                           // (B, Hq, Tq)
+  float *dq;                                    // (B, Tq, Hq, D) f32, accumulated with atomics
+  void *dk, *dv;                                // (B, Tk, Hkv, D), bf16 or f32 (dkv_f32)
+  const int32_t *q_pos, *k_pos, *q_doc, *k_doc; // docs NULL without a document mask
+  const int4 *q_tiles, *k_tiles; // per (batch row, tile): pos min, pos max, doc min, doc max
+  int64_t tq, tk;
+  int hq, hkv, n_q_tiles, n_k_tiles;
+  float scale_log2; // softmax scale times log2(e): the kernels work in base 2
+  bool causal, dkv_f32;
+} attn_params;
+
+// Which pairs of a query tile and a key tile may attend, from their ranges alone.
+enum { TILE_HIDDEN = 0, TILE_FULL = 1, TILE_PARTIAL = 2 };
+
+__device__ __forceinline__ int classify_tiles(int4 q, int4 k, bool causal, bool docs, bool ragged) {
+  if (causal && k.x > q.y) return TILE_HIDDEN;              // every key after every query
+  if (docs && (k.w < q.z || k.z > q.w)) return TILE_HIDDEN; // no document in common
+  bool full = !ragged;
+  if (causal && k.y > q.x) full = false;
+  if (docs && !(q.z == q.w && k.z == k.w && q.z == k.z)) full = false;
+  return full ? TILE_FULL : TILE_PARTIAL;
+}
+
+// Whether query position/document (qp, qd) sees key (kp, kd): lt_attn_spec's rule.
+__device__ __forceinline__ bool pair_visible(int32_t qp, int32_t qd, int32_t kp, int32_t kd,
+                                             bool causal, bool docs) {
+  return (!causal || kp <= qp) && (!docs || qd == kd);
+}
+
+// A list of the tiles a block visits, in order, built cooperatively by all its threads: entry =
+// tile index, with bit 31 set for TILE_PARTIAL. `classify(t)` gives a tile's kind.
+template <int THREADS, typename F>
+__device__ int build_tile_list(int *list, int *warp_counts, int first, int count, F &&classify) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int total = 0;
+  for (int base = 0; base < count; base += THREADS) {
+    const int t = first + base + (int)threadIdx.x;
+    const int kind = base + (int)threadIdx.x < count ? classify(t) : TILE_HIDDEN;
+    const unsigned mask = __ballot_sync(0xffffffffu, kind != TILE_HIDDEN);
+    if (lane == 0) warp_counts[warp] = __popc(mask);
+    __syncthreads();
+    int offset = total;
+    for (int w = 0; w < warp; w++) offset += warp_counts[w];
+    for (int w = 0; w < THREADS / 32; w++) total += warp_counts[w];
+    if (kind != TILE_HIDDEN)
+      list[offset + __popc(mask & ((1u << lane) - 1))] =
+          t | (kind == TILE_PARTIAL ? (int)0x80000000u : 0);
+    __syncthreads();
+  }
+  return total;
+}
+
+__device__ __forceinline__ uint32_t smem_u32(const void *p) {
+  return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+// 16 bytes global -> shared, asynchronously; zero-filled when !valid (rows past the end).
+__device__ __forceinline__ void cp_async16(uint32_t smem_addr, const void *gmem, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr), "l"(gmem),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// c += a b on the tensor cores: a 16 x 16 bf16, b 16 x 8 bf16, c 16 x 8 f32.
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+               "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t *>(&v);
+}
+
+// Four accumulators of a flat fragment array as one mma.sync C fragment.
+__device__ __forceinline__ float (&frag4(float *x, int i))[4] {
+  return *reinterpret_cast<float(*)[4]>(x + 4 * i);
+}
+
+// The A fragment of k-step kk from the C fragments of n-tiles 2 kk and 2 kk + 1.
+__device__ __forceinline__ void c_to_a(uint32_t (&a)[4], const float (&c0)[4],
+                                       const float (&c1)[4]) {
+  a[0] = pack_bf16(c0[0], c0[1]);
+  a[1] = pack_bf16(c0[2], c0[3]);
+  a[2] = pack_bf16(c1[0], c1[1]);
+  a[3] = pack_bf16(c1[2], c1[3]);
+}
+
+// Tiles in shared memory are rows of D bf16 padded by 16 bytes: the 8 rows one ldmatrix reads
+// start 4 banks apart, so they hit all 32 banks once, and an address is a per-thread base plus a
+// compile-time offset (no swizzle arithmetic in the inner loops).
+template <int D> __host__ __device__ constexpr int tile_row_bytes() {
+  return D * 2 + 16;
+}
+template <int ROWS, int D> __host__ __device__ constexpr int tile_bytes() {
+  return ROWS * tile_row_bytes<D>();
+}
+template <int D> __device__ __forceinline__ uint32_t tile_addr(uint32_t base, int row, int chunk) {
+  return base + (uint32_t)(row * tile_row_bytes<D>() + chunk * 16);
+}
+
+// acc (the warp's 16 rows x D) += a (16 x 16, the k-step) x rows [16 kk, 16 kk + 16) of a padded
+// (rows, D) tile, read transposed by ldmatrix: O += P V, dV += P^T dO, dK += dS^T Q, dQ += dS K.
+template <int D>
+__device__ __forceinline__ void mma_tile_rows(float (&acc)[D / 2], const uint32_t (&a)[4],
+                                              uint32_t tile_base, int kk, int lane) {
+#pragma unroll
+  for (int dp = 0; dp < D / 16; dp++) {
+    uint32_t b[4];
+    ldmatrix_x4_trans(b, tile_addr<D>(tile_base, kk * 16 + (lane & 15), dp * 2 + (lane >> 4)));
+    mma_bf16(frag4(acc, 2 * dp), a, b[0], b[1]);
+    mma_bf16(frag4(acc, 2 * dp + 1), a, b[2], b[3]);
+  }
+}
+
+// Tiles for wgmma are stored as D / 64 column blocks of ROWS rows of 128 bytes, chunk c of row r
+// at chunk c ^ (r % 8): the canonical 128-byte-swizzled layout (wgmma.cuh), read K-major or
+// MN-major alike. Tiles must start at 1024-byte boundaries.
+template <int ROWS>
+__device__ __forceinline__ uint32_t swizzled_addr(uint32_t base, int row, int chunk) {
+  return base +
+         (uint32_t)((chunk >> 3) * ROWS * 128 + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
+}
+
+template <int ROWS, int D, int THREADS>
+__device__ __forceinline__ void load_tile_swizzled(uint32_t base, const bf16 *src,
+                                                   int64_t row_stride, int64_t row0,
+                                                   int64_t rows_valid) {
+  constexpr int CHUNKS = D / 8;
+  static_assert(ROWS * CHUNKS % THREADS == 0, "whole chunks per thread");
+#pragma unroll
+  for (int i = 0; i < ROWS * CHUNKS / THREADS; i++) {
+    const int c = i * THREADS + (int)threadIdx.x, r = c / CHUNKS, ch = c % CHUNKS;
+    const bool valid = row0 + r < rows_valid;
+    cp_async16(swizzled_addr<ROWS>(base, r, ch),
+               src + (valid ? (row0 + r) * row_stride : 0) + ch * 8, valid);
+  }
+}
+
+// Copies rows [row0, row0 + ROWS) of a (T, H, D) slice (row stride H * D elements) into a
+// padded tile, zero-filling rows at or past `rows_valid`.
+template <int ROWS, int D, int THREADS>
+__device__ __forceinline__ void load_tile(void *tile, const bf16 *src, int64_t row_stride,
+                                          int64_t row0, int64_t rows_valid) {
+  constexpr int CHUNKS = D / 8;
+  static_assert(ROWS * CHUNKS % THREADS == 0, "whole chunks per thread");
+  const uint32_t base = smem_u32(tile);
+#pragma unroll
+  for (int i = 0; i < ROWS * CHUNKS / THREADS; i++) {
+    const int c = i * THREADS + (int)threadIdx.x, r = c / CHUNKS, ch = c % CHUNKS;
+    const bool valid = row0 + r < rows_valid;
+    cp_async16(tile_addr<D>(base, r, ch), src + (valid ? (row0 + r) * row_stride : 0) + ch * 8,
+               valid);
+  }
+}
+
+// 4-byte async copy (a position, document id or statistic); zero when !valid.
+__device__ __forceinline__ void cp_async4(void *smem, const void *gmem, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
+               "r"(valid ? 4 : 0));
+}
+
+// --- the forward's per-tile math, shared by the mma.sync and wgmma kernels -------------------
+// A thread holds two query rows (g and g + 8 of its warp's 16) of a score tile as s[4 nt + e]:
+// row g + 8 (e / 2), key column 8 nt + 2 c + e % 2; and the matching output rows as o[4 dt + e].
+
+// Sets to -inf every score the mask hides: keys past tk, and pairs lt_attn_spec rules out.
+// `row` is the thread's first row in the block; positions of the tile's keys are in kpos/kdoc.
+template <int NT>
+__device__ __forceinline__ void mask_scores(float (&s)[NT * 4], int row, const int32_t *qpos,
+                                            const int32_t *qdoc, const int32_t *kpos,
+                                            const int32_t *kdoc, int64_t j0, int64_t tk,
+                                            bool causal, bool docs) {
+  const int c = threadIdx.x & 3;
+#pragma unroll
+  for (int hf = 0; hf < 2; hf++) {
+    const int32_t qp = qpos[row + 8 * hf], qd = qdoc[row + 8 * hf];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+      for (int e2 = 0; e2 < 2; e2++) {
+        const int col = nt * 8 + c * 2 + e2;
+        if (j0 + col >= tk || !pair_visible(qp, qd, kpos[col], docs ? kdoc[col] : 0, causal, docs))
+          s[nt * 4 + 2 * hf + e2] = -INFINITY;
+      }
+  }
+}
+
+// 2^x on the special function unit, flushing results below 2^-126 to zero (probabilities that
+// small do not matter); exp2f's extra range handling costs instructions in the inner loops.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// The online-softmax step (FlashAttention-2, Algorithm 1, lines 8-10) in base 2: scores become
+// probabilities exp2(s * scale_log2 - m) against the new running max m, and the running sum and
+// output are rescaled to it.
+template <int NT, int DT>
+__device__ __forceinline__ void online_softmax(float (&s)[NT * 4], float (&o)[DT * 4],
+                                               float (&row_max)[2], float (&row_sum)[2],
+                                               float scale_log2) {
+#pragma unroll
+  for (int hf = 0; hf < 2; hf++) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+      mx = fmaxf(mx, fmaxf(s[nt * 4 + 2 * hf], s[nt * 4 + 2 * hf + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(row_max[hf], mx * scale_log2);
+    const float m_use = m_new == -INFINITY ? 0.0f : m_new; // a row that has seen nothing yet
+    const float rescale = fast_exp2(row_max[hf] - m_use);
+    row_max[hf] = m_new;
+    float sum = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+      for (int e2 = 0; e2 < 2; e2++) {
+        const float pv = fast_exp2(fmaf(s[nt * 4 + 2 * hf + e2], scale_log2, -m_use));
+        s[nt * 4 + 2 * hf + e2] = pv;
+        sum += pv;
+      }
+    row_sum[hf] = row_sum[hf] * rescale + sum;
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++)
+      o[dt * 4 + 2 * hf] *= rescale, o[dt * 4 + 2 * hf + 1] *= rescale;
+  }
+}
+
+// The probabilities of keys 16 kk .. 16 kk + 15 as an A fragment (bf16).
+template <int NT>
+__device__ __forceinline__ void probs_fragment(uint32_t (&a)[4], const float (&s)[NT * 4], int kk) {
+  a[0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
+  a[1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+  a[2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+  a[3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+}
+
+// o / l and lse = (m + log2 l) ln 2 for the thread's two rows (i0 + row, + 8); o = 0 and
+// lse = -inf for a row that saw no key.
+template <int D>
+__device__ __forceinline__ void write_output(const attn_params &p, const float (&o)[D / 2],
+                                             const float (&row_max)[2], const float (&row_sum)[2],
+                                             int b, int h, int64_t i0, int row) {
+  const int c = threadIdx.x & 3;
+#pragma unroll
+  for (int hf = 0; hf < 2; hf++) {
+    float l = row_sum[hf];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int64_t i = i0 + row + 8 * hf;
+    if (i >= p.tq) continue;
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    bf16 *o_row = p.o + (((int64_t)b * p.tq + i) * p.hq + h) * D;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++)
+      *reinterpret_cast<uint32_t *>(o_row + dt * 8 + c * 2) =
+          pack_bf16(o[dt * 4 + 2 * hf] * inv, o[dt * 4 + 2 * hf + 1] * inv);
+    if (c == 0)
+      p.lse[((int64_t)b * p.hq + h) * p.tq + i] =
+          l > 0.0f ? (row_max[hf] + log2f(l)) * LN2 : -INFINITY;
+  }
+}
+
+// Checks the operands, fills the parameters shared by the forward and backward, and builds the
+// tile tables for query tiles of q_tile rows and key tiles of k_tile rows (attention_fwd.cu).
+int lt_cuda_attn_setup(lt_ctx *ctx, attn_params *p, lt_tensor q, lt_tensor k, lt_tensor v,
+                       const lt_attn_spec *spec, int q_tile, int k_tile, const char *op);
+
+// Waits until this step's copies have landed (the next step's, when issued, stay in flight) and
+// are visible to every thread of the block, and on Hopper to the tensor cores too.
+template <bool HOPPER> __device__ __forceinline__ void wait_for_tile(bool next_in_flight) {
+  if (next_in_flight)
+    cp_async_wait<1>();
+  else
+    cp_async_wait<0>();
+  if constexpr (HOPPER) fence_proxy_async(); // cp.async wrote what the tensor cores read
+  __syncthreads();
+}
+
+// A tile in the layout its multiplies read: swizzled for wgmma, padded rows for ldmatrix.
+template <bool SWIZZLED, int ROWS, int D, int THREADS>
+__device__ __forceinline__ void load_rows(unsigned char *tile, const bf16 *src, int64_t row_stride,
+                                          int64_t row0, int64_t rows_valid) {
+  if constexpr (SWIZZLED)
+    load_tile_swizzled<ROWS, D, THREADS>(smem_u32(tile), src, row_stride, row0, rows_valid);
+  else
+    load_tile<ROWS, D, THREADS>(tile, src, row_stride, row0, rows_valid);
+}
+
+// Launches the tile-table kernel for (B, T) positions and documents in tiles of `tile` rows.
+int lt_cuda_attn_tiles(lt_cuda_state *st, int4 *out, const int32_t *pos, const int32_t *doc,
+                       int64_t b, int64_t t, int tile);
+
+#endif

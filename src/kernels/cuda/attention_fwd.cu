@@ -1,0 +1,322 @@
+// Flash attention forward on the tensor cores (FlashAttention-2, Dao 2023, Algorithm 1): a block
+// owns BM = 128 query rows of one head (16 per warp) and streams the key/value tiles its mask lets
+// through, keeping the running row max and sum in registers; K and V tiles are double-buffered
+// with cp.async, so the next tile loads while this one is multiplied. Two kernels share that
+// structure and the per-tile math (attention_common.cuh):
+// - Hopper (sm_90a): each warpgroup multiplies with wgmma, straight from swizzled shared memory
+//   (S = Q K^T) and from the probability registers (O += P V), as FlashAttention-3 does;
+// - elsewhere, or with LT_ATTENTION_KERNELS=portable: mma.sync m16n8k16 on ldmatrix fragments.
+// Both match lt_cpu_attn_fwd, including (o, lse) over partial key ranges and lse = -inf, o = 0 for
+// a query that sees no key.
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda/attention_common.cuh"
+
+enum { THREADS = 256, WARPS = 8, BM = 128, LIST_MAX = 1024 };
+
+// Key rows per tile. mma.sync keeps scores and output under 255 registers; with wgmma, d = 128
+// takes n = 128 and d = 64 takes n = 64, which fits two blocks on an SM (measured 14% faster
+// than n = 128 at one block).
+template <int D, bool HOPPER> __host__ __device__ constexpr int fwd_bn() {
+  return HOPPER ? (D == 128 ? 128 : 64) : (D == 64 ? 128 : 64);
+}
+template <int D, bool HOPPER> __host__ __device__ constexpr int fwd_min_blocks() {
+  return HOPPER && fwd_bn<D, HOPPER>() == 64 ? 2 : 1;
+}
+
+template <int D, bool HOPPER> __host__ __device__ constexpr int fwd_tile_bytes(int rows) {
+  return HOPPER ? rows * D * 2 : rows * tile_row_bytes<D>();
+}
+
+// K/V tiles in flight. With three (where they fit), a tile's buffer is refilled two steps after its
+// last use, so the tile loop needs no closing barrier and (wgmma) a tile's P V multiply can still
+// run while the next tile's scores are computed.
+template <int D, bool HOPPER> __host__ __device__ constexpr int fwd_stages() {
+  return HOPPER && D == 64 ? 3 : 2;
+}
+
+template <int D, bool HOPPER> constexpr size_t fwd_smem_bytes() {
+  constexpr int BN = fwd_bn<D, HOPPER>(), STAGES = fwd_stages<D, HOPPER>();
+  return 1024 + (size_t)fwd_tile_bytes<D, HOPPER>(BM) +
+         2 * STAGES * (size_t)fwd_tile_bytes<D, HOPPER>(BN) + 2 * STAGES * (size_t)BN * 4 +
+         2 * (size_t)BM * 4 + LIST_MAX * 4;
+}
+
+// S = Q K^T for the warp's 16 rows on mma.sync: Q and K from padded tiles by ldmatrix.
+template <int D, int NT>
+__device__ __forceinline__ void fwd_scores_mma(float (&s)[NT * 4], uint32_t q_base, uint32_t k_base,
+                                               int warp, int lane) {
+#pragma unroll
+  for (int e = 0; e < NT * 4; e++) s[e] = 0.0f;
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ks++) {
+    uint32_t a[4];
+    ldmatrix_x4(a, tile_addr<D>(q_base, warp * 16 + (lane & 15), ks * 2 + (lane >> 4)));
+#pragma unroll
+    for (int np = 0; np < NT / 2; np++) {
+      uint32_t kb[4];
+      ldmatrix_x4(kb, tile_addr<D>(k_base, np * 16 + (lane & 7) + ((lane >> 4) << 3),
+                                   ks * 2 + ((lane >> 3) & 1)));
+      mma_bf16(frag4(s, 2 * np), a, kb[0], kb[1]);
+      mma_bf16(frag4(s, 2 * np + 1), a, kb[2], kb[3]);
+    }
+  }
+}
+
+// O += P V on mma.sync: P from the score registers, V transposed from its padded tile.
+template <int D, int NT>
+__device__ __forceinline__ void fwd_pv_mma(float (&o)[D / 2], const float (&s)[NT * 4],
+                                           uint32_t v_base, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < NT / 2; kk++) {
+    uint32_t a[4];
+    probs_fragment<NT>(a, s, kk);
+    mma_tile_rows<D>(o, a, v_base, kk, lane);
+  }
+}
+
+// S = Q K^T for warpgroup wg's 64 rows on wgmma: Q (A) and K (B) K-major from their swizzled
+// tiles; a k-step of 16 columns is 32 bytes into a 128-byte row, column block ks / 4.
+template <int D, int BN>
+__device__ __forceinline__ void fwd_scores_wgmma(float (&s)[BN / 2], uint32_t q_base,
+                                                 uint32_t k_base, int wg) {
+  wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ks++) {
+    const uint32_t in_row = (ks & 3) * 32; // column block ks / 4, then 32 bytes per k-step
+    const uint64_t a = make_desc(q_base + (ks >> 2) * BM * 128 + wg * 64 * 128 + in_row, 16, 1024);
+    const uint64_t bd = make_desc(k_base + (ks >> 2) * BN * 128 + in_row, 16, 1024);
+    if constexpr (BN == 128)
+      wgmma_ss_n128<0, 0>(s, a, bd, ks > 0);
+    else
+      wgmma_ss_n64<0, 0>(s, a, bd, ks > 0);
+  }
+  wgmma_commit();
+}
+
+// O += P V on wgmma: P (A) from registers, V (B) N-major from its swizzled tile: a k-step is 16
+// key rows (2048 bytes); the 64-column blocks of V are BN * 128 bytes apart.
+template <int D, int BN>
+__device__ __forceinline__ void fwd_pv_wgmma(float (&o)[D / 2], uint32_t (&a)[BN / 16][4],
+                                             const float (&s)[BN / 2], uint32_t v_base) {
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; kk++) probs_fragment<BN / 8>(a[kk], s, kk);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; kk++) {
+    const uint64_t bd = make_desc(v_base + kk * 16 * 128, BN * 128, 1024);
+    if constexpr (D == 64)
+      wgmma_rs_n64<1>(o, a[kk], bd, true);
+    else
+      wgmma_rs_n128<1>(o, a[kk], bd, true);
+  }
+  wgmma_commit();
+}
+
+// q, o: (B, Tq, Hq, D) bf16; k, v: (B, Tk, Hkv, D) bf16; lse: (B, Hq, Tq) f32;
+// grid (query tiles, Hq, B), 256 threads
+template <int D, bool HOPPER>
+__global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
+    attn_fwd_kernel(const attn_params p) {
+  constexpr int BN = fwd_bn<D, HOPPER>(), NT = BN / 8, DT = D / 8;
+  constexpr int STAGES = fwd_stages<D, HOPPER>();
+  constexpr bool OVERLAP = HOPPER && STAGES == 3; // P V of one tile beside the next tile's S
+  constexpr int Q_BYTES = fwd_tile_bytes<D, HOPPER>(BM), KV_BYTES = fwd_tile_bytes<D, HOPPER>(BN);
+  extern __shared__ unsigned char smem_raw[];
+  // wgmma's swizzled tiles start at 1024-byte boundaries.
+  unsigned char *smem = (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char *q_s = smem, *k_s = q_s + Q_BYTES;        // STAGES buffers of K
+  unsigned char *v_s = k_s + STAGES * KV_BYTES;           // and of V
+  int32_t *kpos_s = (int32_t *)(v_s + STAGES * KV_BYTES); // STAGES x BN
+  int32_t *kdoc_s = kpos_s + STAGES * BN;                 // STAGES x BN
+  int32_t *qpos_s = kdoc_s + STAGES * BN;                 // BM
+  int32_t *qdoc_s = qpos_s + BM;                          // BM
+  int *list = qdoc_s + BM;                                // LIST_MAX
+  __shared__ int warp_counts[WARPS];
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2;
+  const int qt = p.n_q_tiles - 1 - (int)blockIdx.x; // longest causal rows first
+  const int h = blockIdx.y, b = blockIdx.z, kvh = h / (p.hq / p.hkv);
+  const int64_t i0 = (int64_t)qt * BM;
+  const bool docs = p.q_doc != nullptr;
+  const uint32_t q_base = smem_u32(q_s);
+
+  const bf16 *q_head = p.q + ((int64_t)b * p.tq * p.hq + h) * D;
+  load_rows<HOPPER, BM, D, THREADS>(q_s, q_head, (int64_t)p.hq * D, i0, p.tq);
+  cp_async_commit();
+  // Positions and documents of the block's queries, read only where a tile is masked pair by pair.
+  for (int r = threadIdx.x; r < BM; r += THREADS) {
+    const bool valid = i0 + r < p.tq;
+    qpos_s[r] = valid ? p.q_pos[(int64_t)b * p.tq + i0 + r] : INT_MIN;
+    qdoc_s[r] = valid && docs ? p.q_doc[(int64_t)b * p.tq + i0 + r] : 0;
+  }
+
+  float o[DT * 4], row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int e = 0; e < DT * 4; e++) o[e] = 0.0f;
+
+  auto issue_tile = [&](int entry, int buf) {
+    const int64_t j0 = (int64_t)(entry & 0x7fffffff) * BN, kv_stride = (int64_t)p.hkv * D;
+    const int64_t head = ((int64_t)b * p.tk * p.hkv + kvh) * D;
+    load_rows<HOPPER, BN, D, THREADS>(k_s + buf * KV_BYTES, p.k + head, kv_stride, j0, p.tk);
+    load_rows<HOPPER, BN, D, THREADS>(v_s + buf * KV_BYTES, p.v + head, kv_stride, j0, p.tk);
+    for (int j = threadIdx.x; j < BN; j += THREADS) {
+      const bool valid = j0 + j < p.tk;
+      const int64_t at = (int64_t)b * p.tk + (valid ? j0 + j : 0);
+      cp_async4(kpos_s + buf * BN + j, p.k_pos + at, valid);
+      if (docs) cp_async4(kdoc_s + buf * BN + j, p.k_doc + at, valid);
+    }
+    cp_async_commit();
+  };
+
+  uint32_t pa[BN / 16][4]; // wgmma: the probabilities, read by the P V multiply in flight
+  bool pv_in_flight = false;
+  int buf = 0; // the ring of buffers runs on across list passes
+  for (int first = 0; first < p.n_k_tiles; first += LIST_MAX) {
+    const int count = p.n_k_tiles - first < LIST_MAX ? p.n_k_tiles - first : LIST_MAX;
+    const int n = build_tile_list<THREADS>(list, warp_counts, first, count, [&](int t) {
+      const int4 q_info = p.q_tiles[(int64_t)b * p.n_q_tiles + qt];
+      const int4 k_info = p.k_tiles[(int64_t)b * p.n_k_tiles + t];
+      return classify_tiles(q_info, k_info, p.causal, docs, (int64_t)(t + 1) * BN > p.tk);
+    });
+    if (n > 0) issue_tile(list[0], buf);
+    for (int it = 0; it < n; it++) {
+      const int entry = list[it], next_buf = buf + 1 == STAGES ? 0 : buf + 1;
+      if (it + 1 < n) issue_tile(list[it + 1], next_buf);
+      wait_for_tile<HOPPER>(it + 1 < n);
+      const uint32_t k_base = smem_u32(k_s + buf * KV_BYTES),
+                     v_base = smem_u32(v_s + buf * KV_BYTES);
+
+      float s[NT * 4];
+      if constexpr (HOPPER) {
+        fwd_scores_wgmma<D, BN>(s, q_base, k_base, warp >> 2);
+        wgmma_wait<0>(); // this tile's S, and the last tile's P V if still in flight
+        if (pv_in_flight) wgmma_keep_fragments(pa);
+        wgmma_fence_operands(o);
+        wgmma_fence_operands(s);
+      } else {
+        fwd_scores_mma<D, NT>(s, q_base, k_base, warp, lane);
+      }
+      if (entry < 0) // TILE_PARTIAL: the mask pair by pair
+        mask_scores<NT>(s, warp * 16 + g, qpos_s, qdoc_s, kpos_s + buf * BN, kdoc_s + buf * BN,
+                        (int64_t)(entry & 0x7fffffff) * BN, p.tk, p.causal, docs);
+      online_softmax<NT, DT>(s, o, row_max, row_sum, p.scale_log2);
+      if constexpr (HOPPER) {
+        fwd_pv_wgmma<D, BN>(o, pa, s, v_base);
+        pv_in_flight = true;
+        if constexpr (!OVERLAP) {
+          wgmma_wait<0>();
+          wgmma_keep_fragments(pa);
+          wgmma_fence_operands(o);
+          pv_in_flight = false;
+        }
+      } else {
+        fwd_pv_mma<D, NT>(o, s, v_base, lane);
+      }
+      if constexpr (STAGES == 2) __syncthreads(); // the next iteration's copy refills this buffer
+      buf = next_buf;
+    }
+  }
+  if (pv_in_flight) {
+    wgmma_wait<0>();
+    wgmma_keep_fragments(pa);
+    wgmma_fence_operands(o);
+  }
+  write_output<D>(p, o, row_max, row_sum, b, h, i0, warp * 16 + g);
+}
+
+// The checks and tile tables shared by the forward and backward launches.
+int lt_cuda_attn_setup(lt_ctx *ctx, attn_params *p, lt_tensor q, lt_tensor k, lt_tensor v,
+                       const lt_attn_spec *spec, int q_tile, int k_tile, const char *op) {
+  lt_cuda_state *st = cuda_state(ctx);
+  const int d = (int)q.shape[3];
+  if (d != 64 && d != 128)
+    return lt_fail(LT_ERR_CONFIG,
+                   "%s: CUDA attention supports head dims 64 and 128, not %d: set model.head_dim "
+                   "(or model.n_heads so that d_model / n_heads is 64 or 128)",
+                   op, d);
+  if (q.dtype != LT_BF16 || k.dtype != LT_BF16 || v.dtype != LT_BF16)
+    return lt_cuda_unsupported(op, "q, k and v must be bf16", q, k);
+  if (spec->q_pos.device != LT_CUDA || spec->k_pos.device != LT_CUDA ||
+      spec->q_pos.dtype != LT_I32 || spec->k_pos.dtype != LT_I32)
+    return lt_cuda_unsupported(op, "positions must be i32 on the GPU", spec->q_pos, spec->k_pos);
+  memset(p, 0, sizeof *p);
+  p->q = (const bf16 *)q.data, p->k = (const bf16 *)k.data, p->v = (const bf16 *)v.data;
+  p->q_pos = (const int32_t *)spec->q_pos.data, p->k_pos = (const int32_t *)spec->k_pos.data;
+  if (spec->q_doc.data) {
+    p->q_doc = (const int32_t *)spec->q_doc.data;
+    p->k_doc = (const int32_t *)spec->k_doc.data;
+  }
+  const int64_t b = q.shape[0];
+  p->tq = q.shape[1], p->tk = k.shape[1];
+  p->hq = (int)q.shape[2], p->hkv = (int)k.shape[2];
+  p->n_q_tiles = (int)((p->tq + q_tile - 1) / q_tile);
+  p->n_k_tiles = (int)((p->tk + k_tile - 1) / k_tile);
+  p->scale_log2 = spec->scale * LOG2E;
+  p->causal = spec->causal;
+  void *scratch;
+  const size_t q_bytes = (size_t)(b * p->n_q_tiles) * sizeof(int4);
+  LT_TRY(lt_cuda_scratch(st, q_bytes + (size_t)(b * p->n_k_tiles) * sizeof(int4), op, &scratch));
+  int4 *q_tiles = (int4 *)scratch, *k_tiles = q_tiles + b * p->n_q_tiles;
+  if (p->tq > 0) lt_cuda_attn_tiles(st, q_tiles, p->q_pos, p->q_doc, b, p->tq, q_tile);
+  if (p->tk > 0) lt_cuda_attn_tiles(st, k_tiles, p->k_pos, p->k_doc, b, p->tk, k_tile);
+  p->q_tiles = q_tiles, p->k_tiles = k_tiles;
+  return LT_OK;
+}
+
+// Whether this build's attention kernels were compiled with wgmma (sm_90a).
+__global__ void wgmma_probe_kernel(int *out) {
+#ifdef LT_HAVE_WGMMA
+  *out = 1;
+#else
+  *out = 0;
+#endif
+}
+
+int lt_cuda_attn_pick_kernels(lt_cuda_state *st) {
+  int *flag = (int *)st->scratch, built = 0, major = 0;
+  wgmma_probe_kernel<<<1, 1, 0, st->stream>>>(flag);
+  CUDA_TRY(cudaMemcpyAsync(&built, flag, sizeof built, cudaMemcpyDeviceToHost, st->stream),
+           "probing the attention kernels");
+  CUDA_TRY(cudaStreamSynchronize(st->stream), "probing the attention kernels");
+  CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, st->device),
+           "reading the compute capability of GPU %d", st->device);
+  const char *choice = getenv("LT_ATTENTION_KERNELS");
+  st->attn_wgmma = built && major == 9 && !(choice && strcmp(choice, "portable") == 0);
+  return LT_OK;
+}
+
+template <int D, bool HOPPER>
+static int launch_fwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
+  constexpr size_t smem = fwd_smem_bytes<D, HOPPER>();
+  CUDA_TRY(cudaFuncSetAttribute(attn_fwd_kernel<D, HOPPER>,
+                                cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+           "attn_fwd: raising shared memory to %zu bytes", smem);
+  dim3 grid((unsigned)p.n_q_tiles, (unsigned)p.hq, (unsigned)b);
+  attn_fwd_kernel<D, HOPPER><<<grid, THREADS, smem, st->stream>>>(p);
+  return LT_OK;
+}
+
+int lt_cuda_attn_fwd(lt_ctx *ctx, lt_tensor o, lt_tensor lse, lt_tensor q, lt_tensor k, lt_tensor v,
+                     const lt_attn_spec *spec) {
+  lt_cuda_state *st = cuda_state(ctx);
+  const int d = (int)q.shape[3];
+  const bool hopper = st->attn_wgmma;
+  if (o.dtype != LT_BF16) return lt_cuda_unsupported("attn_fwd", "o must be bf16", o, q);
+  const int k_tile = d == 64 ? (hopper ? fwd_bn<64, true>() : fwd_bn<64, false>())
+                             : (hopper ? fwd_bn<128, true>() : fwd_bn<128, false>());
+  attn_params p;
+  LT_TRY(lt_cuda_attn_setup(ctx, &p, q, k, v, spec, BM, k_tile, "attn_fwd"));
+  p.o = (bf16 *)o.data, p.lse = (float *)lse.data;
+  if (p.tq == 0) return LT_OK;
+  const int64_t b = q.shape[0];
+  int rc;
+  if (d == 64)
+    rc = hopper ? launch_fwd<64, true>(st, p, b) : launch_fwd<64, false>(st, p, b);
+  else
+    rc = hopper ? launch_fwd<128, true>(st, p, b) : launch_fwd<128, false>(st, p, b);
+  LT_TRY(rc);
+  return lt_cuda_launched(st, "attn_fwd", q, k);
+}

@@ -1,0 +1,131 @@
+#include "gpu_testing.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "core/device.h"
+#include "core/rng.h"
+#include "kernels/cuda/cuda_runtime_glue.h"
+
+bool lt_gpu_available(void) {
+  static int available = -1;
+  if (available < 0) {
+    available = lt_cuda_device_count() > 0;
+    if (!available) printf("no usable GPU: the GPU tests skip\n");
+  }
+  return available;
+}
+
+lt_ctx lt_test_cpu, lt_test_gpu;
+
+int lt_gpu_group_setup(void **state) {
+  (void)state;
+  lt_ctx_init(&lt_test_cpu, LT_CPU, 0);
+  if (lt_gpu_available()) assert_ok(lt_ctx_init(&lt_test_gpu, LT_CUDA, 0));
+  return 0;
+}
+
+int lt_gpu_group_teardown(void **state) {
+  (void)state;
+  if (lt_gpu_available()) lt_ctx_destroy(&lt_test_gpu);
+  return 0;
+}
+
+uint64_t lt_gpu_next_seed(void) {
+  static uint64_t seed = 0;
+  static bool started = false;
+  if (!started) {
+    const char *fixed = getenv("LT_TEST_SEED");
+    seed = fixed ? strtoull(fixed, NULL, 10) : (uint64_t)time(NULL);
+    printf("random inputs from seed %llu (LT_TEST_SEED=%llu replays them)\n",
+           (unsigned long long)seed, (unsigned long long)seed);
+    started = true;
+  }
+  return seed++ * 1000003u;
+}
+
+void lt_gpu_round_bf16(float *x, int64_t n) {
+  for (int64_t i = 0; i < n; i++) x[i] = lt_bf16_to_f32(lt_f32_to_bf16(x[i]));
+}
+
+float *lt_gpu_random(int64_t n, float std, bool bf16) {
+  float *x = malloc((size_t)(n > 0 ? n : 1) * sizeof *x);
+  lt_test_fill_normal(x, n, lt_gpu_next_seed(), std);
+  if (bf16) lt_gpu_round_bf16(x, n);
+  return x;
+}
+
+static void *allocations[4096];
+static int n_allocations = 0;
+
+static void *device_buffer(size_t bytes) {
+  void *p;
+  assert_ok(lt_device_alloc(LT_CUDA, bytes ? bytes : 1, "a test tensor", &p));
+  if (n_allocations == 4096) fail_msg("more than 4096 device buffers in one test");
+  allocations[n_allocations++] = p;
+  return p;
+}
+
+lt_tensor lt_gpu_upload(const float *host, lt_dtype dtype, int ndim, const int64_t *shape) {
+  lt_tensor t = lt_view(NULL, dtype, LT_CUDA, ndim, shape);
+  const int64_t n = lt_numel(t);
+  t.data = device_buffer(lt_nbytes(t));
+  if (dtype == LT_F32) {
+    assert_ok(lt_tensor_from_host(t, host));
+  } else if (dtype == LT_BF16) {
+    lt_bf16 *bits = malloc((size_t)(n > 0 ? n : 1) * sizeof *bits);
+    for (int64_t i = 0; i < n; i++) bits[i] = lt_f32_to_bf16(host[i]);
+    assert_ok(lt_tensor_from_host(t, bits));
+    free(bits);
+  } else {
+    fail_msg("lt_gpu_upload: f32 or bf16 only");
+  }
+  return t;
+}
+
+lt_tensor lt_gpu_upload_i32(const int32_t *host, int ndim, const int64_t *shape) {
+  lt_tensor t = lt_view(NULL, LT_I32, LT_CUDA, ndim, shape);
+  t.data = device_buffer(lt_nbytes(t));
+  assert_ok(lt_tensor_from_host(t, host));
+  return t;
+}
+
+float *lt_gpu_fetch(lt_tensor t) {
+  const int64_t n = lt_numel(t);
+  float *out = malloc((size_t)(n > 0 ? n : 1) * sizeof *out);
+  if (t.dtype == LT_F32) {
+    assert_ok(lt_tensor_to_host(out, t));
+  } else if (t.dtype == LT_BF16) {
+    lt_bf16 *bits = malloc((size_t)(n > 0 ? n : 1) * sizeof *bits);
+    assert_ok(lt_tensor_to_host(bits, t));
+    for (int64_t i = 0; i < n; i++) out[i] = lt_bf16_to_f32(bits[i]);
+    free(bits);
+  } else {
+    fail_msg("lt_gpu_fetch: f32 or bf16 only");
+  }
+  return out;
+}
+
+void lt_gpu_free_all(void) {
+  for (int i = 0; i < n_allocations; i++) lt_device_free(LT_CUDA, allocations[i]);
+  n_allocations = 0;
+}
+
+double lt_gpu_rel_l2(const float *a, const float *b, int64_t n) {
+  double num = 0.0, den = 0.0;
+  for (int64_t i = 0; i < n; i++) {
+    const double d = (double)a[i] - (double)b[i];
+    num += d * d;
+    den += (double)b[i] * b[i];
+  }
+  return den > 0.0 ? sqrt(num / den) : sqrt(num);
+}
+
+void lt_gpu_expect_close(const char *what, const float *got, const float *want, int64_t n,
+                         double tol) {
+  const double err = lt_gpu_rel_l2(got, want, n);
+  printf("  %-40s rel. L2 error %.3g (tolerance %.1g)\n", what, err, tol);
+  if (!(err < tol)) fail_msg("%s: relative L2 error %.4g, tolerance %.1g", what, err, tol);
+}

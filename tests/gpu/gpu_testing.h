@@ -1,0 +1,45 @@
+// Helpers for the GPU tests: skipping where no GPU is usable, host f32 data to and from device
+// tensors of any dtype, fresh random inputs, and error norms.
+//
+// Every check draws fresh inputs: the seed comes from the clock (or LT_TEST_SEED, to replay a
+// failure) and is printed once per program.
+#ifndef LT_GPU_TESTING_H
+#define LT_GPU_TESTING_H
+
+#include <stdbool.h>
+
+#include "kernels/kernels.h"
+#include "testing.h"
+
+// Skips the calling test (cmocka skip()) when no GPU is usable.
+#define SKIP_WITHOUT_GPU()                                                                         \
+  do {                                                                                             \
+    if (!lt_gpu_available()) skip();                                                               \
+  } while (0)
+
+bool lt_gpu_available(void);
+// The contexts the kernel tests compare: the CPU reference (all cores) and the GPU where usable;
+// cmocka's group setup and teardown make and end them.
+extern lt_ctx lt_test_cpu, lt_test_gpu;
+int lt_gpu_group_setup(void **state);
+int lt_gpu_group_teardown(void **state);
+// The next seed of this program's sequence.
+uint64_t lt_gpu_next_seed(void);
+// n normal values of standard deviation std, rounded to bf16 when `bf16` (the CPU reference then
+// sees exactly what the GPU sees); the caller frees.
+float *lt_gpu_random(int64_t n, float std, bool bf16);
+// Rounds to the nearest bf16, in place.
+void lt_gpu_round_bf16(float *x, int64_t n);
+// A device tensor of `dtype` holding the host values (converted); freed by lt_gpu_free_all.
+lt_tensor lt_gpu_upload(const float *host, lt_dtype dtype, int ndim, const int64_t *shape);
+lt_tensor lt_gpu_upload_i32(const int32_t *host, int ndim, const int64_t *shape);
+// A device tensor's values as f32 on the host; the caller frees.
+float *lt_gpu_fetch(lt_tensor t);
+void lt_gpu_free_all(void);
+// ||a - b|| / ||b|| (NaN anywhere gives NaN, which fails every comparison).
+double lt_gpu_rel_l2(const float *a, const float *b, int64_t n);
+// Fails the test with the name and the error when rel_l2(got, want) is not below tol; prints it.
+void lt_gpu_expect_close(const char *what, const float *got, const float *want, int64_t n,
+                         double tol);
+
+#endif

@@ -1,0 +1,332 @@
+// The flash attention kernels against the CPU reference (itself checked against naive softmax in
+// tests/unit/test_attention.c): causal and not, grouped-query heads, document masks, query chunks
+// at an offset, sequence lengths that are no multiple of the tiles, queries that see no key, more
+// tiles than one pass of the kernels' tile list, and the partial/merge contract of ring attention.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/rng.h"
+#include "gpu_testing.h"
+
+typedef struct attn_case {
+  int64_t B, Tq, Tk;
+  int hq, hkv, d;
+  bool causal, docs;
+  float *q, *k, *v, *dout; // bf16-exact
+  int32_t *q_pos, *k_pos, *q_doc, *k_doc;
+} attn_case;
+
+// Queries are the last Tq positions of the Tk keys (a chunk at the end of the sequence);
+// documents are runs of doc_len tokens.
+static void make_case(attn_case *c, int64_t B, int64_t Tq, int64_t Tk, int hq, int hkv, int d,
+                      bool causal, int doc_len) {
+  *c = (attn_case){.B = B,
+                   .Tq = Tq,
+                   .Tk = Tk,
+                   .hq = hq,
+                   .hkv = hkv,
+                   .d = d,
+                   .causal = causal,
+                   .docs = doc_len > 0};
+  c->q = lt_gpu_random(B * Tq * hq * d, 1.0f, true);
+  c->k = lt_gpu_random(B * Tk * hkv * d, 1.0f, true);
+  c->v = lt_gpu_random(B * Tk * hkv * d, 1.0f, true);
+  c->dout = lt_gpu_random(B * Tq * hq * d, 1.0f, true);
+  c->q_pos = malloc(sizeof(int32_t) * B * Tq), c->q_doc = malloc(sizeof(int32_t) * B * Tq);
+  c->k_pos = malloc(sizeof(int32_t) * B * Tk), c->k_doc = malloc(sizeof(int32_t) * B * Tk);
+  for (int64_t b = 0; b < B; b++) {
+    for (int64_t j = 0; j < Tk; j++)
+      c->k_pos[b * Tk + j] = (int32_t)j,
+                        c->k_doc[b * Tk + j] = doc_len ? (int32_t)(j / doc_len) : 0;
+    for (int64_t i = 0; i < Tq; i++) {
+      const int32_t p = (int32_t)(Tk - Tq + i);
+      c->q_pos[b * Tq + i] = p, c->q_doc[b * Tq + i] = doc_len ? p / doc_len : 0;
+    }
+  }
+}
+
+static void free_case(attn_case *c) {
+  free(c->q), free(c->k), free(c->v), free(c->dout);
+  free(c->q_pos), free(c->k_pos), free(c->q_doc), free(c->k_doc);
+}
+
+static lt_attn_spec cpu_spec(const attn_case *c) {
+  lt_attn_spec s = {.scale = 1.0f / sqrtf((float)c->d),
+                    .causal = c->causal,
+                    .q_pos = lt_view2(c->q_pos, LT_I32, LT_CPU, c->B, c->Tq),
+                    .k_pos = lt_view2(c->k_pos, LT_I32, LT_CPU, c->B, c->Tk)};
+  if (c->docs) {
+    s.q_doc = lt_view2(c->q_doc, LT_I32, LT_CPU, c->B, c->Tq);
+    s.k_doc = lt_view2(c->k_doc, LT_I32, LT_CPU, c->B, c->Tk);
+  }
+  return s;
+}
+
+static lt_attn_spec gpu_spec(const attn_case *c) {
+  lt_attn_spec s = cpu_spec(c);
+  s.q_pos = lt_gpu_upload_i32(c->q_pos, 2, LT_SHAPE(c->B, c->Tq));
+  s.k_pos = lt_gpu_upload_i32(c->k_pos, 2, LT_SHAPE(c->B, c->Tk));
+  if (c->docs) {
+    s.q_doc = lt_gpu_upload_i32(c->q_doc, 2, LT_SHAPE(c->B, c->Tq));
+    s.k_doc = lt_gpu_upload_i32(c->k_doc, 2, LT_SHAPE(c->B, c->Tk));
+  }
+  return s;
+}
+
+#define QSHAPE(c) 4, LT_SHAPE((c)->B, (c)->Tq, (c)->hq, (c)->d)
+#define KSHAPE(c) 4, LT_SHAPE((c)->B, (c)->Tk, (c)->hkv, (c)->d)
+#define LSHAPE(c) 3, LT_SHAPE((c)->B, (c)->hq, (c)->Tq)
+
+typedef struct attn_result {
+  float *o, *lse, *dq, *dk, *dv; // host f32
+} attn_result;
+
+static void free_result(attn_result *r) {
+  free(r->o), free(r->lse), free(r->dq), free(r->dk), free(r->dv);
+}
+
+// Forward, delta and backward on the CPU; dk and dv start from `dkv0` (the kernels add).
+static attn_result run_cpu(const attn_case *c, const float *dk0, const float *dv0) {
+  const int64_t nq = c->B * c->Tq * c->hq * c->d, nk = c->B * c->Tk * c->hkv * c->d;
+  const int64_t nl = c->B * c->hq * c->Tq;
+  attn_result r = {malloc(4 * nq), malloc(4 * nl), calloc(nq, 4), malloc(4 * nk), malloc(4 * nk)};
+  memcpy(r.dk, dk0, 4 * nk), memcpy(r.dv, dv0, 4 * nk);
+  float *delta = malloc(4 * nl);
+  lt_attn_spec s = cpu_spec(c);
+#define H(x, shape) lt_view(x, LT_F32, LT_CPU, shape)
+  assert_ok(lt_attn_fwd(&lt_test_cpu, H(r.o, QSHAPE(c)), H(r.lse, LSHAPE(c)), H(c->q, QSHAPE(c)),
+                        H(c->k, KSHAPE(c)), H(c->v, KSHAPE(c)), &s));
+  // The backward sees the o the GPU will see: rounded to bf16.
+  lt_gpu_round_bf16(r.o, nq);
+  assert_ok(lt_attn_bwd_delta(&lt_test_cpu, H(delta, LSHAPE(c)), H(c->dout, QSHAPE(c)),
+                              H(r.o, QSHAPE(c))));
+  assert_ok(lt_attn_bwd(&lt_test_cpu, H(r.dq, QSHAPE(c)), H(r.dk, KSHAPE(c)), H(r.dv, KSHAPE(c)),
+                        H(c->dout, QSHAPE(c)), H(c->q, QSHAPE(c)), H(c->k, KSHAPE(c)),
+                        H(c->v, KSHAPE(c)), H(r.lse, LSHAPE(c)), H(delta, LSHAPE(c)), &s));
+#undef H
+  free(delta);
+  return r;
+}
+
+static attn_result run_gpu(const attn_case *c, const float *dk0, const float *dv0) {
+  lt_attn_spec s = gpu_spec(c);
+  lt_tensor q = lt_gpu_upload(c->q, LT_BF16, QSHAPE(c)),
+            k = lt_gpu_upload(c->k, LT_BF16, KSHAPE(c));
+  lt_tensor v = lt_gpu_upload(c->v, LT_BF16, KSHAPE(c));
+  lt_tensor dout = lt_gpu_upload(c->dout, LT_BF16, QSHAPE(c));
+  lt_tensor o = lt_gpu_upload(c->dout, LT_BF16, QSHAPE(c)); // poisoned with other values
+  float *poison = lt_gpu_random(c->B * c->hq * c->Tq, 100.0f, false);
+  lt_tensor lse = lt_gpu_upload(poison, LT_F32, LSHAPE(c)),
+            delta = lt_gpu_upload(poison, LT_F32, LSHAPE(c));
+  free(poison);
+  assert_ok(lt_attn_fwd(&lt_test_gpu, o, lse, q, k, v, &s));
+  assert_ok(lt_attn_bwd_delta(&lt_test_gpu, delta, dout, o));
+  lt_tensor dq = lt_gpu_upload(c->dout, LT_F32, QSHAPE(c));
+  assert_ok(lt_zero(&lt_test_gpu, dq));
+  lt_tensor dk = lt_gpu_upload(dk0, LT_BF16, KSHAPE(c)),
+            dv = lt_gpu_upload(dv0, LT_BF16, KSHAPE(c));
+  assert_ok(lt_attn_bwd(&lt_test_gpu, dq, dk, dv, dout, q, k, v, lse, delta, &s));
+  attn_result r = {lt_gpu_fetch(o), lt_gpu_fetch(lse), lt_gpu_fetch(dq), lt_gpu_fetch(dk),
+                   lt_gpu_fetch(dv)};
+  lt_gpu_free_all();
+  return r;
+}
+
+// lse is f32 from f32 scores on both sides; -inf must match exactly.
+static void expect_lse_close(const float *got, const float *want, int64_t n) {
+  double worst = 0.0;
+  for (int64_t i = 0; i < n; i++) {
+    if (isinf(want[i]) || isinf(got[i])) {
+      if (got[i] != want[i]) fail_msg("lse[%lld] = %g, want %g", (long long)i, got[i], want[i]);
+      continue;
+    }
+    const double e = fabs((double)got[i] - want[i]);
+    if (!(e <= worst)) worst = e;
+  }
+  printf("  %-40s max abs. error %.3g (tolerance 1e-3)\n", "lse (f32)", worst);
+  if (!(worst < 1e-3)) fail_msg("lse: max abs. error %.4g", worst);
+}
+
+static void expect_matches_cpu(const char *what, int64_t B, int64_t Tq, int64_t Tk, int hq, int hkv,
+                               int d, bool causal, int doc_len) {
+  printf("%s\n", what);
+  attn_case c;
+  make_case(&c, B, Tq, Tk, hq, hkv, d, causal, doc_len);
+  const int64_t nq = B * Tq * hq * d, nk = B * Tk * hkv * d;
+  float *dk0 = lt_gpu_random(nk, 0.1f, true), *dv0 = lt_gpu_random(nk, 0.1f, true);
+  attn_result want = run_cpu(&c, dk0, dv0), got = run_gpu(&c, dk0, dv0);
+  lt_gpu_expect_close("o (bf16)", got.o, want.o, nq, 1e-2);
+  expect_lse_close(got.lse, want.lse, B * hq * Tq);
+  lt_gpu_expect_close("dq (f32)", got.dq, want.dq, nq, 1e-2);
+  lt_gpu_expect_close("dk += (bf16)", got.dk, want.dk, nk, 1e-2);
+  lt_gpu_expect_close("dv += (bf16)", got.dv, want.dv, nk, 1e-2);
+  free_result(&want), free_result(&got), free(dk0), free(dv0);
+  free_case(&c);
+}
+
+static void test_causal_attention_matches_cpu_for_head_dims_64_and_128(void **state) {
+  SKIP_WITHOUT_GPU();
+  // 300 tokens: neither a multiple of the 64- nor of the 128-row tiles.
+  expect_matches_cpu("causal, d = 64", 2, 300, 300, 4, 4, 64, true, 0);
+  expect_matches_cpu("causal, d = 128", 2, 300, 300, 4, 4, 128, true, 0);
+}
+
+static void test_grouped_query_attention_matches_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  expect_matches_cpu("6 query heads on 2 kv heads, d = 64", 1, 257, 257, 6, 2, 64, true, 0);
+  expect_matches_cpu("4 query heads on 1 kv head, d = 128", 2, 190, 190, 4, 1, 128, true, 0);
+}
+
+static void test_document_masks_match_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  expect_matches_cpu("documents of 19 tokens", 1, 333, 333, 2, 2, 64, true, 19);
+  expect_matches_cpu("documents of 250 tokens, d = 128", 2, 600, 600, 2, 1, 128, true, 250);
+  expect_matches_cpu("documents, not causal", 1, 200, 200, 2, 2, 64, false, 70);
+}
+
+static void test_query_chunk_at_the_end_of_the_keys_matches_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  expect_matches_cpu("100 queries after 233 earlier keys", 2, 100, 333, 4, 2, 128, true, 0);
+  expect_matches_cpu("not causal, Tq != Tk", 1, 70, 150, 2, 2, 64, false, 0);
+}
+
+static void test_more_tiles_than_one_list_pass_match_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  // The forward walks 1032 key tiles of 64, the backward 1032 query tiles of 64.
+  expect_matches_cpu("64 queries over 66000 keys", 1, 64, 66000, 1, 1, 128, true, 0);
+  expect_matches_cpu("66000 queries over 64 keys", 1, 66000, 64, 1, 1, 64, false, 0);
+}
+
+static void test_query_seeing_no_key_gets_zero_output_and_empty_lse(void **state) {
+  SKIP_WITHOUT_GPU();
+  attn_case c;
+  make_case(&c, 1, 40, 64, 2, 2, 64, true, 0);
+  for (int j = 0; j < 64; j++) c.k_pos[j] = 1000 + j; // every key in the queries' future
+  const int64_t nk = 64 * 2 * 64;
+  float *zeros = calloc(nk, 4);
+  attn_result got = run_gpu(&c, zeros, zeros);
+  for (int i = 0; i < 2 * 40; i++) assert_true(got.lse[i] == -INFINITY);
+  assert_true(lt_test_max_abs(got.o, 40 * 2 * 64) == 0.0);
+  assert_true(lt_test_max_abs(got.dq, 40 * 2 * 64) == 0.0);
+  assert_true(lt_test_max_abs(got.dk, nk) == 0.0 && lt_test_max_abs(got.dv, nk) == 0.0);
+  free_result(&got), free(zeros);
+  free_case(&c);
+}
+
+static void test_merge_matches_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  const int64_t B = 2, T = 70;
+  const int H = 3, D = 64, n = B * T * H * D, nl = B * H * T;
+  float *o = lt_gpu_random(n, 1.0f, true), *op = lt_gpu_random(n, 1.0f, true);
+  float *lse = lt_gpu_random(nl, 2.0f, false), *lp = lt_gpu_random(nl, 2.0f, false);
+  lse[0] = -INFINITY, lp[1] = -INFINITY; // an empty running result, an empty partial
+  lt_tensor go = lt_gpu_upload(o, LT_BF16, 4, LT_SHAPE(B, T, H, D)),
+            gl = lt_gpu_upload(lse, LT_F32, 3, LT_SHAPE(B, H, T));
+  assert_ok(lt_attn_merge(&lt_test_gpu, go, gl, lt_gpu_upload(op, LT_BF16, 4, LT_SHAPE(B, T, H, D)),
+                          lt_gpu_upload(lp, LT_F32, 3, LT_SHAPE(B, H, T))));
+  assert_ok(lt_attn_merge(
+      &lt_test_cpu, lt_view4(o, LT_F32, LT_CPU, B, T, H, D), lt_view3(lse, LT_F32, LT_CPU, B, H, T),
+      lt_view4(op, LT_F32, LT_CPU, B, T, H, D), lt_view3(lp, LT_F32, LT_CPU, B, H, T)));
+  float *got_o = lt_gpu_fetch(go), *got_l = lt_gpu_fetch(gl);
+  lt_gpu_expect_close("merged o", got_o, o, n, 1e-2);
+  expect_lse_close(got_l, lse, nl);
+  free(o), free(op), free(lse), free(lp), free(got_o), free(got_l);
+  lt_gpu_free_all();
+}
+
+// Ring attention's contract on the GPU: partials over key chunks merge to the full result, and
+// their backwards, given the final lse and delta, sum to the full backward.
+static void test_partials_over_key_chunks_merge_and_sum_to_the_full_result(void **state) {
+  SKIP_WITHOUT_GPU();
+  attn_case c;
+  make_case(&c, 1, 200, 200, 4, 2, 64, true, 0);
+  const int64_t nq = 200 * 4 * 64, row = 2 * 64, nl = 4 * 200;
+  const int64_t starts[2] = {0, 90}, counts[2] = {90, 110};
+  lt_attn_spec full = gpu_spec(&c);
+  lt_tensor q = lt_gpu_upload(c.q, LT_BF16, QSHAPE(&c)),
+            dout = lt_gpu_upload(c.dout, LT_BF16, QSHAPE(&c));
+  lt_tensor o = lt_gpu_upload(c.q, LT_BF16, QSHAPE(&c)),
+            lse = lt_gpu_upload(c.q, LT_F32, LSHAPE(&c));
+  assert_ok(lt_attn_fwd(&lt_test_gpu, o, lse, q, lt_gpu_upload(c.k, LT_BF16, KSHAPE(&c)),
+                        lt_gpu_upload(c.v, LT_BF16, KSHAPE(&c)), &full));
+  float *neg_inf = malloc(4 * nl);
+  for (int64_t i = 0; i < nl; i++) neg_inf[i] = -INFINITY;
+  lt_tensor o_run = lt_gpu_upload(c.q, LT_BF16, QSHAPE(&c)),
+            lse_run = lt_gpu_upload(neg_inf, LT_F32, LSHAPE(&c));
+  assert_ok(lt_zero(&lt_test_gpu, o_run));
+  lt_tensor delta = lt_gpu_upload(neg_inf, LT_F32, LSHAPE(&c));
+  assert_ok(lt_attn_bwd_delta(&lt_test_gpu, delta, dout, o));
+  lt_tensor dq_sum = lt_gpu_upload(c.q, LT_F32, QSHAPE(&c));
+  assert_ok(lt_zero(&lt_test_gpu, dq_sum));
+  float *dk_parts = malloc(4 * 200 * row), *dv_parts = malloc(4 * 200 * row);
+  for (int p = 0; p < 2; p++) {
+    const int64_t kshape[4] = {1, counts[p], 2, 64};
+    lt_tensor k = lt_gpu_upload(c.k + starts[p] * row, LT_BF16, 4, kshape);
+    lt_tensor v = lt_gpu_upload(c.v + starts[p] * row, LT_BF16, 4, kshape);
+    lt_attn_spec part = full;
+    part.k_pos = lt_gpu_upload_i32(c.k_pos + starts[p], 2, LT_SHAPE(1, counts[p]));
+    lt_tensor o_part = lt_gpu_upload(c.q, LT_BF16, QSHAPE(&c)),
+              lse_part = lt_gpu_upload(c.q, LT_F32, LSHAPE(&c));
+    assert_ok(lt_attn_fwd(&lt_test_gpu, o_part, lse_part, q, k, v, &part));
+    assert_ok(lt_attn_merge(&lt_test_gpu, o_run, lse_run, o_part, lse_part));
+    float *zeros = calloc(counts[p] * row, 4);
+    lt_tensor dk = lt_gpu_upload(zeros, LT_F32, 4, kshape),
+              dv = lt_gpu_upload(zeros, LT_F32, 4, kshape);
+    assert_ok(lt_attn_bwd(&lt_test_gpu, dq_sum, dk, dv, dout, q, k, v, lse, delta, &part));
+    float *gk = lt_gpu_fetch(dk), *gv = lt_gpu_fetch(dv);
+    memcpy(dk_parts + starts[p] * row, gk, 4 * counts[p] * row);
+    memcpy(dv_parts + starts[p] * row, gv, 4 * counts[p] * row);
+    free(gk), free(gv), free(zeros);
+  }
+  float *want_o = lt_gpu_fetch(o), *got_o = lt_gpu_fetch(o_run);
+  float *want_l = lt_gpu_fetch(lse), *got_l = lt_gpu_fetch(lse_run);
+  lt_gpu_expect_close("merged partials vs full o", got_o, want_o, nq, 1e-2);
+  expect_lse_close(got_l, want_l, nl);
+  // The full backward (f32 dk, dv) against the partials'.
+  float *zeros = calloc(200 * row, 4);
+  lt_tensor dq = lt_gpu_upload(zeros, LT_F32, QSHAPE(&c)),
+            dk = lt_gpu_upload(zeros, LT_F32, KSHAPE(&c));
+  lt_tensor dv = lt_gpu_upload(zeros, LT_F32, KSHAPE(&c));
+  assert_ok(lt_zero(&lt_test_gpu, dq));
+  assert_ok(lt_attn_bwd(&lt_test_gpu, dq, dk, dv, dout, q, lt_gpu_upload(c.k, LT_BF16, KSHAPE(&c)),
+                        lt_gpu_upload(c.v, LT_BF16, KSHAPE(&c)), lse, delta, &full));
+  float *want_dq = lt_gpu_fetch(dq), *got_dq = lt_gpu_fetch(dq_sum);
+  float *want_dk = lt_gpu_fetch(dk), *want_dv = lt_gpu_fetch(dv);
+  lt_gpu_expect_close("dq summed over partials", got_dq, want_dq, nq, 1e-5);
+  lt_gpu_expect_close("dk of the partials (f32)", dk_parts, want_dk, 200 * row, 1e-5);
+  lt_gpu_expect_close("dv of the partials (f32)", dv_parts, want_dv, 200 * row, 1e-5);
+  free(want_o), free(got_o), free(want_l), free(got_l), free(want_dq), free(got_dq), free(want_dk),
+      free(want_dv), free(dk_parts), free(dv_parts), free(zeros), free(neg_inf);
+  lt_gpu_free_all();
+  free_case(&c);
+}
+
+static void test_unsupported_head_dim_is_a_config_error(void **state) {
+  SKIP_WITHOUT_GPU();
+  attn_case c;
+  make_case(&c, 1, 16, 16, 1, 1, 96, true, 0);
+  lt_attn_spec s = gpu_spec(&c);
+  lt_tensor q = lt_gpu_upload(c.q, LT_BF16, QSHAPE(&c)),
+            lse = lt_gpu_upload(c.q, LT_F32, LSHAPE(&c));
+  EXPECT_ERROR(lt_attn_fwd(&lt_test_gpu, q, lse, q, q, q, &s), LT_ERR_CONFIG,
+               "head dims 64 and 128", "96", "model.head_dim");
+  lt_gpu_free_all();
+  free_case(&c);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_causal_attention_matches_cpu_for_head_dims_64_and_128),
+      cmocka_unit_test(test_grouped_query_attention_matches_cpu),
+      cmocka_unit_test(test_document_masks_match_cpu),
+      cmocka_unit_test(test_query_chunk_at_the_end_of_the_keys_matches_cpu),
+      cmocka_unit_test(test_more_tiles_than_one_list_pass_match_cpu),
+      cmocka_unit_test(test_query_seeing_no_key_gets_zero_output_and_empty_lse),
+      cmocka_unit_test(test_merge_matches_cpu),
+      cmocka_unit_test(test_partials_over_key_chunks_merge_and_sum_to_the_full_result),
+      cmocka_unit_test(test_unsupported_head_dim_is_a_config_error),
+  };
+  return cmocka_run_group_tests(tests, lt_gpu_group_setup, lt_gpu_group_teardown);
+}

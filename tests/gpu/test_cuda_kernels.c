@@ -1,0 +1,382 @@
+// Every CUDA kernel but attention against the CPU reference, on fresh random inputs rounded to
+// bf16 (so both sides see the same numbers). bf16 outputs carry one rounding of 2^-9 relative,
+// so they must match to 1e-2 in relative L2 norm; f32 outputs much closer.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/device.h"
+#include "core/rng.h"
+#include "gpu_testing.h"
+
+static lt_tensor host(float *x, int ndim, const int64_t *shape) {
+  return lt_view(x, LT_F32, LT_CPU, ndim, shape);
+}
+
+static void test_matmul_matches_cpu_for_every_transpose_and_output(void **state) {
+  SKIP_WITHOUT_GPU();
+  const int64_t m = 77, n = 96, k = 200;
+  for (int ta = 0; ta < 2; ta++)
+    for (int tb = 0; tb < 2; tb++) {
+      const int64_t a_shape[2] = {ta ? k : m, ta ? m : k}, b_shape[2] = {tb ? n : k, tb ? k : n};
+      float *a = lt_gpu_random(m * k, 1.0f, true), *b = lt_gpu_random(k * n, 1.0f, true);
+      float *c0 = lt_gpu_random(m * n, 1.0f, false), *want = malloc(sizeof(float) * m * n);
+      lt_tensor ga = lt_gpu_upload(a, LT_BF16, 2, a_shape),
+                gb = lt_gpu_upload(b, LT_BF16, 2, b_shape);
+      // bf16 output, overwritten
+      memcpy(want, c0, sizeof(float) * m * n);
+      assert_ok(lt_matmul(&lt_test_cpu, host(want, 2, LT_SHAPE(m, n)), host(a, 2, a_shape), ta,
+                          host(b, 2, b_shape), tb, 1.0f, 0.0f));
+      lt_tensor c = lt_gpu_upload(c0, LT_BF16, 2, LT_SHAPE(m, n));
+      assert_ok(lt_matmul(&lt_test_gpu, c, ga, ta, gb, tb, 1.0f, 0.0f));
+      float *got = lt_gpu_fetch(c);
+      lt_gpu_expect_close(ta ? (tb ? "matmul a^T b^T -> bf16" : "matmul a^T b -> bf16")
+                             : (tb ? "matmul a b^T -> bf16" : "matmul a b -> bf16"),
+                          got, want, m * n, 1e-2);
+      free(got);
+      // f32 output accumulated (the weight-gradient form): c = 0.5 op(a) op(b) + c
+      memcpy(want, c0, sizeof(float) * m * n);
+      assert_ok(lt_matmul(&lt_test_cpu, host(want, 2, LT_SHAPE(m, n)), host(a, 2, a_shape), ta,
+                          host(b, 2, b_shape), tb, 0.5f, 1.0f));
+      lt_tensor cf = lt_gpu_upload(c0, LT_F32, 2, LT_SHAPE(m, n));
+      assert_ok(lt_matmul(&lt_test_gpu, cf, ga, ta, gb, tb, 0.5f, 1.0f));
+      got = lt_gpu_fetch(cf);
+      lt_gpu_expect_close("matmul accumulated into f32", got, want, m * n, 1e-5);
+      free(got), free(a), free(b), free(c0), free(want);
+    }
+  lt_gpu_free_all();
+}
+
+static void test_add_scale_copy_and_zero_match_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 10007; // not a multiple of 8: the scalar tail runs too
+  float *a = lt_gpu_random(n, 1.0f, true), *b = lt_gpu_random(n, 1.0f, true);
+  float *want = malloc(sizeof(float) * n);
+  for (int dt = 0; dt < 2; dt++) {
+    const lt_dtype dtype = dt ? LT_BF16 : LT_F32;
+    lt_tensor ga = lt_gpu_upload(a, dtype, 1, LT_SHAPE(n)),
+              gb = lt_gpu_upload(b, dtype, 1, LT_SHAPE(n));
+    assert_ok(lt_add(&lt_test_gpu, ga, ga, gb)); // in place, as the residual adds
+    assert_ok(lt_scale(&lt_test_gpu, ga, -0.75f));
+    for (int64_t i = 0; i < n; i++) want[i] = (a[i] + b[i]) * -0.75f;
+    float *got = lt_gpu_fetch(ga);
+    lt_gpu_expect_close(dt ? "add then scale, bf16" : "add then scale, f32", got, want, n,
+                        dt ? 1e-2 : 1e-7);
+    free(got);
+  }
+  lt_tensor f = lt_gpu_upload(a, LT_F32, 1, LT_SHAPE(n)),
+            h = lt_gpu_upload(b, LT_BF16, 1, LT_SHAPE(n));
+  assert_ok(lt_copy(&lt_test_gpu, h, f)); // f32 -> bf16 rounds to nearest even, as lt_f32_to_bf16
+  float *got = lt_gpu_fetch(h);
+  assert_memory_equal(got, a, sizeof(float) * n); // a is already bf16-exact
+  free(got);
+  assert_ok(lt_zero(&lt_test_gpu, f));
+  got = lt_gpu_fetch(f);
+  assert_true(lt_test_max_abs(got, n) == 0.0);
+  free(got), free(a), free(b), free(want);
+  lt_gpu_free_all();
+}
+
+static void test_sum_squares_matches_cpu_and_repeats_exactly(void **state) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 3000017;
+  float *x = lt_gpu_random(n, 2.0f, false);
+  lt_tensor g = lt_gpu_upload(x, LT_F32, 1, LT_SHAPE(n));
+  double want, got, again;
+  assert_ok(lt_sum_squares(&lt_test_cpu, &want, host(x, 1, LT_SHAPE(n))));
+  assert_ok(lt_sum_squares(&lt_test_gpu, &got, g));
+  assert_ok(lt_sum_squares(&lt_test_gpu, &again, g));
+  printf("  sum of squares: rel. error %.3g\n", fabs(got - want) / want);
+  assert_true(fabs(got - want) < 1e-12 * want);
+  assert_true(got == again);
+  free(x);
+  lt_gpu_free_all();
+}
+
+static void test_embedding_lookup_and_scatter_add_match_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  const int64_t vocab = 1000, n = 5000;
+  const int64_t dims[2] = {96, 100}; // vectorised, and the scalar path
+  for (int di = 0; di < 2; di++) {
+    const int64_t d = dims[di];
+    float *table = lt_gpu_random(vocab * d, 1.0f, true), *dout = lt_gpu_random(n * d, 1.0f, true);
+    float *dtable = lt_gpu_random(vocab * d, 1.0f, false);
+    int32_t *tokens = malloc(sizeof(int32_t) * n);
+    lt_rng rng = lt_rng_seed(lt_gpu_next_seed());
+    // Many repeats (a few hot rows), plus the first and last rows.
+    for (int64_t i = 0; i < n; i++)
+      tokens[i] = i % 3 ? (int32_t)lt_rng_below(&rng, 20) : (int32_t)lt_rng_below(&rng, vocab);
+    tokens[0] = 0, tokens[n - 1] = (int32_t)vocab - 1;
+    float *out = malloc(sizeof(float) * n * d), *want_dtable = malloc(sizeof(float) * vocab * d);
+    memcpy(want_dtable, dtable, sizeof(float) * vocab * d);
+    lt_tensor tok_cpu = lt_view1(tokens, LT_I32, LT_CPU, n);
+    assert_ok(lt_embedding_fwd(&lt_test_cpu, host(out, 2, LT_SHAPE(n, d)), tok_cpu,
+                               host(table, 2, LT_SHAPE(vocab, d))));
+    assert_ok(lt_embedding_bwd(&lt_test_cpu, host(want_dtable, 2, LT_SHAPE(vocab, d)),
+                               host(dout, 2, LT_SHAPE(n, d)), tok_cpu));
+    lt_tensor g_tok = lt_gpu_upload_i32(tokens, 1, LT_SHAPE(n));
+    lt_tensor g_out = lt_gpu_upload(out, LT_BF16, 2, LT_SHAPE(n, d));
+    assert_ok(lt_zero(&lt_test_gpu, g_out));
+    assert_ok(lt_embedding_fwd(&lt_test_gpu, g_out, g_tok,
+                               lt_gpu_upload(table, LT_BF16, 2, LT_SHAPE(vocab, d))));
+    float *got = lt_gpu_fetch(g_out);
+    assert_memory_equal(got, out, sizeof(float) * n * d); // a lookup of bf16 values is exact
+    free(got);
+    lt_tensor g_dout = lt_gpu_upload(dout, LT_BF16, 2, LT_SHAPE(n, d));
+    float *first = NULL;
+    for (int run = 0; run < 2; run++) {
+      lt_tensor g_dtable = lt_gpu_upload(dtable, LT_F32, 2, LT_SHAPE(vocab, d));
+      assert_ok(lt_embedding_bwd(&lt_test_gpu, g_dtable, g_dout, g_tok));
+      got = lt_gpu_fetch(g_dtable);
+      if (run == 0) {
+        lt_gpu_expect_close("embedding scatter-add (f32)", got, want_dtable, vocab * d, 1e-6);
+        first = got;
+      } else { // a fixed summation order: the same bits every time
+        assert_memory_equal(got, first, sizeof(float) * vocab * d);
+        free(got);
+      }
+    }
+    free(first), free(table), free(dout), free(dtable), free(tokens), free(out), free(want_dtable);
+  }
+  lt_gpu_free_all();
+}
+
+static void test_rmsnorm_forward_and_backward_match_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 300, widths[3] = {40, 768, 12288}; // one, one and two vectors per thread
+  for (int wi = 0; wi < 3; wi++) {
+    const int64_t c = widths[wi];
+    float *x = lt_gpu_random(n * c, 1.0f, true), *w = lt_gpu_random(c, 1.0f, true);
+    float *dout = lt_gpu_random(n * c, 1.0f, true), *dx0 = lt_gpu_random(n * c, 1.0f, true);
+    float *dw0 = lt_gpu_random(c, 1.0f, false);
+    float *out = malloc(sizeof(float) * n * c), *rstd = malloc(sizeof(float) * n);
+    float *dx = malloc(sizeof(float) * n * c), *dw = malloc(sizeof(float) * c);
+    memcpy(dx, dx0, sizeof(float) * n * c);
+    memcpy(dw, dw0, sizeof(float) * c);
+    assert_ok(lt_rmsnorm_fwd(&lt_test_cpu, host(out, 2, LT_SHAPE(n, c)), host(rstd, 1, LT_SHAPE(n)),
+                             host(x, 2, LT_SHAPE(n, c)), host(w, 1, LT_SHAPE(c)), 1e-5f));
+    assert_ok(lt_rmsnorm_bwd(&lt_test_cpu, host(dx, 2, LT_SHAPE(n, c)), host(dw, 1, LT_SHAPE(c)),
+                             host(dout, 2, LT_SHAPE(n, c)), host(x, 2, LT_SHAPE(n, c)),
+                             host(w, 1, LT_SHAPE(c)), host(rstd, 1, LT_SHAPE(n))));
+    lt_tensor gx = lt_gpu_upload(x, LT_BF16, 2, LT_SHAPE(n, c)),
+              gw = lt_gpu_upload(w, LT_BF16, 1, LT_SHAPE(c));
+    lt_tensor gout = lt_gpu_upload(out, LT_BF16, 2, LT_SHAPE(n, c));
+    lt_tensor grstd = lt_gpu_upload(rstd, LT_F32, 1, LT_SHAPE(n));
+    assert_ok(lt_rmsnorm_fwd(&lt_test_gpu, gout, grstd, gx, gw, 1e-5f));
+    float *got_out = lt_gpu_fetch(gout), *got_rstd = lt_gpu_fetch(grstd);
+    printf(" C = %lld\n", (long long)c);
+    lt_gpu_expect_close("rmsnorm out (bf16)", got_out, out, n * c, 1e-2);
+    lt_gpu_expect_close("rmsnorm rstd (f32)", got_rstd, rstd, n, 1e-6);
+    // The backward from the CPU's rstd, so only the backward's own error is measured.
+    lt_tensor gdx = lt_gpu_upload(dx0, LT_BF16, 2, LT_SHAPE(n, c)),
+              gdw = lt_gpu_upload(dw0, LT_F32, 1, LT_SHAPE(c));
+    assert_ok(lt_rmsnorm_bwd(&lt_test_gpu, gdx, gdw,
+                             lt_gpu_upload(dout, LT_BF16, 2, LT_SHAPE(n, c)), gx, gw,
+                             lt_gpu_upload(rstd, LT_F32, 1, LT_SHAPE(n))));
+    float *got_dx = lt_gpu_fetch(gdx), *got_dw = lt_gpu_fetch(gdw);
+    lt_gpu_expect_close("rmsnorm dx += (bf16)", got_dx, dx, n * c, 1e-2);
+    lt_gpu_expect_close("rmsnorm dweight += (f32)", got_dw, dw, c, 1e-5);
+    free(x), free(w), free(dout), free(dx0), free(dw0), free(out), free(rstd), free(dx), free(dw);
+    free(got_out), free(got_rstd), free(got_dx), free(got_dw);
+    lt_gpu_free_all();
+  }
+}
+
+static void test_rope_split_and_its_transpose_match_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 50;
+  const int hq = 4, hkv = 2, d = 64, heads = hq + 2 * hkv;
+  float *qkv = lt_gpu_random(n * heads * d, 1.0f, true);
+  int32_t *pos = malloc(sizeof(int32_t) * n);
+  lt_rng rng = lt_rng_seed(lt_gpu_next_seed());
+  for (int64_t i = 0; i < n; i++) pos[i] = (int32_t)lt_rng_below(&rng, 5000);
+  float *q = malloc(sizeof(float) * n * hq * d), *k = malloc(sizeof(float) * n * hkv * d);
+  float *v = malloc(sizeof(float) * n * hkv * d), *dqkv = malloc(sizeof(float) * n * heads * d);
+  lt_tensor pos_cpu = lt_view1(pos, LT_I32, LT_CPU, n);
+  assert_ok(lt_rope_qkv_fwd(&lt_test_cpu, host(q, 3, LT_SHAPE(n, hq, d)),
+                            host(k, 3, LT_SHAPE(n, hkv, d)), host(v, 3, LT_SHAPE(n, hkv, d)),
+                            host(qkv, 3, LT_SHAPE(n, heads, d)), pos_cpu, 10000.0f));
+  lt_tensor gpos = lt_gpu_upload_i32(pos, 1, LT_SHAPE(n));
+  lt_tensor gq = lt_gpu_upload(q, LT_BF16, 3, LT_SHAPE(n, hq, d));
+  lt_tensor gk = lt_gpu_upload(k, LT_BF16, 3, LT_SHAPE(n, hkv, d));
+  lt_tensor gv = lt_gpu_upload(v, LT_BF16, 3, LT_SHAPE(n, hkv, d));
+  assert_ok(lt_rope_qkv_fwd(&lt_test_gpu, gq, gk, gv,
+                            lt_gpu_upload(qkv, LT_BF16, 3, LT_SHAPE(n, heads, d)), gpos, 10000.0f));
+  float *got[3] = {lt_gpu_fetch(gq), lt_gpu_fetch(gk), lt_gpu_fetch(gv)};
+  lt_gpu_expect_close("rope q", got[0], q, n * hq * d, 1e-2);
+  lt_gpu_expect_close("rope k", got[1], k, n * hkv * d, 1e-2);
+  lt_gpu_expect_close("v copied", got[2], v, n * hkv * d, 1e-2);
+  // Backward: dq in f32 (as the attention layer keeps it), dk and dv in bf16.
+  float *dq = lt_gpu_random(n * hq * d, 1.0f, false), *dk = lt_gpu_random(n * hkv * d, 1.0f, true);
+  float *dv = lt_gpu_random(n * hkv * d, 1.0f, true);
+  assert_ok(lt_rope_qkv_bwd(&lt_test_cpu, host(dqkv, 3, LT_SHAPE(n, heads, d)),
+                            host(dq, 3, LT_SHAPE(n, hq, d)), host(dk, 3, LT_SHAPE(n, hkv, d)),
+                            host(dv, 3, LT_SHAPE(n, hkv, d)), pos_cpu, 10000.0f));
+  lt_tensor gdqkv = lt_gpu_upload(qkv, LT_BF16, 3, LT_SHAPE(n, heads, d));
+  assert_ok(lt_rope_qkv_bwd(&lt_test_gpu, gdqkv, lt_gpu_upload(dq, LT_F32, 3, LT_SHAPE(n, hq, d)),
+                            lt_gpu_upload(dk, LT_BF16, 3, LT_SHAPE(n, hkv, d)),
+                            lt_gpu_upload(dv, LT_BF16, 3, LT_SHAPE(n, hkv, d)), gpos, 10000.0f));
+  float *got_dqkv = lt_gpu_fetch(gdqkv);
+  lt_gpu_expect_close("rope backward dqkv", got_dqkv, dqkv, n * heads * d, 1e-2);
+  for (int i = 0; i < 3; i++) free(got[i]);
+  free(got_dqkv), free(qkv), free(pos), free(q), free(k), free(v), free(dqkv), free(dq), free(dk),
+      free(dv);
+  lt_gpu_free_all();
+}
+
+static void test_swiglu_forward_and_backward_match_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 100, f = 264;
+  float *gu = lt_gpu_random(n * 2 * f, 2.0f, true), *dh = lt_gpu_random(n * f, 1.0f, true);
+  float *h = malloc(sizeof(float) * n * f), *dgu = malloc(sizeof(float) * n * 2 * f);
+  assert_ok(
+      lt_swiglu_fwd(&lt_test_cpu, host(h, 2, LT_SHAPE(n, f)), host(gu, 2, LT_SHAPE(n, 2 * f))));
+  assert_ok(lt_swiglu_bwd(&lt_test_cpu, host(dgu, 2, LT_SHAPE(n, 2 * f)),
+                          host(dh, 2, LT_SHAPE(n, f)), host(gu, 2, LT_SHAPE(n, 2 * f))));
+  lt_tensor ggu = lt_gpu_upload(gu, LT_BF16, 2, LT_SHAPE(n, 2 * f));
+  lt_tensor gh = lt_gpu_upload(h, LT_BF16, 2, LT_SHAPE(n, f));
+  lt_tensor gdgu = lt_gpu_upload(gu, LT_BF16, 2, LT_SHAPE(n, 2 * f));
+  assert_ok(lt_swiglu_fwd(&lt_test_gpu, gh, ggu));
+  assert_ok(lt_swiglu_bwd(&lt_test_gpu, gdgu, lt_gpu_upload(dh, LT_BF16, 2, LT_SHAPE(n, f)), ggu));
+  float *got_h = lt_gpu_fetch(gh), *got_dgu = lt_gpu_fetch(gdgu);
+  lt_gpu_expect_close("swiglu h", got_h, h, n * f, 1e-2);
+  lt_gpu_expect_close("swiglu dgate_up", got_dgu, dgu, n * 2 * f, 1e-2);
+  free(gu), free(dh), free(h), free(dgu), free(got_h), free(got_dgu);
+  lt_gpu_free_all();
+}
+
+static void test_cross_entropy_losses_and_bf16_gradient_match_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 37, vocabs[2] = {4096, 1001}; // vectorised, and the scalar path
+  for (int vi = 0; vi < 2; vi++) {
+    const int64_t v = vocabs[vi];
+    float *logits = lt_gpu_random(n * v, 3.0f, false);
+    int32_t *targets = malloc(sizeof(int32_t) * n);
+    lt_rng rng = lt_rng_seed(lt_gpu_next_seed());
+    for (int64_t i = 0; i < n; i++)
+      targets[i] = i % 5 == 3 ? -100 : (int32_t)lt_rng_below(&rng, (uint64_t)v);
+    float *losses = malloc(sizeof(float) * n), *grad = malloc(sizeof(float) * n * v);
+    assert_ok(lt_cross_entropy(&lt_test_cpu, host(losses, 1, LT_SHAPE(n)),
+                               host(grad, 2, LT_SHAPE(n, v)), host(logits, 2, LT_SHAPE(n, v)),
+                               lt_view1(targets, LT_I32, LT_CPU, n), -100, 0.25f));
+    lt_tensor glogits = lt_gpu_upload(logits, LT_F32, 2, LT_SHAPE(n, v));
+    lt_tensor ggrad = lt_gpu_upload(logits, LT_BF16, 2, LT_SHAPE(n, v));
+    lt_tensor glosses = lt_gpu_upload(losses, LT_F32, 1, LT_SHAPE(n));
+    assert_ok(lt_zero(&lt_test_gpu, glosses));
+    assert_ok(lt_cross_entropy(&lt_test_gpu, glosses, ggrad, glogits,
+                               lt_gpu_upload_i32(targets, 1, LT_SHAPE(n)), -100, 0.25f));
+    float *got_losses = lt_gpu_fetch(glosses), *got_grad = lt_gpu_fetch(ggrad);
+    lt_gpu_expect_close("cross-entropy losses (f32)", got_losses, losses, n, 1e-5);
+    lt_gpu_expect_close("cross-entropy dlogits (bf16)", got_grad, grad, n * v, 1e-2);
+    for (int64_t i = 3; i < n; i += 5) assert_true(got_losses[i] == 0.0f); // ignored rows
+    // In place, as on the CPU: the f32 logits become their gradient.
+    assert_ok(lt_cross_entropy(&lt_test_gpu, glosses, glogits, glogits,
+                               lt_gpu_upload_i32(targets, 1, LT_SHAPE(n)), -100, 0.25f));
+    free(got_grad);
+    got_grad = lt_gpu_fetch(glogits);
+    lt_gpu_expect_close("cross-entropy in place (f32)", got_grad, grad, n * v, 1e-5);
+    free(logits), free(targets), free(losses), free(grad), free(got_losses), free(got_grad);
+    lt_gpu_free_all();
+  }
+}
+
+static void test_adamw_over_runs_matches_cpu_and_writes_the_bf16_copy(void **state) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 100003;
+  // Runs with odd edges, a gap the update must leave alone, and more runs than one launch holds.
+  lt_adamw_run runs[60];
+  int n_runs = 0;
+  for (int64_t start = 5; start + 1000 < n && n_runs < 60; start += 1603)
+    runs[n_runs] = (lt_adamw_run){.start = start,
+                                  .numel = 1000 + n_runs * 7,
+                                  .weight_decay = n_runs % 2 ? 0.1f : 0.0f},
+    n_runs++;
+  float *p = lt_gpu_random(n, 1.0f, false), *g = lt_gpu_random(n, 1.0f, false);
+  float *m = lt_gpu_random(n, 0.1f, false), *v = lt_gpu_random(n, 0.1f, false);
+  for (int64_t i = 0; i < n; i++) v[i] = fabsf(v[i]);
+  lt_tensor gp = lt_gpu_upload(p, LT_F32, 1, LT_SHAPE(n)),
+            gg = lt_gpu_upload(g, LT_F32, 1, LT_SHAPE(n));
+  lt_tensor gm = lt_gpu_upload(m, LT_F32, 1, LT_SHAPE(n)),
+            gv = lt_gpu_upload(v, LT_F32, 1, LT_SHAPE(n));
+  lt_tensor gc = lt_gpu_upload(p, LT_BF16, 1, LT_SHAPE(n));
+  float *c_before = lt_gpu_fetch(gc);
+  for (int step = 1; step <= 3; step++) {
+    lt_adamw_args args = {.lr = 1e-2f,
+                          .beta1 = 0.9f,
+                          .beta2 = 0.95f,
+                          .eps = 1e-8f,
+                          .grad_scale = 0.5f,
+                          .step = step,
+                          .runs = runs,
+                          .n_runs = n_runs};
+    assert_ok(lt_adamw(&lt_test_cpu, host(p, 1, LT_SHAPE(n)), host(g, 1, LT_SHAPE(n)),
+                       host(m, 1, LT_SHAPE(n)), host(v, 1, LT_SHAPE(n)), (lt_tensor){0}, &args));
+    assert_ok(lt_adamw(&lt_test_gpu, gp, gg, gm, gv, gc, &args));
+  }
+  float *got_p = lt_gpu_fetch(gp), *got_m = lt_gpu_fetch(gm), *got_v = lt_gpu_fetch(gv);
+  float *got_c = lt_gpu_fetch(gc);
+  lt_gpu_expect_close("adamw params", got_p, p, n, 1e-6);
+  lt_gpu_expect_close("adamw first moments", got_m, m, n, 1e-6);
+  lt_gpu_expect_close("adamw second moments", got_v, v, n, 1e-6);
+  int in_run = 0;
+  for (int64_t i = 0; i < n; i++) {
+    bool inside = false;
+    for (int r = 0; r < n_runs; r++)
+      inside |= i >= runs[r].start && i < runs[r].start + runs[r].numel;
+    in_run += inside;
+    // The compute copy is the rounded master value inside runs, untouched outside.
+    float want = inside ? lt_bf16_to_f32(lt_f32_to_bf16(got_p[i])) : c_before[i];
+    if (got_c[i] != want)
+      fail_msg("compute copy[%lld] = %g, want %g", (long long)i, got_c[i], want);
+  }
+  assert_true(in_run > 0 && in_run < n);
+  free(p), free(g), free(m), free(v), free(got_p), free(got_m), free(got_v), free(got_c),
+      free(c_before);
+  lt_gpu_free_all();
+}
+
+static void test_out_of_memory_names_the_size_and_what_to_lower(void **state) {
+  SKIP_WITHOUT_GPU();
+  void *p = NULL;
+  int rc = lt_device_alloc(LT_CUDA, (size_t)1 << 50, "activations", &p);
+  EXPECT_ERROR(rc, LT_ERR_MEMORY, "out of GPU memory", "1024.00 TiB", "activations",
+               "train.micro_batch", "train.seq_len", "train.recompute");
+  assert_null(p);
+}
+
+// Where no GPU is usable (CI), asking for one is a device error that names run.device and the fix.
+static void test_without_a_gpu_a_cuda_context_fails_naming_run_device(void **state) {
+  if (lt_gpu_available()) skip();
+  lt_ctx ctx;
+  EXPECT_ERROR(lt_ctx_init(&ctx, LT_CUDA, 1), LT_ERR_DEVICE, "run.device is cuda",
+               "CUDA_VISIBLE_DEVICES", "run.device: cpu");
+}
+
+static void test_unsupported_operands_fail_naming_the_op_and_tensors(void **state) {
+  SKIP_WITHOUT_GPU();
+  float x[64] = {0};
+  lt_tensor a = lt_gpu_upload(x, LT_F32, 2, LT_SHAPE(8, 8)),
+            b = lt_gpu_upload(x, LT_BF16, 2, LT_SHAPE(8, 8));
+  EXPECT_ERROR(lt_matmul(&lt_test_gpu, a, a, false, b, false, 1.0f, 0.0f), LT_ERR_INTERNAL,
+               "matmul", "f32 (8, 8) cuda", "bf16 (8, 8) cuda");
+  lt_gpu_free_all();
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_matmul_matches_cpu_for_every_transpose_and_output),
+      cmocka_unit_test(test_add_scale_copy_and_zero_match_cpu),
+      cmocka_unit_test(test_sum_squares_matches_cpu_and_repeats_exactly),
+      cmocka_unit_test(test_embedding_lookup_and_scatter_add_match_cpu),
+      cmocka_unit_test(test_rmsnorm_forward_and_backward_match_cpu),
+      cmocka_unit_test(test_rope_split_and_its_transpose_match_cpu),
+      cmocka_unit_test(test_swiglu_forward_and_backward_match_cpu),
+      cmocka_unit_test(test_cross_entropy_losses_and_bf16_gradient_match_cpu),
+      cmocka_unit_test(test_adamw_over_runs_matches_cpu_and_writes_the_bf16_copy),
+      cmocka_unit_test(test_out_of_memory_names_the_size_and_what_to_lower),
+      cmocka_unit_test(test_unsupported_operands_fail_naming_the_op_and_tensors),
+      cmocka_unit_test(test_without_a_gpu_a_cuda_context_fails_naming_run_device),
+  };
+  return cmocka_run_group_tests(tests, lt_gpu_group_setup, lt_gpu_group_teardown);
+}

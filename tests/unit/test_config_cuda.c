@@ -1,0 +1,46 @@
+// run.device: cuda's limits on the model's shapes are config errors that name the key and the fix
+// (the CUDA kernels read rows as 16-byte vectors; flash attention is built for head widths 64 and
+// 128). These run on every machine: the check needs no GPU.
+#include "core/config.h"
+#include "testing.h"
+
+static int load_cuda(const char *extra) {
+  lt_config cfg;
+  char *overrides[2] = {"run.device=cuda", (char *)extra};
+  return lt_config_load(&cfg, NULL, extra ? 2 : 1, overrides);
+}
+
+static void test_default_model_is_valid_on_cuda(void **state) {
+  (void)state;
+  assert_ok(load_cuda(NULL)); // 768 wide, 12 heads of 64, ffn 2048
+}
+
+static void test_head_width_other_than_64_or_128_is_rejected_on_cuda(void **state) {
+  (void)state;
+  EXPECT_ERROR(load_cuda("model.n_heads=8"), LT_ERR_CONFIG, "run.device: cuda", "96",
+               "model.head_dim", "64 or 128");
+  assert_ok(load_cuda("model.head_dim=128")); // explicit widths may differ from d_model / n_heads
+  lt_config cfg;
+  char *cpu[1] = {"model.n_heads=8"};
+  assert_ok(lt_config_load(&cfg, NULL, 1, cpu)); // the CPU kernels take any even width
+}
+
+static void test_widths_not_a_multiple_of_8_are_rejected_on_cuda(void **state) {
+  (void)state;
+  EXPECT_ERROR(load_cuda("model.ffn_dim=2050"), LT_ERR_CONFIG, "model.ffn_dim", "2050",
+               "multiple of 8", "run.device: cuda");
+  lt_config cfg;
+  char *overrides[4] = {"run.device=cuda", "model.d_model=772", "model.n_heads=4",
+                        "model.head_dim=64"};
+  EXPECT_ERROR(lt_config_load(&cfg, NULL, 4, overrides), LT_ERR_CONFIG, "model.d_model", "772",
+               "multiple of 8");
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_default_model_is_valid_on_cuda),
+      cmocka_unit_test(test_head_width_other_than_64_or_128_is_rejected_on_cuda),
+      cmocka_unit_test(test_widths_not_a_multiple_of_8_are_rejected_on_cuda),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: build the CUDA build, run the tests (GPU ones included), and run the
+# benchmarks against PyTorch, logging each stage to $OUT (or ./gpu-logs). Run from the project's
+# root with the device folder (../shared/device copied into the project) as the first argument:
+#   bash tools/gpu-session.sh .gpu build test attention model-4k model-16k model-64k
+# Stages run in the order given; each has a time limit so one hang cannot eat the whole call.
+# NO_REFERENCE=1 leaves PyTorch out of the model benchmarks (a quicker look at longtrain alone).
+set -uo pipefail
+device_dir=$(cd "$1" && pwd)
+shift
+out=${OUT:-gpu-logs}
+mkdir -p "$out"
+# shellcheck disable=SC1091
+source "$device_dir/setup.sh"
+reference="python3 $device_dir/torch_reference.py"
+model_reference=(--reference "$reference")
+[ "${NO_REFERENCE:-0}" = 1 ] && model_reference=()
+export PYTHONUNBUFFERED=1
+build=build-gpu
+
+stage() { # stage NAME SECONDS COMMAND...
+  local name=$1 limit=$2
+  shift 2
+  echo "=== $name ($(date +%T))"
+  timeout "$limit" "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  echo "--- $name: exit $rc"
+  return $rc
+}
+
+for what in "$@"; do
+  case $what in
+  build)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    stage configure 120 cmake -S . -B $build -G Ninja -DCMAKE_BUILD_TYPE=Release -DLT_CUDA=ON \
+      -DCMAKE_CUDA_ARCHITECTURES=90a || { tail -30 "$out/configure.log"; exit 1; }
+    stage compile 400 cmake --build $build -j 16 || { grep -E "error|warning" "$out/compile.log" | head -40; exit 1; }
+    ;;
+  test)
+    for t in test_cuda_kernels test_cuda_attention test_cuda_training; do
+      stage "$t" 150 env LT_CUDA_SYNC=1 $build/tests/gpu/$t
+    done
+    stage attention-portable 150 env LT_CUDA_SYNC=1 LT_ATTENTION_KERNELS=portable \
+      $build/tests/gpu/test_cuda_attention
+    cat "$out"/test_cuda_*.log "$out"/attention-portable.log >"$out/tests.log"
+    rm "$out"/test_cuda_*.log "$out"/attention-portable.log
+    grep -E "PASSED|FAILED|ERROR|error:|loss|gradient norm|steps twice" "$out/tests.log"
+    ;;
+  ctest)
+    stage ctest 300 ctest --test-dir $build --output-on-failure
+    tail -15 "$out/ctest.log"
+    ;;
+  attention)
+    stage attention 300 $build/bench/bench_attention --seq 4096 16384 65536 --reference "$reference"
+    tail -8 "$out/attention.log"
+    ;;
+  model-4k)
+    stage model-4k 400 $build/bench/bench_model --seq 4096 --batch 8 "${model_reference[@]}"
+    tail -12 "$out/model-4k.log"
+    ;;
+  model-16k)
+    stage model-16k 400 $build/bench/bench_model --seq 16384 --batch 2 "${model_reference[@]}"
+    tail -12 "$out/model-16k.log"
+    ;;
+  profile-4k | profile-16k)
+    seq=4096 batch=8
+    [ "$what" = profile-16k ] && seq=16384 batch=2
+    stage "$what" 300 $build/bench/bench_model --seq $seq --batch $batch --steps 3 --warmup 1 --profile
+    grep -E "longtrain \||CUDA profile|^ +[0-9.]+ ms" "$out/$what.log" | head -16
+    grep -E "^matmul \(" "$out/$what.log" | head -20
+    ;;
+  attention-model)
+    stage attention-model 300 $build/bench/bench_attention --heads 12 --head-dim 64 --batch 8 \
+      --seq 4096 --reference "$reference"
+    tail -4 "$out/attention-model.log"
+    ;;
+  break-checks)
+    # Each check breaks one kernel on purpose, rebuilds one test and expects it to fail.
+    breaks=(
+      "src/kernels/cuda/rmsnorm.cu|s/d\[e\] += r \* (g\[p\]\[e\] - xh\[p\]\[e\] \* mean);/d[e] += r * g[p][e];/|test_cuda_kernels"
+      "src/kernels/cuda/cross_entropy.cu|s/e\[i\] = grad_scale \* (expf/e[i] = (expf/|test_cuda_kernels"
+      "src/kernels/cuda/attention_common.cuh|s/row_sum\[hf\] = row_sum\[hf\] \* rescale + sum;/row_sum[hf] = row_sum[hf] + sum;/|test_cuda_attention"
+      "src/kernels/cuda/attention_bwd.cu|s/add_pair(dk_row + dt \* 8 + c \* 2, dk\[dt \* 4 + 2 \* hf\] \* scale,/add_pair(dk_row + dt * 8 + c * 2, dk[dt * 4 + 2 * hf] * scale * 1.05f,/|test_cuda_attention"
+      "src/kernels/cuda/attention_bwd.cu|s/dpt\[e\] = st\[e\] \* (dpt\[e\] - delta);/dpt[e] = st[e] * dpt[e];/|test_cuda_training"
+    )
+    for spec in "${breaks[@]}"; do
+      IFS='|' read -r file expr test <<<"$spec"
+      cp "$file" "$file.orig"
+      sed -i "$expr" "$file"
+      if cmp -s "$file" "$file.orig"; then echo "break-check: the edit did not apply to $file"; mv "$file.orig" "$file"; continue; fi
+      cmake --build $build --target "$test" >/dev/null 2>&1
+      $build/tests/gpu/$test >"$out/break.log" 2>&1
+      echo "broken $file ($expr): $test exit $? ($(grep -c FAILED "$out/break.log") FAILED lines)"
+      grep -E "^\[  FAILED  \] test_" "$out/break.log" | sort -u | head -4
+      mv "$file.orig" "$file"
+      touch "$file" # newer than the broken build's objects, so the next build compiles it again
+    done
+    rm -f "$out/break.log"
+    cmake --build $build >/dev/null
+    ;;
+  ncu-source)
+    stage ncu-source 300 ncu --clock-control none --kernel-name regex:attn_bwd --launch-skip 2 \
+      --launch-count 1 --section WarpStateStats --section SourceCounters --print-details all \
+      $build/bench/bench_attention --heads 12 --head-dim 64 --batch 8 --seq 4096
+    grep -iE "stall|warp cycles|attention_bwd.cu|attention_common|wgmma.cuh" "$out/ncu-source.log" | head -60
+    ;;
+  ncu-bwd)
+    stage ncu-bwd 300 ncu --clock-control none --kernel-name regex:attn_bwd --launch-skip 2 \
+      --launch-count 1 --section SpeedOfLight --section Occupancy --section WarpStateStats \
+      --section SchedulerStats $build/bench/bench_attention --heads 12 --head-dim 64 --batch 8 \
+      --seq 4096
+    grep -vE "^==PROF==|^ +-+ +-+" "$out/ncu-bwd.log" | tail -75
+    ;;
+  model-64k)
+    stage model-64k 300 $build/bench/bench_model --seq 65536 --batch 1 --recompute --steps 3 \
+      --warmup 1
+    tail -10 "$out/model-64k.log"
+    ;;
+  *)
+    echo "unknown stage $what"
+    exit 2
+    ;;
+  esac
+done
