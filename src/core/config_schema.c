@@ -408,7 +408,7 @@ int lt_config_validate(const lt_config *cfg) {
   LT_CHECK(t->seq_len <= m->max_seq_len, LT_ERR_CONFIG,
            "%s: train.seq_len (%d) exceeds model.max_seq_len (%d): raise model.max_seq_len", src,
            t->seq_len, m->max_seq_len);
-  LT_TRY(lt_config_validate_moe(&m->moe, src));
+  if (uses_ffn(m, "moe")) LT_TRY(lt_config_validate_moe(&m->moe, src));
   int micro = t->micro_batch ? t->micro_batch : t->batch;
   LT_CHECK(t->batch % micro == 0, LT_ERR_CONFIG,
            "%s: train.batch (%d) must be a multiple of train.micro_batch (%d)", src, t->batch,

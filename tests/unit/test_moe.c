@@ -397,22 +397,26 @@ static void test_auxiliary_loss_gradient_matches_finite_differences(void **state
 
 // --- config ---
 
-static int load_with(const char *a, const char *b) {
+// The defaults with the given --set overrides (NULL-terminated, at most 3).
+static int load_with_overrides(const char *const *sets) {
   lt_config cfg;
-  char *overrides[2] = {(char *)a, (char *)b};
-  return lt_config_load(&cfg, NULL, 2, overrides);
+  char *overrides[3];
+  int n = 0;
+  while (sets[n] && n < 3) overrides[n] = (char *)sets[n], n++;
+  return lt_config_load(&cfg, NULL, n, overrides);
 }
+#define load_with(...) load_with_overrides((const char *const[]){__VA_ARGS__, NULL})
 
 static void test_top_k_larger_than_the_expert_count_is_a_config_error(void **state) {
   (void)state;
-  EXPECT_ERROR(load_with("model.moe.n_experts=4", "model.moe.top_k=5"), LT_ERR_CONFIG,
-               "model.moe.top_k (5)", "model.moe.n_experts (4)", "lower top_k");
+  EXPECT_ERROR(load_with("model.ffn=moe", "model.moe.n_experts=4", "model.moe.top_k=5"),
+               LT_ERR_CONFIG, "model.moe.top_k (5)", "model.moe.n_experts (4)", "lower top_k");
 }
 
 static void test_renormalizing_a_single_choice_is_a_config_error(void **state) {
   (void)state;
-  EXPECT_ERROR(load_with("model.moe.top_k=1", "model.moe.renormalize=true"), LT_ERR_CONFIG,
-               "model.moe.renormalize", "set model.moe.renormalize to false");
+  EXPECT_ERROR(load_with("model.ffn=moe", "model.moe.top_k=1", "model.moe.renormalize=true"),
+               LT_ERR_CONFIG, "model.moe.renormalize", "set model.moe.renormalize to false");
   assert_ok(load_with("model.moe.top_k=1", "model.moe.renormalize=false"));
 }
 
