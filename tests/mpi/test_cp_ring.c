@@ -173,7 +173,8 @@ static double compare_with_one_process(const lt_mesh *mesh, const ring_case *c) 
 
 static void expect_equal_on_both_meshes(const ring_case *c, const char *what) {
   for (int m = 0; m < 2; m++) {
-    const double worst = compare_with_one_process(&meshes[m], c);
+    const double worst =
+        lt_test_worst_over_ranks(&meshes[m], compare_with_one_process(&meshes[m], c));
     if (world.rank == 0)
       print_message("%s, cp=%d: worst difference %.2e\n", what, meshes[m].axis[LT_AXIS_CP].size,
                     worst);

@@ -58,6 +58,12 @@ double lt_test_scaled_diff(const float *a, const float *b, int64_t n) {
   return lt_test_max_rel_diff(a, b, n, scale > 0 ? scale : 1.0);
 }
 
+double lt_test_worst_over_ranks(const lt_mesh *mesh, double value) {
+  float worst = isnan(value) ? INFINITY : (float)value;
+  assert_ok(lt_all_reduce_max(&mesh->world, lt_view1(&worst, LT_F32, LT_CPU, 1)));
+  return worst;
+}
+
 void lt_test_plan_object(int (*plan)(void *object, const lt_plan *p), void *object, lt_arena *acts,
                          lt_arena *scratch, int64_t B, int64_t T) {
   lt_arena ma, ms;

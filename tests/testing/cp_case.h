@@ -27,6 +27,9 @@ void lt_test_cp_documents(int32_t *pos, int32_t *doc, int64_t B, int64_t T, bool
 // max |a - b| / max |b|: a difference on the scale of the reference tensor.
 double lt_test_scaled_diff(const float *a, const float *b, int64_t n);
 
+// The largest of every rank's `value` (NaN counts as the largest).
+double lt_test_worst_over_ranks(const lt_mesh *mesh, double value);
+
 // Plans `object` for (B, T) with `plan` twice, measuring and then for real, on two arenas this
 // creates (as lt_test_plan_layer does for layers).
 void lt_test_plan_object(int (*plan)(void *object, const lt_plan *p), void *object, lt_arena *acts,
