@@ -33,6 +33,13 @@ void lt_zigzag_keep_local_samples(lt_samples *samples, int64_t rows, int64_t seq
   for (int i = 0; i < 4; i++) lt_zigzag_keep_local(arrays[i], rows, seq_len, mesh);
 }
 
+int lt_cp_check_planned(const char *what, lt_tensor q, int64_t B, int64_t T) {
+  if (q.shape[0] == B && q.shape[1] == T) return LT_OK;
+  return lt_fail_internal(__FILE__, __LINE__, "%s on (%lld, %lld) tokens, planned for (%lld, %lld)",
+                          what, (long long)q.shape[0], (long long)q.shape[1], (long long)B,
+                          (long long)T);
+}
+
 int lt_cp_mean(const lt_group *cp, lt_ctx *ctx, lt_tensor t) {
   if (!cp) return LT_OK;
   LT_TRY(lt_all_reduce_sum(cp, t));

@@ -45,6 +45,9 @@ void lt_zigzag_keep_local(int32_t *tokens, int64_t rows, int64_t seq_len, const 
 void lt_zigzag_keep_local_samples(lt_samples *samples, int64_t rows, int64_t seq_len,
                                   const lt_mesh *mesh);
 
+// An internal error unless q's (B, T) is what `what` (ring attention, LASP-2) was planned for.
+int lt_cp_check_planned(const char *what, lt_tensor q, int64_t B, int64_t T);
+
 // t = the mean of every cp rank's t, in place (a statistic over a micro-batch's tokens, such as
 // MoH's head loads, becomes the whole sequence's: every rank holds as many tokens). A no-op
 // without a cp group.

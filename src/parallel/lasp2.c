@@ -108,15 +108,6 @@ static lt_linear_attn_spec chunk_spec(const lt_lasp2 *l, const lt_linear_attn_sp
   return c;
 }
 
-static int check_planned(const lt_lasp2 *l, lt_tensor q) {
-  if (q.shape[0] == l->B && q.shape[1] == l->T) return LT_OK;
-  return lt_fail_internal(__FILE__, __LINE__,
-                          "LASP-2 on (%lld, %lld) tokens, planned for "
-                          "(%lld, %lld)",
-                          (long long)q.shape[0], (long long)q.shape[1], (long long)l->B,
-                          (long long)l->T);
-}
-
 // Row of the gathered tensors that holds chunk `chunk` of batch row b.
 static int64_t gathered_row(const lt_lasp2 *l, int64_t b, int chunk) {
   int rank, half;
@@ -215,7 +206,7 @@ int lt_lasp2_forward(lt_lasp2 *l, lt_ctx *ctx, lt_tensor o, lt_tensor q, lt_tens
                      const lt_linear_attn_spec *spec) {
   const lt_tensor no_prefix = {0};
   if (!l) return lt_linear_attn_fwd(ctx, o, q, k, v, no_prefix, spec);
-  LT_TRY(check_planned(l, q));
+  LT_TRY(lt_cp_check_planned("LASP-2", q, l->B, l->T));
   const lt_linear_attn_spec chunks = chunk_spec(l, spec, true), alone = chunk_spec(l, spec, false);
   LT_TRY(lt_linear_attn_state(ctx, l->states, as_chunks(k), as_chunks(v), &alone));
   LT_TRY(lt_all_gather(l->group, l->gathered, l->states));
@@ -230,7 +221,7 @@ int lt_lasp2_backward(lt_lasp2 *l, lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_t
                       const lt_linear_attn_spec *spec) {
   const lt_tensor no_prefix = {0};
   if (!l) return lt_linear_attn_bwd(ctx, dq, dk, dv, no_prefix, dout, q, k, v, no_prefix, spec);
-  LT_TRY(check_planned(l, q));
+  LT_TRY(lt_cp_check_planned("LASP-2", q, l->B, l->T));
   const lt_linear_attn_spec chunks = chunk_spec(l, spec, true), alone = chunk_spec(l, spec, false);
   const lt_tensor dk_chunks = as_chunks(dk), dv_chunks = as_chunks(dv);
   const lt_tensor k_chunks = as_chunks(k), v_chunks = as_chunks(v);

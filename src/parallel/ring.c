@@ -127,15 +127,6 @@ int lt_ring_attention_plan(lt_ring_attention *ring, const lt_plan *p, int hq, in
   return LT_OK;
 }
 
-static int check_planned(const lt_ring_attention *ring, lt_tensor q) {
-  if (q.shape[0] == ring->B && q.shape[1] == ring->T) return LT_OK;
-  return lt_fail_internal(__FILE__, __LINE__,
-                          "ring attention on (%lld, %lld) tokens, planned for "
-                          "(%lld, %lld)",
-                          (long long)q.shape[0], (long long)q.shape[1], (long long)ring->B,
-                          (long long)ring->T);
-}
-
 // Block 0: this rank's own keys, as they leave.
 static int pack_block(lt_ring_attention *ring, lt_ctx *ctx, lt_tensor k, lt_tensor v,
                       const lt_attn_spec *spec) {
@@ -207,7 +198,7 @@ static void count_step(lt_ring_attention *ring, bool computed) {
 int lt_ring_attention_forward(lt_ring_attention *ring, lt_ctx *ctx, lt_tensor o, lt_tensor lse,
                               lt_tensor q, lt_tensor k, lt_tensor v, const lt_attn_spec *spec) {
   if (!ring) return lt_attn_fwd(ctx, o, lse, q, k, v, spec);
-  LT_TRY(check_planned(ring, q));
+  LT_TRY(lt_cp_check_planned("ring attention", q, ring->B, ring->T));
   LT_TRY(pack_block(ring, ctx, k, v, spec));
   LT_TRY(choose_steps(ring, spec));
   const lt_group *g = ring->group;
@@ -248,7 +239,7 @@ int lt_ring_attention_backward(lt_ring_attention *ring, lt_ctx *ctx, lt_tensor d
                                lt_tensor dv, lt_tensor dout, lt_tensor q, lt_tensor k, lt_tensor v,
                                lt_tensor lse, lt_tensor delta, const lt_attn_spec *spec) {
   if (!ring) return lt_attn_bwd(ctx, dq, dk, dv, dout, q, k, v, lse, delta, spec);
-  LT_TRY(check_planned(ring, q));
+  LT_TRY(lt_cp_check_planned("ring attention", q, ring->B, ring->T));
   LT_TRY(pack_block(ring, ctx, k, v, spec));
   const lt_group *g = ring->group;
   const int n = g->size, next = (g->rank + 1) % n, prev = (g->rank + n - 1) % n;

@@ -113,7 +113,8 @@ static void run_linear(linear_run *r, lt_lasp2 *lasp) {
   lt_ctx_destroy(&ctx);
 }
 
-static double compare_with_one_process(const lt_mesh *mesh, const lasp_case *c) {
+static double compare_with_one_process(const lt_mesh *mesh, const void *case_) {
+  const lasp_case *c = case_;
   linear_run whole, mine, expect;
   make_whole(&whole, c);
   run_linear(&whole, NULL);
@@ -134,9 +135,7 @@ static double compare_with_one_process(const lt_mesh *mesh, const lasp_case *c) 
                            lt_test_scaled_diff(mine.dq, expect.dq, n * HQ * D),
                            lt_test_scaled_diff(mine.dk, expect.dk, n * HKV * D),
                            lt_test_scaled_diff(mine.dv, expect.dv, n * HKV * c->e)};
-  double worst = 0;
-  for (int i = 0; i < 4; i++)
-    if (!(diffs[i] <= worst)) worst = diffs[i];
+  const double worst = lt_test_worst(diffs, 4);
   lt_lasp2_destroy(lp.lasp);
   lt_arena_destroy(&acts), lt_arena_destroy(&scratch);
   run_free(&whole), run_free(&mine), run_free(&expect);
@@ -144,14 +143,7 @@ static double compare_with_one_process(const lt_mesh *mesh, const lasp_case *c) 
 }
 
 static void expect_equal_on_both_meshes(const lasp_case *c, const char *what) {
-  for (int m = 0; m < 2; m++) {
-    const double worst =
-        lt_test_worst_over_ranks(&meshes[m], compare_with_one_process(&meshes[m], c));
-    if (world.rank == 0)
-      print_message("%s, cp=%d: worst difference %.2e\n", what, meshes[m].axis[LT_AXIS_CP].size,
-                    worst);
-    assert_true(worst < 2e-6);
-  }
+  lt_test_cp_expect_close(meshes, compare_with_one_process, c, what, 2e-6);
 }
 
 static void test_lasp2_without_decay_equals_one_process(void **state) {

@@ -138,7 +138,8 @@ static double lse_diff(const float *a, const float *b, int64_t n) {
 
 // Runs the case whole on one process and split over the mesh's cp ring; returns the worst
 // difference over o, lse, dq, dk, dv relative to each reference tensor's scale.
-static double compare_with_one_process(const lt_mesh *mesh, const ring_case *c) {
+static double compare_with_one_process(const lt_mesh *mesh, const void *case_) {
+  const ring_case *c = case_;
   attn_run whole, mine, expect;
   make_whole(&whole, c);
   run_attention(&whole, NULL, NULL);
@@ -162,9 +163,7 @@ static double compare_with_one_process(const lt_mesh *mesh, const ring_case *c) 
                            lt_test_scaled_diff(mine.dq, expect.dq, n * HQ * D),
                            lt_test_scaled_diff(mine.dk, expect.dk, n * HKV * D),
                            lt_test_scaled_diff(mine.dv, expect.dv, n * HKV * D)};
-  double worst = 0;
-  for (int i = 0; i < 5; i++)
-    if (!(diffs[i] <= worst)) worst = diffs[i];
+  const double worst = lt_test_worst(diffs, 5);
   lt_ring_attention_destroy(ring);
   lt_arena_destroy(&acts), lt_arena_destroy(&scratch);
   run_free(&whole), run_free(&mine), run_free(&expect);
@@ -172,14 +171,7 @@ static double compare_with_one_process(const lt_mesh *mesh, const ring_case *c) 
 }
 
 static void expect_equal_on_both_meshes(const ring_case *c, const char *what) {
-  for (int m = 0; m < 2; m++) {
-    const double worst =
-        lt_test_worst_over_ranks(&meshes[m], compare_with_one_process(&meshes[m], c));
-    if (world.rank == 0)
-      print_message("%s, cp=%d: worst difference %.2e\n", what, meshes[m].axis[LT_AXIS_CP].size,
-                    worst);
-    assert_true(worst < 2e-6);
-  }
+  lt_test_cp_expect_close(meshes, compare_with_one_process, c, what, 2e-6);
 }
 
 static void test_causal_ring_equals_one_process(void **state) {

@@ -64,6 +64,24 @@ double lt_test_worst_over_ranks(const lt_mesh *mesh, double value) {
   return worst;
 }
 
+double lt_test_worst(const double *values, int n) {
+  double worst = 0;
+  for (int i = 0; i < n; i++)
+    if (!(values[i] <= worst)) worst = values[i];
+  return worst;
+}
+
+void lt_test_cp_expect_close(lt_mesh meshes[2], double (*compare)(const lt_mesh *, const void *),
+                             const void *c, const char *what, double tolerance) {
+  for (int m = 0; m < 2; m++) {
+    const double worst = lt_test_worst_over_ranks(&meshes[m], compare(&meshes[m], c));
+    if (meshes[m].world_rank == 0)
+      print_message("%s, cp=%d: worst difference %.2e\n", what, meshes[m].axis[LT_AXIS_CP].size,
+                    worst);
+    assert_true(worst < tolerance);
+  }
+}
+
 void lt_test_plan_object(int (*plan)(void *object, const lt_plan *p), void *object, lt_arena *acts,
                          lt_arena *scratch, int64_t B, int64_t T) {
   lt_arena ma, ms;

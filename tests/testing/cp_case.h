@@ -29,6 +29,12 @@ double lt_test_scaled_diff(const float *a, const float *b, int64_t n);
 
 // The largest of every rank's `value` (NaN counts as the largest).
 double lt_test_worst_over_ranks(const lt_mesh *mesh, double value);
+// The largest of n values (NaN counts as the largest).
+double lt_test_worst(const double *values, int n);
+// Runs compare(mesh, c), this rank's worst difference from one process, on both meshes, prints
+// the worst over the ranks as "<what>, cp=N: worst difference ..." and fails above tolerance.
+void lt_test_cp_expect_close(lt_mesh meshes[2], double (*compare)(const lt_mesh *, const void *),
+                             const void *c, const char *what, double tolerance);
 
 // Plans `object` for (B, T) with `plan` twice, measuring and then for real, on two arenas this
 // creates (as lt_test_plan_layer does for layers).
