@@ -34,9 +34,11 @@ typedef struct layer_io {
   lt_arena acts, scratch;
 } layer_io;
 
-static double now_s(void) {
+// Wall time, and this process's CPU time: on a machine shared with other jobs the CPU time leaves
+// out the time the rank was not running (a waiting rank polls, so its waits still count).
+static double clock_s(clockid_t clock) {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(clock, &ts);
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
@@ -151,20 +153,25 @@ static int pass(lt_ctx *ctx, const cp_layer *l, layer_io *io) {
   return lt_ring_attention_backward(l->ring, ctx, dq, dk, dv, dout, q, k, v, lse, delta, &spec);
 }
 
-// The median over reps of the slowest rank's time for one pass (after one to warm up).
+// The median over reps of the slowest rank's wall and CPU time for one pass (after one to warm
+// up).
 static int time_passes(lt_ctx *ctx, const cp_layer *l, layer_io *io, const lt_mesh *mesh,
-                       double *seconds) {
-  double times[64];
+                       double seconds[2]) {
+  const clockid_t clocks[2] = {CLOCK_MONOTONIC, CLOCK_PROCESS_CPUTIME_ID};
+  double times[2][64];
   for (int r = 0; r <= l->o->reps; r++) {
     MPI_Barrier(MPI_COMM_WORLD);
-    const double start = now_s();
+    const double start[2] = {clock_s(clocks[0]), clock_s(clocks[1])};
     LT_TRY(pass(ctx, l, io));
-    float t = (float)(now_s() - start);
-    LT_TRY(lt_all_reduce_max(&mesh->world, lt_view1(&t, LT_F32, LT_CPU, 1)));
-    if (r > 0) times[r - 1] = t;
+    float t[2];
+    for (int c = 0; c < 2; c++) t[c] = (float)(clock_s(clocks[c]) - start[c]);
+    LT_TRY(lt_all_reduce_max(&mesh->world, lt_view1(t, LT_F32, LT_CPU, 2)));
+    for (int c = 0; c < 2 && r > 0; c++) times[c][r - 1] = t[c];
   }
-  qsort(times, (size_t)l->o->reps, sizeof(double), compare_doubles);
-  *seconds = times[l->o->reps / 2];
+  for (int c = 0; c < 2; c++) {
+    qsort(times[c], (size_t)l->o->reps, sizeof(double), compare_doubles);
+    seconds[c] = times[c][l->o->reps / 2];
+  }
   return LT_OK;
 }
 
@@ -216,9 +223,9 @@ static int run(const options *o, const lt_world *world) {
   LT_TRY(lt_lasp2_create(&split.lasp, &mesh, o->heads, mine.log_decay));
   LT_TRY(plan(&one, &whole));
   LT_TRY(plan(&split, &mine));
-  double t_one, t_split;
-  LT_TRY(time_passes(&ctx, &one, &whole, &mesh, &t_one));
-  LT_TRY(time_passes(&ctx, &split, &mine, &mesh, &t_split));
+  double t_one[2], t_split[2]; // wall, CPU
+  LT_TRY(time_passes(&ctx, &one, &whole, &mesh, t_one));
+  LT_TRY(time_passes(&ctx, &split, &mine, &mesh, t_split));
   const lt_ring_stats stats = lt_ring_attention_stats(split.ring);
   if (world->rank == 0) {
     printf("%s, %d heads of %d, T = %lld over cp = %d (%lld tokens per rank)",
@@ -228,9 +235,13 @@ static int run(const options *o, const lt_world *world) {
            o->heads, o->head_dim, (long long)o->seq, world->size,
            (long long)(o->seq / world->size));
     if (o->window) printf(", window %d", o->window);
-    printf("\n  one process, whole sequence: %.3f s forward + backward\n", t_one);
-    printf("  each of %d ranks, its share:  %.3f s\n", world->size, t_split);
-    printf("  efficiency t_one / (cp * t_rank): %.1f%%\n", 100.0 * t_one / (world->size * t_split));
+    printf("\n  one process, whole sequence: %.3f s forward + backward (CPU time %.3f s)\n",
+           t_one[0], t_one[1]);
+    printf("  each of %d ranks, its share:  %.3f s (CPU time %.3f s)\n", world->size, t_split[0],
+           t_split[1]);
+    printf("  efficiency t_one / (cp * t_rank): %.1f%% (by CPU time %.1f%%)\n",
+           100.0 * t_one[0] / (world->size * t_split[0]),
+           100.0 * t_one[1] / (world->size * t_split[1]));
     if (!o->linear) // counted over the warm-up pass and the timed ones
       printf("  rank 0's ring steps per forward + backward: %lld computed, %lld skipped\n",
              (long long)stats.computed / (o->reps + 1), (long long)stats.skipped / (o->reps + 1));
