@@ -409,6 +409,12 @@ int lt_config_validate(const lt_config *cfg) {
            "%s: train.seq_len (%d) exceeds model.max_seq_len (%d): raise model.max_seq_len", src,
            t->seq_len, m->max_seq_len);
   if (uses_ffn(m, "moe")) LT_TRY(lt_config_validate_moe(&m->moe, src));
+  const int cp = cfg->parallel.cp;
+  LT_CHECK(cp == 1 || t->seq_len % (2 * cp) == 0, LT_ERR_CONFIG,
+           "%s: train.seq_len (%d) must be a multiple of 2 * parallel.cp = %d: context parallelism "
+           "cuts every sequence into 2*cp equal chunks; set train.seq_len to a multiple of %d or "
+           "change parallel.cp",
+           src, t->seq_len, 2 * cp, 2 * cp);
   int micro = t->micro_batch ? t->micro_batch : t->batch;
   LT_CHECK(t->batch % micro == 0, LT_ERR_CONFIG,
            "%s: train.batch (%d) must be a multiple of train.micro_batch (%d)", src, t->batch,

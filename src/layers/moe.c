@@ -17,6 +17,10 @@
 // over tp once, the shared experts' partial sums included. Backward, the gates' gradient
 // dgate = dout . ye is summed over tp before the router's backward, and the router's share of dx
 // is added after the sum of the experts' shares.
+//
+// Under context parallelism the micro-batch's tokens are spread over the cp ranks: the counts and
+// sums above are taken over all of them (as Megatron-LM all-reduces the tokens per expert over its
+// sequence-parallel group), so the losses are the whole sequence's, as on one rank.
 #include "layers/moe.h"
 
 #include <math.h>
@@ -28,6 +32,7 @@
 #include "layers/linear.h"
 #include "layers/mlp.h"
 #include "parallel/tp.h"
+#include "parallel/context.h"
 
 typedef struct moe_layer {
   lt_layer base;
@@ -48,6 +53,10 @@ typedef struct moe_layer {
   int64_t *rows;
   int32_t *host_offsets, *host_counts;
   float *host_prob_sum, *host_balance;
+  // Over the micro-batch's tokens on every cp rank, for the auxiliary losses: choices routed to
+  // each expert (E), probability sums (E), tokens, and the sum of lse^2. Set by the forward.
+  float *totals;
+  const lt_group *cp; // context parallel, or NULL
   // scratch
   lt_tensor logits, prob_sum, xe, h, shared_out;             // forward
   lt_tensor dye, dh, dgate_up, dxe, dgate, dlogits, balance; // backward (and shared_out as dx)
@@ -112,15 +121,25 @@ static int read_plan(moe_layer *m) {
   return LT_OK;
 }
 
-static int add_aux_losses(moe_layer *m, lt_ctx *ctx, lt_aux_loss *aux) {
-  const double n = (double)m->probs.shape[0], e = m->n_experts, k = m->top_k;
+// m->totals from this rank's routing (and, under context parallelism, every cp rank's).
+static int route_totals(moe_layer *m, lt_ctx *ctx) {
+  const int e = m->n_experts;
   LT_TRY(lt_tensor_to_host(m->host_prob_sum, m->prob_sum));
-  double balance = 0.0, lse_squares;
-  for (int i = 0; i < m->n_experts; i++)
-    balance += (m->host_counts[i] / (n * k)) * (m->host_prob_sum[i] / n);
+  double lse_squares;
   LT_TRY(lt_sum_squares(ctx, &lse_squares, m->lse));
-  aux->sum += m->cfg.aux_loss_coef * e * balance + m->cfg.z_loss_coef * lse_squares / n;
-  return LT_OK;
+  float *t = m->totals;
+  for (int i = 0; i < e; i++) t[i] = (float)m->host_counts[i], t[e + i] = m->host_prob_sum[i];
+  t[2 * e] = (float)m->probs.shape[0], t[2 * e + 1] = (float)lse_squares;
+  return m->cp ? lt_all_reduce_sum(m->cp, lt_view1(t, LT_F32, LT_CPU, 2 * e + 2)) : LT_OK;
+}
+
+static void add_aux_losses(const moe_layer *m, lt_aux_loss *aux) {
+  const int e = m->n_experts;
+  const double k = m->top_k, n = m->totals[2 * e];
+  const float *t = m->totals;
+  double balance = 0.0;
+  for (int i = 0; i < e; i++) balance += (t[i] / (n * k)) * (t[e + i] / n);
+  aux->sum += m->cfg.aux_loss_coef * e * balance + m->cfg.z_loss_coef * t[2 * e + 1] / n;
 }
 
 static int forward(lt_layer *self, lt_ctx *ctx, lt_tensor out, lt_tensor x, const lt_batch *batch) {
@@ -147,16 +166,20 @@ static int forward(lt_layer *self, lt_ctx *ctx, lt_tensor out, lt_tensor x, cons
     LT_TRY(lt_add(ctx, out, out, m->shared_out));
   }
   LT_TRY(lt_tp_reduce_output(&m->tp, out));
-  return batch->aux ? add_aux_losses(m, ctx, batch->aux) : LT_OK;
+  LT_TRY(route_totals(m, ctx));
+  if (batch->aux) add_aux_losses(m, batch->aux);
+  return LT_OK;
 }
 
 static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, lt_tensor x,
                     const lt_batch *batch) {
   moe_layer *m = (moe_layer *)self;
   x = lt_flatten2(x), dx = lt_flatten2(dx), dout = lt_flatten2(dout);
-  // The host copy of the plan is the last forward's: with several micro-batches in flight (the
-  // pipeline's 1F1B) that may be another one's, so this one's is read again from its activations.
+  // The host copies of the plan and of the routing totals are the last forward's: with several
+  // micro-batches in flight (the pipeline's 1F1B) that may be another one's, so this one's are made
+  // again from its activations.
   LT_TRY(read_plan(m));
+  LT_TRY(route_totals(m, ctx));
   const int64_t rows = m->rows[m->n_experts];
   lt_tensor xe = lt_rows(m->xe, 0, rows), h = lt_rows(m->h, 0, rows);
   lt_tensor gate_up = lt_rows(m->gate_up_out, 0, rows), ye = lt_rows(m->ye, 0, rows);
@@ -185,10 +208,10 @@ static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, l
   // The router: the gates' gradient plus the auxiliary losses', scaled as the objective counts
   // them (none when nothing collects them).
   const float aux_scale = batch->aux ? batch->aux->grad_scale : 0.0f;
-  const double n = (double)m->probs.shape[0], e = m->n_experts, k = m->top_k;
+  const double n = m->totals[2 * m->n_experts], e = m->n_experts, k = m->top_k;
   for (int i = 0; i < m->n_experts; i++) // d/dprobs[t, i] of coef * E * sum_i f_i P_i
     m->host_balance[i] =
-        (float)(aux_scale * m->cfg.aux_loss_coef * e * (m->host_counts[i] / (n * k)) / n);
+        (float)(aux_scale * m->cfg.aux_loss_coef * e * (m->totals[i] / (n * k)) / n);
   LT_TRY(lt_tensor_from_host(m->balance, m->host_balance));
   const float z_scale = (float)(aux_scale * m->cfg.z_loss_coef * 2.0 / n);
   LT_TRY(lt_moe_route_bwd(ctx, m->dlogits, m->dgate, m->gate, m->expert, m->probs, m->lse,
@@ -201,7 +224,7 @@ static void destroy(lt_layer *self) {
   moe_layer *m = (moe_layer *)self;
   if (m->shared) m->shared->ops->destroy(m->shared);
   free(m->gate_up), free(m->down), free(m->rows), free(m->host_offsets), free(m->host_counts);
-  free(m->host_prob_sum), free(m->host_balance);
+  free(m->host_prob_sum), free(m->host_balance), free(m->totals);
   free(m);
 }
 
@@ -243,8 +266,10 @@ int lt_moe_create(lt_layer **out, lt_params *params, const char *prefix, const l
   m->host_counts = calloc((size_t)e, sizeof *m->host_counts);
   m->host_prob_sum = calloc((size_t)e, sizeof *m->host_prob_sum);
   m->host_balance = calloc((size_t)e, sizeof *m->host_balance);
+  m->totals = calloc(2 * (size_t)e + 2, sizeof *m->totals);
+  m->cp = lt_cp_group(params->mesh);
   LT_CHECK(m->gate_up && m->down && m->rows && m->host_offsets && m->host_counts &&
-               m->host_prob_sum && m->host_balance,
+               m->host_prob_sum && m->host_balance && m->totals,
            LT_ERR_MEMORY, "out of memory creating %s", prefix);
   char name[96];
   snprintf(name, sizeof name, "%s.router", prefix);

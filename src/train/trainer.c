@@ -10,6 +10,7 @@
 #include "core/log.h"
 #include "optim/schedule.h"
 #include "parallel/pipeline.h"
+#include "parallel/context.h"
 #include "train/checkpoint.h"
 
 // Opens `path` as the dataset of config key `key` and checks it fits the model's vocab.
@@ -51,8 +52,8 @@ static int allocate_batches(lt_trainer *tr) {
     *buffers[i] = malloc(n * sizeof(int32_t));
     LT_CHECK(*buffers[i], LT_ERR_MEMORY, "out of host memory for %zu batch tokens", n);
   }
-  const int64_t micro_tokens = tr->micro_batch * tr->seq_len;
-  tr->batch = (lt_batch){.B = tr->micro_batch, .T = tr->seq_len, .aux = &tr->aux};
+  const int64_t micro_tokens = tr->micro_batch * tr->model.T;
+  tr->batch = (lt_batch){.B = tr->micro_batch, .T = tr->model.T, .aux = &tr->aux};
   if (tr->ctx.device == LT_CPU) return LT_OK; // views of the host buffers, set per micro-step
   LT_TRY(lt_arena_create(&tr->batch_arena, tr->ctx.device,
                          (size_t)n_buffers * ((size_t)micro_tokens * 4 + 256), "batch"));
@@ -76,7 +77,9 @@ int lt_trainer_create(lt_trainer *tr, const lt_config *cfg, lt_world *world) {
   LT_TRY(lt_ctx_init(&tr->ctx, device, cfg->run.threads));
   LT_TRY(open_data(tr));
   LT_TRY(lt_model_create(&tr->model, &tr->cfg.model, device, NULL));
-  LT_TRY(lt_model_plan(&tr->model, tr->micro_batch, tr->seq_len, t->recompute));
+  // Context parallel: the model sees this rank's seq_len / cp tokens of each sequence (model.T).
+  LT_TRY(lt_model_plan(&tr->model, tr->micro_batch,
+                       lt_cp_local_len(tr->seq_len, tr->model.params.mesh), t->recompute));
   LT_TRY(lt_optimizer_create(&tr->opt, &tr->model.params, t));
   return allocate_batches(tr);
 }
@@ -99,7 +102,7 @@ void lt_trainer_destroy(lt_trainer *tr) {
 
 // Points tr->batch at micro-batch m of the host buffers (copying to the device if needed).
 static int stage_micro_batch(lt_trainer *tr, int64_t m) {
-  const int64_t n = tr->micro_batch * tr->seq_len;
+  const int64_t n = tr->micro_batch * tr->model.T;
   int32_t *src[4] = {tr->host.tokens, tr->host.targets, tr->host.pos, tr->host.doc};
   lt_tensor *dst[4] = {&tr->batch.tokens, &tr->batch.targets, &tr->batch.pos, &tr->batch.doc};
   for (int i = 0; i < 4; i++) {
@@ -132,9 +135,12 @@ static int count_targets(lt_trainer *tr, int64_t n, double *count) {
 }
 
 int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out) {
-  const int64_t n_step = tr->accum * tr->micro_batch * tr->seq_len;
+  const int64_t n_step = tr->accum * tr->micro_batch * tr->model.T;
   LT_TRY(
       lt_loader_next(&tr->loader, tr->cfg.train.batch, tr->world->rank, tr->world->size, tr->host));
+  // Context parallel: keep this rank's zigzag chunks, so it stages and counts only its own tokens.
+  lt_zigzag_keep_local_samples(&tr->host, tr->accum * tr->micro_batch, tr->seq_len,
+                               tr->model.params.mesh);
   // The loss is the mean over every target token of the step, whatever the accumulation: each
   // micro-batch's gradient is scaled by 1 / (the step's target count), known before any runs.
   double count;
@@ -182,12 +188,13 @@ int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out) {
 
 int lt_trainer_eval(lt_trainer *tr, double *loss) {
   LT_ASSERT(tr->has_val);
-  const int64_t n = tr->micro_batch * tr->seq_len;
+  const int64_t n = tr->micro_batch * tr->model.T;
   const int64_t global = tr->micro_batch * tr->world->size;
   double sums[2] = {0, 0}; // loss, target tokens
   tr->val_loader.next_sample = 0;
   for (int b = 0; b < tr->cfg.train.eval_batches; b++) {
     LT_TRY(lt_loader_next(&tr->val_loader, global, tr->world->rank, tr->world->size, tr->host));
+    lt_zigzag_keep_local_samples(&tr->host, tr->micro_batch, tr->seq_len, tr->model.params.mesh);
     double micro_loss;
     const lt_micro_batches one = micro_batches(tr, 1);
     if (lt_pipeline_stages(&tr->model) > 1) {

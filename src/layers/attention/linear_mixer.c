@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "layers/linear.h"
 #include "parallel/tp.h"
+#include "parallel/lasp2.h"
 
 // Tensor parallel (Megatron-LM): rank r holds heads [r H/tp, (r+1) H/tp) with the decays of those
 // global head indices, the rows of Wq, Wk, Wv and Wu for them (column-parallel) and the matching
@@ -28,6 +29,7 @@ typedef struct linear_mixer {
   lt_param wqkv[3]; // wq (Hq*hd, D), wk (Hkv*hd, D), wv (Hkv*hd, D), adjacent in memory
   lt_param wu;      // (Hq*hd, D), with a gate
   lt_param wo;      // (D, Hq*hd)
+  lt_lasp2 *lasp;   // context parallel: LASP-2 over the cp group; NULL: one rank
   // saved for backward
   lt_tensor qkv;      // (B*T, Hq + 2 Hkv, hd) before the feature map
   lt_tensor o;        // (B, T, Hq, v_width) attention output
@@ -97,6 +99,7 @@ static int plan(lt_layer *self, const lt_plan *p) {
   LT_TRY(lt_arena_alloc4(p->scratch, &m->dv, dt, B, T, hkv, e));
   if (m->opt.gate != LT_GATE_NONE) LT_TRY(lt_arena_alloc2(p->scratch, &m->du, dt, n, hq * hd));
   LT_TRY(lt_arena_alloc3(p->scratch, &m->dqkv, dt, n, hq + 2 * hkv, hd));
+  LT_TRY(lt_lasp2_plan(m->lasp, p, (int)hq, (int)hd, (int)e)); // after all the rest
   lt_arena_release(p->scratch, mark);
   return LT_OK;
 }
@@ -125,8 +128,7 @@ static int forward(lt_layer *self, lt_ctx *ctx, lt_tensor out, lt_tensor x, cons
   LT_TRY(lt_linear_forward(ctx, m->qkv, x, wqkv));
   LT_TRY(feature_maps(m, ctx));
   lt_linear_attn_spec spec = spec_of(m, batch);
-  lt_tensor no_prefix = {0};
-  LT_TRY(lt_linear_attn_fwd(ctx, m->o, m->q, m->k, m->v, no_prefix, &spec));
+  LT_TRY(lt_lasp2_forward(m->lasp, ctx, m->o, m->q, m->k, m->v, &spec));
   if (m->opt.gate != LT_GATE_NONE) LT_TRY(lt_linear_forward(ctx, m->u, x, m->wu.value));
   if (m->row_stat.data) { // the RMSNorm's row spans the heads of every tp rank
     LT_TRY(lt_linear_out_rms_stat(ctx, m->row_stat, tokens_heads(m->o), m->row_width));
@@ -154,9 +156,7 @@ static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, l
   LT_TRY(lt_zero(ctx, m->dk));
   LT_TRY(lt_zero(ctx, m->dv));
   lt_linear_attn_spec spec = spec_of(m, batch);
-  lt_tensor no_prefix = {0};
-  LT_TRY(lt_linear_attn_bwd(ctx, m->dq, m->dk, m->dv, no_prefix, m->d_o, m->q, m->k, m->v,
-                            no_prefix, &spec));
+  LT_TRY(lt_lasp2_backward(m->lasp, ctx, m->dq, m->dk, m->dv, m->d_o, m->q, m->k, m->v, &spec));
   LT_TRY(lt_linear_qkv_bwd(ctx, m->dqkv, tokens_heads(m->dq), tokens_heads(m->dk),
                            tokens_heads(m->dv), m->qkv, m->opt.feature_map));
   lt_tensor wqkv, dwqkv;
@@ -178,6 +178,7 @@ static void destroy(lt_layer *self) {
   linear_mixer *m = (linear_mixer *)self;
   if (m->log_decay.data) lt_device_free(m->log_decay.device, m->log_decay.data);
   free(m->log_decay_host);
+  lt_lasp2_destroy(m->lasp);
   free(m);
 }
 
@@ -225,6 +226,7 @@ int lt_linear_mixer_create(lt_layer **out, lt_params *params, const char *prefix
            sizeof(float) * (size_t)m->n_heads);
   }
   m->opt.log_decay = NULL; // the copy above is the layer's
+  LT_TRY(lt_lasp2_create(&m->lasp, params->mesh, m->n_heads, m->log_decay_host));
   const int64_t d = cfg->d_model, hd = m->head_dim;
   const int64_t rows[3] = {heads * hd, kv_heads * hd, kv_heads * hd};
   const char *names[3] = {"wq", "wk", "wv"};

@@ -17,11 +17,13 @@
 #include "layers/attention/softmax.h"
 #include "layers/linear.h"
 #include "parallel/tp.h"
+#include "parallel/context.h"
 
 struct lt_head_router {
   lt_tp tp;
   int n_shared, n_routed, top_k, n_logits;
   float balance_coef;
+  const lt_group *cp; // context parallel: the sequence's other tokens are on these ranks; or NULL
   // w_shared (S, D) when S >= 2 (one shared head needs no weighing), w_routed (R, D), w_mix (2, D)
   // when S >= 1: adjacent, read as one (n_logits, D) matrix.
   lt_param weights[3];
@@ -61,6 +63,9 @@ int lt_head_router_forward(lt_head_router *r, lt_ctx *ctx, lt_tensor x, const lt
   LT_TRY(lt_fused_view(&w, r->weights, r->n_weights, LT_PARAM_VALUE));
   LT_TRY(lt_linear_forward(ctx, r->logits, x, w));
   LT_TRY(lt_moh_route_fwd(ctx, r->gates, r->probs, r->topk, r->load, r->logits, r->n_shared));
+  // Under context parallelism the balance loss is over the whole sequence, as on one rank: the
+  // loads f_i and P_i are means over tokens, and every cp rank holds as many.
+  LT_TRY(lt_cp_mean(r->cp, ctx, r->load));
   // Under tensor parallelism the layer reads this rank's heads' columns (the planned view).
   if (r->tp.size > 1) LT_TRY(lt_tp_split_last_dim(&r->tp, r->gates_local, r->gates));
   if (!batch->aux || r->balance_coef == 0.0f) return LT_OK;
@@ -75,7 +80,10 @@ int lt_head_router_forward(lt_head_router *r, lt_ctx *ctx, lt_tensor x, const lt
 
 int lt_head_router_backward(lt_head_router *r, lt_ctx *ctx, lt_tensor dx, lt_tensor dgates,
                             lt_tensor x, const lt_batch *batch) {
-  const float balance_grad = batch->aux ? batch->aux->grad_scale * r->balance_coef : 0.0f;
+  // The kernel divides by this rank's token count; the loss's mean is over the cp ranks' tokens.
+  const float cp_ranks = r->cp ? (float)r->cp->size : 1.0f;
+  const float balance_grad =
+      batch->aux ? batch->aux->grad_scale * r->balance_coef / cp_ranks : 0.0f;
   if (r->tp.size > 1) {
     LT_TRY(lt_tp_gather_last_dim(&r->tp, r->dgates_all, dgates));
     dgates = r->dgates_all;
@@ -105,7 +113,8 @@ int lt_moh_attention_create(lt_layer **out, lt_params *params, const char *prefi
                         .n_shared = n_shared,
                         .n_routed = n_routed,
                         .top_k = cfg->moh.top_k,
-                        .balance_coef = (float)cfg->moh.balance_coef};
+                        .balance_coef = (float)cfg->moh.balance_coef,
+                        .cp = lt_cp_group(params->mesh)};
   // The attention layer owns the router from here, and frees it with itself.
   const lt_softmax_options options = {.router = r};
   LT_TRY(lt_softmax_attention_create_with(out, params, prefix, cfg, &options, stds));

@@ -15,6 +15,7 @@
 #include "layers/attention/moh.h"
 #include "layers/linear.h"
 #include "parallel/tp.h"
+#include "parallel/ring.h"
 
 typedef struct softmax_attention {
   lt_layer base;
@@ -22,9 +23,10 @@ typedef struct softmax_attention {
   int n_heads, n_kv_heads, head_dim; // this rank's heads under tensor parallelism
   float rope_theta;
   lt_attn_sparsity sparsity;
-  lt_head_router *router; // NULL: every head at weight 1
-  lt_param wqkv[3];       // wq (Hq*hd, D), wk (Hkv*hd, D), wv (Hkv*hd, D), adjacent in memory
-  lt_param wo;            // (D, Hq*hd)
+  lt_head_router *router;  // NULL: every head at weight 1
+  lt_ring_attention *ring; // context parallel: ring attention over the cp group; NULL: one rank
+  lt_param wqkv[3];        // wq (Hq*hd, D), wk (Hkv*hd, D), wv (Hkv*hd, D), adjacent in memory
+  lt_param wo;             // (D, Hq*hd)
   // saved for backward
   lt_tensor q, k, v; // (B, T, H, hd), q and k rotated
   lt_tensor o;       // (B, T, Hq, hd)
@@ -81,6 +83,7 @@ static int plan(lt_layer *self, const lt_plan *p) {
     // The router's memory comes after all of this layer's, so the two never overlap.
     LT_TRY(lt_head_router_plan(s->router, p, &s->gates));
   }
+  LT_TRY(lt_ring_attention_plan(s->ring, p, (int)hq, (int)hkv, (int)hd)); // after all the rest
   lt_arena_release(p->scratch, mark);
   return LT_OK;
 }
@@ -99,7 +102,7 @@ static int forward(lt_layer *self, lt_ctx *ctx, lt_tensor out, lt_tensor x, cons
                          batch->pos, s->rope_theta));
   if (s->router) LT_TRY(lt_head_router_forward(s->router, ctx, x, batch));
   lt_attn_spec spec = attention_spec(s, batch);
-  LT_TRY(lt_attn_fwd(ctx, s->o, s->lse, s->q, s->k, s->v, &spec));
+  LT_TRY(lt_ring_attention_forward(s->ring, ctx, s->o, s->lse, s->q, s->k, s->v, &spec));
   if (s->router) LT_TRY(lt_head_gate_fwd(ctx, s->o_gated, s->o, s->gates));
   LT_TRY(lt_linear_forward(ctx, out, s->router ? s->o_gated : s->o, s->wo.value));
   return lt_tp_reduce_output(&s->tp, out);
@@ -120,7 +123,8 @@ static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, l
   LT_TRY(lt_zero(ctx, s->dk));
   LT_TRY(lt_zero(ctx, s->dv));
   lt_attn_spec spec = attention_spec(s, batch);
-  LT_TRY(lt_attn_bwd(ctx, s->dq, s->dk, s->dv, s->d_o, s->q, s->k, s->v, s->lse, s->delta, &spec));
+  LT_TRY(lt_ring_attention_backward(s->ring, ctx, s->dq, s->dk, s->dv, s->d_o, s->q, s->k, s->v,
+                                    s->lse, s->delta, &spec));
   LT_TRY(lt_rope_qkv_bwd(ctx, s->dqkv, tokens_heads(s->dq), tokens_heads(s->dk),
                          tokens_heads(s->dv), batch->pos, s->rope_theta));
   lt_tensor wqkv, dwqkv;
@@ -136,6 +140,7 @@ static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, l
 static void destroy(lt_layer *self) {
   softmax_attention *s = (softmax_attention *)self;
   if (s->router) lt_head_router_destroy(s->router);
+  lt_ring_attention_destroy(s->ring);
   free(self);
 }
 
@@ -182,6 +187,7 @@ int lt_softmax_attention_create_with(lt_layer **out, lt_params *params, const ch
   s->n_kv_heads = (int)lt_tp_count(&s->tp, kv_heads);
   s->head_dim = cfg->head_dim ? cfg->head_dim : cfg->d_model / cfg->n_heads;
   s->rope_theta = (float)cfg->rope_theta;
+  LT_TRY(lt_ring_attention_create(&s->ring, params->mesh));
   const int64_t d = cfg->d_model, hd = s->head_dim;
   const int64_t rows[3] = {heads * hd, kv_heads * hd, kv_heads * hd};
   const char *names[3] = {"wq", "wk", "wv"};
