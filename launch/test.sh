@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # All the tests in one command: install the Debian packages, build with warnings as errors, run
 # the test suite under AddressSanitizer and UndefinedBehaviorSanitizer (launch/test-sanitizers.sh),
-# run the fuzz targets for a bounded time (launch/fuzz.sh), and run every test of the normal build
-# through ctest. Extra arguments go to ctest and skip the sanitizer and fuzz stages (e.g. -R data,
-# for a quick look at a few tests).
+# run the fuzz targets for a bounded time (launch/fuzz.sh), run the Slurm templates against a real
+# Slurm started on this machine (tests/slurm/run.sh; as root), and run every test of the normal
+# build through ctest. Extra arguments go to ctest and skip the sanitizer, fuzz and Slurm stages
+# (e.g. -R data, for a quick look at a few tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/install-deps.sh
@@ -12,5 +13,10 @@ cmake --build build -j"$(nproc)"
 if [ $# -eq 0 ]; then
   bash launch/test-sanitizers.sh
   bash launch/fuzz.sh
+  if [ "$(id -u)" -eq 0 ]; then
+    bash tests/slurm/run.sh build
+  else
+    echo "test: the Slurm stage needs root (it starts slurmctld, slurmd and munged): skipped"
+  fi
 fi
 ctest --test-dir build --output-on-failure "$@"

@@ -89,8 +89,13 @@ int main(int argc, char **argv) {
       rc = lt_fail(LT_ERR_USAGE, "unknown command '%s' (see longtrain --help)", argv[1]);
     }
   }
-  if (rc == LT_STOPPED) { // every rank stopped together: no abort
-    fprintf(stderr, "longtrain: %s\n", lt_error_message());
+  // Every rank stops together after a signal, and every rank reads the same command line and
+  // config: rank 0 alone says why, and no rank aborts the others.
+  const bool same_on_every_rank = rc == LT_STOPPED || rc == LT_ERR_USAGE || rc == LT_ERR_CONFIG;
+  if (same_on_every_rank) {
+    if (world.rank == 0)
+      fprintf(stderr, rc == LT_STOPPED ? "longtrain: %s\n" : "longtrain: error: %s\n",
+              lt_error_message());
   } else if (rc != LT_OK) {
     fprintf(stderr, "longtrain: error: %s\n", lt_error_message());
     lt_world_abort(&world, rc);

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/fsutil.h"
 #include "core/log.h"
+#include "parallel/launch_check.h"
 #include "train/checkpoint.h"
 #include "train/signals.h"
 #include "train/trainer.h"
@@ -259,6 +260,7 @@ int lt_train_main(int argc, char **argv, lt_world *world) {
     return LT_OK;
   }
   if (rc == LT_OK) rc = load_config(&args, &cfg);
+  if (rc == LT_OK) rc = lt_launch_check(&cfg.parallel, world, cfg.source);
   if (rc == LT_OK) rc = resume_path(&args, &cfg, resume, sizeof resume);
   if (rc != LT_OK) {
     free(args.overrides);
