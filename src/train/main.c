@@ -10,7 +10,9 @@
 #include "core/log.h"
 #include "data/prepare.h"
 #include "parallel/comm.h"
+#include "train/hf_convert.h"
 #include "train/info.h"
+#include "train/plot.h"
 #include "train/trainer.h"
 
 static const char *usage =
@@ -21,6 +23,9 @@ static const char *usage =
     "  train     train a model from a YAML config\n"
     "  config    print the documentation of every config key (--docs), or a resolved config\n"
     "  info      summarise a checkpoint\n"
+    "  import-hf convert a Hugging Face Llama folder (config.json + safetensors) to a checkpoint\n"
+    "  export-hf write a checkpoint as a Hugging Face Llama folder\n"
+    "  plot      draw a run's loss, learning rate and throughput curves as PNG (gnuplot)\n"
     "\n"
     "`longtrain <command> --help` describes each.\n";
 
@@ -85,6 +90,12 @@ int main(int argc, char **argv) {
       rc = config_main(argc - 1, argv + 1);
     } else if (strcmp(argv[1], "info") == 0) {
       rc = lt_info_main(argc - 1, argv + 1);
+    } else if (strcmp(argv[1], "import-hf") == 0) {
+      rc = lt_import_hf_main(argc - 1, argv + 1);
+    } else if (strcmp(argv[1], "export-hf") == 0) {
+      rc = lt_export_hf_main(argc - 1, argv + 1);
+    } else if (strcmp(argv[1], "plot") == 0) {
+      rc = lt_plot_main(argc - 1, argv + 1);
     } else {
       rc = lt_fail(LT_ERR_USAGE, "unknown command '%s' (see longtrain --help)", argv[1]);
     }

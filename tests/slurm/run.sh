@@ -203,7 +203,7 @@ echo "slurm test: job $job: SIGUSR1 sent after step $(records "$metrics") of 300
 # test waits for that clean-up (the steps' sockets gone from the spool folder) and then starts the
 # job at once.
 requeued() { scontrol show job "$job" | grep -q 'Restarts=1 ' && [ "$(state "$job")" = PENDING ]; }
-steps_gone() { ! compgen -G "$work/spool/*_$job.*" && ! compgen -G "$work/spool/*.pmix.$job.*"; }
+steps_gone() { ! compgen -G "$work/spool/${node}_$job.*" && ! compgen -G "$work/spool/*.pmix.$job.*"; } >/dev/null
 wait_for 60 requeued || fail "job $job was not requeued within 60 s (state $(state "$job"))"
 wait_for 60 steps_gone || fail "the stopped attempt's steps did not end within 60 s of the requeue"
 scontrol update JobId="$job" StartTime=now
