@@ -97,15 +97,16 @@ typedef struct lt_run_config {
   char dir[LT_PATH_MAX];
   int64_t seed;
   int log_every, threads;
-  int device; // lt_device_choice
+  int device;         // lt_device_choice
+  double peak_tflops; // one device's peak dense bf16 TFLOP/s for MFU; 0: from the GPU's name
 } lt_run_config;
 
 // parallel.*: how the world's ranks are split. World size = dp * pp * cp * tp, tp innermost (the
 // ranks of one tensor-parallel group are neighbours: one node's fast links).
 typedef struct lt_parallel_config {
   int dp, pp, cp, tp;
-  bool zero;       // ZeRO-1: shard the optimizer state over dp
-  int timeout_s;   // a collective that waits longer ends the job (a dead or hung rank)
+  bool zero;     // ZeRO-1: shard the optimizer state over dp
+  int timeout_s; // a collective that waits longer ends the job (a dead or hung rank)
 } lt_parallel_config;
 
 typedef struct lt_config {
