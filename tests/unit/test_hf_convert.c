@@ -39,16 +39,6 @@ static const char *scratch(const char *name) {
   return path;
 }
 
-// max |a - b| / max |b|
-static double normwise_error(const float *a, const float *b, int64_t n) {
-  double diff = 0, scale = 0;
-  for (int64_t i = 0; i < n; i++) {
-    diff = fmax(diff, fabs((double)a[i] - b[i]));
-    scale = fmax(scale, fabs((double)b[i]));
-  }
-  return diff / fmax(scale, 1e-30);
-}
-
 // The logits of checkpoint `ckpt` on the fixture's tokens against the fixture's (transformers')
 // logits.
 static double logits_error(const char *ckpt, const char *hf_dir) {
@@ -83,7 +73,7 @@ static double logits_error(const char *ckpt, const char *hf_dir) {
                     .targets = lt_view1(tokens, LT_I32, LT_CPU, n),
                     .pos = lt_view1(pos, LT_I32, LT_CPU, n)};
   assert_ok(lt_model_logits(&model, &ctx, &batch, lt_view2(logits, LT_F32, LT_CPU, n, V)));
-  double err = normwise_error(logits, expected, n * V);
+  double err = lt_test_normwise_error(logits, expected, n * V);
   free(token_values), free(expected), free(logits), free(tokens), free(pos);
   lt_ctx_destroy(&ctx);
   lt_safetensors_close(&ref);
