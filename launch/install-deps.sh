@@ -15,7 +15,7 @@ packages=(
   python3-h5py               # the test that reads a checkpoint with h5py
   fortunes-min fortunes      # English text for the quickstart dataset
   gnuplot-nox                # longtrain plot: loss, learning rate and throughput curves as PNG
-  slurm-wlm munge            # the Slurm templates' test against a real Slurm (tests/slurm/run.sh)
+  slurm-wlm munge iproute2   # the Slurm templates' test against a real Slurm (tests/slurm/run.sh)
 )
 
 missing=()
