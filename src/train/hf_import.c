@@ -24,6 +24,15 @@ static const char *usage =
     "checkpoint's config (the model's keys; every other key at its default) as a YAML file to\n"
     "start that config from.\n";
 
+// "4096 x 512" for messages.
+static const char *format_shape(int ndim, const int64_t *shape, char *out, size_t cap) {
+  size_t used = 0;
+  out[0] = '\0';
+  for (int d = 0; d < ndim && used < cap; d++)
+    used += (size_t)snprintf(out + used, cap - used, d ? " x %lld" : "%lld", (long long)shape[d]);
+  return out;
+}
+
 // The safetensors tensor that holds longtrain parameter `info`, with its shape checked.
 static int find_tensor(const lt_safetensors *st, const lt_param_info *info,
                        const lt_st_tensor **out) {
@@ -37,12 +46,12 @@ static int find_tensor(const lt_safetensors *st, const lt_param_info *info,
            st->path, hf_name, info->name);
   bool same = t->ndim == info->ndim;
   for (int d = 0; same && d < t->ndim; d++) same = t->shape[d] == info->logical_shape[d];
+  char file_shape[96], config_shape[96];
   LT_CHECK(same, LT_ERR_DATA,
-           "%s: tensor %s has shape %s%lld x %lld, but config.json makes it %lld x %lld: the "
-           "weights and config.json are of different models",
-           st->path, hf_name, t->ndim == 1 ? "(1-D) " : "", (long long)t->shape[0],
-           (long long)(t->ndim > 1 ? t->shape[1] : 1), (long long)info->logical_shape[0],
-           (long long)(info->ndim > 1 ? info->logical_shape[1] : 1));
+           "%s: tensor %s has shape %s, but config.json makes it %s: the weights and config.json "
+           "are of different models",
+           st->path, hf_name, format_shape(t->ndim, t->shape, file_shape, sizeof file_shape),
+           format_shape(info->ndim, info->logical_shape, config_shape, sizeof config_shape));
   *out = t;
   return LT_OK;
 }

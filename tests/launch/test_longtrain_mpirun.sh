@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 longtrain=$(realpath "${1:?usage: test_longtrain_mpirun.sh LONGTRAIN_BINARY}")
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+trap '[ -n "${LT_KEEP:-}" ] || rm -rf "$work"' EXIT
 failures=0
 fail() {
   echo "FAILED: $*"

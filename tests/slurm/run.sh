@@ -21,7 +21,7 @@ build=${1:-build}
 longtrain=$root/$build/longtrain
 
 fail() {
-  echo "slurm test: FAILED: $*" >&2
+  echo "slurm test: FAILED: $*"
   exit 1
 }
 [ "$(id -u)" -eq 0 ] || fail "must run as root (it starts slurmctld, slurmd and munged)"
@@ -202,7 +202,11 @@ echo "slurm test: job $job: SIGUSR1 sent after step $(records "$metrics") of 300
 # seconds, and a new step of the same id cannot start while the old one holds its sockets. The
 # test waits for that clean-up (the steps' sockets gone from the spool folder) and then starts the
 # job at once.
-requeued() { scontrol show job "$job" | grep -q 'Restarts=1 ' && [ "$(state "$job")" = PENDING ]; }
+requeued() {
+  scontrol show job "$job" | grep -q 'Restarts=1 ' && [ "$(state "$job")" = PENDING ] && return 0
+  case $(state "$job") in COMPLETED | FAILED | CANCELLED) fail "job $job ended ($(state "$job")) instead of being requeued" ;; esac
+  return 1
+}
 steps_gone() { ! compgen -G "$work/spool/${node}_$job.*" && ! compgen -G "$work/spool/*.pmix.$job.*"; } >/dev/null
 wait_for 60 requeued || fail "job $job was not requeued within 60 s (state $(state "$job"))"
 wait_for 60 steps_gone || fail "the stopped attempt's steps did not end within 60 s of the requeue"
