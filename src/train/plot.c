@@ -124,12 +124,13 @@ static void put_script(FILE *f, const char *run_dir, const char *png, const reco
         f);
   fprintf(f, "plot $loss with lines lw 1.5 title 'training'%s\n",
           has_val ? ", $val with linespoints pt 7 ps 0.6 lw 1.5 title 'validation'" : "");
-  fputs("set title 'learning rate'\nset format y '%.1e'\nplot $lr with lines lw 1.5 notitle\n"
-        "set title 'gradient norm (before clipping)'\nset format y '%g'\n"
-        "plot $norm with lines lw 1.5 notitle\n"
-        "set title 'throughput (tokens/s)'\nset yrange [0:*]\nplot $rate with lines lw 1.5 notitle\n"
-        "unset multiplot\n",
-        f);
+  fputs(
+      "set title 'learning rate'\nset format y '%.1e'\nplot $lr with lines lw 1.5 notitle\n"
+      "set title 'gradient norm (before clipping)'\nset format y '%g'\n"
+      "plot $norm with lines lw 1.5 notitle\n"
+      "set title 'throughput (tokens/s)'\nset yrange [0:*]\nplot $rate with lines lw 1.5 notitle\n"
+      "unset multiplot\n",
+      f);
 }
 
 // Runs gnuplot with the script on its standard input.
