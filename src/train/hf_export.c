@@ -42,9 +42,9 @@ static int collect_entries(const lt_model *model, lt_st_entry *entries, char (*n
 }
 
 static int write_folder(const lt_model *model, const char *out_dir, lt_st_dtype dtype) {
+  // model->cfg has RoPE's base with the NTK factor folded in (lt_model_create): the same RoPE
+  // for transformers, which knows no such factor.
   lt_hf_config hf = {.model = model->cfg, .bos_token_id = -1};
-  hf.model.rope_theta = lt_model_rope_theta(&model->cfg);
-  hf.model.rope_ntk_factor = 1;
   snprintf(hf.dtype, sizeof hf.dtype, "%s", dtype == LT_ST_BF16 ? "bfloat16" : "float32");
   char path[LT_PATH_MAX + 32];
   snprintf(path, sizeof path, "%s/config.json", out_dir);

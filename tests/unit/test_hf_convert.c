@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "data/dataset.h"
+#include "data/hf_config.h"
 #include "data/safetensors.h"
 #include "model/model.h"
 #include "train/checkpoint.h"
@@ -252,28 +253,51 @@ static void test_an_existing_output_folder_is_refused(void **state) {
                "already exists");
 }
 
-// A checkpoint of a linear-attention model, which no LlamaForCausalLM describes.
-static void test_exporting_a_model_that_is_not_a_llama_is_a_config_error(void **state) {
+// A checkpoint (step 3, seeded weights) of the model `yaml` describes; its folder into dir.
+static void write_checkpoint_of(const char *yaml, const char *root, char *dir, size_t cap) {
   lt_config cfg;
-  assert_ok(lt_config_load_string(&cfg,
-                                  "model: {attention: linear, d_model: 32, n_layers: 1, "
-                                  "n_heads: 2, ffn_dim: 64, vocab_size: 64, max_seq_len: 32}\n"
-                                  "train: {seq_len: 32}\n",
-                                  "linear.yaml", 0, NULL));
+  assert_ok(lt_config_load_string(&cfg, yaml, "model.yaml", 0, NULL));
   lt_model model;
   assert_ok(lt_model_create(&model, &cfg.model, LT_CPU, NULL));
   assert_ok(lt_params_init(&model.params, 1));
   lt_checkpoint_meta meta = {.n_params = lt_model_n_params(&model)};
   assert_ok(lt_config_to_yaml(&cfg, &meta.config_yaml));
   lt_checkpoint_writer w;
-  const char *root = scratch("linear-run");
   assert_ok(lt_checkpoint_begin(&w, root, 3, 0, 1));
   assert_ok(lt_checkpoint_write_params(&w, &model.params, false));
   assert_ok(lt_checkpoint_commit(&w, &meta));
   lt_checkpoint_meta_free(&meta);
   lt_model_destroy(&model);
-  EXPECT_ERROR(lt_hf_export(w.dir, scratch("linear-hf"), LT_ST_BF16), LT_ERR_CONFIG,
+  snprintf(dir, cap, "%s", w.dir);
+}
+
+static void test_exporting_a_model_that_is_not_a_llama_is_a_config_error(void **state) {
+  char ckpt[LT_PATH_MAX + 32];
+  write_checkpoint_of("model: {attention: linear, d_model: 32, n_layers: 1, n_heads: 2, "
+                      "ffn_dim: 64, vocab_size: 64, max_seq_len: 32}\ntrain: {seq_len: 32}\n",
+                      scratch("linear-run"), ckpt, sizeof ckpt);
+  EXPECT_ERROR(lt_hf_export(ckpt, scratch("linear-hf"), LT_ST_BF16), LT_ERR_CONFIG,
                "model.attention", "linear", "LlamaForCausalLM");
+}
+
+// NTK scaling is a larger RoPE base: exported as that base, it imports back as the same RoPE.
+static void test_a_context_extended_by_ntk_scaling_exports_as_its_scaled_theta(void **state) {
+  char ckpt[LT_PATH_MAX + 32], json[LT_PATH_MAX + 32];
+  write_checkpoint_of("model: {d_model: 32, n_layers: 1, n_heads: 2, ffn_dim: 64, vocab_size: "
+                      "64, max_seq_len: 128, rope_theta: 10000, rope_ntk_factor: 4}\n"
+                      "train: {seq_len: 128}\n",
+                      scratch("ntk-run"), ckpt, sizeof ckpt);
+  const char *exported = scratch("ntk-hf"), *again = scratch("ntk-again");
+  assert_ok(lt_hf_export(ckpt, exported, LT_ST_F32));
+  snprintf(json, sizeof json, "%s/config.json", exported);
+  lt_hf_config hf;
+  assert_ok(lt_hf_config_read(json, &hf));
+  const double scaled = 10000 * pow(4.0, 16.0 / 14.0); // head_dim 16: theta * s^(d/(d-2))
+  assert_float_equal(hf.model.rope_theta, scaled, 1e-9 * scaled);
+  assert_ok(lt_hf_import(exported, again, NULL));
+  lt_config cfg;
+  assert_ok(lt_checkpoint_read_config(again, &cfg));
+  assert_float_equal(lt_model_rope_theta(&cfg.model), scaled, 1e-9 * scaled);
 }
 
 static void test_the_commands_give_one_line_and_their_status(void **state) {
@@ -310,6 +334,7 @@ int main(void) {
       cmocka_unit_test(test_another_architecture_is_a_data_error_naming_it),
       cmocka_unit_test(test_an_existing_output_folder_is_refused),
       cmocka_unit_test(test_exporting_a_model_that_is_not_a_llama_is_a_config_error),
+      cmocka_unit_test(test_a_context_extended_by_ntk_scaling_exports_as_its_scaled_theta),
       cmocka_unit_test(test_the_commands_give_one_line_and_their_status),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
