@@ -4,8 +4,9 @@
 # config on 2 tasks, sends it SIGUSR1 mid-run as --signal=USR1@120 would, and checks that it wrote
 # a checkpoint, exited with status 11, was requeued, resumed, and ended with exactly the
 # metrics.jsonl records (loss, lr, grad norm, validation loss, tokens) of the same job run
-# without interruption. Then the fine-tuning template starts from that run's checkpoint. The
-# daemons it started are stopped by their process ids on every way out.
+# without interruption. Then the fine-tuning template starts from that run's checkpoint, and
+# launch/longtrain-mpirun runs 2 ranks inside an allocation. The daemons it started are stopped by
+# their process ids on every way out.
 #
 #   bash tests/slurm/run.sh [BUILD_DIR]     (default build; needs slurm-wlm and munge installed)
 #
@@ -239,4 +240,12 @@ wait_finished "$tune" 120
 grep -q "initialised from the weights of $work/straight/checkpoints/step_00000300" \
   "$work/longtrain-ft-$tune.out" || fail "the fine-tuning job did not start from the checkpoint"
 grep -q "done: 10 steps" "$work/longtrain-ft-$tune.out" || fail "the fine-tuning job did not finish"
+# The mpirun wrapper inside an allocation: Open MPI takes the nodes from Slurm, the wrapper checks
+# the job's task count against the config.
+wrapped=$(sbatch --parsable --nodes=1 --ntasks=2 --cpus-per-task=1 --time=10 \
+  --output="$work/wrapped-%j.out" --wrap "launch/longtrain-mpirun --binary $longtrain train \
+  --config $work/tiny.yaml --set run.dir=$work/wrapped --set train.steps=20")
+wait_finished "$wrapped" 120
+grep -q "longtrain-mpirun: 2 ranks" "$work/wrapped-$wrapped.out" && grep -q "done: 20 steps" \
+  "$work/wrapped-$wrapped.out" || fail "launch/longtrain-mpirun did not run 2 ranks in the allocation"
 echo "slurm test: passed in $((SECONDS - started)) s of jobs"
