@@ -14,6 +14,8 @@ packages=(
   clang libclang-rt-14-dev libomp-14-dev # libFuzzer targets (launch/fuzz.sh)
   python3-h5py               # the test that reads a checkpoint with h5py
   fortunes-min fortunes      # English text for the quickstart dataset
+  gnuplot-nox                # longtrain plot: loss, learning rate and throughput curves as PNG
+  slurm-wlm munge iproute2   # the Slurm templates' test against a real Slurm (tests/slurm/run.sh)
 )
 
 missing=()

@@ -97,7 +97,8 @@ typedef struct lt_run_config {
   char dir[LT_PATH_MAX];
   int64_t seed;
   int log_every, threads;
-  int device; // lt_device_choice
+  int device;         // lt_device_choice
+  double peak_tflops; // one device's peak dense bf16 TFLOP/s for MFU; 0: from the GPU's name
 } lt_run_config;
 
 // parallel.*: how the world's ranks are split. World size = dp * pp * cp * tp, tp innermost (the

@@ -219,6 +219,10 @@ const lt_config_key lt_config_keys[] = {
     INT("run.threads", run.threads, "0", 0, 4096,
         "CPU threads for the CPU kernels and OpenBLAS; 0 means all cores."),
     ENUM("run.device", run.device, "cpu", "cpu|cuda", "Where to train."),
+    FLOAT("run.peak_tflops", run.peak_tflops, "0", 0, 1e6,
+          "Peak dense bf16 TFLOP/s of one device, for the model FLOPs utilisation (MFU) in the "
+          "progress line and metrics.jsonl; 0: looked up from the GPU's name on CUDA (H100, "
+          "H200, A100, ...), and no MFU on the CPU."),
 
     INT("parallel.dp", parallel.dp, "1", 1, 65536,
         "Data-parallel replicas: each trains on its own share of the global batch and the "

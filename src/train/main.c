@@ -10,7 +10,9 @@
 #include "core/log.h"
 #include "data/prepare.h"
 #include "parallel/comm.h"
+#include "train/hf_convert.h"
 #include "train/info.h"
+#include "train/plot.h"
 #include "train/trainer.h"
 
 static const char *usage =
@@ -21,6 +23,9 @@ static const char *usage =
     "  train     train a model from a YAML config\n"
     "  config    print the documentation of every config key (--docs), or a resolved config\n"
     "  info      summarise a checkpoint\n"
+    "  import-hf convert a Hugging Face Llama folder (config.json + safetensors) to a checkpoint\n"
+    "  export-hf write a checkpoint as a Hugging Face Llama folder\n"
+    "  plot      draw a run's loss, learning rate and throughput curves as PNG (gnuplot)\n"
     "\n"
     "`longtrain <command> --help` describes each.\n";
 
@@ -85,12 +90,23 @@ int main(int argc, char **argv) {
       rc = config_main(argc - 1, argv + 1);
     } else if (strcmp(argv[1], "info") == 0) {
       rc = lt_info_main(argc - 1, argv + 1);
+    } else if (strcmp(argv[1], "import-hf") == 0) {
+      rc = lt_import_hf_main(argc - 1, argv + 1);
+    } else if (strcmp(argv[1], "export-hf") == 0) {
+      rc = lt_export_hf_main(argc - 1, argv + 1);
+    } else if (strcmp(argv[1], "plot") == 0) {
+      rc = lt_plot_main(argc - 1, argv + 1);
     } else {
       rc = lt_fail(LT_ERR_USAGE, "unknown command '%s' (see longtrain --help)", argv[1]);
     }
   }
-  if (rc == LT_STOPPED) { // every rank stopped together: no abort
-    fprintf(stderr, "longtrain: %s\n", lt_error_message());
+  // Every rank stops together after a signal, and every rank reads the same command line and
+  // config: rank 0 alone says why, and no rank aborts the others.
+  const bool same_on_every_rank = rc == LT_STOPPED || rc == LT_ERR_USAGE || rc == LT_ERR_CONFIG;
+  if (same_on_every_rank) {
+    if (world.rank == 0)
+      fprintf(stderr, rc == LT_STOPPED ? "longtrain: %s\n" : "longtrain: error: %s\n",
+              lt_error_message());
   } else if (rc != LT_OK) {
     fprintf(stderr, "longtrain: error: %s\n", lt_error_message());
     lt_world_abort(&world, rc);

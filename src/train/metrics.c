@@ -73,29 +73,36 @@ static const char *format_rate(double rate, char *buf, size_t len) {
   return buf;
 }
 
+static bool has_mfu(const lt_step_metrics *m) {
+  return isfinite(m->mfu) && m->mfu > 0;
+}
+
 int lt_metrics_log(lt_metrics *metrics, const lt_step_metrics *m, int print) {
   // Auxiliary losses only for models with routers; validation loss only on evaluation steps.
   if (print) {
-    char elapsed[32], eta[32], rate[32], aux[48] = "", val[48] = "";
+    char elapsed[32], eta[32], rate[32], aux[48] = "", val[48] = "", mfu[32] = "";
     if (m->aux_loss != 0) snprintf(aux, sizeof aux, " | aux %.4f", m->aux_loss);
     if (m->has_val_loss) snprintf(val, sizeof val, "val loss %.4f | ", m->val_loss);
+    if (has_mfu(m)) snprintf(mfu, sizeof mfu, " | mfu %.1f%%", 100 * m->mfu);
     int width = snprintf(NULL, 0, "%lld", (long long)m->steps);
-    printf("step %*lld/%lld | loss %.4f%s | lr %.2e | grad norm %.3f | %s%s tok/s | elapsed %s | "
-           "eta %s\n",
+    printf("step %*lld/%lld | loss %.4f%s | lr %.2e | grad norm %.3f | %s%s tok/s%s | elapsed %s "
+           "| eta %s\n",
            width, (long long)m->step, (long long)m->steps, m->loss, aux, m->lr, m->grad_norm, val,
-           format_rate(m->tokens_per_s, rate, sizeof rate),
+           format_rate(m->tokens_per_s, rate, sizeof rate), mfu,
            format_duration(m->elapsed_s, elapsed, sizeof elapsed),
            format_duration(m->eta_s, eta, sizeof eta));
     fflush(stdout);
   }
   // %.17g: a resumed run's records compare bit for bit with an uninterrupted run's.
-  char aux[64] = "", val[64] = "";
+  char aux[64] = "", val[64] = "", mfu[32] = "";
   if (m->aux_loss != 0) snprintf(aux, sizeof aux, ", \"aux_loss\": %.17g", m->aux_loss);
   if (m->has_val_loss) snprintf(val, sizeof val, ", \"val_loss\": %.17g", m->val_loss);
+  if (has_mfu(m)) snprintf(mfu, sizeof mfu, ", \"mfu\": %.4f", m->mfu);
   fprintf(metrics->jsonl,
           "{\"step\": %lld, \"loss\": %.17g%s, \"lr\": %.17g, \"grad_norm\": %.17g%s, "
-          "\"tokens_per_s\": %.1f, \"tokens\": %lld, \"elapsed_s\": %.3f, \"eta_s\": %.1f}\n",
-          (long long)m->step, m->loss, aux, m->lr, m->grad_norm, val, m->tokens_per_s,
+          "\"tokens_per_s\": %.1f%s, \"tokens\": %lld, \"elapsed_s\": %.3f, \"eta_s\": "
+          "%.1f}\n",
+          (long long)m->step, m->loss, aux, m->lr, m->grad_norm, val, m->tokens_per_s, mfu,
           (long long)m->tokens_seen, m->elapsed_s, isfinite(m->eta_s) ? m->eta_s : -1.0);
   LT_CHECK(fflush(metrics->jsonl) == 0, LT_ERR_IO, "%s: write failed: %s", metrics->path,
            strerror(errno));

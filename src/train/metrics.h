@@ -16,6 +16,7 @@ typedef struct lt_step_metrics {
   double val_loss; // when has_val_loss
   bool has_val_loss;
   double tokens_per_s, elapsed_s, eta_s;
+  double mfu; // model FLOPs utilisation (0..1) when the devices' peak is known, else 0 or NAN
   int64_t tokens_seen;
 } lt_step_metrics;
 

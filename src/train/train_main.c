@@ -10,7 +10,9 @@
 #include "core/error.h"
 #include "core/fsutil.h"
 #include "core/log.h"
+#include "parallel/launch_check.h"
 #include "train/checkpoint.h"
+#include "train/mfu.h"
 #include "train/signals.h"
 #include "train/trainer.h"
 
@@ -202,6 +204,8 @@ static int train_loop(lt_trainer *tr) {
   double interval_start = start, first_step_end = 0;
   const int64_t first_step = tr->opt.step;
   int64_t interval_tokens = 0;
+  const double peak_tflops = lt_run_peak_tflops(&cfg->run, tr->ctx.device);
+  const double flops_per_token = lt_model_train_flops_per_token(&tr->model, tr->seq_len);
   for (int64_t s = first_step; s < cfg->train.steps; s++) {
     lt_step_metrics m;
     LT_TRY(lt_trainer_step(tr, &m));
@@ -220,6 +224,7 @@ static int train_loop(lt_trainer *tr) {
     bool print = m.step % cfg->run.log_every == 0 || m.step == cfg->train.steps ||
                  s == first_step || m.has_val_loss;
     m.tokens_per_s = (double)interval_tokens / (t - interval_start);
+    m.mfu = lt_mfu(m.tokens_per_s, flops_per_token, peak_tflops, tr->world->size);
     if (tr->world->rank == 0) LT_TRY(lt_metrics_log(&tr->metrics, &m, print));
     if (print) interval_start = t, interval_tokens = 0;
 
@@ -259,6 +264,7 @@ int lt_train_main(int argc, char **argv, lt_world *world) {
     return LT_OK;
   }
   if (rc == LT_OK) rc = load_config(&args, &cfg);
+  if (rc == LT_OK) rc = lt_launch_check(&cfg.parallel, world, cfg.source);
   if (rc == LT_OK) rc = resume_path(&args, &cfg, resume, sizeof resume);
   if (rc != LT_OK) {
     free(args.overrides);

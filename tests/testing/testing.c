@@ -35,6 +35,15 @@ double lt_test_max_rel_diff(const float *a, const float *b, int64_t n, double fl
   return worst;
 }
 
+double lt_test_normwise_error(const float *a, const float *b, int64_t n) {
+  double diff = 0, scale = 0;
+  for (int64_t i = 0; i < n; i++) {
+    diff = fmax(diff, fabs((double)a[i] - b[i]));
+    scale = fmax(scale, fabs((double)b[i]));
+  }
+  return diff / fmax(scale, 1e-30);
+}
+
 double lt_test_max_abs(const float *a, int64_t n) {
   double worst = 0.0;
   for (int64_t i = 0; i < n; i++)

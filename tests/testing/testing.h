@@ -34,6 +34,8 @@ void lt_test_fill_normal(float *x, int64_t n, uint64_t seed, float std);
 double lt_test_max_rel_diff(const float *a, const float *b, int64_t n, double floor);
 // max |a| over i
 double lt_test_max_abs(const float *a, int64_t n);
+// max over i of |a - b|, over max |b|: the worst element against the tensor's own scale.
+double lt_test_normwise_error(const float *a, const float *b, int64_t n);
 
 // A fresh empty folder under $TMPDIR (or /tmp), removed with its contents when the test program
 // exits (unless LT_TEST_KEEP_TMP is set).

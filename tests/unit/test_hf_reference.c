@@ -33,16 +33,6 @@ static double relative_l2_error(const float *a, const float *b, int64_t n) {
   return sqrt(diff / fmax(norm, 1e-30));
 }
 
-// max |a - b| / max |b|: the worst element against the tensor's own scale.
-static double normwise_error(const float *a, const float *b, int64_t n) {
-  double diff = 0, scale = 0;
-  for (int64_t i = 0; i < n; i++) {
-    diff = fmax(diff, fabs((double)a[i] - b[i]));
-    scale = fmax(scale, fabs((double)b[i]));
-  }
-  return diff / fmax(scale, 1e-30);
-}
-
 static int setup(void **state) {
   reference *r = calloc(1, sizeof *r);
   lt_fixture_open(&r->fx, lt_test_source_path("tests/fixtures/llama_tiny.h5"));
@@ -102,7 +92,7 @@ static void test_logits_match_transformers(void **state) {
   float *logits = malloc(sizeof(float) * n * v), *expected = malloc(sizeof(float) * n * v);
   assert_ok(lt_model_logits(&r->model, &r->ctx, &r->batch, lt_view2(logits, LT_F32, LT_CPU, n, v)));
   lt_fixture_read_f32(&r->fx, "logits", expected, n * v);
-  double err = normwise_error(logits, expected, n * v);
+  double err = lt_test_normwise_error(logits, expected, n * v);
   printf("logits: normwise error %.2e\n", err);
   assert_true(err < REL_TOL);
   free(logits), free(expected);
@@ -127,7 +117,7 @@ static void test_loss_and_every_gradient_match_transformers(void **state) {
     float *expected = malloc(sizeof(float) * info->numel);
     snprintf(name, sizeof name, "grads/%s", info->name);
     lt_fixture_read_f32(&r->fx, name, expected, info->numel);
-    double err = normwise_error(p->grad + info->offset, expected, info->numel);
+    double err = lt_test_normwise_error(p->grad + info->offset, expected, info->numel);
     if (err > worst) worst = err;
     if (err >= REL_TOL) printf("gradient of %s: normwise error %.2e\n", info->name, err);
     assert_true(err < REL_TOL);
