@@ -104,8 +104,9 @@ typedef struct lt_run_config {
 // ranks of one tensor-parallel group are neighbours: one node's fast links).
 typedef struct lt_parallel_config {
   int dp, pp, cp, tp;
-  bool zero;       // ZeRO-1: shard the optimizer state over dp
-  int timeout_s;   // a collective that waits longer ends the job (a dead or hung rank)
+  bool zero;        // ZeRO-1: shard the optimizer state over dp (x cp)
+  int timeout_s;    // a collective that waits longer ends the job (a dead or hung rank)
+  double bucket_mb; // gradients are summed over dp (x cp) in buckets of about this size
 } lt_parallel_config;
 
 typedef struct lt_config {

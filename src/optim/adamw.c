@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "parallel/dp.h"
 
 // Weight decay applies to matrices, not to norm gains; the embedding is a matrix but, as in
 // Megatron and most Llama recipes, is excluded unless train.decay_embeddings is set.
@@ -58,22 +59,52 @@ void lt_optimizer_destroy(lt_optimizer *opt) {
   *opt = (lt_optimizer){0};
 }
 
-static lt_tensor param_part(const lt_params *p, const lt_param_info *info, float *buffer) {
-  return lt_view1(buffer + info->offset, LT_F32, p->device, info->numel);
+static lt_tensor flat_part(const lt_params *p, float *buffer, size_t start, size_t end) {
+  return lt_view1(buffer + start, LT_F32, p->device, (int64_t)(end - start));
+}
+
+static size_t clamp(size_t x, size_t lo, size_t hi) {
+  return x < lo ? lo : x > hi ? hi : x;
+}
+
+// This rank's part of the squared norm: its shard of the gradient buffer (zero padding included)
+// without the parameters that another tensor-parallel rank counts. Each uninterrupted run is one
+// sum, so a single process sums its whole buffer at once.
+static int shard_sum_squares(lt_ctx *ctx, const lt_params *p, double *sum) {
+  const size_t lo = p->shard_start, hi = lo + p->shard_numel;
+  size_t run = lo;
+  *sum = 0.0;
+  for (int i = 0; i <= p->count; i++) {
+    const lt_param_info *info = i < p->count ? &p->info[i] : NULL;
+    if (info && !lt_param_is_tp_replica(p, info)) continue;
+    const size_t cut = info ? clamp(info->offset, lo, hi) : hi;
+    if (cut > run) {
+      double part;
+      LT_TRY(lt_sum_squares(ctx, &part, flat_part(p, p->grad, run, cut)));
+      *sum += part;
+    }
+    if (info) run = clamp(info->offset + (size_t)info->numel, run, hi);
+  }
+  return LT_OK;
 }
 
 int lt_grad_norm(lt_ctx *ctx, const lt_params *params, double *norm) {
-  double sum = 0.0;
-  lt_tensor all = lt_view1(params->grad, LT_F32, params->device, (int64_t)params->numel);
-  LT_TRY(lt_sum_squares(ctx, &sum, all)); // padding between parameters is zero
+  double sum;
+  LT_TRY(shard_sum_squares(ctx, params, &sum));
+  // Every element is counted by exactly one rank: shards split the data-parallel copies, tp rank 0
+  // counts what the tp ranks share, and each pipeline stage holds its own layers.
+  if (params->mesh) LT_TRY(lt_group_sum_f64(&params->mesh->world, &sum, 1));
   *norm = sqrt(sum);
   return LT_OK;
 }
 
 int lt_optimizer_step(lt_optimizer *opt, lt_ctx *ctx, double lr, double *grad_norm) {
   lt_params *p = opt->params;
-  for (int i = 0; i < p->count && opt->n_frozen; i++)
-    if (opt->frozen[i]) LT_TRY(lt_zero(ctx, param_part(p, &p->info[i], p->grad)));
+  for (int i = 0; i < p->count && opt->n_frozen; i++) {
+    const lt_param_info *info = &p->info[i];
+    if (opt->frozen[i])
+      LT_TRY(lt_zero(ctx, flat_part(p, p->grad, info->offset, info->offset + (size_t)info->numel)));
+  }
   LT_TRY(lt_grad_norm(ctx, opt->params, grad_norm));
   LT_CHECK(isfinite(*grad_norm), LT_ERR_NUMERIC,
            "the gradient norm is %g at step %lld: lower train.lr or raise train.warmup, or resume "
@@ -86,9 +117,16 @@ int lt_optimizer_step(lt_optimizer *opt, lt_ctx *ctx, double lr, double *grad_no
     if (coef < 1.0) clip = (float)coef;
   }
   opt->step++;
+  // Each parameter's part inside the AdamW state this process keeps: all of it, or under ZeRO-1
+  // its shard, where a parameter may begin or end mid-way. AdamW is elementwise, so updating a
+  // parameter in parts computes what updating it whole does.
+  const size_t lo = p->state_start, hi = lo + p->state_numel;
   for (int i = 0; i < p->count; i++) {
     if (opt->frozen[i]) continue;
     const lt_param_info *info = &p->info[i];
+    const size_t start = clamp(info->offset, lo, hi);
+    const size_t end = clamp(info->offset + (size_t)info->numel, lo, hi);
+    if (end == start) continue;
     lt_adamw_args args = {.lr = (float)lr,
                           .beta1 = (float)opt->cfg.beta1,
                           .beta2 = (float)opt->cfg.beta2,
@@ -96,8 +134,10 @@ int lt_optimizer_step(lt_optimizer *opt, lt_ctx *ctx, double lr, double *grad_no
                           .weight_decay = opt->decay[i] ? (float)opt->cfg.weight_decay : 0.0f,
                           .grad_scale = clip,
                           .step = opt->step};
-    LT_TRY(lt_adamw(ctx, param_part(p, info, p->master), param_part(p, info, p->grad),
-                    param_part(p, info, p->adam_m), param_part(p, info, p->adam_v), &args));
+    LT_TRY(lt_adamw(ctx, flat_part(p, p->master, start, end), flat_part(p, p->grad, start, end),
+                    flat_part(p, p->adam_m, start - lo, end - lo),
+                    flat_part(p, p->adam_v, start - lo, end - lo), &args));
   }
+  LT_TRY(lt_dp_gather_weights(p));
   return lt_params_sync_compute(p);
 }

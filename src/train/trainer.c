@@ -4,11 +4,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/device.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "optim/schedule.h"
+#include "parallel/watchdog.h"
 #include "train/checkpoint.h"
 
 // Opens `path` as the dataset of config key `key` and checks it fits the model's vocab.
@@ -63,20 +65,25 @@ static int allocate_batches(lt_trainer *tr) {
 
 int lt_trainer_create(lt_trainer *tr, const lt_config *cfg, lt_world *world) {
   *tr = (lt_trainer){.cfg = *cfg, .world = world};
+  lt_mesh_single(&tr->mesh);
   const lt_train_config *t = &tr->cfg.train;
+  if (world->size > 1) LT_TRY(lt_watchdog_start(cfg->parallel.timeout_s, world->rank));
+  LT_TRY(lt_mesh_create(&tr->mesh, world, &cfg->parallel));
+  // lt_config_validate checked that train.batch divides into micro-batches on every dp rank.
+  const int dp = tr->mesh.size[LT_AXIS_DP];
   tr->seq_len = t->seq_len;
-  tr->micro_batch = t->micro_batch ? t->micro_batch : t->batch;
-  LT_CHECK(t->batch % (tr->micro_batch * world->size) == 0, LT_ERR_CONFIG,
-           "%s: train.batch (%d) must be a multiple of train.micro_batch (%lld) times the %d "
-           "data-parallel ranks",
-           cfg->source, t->batch, (long long)tr->micro_batch, world->size);
-  tr->accum = t->batch / (tr->micro_batch * world->size);
+  tr->micro_batch = t->micro_batch ? t->micro_batch : t->batch / dp;
+  tr->accum = t->batch / (tr->micro_batch * dp);
   lt_device device = cfg->run.device == LT_DEVICE_CUDA ? LT_CUDA : LT_CPU;
   LT_TRY(lt_ctx_init(&tr->ctx, device, cfg->run.threads));
+#ifdef LT_WITH_CUDA
+  if (device == LT_CUDA) LT_TRY(lt_mesh_init_nccl(&tr->mesh));
+#endif
   LT_TRY(open_data(tr));
-  LT_TRY(lt_model_create(&tr->model, &tr->cfg.model, device, NULL));
+  LT_TRY(lt_model_create(&tr->model, &tr->cfg.model, device, &tr->mesh));
   LT_TRY(lt_model_plan(&tr->model, tr->micro_batch, tr->seq_len, t->recompute));
   LT_TRY(lt_optimizer_create(&tr->opt, &tr->model.params, t));
+  LT_TRY(lt_dp_create(&tr->dp, &tr->model.params, cfg->parallel.bucket_mb));
   return allocate_batches(tr);
 }
 
@@ -87,6 +94,7 @@ void lt_trainer_destroy(lt_trainer *tr) {
   free(tr->host.pos);
   free(tr->host.doc);
   lt_arena_destroy(&tr->batch_arena);
+  lt_dp_destroy(&tr->dp);
   lt_optimizer_destroy(&tr->opt);
   lt_model_destroy(&tr->model);
   lt_loader_destroy(&tr->loader);
@@ -94,6 +102,8 @@ void lt_trainer_destroy(lt_trainer *tr) {
   lt_dataset_close(&tr->data);
   lt_dataset_close(&tr->val_data);
   lt_ctx_destroy(&tr->ctx);
+  lt_mesh_destroy(&tr->mesh);
+  lt_watchdog_stop();
 }
 
 // Points tr->batch at micro-batch m of the host buffers (copying to the device if needed).
@@ -111,17 +121,32 @@ static int stage_micro_batch(lt_trainer *tr, int64_t m) {
   return LT_OK;
 }
 
-// The target tokens among the first n of the host buffers, summed over the ranks.
+// The target tokens among the first n of the host buffers, summed over the data-parallel ranks
+// (dp x cp: together they hold the step's tokens once; tp and pp ranks hold the same ones).
 static int count_targets(lt_trainer *tr, int64_t n, double *count) {
   *count = 0;
   for (int64_t i = 0; i < n; i++) *count += tr->host.targets[i] != LT_IGNORE_INDEX;
-  return lt_world_allreduce_sum(tr->world, count, 1);
+  return lt_group_sum_f64(&tr->mesh.dp_cp, count, 1);
 }
 
-int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out) {
+// LT_FAULT_INJECT=hang:rank=R,step=S (tests): world rank R stops answering at the start of step
+// S, as a rank stuck in a loop or on a dead file system would; the other ranks' watchdogs must
+// end the job (parallel/watchdog.h).
+static void injected_hang(const lt_trainer *tr) {
+  const char *spec = getenv("LT_FAULT_INJECT");
+  int rank;
+  long long step;
+  if (!spec || sscanf(spec, "hang:rank=%d,step=%lld", &rank, &step) != 2) return;
+  if (rank != tr->world->rank || step != tr->opt.step + 1) return;
+  for (;;) pause();
+}
+
+int lt_trainer_forward_backward(lt_trainer *tr, double *loss, double *aux) {
+  injected_hang(tr);
   const int64_t n_step = tr->accum * tr->micro_batch * tr->seq_len;
-  LT_TRY(
-      lt_loader_next(&tr->loader, tr->cfg.train.batch, tr->world->rank, tr->world->size, tr->host));
+  const lt_mesh *mesh = &tr->mesh;
+  LT_TRY(lt_loader_next(&tr->loader, tr->cfg.train.batch, mesh->coord[LT_AXIS_DP],
+                        mesh->size[LT_AXIS_DP], tr->host));
   // The loss is the mean over every target token of the step, whatever the accumulation: each
   // micro-batch's gradient is scaled by 1 / (the step's target count), known before any runs.
   double count;
@@ -129,20 +154,35 @@ int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out) {
   LT_CHECK(count > 0, LT_ERR_DATA, "%s: a whole step has no target tokens", tr->data.path);
   const float grad_scale = (float)(1.0 / count);
   LT_TRY(lt_params_zero_grad(&tr->model.params));
-  // Auxiliary losses are means over a micro-batch's tokens already: the step's is their mean.
-  tr->aux.grad_scale = (float)(1.0 / (double)tr->accum);
-  double loss_sum = 0.0, aux_sum = 0.0;
+  // Auxiliary losses are means over a micro-batch's tokens already: the step's is their mean over
+  // every data-parallel rank's micro-batches, as one process running them all would take it.
+  const double micro_batches = (double)tr->accum * mesh->dp_cp.size;
+  tr->aux.grad_scale = (float)(1.0 / micro_batches);
+  double sums[2] = {0.0, 0.0}; // loss, auxiliary loss
   for (int64_t m = 0; m < tr->accum; m++) {
     double micro_loss;
     LT_TRY(stage_micro_batch(tr, m));
     tr->aux.sum = 0.0; // read before backward, which may run the forward again (recompute)
     LT_TRY(lt_model_forward(&tr->model, &tr->ctx, &tr->batch, true, grad_scale, &micro_loss));
-    aux_sum += tr->aux.sum;
-    LT_TRY(lt_model_backward(&tr->model, &tr->ctx, &tr->batch));
-    loss_sum += micro_loss;
+    sums[1] += tr->aux.sum;
+    // The gradients are summed over the data-parallel ranks once, as the last backward ends.
+    tr->model.grads_ready = m + 1 == tr->accum ? lt_dp_grads_ready : NULL;
+    tr->model.grads_ready_arg = &tr->dp;
+    int rc = lt_model_backward(&tr->model, &tr->ctx, &tr->batch);
+    tr->model.grads_ready = NULL;
+    LT_TRY(rc);
+    sums[0] += micro_loss;
   }
-  LT_TRY(lt_world_allreduce_sum(tr->world, &loss_sum, 1));
-  double loss = loss_sum / count;
+  LT_TRY(lt_dp_finish(&tr->dp));
+  LT_TRY(lt_group_sum_f64(&mesh->dp_cp, sums, 2));
+  *loss = sums[0] / count;
+  *aux = sums[1] / micro_batches;
+  return LT_OK;
+}
+
+int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out) {
+  double loss, aux;
+  LT_TRY(lt_trainer_forward_backward(tr, &loss, &aux));
   LT_CHECK(isfinite(loss), LT_ERR_NUMERIC,
            "the loss is %g at step %lld: lower train.lr or raise train.warmup, or resume from an "
            "earlier checkpoint",
@@ -153,7 +193,7 @@ int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out) {
   *out = (lt_step_metrics){.step = tr->opt.step,
                            .steps = tr->cfg.train.steps,
                            .loss = loss,
-                           .aux_loss = aux_sum / (double)tr->accum,
+                           .aux_loss = aux,
                            .lr = lr,
                            .grad_norm = grad_norm,
                            .tokens_seen = tr->tokens_seen};
@@ -163,18 +203,19 @@ int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out) {
 int lt_trainer_eval(lt_trainer *tr, double *loss) {
   LT_ASSERT(tr->has_val);
   const int64_t n = tr->micro_batch * tr->seq_len;
-  const int64_t global = tr->micro_batch * tr->world->size;
+  const int dp = tr->mesh.size[LT_AXIS_DP];
   double sums[2] = {0, 0}; // loss, target tokens
   tr->val_loader.next_sample = 0;
   for (int b = 0; b < tr->cfg.train.eval_batches; b++) {
-    LT_TRY(lt_loader_next(&tr->val_loader, global, tr->world->rank, tr->world->size, tr->host));
+    LT_TRY(lt_loader_next(&tr->val_loader, tr->micro_batch * dp, tr->mesh.coord[LT_AXIS_DP], dp,
+                          tr->host));
     double micro_loss;
     LT_TRY(stage_micro_batch(tr, 0));
     LT_TRY(lt_model_forward(&tr->model, &tr->ctx, &tr->batch, false, 0.0f, &micro_loss));
     sums[0] += micro_loss;
     for (int64_t i = 0; i < n; i++) sums[1] += tr->host.targets[i] != LT_IGNORE_INDEX;
   }
-  LT_TRY(lt_world_allreduce_sum(tr->world, sums, 2));
+  LT_TRY(lt_group_sum_f64(&tr->mesh.dp_cp, sums, 2));
   LT_CHECK(sums[1] > 0, LT_ERR_DATA, "the validation set has no target tokens");
   *loss = sums[0] / sums[1];
   return LT_OK;
@@ -213,29 +254,44 @@ int lt_trainer_resume(lt_trainer *tr, const char *dir) {
   return rc;
 }
 
+// Every rank learns the worst status of all (LT_OK when all succeeded); a rank that did not fail
+// itself fails with a message pointing at the one that did.
+static int agree(const lt_trainer *tr, int rc, const char *what) {
+  float worst = (float)rc;
+  LT_TRY(lt_all_reduce_max(&tr->mesh.world, lt_view1(&worst, LT_F32, LT_CPU, 1)));
+  if (rc != LT_OK || worst == LT_OK) return rc;
+  return lt_fail((int)worst, "%s failed on another rank (its message says why)", what);
+}
+
 int lt_trainer_save(lt_trainer *tr, double train_seconds, char *written, size_t cap) {
-  // Every data-parallel rank holds the whole model: rank 0 writes it as one shard. The
-  // parallelism issue adds a shard per rank for split tensors.
-  if (tr->world->rank != 0) return LT_OK;
+  const int rank = tr->mesh.world_rank, n_ranks = tr->mesh.world_size;
   char root[LT_PATH_MAX + 16];
   lt_checkpoint_root(tr->cfg.run.dir, root, sizeof root);
-  lt_checkpoint_meta meta = {.step = tr->opt.step,
-                             .tokens_seen = tr->tokens_seen,
-                             .data_position = tr->loader.next_sample,
-                             .seed = tr->cfg.run.seed,
-                             .n_params = lt_model_n_params(&tr->model),
-                             .train_seconds = train_seconds};
-  snprintf(meta.config_source, sizeof meta.config_source, "%s", tr->cfg.source);
-  LT_TRY(lt_config_to_yaml(&tr->cfg, &meta.config_yaml));
+  // Rank 0 makes the temporary folder; then every rank writes its shard file into it, rank 0
+  // commits once all are on disk, and all learn whether it worked.
   lt_checkpoint_writer w;
-  int rc = lt_checkpoint_begin(&w, root, tr->opt.step, 0, 1);
+  int rc = rank == 0 ? lt_checkpoint_begin(&w, root, tr->opt.step, 0, n_ranks) : LT_OK;
+  if (rc != LT_OK) lt_checkpoint_abort(&w);
+  LT_TRY(agree(tr, rc, "starting the checkpoint"));
+  if (rank != 0) rc = lt_checkpoint_begin(&w, root, tr->opt.step, rank, n_ranks);
   if (rc == LT_OK) rc = lt_checkpoint_write_params(&w, &tr->model.params, true);
-  if (rc == LT_OK)
-    rc = lt_checkpoint_commit(&w, &meta);
-  else
+  if (rc == LT_OK && rank != 0) rc = lt_checkpoint_finish_shard(&w);
+  rc = agree(tr, rc, "writing the checkpoint's shards");
+  if (rc == LT_OK && rank == 0) {
+    lt_checkpoint_meta meta = {.step = tr->opt.step,
+                               .tokens_seen = tr->tokens_seen,
+                               .data_position = tr->loader.next_sample,
+                               .seed = tr->cfg.run.seed,
+                               .n_params = lt_model_n_params(&tr->model),
+                               .train_seconds = train_seconds};
+    snprintf(meta.config_source, sizeof meta.config_source, "%s", tr->cfg.source);
+    rc = lt_config_to_yaml(&tr->cfg, &meta.config_yaml);
+    if (rc == LT_OK) rc = lt_checkpoint_commit(&w, &meta); // aborts by itself on failure
+    lt_checkpoint_meta_free(&meta);
+  } else if (rc != LT_OK) {
     lt_checkpoint_abort(&w);
-  lt_checkpoint_meta_free(&meta);
-  LT_TRY(rc);
+  }
+  LT_TRY(agree(tr, rc, "committing the checkpoint"));
   snprintf(written, cap, "%s", w.dir);
-  return lt_checkpoint_prune(root, tr->cfg.checkpoint.keep);
+  return rank == 0 ? lt_checkpoint_prune(root, tr->cfg.checkpoint.keep) : LT_OK;
 }
