@@ -14,7 +14,8 @@ static struct {
   pthread_mutex_t lock;
   pthread_cond_t wake; // lt_watchdog_stop wakes the thread to end it
   pthread_t thread;
-  bool running, stopping;
+  int users; // lt_watchdog_start calls not yet stopped: the thread runs while there are any
+  bool stopping;
   int timeout_s, rank;
   const char *op, *group; // the wait in progress, or op == NULL
   struct timespec since;  // CLOCK_MONOTONIC
@@ -59,8 +60,8 @@ static void *watch_loop(void *unused) {
 int lt_watchdog_start(int timeout_s, int rank) {
   pthread_mutex_lock(&watch.lock);
   watch.timeout_s = timeout_s, watch.rank = rank;
-  bool start = !watch.running;
-  watch.running = true, watch.stopping = false;
+  const bool start = watch.users++ == 0;
+  watch.stopping = false;
   pthread_mutex_unlock(&watch.lock);
   if (!start) return LT_OK;
   pthread_condattr_t attr;
@@ -70,7 +71,7 @@ int lt_watchdog_start(int timeout_s, int rank) {
   pthread_condattr_destroy(&attr);
   int rc = pthread_create(&watch.thread, NULL, watch_loop, NULL);
   if (rc != 0) {
-    watch.running = false;
+    watch.users = 0;
     return lt_fail(LT_ERR_INTERNAL, "cannot start the watchdog thread: %s", strerror(rc));
   }
   return LT_OK;
@@ -78,11 +79,13 @@ int lt_watchdog_start(int timeout_s, int rank) {
 
 void lt_watchdog_stop(void) {
   pthread_mutex_lock(&watch.lock);
-  bool running = watch.running;
-  watch.stopping = true, watch.running = false;
-  if (running) pthread_cond_signal(&watch.wake);
+  const bool last = watch.users > 0 && --watch.users == 0;
+  if (last) {
+    watch.stopping = true;
+    pthread_cond_signal(&watch.wake);
+  }
   pthread_mutex_unlock(&watch.lock);
-  if (!running) return;
+  if (!last) return;
   pthread_join(watch.thread, NULL);
   pthread_cond_destroy(&watch.wake);
 }

@@ -14,8 +14,9 @@
 #ifndef LT_WATCHDOG_H
 #define LT_WATCHDOG_H
 
-// Starts the watchdog thread of this process (rank `rank`), once; a second call changes the
-// timeout. Without it, lt_watch_begin / lt_watch_end only note the time.
+// Starts the watchdog thread of this process (rank `rank`); a further call sets the timeout, and
+// the thread ends at the lt_watchdog_stop matching the first start. Without it, lt_watch_begin
+// and lt_watch_end only note the time.
 int lt_watchdog_start(int timeout_s, int rank);
 void lt_watchdog_stop(void);
 

@@ -136,10 +136,11 @@ static void describe(const lt_trainer *tr) {
     const lt_params *p = &tr->model.params;
     char state[32];
     lt_info("parallel: dp %d x pp %d x cp %d x tp %d on %d ranks; gradients summed over %d ranks "
-            "in %d buckets of parallel.bucket_mb %g%s%s%s",
+            "in %d bucket%s of parallel.bucket_mb %g%s%s%s",
             mesh->size[LT_AXIS_DP], mesh->size[LT_AXIS_PP], mesh->size[LT_AXIS_CP],
             mesh->size[LT_AXIS_TP], mesh->world_size, mesh->dp_cp.size, tr->dp.n_buckets,
-            tr->cfg.parallel.bucket_mb, tr->dp.zero ? "; ZeRO-1: " : "",
+            tr->dp.n_buckets == 1 ? "" : "s", tr->cfg.parallel.bucket_mb,
+            tr->dp.zero ? "; ZeRO-1: " : "",
             tr->dp.zero
                 ? lt_format_bytes(2.0 * (double)p->state_numel * sizeof(float), state, sizeof state)
                 : "",

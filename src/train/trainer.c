@@ -103,7 +103,7 @@ void lt_trainer_destroy(lt_trainer *tr) {
   lt_dataset_close(&tr->val_data);
   lt_ctx_destroy(&tr->ctx);
   lt_mesh_destroy(&tr->mesh);
-  lt_watchdog_stop();
+  if (tr->world->size > 1) lt_watchdog_stop();
 }
 
 // Points tr->batch at micro-batch m of the host buffers (copying to the device if needed).
@@ -248,7 +248,8 @@ int lt_trainer_resume(lt_trainer *tr, const char *dir) {
     tr->tokens_seen = ck.meta.tokens_seen;
     tr->loader.next_sample = ck.meta.data_position;
     tr->train_seconds = ck.meta.train_seconds;
-    warn_config_differences(tr, ck.meta.config_yaml, ck.dir);
+    if (tr->mesh.world_rank == 0) // one warning per run, not one per rank
+      warn_config_differences(tr, ck.meta.config_yaml, ck.dir);
   }
   lt_checkpoint_close(&ck);
   return rc;
