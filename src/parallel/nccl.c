@@ -166,7 +166,7 @@ int lt_nccl_test(lt_request *request, bool *done) {
 
 int lt_nccl_all_reduce(const lt_group *g, lt_tensor t, bool max, const char *op,
                        lt_request *request) {
-  ncclDataType_t type;
+  ncclDataType_t type = ncclFloat32;
   nccl_group *n;
   LT_TRY(nccl_type(g, t.dtype, true, &type));
   LT_TRY(begin(g, &n));
@@ -177,7 +177,7 @@ int lt_nccl_all_reduce(const lt_group *g, lt_tensor t, bool max, const char *op,
 }
 
 int lt_nccl_all_gather(const lt_group *g, lt_tensor out, lt_tensor in) {
-  ncclDataType_t type;
+  ncclDataType_t type = ncclFloat32;
   nccl_group *n;
   LT_TRY(nccl_type(g, in.dtype, false, &type));
   LT_TRY(begin(g, &n));
@@ -189,7 +189,7 @@ int lt_nccl_all_gather(const lt_group *g, lt_tensor out, lt_tensor in) {
 
 int lt_nccl_reduce_scatter(const lt_group *g, lt_tensor out, lt_tensor in, const int64_t *counts,
                            lt_request *request) {
-  ncclDataType_t type;
+  ncclDataType_t type = ncclFloat32;
   nccl_group *n;
   LT_TRY(nccl_type(g, in.dtype, true, &type));
   LT_TRY(begin(g, &n));
@@ -220,7 +220,7 @@ int lt_nccl_reduce_scatter(const lt_group *g, lt_tensor out, lt_tensor in, const
 }
 
 int lt_nccl_broadcast(const lt_group *g, lt_tensor t, int root) {
-  ncclDataType_t type;
+  ncclDataType_t type = ncclFloat32;
   nccl_group *n;
   LT_TRY(nccl_type(g, t.dtype, false, &type));
   LT_TRY(begin(g, &n));

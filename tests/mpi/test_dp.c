@@ -46,6 +46,7 @@ static const char *config_text = "model:\n"
                                  "  dp: %d\n"
                                  "  zero: %s\n"
                                  "  bucket_mb: 0.004\n"
+                                 "  timeout_s: 30\n" // ranks that part ways after a failure
                                  "run:\n"
                                  "  threads: 1\n";
 
