@@ -264,6 +264,24 @@ static int agree(const lt_trainer *tr, int rc, const char *what) {
   return lt_fail((int)worst, "%s failed on another rank (its message says why)", what);
 }
 
+// Rank 0, once every shard is on disk: meta.h5, then the folder into place (or, on failure, away).
+static int commit(const lt_trainer *tr, lt_checkpoint_writer *w, double train_seconds) {
+  lt_checkpoint_meta meta = {.step = tr->opt.step,
+                             .tokens_seen = tr->tokens_seen,
+                             .data_position = tr->loader.next_sample,
+                             .seed = tr->cfg.run.seed,
+                             .n_params = lt_model_n_params(&tr->model),
+                             .train_seconds = train_seconds};
+  snprintf(meta.config_source, sizeof meta.config_source, "%s", tr->cfg.source);
+  int rc = lt_config_to_yaml(&tr->cfg, &meta.config_yaml);
+  if (rc == LT_OK)
+    rc = lt_checkpoint_commit(w, &meta); // removes the temporary folder itself on failure
+  else
+    lt_checkpoint_abort(w);
+  lt_checkpoint_meta_free(&meta);
+  return rc;
+}
+
 int lt_trainer_save(lt_trainer *tr, double train_seconds, char *written, size_t cap) {
   const int rank = tr->mesh.world_rank, n_ranks = tr->mesh.world_size;
   char root[LT_PATH_MAX + 16];
@@ -278,20 +296,10 @@ int lt_trainer_save(lt_trainer *tr, double train_seconds, char *written, size_t 
   if (rc == LT_OK) rc = lt_checkpoint_write_params(&w, &tr->model.params, true);
   if (rc == LT_OK && rank != 0) rc = lt_checkpoint_finish_shard(&w);
   rc = agree(tr, rc, "writing the checkpoint's shards");
-  if (rc == LT_OK && rank == 0) {
-    lt_checkpoint_meta meta = {.step = tr->opt.step,
-                               .tokens_seen = tr->tokens_seen,
-                               .data_position = tr->loader.next_sample,
-                               .seed = tr->cfg.run.seed,
-                               .n_params = lt_model_n_params(&tr->model),
-                               .train_seconds = train_seconds};
-    snprintf(meta.config_source, sizeof meta.config_source, "%s", tr->cfg.source);
-    rc = lt_config_to_yaml(&tr->cfg, &meta.config_yaml);
-    if (rc == LT_OK) rc = lt_checkpoint_commit(&w, &meta); // aborts by itself on failure
-    lt_checkpoint_meta_free(&meta);
-  } else if (rc != LT_OK) {
+  if (rc == LT_OK && rank == 0)
+    rc = commit(tr, &w, train_seconds);
+  else if (rc != LT_OK)
     lt_checkpoint_abort(&w);
-  }
   LT_TRY(agree(tr, rc, "committing the checkpoint"));
   snprintf(written, cap, "%s", w.dir);
   return rank == 0 ? lt_checkpoint_prune(root, tr->cfg.checkpoint.keep) : LT_OK;

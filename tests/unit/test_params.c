@@ -1,9 +1,11 @@
 // The parameter table: sharded parameters hold exactly their slice of the unsharded tensor, so
 // every tensor-parallel layout starts from the same model.
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "model/params.h"
+#include "optim/adamw.h"
 #include "parallel/mesh.h"
 #include "testing.h"
 
@@ -169,6 +171,42 @@ static void test_unsharded_parameters_are_counted_by_tensor_parallel_rank_0_only
   }
 }
 
+// The squared gradient norm this process counts, every gradient element set to 1: the number of
+// elements it counts.
+static double counted_elements(int n_shards, int shard, int tp_rank) {
+  lt_mesh mesh = fake_mesh(n_shards, shard, false, tp_rank);
+  lt_params params;
+  lt_param binds[3];
+  register_three(&params, binds, &mesh);
+  for (int i = 0; i < 3; i++)
+    for (int64_t j = 0; j < lt_numel(binds[i].grad); j++) lt_f32(binds[i].grad)[j] = 1.0f;
+  lt_ctx ctx;
+  assert_ok(lt_ctx_init(&ctx, LT_CPU, 1));
+  double norm;
+  assert_ok(lt_grad_norm(&ctx, &params, &norm));
+  lt_ctx_destroy(&ctx);
+  lt_params_free(&params);
+  return norm * norm;
+}
+
+static void test_the_gradient_norm_counts_each_element_once(void **state) {
+  (void)state;
+  // a (10 x 7) and b (5) are whole; c is a (3 x 4) tensor-parallel slice.
+  assert_true(fabs(counted_elements(1, 0, 0) - 87) < 1e-9);
+  assert_true(fabs(counted_elements(1, 0, 1) - 12) < 1e-9); // tp rank 0 counts a and b
+  // Three data-parallel ranks count a third of the buffer each (the last third is padding here):
+  // together, everything once.
+  double together = 0;
+  int counting = 0;
+  for (int r = 0; r < 3; r++) {
+    const double mine = counted_elements(3, r, 0);
+    assert_true(mine < 87);
+    together += mine, counting += mine > 0;
+  }
+  assert_int_equal(counting, 2);
+  assert_true(fabs(together - 87) < 1e-9);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_row_shard_holds_the_rows_of_the_whole_tensor),
@@ -177,6 +215,7 @@ int main(void) {
       cmocka_unit_test(test_a_range_of_a_parameter_is_cut_into_boxes_of_the_logical_tensor),
       cmocka_unit_test(test_the_buffer_splits_into_equal_shards_and_zero1_keeps_its_shards_state),
       cmocka_unit_test(test_unsharded_parameters_are_counted_by_tensor_parallel_rank_0_only),
+      cmocka_unit_test(test_the_gradient_norm_counts_each_element_once),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
