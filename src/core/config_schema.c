@@ -188,8 +188,9 @@ const lt_config_key lt_config_keys[] = {
         "Compute the validation loss every this many steps and at the last step; 0 never. "
         "Needs data.val_fraction or data.val_path."),
     INT("train.eval_batches", train.eval_batches, "8", 1, BIG,
-        "Micro-batches of train.micro_batch sequences in each validation pass: the same "
-        "held-out sequences every time, so the values are comparable."),
+        "Micro-batches of train.micro_batch sequences (train.batch when 0) in each validation "
+        "pass, split over the data-parallel ranks: the same held-out sequences every time and "
+        "at every parallel.dp, so the values are comparable."),
 
     STRING("data.path", data.path, "",
            "HDF5 token dataset made by `longtrain prepare` (required for training)."),

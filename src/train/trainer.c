@@ -202,13 +202,18 @@ int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out) {
 
 int lt_trainer_eval(lt_trainer *tr, double *loss) {
   LT_ASSERT(tr->has_val);
-  const int64_t n = tr->micro_batch * tr->seq_len;
-  const int dp = tr->mesh.size[LT_AXIS_DP];
+  // The validation set is what one process reads, whatever the layout: train.eval_batches
+  // micro-batches of train.micro_batch sequences (train.batch when 0). It is cut into this run's
+  // micro-batches, dealt to the data-parallel ranks in turn, so the value can be compared across
+  // runs at another dp.
+  const lt_train_config *t = &tr->cfg.train;
+  const int64_t n = tr->micro_batch * tr->seq_len,
+                single = t->micro_batch ? t->micro_batch : t->batch;
+  const int64_t parts = t->eval_batches * single / tr->micro_batch;
   double sums[2] = {0, 0}; // loss, target tokens
-  tr->val_loader.next_sample = 0;
-  for (int b = 0; b < tr->cfg.train.eval_batches; b++) {
-    LT_TRY(lt_loader_next(&tr->val_loader, tr->micro_batch * dp, tr->mesh.coord[LT_AXIS_DP], dp,
-                          tr->host));
+  for (int64_t c = tr->mesh.coord[LT_AXIS_DP]; c < parts; c += tr->mesh.size[LT_AXIS_DP]) {
+    tr->val_loader.next_sample = c * tr->micro_batch;
+    LT_TRY(lt_loader_next(&tr->val_loader, tr->micro_batch, 0, 1, tr->host));
     double micro_loss;
     LT_TRY(stage_micro_batch(tr, 0));
     LT_TRY(lt_model_forward(&tr->model, &tr->ctx, &tr->batch, false, 0.0f, &micro_loss));

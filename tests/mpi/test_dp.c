@@ -39,9 +39,11 @@ static const char *config_text = "model:\n"
                                  "  lr: 3e-3\n"
                                  "  min_lr: 3e-4\n"
                                  "  clip_norm: 0.5\n"
+                                 "  eval_batches: 3\n" // not a multiple of the ranks
                                  "data:\n"
                                  "  path: %s\n"
                                  "  packing: documents\n"
+                                 "  val_fraction: 0.1\n"
                                  "parallel:\n"
                                  "  dp: %d\n"
                                  "  zero: %s\n"
@@ -253,6 +255,21 @@ static void test_20_steps_match_the_single_process(void **state) {
   lt_trainer_destroy(&tr);
 }
 
+static void test_validation_loss_equals_the_single_process(void **state) {
+  (void)state;
+  lt_trainer tr, ref;
+  make_trainer(&tr, &world, false);
+  make_trainer(&ref, &single, false);
+  double loss, ref_loss;
+  // Three micro-batches over 2 or 4 ranks: some ranks evaluate more than others, or none.
+  assert_ok(lt_trainer_eval(&tr, &loss));
+  assert_ok(lt_trainer_eval(&ref, &ref_loss));
+  if (!(fabs(loss - ref_loss) <= 1e-9 * ref_loss))
+    fail_msg("rank %d: validation loss %.17g, single process %.17g", world.rank, loss, ref_loss);
+  lt_trainer_destroy(&ref);
+  lt_trainer_destroy(&tr);
+}
+
 static void test_a_nan_on_one_rank_stops_every_rank(void **state) {
   (void)state;
   lt_trainer tr;
@@ -283,6 +300,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_buckets_tile_the_buffer_from_the_last_parameter),
       cmocka_unit_test(test_buckets_start_while_backward_runs),
       cmocka_unit_test(test_20_steps_match_the_single_process),
+      cmocka_unit_test(test_validation_loss_equals_the_single_process),
       cmocka_unit_test(test_a_nan_on_one_rank_stops_every_rank),
   };
   int failures = cmocka_run_group_tests(tests, NULL, NULL);

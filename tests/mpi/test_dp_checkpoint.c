@@ -41,6 +41,7 @@ static const char *config_text = "model:\n"
                                  "  every: 4\n"
                                  "parallel:\n"
                                  "  bucket_mb: 0.004\n"
+                                 "  timeout_s: 60\n"
                                  "run:\n"
                                  "  threads: 1\n";
 
@@ -154,9 +155,9 @@ static void assert_continues_closely(const char *reference, const char *resumed,
   lt_test_read_records(reference, &ref);
   lt_test_read_records(resumed, &got);
   assert_int_equal(got.n, STEPS - SAVED);
-  static const char *fields[] = {"step", "loss", "grad_norm", "tokens"};
+  static const char *fields[] = {"step", "loss", "grad_norm", "val_loss", "tokens"};
   for (int i = 0; i < got.n; i++)
-    for (int f = 0; f < 4; f++) {
+    for (int f = 0; f < 5; f++) {
       const double want = lt_test_record_value(ref.lines[SAVED + i], fields[f]);
       const double have = lt_test_record_value(got.lines[i], fields[f]);
       if (!(fabs(have - want) <= tolerance * fabs(want)))
@@ -200,20 +201,25 @@ static void test_zero1_and_plain_checkpoints_resume_each_other_bit_for_bit(void 
   assert_continues_bit_for_bit(zero, resume("plain-to-zero", plain, 2, "--set parallel.zero=true"));
 }
 
-static void test_dp2_checkpoint_resumes_at_dp1_and_at_dp4(void **state) {
+// Resumes run `from` (dp = 2) at `ranks` ranks with `sets`: it continues to fp32 rounding.
+static void assert_resumes_closely(const char *from, const char *name, int ranks,
+                                   const char *sets) {
+  const char *resumed = resume(name, from, ranks, sets);
+  assert_continues_closely(from, resumed, 1e-6);
+  char a[600], b[600];
+  checkpoint_of(a, sizeof a, from, STEPS);
+  checkpoint_of(b, sizeof b, resumed, STEPS);
+  assert_same_tensors(b, a, 1e-5);
+}
+
+static void test_dp2_checkpoints_resume_at_dp1_and_at_dp4(void **state) {
   (void)state;
-  const char *a = straight(2, false);
-  char final_a[600], final[600];
-  checkpoint_of(final_a, sizeof final_a, a, STEPS);
-  const char *one = resume("dp2-to-dp1", a, 0, "--set parallel.dp=1");
-  assert_continues_closely(a, one, 1e-6);
-  checkpoint_of(final, sizeof final, one, STEPS);
-  assert_same_tensors(final, final_a, 1e-5);
-  const char *four =
-      resume("dp2-to-dp4-zero", a, 4, "--set parallel.dp=4 --set parallel.zero=true");
-  assert_continues_closely(a, four, 1e-6);
-  checkpoint_of(final, sizeof final, four, STEPS);
-  assert_same_tensors(final, final_a, 1e-5);
+  const char *plain = straight(2, false), *zero = straight(2, true);
+  assert_resumes_closely(plain, "plain-to-dp1", 0, "--set parallel.dp=1");
+  assert_resumes_closely(plain, "plain-to-dp4-zero", 4,
+                         "--set parallel.dp=4 --set parallel.zero=true");
+  assert_resumes_closely(zero, "zero-to-dp1", 0, "--set parallel.dp=1 --set parallel.zero=false");
+  assert_resumes_closely(zero, "zero-to-dp4", 4, "--set parallel.dp=4 --set parallel.zero=false");
 }
 
 static void test_single_process_checkpoint_resumes_at_dp2(void **state) {
@@ -228,7 +234,7 @@ int main(void) {
       cmocka_unit_test(test_dp2_checkpoint_resumed_at_dp2_continues_bit_for_bit),
       cmocka_unit_test(test_every_rank_writes_its_shard_and_zero1_cuts_moments_into_slices),
       cmocka_unit_test(test_zero1_and_plain_checkpoints_resume_each_other_bit_for_bit),
-      cmocka_unit_test(test_dp2_checkpoint_resumes_at_dp1_and_at_dp4),
+      cmocka_unit_test(test_dp2_checkpoints_resume_at_dp1_and_at_dp4),
       cmocka_unit_test(test_single_process_checkpoint_resumes_at_dp2),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
