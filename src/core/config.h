@@ -105,9 +105,10 @@ typedef struct lt_run_config {
 // ranks of one tensor-parallel group are neighbours: one node's fast links).
 typedef struct lt_parallel_config {
   int dp, pp, cp, tp;
-  bool zero;       // ZeRO-1: shard the optimizer state over dp
-  int timeout_s;   // a collective that waits longer ends the job (a dead or hung rank)
-  char pp_layers[256]; // each pipeline stage's layer count ("3,5"); "" for n_layers / pp each
+  bool zero;            // ZeRO-1: shard the optimizer state over dp (x cp)
+  int timeout_s;        // a collective that waits longer ends the job (a dead or hung rank)
+  double bucket_mb;     // gradients are summed over dp (x cp) in buckets of about this size
+  char pp_layers[256];  // each pipeline stage's layer count ("3,5"); "" for n_layers / pp each
 } lt_parallel_config;
 
 typedef struct lt_config {

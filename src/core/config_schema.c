@@ -155,7 +155,8 @@ const lt_config_key lt_config_keys[] = {
         "multiple of train.micro_batch; the quotient is the number of gradient-accumulation "
         "micro-steps."),
     INT("train.micro_batch", train.micro_batch, "0", 0, BIG,
-        "Sequences per forward/backward on one rank; 0 means train.batch (no accumulation)."),
+        "Sequences per forward/backward on one rank; 0 means train.batch / parallel.dp, each "
+        "data-parallel rank's whole share (no accumulation)."),
     INT("train.seq_len", train.seq_len, "1024", 1, BIG, "Tokens per training sequence (T)."),
     FLOAT("train.lr", train.lr, "3e-4", 0, 10, "Peak learning rate, reached after warmup."),
     FLOAT("train.min_lr", train.min_lr, "3e-5", 0, 10,
@@ -187,8 +188,9 @@ const lt_config_key lt_config_keys[] = {
         "Compute the validation loss every this many steps and at the last step; 0 never. "
         "Needs data.val_fraction or data.val_path."),
     INT("train.eval_batches", train.eval_batches, "8", 1, BIG,
-        "Micro-batches of train.micro_batch sequences in each validation pass: the same "
-        "held-out sequences every time, so the values are comparable."),
+        "Micro-batches of train.micro_batch sequences (train.batch when 0) in each validation "
+        "pass, split over the data-parallel ranks: the same held-out sequences every time and "
+        "at every parallel.dp, so the values are comparable."),
 
     STRING("data.path", data.path, "",
            "HDF5 token dataset made by `longtrain prepare` (required for training)."),
@@ -247,10 +249,15 @@ const lt_config_key lt_config_keys[] = {
         "must be multiples of it."),
     BOOL("parallel.zero", parallel.zero, "false",
          "ZeRO-1: each data-parallel rank keeps and updates 1/dp of the optimizer state "
-         "(gradients reduce-scattered, weights all-gathered)."),
+         "(gradients reduce-scattered, weights all-gathered). With context parallelism the "
+         "state is split over the dp * cp ranks that share the weights."),
     INT("parallel.timeout_s", parallel.timeout_s, "600", 1, 86400,
         "A rank that waits this long in one collective ends the whole job with a message naming "
         "the operation (a peer died or hangs)."),
+    FLOAT("parallel.bucket_mb", parallel.bucket_mb, "25", 0.001, 1e6,
+          "Data parallelism sums the gradients in buckets of about this many MiB, each started "
+          "as soon as backward has finished its layers, so communication overlaps the rest of "
+          "the backward (PyTorch DDP's bucket_cap_mb)."),
 };
 
 const int lt_config_n_keys = (int)(sizeof lt_config_keys / sizeof lt_config_keys[0]);
@@ -419,10 +426,16 @@ int lt_config_validate(const lt_config *cfg) {
            "cuts every sequence into 2*cp equal chunks; set train.seq_len to a multiple of %d or "
            "change parallel.cp",
            src, t->seq_len, 2 * cp, 2 * cp);
-  int micro = t->micro_batch ? t->micro_batch : t->batch;
-  LT_CHECK(t->batch % micro == 0, LT_ERR_CONFIG,
-           "%s: train.batch (%d) must be a multiple of train.micro_batch (%d)", src, t->batch,
-           micro);
+  const int dp = cfg->parallel.dp;
+  LT_CHECK(t->batch % dp == 0, LT_ERR_CONFIG,
+           "%s: train.batch (%d) must be a multiple of parallel.dp (%d): each data-parallel rank "
+           "trains on train.batch / parallel.dp sequences",
+           src, t->batch, dp);
+  int micro = t->micro_batch ? t->micro_batch : t->batch / dp;
+  LT_CHECK(t->batch % ((long long)micro * dp) == 0, LT_ERR_CONFIG,
+           "%s: train.batch (%d) must be a multiple of train.micro_batch (%d) times parallel.dp "
+           "(%d)",
+           src, t->batch, micro, dp);
   LT_CHECK(t->min_lr <= t->lr, LT_ERR_CONFIG, "%s: train.min_lr (%g) must not exceed train.lr (%g)",
            src, t->min_lr, t->lr);
   const lt_data_config *d = &cfg->data;

@@ -82,6 +82,7 @@ int lt_model_create(lt_model *model, const lt_model_config *cfg, lt_device devic
                                 &mixer_kind));
     LT_TRY(lt_config_layer_kind(c->ffn, lt_ffn_kinds, c->n_layers, l, "model.ffn", &ffn_kind));
     char name[96];
+    b->first_param = model->params.count;
     snprintf(name, sizeof name, "layers.%d.attn_norm", l);
     LT_TRY(lt_rmsnorm_create(&b->attn_norm, &model->params, name, c->d_model, eps));
     snprintf(name, sizeof name, "layers.%d.attn", l);
@@ -92,6 +93,7 @@ int lt_model_create(lt_model *model, const lt_model_config *cfg, lt_device devic
     LT_TRY(lt_ffn_create(&b->ffn, ffn_kind, &model->params, name, c, l, stds));
   }
   if (model->last_stage) {
+    model->head_first_param = model->params.count;
     LT_TRY(lt_rmsnorm_create(&model->final_norm, &model->params, "final_norm", c->d_model, eps));
     LT_TRY(lt_lm_head_create(&model->head, &model->params,
                              c->tie_embeddings ? &model->embed.weight : NULL, c->vocab_size,
@@ -294,12 +296,18 @@ int lt_model_forward(lt_model *model, lt_ctx *ctx, const lt_batch *batch, bool w
   return rc;
 }
 
+static int grads_ready(const lt_model *model, int first) {
+  return model->grads_ready ? model->grads_ready(model->grads_ready_arg, first) : LT_OK;
+}
+
 int lt_model_backward(lt_model *model, lt_ctx *ctx, const lt_batch *batch) {
   LT_TRY(check_planned(model, batch));
   if (model->last_stage) {
     LT_TRY(lt_zero(ctx, model->d_resid));
     LT_TRY(lt_rmsnorm_backward(ctx, &model->final_norm, model->d_resid, model->d_final,
                                model->x_out, model->final_rstd));
+    // The untied LM head's gradient came with the loss; a tied one is the embedding's (index 0).
+    LT_TRY(grads_ready(model, model->head_first_param));
   }
   // A recomputed forward must not add its auxiliary losses a second time.
   lt_batch replay = *batch;
@@ -309,9 +317,11 @@ int lt_model_backward(lt_model *model, lt_ctx *ctx, const lt_batch *batch) {
     if (model->recompute)
       LT_TRY(block_forward(ctx, b, model->recompute_out, model->branch, &replay));
     LT_TRY(block_backward(ctx, b, model->d_resid, model->d_branch, batch));
+    LT_TRY(grads_ready(model, b->first_param));
   }
   if (!model->first_stage) return LT_OK;
-  return lt_embedding_backward(ctx, &model->embed, model->d_resid, batch->tokens);
+  LT_TRY(lt_embedding_backward(ctx, &model->embed, model->d_resid, batch->tokens));
+  return grads_ready(model, 0);
 }
 
 int lt_model_logits(lt_model *model, lt_ctx *ctx, const lt_batch *batch, lt_tensor logits) {

@@ -10,12 +10,18 @@
 #include "layers/norm.h"
 
 typedef struct lt_block {
+  int first_param; // index of its first parameter (the table holds them in forward order)
   lt_rmsnorm attn_norm, ffn_norm;
   lt_layer *mixer, *ffn;
   lt_tensor x_in;                    // (N, D) block input; kept even with recomputation
   lt_tensor attn_in, attn_rstd;      // what the block saves for backward; with recomputation
   lt_tensor x_mid, ffn_in, ffn_rstd; // these are shared by all blocks and rebuilt in backward
 } lt_block;
+
+// Data parallelism's hook (parallel/dp.h): lt_model_backward calls it as gradients become final,
+// with the lowest parameter index whose gradient is now final (every later one is final too), so
+// their reduction can start while the earlier layers' backward runs.
+typedef int (*lt_grads_ready_fn)(void *arg, int first);
 
 typedef struct lt_model {
   lt_model_config cfg;
@@ -30,6 +36,9 @@ typedef struct lt_model {
   // norm, the LM head and the loss. Without it, one stage holds everything.
   int layer_begin, layer_end;
   bool first_stage, last_stage;
+  int head_first_param;          // the final norm's index; the untied LM head follows it
+  lt_grads_ready_fn grads_ready; // NULL: not called
+  void *grads_ready_arg;
   // Step memory, planned for one (B, T) by lt_model_plan.
   int64_t B, T;
   bool recompute;

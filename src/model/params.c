@@ -5,6 +5,7 @@
 
 #include "core/device.h"
 #include "core/error.h"
+#include "parallel/mesh.h"
 
 #ifdef LT_WITH_CUDA
 #include "kernels/cuda/cuda_kernels.h"
@@ -63,12 +64,27 @@ static lt_tensor param_view(const lt_params *params, const lt_param_info *p, voi
   return lt_view(data, dtype, params->device, p->ndim, p->shape);
 }
 
+// Cuts the flat buffer into equal shards over the data-parallel ranks (padding its end with zeros
+// so that they divide it) and chooses the part whose AdamW state this process keeps.
+static void plan_shards(lt_params *params) {
+  const lt_mesh *mesh = params->mesh;
+  const size_t n_shards = mesh ? (size_t)mesh->dp_cp.size : 1;
+  const size_t rank = mesh ? (size_t)mesh->dp_cp.rank : 0, quantum = PARAM_ALIGN * n_shards;
+  params->numel = (params->numel + quantum - 1) / quantum * quantum;
+  params->shard_numel = params->numel / n_shards;
+  params->shard_start = rank * params->shard_numel;
+  const bool zero = mesh && mesh->parallel.zero && n_shards > 1;
+  params->state_start = zero ? params->shard_start : 0;
+  params->state_numel = zero ? params->shard_numel : params->numel;
+}
+
 int lt_params_allocate(lt_params *params, lt_device device) {
   params->device = device;
-  size_t bytes = params->numel * sizeof(float);
+  plan_shards(params);
   void *buffers[4] = {0};
   const char *what[4] = {"parameters", "gradients", "AdamW first moments", "AdamW second moments"};
   for (int i = 0; i < 4; i++) {
+    size_t bytes = (i < 2 ? params->numel : params->state_numel) * sizeof(float);
     int rc = lt_device_alloc(device, bytes, what[i], &buffers[i]);
     if (rc) {
       for (int j = 0; j < i; j++) lt_device_free(device, buffers[j]);
@@ -145,6 +161,48 @@ int lt_params_sync_compute(lt_params *params) {
 #endif
   (void)params;
   return LT_OK;
+}
+
+bool lt_param_is_copy(const lt_params *params, const lt_param_info *p) {
+  const lt_mesh *mesh = params->mesh;
+  if (p->spec.pipeline_copy) return true;
+  return mesh && p->spec.shard_length == 0 && mesh->coord[LT_AXIS_TP] != 0;
+}
+
+// Elements [lo, hi) of the sub-tensor at dimensions d.. whose indices along the dimensions before
+// d are at[0..d) and whose element 0 is element `base` of the parameter.
+static void split_boxes(const lt_param_info *p, int d, int64_t lo, int64_t hi, int64_t base,
+                        int64_t *at, lt_param_box *boxes, int *n) {
+  int64_t inner = 1;
+  for (int k = d + 1; k < p->ndim; k++) inner *= p->shape[k];
+  int64_t first = lo / inner, end = hi / inner; // rows of dimension d
+  if (lo % inner) {                             // a partial row: split inside it
+    at[d] = first;
+    const int64_t stop = first == end ? hi - first * inner : inner;
+    split_boxes(p, d + 1, lo - first * inner, stop, base + first * inner, at, boxes, n);
+    if (first == end) return;
+    first++;
+  }
+  if (end > first) { // whole rows: one box
+    lt_param_box *b = &boxes[(*n)++];
+    b->start = base + first * inner, b->numel = (end - first) * inner;
+    for (int k = 0; k < p->ndim; k++) {
+      const int64_t local = k < d ? at[k] : k == d ? first : 0;
+      b->offset[k] = p->slice_start[k] + local;
+      b->extent[k] = k < d ? 1 : k == d ? end - first : p->shape[k];
+    }
+  }
+  if (hi % inner) { // a partial last row
+    at[d] = end;
+    split_boxes(p, d + 1, 0, hi - end * inner, base + end * inner, at, boxes, n);
+  }
+}
+
+int lt_param_boxes(const lt_param_info *p, int64_t lo, int64_t hi, lt_param_box *boxes) {
+  int n = 0;
+  int64_t at[LT_MAX_DIMS] = {0};
+  if (lo < hi) split_boxes(p, 0, lo, hi, 0, at, boxes, &n);
+  return n;
 }
 
 const lt_param_info *lt_params_find(const lt_params *params, const char *name) {

@@ -64,13 +64,30 @@ typedef struct lt_params {
                        // register their shards); NULL for a single process
   lt_param_info *info;
   int count, capacity;
-  size_t numel; // elements in each flat buffer, padding included
+  size_t numel; // elements in each flat buffer, padding included: a multiple of 64 * dp * cp
+  // The flat buffer cut into dp * cp equal shards, one per data-parallel rank (the ranks that
+  // hold the same parameters: mesh->dp_cp). This rank's is [shard_start, shard_start +
+  // shard_numel): it computes that part of the gradient norm and writes that part to
+  // checkpoints; under ZeRO-1 it also owns that part's AdamW state and update. A parameter may
+  // straddle two shards.
+  size_t shard_start, shard_numel;
+  // The part of the flat buffer whose AdamW moments this process keeps: all of it, or its shard
+  // under ZeRO-1 (mesh->zero). adam_m[i] and adam_v[i] belong to element state_start + i.
+  size_t state_start, state_numel;
   lt_device device;
   float *master; // f32 weights (updated by the optimizer)
   float *grad;   // f32 gradients
   float *adam_m, *adam_v;
   void *compute; // what the kernels read: == master on the CPU, a bf16 copy on CUDA
 } lt_params;
+
+// Elements [start, start + numel) of a parameter's data (row-major, what this process holds) as
+// a box of the logical tensor: it starts at `offset` and spans `extent` along each dimension.
+typedef struct lt_param_box {
+  int64_t start, numel;
+  int64_t offset[LT_MAX_DIMS], extent[LT_MAX_DIMS];
+} lt_param_box;
+#define LT_PARAM_MAX_BOXES (2 * LT_MAX_DIMS - 1)
 
 const char *lt_param_group_name(lt_param_group group);
 
@@ -88,5 +105,15 @@ int lt_params_zero_grad(lt_params *params);
 int lt_params_sync_compute(lt_params *params);
 const lt_param_info *lt_params_find(const lt_params *params, const char *name);
 void lt_params_free(lt_params *params);
+
+// Whether this process's parameter p is a copy of one that another process also holds whole and
+// counts (in the gradient norm) and writes (in checkpoints): a tensor-parallel replica on a tp
+// rank other than the first, or the last pipeline stage's copy of a tied embedding.
+bool lt_param_is_copy(const lt_params *params, const lt_param_info *p);
+
+// Elements [lo, hi) of p's data (0 <= lo < hi <= p->numel) as consecutive boxes of the logical
+// tensor: a partial row, whole rows, a partial row, at each dimension. Returns how many (at most
+// LT_PARAM_MAX_BOXES). This is how a ZeRO shard's slice of a parameter goes to a checkpoint.
+int lt_param_boxes(const lt_param_info *p, int64_t lo, int64_t hi, lt_param_box *boxes);
 
 #endif

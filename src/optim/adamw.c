@@ -6,9 +6,9 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "parallel/dp.h"
 #include "parallel/mesh.h"
 #include "parallel/pipeline.h"
-#include "parallel/tp.h"
 
 // Weight decay applies to matrices, not to norm gains; the embedding is a matrix but, as in
 // Megatron and most Llama recipes, is excluded unless train.decay_embeddings is set.
@@ -50,28 +50,37 @@ static int parse_freeze(lt_optimizer *opt, const char *spec) {
   return LT_OK;
 }
 
+static size_t clamp(size_t x, size_t lo, size_t hi) {
+  return x < lo ? lo : x > hi ? hi : x;
+}
+
 // Consecutive trained parameters with the same decay, and the padding between them (all zero, so
 // AdamW leaves it zero), form one run: the whole buffer is updated in one pass of a few runs. A
-// frozen parameter is in no run, so the update leaves it alone.
+// frozen parameter is in no run, so the update leaves it alone. Runs cover the AdamW state this
+// process keeps (all of it, or its ZeRO-1 shard, where a parameter may begin or end mid-way:
+// AdamW is elementwise, so updating it in parts computes what updating it whole does) and count
+// from that state's start.
 static int build_runs(lt_optimizer *opt) {
   const lt_params *params = opt->params;
+  const size_t lo = params->state_start, hi = lo + params->state_numel;
   opt->runs = calloc((size_t)params->count + 1, sizeof *opt->runs);
   LT_CHECK(opt->runs, LT_ERR_MEMORY, "out of memory creating the optimizer");
   bool extend = false; // whether the previous parameter ended a run this one may continue
   for (int i = 0; i < params->count; i++) {
     const lt_param_info *p = &params->info[i];
-    if (opt->frozen[i]) {
+    const size_t start = clamp(p->offset, lo, hi),
+                 end = clamp(p->offset + (size_t)p->numel, lo, hi);
+    if (opt->frozen[i] || end == start) {
       extend = false;
       continue;
     }
     float wd = decays(p, &opt->cfg) ? (float)opt->cfg.weight_decay : 0.0f;
-    int64_t end = (int64_t)p->offset + p->numel;
     lt_adamw_run *last = opt->n_runs ? &opt->runs[opt->n_runs - 1] : NULL;
     if (extend && last->weight_decay == wd)
-      last->numel = end - last->start;
+      last->numel = (int64_t)(end - lo) - last->start;
     else
-      opt->runs[opt->n_runs++] =
-          (lt_adamw_run){.start = (int64_t)p->offset, .numel = p->numel, .weight_decay = wd};
+      opt->runs[opt->n_runs++] = (lt_adamw_run){
+          .start = (int64_t)(start - lo), .numel = (int64_t)(end - start), .weight_decay = wd};
     extend = true;
   }
   return LT_OK;
@@ -91,35 +100,49 @@ void lt_optimizer_destroy(lt_optimizer *opt) {
   *opt = (lt_optimizer){0};
 }
 
-static lt_tensor param_part(const lt_params *p, const lt_param_info *info, float *buffer) {
-  return lt_view1(buffer + info->offset, LT_F32, p->device, info->numel);
+static lt_tensor flat_part(const lt_params *p, float *buffer, size_t start, size_t end) {
+  return lt_view1(buffer + start, LT_F32, p->device, (int64_t)(end - start));
+}
+
+// This rank's part of the squared norm: its shard of the gradient buffer (zero padding included)
+// without its copies of parameters that another process counts (lt_param_is_copy). Each
+// uninterrupted run is one sum, so a single process sums its whole buffer at once.
+static int shard_sum_squares(lt_ctx *ctx, const lt_params *p, double *sum) {
+  const size_t lo = p->shard_start, hi = lo + p->shard_numel;
+  size_t run = lo;
+  *sum = 0.0;
+  for (int i = 0; i <= p->count; i++) {
+    const lt_param_info *info = i < p->count ? &p->info[i] : NULL;
+    if (info && !lt_param_is_copy(p, info)) continue;
+    const size_t cut = info ? clamp(info->offset, lo, hi) : hi;
+    if (cut > run) {
+      double part;
+      LT_TRY(lt_sum_squares(ctx, &part, flat_part(p, p->grad, run, cut)));
+      *sum += part;
+    }
+    if (info) run = clamp(info->offset + (size_t)info->numel, run, hi);
+  }
+  return LT_OK;
 }
 
 int lt_grad_norm(lt_ctx *ctx, const lt_params *params, double *norm) {
-  double sum = 0.0;
-  // The whole model's: each process sums the gradients it counts (a tensor-parallel copy on its
-  // first tp rank only, a tied embedding's pipeline copy on the first stage only), then the sums
-  // of the tp ranks and of the pipeline stages are added.
-  for (int i = 0; i < params->count; i++) {
-    const lt_param_info *p = &params->info[i];
-    if (p->spec.pipeline_copy || lt_tp_duplicate(params, p)) continue;
-    double squares;
-    LT_TRY(lt_sum_squares(ctx, &squares,
-                          lt_view1(params->grad + p->offset, LT_F32, params->device, p->numel)));
-    sum += squares;
-  }
-  if (params->mesh) {
-    LT_TRY(lt_all_reduce_sum_f64(&params->mesh->axis[LT_AXIS_TP], &sum, 1));
-    LT_TRY(lt_all_reduce_sum_f64(&params->mesh->axis[LT_AXIS_PP], &sum, 1));
-  }
+  double sum;
+  LT_TRY(shard_sum_squares(ctx, params, &sum));
+  // Every element is counted by exactly one rank: the data-parallel copies by their shards, the
+  // parameters several processes hold whole (tp replicas, a tied embedding's pipeline copy) by
+  // one of them, and each pipeline stage its own layers.
+  if (params->mesh) LT_TRY(lt_all_reduce_sum_f64(&params->mesh->world, &sum, 1));
   *norm = sqrt(sum);
   return LT_OK;
 }
 
 int lt_optimizer_step(lt_optimizer *opt, lt_ctx *ctx, double lr, double *grad_norm) {
   lt_params *p = opt->params;
-  for (int i = 0; i < p->count && opt->n_frozen; i++)
-    if (opt->frozen[i]) LT_TRY(lt_zero(ctx, param_part(p, &p->info[i], p->grad)));
+  for (int i = 0; i < p->count && opt->n_frozen; i++) {
+    const lt_param_info *info = &p->info[i];
+    if (opt->frozen[i])
+      LT_TRY(lt_zero(ctx, flat_part(p, p->grad, info->offset, info->offset + (size_t)info->numel)));
+  }
   LT_TRY(lt_grad_norm(ctx, opt->params, grad_norm));
   LT_CHECK(isfinite(*grad_norm), LT_ERR_NUMERIC,
            "the gradient norm is %g at step %lld: lower train.lr or raise train.warmup, or resume "
@@ -140,12 +163,18 @@ int lt_optimizer_step(lt_optimizer *opt, lt_ctx *ctx, double lr, double *grad_no
                         .step = opt->step,
                         .runs = opt->runs,
                         .n_runs = opt->n_runs};
-  const int64_t n = (int64_t)p->numel;
-  lt_tensor master = lt_view1(p->master, LT_F32, p->device, n);
+  // The AdamW state this process keeps: the whole buffer, or under ZeRO-1 its shard (the runs
+  // count from its start).
+  const size_t lo = p->state_start, n = p->state_numel;
   lt_tensor compute = {0}; // the CPU computes on the master weights themselves
-  if (p->compute != p->master)
-    compute = lt_view1(p->compute, p->device == LT_CUDA ? LT_BF16 : LT_F32, p->device, n);
-  return lt_adamw(ctx, master, lt_view1(p->grad, LT_F32, p->device, n),
-                  lt_view1(p->adam_m, LT_F32, p->device, n),
-                  lt_view1(p->adam_v, LT_F32, p->device, n), compute, &args);
+  if (p->compute != p->master) {
+    const lt_dtype dt = p->device == LT_CUDA ? LT_BF16 : LT_F32;
+    compute = lt_view1((char *)p->compute + lo * lt_dtype_size(dt), dt, p->device, (int64_t)n);
+  }
+  LT_TRY(lt_adamw(ctx, flat_part(p, p->master, lo, lo + n), flat_part(p, p->grad, lo, lo + n),
+                  flat_part(p, p->adam_m, 0, n), flat_part(p, p->adam_v, 0, n), compute, &args));
+  if (!(p->mesh && p->mesh->parallel.zero)) return LT_OK;
+  // ZeRO-1: every rank gets every shard's new weights, and the compute copy follows them.
+  LT_TRY(lt_dp_gather_weights(p));
+  return lt_params_sync_compute(p);
 }

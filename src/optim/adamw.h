@@ -19,12 +19,15 @@ typedef struct lt_optimizer {
 // Fails with LT_ERR_CONFIG when an entry of cfg->freeze matches no parameter, or all of them.
 int lt_optimizer_create(lt_optimizer *opt, lt_params *params, const lt_train_config *cfg);
 void lt_optimizer_destroy(lt_optimizer *opt);
-// Global L2 norm of all gradients (before clipping).
+// Global L2 norm of all gradients (before clipping): of the whole model, over every rank of the
+// mesh (each element counted once: lt_params.shard_*, lt_param_is_copy), the same bits on
+// every rank. A NaN or infinity anywhere makes it non-finite everywhere.
 int lt_grad_norm(lt_ctx *ctx, const lt_params *params, double *norm);
 // One step at learning rate `lr`: clips to cfg.clip_norm by the global norm, updates every
 // parameter that is not frozen, refreshes the compute copy. Frozen parameters' gradients are
 // zeroed first, so they count for nothing in the norm. *grad_norm receives the norm before
-// clipping; a non-finite norm is an error and leaves the weights untouched.
+// clipping; a non-finite norm is an error (on every rank) and leaves the weights untouched.
+// Under ZeRO-1 (params->state_*) it updates this rank's shard, then all-gathers the weights.
 int lt_optimizer_step(lt_optimizer *opt, lt_ctx *ctx, double lr, double *grad_norm);
 
 #endif

@@ -15,7 +15,9 @@ static bool launched_by_mpi(void) {
 int lt_world_init(lt_world *world, int *argc, char ***argv) {
   *world = (lt_world){.rank = 0, .size = 1};
   if (!launched_by_mpi()) return LT_OK;
-  LT_CHECK(MPI_Init(argc, argv) == MPI_SUCCESS, LT_ERR_COMM, "MPI_Init failed");
+  int provided;
+  LT_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) == MPI_SUCCESS, LT_ERR_COMM,
+           "MPI_Init_thread failed");
   world->mpi = true;
   MPI_Comm_rank(MPI_COMM_WORLD, &world->rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world->size);
@@ -29,12 +31,4 @@ void lt_world_finalize(lt_world *world) {
 
 void lt_world_abort(lt_world *world, int code) {
   if (world->mpi && world->size > 1) MPI_Abort(MPI_COMM_WORLD, code);
-}
-
-int lt_world_allreduce_sum(lt_world *world, double *values, int n) {
-  if (!world->mpi || world->size == 1) return LT_OK;
-  LT_CHECK(MPI_Allreduce(MPI_IN_PLACE, values, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) ==
-               MPI_SUCCESS,
-           LT_ERR_COMM, "MPI_Allreduce of %d doubles failed", n);
-  return LT_OK;
 }

@@ -12,12 +12,11 @@ typedef struct lt_world {
   bool mpi; // MPI was initialised (launched under mpirun or srun)
 } lt_world;
 
-// Joins the world: MPI_Init when a launcher's environment is present.
+// Joins the world: MPI_Init when a launcher's environment is present. Only the main thread
+// communicates; the watchdog's thread (parallel/watchdog.h) may call MPI_Abort.
 int lt_world_init(lt_world *world, int *argc, char ***argv);
 void lt_world_finalize(lt_world *world);
 // Ends every rank of the job (after a fatal error on this one).
 void lt_world_abort(lt_world *world, int code);
-// Sums `n` doubles over all ranks, in place, on the host.
-int lt_world_allreduce_sum(lt_world *world, double *values, int n);
 
 #endif

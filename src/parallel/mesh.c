@@ -4,6 +4,11 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "parallel/watchdog.h"
+
+#ifdef LT_WITH_CUDA
+#include "parallel/nccl.h"
+#endif
 
 static const char *axis_names[LT_N_AXES] = {"dp", "pp", "cp", "tp"};
 
@@ -44,8 +49,10 @@ static int split(lt_mesh *mesh, lt_group *g, const char *name, const bool axes[L
   for (int a = 0; a < LT_N_AXES; a++)
     if (axes[a]) size *= mesh->size[a];
   if (size == 1) return LT_OK;
-  LT_CHECK(MPI_Comm_split(MPI_COMM_WORLD, color, key, &g->comm) == MPI_SUCCESS, LT_ERR_COMM,
-           "MPI_Comm_split for the %s group failed", name);
+  lt_watch_begin("creating the communicator", name);
+  int rc = MPI_Comm_split(MPI_COMM_WORLD, color, key, &g->comm);
+  lt_watch_end();
+  LT_CHECK(rc == MPI_SUCCESS, LT_ERR_COMM, "MPI_Comm_split for the %s group failed", name);
   MPI_Comm_rank(g->comm, &g->rank);
   MPI_Comm_size(g->comm, &g->size);
   return LT_OK;
@@ -105,10 +112,25 @@ int lt_mesh_create(lt_mesh *mesh, const lt_world *world, const lt_parallel_confi
   return split_embed_group(mesh);
 }
 
-void lt_mesh_destroy(lt_mesh *mesh) {
-  lt_group *groups[LT_N_AXES + 2] = {&mesh->axis[0], &mesh->axis[1], &mesh->axis[2],
+#ifdef LT_WITH_CUDA
+int lt_mesh_init_nccl(lt_mesh *mesh) {
+  lt_group *groups[LT_N_AXES + 3] = {&mesh->world,   &mesh->axis[0], &mesh->axis[1], &mesh->axis[2],
                                      &mesh->axis[3], &mesh->dp_cp,   &mesh->embed};
-  for (int i = 0; i < LT_N_AXES + 2; i++)
-    if (groups[i]->comm != MPI_COMM_NULL) MPI_Comm_free(&groups[i]->comm);
+  for (int i = 0; i < LT_N_AXES + 3; i++)
+    if (groups[i]->size > 1) LT_TRY(lt_nccl_group_init(groups[i]));
+  return LT_OK;
+}
+#endif
+
+void lt_mesh_destroy(lt_mesh *mesh) {
+  lt_group *groups[LT_N_AXES + 3] = {&mesh->world,   &mesh->axis[0], &mesh->axis[1], &mesh->axis[2],
+                                     &mesh->axis[3], &mesh->dp_cp,   &mesh->embed};
+  for (int i = 0; i < LT_N_AXES + 3; i++) {
+#ifdef LT_WITH_CUDA
+    lt_nccl_group_destroy(groups[i]);
+#endif
+    // The world group's communicator is MPI_COMM_WORLD, which is not ours to free.
+    if (i > 0 && groups[i]->comm != MPI_COMM_NULL) MPI_Comm_free(&groups[i]->comm);
+  }
   lt_mesh_single(mesh);
 }

@@ -38,37 +38,58 @@ typedef struct lt_mesh {
 int lt_mesh_create(lt_mesh *mesh, const lt_world *world, const lt_parallel_config *cfg);
 // A world of one process: every group has size 1 and no communicator.
 void lt_mesh_single(lt_mesh *mesh);
+#ifdef LT_WITH_CUDA
+// Gives every group of more than one rank its NCCL communicator (parallel/nccl.c), after the
+// CUDA context has chosen this rank's GPU. Device tensors need it; host tensors never do.
+int lt_mesh_init_nccl(lt_mesh *mesh);
+#endif
 void lt_mesh_destroy(lt_mesh *mesh);
 // The world rank at the given coordinates.
 int lt_mesh_rank_of(const lt_mesh *mesh, const int coord[LT_N_AXES]);
 
-// Collectives over a group, on host tensors through MPI (device tensors through NCCL in CUDA
-// builds). A group of size 1 returns at once, so single-process runs never touch MPI. Reductions
-// take f32 (sum or max); gathers and point-to-point move any dtype.
+// Collectives over a group, on host tensors through MPI and on device tensors through NCCL (CUDA
+// builds; the group's NCCL communicator from lt_mesh_init_nccl). A group of size 1 returns at
+// once, so single-process runs never touch MPI. Reductions take f32 (and bf16 on the device; sum
+// or max); gathers and point-to-point move any dtype. Every wait is watched: one that outlasts
+// parallel.timeout_s ends the job (parallel/watchdog.h).
 
 // t = sum (or max) of every rank's t, in place.
 int lt_all_reduce_sum(const lt_group *g, lt_tensor t);
 int lt_all_reduce_max(const lt_group *g, lt_tensor t);
-// Sums n doubles (host) over the group so that every rank gets the same bits: each rank's values
-// travel as their 64-bit patterns and every rank adds them in rank order. For the loss, token
-// counts and the gradient norm, which every rank must agree on exactly.
-int lt_all_reduce_sum_f64(const lt_group *g, double *values, int n);
-// out = the ranks' `in` concatenated in rank order (out holds size * numel(in) elements).
+// out = the ranks' `in` concatenated in rank order (out holds size * numel(in) elements). `in`
+// may be this rank's own place in `out` (an in-place gather).
 int lt_all_gather(const lt_group *g, lt_tensor out, lt_tensor in);
 // out = this rank's 1/size slice (in rank order) of the sum of every rank's `in`.
 int lt_reduce_scatter_sum(const lt_group *g, lt_tensor out, lt_tensor in);
 int lt_broadcast(const lt_group *g, lt_tensor t, int root);
+// values[0..n) = their sum over the group, on the host, added in rank order: every rank gets the
+// same bits, whatever MPI's reduction algorithm (losses, token counts, the gradient norm).
+int lt_all_reduce_sum_f64(const lt_group *g, double *values, int n);
 
-// Point to point, for rings (context parallel) and pipelines. Either side may be absent
-// (data == NULL, or rank < 0). Started calls complete in lt_wait, so communication can overlap
-// compute: start the next exchange, compute, wait.
+// Started calls complete in lt_wait, so communication can overlap compute: start, compute, wait.
 typedef struct lt_request {
   MPI_Request req[2];
   int n;
+  int *counts;    // a host reduce-scatter's parts: MPI may read them until the call completes
+  void *event;    // a device call: the CUDA event recorded where it ends (parallel/nccl.c)
+  const char *op; // for the watchdog's and errors' messages
+  const lt_group *group;
 } lt_request;
+
+// Non-blocking forms. All-reduce: t summed over the group, in place. Reduce-scatter with
+// uneven parts: in holds counts[r] elements for each rank r in rank order, and rank r's `out`
+// (counts[r] elements, not inside `in`) receives the sum of every rank's part r.
+int lt_start_all_reduce_sum(const lt_group *g, lt_tensor t, lt_request *request);
+int lt_start_reduce_scatter_sum(const lt_group *g, lt_tensor out, lt_tensor in,
+                                const int64_t *counts, lt_request *request);
+
+// Point to point, for rings (context parallel) and pipelines. Either side may be absent
+// (data == NULL, or rank < 0).
 int lt_start_sendrecv(const lt_group *g, lt_tensor send, int dst, lt_tensor recv, int src,
                       lt_request *request);
 int lt_wait(lt_request *request);
+// Whether a started call has completed (it still needs lt_wait); lets MPI progress it meanwhile.
+int lt_test(lt_request *request, bool *done);
 int lt_sendrecv(const lt_group *g, lt_tensor send, int dst, lt_tensor recv, int src);
 
 #endif

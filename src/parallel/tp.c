@@ -97,7 +97,3 @@ int lt_tp_gather_last_dim(const lt_tp *tp, lt_tensor out, lt_tensor in) {
   return LT_OK;
 }
 
-bool lt_tp_duplicate(const lt_params *params, const lt_param_info *p) {
-  const lt_tp tp = lt_tp_of(params);
-  return tp.rank != 0 && p->spec.shard_length == 0;
-}

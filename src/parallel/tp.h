@@ -62,11 +62,4 @@ int lt_tp_split_last_dim(const lt_tp *tp, lt_tensor out, lt_tensor in);
 // gather: out (rows, C * size) = every rank's in (rows, C) side by side, in rank order.
 int lt_tp_gather_last_dim(const lt_tp *tp, lt_tensor out, lt_tensor in);
 
-// Whether parameter p is a copy of one another tp rank holds too (a norm gain, a router: not
-// split), on a rank other than the first of its group. Such copies have the same values and
-// gradients on every rank; they are counted once in the gradient norm and written to
-// checkpoints once (Megatron's param_is_not_tensor_parallel_duplicate, negated). Every split
-// parameter is split over tp: no other axis shards parameters.
-bool lt_tp_duplicate(const lt_params *params, const lt_param_info *p);
-
 #endif

@@ -11,9 +11,11 @@
 // A shard dataset holds a slice of the logical (unsharded) tensor: its shape is the slice's
 // extent, attribute `offset` says where the slice starts along each dimension and
 // `logical_shape` gives the whole tensor's shape. One process writes one shard of whole tensors;
-// a tensor-, pipeline- or ZeRO-parallel run writes one shard per rank, each with the slices that
-// rank owns. The reader assembles any requested slice from whichever shards cover it, so any
-// parallel layout loads any checkpoint.
+// a run of several ranks writes one shard per rank (shard-RRRRR-of-NNNNN.h5, R the world rank),
+// each with the slices that rank owns (lt_checkpoint_write_params). A shard may hold several
+// slices of one tensor (a ZeRO-1 shard that begins mid-row): the first is named NAME, the others
+// NAME@1, NAME@2, ... The reader assembles any requested slice from whichever shards cover it,
+// so any parallel layout loads any checkpoint.
 //
 // Integrity: files use HDF5's 1.10 format (checksummed metadata), every tensor is chunked with
 // Fletcher-32 (verified by HDF5 on every read), and reads are checked against the file's size and
@@ -79,10 +81,11 @@ int lt_checkpoint_begin(lt_checkpoint_writer *w, const char *root, int64_t step,
 int lt_checkpoint_write_slice(lt_checkpoint_writer *w, lt_ckpt_kind kind, const char *name,
                               int ndim, const int64_t *logical, const int64_t *offset,
                               const int64_t *extent, const float *data);
-// Every parameter this process holds, as the slice of the logical tensor it is (the whole tensor
-// without parallelism), and with `optimizer` the AdamW moments. A parameter several processes
-// hold whole is written once: a tensor-parallel copy by its first tp rank, a tied embedding's
-// pipeline copy by the first stage.
+// This process's part of every parameter and, with `optimizer`, of the AdamW moments: the part of
+// its shard of the flat buffer (lt_params.shard_*) of each parameter it counts (not a copy another
+// process writes: lt_param_is_copy), as slices of the logical tensors. A single process writes
+// every tensor whole; data-parallel ranks split the writing between them, and under ZeRO-1 each
+// writes exactly the moments it keeps.
 int lt_checkpoint_write_params(lt_checkpoint_writer *w, const lt_params *params, bool optimizer);
 // Closes and fsyncs this rank's shard: what every rank but 0 does last.
 int lt_checkpoint_finish_shard(lt_checkpoint_writer *w);
@@ -90,13 +93,16 @@ int lt_checkpoint_finish_shard(lt_checkpoint_writer *w);
 // shard 0, writes meta.h5, makes the folder durable and renames it into place. On failure the
 // temporary folder is removed and the earlier checkpoints are untouched.
 int lt_checkpoint_commit(lt_checkpoint_writer *w, const lt_checkpoint_meta *meta);
+// After a failure: closes this rank's shard; on rank 0 (shard 0) also removes the temporary
+// folder, once the other ranks have aborted theirs.
 void lt_checkpoint_abort(lt_checkpoint_writer *w);
 
 // --- reading (checkpoint_read.c) ---
 
 typedef struct lt_ckpt_piece {
   lt_ckpt_kind kind;
-  char name[96];
+  char name[96]; // the tensor's name
+  int part;      // its dataset is NAME@part when part > 0
   int shard, ndim;
   int64_t offset[LT_MAX_DIMS], extent[LT_MAX_DIMS], logical[LT_MAX_DIMS];
 } lt_ckpt_piece;
@@ -121,8 +127,9 @@ int lt_checkpoint_shape(const lt_checkpoint *ck, lt_ckpt_kind kind, const char *
 // the slice) from every shard piece that overlaps it; fails unless the pieces cover it whole.
 int lt_checkpoint_read_slice(lt_checkpoint *ck, lt_ckpt_kind kind, const char *name, int ndim,
                              const int64_t *offset, const int64_t *extent, float *out);
-// Every parameter of `params` by logical name (and with `optimizer`, the AdamW moments). A tensor
-// missing from either side, or of another shape, is LT_ERR_CKPT naming it and both shapes.
+// Every parameter of `params` by logical name, its own slice of each (and with `optimizer`, the
+// AdamW moments this process keeps: lt_params.state_*). A tensor missing from either side, or of
+// another shape, is LT_ERR_CKPT naming it and both shapes.
 int lt_checkpoint_read_params(lt_checkpoint *ck, lt_params *params, bool optimizer);
 
 // The resolved config of an open checkpoint, then each "a.b=value" override. An unreadable saved

@@ -85,11 +85,20 @@ static int add_piece(lt_checkpoint *ck, const lt_ckpt_piece *piece, int *capacit
   return LT_OK;
 }
 
+// The dataset of a piece: NAME, or NAME@part for a tensor's further slices in one shard.
+static const char *piece_link(const lt_ckpt_piece *piece, char *buf, size_t cap) {
+  if (piece->part == 0) return piece->name;
+  snprintf(buf, cap, "%s@%d", piece->name, piece->part);
+  return buf;
+}
+
 // One dataset of a shard's group: an f32 slice with its offset and logical shape.
 static int index_dataset(lt_checkpoint *ck, hid_t group, const char *file, lt_ckpt_piece *piece,
                          int *capacity) {
-  hid_t set = H5Dopen2(group, piece->name, H5P_DEFAULT);
-  if (set < 0) return corrupt(ck, file, "cannot open tensor %s", piece->name);
+  char buf[sizeof piece->name + 16];
+  const char *link = piece_link(piece, buf, sizeof buf);
+  hid_t set = H5Dopen2(group, link, H5P_DEFAULT);
+  if (set < 0) return corrupt(ck, file, "cannot open tensor %s", link);
   hid_t type = H5Dget_type(set), space = H5Dget_space(set);
   bool f32 = H5Tget_class(type) == H5T_FLOAT && H5Tget_size(type) == 4;
   piece->ndim = H5Sget_simple_extent_ndims(space);
@@ -135,7 +144,12 @@ static int index_shard(lt_checkpoint *ck, int shard, int *capacity) {
       lt_ckpt_piece piece = {.kind = (lt_ckpt_kind)k, .shard = shard};
       ssize_t len = H5Lget_name_by_idx(group, ".", H5_INDEX_NAME, H5_ITER_INC, i, piece.name,
                                        sizeof piece.name, H5P_DEFAULT);
-      if (len <= 0 || len >= (ssize_t)sizeof piece.name)
+      char *part = len > 0 ? strchr(piece.name, '@') : NULL, *end = NULL;
+      if (part) {
+        *part = '\0';
+        piece.part = (int)strtol(part + 1, &end, 10);
+      }
+      if (len <= 0 || len >= (ssize_t)sizeof piece.name || (part && (*end || piece.part < 1)))
         rc = corrupt(ck, file, "a tensor name in /%s is unreadable", lt_ckpt_kind_group(k));
       else
         rc = index_dataset(ck, group, file, &piece, capacity);
@@ -227,10 +241,11 @@ static int read_overlap(lt_checkpoint *ck, const lt_ckpt_piece *piece, const int
   }
   char file[64];
   snprintf(file, sizeof file, "shard-%05d-of-%05d.h5", piece->shard, (int)ck->meta.n_shards);
-  char path[200];
-  snprintf(path, sizeof path, "%s/%s", lt_ckpt_kind_group(piece->kind), piece->name);
+  char path[200], buf[sizeof piece->name + 16];
+  const char *link = piece_link(piece, buf, sizeof buf);
+  snprintf(path, sizeof path, "%s/%s", lt_ckpt_kind_group(piece->kind), link);
   hid_t group = H5Gopen2(ck->files[piece->shard], lt_ckpt_kind_group(piece->kind), H5P_DEFAULT);
-  hid_t set = group < 0 ? -1 : H5Dopen2(group, piece->name, H5P_DEFAULT);
+  hid_t set = group < 0 ? -1 : H5Dopen2(group, link, H5P_DEFAULT);
   const char *problem =
       set < 0 ? "cannot open it"
               : lt_h5_check_selection(set, ndim, file_start, count, ck->file_sizes[piece->shard]);
@@ -295,7 +310,10 @@ static int check_no_extra_tensors(const lt_checkpoint *ck, const lt_params *para
   return rc;
 }
 
-static int read_param(lt_checkpoint *ck, lt_ckpt_kind kind, const lt_param_info *p, float *host) {
+// The box [offset, offset + extent) of parameter p's logical tensor, once its logical shape is
+// checked against the checkpoint's.
+static int read_box(lt_checkpoint *ck, lt_ckpt_kind kind, const lt_param_info *p,
+                    const int64_t *offset, const int64_t *extent, float *out) {
   int ndim;
   int64_t shape[LT_MAX_DIMS];
   LT_TRY(lt_checkpoint_shape(ck, kind, p->name, &ndim, shape));
@@ -308,8 +326,24 @@ static int read_param(lt_checkpoint *ck, lt_ckpt_kind kind, const lt_param_info 
                    ck->dir, p->name, shape_text(ndim, shape, have, sizeof have),
                    shape_text(p->ndim, p->logical_shape, want, sizeof want), ck->dir);
   }
-  // A sharded parameter reads its own slice, whatever the layout that wrote the checkpoint.
-  return lt_checkpoint_read_slice(ck, kind, p->name, ndim, p->slice_start, p->shape, host);
+  return lt_checkpoint_read_slice(ck, kind, p->name, ndim, offset, extent, out);
+}
+
+static size_t clamp(size_t x, size_t lo, size_t hi) {
+  return x < lo ? lo : x > hi ? hi : x;
+}
+
+// The part [start, end) of the flat buffer of parameter p (kind `kind`) into `host`, whatever
+// layout wrote the checkpoint: a sharded parameter reads its own slice, a ZeRO-1 shard the boxes
+// of its part of the moments.
+static int read_part(lt_checkpoint *ck, lt_ckpt_kind kind, const lt_param_info *p, size_t start,
+                     size_t end, float *host) {
+  lt_param_box boxes[LT_PARAM_MAX_BOXES];
+  const int64_t at = (int64_t)(start - p->offset);
+  const int n = lt_param_boxes(p, at, (int64_t)(end - p->offset), boxes);
+  for (int b = 0; b < n; b++)
+    LT_TRY(read_box(ck, kind, p, boxes[b].offset, boxes[b].extent, host + (boxes[b].start - at)));
+  return LT_OK;
 }
 
 int lt_checkpoint_read_params(lt_checkpoint *ck, lt_params *params, bool optimizer) {
@@ -321,14 +355,20 @@ int lt_checkpoint_read_params(lt_checkpoint *ck, lt_params *params, bool optimiz
   float *host = malloc((size_t)largest * sizeof *host);
   LT_CHECK(host, LT_ERR_MEMORY, "out of host memory reading checkpoint %s", ck->dir);
   int rc = LT_OK;
-  for (int k = 0; k < (optimizer ? LT_CKPT_KINDS : 1) && rc == LT_OK; k++)
+  for (int k = 0; k < (optimizer ? LT_CKPT_KINDS : 1) && rc == LT_OK; k++) {
+    // Weights everywhere; the moments where this process keeps them (lt_params.state_*).
+    const size_t lo = k == LT_CKPT_WEIGHTS ? 0 : params->state_start;
+    const size_t hi = k == LT_CKPT_WEIGHTS ? params->numel : lo + params->state_numel;
     for (int i = 0; i < params->count && rc == LT_OK; i++) {
       const lt_param_info *p = &params->info[i];
-      rc = read_param(ck, (lt_ckpt_kind)k, p, host);
+      const size_t start = clamp(p->offset, lo, hi), end = clamp(p->offset + p->numel, lo, hi);
+      if (end == start) continue;
+      rc = read_part(ck, (lt_ckpt_kind)k, p, start, end, host);
       if (rc == LT_OK)
-        rc = lt_device_copy(buffers[k] + p->offset, params->device, host, LT_CPU,
-                            (size_t)p->numel * sizeof(float));
+        rc = lt_device_copy(buffers[k] + (start - lo), params->device, host, LT_CPU,
+                            (end - start) * sizeof(float));
     }
+  }
   free(host);
   LT_TRY(rc);
   return lt_params_sync_compute(params);

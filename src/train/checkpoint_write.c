@@ -11,7 +11,6 @@
 #include "core/error.h"
 #include "core/fsutil.h"
 #include "core/h5util.h"
-#include "parallel/tp.h"
 #include "train/checkpoint.h"
 
 // Tensors are stored in chunks of about 1 MiB (whole rows along dim 0): small enough that a
@@ -126,8 +125,14 @@ int lt_checkpoint_write_slice(lt_checkpoint_writer *w, lt_ckpt_kind kind, const 
   return LT_OK;
 }
 
+static size_t clamp(size_t x, size_t lo, size_t hi) {
+  return x < lo ? lo : x > hi ? hi : x;
+}
+
 int lt_checkpoint_write_params(lt_checkpoint_writer *w, const lt_params *params, bool optimizer) {
-  float *buffers[LT_CKPT_KINDS] = {params->master, params->adam_m, params->adam_v};
+  const float *buffers[LT_CKPT_KINDS] = {params->master, params->adam_m, params->adam_v};
+  const size_t first[LT_CKPT_KINDS] = {0, params->state_start, params->state_start};
+  const size_t lo = params->shard_start, hi = lo + params->shard_numel;
   int64_t largest = 0;
   for (int i = 0; i < params->count; i++)
     if (params->info[i].numel > largest) largest = params->info[i].numel;
@@ -137,14 +142,20 @@ int lt_checkpoint_write_params(lt_checkpoint_writer *w, const lt_params *params,
   for (int k = 0; k < (optimizer ? LT_CKPT_KINDS : 1) && rc == LT_OK; k++)
     for (int i = 0; i < params->count && rc == LT_OK; i++) {
       const lt_param_info *p = &params->info[i];
-      // Written once: a pipeline stage's copy of a tied embedding by the first stage, a
-      // tensor-parallel copy by the first tp rank.
-      if (p->spec.pipeline_copy || lt_tp_duplicate(params, p)) continue;
-      rc = lt_device_copy(host, LT_CPU, buffers[k] + p->offset, params->device,
-                          (size_t)p->numel * sizeof(float));
-      if (rc == LT_OK)
-        rc = lt_checkpoint_write_slice(w, (lt_ckpt_kind)k, p->name, p->ndim, p->logical_shape,
-                                       p->slice_start, p->shape, host);
+      const size_t start = clamp(p->offset, lo, hi), end = clamp(p->offset + p->numel, lo, hi);
+      if (end == start || lt_param_is_copy(params, p)) continue;
+      rc = lt_device_copy(host, LT_CPU, buffers[k] + (start - first[k]), params->device,
+                          (end - start) * sizeof(float));
+      lt_param_box boxes[LT_PARAM_MAX_BOXES];
+      const int64_t at = (int64_t)(start - p->offset);
+      const int n = lt_param_boxes(p, at, (int64_t)(end - p->offset), boxes);
+      for (int b = 0; b < n && rc == LT_OK; b++) {
+        char name[sizeof p->name + 16];
+        snprintf(name, sizeof name, b ? "%s@%d" : "%s", p->name, b);
+        rc = lt_checkpoint_write_slice(w, (lt_ckpt_kind)k, name, p->ndim, p->logical_shape,
+                                       boxes[b].offset, boxes[b].extent,
+                                       host + (boxes[b].start - at));
+      }
     }
   free(host);
   return rc;
@@ -226,6 +237,6 @@ void lt_checkpoint_abort(lt_checkpoint_writer *w) {
   }
   if (w->file >= 0) H5Fclose(w->file);
   w->file = -1;
-  lt_remove_tree(w->tmp);
+  if (w->shard == 0) lt_remove_tree(w->tmp); // the folder is shard 0's: the others close theirs
   lt_fail(LT_OK, "%s", message);
 }

@@ -107,9 +107,11 @@ int main(int argc, char **argv) {
     if (world.rank == 0)
       fprintf(stderr, rc == LT_STOPPED ? "longtrain: %s\n" : "longtrain: error: %s\n",
               lt_error_message());
+  } else if (rc != LT_OK && world.size > 1) { // which rank failed, then the whole job ends
+    fprintf(stderr, "longtrain: error: rank %d: %s\n", world.rank, lt_error_message());
+    lt_world_abort(&world, rc);
   } else if (rc != LT_OK) {
     fprintf(stderr, "longtrain: error: %s\n", lt_error_message());
-    lt_world_abort(&world, rc);
   }
   lt_world_finalize(&world);
   return rc;

@@ -133,6 +133,21 @@ static void describe(const lt_trainer *tr) {
     lt_info("validation: %lld windows of %s; %d micro-batches every %d steps",
             (long long)tr->val_loader.n_windows, tr->val_loader.data->path,
             tr->cfg.train.eval_batches, tr->cfg.train.eval_every);
+  const lt_mesh *mesh = &tr->mesh;
+  if (mesh->world_size > 1) {
+    const lt_params *p = &tr->model.params;
+    char state[32];
+    lt_info("parallel: dp %d x pp %d x cp %d x tp %d on %d ranks; gradients summed over %d ranks "
+            "in %d bucket%s of parallel.bucket_mb %g%s%s%s",
+            mesh->size[LT_AXIS_DP], mesh->size[LT_AXIS_PP], mesh->size[LT_AXIS_CP],
+            mesh->size[LT_AXIS_TP], mesh->world_size, mesh->dp_cp.size, tr->dp.n_buckets,
+            tr->dp.n_buckets == 1 ? "" : "s", tr->cfg.parallel.bucket_mb,
+            tr->dp.zero ? "; ZeRO-1: " : "",
+            tr->dp.zero
+                ? lt_format_bytes(2.0 * (double)p->state_numel * sizeof(float), state, sizeof state)
+                : "",
+            tr->dp.zero ? " of AdamW state per rank" : "");
+  }
   if (tr->opt.n_frozen)
     lt_info("frozen: %d of %d parameter tensors (train.freeze: %s)", tr->opt.n_frozen,
             tr->model.params.count, tr->cfg.train.freeze);
@@ -190,7 +205,7 @@ static double now_s(void) {
 static int stop_requested(lt_trainer *tr, const char **why) {
   const int mine = lt_signals_pending();
   double caught = mine;
-  LT_TRY(lt_world_allreduce_sum(tr->world, &caught, 1));
+  LT_TRY(lt_all_reduce_sum_f64(&tr->mesh.world, &caught, 1));
   *why = mine == SIGTERM   ? "SIGTERM"
          : mine == SIGUSR1 ? "SIGUSR1"
          : caught > 0      ? "a signal to another rank"

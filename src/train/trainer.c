@@ -4,13 +4,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/device.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "optim/schedule.h"
-#include "parallel/pipeline.h"
 #include "parallel/context.h"
+#include "parallel/pipeline.h"
+#include "parallel/watchdog.h"
 #include "train/checkpoint.h"
 
 // Opens `path` as the dataset of config key `key` and checks it fits the model's vocab.
@@ -65,22 +67,27 @@ static int allocate_batches(lt_trainer *tr) {
 
 int lt_trainer_create(lt_trainer *tr, const lt_config *cfg, lt_world *world) {
   *tr = (lt_trainer){.cfg = *cfg, .world = world};
+  lt_mesh_single(&tr->mesh);
   const lt_train_config *t = &tr->cfg.train;
+  if (world->size > 1) LT_TRY(lt_watchdog_start(cfg->parallel.timeout_s, world->rank));
+  LT_TRY(lt_mesh_create(&tr->mesh, world, &cfg->parallel));
+  // lt_config_validate checked that train.batch divides into micro-batches on every dp rank.
+  const int dp = tr->mesh.size[LT_AXIS_DP];
   tr->seq_len = t->seq_len;
-  tr->micro_batch = t->micro_batch ? t->micro_batch : t->batch;
-  LT_CHECK(t->batch % (tr->micro_batch * world->size) == 0, LT_ERR_CONFIG,
-           "%s: train.batch (%d) must be a multiple of train.micro_batch (%lld) times the %d "
-           "data-parallel ranks",
-           cfg->source, t->batch, (long long)tr->micro_batch, world->size);
-  tr->accum = t->batch / (tr->micro_batch * world->size);
+  tr->micro_batch = t->micro_batch ? t->micro_batch : t->batch / dp;
+  tr->accum = t->batch / (tr->micro_batch * dp);
   lt_device device = cfg->run.device == LT_DEVICE_CUDA ? LT_CUDA : LT_CPU;
   LT_TRY(lt_ctx_init(&tr->ctx, device, cfg->run.threads));
+#ifdef LT_WITH_CUDA
+  if (device == LT_CUDA) LT_TRY(lt_mesh_init_nccl(&tr->mesh));
+#endif
   LT_TRY(open_data(tr));
-  LT_TRY(lt_model_create(&tr->model, &tr->cfg.model, device, NULL));
+  LT_TRY(lt_model_create(&tr->model, &tr->cfg.model, device, &tr->mesh));
   // Context parallel: the model sees this rank's seq_len / cp tokens of each sequence (model.T).
-  LT_TRY(lt_model_plan(&tr->model, tr->micro_batch,
-                       lt_cp_local_len(tr->seq_len, tr->model.params.mesh), t->recompute));
+  LT_TRY(lt_model_plan(&tr->model, tr->micro_batch, lt_cp_local_len(tr->seq_len, &tr->mesh),
+                       t->recompute));
   LT_TRY(lt_optimizer_create(&tr->opt, &tr->model.params, t));
+  LT_TRY(lt_dp_create(&tr->dp, &tr->model.params, cfg->parallel.bucket_mb));
   return allocate_batches(tr);
 }
 
@@ -91,6 +98,7 @@ void lt_trainer_destroy(lt_trainer *tr) {
   free(tr->host.pos);
   free(tr->host.doc);
   lt_arena_destroy(&tr->batch_arena);
+  lt_dp_destroy(&tr->dp);
   lt_optimizer_destroy(&tr->opt);
   lt_model_destroy(&tr->model);
   lt_loader_destroy(&tr->loader);
@@ -98,6 +106,8 @@ void lt_trainer_destroy(lt_trainer *tr) {
   lt_dataset_close(&tr->data);
   lt_dataset_close(&tr->val_data);
   lt_ctx_destroy(&tr->ctx);
+  lt_mesh_destroy(&tr->mesh);
+  if (tr->world->size > 1) lt_watchdog_stop();
 }
 
 // Points tr->batch at micro-batch m of the host buffers (copying to the device if needed).
@@ -127,20 +137,35 @@ static lt_micro_batches micro_batches(lt_trainer *tr, int64_t count) {
       .count = count, .load = load_micro_batch, .state = tr, .batch = &tr->batch};
 }
 
-// The target tokens among the first n of the host buffers, summed over the ranks.
+// The target tokens among the first n of the host buffers, summed over the data-parallel ranks
+// (dp x cp: together they hold the step's tokens once; tp and pp ranks hold the same ones).
 static int count_targets(lt_trainer *tr, int64_t n, double *count) {
   *count = 0;
   for (int64_t i = 0; i < n; i++) *count += tr->host.targets[i] != LT_IGNORE_INDEX;
-  return lt_world_allreduce_sum(tr->world, count, 1);
+  return lt_all_reduce_sum_f64(&tr->mesh.dp_cp, count, 1);
 }
 
-int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out) {
+// LT_FAULT_INJECT=hang:rank=R,step=S (tests): world rank R stops answering at the start of step
+// S, as a rank stuck in a loop or on a dead file system would; the other ranks' watchdogs must
+// end the job (parallel/watchdog.h).
+static void injected_hang(const lt_trainer *tr) {
+  const char *spec = getenv("LT_FAULT_INJECT");
+  int rank;
+  long long step;
+  if (!spec || sscanf(spec, "hang:rank=%d,step=%lld", &rank, &step) != 2) return;
+  if (rank != tr->world->rank || step != tr->opt.step + 1) return;
+  for (;;) pause();
+}
+
+int lt_trainer_forward_backward(lt_trainer *tr, double *loss, double *aux) {
+  injected_hang(tr);
   const int64_t n_step = tr->accum * tr->micro_batch * tr->model.T;
-  LT_TRY(
-      lt_loader_next(&tr->loader, tr->cfg.train.batch, tr->world->rank, tr->world->size, tr->host));
+  const lt_mesh *mesh = &tr->mesh;
+  // Every rank of one data-parallel replica (its cp, tp and pp ranks) reads the same sequences.
+  LT_TRY(lt_loader_next(&tr->loader, tr->cfg.train.batch, mesh->coord[LT_AXIS_DP],
+                        mesh->size[LT_AXIS_DP], tr->host));
   // Context parallel: keep this rank's zigzag chunks, so it stages and counts only its own tokens.
-  lt_zigzag_keep_local_samples(&tr->host, tr->accum * tr->micro_batch, tr->seq_len,
-                               tr->model.params.mesh);
+  lt_zigzag_keep_local_samples(&tr->host, tr->accum * tr->micro_batch, tr->seq_len, mesh);
   // The loss is the mean over every target token of the step, whatever the accumulation: each
   // micro-batch's gradient is scaled by 1 / (the step's target count), known before any runs.
   double count;
@@ -148,27 +173,45 @@ int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out) {
   LT_CHECK(count > 0, LT_ERR_DATA, "%s: a whole step has no target tokens", tr->data.path);
   const float grad_scale = (float)(1.0 / count);
   LT_TRY(lt_params_zero_grad(&tr->model.params));
-  // Auxiliary losses are means over a micro-batch's tokens already: the step's is their mean.
-  tr->aux.grad_scale = (float)(1.0 / (double)tr->accum);
-  double loss_sum = 0.0, aux_sum = 0.0;
-  // Pipeline parallelism: the stages run the micro-batches in the 1F1B order instead, and every
-  // stage gets the loss and auxiliary losses summed as this loop sums them.
+  // Auxiliary losses are means over a micro-batch's tokens already: the step's is their mean over
+  // every data-parallel replica's micro-batches, as one process running them all would take it.
+  // Under context parallelism each cp rank's routers see the whole sequence's statistics (every
+  // cp rank reports the same value), while their gradients are shares that the cp sum completes.
+  const double replica_micro_batches = (double)tr->accum * mesh->size[LT_AXIS_DP];
+  tr->aux.grad_scale = (float)(1.0 / replica_micro_batches);
+  double sums[2] = {0.0, 0.0}; // loss, auxiliary loss
+  // Pipeline parallelism: the stages run the micro-batches in the 1F1B order instead, every stage
+  // getting the loss and auxiliary losses summed as this loop sums them; the data-parallel sum
+  // then runs once the whole pipeline is done (after its tied-embedding sum), not overlapped.
   const lt_micro_batches micro = micro_batches(tr, tr->accum);
   const bool pipelined = lt_pipeline_stages(&tr->model) > 1;
   if (pipelined)
-    LT_TRY(lt_pipeline_train_step(&tr->model, &tr->ctx, &micro, grad_scale, &loss_sum, &aux_sum,
-                                  NULL));
+    LT_TRY(
+        lt_pipeline_train_step(&tr->model, &tr->ctx, &micro, grad_scale, &sums[0], &sums[1], NULL));
   for (int64_t m = 0; m < tr->accum && !pipelined; m++) {
     double micro_loss;
     LT_TRY(stage_micro_batch(tr, m));
     tr->aux.sum = 0.0; // read before backward, which may run the forward again (recompute)
     LT_TRY(lt_model_forward(&tr->model, &tr->ctx, &tr->batch, true, grad_scale, &micro_loss));
-    aux_sum += tr->aux.sum;
-    LT_TRY(lt_model_backward(&tr->model, &tr->ctx, &tr->batch));
-    loss_sum += micro_loss;
+    sums[1] += tr->aux.sum;
+    // The gradients are summed over the data-parallel ranks once, as the last backward ends.
+    tr->model.grads_ready = m + 1 == tr->accum ? lt_dp_grads_ready : NULL;
+    tr->model.grads_ready_arg = &tr->dp;
+    int rc = lt_model_backward(&tr->model, &tr->ctx, &tr->batch);
+    tr->model.grads_ready = NULL;
+    LT_TRY(rc);
+    sums[0] += micro_loss;
   }
-  LT_TRY(lt_world_allreduce_sum(tr->world, &loss_sum, 1));
-  double loss = loss_sum / count;
+  LT_TRY(lt_dp_finish(&tr->dp));
+  LT_TRY(lt_all_reduce_sum_f64(&mesh->dp_cp, sums, 2));
+  *loss = sums[0] / count;
+  *aux = sums[1] / (replica_micro_batches * mesh->size[LT_AXIS_CP]);
+  return LT_OK;
+}
+
+int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out) {
+  double loss, aux;
+  LT_TRY(lt_trainer_forward_backward(tr, &loss, &aux));
   LT_CHECK(isfinite(loss), LT_ERR_NUMERIC,
            "the loss is %g at step %lld: lower train.lr or raise train.warmup, or resume from an "
            "earlier checkpoint",
@@ -179,7 +222,7 @@ int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out) {
   *out = (lt_step_metrics){.step = tr->opt.step,
                            .steps = tr->cfg.train.steps,
                            .loss = loss,
-                           .aux_loss = aux_sum / (double)tr->accum,
+                           .aux_loss = aux,
                            .lr = lr,
                            .grad_norm = grad_norm,
                            .tokens_seen = tr->tokens_seen};
@@ -188,13 +231,19 @@ int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out) {
 
 int lt_trainer_eval(lt_trainer *tr, double *loss) {
   LT_ASSERT(tr->has_val);
-  const int64_t n = tr->micro_batch * tr->model.T;
-  const int64_t global = tr->micro_batch * tr->world->size;
+  // The validation set is what one process reads, whatever the layout: train.eval_batches
+  // micro-batches of train.micro_batch sequences (train.batch when 0). It is cut into this run's
+  // micro-batches, dealt to the data-parallel ranks in turn, so the value can be compared across
+  // runs at another dp; the cp, tp and pp ranks of a replica take the same ones.
+  const lt_train_config *t = &tr->cfg.train;
+  const int64_t n = tr->micro_batch * tr->model.T,
+                single = t->micro_batch ? t->micro_batch : t->batch;
+  const int64_t parts = t->eval_batches * single / tr->micro_batch;
   double sums[2] = {0, 0}; // loss, target tokens
-  tr->val_loader.next_sample = 0;
-  for (int b = 0; b < tr->cfg.train.eval_batches; b++) {
-    LT_TRY(lt_loader_next(&tr->val_loader, global, tr->world->rank, tr->world->size, tr->host));
-    lt_zigzag_keep_local_samples(&tr->host, tr->micro_batch, tr->seq_len, tr->model.params.mesh);
+  for (int64_t c = tr->mesh.coord[LT_AXIS_DP]; c < parts; c += tr->mesh.size[LT_AXIS_DP]) {
+    tr->val_loader.next_sample = c * tr->micro_batch;
+    LT_TRY(lt_loader_next(&tr->val_loader, tr->micro_batch, 0, 1, tr->host));
+    lt_zigzag_keep_local_samples(&tr->host, tr->micro_batch, tr->seq_len, &tr->mesh);
     double micro_loss;
     const lt_micro_batches one = micro_batches(tr, 1);
     if (lt_pipeline_stages(&tr->model) > 1) {
@@ -206,7 +255,7 @@ int lt_trainer_eval(lt_trainer *tr, double *loss) {
     sums[0] += micro_loss;
     for (int64_t i = 0; i < n; i++) sums[1] += tr->host.targets[i] != LT_IGNORE_INDEX;
   }
-  LT_TRY(lt_world_allreduce_sum(tr->world, sums, 2));
+  LT_TRY(lt_all_reduce_sum_f64(&tr->mesh.dp_cp, sums, 2));
   LT_CHECK(sums[1] > 0, LT_ERR_DATA, "the validation set has no target tokens");
   *loss = sums[0] / sums[1];
   return LT_OK;
@@ -239,18 +288,24 @@ int lt_trainer_resume(lt_trainer *tr, const char *dir) {
     tr->tokens_seen = ck.meta.tokens_seen;
     tr->loader.next_sample = ck.meta.data_position;
     tr->train_seconds = ck.meta.train_seconds;
-    warn_config_differences(tr, ck.meta.config_yaml, ck.dir);
+    if (tr->mesh.world_rank == 0) // one warning per run, not one per rank
+      warn_config_differences(tr, ck.meta.config_yaml, ck.dir);
   }
   lt_checkpoint_close(&ck);
   return rc;
 }
 
-int lt_trainer_save(lt_trainer *tr, double train_seconds, char *written, size_t cap) {
-  // Every data-parallel rank holds the whole model: rank 0 writes it as one shard. The
-  // parallelism issue adds a shard per rank for split tensors.
-  if (tr->world->rank != 0) return LT_OK;
-  char root[LT_PATH_MAX + 16];
-  lt_checkpoint_root(tr->cfg.run.dir, root, sizeof root);
+// Every rank learns the worst status of all (LT_OK when all succeeded); a rank that did not fail
+// itself fails with a message pointing at the one that did.
+static int agree(const lt_trainer *tr, int rc, const char *what) {
+  float worst = (float)rc;
+  LT_TRY(lt_all_reduce_max(&tr->mesh.world, lt_view1(&worst, LT_F32, LT_CPU, 1)));
+  if (rc != LT_OK || worst == LT_OK) return rc;
+  return lt_fail((int)worst, "%s failed on another rank (its message says why)", what);
+}
+
+// Rank 0, once every shard is on disk: meta.h5, then the folder into place (or, on failure, away).
+static int commit(const lt_trainer *tr, lt_checkpoint_writer *w, double train_seconds) {
   lt_checkpoint_meta meta = {.step = tr->opt.step,
                              .tokens_seen = tr->tokens_seen,
                              .data_position = tr->loader.next_sample,
@@ -258,16 +313,34 @@ int lt_trainer_save(lt_trainer *tr, double train_seconds, char *written, size_t 
                              .n_params = lt_model_n_params(&tr->model),
                              .train_seconds = train_seconds};
   snprintf(meta.config_source, sizeof meta.config_source, "%s", tr->cfg.source);
-  LT_TRY(lt_config_to_yaml(&tr->cfg, &meta.config_yaml));
-  lt_checkpoint_writer w;
-  int rc = lt_checkpoint_begin(&w, root, tr->opt.step, 0, 1);
-  if (rc == LT_OK) rc = lt_checkpoint_write_params(&w, &tr->model.params, true);
+  int rc = lt_config_to_yaml(&tr->cfg, &meta.config_yaml);
   if (rc == LT_OK)
-    rc = lt_checkpoint_commit(&w, &meta);
+    rc = lt_checkpoint_commit(w, &meta); // removes the temporary folder itself on failure
   else
-    lt_checkpoint_abort(&w);
+    lt_checkpoint_abort(w);
   lt_checkpoint_meta_free(&meta);
-  LT_TRY(rc);
+  return rc;
+}
+
+int lt_trainer_save(lt_trainer *tr, double train_seconds, char *written, size_t cap) {
+  const int rank = tr->mesh.world_rank, n_ranks = tr->mesh.world_size;
+  char root[LT_PATH_MAX + 16];
+  lt_checkpoint_root(tr->cfg.run.dir, root, sizeof root);
+  // Rank 0 makes the temporary folder; then every rank writes its shard file into it, rank 0
+  // commits once all are on disk, and all learn whether it worked.
+  lt_checkpoint_writer w;
+  int rc = rank == 0 ? lt_checkpoint_begin(&w, root, tr->opt.step, 0, n_ranks) : LT_OK;
+  if (rc != LT_OK) lt_checkpoint_abort(&w);
+  LT_TRY(agree(tr, rc, "starting the checkpoint"));
+  if (rank != 0) rc = lt_checkpoint_begin(&w, root, tr->opt.step, rank, n_ranks);
+  if (rc == LT_OK) rc = lt_checkpoint_write_params(&w, &tr->model.params, true);
+  if (rc == LT_OK && rank != 0) rc = lt_checkpoint_finish_shard(&w);
+  rc = agree(tr, rc, "writing the checkpoint's shards");
+  if (rc == LT_OK && rank == 0)
+    rc = commit(tr, &w, train_seconds);
+  else if (rc != LT_OK)
+    lt_checkpoint_abort(&w);
+  LT_TRY(agree(tr, rc, "committing the checkpoint"));
   snprintf(written, cap, "%s", w.dir);
-  return lt_checkpoint_prune(root, tr->cfg.checkpoint.keep);
+  return rank == 0 ? lt_checkpoint_prune(root, tr->cfg.checkpoint.keep) : LT_OK;
 }

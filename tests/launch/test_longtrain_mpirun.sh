@@ -76,7 +76,7 @@ expect_line "more ranks than cores: unpinned and oversubscribed" \
 expect_error "a Slurm job of another task count" 3 "Slurm job 5 has 2 tasks (SLURM_NTASKS)" \
   SLURM_JOB_ID=5 SLURM_NTASKS=2 -- --dry-run train --config $config --set parallel.dp=4
 expect_error "more ranks per node than GPUs" 3 "12 ranks per node but 8 GPUs per node" \
-  PATH="$work/gpus:/usr/bin:/bin" -- --dry-run --ranks-per-node 12 train --config $config --set parallel.dp=12
+  PATH="$work/gpus:/usr/bin:/bin" -- --dry-run --ranks-per-node 12 train --config $config --set parallel.dp=12 --set train.batch=24
 expect_error "more ranks than GPU slots" 3 "1 node(s) x 8 ranks per node hold only 8" \
   PATH="$work/gpus:/usr/bin:/bin" -- --dry-run train --config $config --set parallel.dp=4 --set parallel.tp=4
 expect_error "several nodes without GPUs and no ranks per node" 3 "give --ranks-per-node" \

@@ -248,7 +248,7 @@ static void count_work(const ring_case *c, int64_t *skipped, int64_t *tiles, int
   assert_int_equal(stats.skipped % 2, 0); // the backward skips what the forward skipped
   *skipped = stats.skipped / 2;
   double total = (double)mine_tiles;
-  assert_ok(lt_world_allreduce_sum(&world, &total, 1));
+  assert_ok(lt_all_reduce_sum_f64(&meshes[1].world, &total, 1));
   *tiles = (int64_t)total;
   lt_ring_attention_destroy(ring);
   lt_arena_destroy(&acts), lt_arena_destroy(&scratch);
@@ -264,7 +264,7 @@ static void test_a_sliding_window_skips_the_steps_that_see_nothing(void **state)
   count_work(&c, &skipped, &tiles, &tiles_one);
   assert_int_equal(skipped, blind_steps(&meshes[1], &c));
   double total_skipped = (double)skipped;
-  assert_ok(lt_world_allreduce_sum(&world, &total_skipped, 1));
+  assert_ok(lt_all_reduce_sum_f64(&meshes[1].world, &total_skipped, 1));
   assert_true(total_skipped == 6.0); // of 16 steps: ranks 0 and 3 skip 2, ranks 1 and 2 one
   // Tiles count forward and backward, one kernel's and all ranks' together: the same work.
   assert_int_equal(tiles, tiles_one);

@@ -82,10 +82,11 @@ const lt_test_run_files *lt_test_run_files_get(void) {
   return &f;
 }
 
-pid_t lt_test_spawn(const char *log, const char *args) {
+// Starts `prefix ARGS`: the words of prefix, then ARGS split at spaces.
+static pid_t spawn(const char *log, const char *const *prefix, const char *args) {
   char *copy = strdup(args), *argv[64];
   int argc = 0;
-  argv[argc++] = (char *)lt_test_binary();
+  while (*prefix) argv[argc++] = (char *)*prefix++;
   for (char *tok = strtok(copy, " "); tok && argc < 63; tok = strtok(NULL, " ")) argv[argc++] = tok;
   argv[argc] = NULL;
   fflush(NULL);
@@ -101,6 +102,18 @@ pid_t lt_test_spawn(const char *log, const char *args) {
   }
   free(copy);
   return pid;
+}
+
+pid_t lt_test_spawn(const char *log, const char *args) {
+  return spawn(log, (const char *const[]){lt_test_binary(), NULL}, args);
+}
+
+pid_t lt_test_spawn_mpi(const char *log, int ranks, const char *args) {
+  char n[16];
+  snprintf(n, sizeof n, "%d", ranks);
+  return spawn(
+      log, (const char *const[]){LT_MPIEXEC, "--oversubscribe", "-np", n, lt_test_binary(), NULL},
+      args);
 }
 
 int lt_test_wait(pid_t pid) {

@@ -17,6 +17,8 @@ const lt_test_run_files *lt_test_run_files_get(void);
 
 // Starts `longtrain ARGS` (ARGS split at spaces) with stdout and stderr into `log`.
 pid_t lt_test_spawn(const char *log, const char *args);
+// Starts `mpirun --oversubscribe -np RANKS longtrain ARGS` likewise.
+pid_t lt_test_spawn_mpi(const char *log, int ranks, const char *args);
 // Waits for it: its exit status, or 128 + the signal that ended it.
 int lt_test_wait(pid_t pid);
 // Runs `longtrain ARGS` to the end; its output into `log`.

@@ -423,6 +423,22 @@ static void test_batch_must_be_a_multiple_of_micro_batch(void **state) {
   EXPECT_CONFIG_ERROR(rc, path, "train.batch (10) must be a multiple of train.micro_batch (4)");
 }
 
+static void test_batch_must_split_evenly_over_data_parallel_ranks(void **state) {
+  (void)state;
+  char path[1200];
+  int rc = load_bad_file("train:\n  batch: 10\nparallel:\n  dp: 4\n", path, sizeof path);
+  EXPECT_CONFIG_ERROR(rc, path, "train.batch (10) must be a multiple of parallel.dp (4)");
+  rc = load_bad_file("train:\n  batch: 8\n  micro_batch: 4\nparallel:\n  dp: 4\n", path,
+                     sizeof path);
+  EXPECT_CONFIG_ERROR(rc, path,
+                      "train.batch (8) must be a multiple of train.micro_batch (4) times "
+                      "parallel.dp (4)");
+  // micro_batch 0 is each rank's whole share.
+  lt_config cfg;
+  assert_ok(
+      lt_config_load_string(&cfg, "train:\n  batch: 8\nparallel:\n  dp: 4\n", "ok.yaml", 0, NULL));
+}
+
 static void test_min_lr_may_not_exceed_lr(void **state) {
   (void)state;
   char path[1200];
@@ -614,6 +630,7 @@ int main(void) {
       cmocka_unit_test(test_head_width_must_be_even),
       cmocka_unit_test(test_seq_len_may_not_exceed_max_seq_len),
       cmocka_unit_test(test_batch_must_be_a_multiple_of_micro_batch),
+      cmocka_unit_test(test_batch_must_split_evenly_over_data_parallel_ranks),
       cmocka_unit_test(test_min_lr_may_not_exceed_lr),
       cmocka_unit_test(test_eval_every_needs_a_validation_set),
       cmocka_unit_test(test_val_fraction_and_val_path_are_exclusive),
