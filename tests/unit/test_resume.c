@@ -17,6 +17,7 @@
 #include "runs.h"
 #include "testing.h"
 #include "train/checkpoint.h"
+#include "train/checkpoint_manifest.h"
 
 enum { STEPS = 40 };
 
@@ -205,8 +206,8 @@ static void test_resuming_from_an_earlier_checkpoint_warns_about_later_ones(void
     checkpoint_dir(from, sizeof from, straight_run(), step);
     checkpoint_dir(to, sizeof to, dir, step);
     assert_ok(lt_make_dirs(to));
-    const char *files[] = {"meta.h5", "shard-00000-of-00001.h5"};
-    for (int i = 0; i < 2; i++) {
+    const char *files[] = {"meta.h5", "shard-00000-of-00001.h5", LT_MANIFEST_FILE};
+    for (int i = 0; i < 3; i++) {
       char a[700], b[700];
       snprintf(a, sizeof a, "%s/%s", from, files[i]);
       snprintf(b, sizeof b, "%s/%s", to, files[i]);
