@@ -18,11 +18,18 @@ void lt_h5_init(void) {
 
 hid_t lt_h5_create(const char *path) {
   lt_h5_init();
-  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS), fcpl = H5Pcreate(H5P_FILE_CREATE);
   H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110);
-  hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+  H5Pset_obj_track_times(fcpl, false); // the root group's
+  hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, fcpl, fapl);
+  H5Pclose(fcpl);
   H5Pclose(fapl);
   return file;
+}
+
+hid_t lt_h5_no_times(hid_t plist) {
+  H5Pset_obj_track_times(plist, false);
+  return plist;
 }
 
 hid_t lt_h5_open(const char *path) {

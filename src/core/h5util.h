@@ -17,8 +17,13 @@
 // handler (see h5util.c). lt_h5_create, lt_h5_open and the dataset reader call it.
 void lt_h5_init(void);
 // Creates (truncating) `path` in HDF5's 1.10 format, whose metadata (superblock, object headers,
-// chunk indexes) carries checksums that HDF5 verifies on every read. h5py reads it.
+// chunk indexes) carries checksums that HDF5 verifies on every read. h5py reads it. The root
+// group records no times: objects made with lt_h5_no_times too leave the same bytes for the same
+// content (a checkpoint's CRC-32C then depends on its content alone).
 hid_t lt_h5_create(const char *path);
+// A group or dataset creation property list `plist` set to record no access or modification
+// times; returns it.
+hid_t lt_h5_no_times(hid_t plist);
 // Opens read-only with HDF5's own error printing silenced (errors are reported by the caller).
 hid_t lt_h5_open(const char *path);
 

@@ -71,11 +71,12 @@ int lt_checkpoint_begin(lt_checkpoint_writer *w, const char *root, int64_t step,
   errno = 0;
   w->file = lt_h5_create(w->shard_path);
   if (w->file < 0) return write_failed(w, "creating the shard", errno);
-  for (int k = 0; k < LT_CKPT_KINDS; k++) {
-    w->groups[k] =
-        H5Gcreate2(w->file, lt_ckpt_kind_group(k), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  hid_t gcpl = lt_h5_no_times(H5Pcreate(H5P_GROUP_CREATE));
+  for (int k = 0; k < LT_CKPT_KINDS; k++)
+    w->groups[k] = H5Gcreate2(w->file, lt_ckpt_kind_group(k), H5P_DEFAULT, gcpl, H5P_DEFAULT);
+  H5Pclose(gcpl);
+  for (int k = 0; k < LT_CKPT_KINDS; k++)
     if (w->groups[k] < 0) return write_failed(w, "creating the shard's groups", errno);
-  }
   int attrs = lt_h5_write_i64(w->file, "format_version", LT_CHECKPOINT_FORMAT_VERSION) |
               lt_h5_write_i64(w->file, "shard", shard) |
               lt_h5_write_i64(w->file, "n_shards", n_shards);
@@ -104,7 +105,8 @@ int lt_checkpoint_write_slice(lt_checkpoint_writer *w, lt_ckpt_kind kind, const 
              lt_ckpt_kind_group(kind), name);
     return write_failed(w, what, ENOSPC);
   }
-  hid_t space = H5Screate_simple(ndim, dims, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+  hid_t space = H5Screate_simple(ndim, dims, NULL),
+        dcpl = lt_h5_no_times(H5Pcreate(H5P_DATASET_CREATE));
   H5Pset_chunk(dcpl, ndim, chunk);
   H5Pset_fletcher32(dcpl);
   errno = 0;

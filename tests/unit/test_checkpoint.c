@@ -195,6 +195,26 @@ static void test_files_are_plain_hdf5_with_logical_names_and_checksums(void **st
   lt_model_destroy(&model);
 }
 
+// No times in the files: the same state gives the same bytes, so a checkpoint's checksums depend
+// on its content alone.
+static void test_the_same_state_saved_twice_gives_identical_files(void **state) {
+  (void)state;
+  const char *a = lt_test_tmpdir(), *b = lt_test_tmpdir();
+  lt_model model;
+  toy_model(&model, 32, 1);
+  assert_ok(save(a, 2, &model));
+  sleep(1); // HDF5 records times in seconds
+  assert_ok(save(b, 2, &model));
+  const char *files[] = {"meta.h5", "shard-00000-of-00001.h5", LT_MANIFEST_FILE};
+  for (int i = 0; i < 3; i++) {
+    char x[600], y[600];
+    snprintf(x, sizeof x, "%s/step_00000002/%s", a, files[i]);
+    snprintf(y, sizeof y, "%s/step_00000002/%s", b, files[i]);
+    if (!lt_test_same_file(x, y)) fail_msg("%s and %s differ", x, y);
+  }
+  lt_model_destroy(&model);
+}
+
 // --- several shards ---
 
 // Writes `model` as two shards that split every tensor along dim 0 at its middle (rows
@@ -646,6 +666,7 @@ int main(void) {
       cmocka_unit_test(test_load_weights_leaves_the_optimizer_state_alone),
       cmocka_unit_test(test_read_config_gives_the_saved_config),
       cmocka_unit_test(test_files_are_plain_hdf5_with_logical_names_and_checksums),
+      cmocka_unit_test(test_the_same_state_saved_twice_gives_identical_files),
       cmocka_unit_test(test_two_shards_split_by_rows_load_into_one_process),
       cmocka_unit_test(test_missing_shard_is_a_checkpoint_error_naming_it),
       cmocka_unit_test(test_only_complete_checkpoints_count_as_the_latest),
