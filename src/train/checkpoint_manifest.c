@@ -156,7 +156,7 @@ static int by_name(const void *a, const void *b) {
 }
 
 int lt_manifest_format(lt_manifest *m, char **text, size_t *len) {
-  qsort(m->files, (size_t)m->n_files, sizeof *m->files, by_name);
+  if (m->n_files > 1) qsort(m->files, (size_t)m->n_files, sizeof *m->files, by_name);
   const size_t line_max = sizeof m->files->name + MAX_DIGITS + 12;
   const size_t cap = HEADER_LEN + 24 + (size_t)m->n_files * line_max + TRAILER_LEN + 1;
   char *buf = malloc(cap);
@@ -198,11 +198,13 @@ static int checksum_file(const char *path, int64_t *size, uint32_t *crc) {
   struct stat st;
   char *block = NULL;
   int err = fstat(fd, &st) != 0 ? errno : !S_ISREG(st.st_mode) ? EINVAL : 0;
-  if (!err) err = (block = malloc(READ_BLOCK)) ? 0 : ENOMEM;
+  // Blocks of READ_BLOCK bytes, or one of the file's size when it is smaller.
+  const size_t block_size = !err && st.st_size < READ_BLOCK ? (size_t)st.st_size + 1 : READ_BLOCK;
+  if (!err) err = (block = malloc(block_size)) ? 0 : ENOMEM;
   posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
   *size = 0, *crc = 0;
   while (!err) {
-    ssize_t got = read(fd, block, READ_BLOCK);
+    ssize_t got = read(fd, block, block_size);
     if (got < 0 && errno == EINTR) continue;
     if (got <= 0) {
       err = got < 0 ? errno : 0;

@@ -44,7 +44,9 @@ static void write_seed(const char *file, hid_t token_type, int vocab) {
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc, (void)argv;
   const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-  snprintf(path, sizeof path, "%s/lt-fuzz-dataset-%d.h5", tmp, (int)getpid());
+  // The pid at a fixed width: messages quote the path, and the coverage of the code that writes
+  // them must not change with its length (fuzz.sh runs a fixed number of inputs, reproducibly).
+  snprintf(path, sizeof path, "%s/lt-fuzz-dataset-%010d.h5", tmp, (int)getpid());
   // LT_FUZZ_WRITE_SEEDS=DIR: write the seed corpus into DIR and stop; tests/fuzz/corpus/dataset
   // was made so.
   const char *seeds = getenv("LT_FUZZ_WRITE_SEEDS");
