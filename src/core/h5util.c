@@ -133,10 +133,11 @@ int lt_h5_read_string_alloc(hid_t obj, const char *name, char **out) {
     } else {
       free(buf);
     }
-  } else { // variable length, as h5py writes by default
+  } else { // variable length, as h5py writes by default (in UTF-8)
     char *value = NULL;
     hid_t mem = H5Tcopy(H5T_C_S1);
     H5Tset_size(mem, H5T_VARIABLE);
+    H5Tset_cset(mem, H5Tget_cset(type)); // HDF5 converts between no two character sets
     if (H5Aread(attr, mem, &value) >= 0 && value) {
       if (strlen(value) <= LT_H5_MAX_STRING) *out = strdup(value);
       rc = *out ? 0 : -1;

@@ -41,7 +41,9 @@ static void write_counting_dataset(const char *path, int64_t n, int vocab) {
 }
 
 // An HDF5 file written directly, for what lt_dataset_writer refuses to make: /tokens (uint32) only
-// when `tokens` is not NULL, with doc_offsets and attributes as a dataset has them.
+// when `tokens` is not NULL, with doc_offsets and attributes as a dataset has them. Laid out as
+// h5py writes by default: HDF5's earliest format (no metadata checksums), contiguous datasets
+// without Fletcher-32, the string attribute variable-length UTF-8.
 static void write_raw_hdf5(const char *path, const uint32_t *tokens, hsize_t n, int64_t vocab) {
   hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
   assert_true(file >= 0);
@@ -71,10 +73,12 @@ static void write_raw_hdf5(const char *path, const uint32_t *tokens, hsize_t n, 
     H5Sclose(scalar);
   }
   hid_t type = H5Tcopy(H5T_C_S1);
-  H5Tset_size(type, 5);
+  H5Tset_size(type, H5T_VARIABLE);
+  H5Tset_cset(type, H5T_CSET_UTF8);
   hid_t scalar = H5Screate(H5S_SCALAR);
   hid_t attr = H5Acreate2(file, "tokenizer", type, scalar, H5P_DEFAULT, H5P_DEFAULT);
-  assert_true(H5Awrite(attr, type, "byte") >= 0);
+  const char *tokenizer = "byte";
+  assert_true(H5Awrite(attr, type, &tokenizer) >= 0);
   H5Aclose(attr);
   H5Sclose(scalar);
   H5Tclose(type);
@@ -432,6 +436,22 @@ static void test_token_outside_the_vocab_is_a_data_error_naming_the_file(void **
   lt_dataset_close(&ds);
 }
 
+// README promises that datasets written another way work; h5py's default layout is the common one.
+static void test_dataset_in_h5py_default_layout_reads_back(void **state) {
+  (void)state;
+  char path[1200];
+  snprintf(path, sizeof path, "%s/h5py.h5", lt_test_tmpdir());
+  const uint32_t tokens[] = {1, 2, 258, 3, 4};
+  write_raw_hdf5(path, tokens, 5, LT_BYTE_VOCAB);
+  lt_dataset ds;
+  assert_ok(lt_dataset_open(&ds, path));
+  assert_string_equal(ds.tokenizer, "byte");
+  int32_t out[5];
+  assert_ok(lt_dataset_read(&ds, 0, 5, out));
+  for (int i = 0; i < 5; i++) assert_int_equal(out[i], tokens[i]);
+  lt_dataset_close(&ds);
+}
+
 static void test_missing_dataset_is_a_data_error_naming_it(void **state) {
   (void)state;
   char path[1200];
@@ -492,6 +512,7 @@ int main(void) {
       cmocka_unit_test(test_each_epoch_visits_every_window_once_in_a_new_order),
       cmocka_unit_test(test_dataset_shorter_than_one_window_is_a_data_error),
       cmocka_unit_test(test_token_outside_the_vocab_is_a_data_error_naming_the_file),
+      cmocka_unit_test(test_dataset_in_h5py_default_layout_reads_back),
       cmocka_unit_test(test_missing_dataset_is_a_data_error_naming_it),
       cmocka_unit_test(test_non_hdf5_file_is_a_data_error_naming_it),
       cmocka_unit_test(test_truncated_dataset_is_a_data_error_naming_it),
