@@ -233,6 +233,20 @@ const char *lt_h5_check_selection(hid_t dset, int ndim, const uint64_t *start,
   return problem;
 }
 
+int lt_h5_superblock_version(const char *path) {
+  static const unsigned char signature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+  FILE *f = fopen(path, "rb");
+  if (!f) return -1;
+  int version = -1;
+  unsigned char head[9];
+  for (long at = 0; version < 0 && at <= ((long)1 << 40); at = at ? 2 * at : 512) {
+    if (fseek(f, at, SEEK_SET) != 0 || fread(head, 1, sizeof head, f) != sizeof head) break;
+    if (memcmp(head, signature, sizeof signature) == 0) version = head[8];
+  }
+  fclose(f);
+  return version;
+}
+
 int64_t lt_file_size(const char *path) {
   struct stat st;
   return stat(path, &st) == 0 ? (int64_t)st.st_size : -1;

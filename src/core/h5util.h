@@ -50,6 +50,12 @@ int lt_h5_read_string_alloc(hid_t obj, const char *name, char **out);
 const char *lt_h5_check_selection(hid_t dset, int ndim, const uint64_t *start,
                                   const uint64_t *count, int64_t file_size);
 
+// The version of the HDF5 superblock of the file at `path`, read without HDF5 (the signature at
+// byte 0, 512, 1024, 2048, ...), or -1. From version 2 on (HDF5 1.8's format and later, which
+// lt_h5_create writes), HDF5 checksums all of a file's metadata but its global heap; versions 0
+// and 1 (HDF5's earliest format, h5py's default) checksum none of it.
+int lt_h5_superblock_version(const char *path);
+
 // The size of the file at `path` in bytes, or -1.
 int64_t lt_file_size(const char *path);
 

@@ -82,6 +82,7 @@ int lt_dataset_open(lt_dataset *ds, const char *path) {
                    "prepare`): prepare it again",
                    path);
   ds->file_size = lt_file_size(path);
+  ds->metadata_checksummed = lt_h5_superblock_version(path) >= 2;
   ds->file = lt_h5_open(path);
   if (ds->file < 0)
     return open_fail(ds, "cannot open the HDF5 file (truncated or corrupt?): prepare it again");

@@ -7,6 +7,7 @@
 #ifndef LT_DATASET_H
 #define LT_DATASET_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "core/config.h"
@@ -18,6 +19,7 @@ typedef struct lt_dataset {
   char path[LT_PATH_MAX];
   int64_t file, tokens, offsets; // HDF5 handles
   int64_t file_size;             // bytes, to refuse reads that a damaged file sends past its end
+  bool metadata_checksummed;     // HDF5 superblock version >= 2 (see lt_h5_superblock_version)
   int64_t n_tokens, n_docs;
   int vocab_size, eos_id, token_bits;
   char tokenizer[64];

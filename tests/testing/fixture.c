@@ -74,3 +74,46 @@ int64_t lt_fixture_data_offset(const char *path, const char *name) {
   if (addr == HADDR_UNDEF) fail_msg("%s in %s has no data on disk", name, path);
   return (int64_t)addr;
 }
+
+void lt_fixture_write_h5py_dataset(const char *path, const uint32_t *tokens, int64_t n_tokens,
+                                   int64_t vocab) {
+  hsize_t n = (hsize_t)n_tokens;
+  hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  assert_true(file >= 0);
+  if (tokens) {
+    hid_t space = H5Screate_simple(1, &n, NULL);
+    hid_t set =
+        H5Dcreate2(file, "tokens", H5T_STD_U32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    assert_true(H5Dwrite(set, H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, tokens) >= 0);
+    H5Dclose(set);
+    H5Sclose(space);
+  }
+  hsize_t two = 2;
+  uint64_t offsets[2] = {0, n};
+  hid_t space = H5Screate_simple(1, &two, NULL);
+  hid_t set =
+      H5Dcreate2(file, "doc_offsets", H5T_STD_U64LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  assert_true(H5Dwrite(set, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, offsets) >= 0);
+  H5Dclose(set);
+  H5Sclose(space);
+  const char *names[2] = {"vocab_size", "eos_id"};
+  int64_t values[2] = {vocab, vocab - 1};
+  for (int i = 0; i < 2; i++) {
+    hid_t scalar = H5Screate(H5S_SCALAR);
+    hid_t attr = H5Acreate2(file, names[i], H5T_STD_I64LE, scalar, H5P_DEFAULT, H5P_DEFAULT);
+    assert_true(H5Awrite(attr, H5T_NATIVE_INT64, &values[i]) >= 0);
+    H5Aclose(attr);
+    H5Sclose(scalar);
+  }
+  hid_t type = H5Tcopy(H5T_C_S1);
+  H5Tset_size(type, H5T_VARIABLE);
+  H5Tset_cset(type, H5T_CSET_UTF8);
+  hid_t scalar = H5Screate(H5S_SCALAR);
+  hid_t attr = H5Acreate2(file, "tokenizer", type, scalar, H5P_DEFAULT, H5P_DEFAULT);
+  const char *tokenizer = "byte";
+  assert_true(H5Awrite(attr, type, &tokenizer) >= 0);
+  H5Aclose(attr);
+  H5Sclose(scalar);
+  H5Tclose(type);
+  H5Fclose(file);
+}

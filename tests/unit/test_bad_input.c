@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "data/dataset.h"
 #include "fixture.h"
 #include "train/checkpoint.h"
 #include "train/checkpoint_manifest.h"
@@ -86,6 +87,29 @@ static void test_truncated_dataset_exits_4_naming_it(void **state) {
                                lt_test_run_files_get()->config, data, lt_test_tmpdir()),
               out, LT_ERR_DATA, data, "prepare it again");
   free(out);
+}
+
+// Not an error: a dataset in h5py's default layout trains, with one warning that says what it
+// risks and how to convert it.
+static void test_dataset_without_metadata_checksums_trains_with_a_warning(void **state) {
+  (void)state;
+  char data[512], log[600], args[2000];
+  path_in(data, sizeof data, lt_test_tmpdir(), "h5py.h5");
+  lt_dataset prepared;
+  assert_ok(lt_dataset_open(&prepared, lt_test_run_files_get()->data));
+  int32_t *ids = malloc((size_t)prepared.n_tokens * sizeof *ids);
+  assert_ok(lt_dataset_read(&prepared, 0, prepared.n_tokens, ids));
+  lt_fixture_write_h5py_dataset(data, (const uint32_t *)ids, prepared.n_tokens,
+                                prepared.vocab_size);
+  free(ids);
+  lt_dataset_close(&prepared);
+  snprintf(log, sizeof log, "%s/run.log", lt_test_tmpdir());
+  snprintf(args, sizeof args,
+           "train --config %s --set data.path=%s --set run.dir=%s/r --set train.steps=2 "
+           "--set data.packing=stream",
+           lt_test_run_files_get()->config, data, lt_test_tmpdir());
+  lt_test_expect_run(log, args, 0, "warning: data.path: ", data,
+                     "HDF5's earliest format (h5py's default)", "h5repack -L", "done: ");
 }
 
 // --- checkpoints ---
@@ -263,6 +287,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_dataset_with_flipped_token_bytes_exits_4_naming_it),
       cmocka_unit_test(test_truncated_dataset_exits_4_naming_it),
+      cmocka_unit_test(test_dataset_without_metadata_checksums_trains_with_a_warning),
       cmocka_unit_test(test_resume_from_a_checkpoint_with_flipped_bytes_exits_5_naming_it),
       cmocka_unit_test(
           test_resume_from_a_checkpoint_with_a_flipped_manifest_byte_exits_5_naming_it),

@@ -9,10 +9,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/h5util.h"
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "data/prepare.h"
 #include "data/tokenizer.h"
+#include "fixture.h"
 #include "testing.h"
 
 static int count_entries(const char *dir) {
@@ -38,51 +40,6 @@ static void write_counting_dataset(const char *path, int64_t n, int vocab) {
   assert_ok(lt_dataset_writer_add(&w, ids, n));
   assert_ok(lt_dataset_writer_commit(&w));
   free(ids);
-}
-
-// An HDF5 file written directly, for what lt_dataset_writer refuses to make: /tokens (uint32) only
-// when `tokens` is not NULL, with doc_offsets and attributes as a dataset has them. Laid out as
-// h5py writes by default: HDF5's earliest format (no metadata checksums), contiguous datasets
-// without Fletcher-32, the string attribute variable-length UTF-8.
-static void write_raw_hdf5(const char *path, const uint32_t *tokens, hsize_t n, int64_t vocab) {
-  hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-  assert_true(file >= 0);
-  if (tokens) {
-    hid_t space = H5Screate_simple(1, &n, NULL);
-    hid_t set =
-        H5Dcreate2(file, "tokens", H5T_STD_U32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    assert_true(H5Dwrite(set, H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, tokens) >= 0);
-    H5Dclose(set);
-    H5Sclose(space);
-  }
-  hsize_t two = 2;
-  uint64_t offsets[2] = {0, n};
-  hid_t space = H5Screate_simple(1, &two, NULL);
-  hid_t set =
-      H5Dcreate2(file, "doc_offsets", H5T_STD_U64LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-  assert_true(H5Dwrite(set, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, offsets) >= 0);
-  H5Dclose(set);
-  H5Sclose(space);
-  const char *names[2] = {"vocab_size", "eos_id"};
-  int64_t values[2] = {vocab, vocab - 1};
-  for (int i = 0; i < 2; i++) {
-    hid_t scalar = H5Screate(H5S_SCALAR);
-    hid_t attr = H5Acreate2(file, names[i], H5T_STD_I64LE, scalar, H5P_DEFAULT, H5P_DEFAULT);
-    assert_true(H5Awrite(attr, H5T_NATIVE_INT64, &values[i]) >= 0);
-    H5Aclose(attr);
-    H5Sclose(scalar);
-  }
-  hid_t type = H5Tcopy(H5T_C_S1);
-  H5Tset_size(type, H5T_VARIABLE);
-  H5Tset_cset(type, H5T_CSET_UTF8);
-  hid_t scalar = H5Screate(H5S_SCALAR);
-  hid_t attr = H5Acreate2(file, "tokenizer", type, scalar, H5P_DEFAULT, H5P_DEFAULT);
-  const char *tokenizer = "byte";
-  assert_true(H5Awrite(attr, type, &tokenizer) >= 0);
-  H5Aclose(attr);
-  H5Sclose(scalar);
-  H5Tclose(type);
-  H5Fclose(file);
 }
 
 // --- writing and reading ---
@@ -427,7 +384,7 @@ static void test_token_outside_the_vocab_is_a_data_error_naming_the_file(void **
   char path[1200];
   snprintf(path, sizeof path, "%s/bad-token.h5", lt_test_tmpdir());
   const uint32_t tokens[] = {1, 2, 259, 3};
-  write_raw_hdf5(path, tokens, 4, LT_BYTE_VOCAB);
+  lt_fixture_write_h5py_dataset(path, tokens, 4, LT_BYTE_VOCAB);
   lt_dataset ds;
   assert_ok(lt_dataset_open(&ds, path));
   int32_t out[4];
@@ -442,13 +399,43 @@ static void test_dataset_in_h5py_default_layout_reads_back(void **state) {
   char path[1200];
   snprintf(path, sizeof path, "%s/h5py.h5", lt_test_tmpdir());
   const uint32_t tokens[] = {1, 2, 258, 3, 4};
-  write_raw_hdf5(path, tokens, 5, LT_BYTE_VOCAB);
+  lt_fixture_write_h5py_dataset(path, tokens, 5, LT_BYTE_VOCAB);
   lt_dataset ds;
   assert_ok(lt_dataset_open(&ds, path));
   assert_string_equal(ds.tokenizer, "byte");
   int32_t out[5];
   assert_ok(lt_dataset_read(&ds, 0, 5, out));
   for (int i = 0; i < 5; i++) assert_int_equal(out[i], tokens[i]);
+  lt_dataset_close(&ds);
+}
+
+// What the trainer's warning rests on: the superblock version, read without HDF5, wherever the
+// superblock is (after a user block too).
+static void test_superblock_version_tells_whether_the_metadata_is_checksummed(void **state) {
+  (void)state;
+  char prepared[1200], h5py[1200], user_block[1200];
+  snprintf(prepared, sizeof prepared, "%s/prepared.h5", lt_test_tmpdir());
+  snprintf(h5py, sizeof h5py, "%s/h5py.h5", lt_test_tmpdir());
+  snprintf(user_block, sizeof user_block, "%s/user-block.h5", lt_test_tmpdir());
+  write_counting_dataset(prepared, 100, 256);
+  const uint32_t tokens[] = {1, 2, 3};
+  lt_fixture_write_h5py_dataset(h5py, tokens, 3, LT_BYTE_VOCAB);
+  hid_t fcpl = H5Pcreate(H5P_FILE_CREATE), fapl = H5Pcreate(H5P_FILE_ACCESS);
+  H5Pset_userblock(fcpl, 1024);
+  H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110);
+  H5Fclose(H5Fcreate(user_block, H5F_ACC_TRUNC, fcpl, fapl));
+  H5Pclose(fcpl), H5Pclose(fapl);
+  assert_int_equal(lt_h5_superblock_version(prepared), 3);
+  assert_int_equal(lt_h5_superblock_version(h5py), 0);
+  assert_int_equal(lt_h5_superblock_version(user_block), 3);
+  lt_test_write_file(user_block, "not HDF5");
+  assert_int_equal(lt_h5_superblock_version(user_block), -1);
+  lt_dataset ds;
+  assert_ok(lt_dataset_open(&ds, prepared));
+  assert_true(ds.metadata_checksummed);
+  lt_dataset_close(&ds);
+  assert_ok(lt_dataset_open(&ds, h5py));
+  assert_false(ds.metadata_checksummed);
   lt_dataset_close(&ds);
 }
 
@@ -485,7 +472,7 @@ static void test_hdf5_file_without_tokens_says_so(void **state) {
   (void)state;
   char path[1200];
   snprintf(path, sizeof path, "%s/no-tokens.h5", lt_test_tmpdir());
-  write_raw_hdf5(path, NULL, 0, LT_BYTE_VOCAB);
+  lt_fixture_write_h5py_dataset(path, NULL, 0, LT_BYTE_VOCAB);
   lt_dataset ds;
   EXPECT_DATA_ERROR(lt_dataset_open(&ds, path), path, "no /tokens");
 }
@@ -513,6 +500,7 @@ int main(void) {
       cmocka_unit_test(test_dataset_shorter_than_one_window_is_a_data_error),
       cmocka_unit_test(test_token_outside_the_vocab_is_a_data_error_naming_the_file),
       cmocka_unit_test(test_dataset_in_h5py_default_layout_reads_back),
+      cmocka_unit_test(test_superblock_version_tells_whether_the_metadata_is_checksummed),
       cmocka_unit_test(test_missing_dataset_is_a_data_error_naming_it),
       cmocka_unit_test(test_non_hdf5_file_is_a_data_error_naming_it),
       cmocka_unit_test(test_truncated_dataset_is_a_data_error_naming_it),
