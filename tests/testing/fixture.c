@@ -75,27 +75,24 @@ int64_t lt_fixture_data_offset(const char *path, const char *name) {
   return (int64_t)addr;
 }
 
-void lt_fixture_write_h5py_dataset(const char *path, const uint32_t *tokens, int64_t n_tokens,
-                                   int64_t vocab) {
-  hsize_t n = (hsize_t)n_tokens;
-  hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-  assert_true(file >= 0);
-  if (tokens) {
-    hid_t space = H5Screate_simple(1, &n, NULL);
-    hid_t set =
-        H5Dcreate2(file, "tokens", H5T_STD_U32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    assert_true(H5Dwrite(set, H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, tokens) >= 0);
-    H5Dclose(set);
-    H5Sclose(space);
-  }
-  hsize_t two = 2;
-  uint64_t offsets[2] = {0, n};
-  hid_t space = H5Screate_simple(1, &two, NULL);
-  hid_t set =
-      H5Dcreate2(file, "doc_offsets", H5T_STD_U64LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-  assert_true(H5Dwrite(set, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, offsets) >= 0);
+// A contiguous 1-D dataset `name` of n elements, as h5py writes one.
+static void write_contiguous(hid_t file, const char *name, hid_t file_type, hid_t mem_type,
+                             hsize_t n, const void *values) {
+  hid_t space = H5Screate_simple(1, &n, NULL);
+  hid_t set = H5Dcreate2(file, name, file_type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  assert_true(H5Dwrite(set, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, values) >= 0);
   H5Dclose(set);
   H5Sclose(space);
+}
+
+void lt_fixture_write_h5py_dataset(const char *path, const uint32_t *tokens, int64_t n_tokens,
+                                   int64_t vocab) {
+  hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  assert_true(file >= 0);
+  if (tokens)
+    write_contiguous(file, "tokens", H5T_STD_U32LE, H5T_NATIVE_UINT32, (hsize_t)n_tokens, tokens);
+  const uint64_t offsets[2] = {0, (uint64_t)n_tokens};
+  write_contiguous(file, "doc_offsets", H5T_STD_U64LE, H5T_NATIVE_UINT64, 2, offsets);
   const char *names[2] = {"vocab_size", "eos_id"};
   int64_t values[2] = {vocab, vocab - 1};
   for (int i = 0; i < 2; i++) {
