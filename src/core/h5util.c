@@ -104,6 +104,16 @@ int lt_h5_read_f64(hid_t obj, const char *name, double *out) {
   return read_scalar(obj, name, H5T_FLOAT, H5T_NATIVE_DOUBLE, out);
 }
 
+bool lt_h5_is_variable_string(hid_t obj, const char *name) {
+  hid_t attr = open_attr(obj, name, H5T_STRING);
+  if (attr < 0) return false;
+  hid_t type = H5Aget_type(attr);
+  const bool variable = type >= 0 && H5Tis_variable_str(type) > 0;
+  if (type >= 0) H5Tclose(type);
+  H5Aclose(attr);
+  return variable;
+}
+
 int lt_h5_read_i64_array(hid_t obj, const char *name, int64_t *out, int cap, int *n) {
   *n = -1;
   hid_t attr = open_attr(obj, name, H5T_INTEGER);

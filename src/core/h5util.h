@@ -34,6 +34,9 @@ int lt_h5_write_string(hid_t obj, const char *name, const char *value);
 // Readers return 0, or -1 when the attribute is absent or of another kind.
 int lt_h5_read_i64(hid_t obj, const char *name, int64_t *out);
 int lt_h5_read_f64(hid_t obj, const char *name, double *out);
+// Whether attribute `name` is a variable-length string (kept in the file's global heap, which no
+// HDF5 format checksums), read from its type alone.
+bool lt_h5_is_variable_string(hid_t obj, const char *name);
 // At most `cap` values; *n receives how many there are (-1 on failure).
 int lt_h5_read_i64_array(hid_t obj, const char *name, int64_t *out, int cap, int *n);
 // Fixed or variable length; cut to cap - 1 characters.
@@ -52,8 +55,9 @@ const char *lt_h5_check_selection(hid_t dset, int ndim, const uint64_t *start,
 
 // The version of the HDF5 superblock of the file at `path`, read without HDF5 (the signature at
 // byte 0, 512, 1024, 2048, ...), or -1. From version 2 on (HDF5 1.8's format and later, which
-// lt_h5_create writes), HDF5 checksums all of a file's metadata but its global heap; versions 0
-// and 1 (HDF5's earliest format, h5py's default) checksum none of it.
+// lt_h5_create writes), HDF5 checksums all of a file's metadata but its global heap (where
+// variable-length strings live); versions 0 and 1 (HDF5's earliest format, h5py's default)
+// checksum none of it.
 int lt_h5_superblock_version(const char *path);
 
 // The size of the file at `path` in bytes, or -1.

@@ -409,17 +409,16 @@ static void test_dataset_in_h5py_default_layout_reads_back(void **state) {
   lt_dataset_close(&ds);
 }
 
-// What the trainer's warning rests on: the superblock version, read without HDF5, wherever the
-// superblock is (after a user block too).
-static void test_superblock_version_tells_whether_the_metadata_is_checksummed(void **state) {
+// What the trainer's warning rests on: the superblock version, read without HDF5 wherever the
+// superblock is (after a user block too), and the kind of the tokenizer string.
+static void test_superblock_version_is_read_wherever_the_superblock_is(void **state) {
   (void)state;
   char prepared[1200], h5py[1200], user_block[1200];
   snprintf(prepared, sizeof prepared, "%s/prepared.h5", lt_test_tmpdir());
   snprintf(h5py, sizeof h5py, "%s/h5py.h5", lt_test_tmpdir());
   snprintf(user_block, sizeof user_block, "%s/user-block.h5", lt_test_tmpdir());
   write_counting_dataset(prepared, 100, 256);
-  const uint32_t tokens[] = {1, 2, 3};
-  lt_fixture_write_h5py_dataset(h5py, tokens, 3, LT_BYTE_VOCAB);
+  lt_fixture_write_h5py_dataset(h5py, NULL, 0, LT_BYTE_VOCAB);
   hid_t fcpl = H5Pcreate(H5P_FILE_CREATE), fapl = H5Pcreate(H5P_FILE_ACCESS);
   H5Pset_userblock(fcpl, 1024);
   H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110);
@@ -430,12 +429,35 @@ static void test_superblock_version_tells_whether_the_metadata_is_checksummed(vo
   assert_int_equal(lt_h5_superblock_version(user_block), 3);
   lt_test_write_file(user_block, "not HDF5");
   assert_int_equal(lt_h5_superblock_version(user_block), -1);
+}
+
+static void test_datasets_whose_metadata_hdf5_does_not_checksum_say_why(void **state) {
+  (void)state;
+  char prepared[1200], h5py[1200];
+  snprintf(prepared, sizeof prepared, "%s/prepared.h5", lt_test_tmpdir());
+  snprintf(h5py, sizeof h5py, "%s/h5py.h5", lt_test_tmpdir());
+  write_counting_dataset(prepared, 100, 256);
+  const uint32_t tokens[] = {1, 2, 3};
+  lt_fixture_write_h5py_dataset(h5py, tokens, 3, LT_BYTE_VOCAB);
   lt_dataset ds;
   assert_ok(lt_dataset_open(&ds, prepared));
-  assert_true(ds.metadata_checksummed);
+  assert_null(ds.unchecked);
   lt_dataset_close(&ds);
   assert_ok(lt_dataset_open(&ds, h5py));
-  assert_false(ds.metadata_checksummed);
+  assert_non_null(strstr(ds.unchecked, "earliest format"));
+  lt_dataset_close(&ds);
+  // The checksummed format, but the tokenizer as h5py writes a str: a variable-length string.
+  hid_t file = H5Fopen(prepared, H5F_ACC_RDWR, H5P_DEFAULT);
+  assert_true(H5Adelete(file, "tokenizer") >= 0);
+  hid_t type = H5Tcopy(H5T_C_S1), scalar = H5Screate(H5S_SCALAR);
+  H5Tset_size(type, H5T_VARIABLE);
+  hid_t attr = H5Acreate2(file, "tokenizer", type, scalar, H5P_DEFAULT, H5P_DEFAULT);
+  const char *value = "test";
+  assert_true(H5Awrite(attr, type, &value) >= 0);
+  H5Aclose(attr), H5Sclose(scalar), H5Tclose(type), H5Fclose(file);
+  assert_ok(lt_dataset_open(&ds, prepared));
+  assert_non_null(strstr(ds.unchecked, "variable-length string"));
+  assert_string_equal(ds.tokenizer, "test");
   lt_dataset_close(&ds);
 }
 
@@ -500,7 +522,8 @@ int main(void) {
       cmocka_unit_test(test_dataset_shorter_than_one_window_is_a_data_error),
       cmocka_unit_test(test_token_outside_the_vocab_is_a_data_error_naming_the_file),
       cmocka_unit_test(test_dataset_in_h5py_default_layout_reads_back),
-      cmocka_unit_test(test_superblock_version_tells_whether_the_metadata_is_checksummed),
+      cmocka_unit_test(test_superblock_version_is_read_wherever_the_superblock_is),
+      cmocka_unit_test(test_datasets_whose_metadata_hdf5_does_not_checksum_say_why),
       cmocka_unit_test(test_missing_dataset_is_a_data_error_naming_it),
       cmocka_unit_test(test_non_hdf5_file_is_a_data_error_naming_it),
       cmocka_unit_test(test_truncated_dataset_is_a_data_error_naming_it),
