@@ -164,7 +164,7 @@ int lt_manifest_format(lt_manifest *m, char **text, size_t *len) {
   size_t n = (size_t)snprintf(buf, cap, "%s%lld\n", header, (long long)m->version);
   for (int i = 0; i < m->n_files; i++) {
     const lt_manifest_entry *e = &m->files[i];
-    if (!valid_name(e->name, strlen(e->name)) || e->size < 0 ||
+    if (!valid_name(e->name, strlen(e->name)) || e->size < 0 || e->size >= (int64_t)1e18 ||
         (i > 0 && strcmp(m->files[i - 1].name, e->name) == 0)) {
       free(buf);
       return lt_fail(LT_ERR_INTERNAL, "checkpoint manifest: cannot list file '%s'", e->name);
