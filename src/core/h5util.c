@@ -18,11 +18,18 @@ void lt_h5_init(void) {
 
 hid_t lt_h5_create(const char *path) {
   lt_h5_init();
-  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS), fcpl = H5Pcreate(H5P_FILE_CREATE);
   H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110);
-  hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+  H5Pset_obj_track_times(fcpl, false); // the root group's
+  hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, fcpl, fapl);
+  H5Pclose(fcpl);
   H5Pclose(fapl);
   return file;
+}
+
+hid_t lt_h5_no_times(hid_t plist) {
+  H5Pset_obj_track_times(plist, false);
+  return plist;
 }
 
 hid_t lt_h5_open(const char *path) {
@@ -97,6 +104,16 @@ int lt_h5_read_f64(hid_t obj, const char *name, double *out) {
   return read_scalar(obj, name, H5T_FLOAT, H5T_NATIVE_DOUBLE, out);
 }
 
+bool lt_h5_is_variable_string(hid_t obj, const char *name) {
+  hid_t attr = open_attr(obj, name, H5T_STRING);
+  if (attr < 0) return false;
+  hid_t type = H5Aget_type(attr);
+  const bool variable = type >= 0 && H5Tis_variable_str(type) > 0;
+  if (type >= 0) H5Tclose(type);
+  H5Aclose(attr);
+  return variable;
+}
+
 int lt_h5_read_i64_array(hid_t obj, const char *name, int64_t *out, int cap, int *n) {
   *n = -1;
   hid_t attr = open_attr(obj, name, H5T_INTEGER);
@@ -126,10 +143,11 @@ int lt_h5_read_string_alloc(hid_t obj, const char *name, char **out) {
     } else {
       free(buf);
     }
-  } else { // variable length, as h5py writes by default
+  } else { // variable length, as h5py writes by default (in UTF-8)
     char *value = NULL;
     hid_t mem = H5Tcopy(H5T_C_S1);
     H5Tset_size(mem, H5T_VARIABLE);
+    H5Tset_cset(mem, H5Tget_cset(type)); // HDF5 converts between no two character sets
     if (H5Aread(attr, mem, &value) >= 0 && value) {
       if (strlen(value) <= LT_H5_MAX_STRING) *out = strdup(value);
       rc = *out ? 0 : -1;
@@ -223,6 +241,20 @@ const char *lt_h5_check_selection(hid_t dset, int ndim, const uint64_t *start,
   if (type >= 0) H5Tclose(type);
   if (space >= 0) H5Sclose(space);
   return problem;
+}
+
+int lt_h5_superblock_version(const char *path) {
+  static const unsigned char signature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+  FILE *f = fopen(path, "rb");
+  if (!f) return -1;
+  int version = -1;
+  unsigned char head[9];
+  for (long at = 0; version < 0 && at <= ((long)1 << 40); at = at ? 2 * at : 512) {
+    if (fseek(f, at, SEEK_SET) != 0 || fread(head, 1, sizeof head, f) != sizeof head) break;
+    if (memcmp(head, signature, sizeof signature) == 0) version = head[8];
+  }
+  fclose(f);
+  return version;
 }
 
 int64_t lt_file_size(const char *path) {

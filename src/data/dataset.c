@@ -82,6 +82,9 @@ int lt_dataset_open(lt_dataset *ds, const char *path) {
                    "prepare`): prepare it again",
                    path);
   ds->file_size = lt_file_size(path);
+  if (lt_h5_superblock_version(path) < 2)
+    ds->unchecked =
+        "is in HDF5's earliest format (h5py's default), whose metadata has no checksums";
   ds->file = lt_h5_open(path);
   if (ds->file < 0)
     return open_fail(ds, "cannot open the HDF5 file (truncated or corrupt?): prepare it again");
@@ -94,6 +97,9 @@ int lt_dataset_open(lt_dataset *ds, const char *path) {
   if (lt_h5_read_i64(ds->file, "eos_id", &eos) != 0)
     return open_fail(
         ds, "missing the integer attribute eos_id: make a token dataset with `longtrain prepare`");
+  if (!ds->unchecked && lt_h5_is_variable_string(ds->file, "tokenizer"))
+    ds->unchecked = "keeps its tokenizer attribute as a variable-length string (h5py's default for "
+                    "str), which HDF5 stores without a checksum";
   if (lt_h5_read_string(ds->file, "tokenizer", ds->tokenizer, sizeof ds->tokenizer) != 0)
     return open_fail(
         ds,

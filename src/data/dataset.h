@@ -18,6 +18,9 @@ typedef struct lt_dataset {
   char path[LT_PATH_MAX];
   int64_t file, tokens, offsets; // HDF5 handles
   int64_t file_size;             // bytes, to refuse reads that a damaged file sends past its end
+  // NULL when HDF5 checksums every part of the file's metadata that the reader touches; else
+  // why not (a static string): HDF5 1.10 may crash or hang on damage there (README, Data).
+  const char *unchecked;
   int64_t n_tokens, n_docs;
   int vocab_size, eos_id, token_bits;
   char tokenizer[64];

@@ -4,9 +4,11 @@
 //   RUN_DIR/checkpoints/step_00001000/
 //     meta.h5                      attributes: format_version, step, tokens_seen, data_position,
 //                                  seed, train_seconds, n_shards, n_params, config (the resolved
-//                                  YAML), config_source; written last
+//                                  YAML), config_source
 //     shard-00000-of-00001.h5      groups /weights, /adam_m, /adam_v: one f32 dataset per
 //                                  parameter, named by its logical name ("layers.0.attn.wq")
+//     manifest.txt                 every other file's name, size and CRC-32C; written last
+//                                  (checkpoint_manifest.h)
 //
 // A shard dataset holds a slice of the logical (unsharded) tensor: its shape is the slice's
 // extent, attribute `offset` says where the slice starts along each dimension and
@@ -17,12 +19,14 @@
 // NAME@1, NAME@2, ... The reader assembles any requested slice from whichever shards cover it,
 // so any parallel layout loads any checkpoint.
 //
-// Integrity: files use HDF5's 1.10 format (checksummed metadata), every tensor is chunked with
-// Fletcher-32 (verified by HDF5 on every read), and reads are checked against the file's size and
-// chunk index before HDF5 decodes them (core/h5util.h). Atomicity: a checkpoint is written under
-// RUN_DIR/checkpoints/.tmp-step_N, every file and the folder are fsynced, and the folder is renamed
-// to step_N, then the parent is fsynced. Only a folder named step_N holding meta.h5 counts as a
-// checkpoint, so a crash or a full disk mid-write leaves the earlier checkpoints as they were.
+// Integrity: the reader checks every file whole against the manifest (size, CRC-32C) before HDF5
+// opens it, so a damaged file never reaches HDF5's parser. Behind that, files use HDF5's 1.10
+// format (checksummed metadata), every tensor is chunked with Fletcher-32 (verified by HDF5 on
+// every read), and reads are checked against the file's size and chunk index before HDF5 decodes
+// them (core/h5util.h). Atomicity: a checkpoint is written under RUN_DIR/checkpoints/.tmp-step_N,
+// every file and the folder are fsynced, and the folder is renamed to step_N, then the parent is
+// fsynced. Only a folder named step_N holding manifest.txt counts as a checkpoint, so a crash or a
+// full disk mid-write leaves the earlier checkpoints as they were.
 #ifndef LT_CHECKPOINT_H
 #define LT_CHECKPOINT_H
 
@@ -90,8 +94,9 @@ int lt_checkpoint_write_params(lt_checkpoint_writer *w, const lt_params *params,
 // Closes and fsyncs this rank's shard: what every rank but 0 does last.
 int lt_checkpoint_finish_shard(lt_checkpoint_writer *w);
 // On rank 0, once every rank finished its shard (a parallel run puts a barrier here): finishes
-// shard 0, writes meta.h5, makes the folder durable and renames it into place. On failure the
-// temporary folder is removed and the earlier checkpoints are untouched.
+// shard 0, writes meta.h5, then manifest.txt (reading every shard back to checksum it), makes the
+// folder durable and renames it into place. On failure the temporary folder is removed and the
+// earlier checkpoints are untouched.
 int lt_checkpoint_commit(lt_checkpoint_writer *w, const lt_checkpoint_meta *meta);
 // After a failure: closes this rank's shard; on rank 0 (shard 0) also removes the temporary
 // folder, once the other ranks have aborted theirs.
@@ -116,8 +121,9 @@ typedef struct lt_checkpoint {
   int n_pieces;
 } lt_checkpoint;
 
-// Opens the checkpoint folder `dir`: reads meta.h5 and indexes every slice in every shard. A
-// missing, truncated, corrupt or newer checkpoint is LT_ERR_CKPT naming the file and the fix.
+// Opens the checkpoint folder `dir`: checks every file against manifest.txt (reading each whole),
+// then reads meta.h5 and indexes every slice in every shard. A missing, incomplete (no manifest),
+// truncated, corrupt or newer checkpoint is LT_ERR_CKPT naming the file and the fix.
 int lt_checkpoint_open(lt_checkpoint *ck, const char *dir);
 void lt_checkpoint_close(lt_checkpoint *ck);
 // The logical shape of tensor `name`; LT_ERR_CKPT naming it when the checkpoint lacks it.

@@ -10,12 +10,14 @@
 #include "core/error.h"
 #include "core/fsutil.h"
 #include "train/checkpoint.h"
+#include "train/checkpoint_manifest.h"
 
 void lt_checkpoint_root(const char *run_dir, char *out, size_t cap) {
   snprintf(out, cap, "%s/checkpoints", run_dir);
 }
 
-// The step of a complete checkpoint folder "step_N" (digits only) holding meta.h5, else -1.
+// The step of a complete checkpoint folder "step_N" (digits only) holding manifest.txt (the file
+// written last), else -1.
 static int64_t complete_step(const char *root, const char *name) {
   if (strncmp(name, "step_", 5) != 0 || !name[5]) return -1;
   int64_t step = 0;
@@ -26,9 +28,9 @@ static int64_t complete_step(const char *root, const char *name) {
   char canonical[32]; // only the names this writer makes: step_%08 with no other spelling
   snprintf(canonical, sizeof canonical, "step_%08" PRId64, step);
   if (strcmp(canonical, name) != 0) return -1;
-  char meta[LT_PATH_MAX + 300];
-  snprintf(meta, sizeof meta, "%s/%s/meta.h5", root, name);
-  return access(meta, F_OK) == 0 ? step : -1;
+  char manifest[LT_PATH_MAX + 300];
+  snprintf(manifest, sizeof manifest, "%s/%s/%s", root, name, LT_MANIFEST_FILE);
+  return access(manifest, F_OK) == 0 ? step : -1;
 }
 
 typedef struct step_list {
@@ -91,12 +93,12 @@ int lt_checkpoint_prune(const char *root, int keep) {
   for (int i = 0; i < list.n - keep && rc == LT_OK; i++) {
     char path[LT_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/step_%08" PRId64, root, list.steps[i]);
-    // The folder stops counting as a checkpoint once meta.h5 is gone: a crash halfway through
-    // the removal cannot leave a half-deleted checkpoint that --resume auto would pick.
-    char meta[LT_PATH_MAX + 48];
-    snprintf(meta, sizeof meta, "%s/meta.h5", path);
-    if (unlink(meta) != 0 && errno != ENOENT)
-      rc = lt_fail(LT_ERR_IO, "%s: cannot delete: %s", meta, strerror(errno));
+    // The folder stops counting as a checkpoint once its manifest is gone: a crash halfway
+    // through the removal cannot leave a half-deleted checkpoint that --resume auto would pick.
+    char manifest[LT_PATH_MAX + 48];
+    snprintf(manifest, sizeof manifest, "%s/%s", path, LT_MANIFEST_FILE);
+    if (unlink(manifest) != 0 && errno != ENOENT)
+      rc = lt_fail(LT_ERR_IO, "%s: cannot delete: %s", manifest, strerror(errno));
     if (rc == LT_OK) rc = lt_remove_tree(path);
   }
   free(list.steps);

@@ -1,5 +1,5 @@
-// Reading a checkpoint: meta.h5, an index of every slice in every shard, and slices assembled
-// from whichever pieces cover them.
+// Reading a checkpoint: the manifest's check of every file, meta.h5, an index of every slice in
+// every shard, and slices assembled from whichever pieces cover them.
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -12,6 +12,7 @@
 #include "core/h5util.h"
 #include "parallel/pipeline.h"
 #include "train/checkpoint.h"
+#include "train/checkpoint_manifest.h"
 
 // A checkpoint that cannot be used: the message names the file and what to do instead.
 static int corrupt(const lt_checkpoint *ck, const char *file, const char *fmt, ...)
@@ -28,17 +29,10 @@ static int corrupt(const lt_checkpoint *ck, const char *file, const char *fmt, .
                  ck->dir, file, what);
 }
 
+// meta.h5, once the manifest vouched for it.
 static int read_meta(lt_checkpoint *ck) {
   char path[LT_PATH_MAX + 16];
   snprintf(path, sizeof path, "%s/meta.h5", ck->dir);
-  if (access(ck->dir, F_OK) != 0)
-    return lt_fail(LT_ERR_CKPT, "%s: %s: give a checkpoint folder RUN_DIR/checkpoints/step_N",
-                   ck->dir, strerror(errno));
-  if (access(path, R_OK) != 0)
-    return lt_fail(LT_ERR_CKPT,
-                   "%s: not a complete checkpoint (no meta.h5): give a folder "
-                   "RUN_DIR/checkpoints/step_N, or --resume auto for the newest complete one",
-                   ck->dir);
   lt_h5_init();
   if (H5Fis_hdf5(path) <= 0) return corrupt(ck, "meta.h5", "not an HDF5 file");
   hid_t file = lt_h5_open(path);
@@ -123,11 +117,13 @@ static int index_dataset(lt_checkpoint *ck, hid_t group, const char *file, lt_ck
   return add_piece(ck, piece, capacity);
 }
 
-static int index_shard(lt_checkpoint *ck, int shard, int *capacity) {
+// The tensors of one shard, which the manifest must list (and so vouch for).
+static int index_shard(lt_checkpoint *ck, const lt_manifest *manifest, int shard, int *capacity) {
   char file[64], path[LT_PATH_MAX + 80];
   snprintf(file, sizeof file, "shard-%05d-of-%05d.h5", shard, (int)ck->meta.n_shards);
   snprintf(path, sizeof path, "%s/%s", ck->dir, file);
-  if (access(path, R_OK) != 0) return corrupt(ck, file, "%s", strerror(errno));
+  if (!lt_manifest_find(manifest, file))
+    return corrupt(ck, file, "not listed in " LT_MANIFEST_FILE);
   if (H5Fis_hdf5(path) <= 0) return corrupt(ck, file, "not an HDF5 file");
   ck->file_sizes[shard] = lt_file_size(path);
   ck->files[shard] = lt_h5_open(path);
@@ -165,7 +161,16 @@ int lt_checkpoint_open(lt_checkpoint *ck, const char *dir) {
   snprintf(ck->dir, sizeof ck->dir, "%s", dir);
   size_t len = strlen(ck->dir);
   while (len > 1 && ck->dir[len - 1] == '/') ck->dir[--len] = '\0';
-  int rc = read_meta(ck);
+  if (access(ck->dir, F_OK) != 0)
+    return lt_fail(LT_ERR_CKPT, "%s: %s: give a checkpoint folder RUN_DIR/checkpoints/step_N",
+                   ck->dir, strerror(errno));
+  // Every file is checked whole against the manifest before HDF5 sees any of it.
+  lt_manifest manifest;
+  int rc = lt_manifest_verify(ck->dir, &manifest);
+  if (rc != LT_OK) return rc;
+  if (!lt_manifest_find(&manifest, "meta.h5"))
+    rc = corrupt(ck, LT_MANIFEST_FILE, "it does not list meta.h5");
+  if (rc == LT_OK) rc = read_meta(ck);
   if (rc == LT_OK) {
     ck->files = malloc((size_t)ck->meta.n_shards * sizeof *ck->files);
     ck->file_sizes = calloc((size_t)ck->meta.n_shards, sizeof *ck->file_sizes);
@@ -174,7 +179,9 @@ int lt_checkpoint_open(lt_checkpoint *ck, const char *dir) {
     for (int64_t s = 0; ck->files && s < ck->meta.n_shards; s++) ck->files[s] = -1;
   }
   int capacity = 0;
-  for (int s = 0; rc == LT_OK && s < ck->meta.n_shards; s++) rc = index_shard(ck, s, &capacity);
+  for (int s = 0; rc == LT_OK && s < ck->meta.n_shards; s++)
+    rc = index_shard(ck, &manifest, s, &capacity);
+  lt_manifest_free(&manifest);
   if (rc != LT_OK) lt_checkpoint_close(ck);
   return rc;
 }

@@ -1,4 +1,5 @@
-// Writing a checkpoint: shards of tensor slices, then meta.h5, then fsync and one rename.
+// Writing a checkpoint: shards of tensor slices, then meta.h5, then manifest.txt, then fsync and
+// one rename.
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -12,6 +13,7 @@
 #include "core/fsutil.h"
 #include "core/h5util.h"
 #include "train/checkpoint.h"
+#include "train/checkpoint_manifest.h"
 
 // Tensors are stored in chunks of about 1 MiB (whole rows along dim 0): small enough that a
 // reader of one slice decodes little it does not need, large enough that the chunk index stays
@@ -69,11 +71,12 @@ int lt_checkpoint_begin(lt_checkpoint_writer *w, const char *root, int64_t step,
   errno = 0;
   w->file = lt_h5_create(w->shard_path);
   if (w->file < 0) return write_failed(w, "creating the shard", errno);
-  for (int k = 0; k < LT_CKPT_KINDS; k++) {
-    w->groups[k] =
-        H5Gcreate2(w->file, lt_ckpt_kind_group(k), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  hid_t gcpl = lt_h5_no_times(H5Pcreate(H5P_GROUP_CREATE));
+  for (int k = 0; k < LT_CKPT_KINDS; k++)
+    w->groups[k] = H5Gcreate2(w->file, lt_ckpt_kind_group(k), H5P_DEFAULT, gcpl, H5P_DEFAULT);
+  H5Pclose(gcpl);
+  for (int k = 0; k < LT_CKPT_KINDS; k++)
     if (w->groups[k] < 0) return write_failed(w, "creating the shard's groups", errno);
-  }
   int attrs = lt_h5_write_i64(w->file, "format_version", LT_CHECKPOINT_FORMAT_VERSION) |
               lt_h5_write_i64(w->file, "shard", shard) |
               lt_h5_write_i64(w->file, "n_shards", n_shards);
@@ -102,7 +105,8 @@ int lt_checkpoint_write_slice(lt_checkpoint_writer *w, lt_ckpt_kind kind, const 
              lt_ckpt_kind_group(kind), name);
     return write_failed(w, what, ENOSPC);
   }
-  hid_t space = H5Screate_simple(ndim, dims, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+  hid_t space = H5Screate_simple(ndim, dims, NULL),
+        dcpl = lt_h5_no_times(H5Pcreate(H5P_DATASET_CREATE));
   H5Pset_chunk(dcpl, ndim, chunk);
   H5Pset_fletcher32(dcpl);
   errno = 0;
@@ -214,14 +218,34 @@ static int rename_into_place(lt_checkpoint_writer *w) {
   return replacing ? lt_remove_tree(old) : LT_OK;
 }
 
+// The manifest, last: every shard (each rank's, all finished by now) and meta.h5, checksummed.
+// Reading the shards back costs a read of the checkpoint, mostly from the page cache.
+static int write_manifest(lt_checkpoint_writer *w) {
+  const int n = w->n_shards + 1;
+  char(*names)[64] = malloc((size_t)n * sizeof *names);
+  const char **list = malloc((size_t)n * sizeof *list);
+  int err = names && list ? 0 : ENOMEM;
+  for (int i = 0; !err && i < n; i++) {
+    if (i < w->n_shards)
+      snprintf(names[i], sizeof names[i], "shard-%05d-of-%05d.h5", i, w->n_shards);
+    else
+      snprintf(names[i], sizeof names[i], "meta.h5");
+    list[i] = names[i];
+  }
+  if (!err) err = lt_manifest_write(w->tmp, list, n);
+  free(names);
+  free(list);
+  return err ? write_failed(w, "writing " LT_MANIFEST_FILE, err) : LT_OK;
+}
+
 int lt_checkpoint_commit(lt_checkpoint_writer *w, const lt_checkpoint_meta *meta) {
   char meta_path[LT_PATH_MAX + 64];
   snprintf(meta_path, sizeof meta_path, "%s/meta.h5", w->tmp);
   int rc = lt_checkpoint_finish_shard(w);
   if (rc == LT_OK) rc = write_meta(w, meta, meta_path);
-  const char *durable[2] = {meta_path, w->tmp};
-  for (int i = 0; i < 2 && rc == LT_OK; i++)
-    if (lt_fsync_path(durable[i]) != LT_OK) rc = write_failed(w, "fsync", errno);
+  if (rc == LT_OK && lt_fsync_path(meta_path) != LT_OK) rc = write_failed(w, "fsync", errno);
+  if (rc == LT_OK) rc = write_manifest(w);
+  if (rc == LT_OK && lt_fsync_path(w->tmp) != LT_OK) rc = write_failed(w, "fsync", errno);
   if (rc == LT_OK) rc = rename_into_place(w);
   if (rc != LT_OK) lt_checkpoint_abort(w);
   return rc;

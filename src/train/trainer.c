@@ -19,6 +19,12 @@
 static int open_dataset(lt_trainer *tr, lt_dataset *ds, const char *path, const char *key) {
   int rc = lt_dataset_open(ds, path);
   if (rc) return lt_error_context(rc, "%s", key);
+  // Nothing cheap can make HDF5 safe on such a file (README, Data): say so, and how to convert.
+  if (ds->unchecked && tr->world->rank == 0)
+    lt_warn("%s: %s %s: a damaged copy may crash or hang HDF5 instead of failing with an error; "
+            "write it with h5py.File(..., libver=(\"v108\", \"v110\")) and "
+            "attrs[\"tokenizer\"] = numpy.bytes_(...) (README, Data)",
+            key, path, ds->unchecked);
   LT_CHECK(ds->vocab_size <= tr->cfg.model.vocab_size, LT_ERR_DATA,
            "%s: %s has vocab_size %d but model.vocab_size is %d: set model.vocab_size to "
            "at least %d",

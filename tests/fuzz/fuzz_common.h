@@ -5,9 +5,10 @@
 
 #include "core/config.h"
 
-// The checkpoint fuzzer's input: one byte choosing the file (FUZZ_META or FUZZ_SHARD), then that
-// file's bytes; the other file of the checkpoint is a valid one.
-enum { FUZZ_META = 0, FUZZ_SHARD = 1 };
+// The checkpoint fuzzer's input: one byte choosing what the rest is (modulo FUZZ_MODES): a whole
+// manifest.txt, the lines of one (the fuzzer appends their checksum line), or the bytes of meta.h5
+// or of the shard. The other files of the checkpoint are the valid ones.
+enum { FUZZ_MANIFEST, FUZZ_MANIFEST_LINES, FUZZ_META, FUZZ_SHARD, FUZZ_MODES };
 
 static inline lt_model_config lt_fuzz_model_config(void) {
   return (lt_model_config){.d_model = 8,

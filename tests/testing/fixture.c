@@ -74,3 +74,43 @@ int64_t lt_fixture_data_offset(const char *path, const char *name) {
   if (addr == HADDR_UNDEF) fail_msg("%s in %s has no data on disk", name, path);
   return (int64_t)addr;
 }
+
+// A contiguous 1-D dataset `name` of n elements, as h5py writes one.
+static void write_contiguous(hid_t file, const char *name, hid_t file_type, hid_t mem_type,
+                             hsize_t n, const void *values) {
+  hid_t space = H5Screate_simple(1, &n, NULL);
+  hid_t set = H5Dcreate2(file, name, file_type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  assert_true(H5Dwrite(set, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, values) >= 0);
+  H5Dclose(set);
+  H5Sclose(space);
+}
+
+void lt_fixture_write_h5py_dataset(const char *path, const uint32_t *tokens, int64_t n_tokens,
+                                   int64_t vocab) {
+  hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  assert_true(file >= 0);
+  if (tokens)
+    write_contiguous(file, "tokens", H5T_STD_U32LE, H5T_NATIVE_UINT32, (hsize_t)n_tokens, tokens);
+  const uint64_t offsets[2] = {0, (uint64_t)n_tokens};
+  write_contiguous(file, "doc_offsets", H5T_STD_U64LE, H5T_NATIVE_UINT64, 2, offsets);
+  const char *names[2] = {"vocab_size", "eos_id"};
+  int64_t values[2] = {vocab, vocab - 1};
+  for (int i = 0; i < 2; i++) {
+    hid_t scalar = H5Screate(H5S_SCALAR);
+    hid_t attr = H5Acreate2(file, names[i], H5T_STD_I64LE, scalar, H5P_DEFAULT, H5P_DEFAULT);
+    assert_true(H5Awrite(attr, H5T_NATIVE_INT64, &values[i]) >= 0);
+    H5Aclose(attr);
+    H5Sclose(scalar);
+  }
+  hid_t type = H5Tcopy(H5T_C_S1);
+  H5Tset_size(type, H5T_VARIABLE);
+  H5Tset_cset(type, H5T_CSET_UTF8);
+  hid_t scalar = H5Screate(H5S_SCALAR);
+  hid_t attr = H5Acreate2(file, "tokenizer", type, scalar, H5P_DEFAULT, H5P_DEFAULT);
+  const char *tokenizer = "byte";
+  assert_true(H5Awrite(attr, type, &tokenizer) >= 0);
+  H5Aclose(attr);
+  H5Sclose(scalar);
+  H5Tclose(type);
+  H5Fclose(file);
+}

@@ -21,4 +21,11 @@ double lt_fixture_attr(lt_fixture *fx, const char *name);
 // chunked), for tests that corrupt it.
 int64_t lt_fixture_data_offset(const char *path, const char *name);
 
+// A token dataset written directly, for what lt_dataset_writer refuses to make: /tokens (uint32)
+// only when `tokens` is not NULL, /doc_offsets (one document) and the attributes. Laid out as h5py
+// writes by default: HDF5's earliest format (no metadata checksums), contiguous datasets without
+// Fletcher-32, the string attribute variable-length UTF-8.
+void lt_fixture_write_h5py_dataset(const char *path, const uint32_t *tokens, int64_t n_tokens,
+                                   int64_t vocab);
+
 #endif

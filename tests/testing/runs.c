@@ -13,6 +13,7 @@
 #include "data/tokenizer.h"
 #include "testing.h"
 #include "train/checkpoint.h"
+#include "train/checkpoint_manifest.h"
 
 static const char *run_config = "model:\n"
                                 "  d_model: 64\n"
@@ -163,6 +164,22 @@ void lt_test_assert_same_checkpoint(const char *a_dir, const char *b_dir) {
   }
   lt_checkpoint_close(&a);
   lt_checkpoint_close(&b);
+}
+
+void lt_test_reseal_checkpoint(const char *dir) {
+  char path[700];
+  snprintf(path, sizeof path, "%s/%s", dir, LT_MANIFEST_FILE);
+  char *text = lt_test_read_text(path);
+  if (!text) fail_msg("%s is missing", path);
+  lt_manifest m;
+  assert_ok(lt_manifest_parse(path, text, strlen(text), &m));
+  const char **names = malloc((size_t)m.n_files * sizeof *names);
+  for (int i = 0; i < m.n_files; i++) names[i] = m.files[i].name;
+  int err = lt_manifest_write(dir, names, m.n_files);
+  if (err) fail_msg("cannot rewrite %s: %s", path, strerror(err));
+  free(names);
+  lt_manifest_free(&m);
+  free(text);
 }
 
 char *lt_test_read_text(const char *path) {

@@ -35,6 +35,9 @@ void lt_test_expect_exit(pid_t pid, int status, const char *log);
 // Every tensor (weights, AdamW moments) and counter of two checkpoints, bit for bit.
 void lt_test_assert_same_checkpoint(const char *a, const char *b);
 
+// Rewrites the manifest of checkpoint folder `dir` for the files it lists as they are now: what a
+// test does after changing a file on purpose, to reach the checks behind the manifest's.
+void lt_test_reseal_checkpoint(const char *dir);
 // The text of file `path` (caller frees), or NULL when it does not exist.
 char *lt_test_read_text(const char *path);
 

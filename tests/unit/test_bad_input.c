@@ -11,8 +11,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "data/dataset.h"
 #include "fixture.h"
 #include "train/checkpoint.h"
+#include "train/checkpoint_manifest.h"
 #include "runs.h"
 #include "testing.h"
 
@@ -87,6 +89,30 @@ static void test_truncated_dataset_exits_4_naming_it(void **state) {
   free(out);
 }
 
+// Not an error: a dataset in h5py's default layout trains, with one warning that says what it
+// risks and how to convert it.
+static void test_dataset_without_metadata_checksums_trains_with_a_warning(void **state) {
+  (void)state;
+  char data[512], log[600], args[2000];
+  path_in(data, sizeof data, lt_test_tmpdir(), "h5py.h5");
+  lt_dataset prepared;
+  assert_ok(lt_dataset_open(&prepared, lt_test_run_files_get()->data));
+  int32_t *ids = malloc((size_t)prepared.n_tokens * sizeof *ids);
+  assert_ok(lt_dataset_read(&prepared, 0, prepared.n_tokens, ids));
+  lt_fixture_write_h5py_dataset(data, (const uint32_t *)ids, prepared.n_tokens,
+                                prepared.vocab_size);
+  free(ids);
+  lt_dataset_close(&prepared);
+  snprintf(log, sizeof log, "%s/run.log", lt_test_tmpdir());
+  snprintf(args, sizeof args,
+           "train --config %s --set data.path=%s --set run.dir=%s/r --set train.steps=2 "
+           "--set data.packing=stream",
+           lt_test_run_files_get()->config, data, lt_test_tmpdir());
+  lt_test_expect_run(log, args, 0, "warning: data.path: ", data,
+                     "HDF5's earliest format (h5py's default)", "may crash or hang HDF5",
+                     "libver=", "done: ");
+}
+
 // --- checkpoints ---
 
 static void test_resume_from_a_checkpoint_with_flipped_bytes_exits_5_naming_it(void **state) {
@@ -98,8 +124,34 @@ static void test_resume_from_a_checkpoint_with_flipped_bytes_exits_5_naming_it(v
   lt_test_flip_byte(shard, lt_fixture_data_offset(shard, "adam_v/layers.1.ffn.w_down") + 64);
   EXPECT_LINE(longtrain_stderr(out, "train --config %s --set run.dir=%s --resume auto",
                                lt_test_run_files_get()->config, run),
-              out, LT_ERR_CKPT, shard, "adam_v/layers.1.ffn.w_down", "checksum",
+              out, LT_ERR_CKPT, shard, "corrupt (checksum mismatch)",
               "delete this checkpoint and resume from an earlier one");
+  free(out);
+}
+
+static void
+test_resume_from_a_checkpoint_with_a_flipped_manifest_byte_exits_5_naming_it(void **state) {
+  (void)state;
+  char run[512], manifest[700], *out = malloc(OUT_CAP);
+  trained_run(run, sizeof run, 2);
+  path_in(manifest, sizeof manifest, run, "checkpoints/step_00000002/" LT_MANIFEST_FILE);
+  lt_test_flip_byte(manifest, 40);
+  EXPECT_LINE(longtrain_stderr(out, "train --config %s --set run.dir=%s --resume auto",
+                               lt_test_run_files_get()->config, run),
+              out, LT_ERR_CKPT, manifest, "corrupt (checksum mismatch)",
+              "delete this checkpoint and resume from an earlier one");
+  free(out);
+}
+
+static void test_resume_from_a_folder_without_a_manifest_exits_5_saying_incomplete(void **state) {
+  (void)state;
+  char run[512], ckpt[600], manifest[700], *out = malloc(OUT_CAP);
+  trained_run(run, sizeof run, 2);
+  path_in(ckpt, sizeof ckpt, run, "checkpoints/step_00000002");
+  path_in(manifest, sizeof manifest, ckpt, LT_MANIFEST_FILE);
+  assert_int_equal(unlink(manifest), 0);
+  EXPECT_LINE(longtrain_stderr(out, "train --set run.dir=%s --resume %s", run, ckpt), out,
+              LT_ERR_CKPT, ckpt, "not a complete checkpoint (no manifest.txt)", "--resume auto");
   free(out);
 }
 
@@ -111,7 +163,7 @@ static void test_resume_from_a_truncated_checkpoint_exits_5_naming_it(void **sta
   assert_int_equal(truncate(shard, 5000), 0);
   EXPECT_LINE(longtrain_stderr(out, "train --config %s --set run.dir=%s --resume auto",
                                lt_test_run_files_get()->config, run),
-              out, LT_ERR_CKPT, shard, "corrupt or truncated");
+              out, LT_ERR_CKPT, shard, "truncated or corrupt (size mismatch)");
   free(out);
 }
 
@@ -139,6 +191,9 @@ static void test_resume_from_a_newer_format_exits_5_saying_upgrade(void **state)
   assert_true(H5Awrite(attr, H5T_NATIVE_INT64, &newer) >= 0);
   H5Aclose(attr);
   H5Fclose(file);
+  char ckpt[600];
+  path_in(ckpt, sizeof ckpt, run, "checkpoints/step_00000002");
+  lt_test_reseal_checkpoint(ckpt); // as the newer longtrain would have written it
   EXPECT_LINE(longtrain_stderr(out, "train --config %s --set run.dir=%s --resume auto",
                                lt_test_run_files_get()->config, run),
               out, LT_ERR_CKPT, meta, "format_version 99 is newer", "upgrade longtrain");
@@ -152,7 +207,7 @@ static void test_info_on_a_corrupt_checkpoint_exits_5(void **state) {
   path_in(ckpt, sizeof ckpt, run, "checkpoints/step_00000002");
   path_in(meta, sizeof meta, ckpt, "meta.h5");
   assert_int_equal(truncate(meta, 200), 0);
-  EXPECT_LINE(longtrain_stderr(out, "info %s", ckpt), out, LT_ERR_CKPT, meta, "corrupt");
+  EXPECT_LINE(longtrain_stderr(out, "info %s", ckpt), out, LT_ERR_CKPT, meta, "size mismatch");
   free(out);
 }
 
@@ -233,7 +288,11 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_dataset_with_flipped_token_bytes_exits_4_naming_it),
       cmocka_unit_test(test_truncated_dataset_exits_4_naming_it),
+      cmocka_unit_test(test_dataset_without_metadata_checksums_trains_with_a_warning),
       cmocka_unit_test(test_resume_from_a_checkpoint_with_flipped_bytes_exits_5_naming_it),
+      cmocka_unit_test(
+          test_resume_from_a_checkpoint_with_a_flipped_manifest_byte_exits_5_naming_it),
+      cmocka_unit_test(test_resume_from_a_folder_without_a_manifest_exits_5_saying_incomplete),
       cmocka_unit_test(test_resume_from_a_truncated_checkpoint_exits_5_naming_it),
       cmocka_unit_test(test_resume_into_another_model_shape_exits_5_naming_the_tensor),
       cmocka_unit_test(test_resume_from_a_newer_format_exits_5_saying_upgrade),

@@ -1,7 +1,8 @@
 // Checkpoints as files: what is written reads back bit for bit, slices written as several shards
-// assemble into whole tensors, incomplete checkpoints are never picked, and every damaged,
-// mismatched or newer checkpoint is a one-line LT_ERR_CKPT that names the file and the fix. A
-// write that fails (full disk, injected or real) leaves the previous checkpoint as it was.
+// assemble into whole tensors, incomplete checkpoints (no manifest) are never picked, and every
+// damaged, mismatched or newer checkpoint is a one-line LT_ERR_CKPT that names the file and the
+// fix: a changed byte anywhere fails the manifest's checksums before HDF5 reads the file. A write
+// that fails (full disk, injected or real) leaves the previous checkpoint as it was.
 #include <hdf5.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,8 +14,10 @@
 #include "core/fsutil.h"
 #include "fixture.h"
 #include "model/model.h"
+#include "runs.h"
 #include "testing.h"
 #include "train/checkpoint.h"
+#include "train/checkpoint_manifest.h"
 
 static lt_model_config toy_config(int d_model) {
   return (lt_model_config){.d_model = d_model,
@@ -192,6 +195,26 @@ static void test_files_are_plain_hdf5_with_logical_names_and_checksums(void **st
   lt_model_destroy(&model);
 }
 
+// No times in the files: the same state gives the same bytes, so a checkpoint's checksums depend
+// on its content alone.
+static void test_the_same_state_saved_twice_gives_identical_files(void **state) {
+  (void)state;
+  const char *a = lt_test_tmpdir(), *b = lt_test_tmpdir();
+  lt_model model;
+  toy_model(&model, 32, 1);
+  assert_ok(save(a, 2, &model));
+  sleep(1); // HDF5 records times in seconds
+  assert_ok(save(b, 2, &model));
+  const char *files[] = {"meta.h5", "shard-00000-of-00001.h5", LT_MANIFEST_FILE};
+  for (int i = 0; i < 3; i++) {
+    char x[600], y[600];
+    snprintf(x, sizeof x, "%s/step_00000002/%s", a, files[i]);
+    snprintf(y, sizeof y, "%s/step_00000002/%s", b, files[i]);
+    if (!lt_test_same_file(x, y)) fail_msg("%s and %s differ", x, y);
+  }
+  lt_model_destroy(&model);
+}
+
 // --- several shards ---
 
 // Writes `model` as two shards that split every tensor along dim 0 at its middle (rows
@@ -274,19 +297,27 @@ static void test_only_complete_checkpoints_count_as_the_latest(void **state) {
   lt_model model;
   toy_model(&model, 32, 1);
   assert_ok(save(root, 4, &model));
-  // What a crash leaves: a folder still under its temporary name (even with meta.h5 in it), a
-  // renamed folder without meta.h5, and names that are not this writer's.
-  char path[512], meta[600];
+  // What a crash leaves: a folder still under its temporary name (even with a manifest in it), a
+  // renamed folder without its manifest (a pruning cut short; its other files still there), and
+  // names that are not this writer's.
+  char path[512], from[600], to[600];
   const char *leftovers[] = {".tmp-step_00000012", "step_00000008", "step_00000009x", "step_9"};
   for (int i = 0; i < 4; i++) {
     path_in(path, sizeof path, root, leftovers[i]);
     assert_int_equal(mkdir(path, 0775), 0);
   }
-  path_in(meta, sizeof meta, root, "step_00000004/meta.h5");
-  path_in(path, sizeof path, root, ".tmp-step_00000012/meta.h5");
-  lt_test_copy_file(meta, path);
-  path_in(path, sizeof path, root, "step_9/meta.h5");
-  lt_test_copy_file(meta, path);
+  const char *copies[][2] = {{"meta.h5", ".tmp-step_00000012"},
+                             {LT_MANIFEST_FILE, ".tmp-step_00000012"},
+                             {"meta.h5", "step_00000008"},
+                             {"shard-00000-of-00001.h5", "step_00000008"},
+                             {LT_MANIFEST_FILE, "step_9"}};
+  for (int i = 0; i < 5; i++) {
+    path_in(path, sizeof path, root, "step_00000004");
+    path_in(from, sizeof from, path, copies[i][0]);
+    path_in(path, sizeof path, root, copies[i][1]);
+    path_in(to, sizeof to, path, copies[i][0]);
+    lt_test_copy_file(from, to);
+  }
   char latest[600], expected[512];
   assert_ok(lt_checkpoint_latest(root, latest, sizeof latest));
   path_in(expected, sizeof expected, root, "step_00000004");
@@ -375,43 +406,112 @@ static int load_into(const char *dir, int d_model, bool tie) {
   return rc;
 }
 
-static void test_flipped_tensor_bytes_fail_the_fletcher32_check(void **state) {
+static int64_t file_size(const char *path) {
+  struct stat st;
+  assert_int_equal(stat(path, &st), 0);
+  return (int64_t)st.st_size;
+}
+
+// A flipped byte at the start, in the middle and at the end of each file, the manifest included:
+// the checksum error names the file, whatever HDF5 would have made of the byte.
+static void test_a_flipped_byte_in_any_file_is_a_checksum_error_naming_it(void **state) {
+  (void)state;
+  char dir[512], path[600];
+  saved_checkpoint(dir, sizeof dir);
+  const char *files[] = {"meta.h5", "shard-00000-of-00001.h5", LT_MANIFEST_FILE};
+  for (int f = 0; f < 3; f++)
+    for (int where = 0; where < 3; where++) {
+      path_in(path, sizeof path, dir, files[f]);
+      const int64_t size = file_size(path), at = where == 0 ? 0 : where == 1 ? size / 2 : size - 1;
+      lt_test_flip_byte(path, at);
+      EXPECT_ERROR(load_into(dir, 32, false), LT_ERR_CKPT, path, "corrupt (checksum mismatch)",
+                   "resume from an earlier one");
+      lt_test_flip_byte(path, at); // back as it was
+    }
+  assert_ok(load_into(dir, 32, false));
+}
+
+// A flipped tensor byte fails the manifest's checksum, naming the shard. Behind the manifest
+// (rewritten for the damaged file, as only a forger would), Fletcher-32 still catches it and names
+// the tensor.
+static void test_flipped_tensor_bytes_fail_the_manifest_and_behind_it_fletcher32(void **state) {
   (void)state;
   char dir[512], shard[600];
   saved_checkpoint(dir, sizeof dir);
   path_in(shard, sizeof shard, dir, "shard-00000-of-00001.h5");
   lt_test_flip_byte(shard, lt_fixture_data_offset(shard, "weights/layers.0.ffn.w_up") + 100);
+  EXPECT_ERROR(load_into(dir, 32, false), LT_ERR_CKPT, shard, "corrupt (checksum mismatch)",
+               "CRC-32C", "resume from an earlier one");
+  lt_test_reseal_checkpoint(dir);
   EXPECT_ERROR(load_into(dir, 32, false), LT_ERR_CKPT, shard, "weights/layers.0.ffn.w_up",
-               "checksum", "resume from an earlier one");
+               "Fletcher-32", "resume from an earlier one");
 }
 
-static void test_truncated_shard_is_a_checkpoint_error_naming_it(void **state) {
+static void test_truncated_shard_is_a_size_mismatch_naming_it(void **state) {
   (void)state;
   char dir[512], shard[600];
   saved_checkpoint(dir, sizeof dir);
   path_in(shard, sizeof shard, dir, "shard-00000-of-00001.h5");
-  struct stat st;
-  assert_int_equal(stat(shard, &st), 0);
-  assert_int_equal(truncate(shard, st.st_size * 2 / 3), 0);
-  EXPECT_ERROR(load_into(dir, 32, false), LT_ERR_CKPT, shard, "corrupt or truncated");
+  assert_int_equal(truncate(shard, file_size(shard) * 2 / 3), 0);
+  EXPECT_ERROR(load_into(dir, 32, false), LT_ERR_CKPT, shard,
+               "truncated or corrupt (size mismatch)");
 }
 
-static void test_truncated_meta_is_a_checkpoint_error_naming_it(void **state) {
+static void test_truncated_meta_is_a_size_mismatch_naming_it(void **state) {
   (void)state;
   char dir[512], meta[600];
   saved_checkpoint(dir, sizeof dir);
   path_in(meta, sizeof meta, dir, "meta.h5");
   assert_int_equal(truncate(meta, 100), 0);
-  EXPECT_ERROR(load_into(dir, 32, false), LT_ERR_CKPT, meta, "corrupt or truncated");
+  EXPECT_ERROR(load_into(dir, 32, false), LT_ERR_CKPT, meta,
+               "truncated or corrupt (size mismatch)");
 }
 
-static void test_folder_without_meta_is_not_a_checkpoint(void **state) {
+static void test_missing_meta_is_a_checkpoint_error_naming_it(void **state) {
   (void)state;
   char dir[512], meta[600];
   saved_checkpoint(dir, sizeof dir);
   path_in(meta, sizeof meta, dir, "meta.h5");
   assert_int_equal(unlink(meta), 0);
-  EXPECT_ERROR(load_into(dir, 32, false), LT_ERR_CKPT, dir, "no meta.h5", "--resume auto");
+  EXPECT_ERROR(load_into(dir, 32, false), LT_ERR_CKPT, meta, "missing (manifest.txt lists it)");
+}
+
+static void test_folder_without_a_manifest_is_not_a_checkpoint(void **state) {
+  (void)state;
+  char dir[512], manifest[600], root[512], latest[600];
+  saved_checkpoint(dir, sizeof dir);
+  path_in(manifest, sizeof manifest, dir, LT_MANIFEST_FILE);
+  assert_int_equal(unlink(manifest), 0);
+  EXPECT_ERROR(load_into(dir, 32, false), LT_ERR_CKPT, dir, "not a complete checkpoint",
+               "no manifest.txt", "--resume auto");
+  snprintf(root, sizeof root, "%s", dir);
+  *strrchr(root, '/') = '\0';
+  assert_ok(lt_checkpoint_latest(root, latest, sizeof latest));
+  assert_string_equal(latest, "");
+}
+
+// What a newer longtrain would write: a manifest of a later version, sealed.
+static void test_newer_manifest_version_is_refused_saying_upgrade(void **state) {
+  (void)state;
+  char dir[512], path[600];
+  saved_checkpoint(dir, sizeof dir);
+  path_in(path, sizeof path, dir, LT_MANIFEST_FILE);
+  char *text = lt_test_read_text(path), *newer;
+  size_t len;
+  lt_manifest m;
+  assert_ok(lt_manifest_parse(path, text, strlen(text), &m));
+  m.version = LT_MANIFEST_VERSION + 1;
+  assert_ok(lt_manifest_format(&m, &newer, &len));
+  FILE *f = fopen(path, "wb");
+  assert_int_equal(fwrite(newer, 1, len, f), len);
+  fclose(f);
+  char expected[80];
+  snprintf(expected, sizeof expected, "format version %d is newer than this longtrain reads (%d)",
+           LT_MANIFEST_VERSION + 1, LT_MANIFEST_VERSION);
+  EXPECT_ERROR(load_into(dir, 32, false), LT_ERR_CKPT, path, expected, "upgrade longtrain");
+  lt_manifest_free(&m);
+  free(newer);
+  free(text);
 }
 
 static void test_newer_format_version_is_refused_naming_both_versions(void **state) {
@@ -425,6 +525,7 @@ static void test_newer_format_version_is_refused_naming_both_versions(void **sta
   assert_true(H5Awrite(attr, H5T_NATIVE_INT64, &newer) >= 0);
   H5Aclose(attr);
   H5Fclose(file);
+  lt_test_reseal_checkpoint(dir); // as the newer longtrain would have written it
   char expected[64];
   snprintf(expected, sizeof expected, "format_version %lld is newer than this longtrain reads (%d)",
            (long long)newer, LT_CHECKPOINT_FORMAT_VERSION);
@@ -465,8 +566,8 @@ static void test_checkpoint_missing_a_tensor_of_the_model_names_it(void **state)
 // Every file of checkpoint folder `dir` into `copy` (a new folder), to compare after a failure.
 static void snapshot(const char *dir, const char *copy) {
   assert_int_equal(mkdir(copy, 0775), 0);
-  const char *files[] = {"meta.h5", "shard-00000-of-00001.h5"};
-  for (int i = 0; i < 2; i++) {
+  const char *files[] = {"meta.h5", "shard-00000-of-00001.h5", LT_MANIFEST_FILE};
+  for (int i = 0; i < 3; i++) {
     char from[600], to[600];
     path_in(from, sizeof from, dir, files[i]);
     path_in(to, sizeof to, copy, files[i]);
@@ -475,8 +576,8 @@ static void snapshot(const char *dir, const char *copy) {
 }
 
 static void assert_unchanged(const char *dir, const char *copy) {
-  const char *files[] = {"meta.h5", "shard-00000-of-00001.h5"};
-  for (int i = 0; i < 2; i++) {
+  const char *files[] = {"meta.h5", "shard-00000-of-00001.h5", LT_MANIFEST_FILE};
+  for (int i = 0; i < 3; i++) {
     char a[600], b[600];
     path_in(a, sizeof a, dir, files[i]);
     path_in(b, sizeof b, copy, files[i]);
@@ -565,16 +666,20 @@ int main(void) {
       cmocka_unit_test(test_load_weights_leaves_the_optimizer_state_alone),
       cmocka_unit_test(test_read_config_gives_the_saved_config),
       cmocka_unit_test(test_files_are_plain_hdf5_with_logical_names_and_checksums),
+      cmocka_unit_test(test_the_same_state_saved_twice_gives_identical_files),
       cmocka_unit_test(test_two_shards_split_by_rows_load_into_one_process),
       cmocka_unit_test(test_missing_shard_is_a_checkpoint_error_naming_it),
       cmocka_unit_test(test_only_complete_checkpoints_count_as_the_latest),
       cmocka_unit_test(test_no_checkpoint_at_all_gives_an_empty_latest),
       cmocka_unit_test(test_prune_keeps_the_newest_and_removes_interrupted_writes),
       cmocka_unit_test(test_saving_a_step_again_replaces_its_checkpoint),
-      cmocka_unit_test(test_flipped_tensor_bytes_fail_the_fletcher32_check),
-      cmocka_unit_test(test_truncated_shard_is_a_checkpoint_error_naming_it),
-      cmocka_unit_test(test_truncated_meta_is_a_checkpoint_error_naming_it),
-      cmocka_unit_test(test_folder_without_meta_is_not_a_checkpoint),
+      cmocka_unit_test(test_a_flipped_byte_in_any_file_is_a_checksum_error_naming_it),
+      cmocka_unit_test(test_flipped_tensor_bytes_fail_the_manifest_and_behind_it_fletcher32),
+      cmocka_unit_test(test_truncated_shard_is_a_size_mismatch_naming_it),
+      cmocka_unit_test(test_truncated_meta_is_a_size_mismatch_naming_it),
+      cmocka_unit_test(test_missing_meta_is_a_checkpoint_error_naming_it),
+      cmocka_unit_test(test_folder_without_a_manifest_is_not_a_checkpoint),
+      cmocka_unit_test(test_newer_manifest_version_is_refused_saying_upgrade),
       cmocka_unit_test(test_newer_format_version_is_refused_naming_both_versions),
       cmocka_unit_test(test_checkpoint_of_another_width_names_the_tensor_and_both_shapes),
       cmocka_unit_test(test_checkpoint_with_a_tensor_the_model_lacks_names_it),

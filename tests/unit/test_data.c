@@ -9,10 +9,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/h5util.h"
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "data/prepare.h"
 #include "data/tokenizer.h"
+#include "fixture.h"
 #include "testing.h"
 
 static int count_entries(const char *dir) {
@@ -38,47 +40,6 @@ static void write_counting_dataset(const char *path, int64_t n, int vocab) {
   assert_ok(lt_dataset_writer_add(&w, ids, n));
   assert_ok(lt_dataset_writer_commit(&w));
   free(ids);
-}
-
-// An HDF5 file written directly, for what lt_dataset_writer refuses to make: /tokens (uint32) only
-// when `tokens` is not NULL, with doc_offsets and attributes as a dataset has them.
-static void write_raw_hdf5(const char *path, const uint32_t *tokens, hsize_t n, int64_t vocab) {
-  hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-  assert_true(file >= 0);
-  if (tokens) {
-    hid_t space = H5Screate_simple(1, &n, NULL);
-    hid_t set =
-        H5Dcreate2(file, "tokens", H5T_STD_U32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    assert_true(H5Dwrite(set, H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, tokens) >= 0);
-    H5Dclose(set);
-    H5Sclose(space);
-  }
-  hsize_t two = 2;
-  uint64_t offsets[2] = {0, n};
-  hid_t space = H5Screate_simple(1, &two, NULL);
-  hid_t set =
-      H5Dcreate2(file, "doc_offsets", H5T_STD_U64LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-  assert_true(H5Dwrite(set, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, offsets) >= 0);
-  H5Dclose(set);
-  H5Sclose(space);
-  const char *names[2] = {"vocab_size", "eos_id"};
-  int64_t values[2] = {vocab, vocab - 1};
-  for (int i = 0; i < 2; i++) {
-    hid_t scalar = H5Screate(H5S_SCALAR);
-    hid_t attr = H5Acreate2(file, names[i], H5T_STD_I64LE, scalar, H5P_DEFAULT, H5P_DEFAULT);
-    assert_true(H5Awrite(attr, H5T_NATIVE_INT64, &values[i]) >= 0);
-    H5Aclose(attr);
-    H5Sclose(scalar);
-  }
-  hid_t type = H5Tcopy(H5T_C_S1);
-  H5Tset_size(type, 5);
-  hid_t scalar = H5Screate(H5S_SCALAR);
-  hid_t attr = H5Acreate2(file, "tokenizer", type, scalar, H5P_DEFAULT, H5P_DEFAULT);
-  assert_true(H5Awrite(attr, type, "byte") >= 0);
-  H5Aclose(attr);
-  H5Sclose(scalar);
-  H5Tclose(type);
-  H5Fclose(file);
 }
 
 // --- writing and reading ---
@@ -423,12 +384,80 @@ static void test_token_outside_the_vocab_is_a_data_error_naming_the_file(void **
   char path[1200];
   snprintf(path, sizeof path, "%s/bad-token.h5", lt_test_tmpdir());
   const uint32_t tokens[] = {1, 2, 259, 3};
-  write_raw_hdf5(path, tokens, 4, LT_BYTE_VOCAB);
+  lt_fixture_write_h5py_dataset(path, tokens, 4, LT_BYTE_VOCAB);
   lt_dataset ds;
   assert_ok(lt_dataset_open(&ds, path));
   int32_t out[4];
   EXPECT_DATA_ERROR(lt_dataset_read(&ds, 0, 4, out), path, "token 259 at position 2",
                     "vocab_size 259");
+  lt_dataset_close(&ds);
+}
+
+// README promises that datasets written another way work; h5py's default layout is the common one.
+static void test_dataset_in_h5py_default_layout_reads_back(void **state) {
+  (void)state;
+  char path[1200];
+  snprintf(path, sizeof path, "%s/h5py.h5", lt_test_tmpdir());
+  const uint32_t tokens[] = {1, 2, 258, 3, 4};
+  lt_fixture_write_h5py_dataset(path, tokens, 5, LT_BYTE_VOCAB);
+  lt_dataset ds;
+  assert_ok(lt_dataset_open(&ds, path));
+  assert_string_equal(ds.tokenizer, "byte");
+  int32_t out[5];
+  assert_ok(lt_dataset_read(&ds, 0, 5, out));
+  for (int i = 0; i < 5; i++) assert_int_equal(out[i], tokens[i]);
+  lt_dataset_close(&ds);
+}
+
+// What the trainer's warning rests on: the superblock version, read without HDF5 wherever the
+// superblock is (after a user block too), and the kind of the tokenizer string.
+static void test_superblock_version_is_read_wherever_the_superblock_is(void **state) {
+  (void)state;
+  char prepared[1200], h5py[1200], user_block[1200];
+  snprintf(prepared, sizeof prepared, "%s/prepared.h5", lt_test_tmpdir());
+  snprintf(h5py, sizeof h5py, "%s/h5py.h5", lt_test_tmpdir());
+  snprintf(user_block, sizeof user_block, "%s/user-block.h5", lt_test_tmpdir());
+  write_counting_dataset(prepared, 100, 256);
+  lt_fixture_write_h5py_dataset(h5py, NULL, 0, LT_BYTE_VOCAB);
+  hid_t fcpl = H5Pcreate(H5P_FILE_CREATE), fapl = H5Pcreate(H5P_FILE_ACCESS);
+  H5Pset_userblock(fcpl, 1024);
+  H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110);
+  H5Fclose(H5Fcreate(user_block, H5F_ACC_TRUNC, fcpl, fapl));
+  H5Pclose(fcpl), H5Pclose(fapl);
+  assert_int_equal(lt_h5_superblock_version(prepared), 3);
+  assert_int_equal(lt_h5_superblock_version(h5py), 0);
+  assert_int_equal(lt_h5_superblock_version(user_block), 3);
+  lt_test_write_file(user_block, "not HDF5");
+  assert_int_equal(lt_h5_superblock_version(user_block), -1);
+}
+
+static void test_datasets_whose_metadata_hdf5_does_not_checksum_say_why(void **state) {
+  (void)state;
+  char prepared[1200], h5py[1200];
+  snprintf(prepared, sizeof prepared, "%s/prepared.h5", lt_test_tmpdir());
+  snprintf(h5py, sizeof h5py, "%s/h5py.h5", lt_test_tmpdir());
+  write_counting_dataset(prepared, 100, 256);
+  const uint32_t tokens[] = {1, 2, 3};
+  lt_fixture_write_h5py_dataset(h5py, tokens, 3, LT_BYTE_VOCAB);
+  lt_dataset ds;
+  assert_ok(lt_dataset_open(&ds, prepared));
+  assert_null(ds.unchecked);
+  lt_dataset_close(&ds);
+  assert_ok(lt_dataset_open(&ds, h5py));
+  assert_non_null(strstr(ds.unchecked, "earliest format"));
+  lt_dataset_close(&ds);
+  // The checksummed format, but the tokenizer as h5py writes a str: a variable-length string.
+  hid_t file = H5Fopen(prepared, H5F_ACC_RDWR, H5P_DEFAULT);
+  assert_true(H5Adelete(file, "tokenizer") >= 0);
+  hid_t type = H5Tcopy(H5T_C_S1), scalar = H5Screate(H5S_SCALAR);
+  H5Tset_size(type, H5T_VARIABLE);
+  hid_t attr = H5Acreate2(file, "tokenizer", type, scalar, H5P_DEFAULT, H5P_DEFAULT);
+  const char *value = "test";
+  assert_true(H5Awrite(attr, type, &value) >= 0);
+  H5Aclose(attr), H5Sclose(scalar), H5Tclose(type), H5Fclose(file);
+  assert_ok(lt_dataset_open(&ds, prepared));
+  assert_non_null(strstr(ds.unchecked, "variable-length string"));
+  assert_string_equal(ds.tokenizer, "test");
   lt_dataset_close(&ds);
 }
 
@@ -465,7 +494,7 @@ static void test_hdf5_file_without_tokens_says_so(void **state) {
   (void)state;
   char path[1200];
   snprintf(path, sizeof path, "%s/no-tokens.h5", lt_test_tmpdir());
-  write_raw_hdf5(path, NULL, 0, LT_BYTE_VOCAB);
+  lt_fixture_write_h5py_dataset(path, NULL, 0, LT_BYTE_VOCAB);
   lt_dataset ds;
   EXPECT_DATA_ERROR(lt_dataset_open(&ds, path), path, "no /tokens");
 }
@@ -492,6 +521,9 @@ int main(void) {
       cmocka_unit_test(test_each_epoch_visits_every_window_once_in_a_new_order),
       cmocka_unit_test(test_dataset_shorter_than_one_window_is_a_data_error),
       cmocka_unit_test(test_token_outside_the_vocab_is_a_data_error_naming_the_file),
+      cmocka_unit_test(test_dataset_in_h5py_default_layout_reads_back),
+      cmocka_unit_test(test_superblock_version_is_read_wherever_the_superblock_is),
+      cmocka_unit_test(test_datasets_whose_metadata_hdf5_does_not_checksum_say_why),
       cmocka_unit_test(test_missing_dataset_is_a_data_error_naming_it),
       cmocka_unit_test(test_non_hdf5_file_is_a_data_error_naming_it),
       cmocka_unit_test(test_truncated_dataset_is_a_data_error_naming_it),
