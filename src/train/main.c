@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "data/prepare.h"
+#include "train/eval.h"
 #include "parallel/comm.h"
 #include "train/info.h"
 #include "train/trainer.h"
@@ -85,6 +86,8 @@ int main(int argc, char **argv) {
       rc = config_main(argc - 1, argv + 1);
     } else if (strcmp(argv[1], "info") == 0) {
       rc = lt_info_main(argc - 1, argv + 1);
+    } else if (strcmp(argv[1], "eval") == 0) {
+      rc = lt_eval_main(argc - 1, argv + 1);
     } else {
       rc = lt_fail(LT_ERR_USAGE, "unknown command '%s' (see longtrain --help)", argv[1]);
     }

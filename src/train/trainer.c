@@ -11,41 +11,10 @@
 #include "optim/schedule.h"
 #include "train/checkpoint.h"
 
-// Opens `path` as the dataset of config key `key` and checks it fits the model's vocab.
-static int open_dataset(lt_trainer *tr, lt_dataset *ds, const char *path, const char *key) {
-  int rc = lt_dataset_open(ds, path);
-  if (rc) return lt_error_context(rc, "%s", key);
-  LT_CHECK(ds->vocab_size <= tr->cfg.model.vocab_size, LT_ERR_DATA,
-           "%s: %s has vocab_size %d but model.vocab_size is %d: set model.vocab_size to "
-           "at least %d",
-           key, path, ds->vocab_size, tr->cfg.model.vocab_size, ds->vocab_size);
-  return LT_OK;
-}
-
-static int open_data(lt_trainer *tr) {
-  const lt_config *cfg = &tr->cfg;
-  LT_CHECK(cfg->data.path[0], LT_ERR_CONFIG,
-           "%s: data.path is not set: give the dataset made by `longtrain prepare`", cfg->source);
-  LT_TRY(open_dataset(tr, &tr->data, cfg->data.path, "data.path"));
-  lt_loader_spec spec = {.seq_len = tr->seq_len,
-                         .packing = (lt_packing)cfg->data.packing,
-                         .seed = (uint64_t)cfg->run.seed,
-                         .held_out = cfg->data.val_fraction,
-                         .role = LT_LOADER_TRAIN};
-  LT_TRY(lt_loader_create(&tr->loader, &tr->data, &spec));
-  tr->has_val = cfg->data.val_fraction > 0 || cfg->data.val_path[0];
-  if (!tr->has_val) return LT_OK;
-  spec.role = LT_LOADER_EVAL;
-  if (!cfg->data.val_path[0]) return lt_loader_create(&tr->val_loader, &tr->data, &spec);
-  LT_TRY(open_dataset(tr, &tr->val_data, cfg->data.val_path, "data.val_path"));
-  spec.held_out = 0;
-  return lt_loader_create(&tr->val_loader, &tr->val_data, &spec);
-}
-
 static int allocate_batches(lt_trainer *tr) {
   size_t n = (size_t)(tr->accum * tr->micro_batch * tr->seq_len);
   int32_t **buffers[4] = {&tr->host.tokens, &tr->host.targets, &tr->host.pos, &tr->host.doc};
-  const int n_buffers = tr->cfg.data.packing == LT_PACK_DOCUMENTS ? 4 : 3;
+  const int n_buffers = tr->data->documents ? 4 : 3;
   for (int i = 0; i < n_buffers; i++) {
     *buffers[i] = malloc(n * sizeof(int32_t));
     LT_CHECK(*buffers[i], LT_ERR_MEMORY, "out of host memory for %zu batch tokens", n);
@@ -73,7 +42,8 @@ int lt_trainer_create(lt_trainer *tr, const lt_config *cfg, lt_world *world) {
   tr->accum = t->batch / (tr->micro_batch * world->size);
   lt_device device = cfg->run.device == LT_DEVICE_CUDA ? LT_CUDA : LT_CPU;
   LT_TRY(lt_ctx_init(&tr->ctx, device, cfg->run.threads));
-  LT_TRY(open_data(tr));
+  LT_TRY(lt_source_open(&tr->data, cfg, LT_SOURCE_TRAIN));
+  LT_TRY(lt_source_open(&tr->val_data, cfg, LT_SOURCE_VALIDATION));
   LT_TRY(lt_model_create(&tr->model, &tr->cfg.model, device, NULL));
   LT_TRY(lt_model_plan(&tr->model, tr->micro_batch, tr->seq_len, t->recompute));
   LT_TRY(lt_optimizer_create(&tr->opt, &tr->model.params, t));
@@ -89,10 +59,8 @@ void lt_trainer_destroy(lt_trainer *tr) {
   lt_arena_destroy(&tr->batch_arena);
   lt_optimizer_destroy(&tr->opt);
   lt_model_destroy(&tr->model);
-  lt_loader_destroy(&tr->loader);
-  lt_loader_destroy(&tr->val_loader);
-  lt_dataset_close(&tr->data);
-  lt_dataset_close(&tr->val_data);
+  lt_source_close(tr->data);
+  lt_source_close(tr->val_data);
   lt_ctx_destroy(&tr->ctx);
 }
 
@@ -120,13 +88,12 @@ static int count_targets(lt_trainer *tr, int64_t n, double *count) {
 
 int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out) {
   const int64_t n_step = tr->accum * tr->micro_batch * tr->seq_len;
-  LT_TRY(
-      lt_loader_next(&tr->loader, tr->cfg.train.batch, tr->world->rank, tr->world->size, tr->host));
+  LT_TRY(lt_source_next(tr->data, tr->cfg.train.batch, tr->world->rank, tr->world->size, tr->host));
   // The loss is the mean over every target token of the step, whatever the accumulation: each
   // micro-batch's gradient is scaled by 1 / (the step's target count), known before any runs.
   double count;
   LT_TRY(count_targets(tr, n_step, &count));
-  LT_CHECK(count > 0, LT_ERR_DATA, "%s: a whole step has no target tokens", tr->data.path);
+  LT_CHECK(count > 0, LT_ERR_DATA, "%s: a whole step has no target tokens", tr->data->name);
   const float grad_scale = (float)(1.0 / count);
   LT_TRY(lt_params_zero_grad(&tr->model.params));
   // Auxiliary losses are means over a micro-batch's tokens already: the step's is their mean.
@@ -161,13 +128,13 @@ int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out) {
 }
 
 int lt_trainer_eval(lt_trainer *tr, double *loss) {
-  LT_ASSERT(tr->has_val);
+  LT_ASSERT(tr->val_data);
   const int64_t n = tr->micro_batch * tr->seq_len;
   const int64_t global = tr->micro_batch * tr->world->size;
   double sums[2] = {0, 0}; // loss, target tokens
-  tr->val_loader.next_sample = 0;
+  tr->val_data->next_sample = 0;
   for (int b = 0; b < tr->cfg.train.eval_batches; b++) {
-    LT_TRY(lt_loader_next(&tr->val_loader, global, tr->world->rank, tr->world->size, tr->host));
+    LT_TRY(lt_source_next(tr->val_data, global, tr->world->rank, tr->world->size, tr->host));
     double micro_loss;
     LT_TRY(stage_micro_batch(tr, 0));
     LT_TRY(lt_model_forward(&tr->model, &tr->ctx, &tr->batch, false, 0.0f, &micro_loss));
@@ -205,7 +172,7 @@ int lt_trainer_resume(lt_trainer *tr, const char *dir) {
   if (rc == LT_OK) {
     tr->opt.step = ck.meta.step;
     tr->tokens_seen = ck.meta.tokens_seen;
-    tr->loader.next_sample = ck.meta.data_position;
+    tr->data->next_sample = ck.meta.data_position;
     tr->train_seconds = ck.meta.train_seconds;
     warn_config_differences(tr, ck.meta.config_yaml, ck.dir);
   }
@@ -221,7 +188,7 @@ int lt_trainer_save(lt_trainer *tr, double train_seconds, char *written, size_t 
   lt_checkpoint_root(tr->cfg.run.dir, root, sizeof root);
   lt_checkpoint_meta meta = {.step = tr->opt.step,
                              .tokens_seen = tr->tokens_seen,
-                             .data_position = tr->loader.next_sample,
+                             .data_position = tr->data->next_sample,
                              .seed = tr->cfg.run.seed,
                              .n_params = lt_model_n_params(&tr->model),
                              .train_seconds = train_seconds};

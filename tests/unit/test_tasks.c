@@ -131,7 +131,7 @@ static void test_mqar_queries_come_mostly_soon_after_the_pairs(void **state) {
 static void expect_passkey_at_depth(double depth, int expected_key_place) {
   const int V = 40, T = 60, L = 5;
   lt_task task = lt_task_defaults(LT_TASK_PASSKEY, V, T, 11);
-  task.depth = depth;
+  task.depth_min = task.depth_max = depth;
   task_batch b = generate(&task, 0, 6);
   for (int64_t s = 0; s < b.B; s++) {
     const int32_t *x = b.tokens + s * T, *y = b.targets + s * T;
@@ -165,7 +165,7 @@ static void test_passkey_answer_is_the_key_hidden_at_the_chosen_depth(void **sta
 static void test_passkey_filler_repeats_one_sentence(void **state) {
   (void)state;
   lt_task task = lt_task_defaults(LT_TASK_PASSKEY, 100, 80, 13);
-  task.depth = 1.0; // all filler first: tokens 0..filler-1
+  task.depth_min = task.depth_max = 1.0; // all filler first: tokens 0..filler-1
   task_batch b = generate(&task, 0, 3);
   const int filler = 81 - 2 * 6;
   for (int64_t s = 0; s < b.B; s++)
@@ -187,14 +187,14 @@ static void test_accuracy_of_perfect_random_and_wrong_predictors(void **state) {
   float *logits = malloc(sizeof(float) * n * V);
   lt_test_fill_normal(logits, n * V, 19, 1.0f);
   lt_task_score random = {0}, perfect = {0}, wrong = {0};
-  lt_task_score_logits(&random, logits, b.targets, n, V);
+  lt_task_score_logits(&random, logits, b.targets, b.B, b.T, V);
   for (int64_t i = 0; i < n; i++)
     if (b.targets[i] != LT_IGNORE_INDEX) logits[i * V + b.targets[i]] = 100.0f;
-  lt_task_score_logits(&perfect, logits, b.targets, n, V);
+  lt_task_score_logits(&perfect, logits, b.targets, b.B, b.T, V);
   for (int64_t i = 0; i < n; i++)
     if (b.targets[i] != LT_IGNORE_INDEX)
       logits[i * V + (b.targets[i] + 1) % V] = 200.0f; // confidently one off
-  lt_task_score_logits(&wrong, logits, b.targets, n, V);
+  lt_task_score_logits(&wrong, logits, b.targets, b.B, b.T, V);
   assert_int_equal(perfect.answers, 40 * 8);
   assert_true(lt_task_accuracy(perfect) == 1.0);
   assert_true(lt_task_accuracy(wrong) == 0.0);
@@ -211,14 +211,19 @@ static void test_accuracy_of_perfect_random_and_wrong_predictors(void **state) {
 static void test_sizes_that_do_not_fit_are_config_errors(void **state) {
   (void)state;
   lt_task small_vocab = mqar(16, 64, 8, 1);
-  EXPECT_ERROR(lt_task_check(&small_vocab), LT_ERR_CONFIG, "vocab_size (16)", "n_pairs (8)",
-               "at least 18");
+  EXPECT_ERROR(lt_task_check(&small_vocab), LT_ERR_CONFIG, "data.task_vocab (16)",
+               "data.task_pairs (8)", "at least 18");
   lt_task short_seq = mqar(64, 30, 8, 1);
-  EXPECT_ERROR(lt_task_check(&short_seq), LT_ERR_CONFIG, "seq_len (30)", "at least 32");
+  EXPECT_ERROR(lt_task_check(&short_seq), LT_ERR_CONFIG, "train.seq_len (30)", "at least 32");
   lt_task passkey = lt_task_defaults(LT_TASK_PASSKEY, 64, 10, 1);
-  EXPECT_ERROR(lt_task_check(&passkey), LT_ERR_CONFIG, "passkey", "seq_len (10)", "at least 11");
+  EXPECT_ERROR(lt_task_check(&passkey), LT_ERR_CONFIG, "passkey", "train.seq_len (10)",
+               "at least 11");
   lt_task tiny_vocab = lt_task_defaults(LT_TASK_PASSKEY, 12, 100, 1);
-  EXPECT_ERROR(lt_task_check(&tiny_vocab), LT_ERR_CONFIG, "vocab_size (12)");
+  EXPECT_ERROR(lt_task_check(&tiny_vocab), LT_ERR_CONFIG, "data.task_vocab (12)");
+  lt_task deep = lt_task_defaults(LT_TASK_PASSKEY, 64, 100, 1);
+  deep.depth_min = 0.8, deep.depth_max = 0.2;
+  EXPECT_ERROR(lt_task_check(&deep), LT_ERR_CONFIG, "data.task_depth_min (0.8)",
+               "data.task_depth_max (0.2)");
   lt_task_kind kind;
   EXPECT_ERROR(lt_task_kind_from_name("needle", &kind), LT_ERR_USAGE, "'needle'", "mqar",
                "passkey");
@@ -270,7 +275,7 @@ static void test_softmax_attention_learns_mqar_far_above_chance(void **state) {
       lt_batch batch = as_batch(&eval);
       assert_ok(lt_model_logits(&model, &ctx, &batch, lt_view2(logits, LT_F32, LT_CPU, B * T, V)));
       lt_task_score score = {0};
-      lt_task_score_logits(&score, logits, eval.targets, B * T, V);
+      lt_task_score_logits(&score, logits, eval.targets, B, T, V);
       accuracy[step == steps] = lt_task_accuracy(score);
       free_batch(&eval);
       if (step == steps) break;
