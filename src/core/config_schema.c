@@ -412,7 +412,7 @@ int lt_config_validate(const lt_config *cfg) {
            "%s: data.val_fraction and data.val_path are both set: keep one of them", src);
   LT_CHECK(t->eval_every == 0 || d->val_fraction > 0 || d->val_path[0] || d->task, LT_ERR_CONFIG,
            "%s: train.eval_every (%d) needs a validation set: set data.val_fraction (e.g. 0.01) "
-           "or data.val_path",
+           "or data.val_path (a data.task has its own)",
            src, t->eval_every);
   LT_CHECK(d->task_vocab <= m->vocab_size, LT_ERR_CONFIG,
            "%s: data.task_vocab (%d) exceeds model.vocab_size (%d): the model has no embedding "

@@ -89,6 +89,14 @@ int lt_task_from_config(const lt_config *cfg, lt_task_kind kind, lt_task_stream 
   return rc == LT_OK ? LT_OK : lt_error_context(rc, "%s", cfg->source);
 }
 
+lt_task lt_task_depth_bucket(const lt_task *task, int64_t b, int64_t K) {
+  lt_task part = *task;
+  const double span = task->depth_max - task->depth_min;
+  part.depth_min = task->depth_min + span * (double)b / (double)K;
+  part.depth_max = task->depth_min + span * (double)(b + 1) / (double)K;
+  return part;
+}
+
 // n distinct draws from 0..count-1 by partial Fisher-Yates; `pool` has room for count.
 static void draw_distinct(lt_rng *rng, int32_t *out, int n, int32_t *pool, int count) {
   for (int i = 0; i < count; i++) pool[i] = i;

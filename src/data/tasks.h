@@ -72,6 +72,9 @@ typedef enum lt_task_stream {
 int lt_task_from_config(const lt_config *cfg, lt_task_kind kind, lt_task_stream stream,
                         lt_task *task);
 
+// The passkey task restricted to the b-th of K equal parts of its depth range (eval's buckets).
+lt_task lt_task_depth_bucket(const lt_task *task, int64_t b, int64_t K);
+
 // Sequences first .. first+B-1 as B rows of seq_len tokens: tokens, targets and positions, each
 // B * seq_len i32 on the host.
 int lt_task_generate(const lt_task *task, int64_t first, int64_t B, int32_t *tokens,

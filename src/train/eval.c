@@ -190,15 +190,10 @@ static void add_score(cJSON *obj, lt_task_score s) {
 // of the stream). Prints each bucket's line as it is done and adds the results to `json`.
 static int run_task(eval_model *m, const lt_task *task, const eval_args *args, cJSON *json) {
   const int64_t K = task->kind == LT_TASK_PASSKEY ? args->buckets : 1, N = args->samples;
-  LT_CHECK(K <= N, LT_ERR_USAGE, "eval: --buckets (%lld) exceeds --samples (%lld): lower it",
-           (long long)K, (long long)N);
   cJSON *buckets = K > 1 ? cJSON_AddArrayToObject(json, "buckets") : NULL;
   lt_task_score total = {0};
   for (int64_t b = 0; b < K; b++) {
-    lt_task part = *task;
-    const double span = task->depth_max - task->depth_min;
-    part.depth_min = task->depth_min + span * (double)b / (double)K;
-    part.depth_max = task->depth_min + span * (double)(b + 1) / (double)K;
+    const lt_task part = lt_task_depth_bucket(task, b, K);
     lt_task_score s = {0};
     LT_TRY(score(m, &part, b * N / K, (b + 1) * N / K - b * N / K, &s));
     total.correct += s.correct, total.answers += s.answers;
@@ -235,7 +230,11 @@ static int choose_task(const eval_args *args, const lt_config *cfg, lt_task *tas
              "eval: %s trained on data.path, not a task: give --task mqar or --task passkey",
              args->checkpoint);
   }
-  return lt_task_from_config(cfg, kind, LT_TASK_EVAL, task);
+  LT_TRY(lt_task_from_config(cfg, kind, LT_TASK_EVAL, task));
+  LT_CHECK(task->kind != LT_TASK_PASSKEY || args->buckets <= args->samples, LT_ERR_USAGE,
+           "eval: --buckets (%lld) exceeds --samples (%lld): lower it", (long long)args->buckets,
+           (long long)args->samples);
+  return LT_OK;
 }
 
 static int evaluate(const eval_args *args) {

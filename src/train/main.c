@@ -22,6 +22,7 @@ static const char *usage =
     "  train     train a model from a YAML config\n"
     "  config    print the documentation of every config key (--docs), or a resolved config\n"
     "  info      summarise a checkpoint\n"
+    "  eval      score a checkpoint on a synthetic long-context task (MQAR, passkey)\n"
     "\n"
     "`longtrain <command> --help` describes each.\n";
 

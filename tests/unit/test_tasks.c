@@ -162,6 +162,34 @@ static void test_passkey_answer_is_the_key_hidden_at_the_chosen_depth(void **sta
   expect_passkey_at_depth(1.0, 49); // the key right before the ask
 }
 
+static void test_passkey_depth_is_drawn_from_its_range_and_buckets_split_it(void **state) {
+  (void)state;
+  // 101 tokens in the stream, 89 of filler: depths 0.25 .. 0.5 put the key at 22 .. 45.
+  const int V = 40, T = 100;
+  lt_task task = lt_task_defaults(LT_TASK_PASSKEY, V, T, 21);
+  task.depth_min = 0.25, task.depth_max = 0.5;
+  task_batch b = generate(&task, 0, 300);
+  int lowest = T, highest = -1;
+  for (int64_t s = 0; s < b.B; s++)
+    for (int t = 0; t < T; t++)
+      if (b.tokens[s * T + t] == LT_PASSKEY_KEY) {
+        lowest = t < lowest ? t : lowest;
+        highest = t > highest ? t : highest;
+      }
+  printf("passkey places %d .. %d for depths 0.25 .. 0.5\n", lowest, highest);
+  assert_true(lowest >= 22 && lowest <= 24); // uniform: 300 draws reach near both ends
+  assert_true(highest <= 45 && highest >= 43);
+  free_batch(&b);
+  // Buckets: equal parts of the range, in order, covering it.
+  for (int k = 0; k < 5; k++) {
+    const lt_task part = lt_task_depth_bucket(&task, k, 5);
+    assert_float_equal(part.depth_min, 0.25 + 0.05 * k, 1e-12);
+    assert_float_equal(part.depth_max, 0.25 + 0.05 * (k + 1), 1e-12);
+    assert_int_equal(part.seed, task.seed);
+    assert_int_equal(part.passkey_len, task.passkey_len);
+  }
+}
+
 static void test_passkey_filler_repeats_one_sentence(void **state) {
   (void)state;
   lt_task task = lt_task_defaults(LT_TASK_PASSKEY, 100, 80, 13);
@@ -202,6 +230,19 @@ static void test_accuracy_of_perfect_random_and_wrong_predictors(void **state) {
   printf("random predictor: %lld of %lld right\n", (long long)random.correct,
          (long long)random.answers);
   assert_true(lt_task_accuracy(random) < 12.0 / 320);
+  assert_int_equal(perfect.sequences, 40);
+  assert_true(lt_task_exact_match(perfect) == 1.0 && lt_task_exact_match(wrong) == 0.0);
+  // One wrong answer spoils its sequence's exact match, and only that one's.
+  lt_task_score one_off = {0};
+  for (int64_t i = 0; i < n; i++)
+    if (b.targets[i] != LT_IGNORE_INDEX) logits[i * V + b.targets[i]] = 300.0f;
+  int64_t spoiled = 3 * b.T;
+  while (b.targets[spoiled] == LT_IGNORE_INDEX) spoiled++;
+  logits[spoiled * V + (b.targets[spoiled] + 1) % V] = 400.0f;
+  lt_task_score_logits(&one_off, logits, b.targets, b.B, b.T, V);
+  assert_int_equal(one_off.correct, 40 * 8 - 1);
+  assert_int_equal(one_off.sequences_correct, 39);
+  assert_true(lt_task_exact_match(one_off) == 39.0 / 40);
   free(logits);
   free_batch(&b);
 }
@@ -306,6 +347,7 @@ int main(void) {
       cmocka_unit_test(test_mqar_answers_every_key_once_with_its_value),
       cmocka_unit_test(test_mqar_queries_come_mostly_soon_after_the_pairs),
       cmocka_unit_test(test_passkey_answer_is_the_key_hidden_at_the_chosen_depth),
+      cmocka_unit_test(test_passkey_depth_is_drawn_from_its_range_and_buckets_split_it),
       cmocka_unit_test(test_passkey_filler_repeats_one_sentence),
       cmocka_unit_test(test_accuracy_of_perfect_random_and_wrong_predictors),
       cmocka_unit_test(test_sizes_that_do_not_fit_are_config_errors),
