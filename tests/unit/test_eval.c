@@ -237,6 +237,16 @@ static void test_a_checkpoint_trained_on_a_dataset_needs_task(void **state) {
   assert_non_null(strstr(out.text, "vocab 320"));
 }
 
+static void test_info_names_the_task_a_checkpoint_trained_on(void **state) {
+  (void)state;
+  char command[1400], text[8192];
+  snprintf(command, sizeof command, "%s info %s/checkpoints/step_00000300", lt_test_binary(),
+           trained());
+  assert_int_equal(lt_test_run(command, text, sizeof text), 0);
+  if (!strstr(text, "data position: sample 9600 of task mqar (generated, seq_len 32"))
+    fail_msg("unexpected summary:\n%s", text);
+}
+
 static void test_help_describes_the_options(void **state) {
   (void)state;
   char command[600], text[8192];
@@ -258,6 +268,7 @@ int main(void) {
       cmocka_unit_test(test_passkey_is_scored_per_depth_bucket),
       cmocka_unit_test(test_bad_input_is_one_line_with_the_documented_status),
       cmocka_unit_test(test_a_checkpoint_trained_on_a_dataset_needs_task),
+      cmocka_unit_test(test_info_names_the_task_a_checkpoint_trained_on),
       cmocka_unit_test(test_help_describes_the_options),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
