@@ -17,17 +17,9 @@ static int task_read(lt_source *self, int64_t first, int64_t count, lt_samples o
 }
 
 static void task_describe(const lt_source *self, char *buf, size_t cap) {
-  const lt_task *t = &((const task_source *)self)->task;
-  if (t->kind == LT_TASK_MQAR)
-    snprintf(buf, cap,
-             "%s, generated: %d key-value pairs per sequence of %d tokens, vocab %d, query gaps "
-             "by power law a = %g",
-             self->name, t->n_pairs, t->seq_len, t->vocab_size, t->power_a);
-  else
-    snprintf(buf, cap,
-             "%s, generated: a %d-digit passkey at depth %g to %g of a sequence of %d tokens, "
-             "vocab %d",
-             self->name, t->passkey_len, t->depth_min, t->depth_max, t->seq_len, t->vocab_size);
+  char task[256];
+  lt_task_describe(&((const task_source *)self)->task, task, sizeof task);
+  snprintf(buf, cap, "%s, generated: %s", self->name, task);
 }
 
 static void task_destroy(lt_source *self) {

@@ -1,6 +1,7 @@
 #include "data/tasks.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -70,6 +71,18 @@ int lt_task_check(const lt_task *t) {
            "min <= max <= 1",
            t->depth_min, t->depth_max);
   return LT_OK;
+}
+
+void lt_task_describe(const lt_task *t, char *buf, size_t cap) {
+  if (t->kind == LT_TASK_MQAR)
+    snprintf(buf, cap,
+             "mqar: %d key-value pairs per sequence of %d tokens, vocab %d, query gaps by power "
+             "law a = %g",
+             t->n_pairs, t->seq_len, t->vocab_size, t->power_a);
+  else
+    snprintf(buf, cap,
+             "passkey: a %d-digit passkey at depth %g to %g of a sequence of %d tokens, vocab %d",
+             t->passkey_len, t->depth_min, t->depth_max, t->seq_len, t->vocab_size);
 }
 
 int lt_task_from_config(const lt_config *cfg, lt_task_kind kind, lt_task_stream stream,
@@ -217,6 +230,13 @@ void lt_task_score_logits(lt_task_score *score, const float *logits, const int32
     score->sequences++;
     score->sequences_correct += correct == answers;
   }
+}
+
+void lt_task_score_add(lt_task_score *into, lt_task_score score) {
+  into->correct += score.correct;
+  into->answers += score.answers;
+  into->sequences_correct += score.sequences_correct;
+  into->sequences += score.sequences;
 }
 
 double lt_task_accuracy(lt_task_score score) {

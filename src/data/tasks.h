@@ -16,6 +16,7 @@
 #ifndef LT_TASKS_H
 #define LT_TASKS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "core/config.h"
@@ -60,6 +61,8 @@ int lt_task_kind_from_name(const char *name, lt_task_kind *kind);
 const char *lt_task_name(lt_task_kind kind);
 // Checks that the sizes fit together (a config error naming the key and the fix).
 int lt_task_check(const lt_task *task);
+// "mqar: 8 key-value pairs per sequence of 64 tokens, vocab 64, ..." for logs.
+void lt_task_describe(const lt_task *task, char *buf, size_t cap);
 
 // The random streams of a run: disjoint, so that no evaluation sequence is ever trained on.
 typedef enum lt_task_stream {
@@ -90,6 +93,7 @@ typedef struct lt_task_score {
 // logits: (B * T, vocab) f32 on the host; targets: (B * T) i32, B sequences of T.
 void lt_task_score_logits(lt_task_score *score, const float *logits, const int32_t *targets,
                           int64_t B, int64_t T, int64_t vocab);
+void lt_task_score_add(lt_task_score *into, lt_task_score score);
 double lt_task_accuracy(lt_task_score score);
 double lt_task_exact_match(lt_task_score score);
 

@@ -165,18 +165,6 @@ static int score(eval_model *m, const lt_task *task, int64_t first, int64_t coun
   return LT_OK;
 }
 
-static void print_task(const lt_task *t, int64_t samples) {
-  if (t->kind == LT_TASK_MQAR)
-    printf("task mqar: %d key-value pairs per sequence of %d tokens, vocab %d; %lld held-out "
-           "sequences\n",
-           t->n_pairs, t->seq_len, t->vocab_size, (long long)samples);
-  else
-    printf("task passkey: a %d-digit passkey at depth %g to %g of a sequence of %d tokens, vocab "
-           "%d; %lld held-out sequences\n",
-           t->passkey_len, t->depth_min, t->depth_max, t->seq_len, t->vocab_size,
-           (long long)samples);
-}
-
 static void add_score(cJSON *obj, lt_task_score s) {
   cJSON_AddNumberToObject(obj, "accuracy", lt_task_accuracy(s));
   cJSON_AddNumberToObject(obj, "correct", (double)s.correct);
@@ -196,8 +184,7 @@ static int run_task(eval_model *m, const lt_task *task, const eval_args *args, c
     const lt_task part = lt_task_depth_bucket(task, b, K);
     lt_task_score s = {0};
     LT_TRY(score(m, &part, b * N / K, (b + 1) * N / K - b * N / K, &s));
-    total.correct += s.correct, total.answers += s.answers;
-    total.sequences_correct += s.sequences_correct, total.sequences += s.sequences;
+    lt_task_score_add(&total, s);
     if (!buckets) continue;
     printf("depth %.2f-%.2f: accuracy %.4f (%lld of %lld digits), whole passkey %.4f (%lld of "
            "%lld)\n",
@@ -253,14 +240,22 @@ static int evaluate(const eval_args *args) {
     printf("checkpoint: %s (step %lld; %d layers, d_model %d, attention %s, ffn %s)\n", ck.dir,
            (long long)ck.meta.step, cfg.model.n_layers, cfg.model.d_model, cfg.model.attention,
            cfg.model.ffn);
-    print_task(&task, args->samples);
+    char described[256];
+    lt_task_describe(&task, described, sizeof described);
+    printf("task %s; %lld held-out sequences\n", described, (long long)args->samples);
     fflush(stdout);
     cJSON_AddStringToObject(json, "task", lt_task_name(task.kind));
     cJSON_AddStringToObject(json, "checkpoint", ck.dir);
     cJSON_AddNumberToObject(json, "step", (double)ck.meta.step);
     cJSON_AddNumberToObject(json, "seq_len", task.seq_len);
     cJSON_AddNumberToObject(json, "vocab", task.vocab_size);
-    if (task.kind == LT_TASK_MQAR) cJSON_AddNumberToObject(json, "pairs", task.n_pairs);
+    if (task.kind == LT_TASK_MQAR) {
+      cJSON_AddNumberToObject(json, "pairs", task.n_pairs);
+    } else {
+      cJSON_AddNumberToObject(json, "passkey_len", task.passkey_len);
+      cJSON_AddNumberToObject(json, "depth_min", task.depth_min);
+      cJSON_AddNumberToObject(json, "depth_max", task.depth_max);
+    }
     rc = run_task(&m, &task, args, json);
   }
   char *line = rc == LT_OK ? cJSON_PrintUnformatted(json) : NULL;

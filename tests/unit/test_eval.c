@@ -150,6 +150,8 @@ static void test_passkey_is_scored_per_depth_bucket(void **state) {
             "--task passkey %s --samples 50 --buckets 5 --set data.task_passkey_len=3 --set "
             "data.task_depth_min=0.2");
   expect_success(&out);
+  assert_true(number(out.json, "passkey_len") == 3);
+  assert_true(number(out.json, "depth_min") == 0.2 && number(out.json, "depth_max") == 1);
   const cJSON *buckets = cJSON_GetObjectItemCaseSensitive(out.json, "buckets");
   assert_int_equal(cJSON_GetArraySize(buckets), 5);
   double correct = 0;
