@@ -18,7 +18,7 @@ out=${OUT:-runs/mqar-table}
 bin=${LONGTRAIN:-build/longtrain}
 jobs=${JOBS:-2}
 samples=${SAMPLES:-1000}
-kinds=${KINDS-softmax sparse linear lightning hybrid moh}
+kinds=${KINDS-softmax sparse linear lightning hybrid moh window-linear window-lightning}
 widths=${WIDTHS-64 128}
 passkey_kinds=${PASSKEY_KINDS-softmax lightning lightning,softmax}
 mkdir -p "$out"
@@ -81,15 +81,21 @@ import json, re, sys
 
 out, kinds, widths, passkey_kinds = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4].split()
 mixers = {"softmax": "softmax", "sparse": "sparse, window 32", "linear": "linear (elu+1)",
-          "lightning": "lightning", "hybrid": "lightning, softmax", "moh": "MoH (1 shared + 2 of 3)"}
+          "lightning": "lightning", "hybrid": "lightning, softmax", "moh": "MoH (1 shared + 2 of 3)",
+          "window-linear": "sparse window 4, linear", "window-lightning": "sparse window 4, lightning"}
 
 def state(kind, d, T):
-    """Numbers a layer holds about the tokens it has read, per sequence (Zoology's state size)."""
+    """Numbers each layer holds about the tokens it has read, per sequence (Zoology's state size):
+    keys and values for attention (all T, or the window's), d_head^2 per head for linear kinds
+    (plus d_head for the denominator of linear's normalisation)."""
     dh = d // 4
-    kv, window, recurrent = 2 * T * d, 2 * 32 * d, 4 * dh * dh
-    return {"softmax": f"{kv:,}", "moh": f"{kv:,}", "sparse": f"{window:,}",
+    kv, recurrent = 2 * T * d, 4 * dh * dh
+    window = lambda w: 2 * w * d
+    return {"softmax": f"{kv:,}", "moh": f"{kv:,}", "sparse": f"{window(32):,}",
             "linear": f"{recurrent + 4 * dh:,}", "lightning": f"{recurrent:,}",
-            "hybrid": f"{recurrent:,} / {kv:,}"}[kind]
+            "hybrid": f"{recurrent:,} / {kv:,}",
+            "window-linear": f"{window(4):,} / {recurrent + 4 * dh:,}",
+            "window-lightning": f"{window(4):,} / {recurrent:,}"}[kind]
 
 def result(path):
     return json.load(open(path))
@@ -98,7 +104,7 @@ def seconds(log):
     found = re.search(r"in ([0-9.]+) s;", open(log).read())
     return float(found.group(1)) if found else float("nan")
 
-print("| token mixer | d_model (heads of) | state per layer, T=64 | 64 tokens, 8 pairs | "
+print("| token mixers (layer 1, layer 2) | d_model (heads of) | state per layer, T=64 | 64 tokens, 8 pairs | "
       "state per layer, T=256 | 256 tokens, 24 pairs: untrained length | after 300 steps at 256 | "
       "train time |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -190,18 +190,23 @@ static void test_passkey_depth_is_drawn_from_its_range_and_buckets_split_it(void
   }
 }
 
-static void test_passkey_filler_repeats_one_sentence(void **state) {
+static void test_passkey_filler_repeats_one_sentence_the_same_for_every_seed(void **state) {
   (void)state;
   lt_task task = lt_task_defaults(LT_TASK_PASSKEY, 100, 80, 13);
   task.depth_min = task.depth_max = 1.0; // all filler first: tokens 0..filler-1
-  task_batch b = generate(&task, 0, 3);
+  lt_task other_seed = task;
+  other_seed.seed = 14;
+  task_batch b = generate(&task, 0, 3), other = generate(&other_seed, 0, 3);
   const int filler = 81 - 2 * 6;
   for (int64_t s = 0; s < b.B; s++)
     for (int t = 0; t < filler; t++) {
       assert_int_equal(b.tokens[s * 80 + t], b.tokens[t]); // the same text in every sequence
       if (t >= 16) assert_int_equal(b.tokens[s * 80 + t], b.tokens[s * 80 + t - 16]);
+      // and for every seed: training and evaluation streams differ only in passkeys and depths
+      assert_int_equal(other.tokens[s * 80 + t], b.tokens[t]);
     }
-  free_batch(&b);
+  assert_memory_not_equal(b.tokens + filler + 1, other.tokens + filler + 1, 5 * sizeof(int32_t));
+  free_batch(&b), free_batch(&other);
 }
 
 // --- accuracy ---
@@ -348,7 +353,7 @@ int main(void) {
       cmocka_unit_test(test_mqar_queries_come_mostly_soon_after_the_pairs),
       cmocka_unit_test(test_passkey_answer_is_the_key_hidden_at_the_chosen_depth),
       cmocka_unit_test(test_passkey_depth_is_drawn_from_its_range_and_buckets_split_it),
-      cmocka_unit_test(test_passkey_filler_repeats_one_sentence),
+      cmocka_unit_test(test_passkey_filler_repeats_one_sentence_the_same_for_every_seed),
       cmocka_unit_test(test_accuracy_of_perfect_random_and_wrong_predictors),
       cmocka_unit_test(test_sizes_that_do_not_fit_are_config_errors),
       cmocka_unit_test(test_softmax_attention_learns_mqar_far_above_chance),
