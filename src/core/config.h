@@ -80,12 +80,21 @@ typedef struct lt_train_config {
 } lt_train_config;
 
 typedef enum lt_packing { LT_PACK_STREAM, LT_PACK_DOCUMENTS } lt_packing;
+// data.task: a synthetic task instead of a dataset (data/tasks.h).
+typedef enum lt_data_task {
+  LT_DATA_TASK_NONE,
+  LT_DATA_TASK_MQAR,
+  LT_DATA_TASK_PASSKEY
+} lt_data_task;
 
 typedef struct lt_data_config {
   char path[LT_PATH_MAX];
   int packing; // lt_packing
   double val_fraction;
   char val_path[LT_PATH_MAX];
+  int task;                                     // lt_data_task
+  int task_vocab, task_pairs, task_passkey_len; // 0: model.vocab_size, train.seq_len / 8
+  double task_power_a, task_depth_min, task_depth_max;
 } lt_data_config;
 
 typedef struct lt_checkpoint_config {

@@ -205,6 +205,32 @@ const lt_config_key lt_config_keys[] = {
     STRING("data.val_path", data.val_path, "",
            "A separate HDF5 token dataset for the validation loss (instead of "
            "data.val_fraction)."),
+    ENUM("data.task", data.task, "none", "none|mqar|passkey",
+         "Train on a synthetic task that longtrain generates, instead of data.path. mqar: "
+         "multi-query associative recall (Zoology): key-value pairs, then each key again, to be "
+         "answered with its value. passkey: a passkey of digits hidden in filler text, asked for "
+         "at the end (Landmark Attention). Only the answers are trained on. Sample i depends only "
+         "on run.seed and i (resuming is bit-exact); the validation loss (train.eval_every) and "
+         "`longtrain eval` use streams of their own. none: train on data.path."),
+    INT("data.task_vocab", data.task_vocab, "0", 0, BIG,
+        "Token ids the task uses (below this); 0 means model.vocab_size, which it may not exceed. "
+        "mqar: keys are 1 .. V/2-1 and values V/2 .. V-1; passkey: the digits 0-9, two markers "
+        "(10, 11), and filler words from 12 up."),
+    INT("data.task_pairs", data.task_pairs, "0", 0, BIG,
+        "mqar: key-value pairs per sequence; 0 means train.seq_len / 8. Needs train.seq_len of at "
+        "least 4 * pairs and data.task_vocab of at least 2 * pairs + 2."),
+    FLOAT("data.task_power_a", data.task_power_a, "0.01", 0, 1,
+          "mqar: a query's place after the pairs is drawn with weight (g+1)^(a-1) over the free "
+          "places g, so most keys are asked soon and a few much later (Zoology's 0.01)."),
+    INT("data.task_passkey_len", data.task_passkey_len, "5", 1, 4096,
+        "passkey: digits of the passkey."),
+    FLOAT("data.task_depth_min", data.task_depth_min, "0", 0, 1,
+          "passkey: each sequence hides its passkey at a depth drawn uniformly between "
+          "data.task_depth_min and data.task_depth_max (0: the start of the filler, 1: just "
+          "before the question); `longtrain eval` reports accuracy per depth bucket of this "
+          "range."),
+    FLOAT("data.task_depth_max", data.task_depth_max, "1", 0, 1,
+          "passkey: the deepest place of the passkey (see data.task_depth_min)."),
 
     INT64("checkpoint.every", checkpoint.every, "1000", 0, 1e15,
           "Write a checkpoint (RUN_DIR/checkpoints/step_N) every this many steps; 0: only at the "
@@ -390,6 +416,26 @@ static int validate_cuda(const lt_config *cfg, int head_dim) {
   return LT_OK;
 }
 
+// A task generates every sample, and its own validation stream: the dataset keys do not apply.
+static int validate_task(const lt_config *cfg) {
+  const lt_data_config *d = &cfg->data;
+  const char *src = cfg->source;
+  const char *task = d->task == LT_DATA_TASK_MQAR ? "mqar" : "passkey";
+  LT_CHECK(!d->path[0], LT_ERR_CONFIG,
+           "%s: data.task (%s) and data.path are both set: a task generates its samples; unset "
+           "data.path (--set data.path=) or data.task (none)",
+           src, task);
+  LT_CHECK(d->val_fraction == 0 && !d->val_path[0], LT_ERR_CONFIG,
+           "%s: data.task (%s) draws its validation sequences from a stream of its own: unset "
+           "data.val_fraction and data.val_path",
+           src, task);
+  LT_CHECK(d->packing == LT_PACK_STREAM, LT_ERR_CONFIG,
+           "%s: data.packing documents applies to datasets; data.task (%s) makes every sequence "
+           "one document: set data.packing to stream",
+           src, task);
+  return LT_OK;
+}
+
 int lt_config_validate(const lt_config *cfg) {
   const lt_model_config *m = &cfg->model;
   const lt_train_config *t = &cfg->train;
@@ -441,10 +487,15 @@ int lt_config_validate(const lt_config *cfg) {
   const lt_data_config *d = &cfg->data;
   LT_CHECK(d->val_fraction == 0 || !d->val_path[0], LT_ERR_CONFIG,
            "%s: data.val_fraction and data.val_path are both set: keep one of them", src);
-  LT_CHECK(t->eval_every == 0 || d->val_fraction > 0 || d->val_path[0], LT_ERR_CONFIG,
+  LT_CHECK(t->eval_every == 0 || d->val_fraction > 0 || d->val_path[0] || d->task, LT_ERR_CONFIG,
            "%s: train.eval_every (%d) needs a validation set: set data.val_fraction (e.g. 0.01) "
-           "or data.val_path",
+           "or data.val_path (a data.task has its own)",
            src, t->eval_every);
+  LT_CHECK(d->task_vocab <= m->vocab_size, LT_ERR_CONFIG,
+           "%s: data.task_vocab (%d) exceeds model.vocab_size (%d): the model has no embedding "
+           "for the task's larger ids; lower data.task_vocab (0 means model.vocab_size)",
+           src, d->task_vocab, m->vocab_size);
+  if (d->task) LT_TRY(validate_task(cfg));
   int begin, end;
   int rc = lt_config_stage_layers(cfg->parallel.pp_layers, cfg->parallel.pp, m->n_layers, 0, &begin,
                                   &end);

@@ -81,12 +81,10 @@ static int pack_documents(lt_loader *loader, uint64_t first, int32_t *targets, i
   return LT_OK;
 }
 
-int lt_loader_next(lt_loader *loader, int64_t global_batch, int rank, int world, lt_samples out) {
-  LT_ASSERT(world >= 1 && rank >= 0 && rank < world && global_batch % world == 0);
-  const int64_t T = loader->spec.seq_len, local = global_batch / world;
-  const int64_t first_sample = loader->next_sample + rank * local;
-  for (int64_t b = 0; b < local; b++) {
-    const int64_t w = lt_loader_window_of(loader, first_sample + b);
+int lt_loader_read(lt_loader *loader, int64_t first, int64_t count, lt_samples out) {
+  const int64_t T = loader->spec.seq_len;
+  for (int64_t b = 0; b < count; b++) {
+    const int64_t w = lt_loader_window_of(loader, first + b);
     LT_TRY(lt_dataset_read(loader->data, w * T, T + 1, loader->window));
     int32_t *tokens = out.tokens + b * T, *targets = out.targets + b * T, *pos = out.pos + b * T;
     memcpy(tokens, loader->window, (size_t)T * sizeof *tokens);
@@ -97,6 +95,13 @@ int lt_loader_next(lt_loader *loader, int64_t global_batch, int rank, int world,
       for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)t;
     }
   }
+  return LT_OK;
+}
+
+int lt_loader_next(lt_loader *loader, int64_t global_batch, int rank, int world, lt_samples out) {
+  LT_ASSERT(world >= 1 && rank >= 0 && rank < world && global_batch % world == 0);
+  const int64_t local = global_batch / world;
+  LT_TRY(lt_loader_read(loader, loader->next_sample + rank * local, local, out));
   loader->next_sample += global_batch;
   return LT_OK;
 }

@@ -56,6 +56,8 @@ void lt_loader_destroy(lt_loader *loader);
 // This rank's share of the next global batch of `global_batch` samples, into out (global_batch
 // / world samples); advances next_sample by global_batch.
 int lt_loader_next(lt_loader *loader, int64_t global_batch, int rank, int world, lt_samples out);
+// Samples [first, first + count) into out, whatever next_sample is.
+int lt_loader_read(lt_loader *loader, int64_t first, int64_t count, lt_samples out);
 // Which window of the dataset sample `index` reads.
 int64_t lt_loader_window_of(const lt_loader *loader, int64_t index);
 

@@ -1,6 +1,7 @@
 #include "data/tasks.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,7 +20,8 @@ lt_task lt_task_defaults(lt_task_kind kind, int vocab_size, int seq_len, uint64_
                    .n_pairs = seq_len / 8 > 0 ? seq_len / 8 : 1,
                    .power_a = 0.01,
                    .passkey_len = 5,
-                   .depth = 0.5};
+                   .depth_min = 0.0,
+                   .depth_max = 1.0};
 }
 
 const char *lt_task_name(lt_task_kind kind) {
@@ -33,38 +35,79 @@ int lt_task_kind_from_name(const char *name, lt_task_kind *kind) {
 }
 
 int lt_task_check(const lt_task *t) {
-  LT_CHECK(t->seq_len >= 2, LT_ERR_CONFIG, "task %s: seq_len (%d) must be at least 2",
+  LT_CHECK(t->seq_len >= 2, LT_ERR_CONFIG, "task %s: train.seq_len (%d) must be at least 2",
            lt_task_name(t->kind), t->seq_len);
   if (t->kind == LT_TASK_MQAR) {
-    LT_CHECK(t->n_pairs >= 1, LT_ERR_CONFIG, "task mqar: n_pairs (%d) must be at least 1",
+    LT_CHECK(t->n_pairs >= 1, LT_ERR_CONFIG, "task mqar: data.task_pairs (%d) must be at least 1",
              t->n_pairs);
     // Keys 1..V/2-1 and values V/2..V-1 are drawn without replacement.
     LT_CHECK(t->n_pairs <= t->vocab_size / 2 - 1, LT_ERR_CONFIG,
-             "task mqar: vocab_size (%d) holds only %d distinct keys for n_pairs (%d): raise "
-             "vocab_size to at least %d or lower n_pairs",
+             "task mqar: data.task_vocab (%d) holds only %d distinct keys for data.task_pairs "
+             "(%d): raise data.task_vocab (and model.vocab_size) to at least %d or lower "
+             "data.task_pairs",
              t->vocab_size, t->vocab_size / 2 - 1, t->n_pairs, 2 * t->n_pairs + 2);
     // The pairs take 2 n places, and each query a distinct pair of the places after them.
     LT_CHECK(t->seq_len >= 4 * t->n_pairs, LT_ERR_CONFIG,
-             "task mqar: seq_len (%d) is too short for n_pairs (%d) and their queries: raise "
-             "seq_len to at least %d or lower n_pairs",
+             "task mqar: train.seq_len (%d) is too short for data.task_pairs (%d) and their "
+             "queries: raise train.seq_len to at least %d or lower data.task_pairs",
              t->seq_len, t->n_pairs, 4 * t->n_pairs);
     LT_CHECK(t->power_a > 0 && t->power_a <= 1, LT_ERR_CONFIG,
-             "task mqar: power_a (%g) must be in (0, 1] (Zoology uses 0.01)", t->power_a);
+             "task mqar: data.task_power_a (%g) must be in (0, 1] (Zoology uses 0.01)", t->power_a);
     return LT_OK;
   }
   LT_CHECK(t->vocab_size > LT_PASSKEY_FILLER, LT_ERR_CONFIG,
-           "task passkey: vocab_size (%d) must exceed %d (10 digits, 2 markers, then filler)",
+           "task passkey: data.task_vocab (%d) must exceed %d (10 digits, 2 markers, then filler "
+           "words): raise data.task_vocab (and model.vocab_size)",
            t->vocab_size, LT_PASSKEY_FILLER);
-  LT_CHECK(t->passkey_len >= 1, LT_ERR_CONFIG, "task passkey: passkey_len (%d) must be at least 1",
-           t->passkey_len);
+  LT_CHECK(t->passkey_len >= 1, LT_ERR_CONFIG,
+           "task passkey: data.task_passkey_len (%d) must be at least 1", t->passkey_len);
   // The stream of seq_len + 1 tokens holds the passkey twice, each after its marker.
   LT_CHECK(t->seq_len + 1 >= 2 * (t->passkey_len + 1), LT_ERR_CONFIG,
-           "task passkey: seq_len (%d) cannot hold a %d-digit passkey twice: raise seq_len to at "
-           "least %d or shorten passkey_len",
+           "task passkey: train.seq_len (%d) cannot hold a %d-digit passkey twice: raise "
+           "train.seq_len to at least %d or lower data.task_passkey_len",
            t->seq_len, t->passkey_len, 2 * t->passkey_len + 1);
-  LT_CHECK(t->depth >= 0 && t->depth <= 1, LT_ERR_CONFIG,
-           "task passkey: depth (%g) must be between 0 and 1", t->depth);
+  LT_CHECK(0 <= t->depth_min && t->depth_min <= t->depth_max && t->depth_max <= 1, LT_ERR_CONFIG,
+           "task passkey: data.task_depth_min (%g) and data.task_depth_max (%g) must satisfy 0 <= "
+           "min <= max <= 1",
+           t->depth_min, t->depth_max);
   return LT_OK;
+}
+
+void lt_task_describe(const lt_task *t, char *buf, size_t cap) {
+  if (t->kind == LT_TASK_MQAR)
+    snprintf(buf, cap,
+             "mqar: %d key-value pairs per sequence of %d tokens, vocab %d, query gaps by power "
+             "law a = %g",
+             t->n_pairs, t->seq_len, t->vocab_size, t->power_a);
+  else
+    snprintf(buf, cap,
+             "passkey: a %d-digit passkey at depth %g to %g of a sequence of %d tokens, vocab %d",
+             t->passkey_len, t->depth_min, t->depth_max, t->seq_len, t->vocab_size);
+}
+
+int lt_task_from_config(const lt_config *cfg, lt_task_kind kind, lt_task_stream stream,
+                        lt_task *task) {
+  static const char *const stream_names[] = {"task: train", "task: validation", "task: eval"};
+  const lt_data_config *d = &cfg->data;
+  const uint64_t seed =
+      lt_rng_split_name(lt_rng_seed((uint64_t)cfg->run.seed), stream_names[stream]).key;
+  *task = lt_task_defaults(kind, d->task_vocab ? d->task_vocab : cfg->model.vocab_size,
+                           cfg->train.seq_len, seed);
+  if (d->task_pairs) task->n_pairs = d->task_pairs;
+  task->power_a = d->task_power_a;
+  task->passkey_len = d->task_passkey_len;
+  task->depth_min = d->task_depth_min;
+  task->depth_max = d->task_depth_max;
+  const int rc = lt_task_check(task);
+  return rc == LT_OK ? LT_OK : lt_error_context(rc, "%s", cfg->source);
+}
+
+lt_task lt_task_depth_bucket(const lt_task *task, int64_t b, int64_t K) {
+  lt_task part = *task;
+  const double span = task->depth_max - task->depth_min;
+  part.depth_min = task->depth_min + span * (double)b / (double)K;
+  part.depth_max = task->depth_min + span * (double)(b + 1) / (double)K;
+  return part;
 }
 
 // n distinct draws from 0..count-1 by partial Fisher-Yates; `pool` has room for count.
@@ -112,12 +155,14 @@ static void mqar_stream(const lt_task *t, lt_rng *rng, int32_t *stream, int32_t 
   }
 }
 
-// One passkey stream: filler, KEY d1..dL at `depth` of the filler, filler, ASK d1..dL; the
-// answer is the last L tokens. The filler repeats one sentence, as Landmark Attention's does.
+// One passkey stream: filler, KEY d1..dL at a depth drawn from [depth_min, depth_max] of the
+// filler, filler, ASK d1..dL; the answer is the last L tokens. The filler repeats one sentence, as
+// Landmark Attention's does.
 static void passkey_stream(const lt_task *t, lt_rng *rng, const int32_t *sentence, int sentence_len,
                            int32_t *stream, int32_t *label) {
   const int L = t->passkey_len, total = t->seq_len + 1, filler = total - 2 * (L + 1);
-  const int at = (int)lround(t->depth * filler);
+  const double depth = t->depth_min + (t->depth_max - t->depth_min) * lt_rng_uniform(rng);
+  const int at = (int)lround(depth * filler);
   int n = 0, words = 0;
   for (int i = 0; i < at; i++) stream[n++] = sentence[words++ % sentence_len];
   stream[n++] = LT_PASSKEY_KEY;
@@ -140,13 +185,16 @@ int lt_task_generate(const lt_task *t, int64_t first, int64_t B, int32_t *tokens
   int rc = stream && scratch && weights
                ? LT_OK
                : lt_fail(LT_ERR_MEMORY, "out of memory generating task %s", lt_task_name(t->kind));
-  // The filler sentence depends on the seed alone: every sequence repeats the same text.
+  // The filler sentence is the task's fixed text, as Landmark Attention's is: the same in every
+  // sequence of every seed, so that training, validation and evaluation streams differ only in
+  // their passkeys and depths. (A text drawn per seed made a model that had learned retrieval on
+  // one text fail on another's.)
   int32_t sentence[FILLER_SENTENCE];
   const int sentence_len = t->vocab_size - LT_PASSKEY_FILLER < FILLER_SENTENCE
                                ? t->vocab_size - LT_PASSKEY_FILLER
                                : FILLER_SENTENCE;
   if (rc == LT_OK && t->kind == LT_TASK_PASSKEY) {
-    lt_rng rng = lt_rng_split_name(root, "passkey filler");
+    lt_rng rng = lt_rng_split_name(lt_rng_seed(0), "passkey filler");
     draw_distinct(&rng, sentence, sentence_len, scratch, t->vocab_size - LT_PASSKEY_FILLER);
     for (int i = 0; i < sentence_len; i++) sentence[i] += LT_PASSKEY_FILLER;
   }
@@ -168,18 +216,36 @@ int lt_task_generate(const lt_task *t, int64_t first, int64_t B, int32_t *tokens
 }
 
 void lt_task_score_logits(lt_task_score *score, const float *logits, const int32_t *targets,
-                          int64_t n, int64_t vocab) {
-  for (int64_t i = 0; i < n; i++) {
-    if (targets[i] == LT_IGNORE_INDEX) continue;
-    const float *row = logits + i * vocab;
-    int64_t best = 0;
-    for (int64_t v = 1; v < vocab; v++)
-      if (row[v] > row[best]) best = v;
-    score->answers++;
-    score->correct += best == targets[i];
+                          int64_t B, int64_t T, int64_t vocab) {
+  for (int64_t b = 0; b < B; b++) {
+    int64_t answers = 0, correct = 0;
+    for (int64_t i = b * T; i < (b + 1) * T; i++) {
+      if (targets[i] == LT_IGNORE_INDEX) continue;
+      const float *row = logits + i * vocab;
+      int64_t best = 0;
+      for (int64_t v = 1; v < vocab; v++)
+        if (row[v] > row[best]) best = v;
+      answers++;
+      correct += best == targets[i];
+    }
+    score->answers += answers;
+    score->correct += correct;
+    score->sequences++;
+    score->sequences_correct += correct == answers;
   }
+}
+
+void lt_task_score_add(lt_task_score *into, lt_task_score score) {
+  into->correct += score.correct;
+  into->answers += score.answers;
+  into->sequences_correct += score.sequences_correct;
+  into->sequences += score.sequences;
 }
 
 double lt_task_accuracy(lt_task_score score) {
   return score.answers ? (double)score.correct / (double)score.answers : 0.0;
+}
+
+double lt_task_exact_match(lt_task_score score) {
+  return score.sequences ? (double)score.sequences_correct / (double)score.sequences : 0.0;
 }

@@ -27,9 +27,14 @@ static void print_summary(const lt_checkpoint *ck, const lt_config *cfg) {
          (long long)m->format_version, (long long)m->n_shards, m->n_shards == 1 ? "" : "s");
   printf("step: %lld of train.steps %lld\n", (long long)m->step, (long long)cfg->train.steps);
   printf("tokens seen: %lld\n", (long long)m->tokens_seen);
-  printf("data position: sample %lld of %s (%s packing, seq_len %d, seed %lld)\n",
-         (long long)m->data_position, cfg->data.path, packing[cfg->data.packing],
-         cfg->train.seq_len, (long long)m->seed);
+  if (cfg->data.task == LT_DATA_TASK_NONE)
+    printf("data position: sample %lld of %s (%s packing, seq_len %d, seed %lld)\n",
+           (long long)m->data_position, cfg->data.path, packing[cfg->data.packing],
+           cfg->train.seq_len, (long long)m->seed);
+  else
+    printf("data position: sample %lld of task %s (generated, seq_len %d, seed %lld)\n",
+           (long long)m->data_position, cfg->data.task == LT_DATA_TASK_MQAR ? "mqar" : "passkey",
+           cfg->train.seq_len, (long long)m->seed);
   printf("model: %lld parameters in %d tensors; %d layers, d_model %d, %d heads (%d kv) of %d, "
          "ffn %d, vocab %d, max_seq_len %d; attention %s, ffn %s\n",
          (long long)m->n_params, tensors, mc->n_layers, mc->d_model, mc->n_heads, kv, head_dim,

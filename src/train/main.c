@@ -10,6 +10,7 @@
 #include "core/log.h"
 #include "data/prepare.h"
 #include "parallel/comm.h"
+#include "train/eval.h"
 #include "train/hf_convert.h"
 #include "train/info.h"
 #include "train/plot.h"
@@ -26,6 +27,7 @@ static const char *usage =
     "  import-hf convert a Hugging Face Llama folder (config.json + safetensors) to a checkpoint\n"
     "  export-hf write a checkpoint as a Hugging Face Llama folder\n"
     "  plot      draw a run's loss, learning rate and throughput curves as PNG (gnuplot)\n"
+    "  eval      score a checkpoint on a synthetic long-context task (MQAR, passkey)\n"
     "\n"
     "`longtrain <command> --help` describes each.\n";
 
@@ -96,6 +98,8 @@ int main(int argc, char **argv) {
       rc = lt_export_hf_main(argc - 1, argv + 1);
     } else if (strcmp(argv[1], "plot") == 0) {
       rc = lt_plot_main(argc - 1, argv + 1);
+    } else if (strcmp(argv[1], "eval") == 0) {
+      rc = lt_eval_main(argc - 1, argv + 1);
     } else {
       rc = lt_fail(LT_ERR_USAGE, "unknown command '%s' (see longtrain --help)", argv[1]);
     }

@@ -124,15 +124,14 @@ static void describe(const lt_trainer *tr) {
   lt_info("model: %lld parameters, %d layers, d_model %d, %d heads (%d kv) of %d, ffn %d, vocab %d",
           (long long)lt_model_n_params(&tr->model), m->n_layers, m->d_model, m->n_heads,
           m->n_kv_heads, m->head_dim, m->ffn_dim, m->vocab_size);
-  static const char *packing[] = {"stream", "documents"};
-  lt_info("data: %s, %lld tokens, %lld documents, %lld training windows of %lld (%s packing)",
-          tr->data.path, (long long)tr->data.n_tokens, (long long)tr->data.n_docs,
-          (long long)tr->loader.n_windows, (long long)tr->seq_len + 1,
-          packing[tr->cfg.data.packing]);
-  if (tr->has_val && tr->cfg.train.eval_every > 0)
-    lt_info("validation: %lld windows of %s; %d micro-batches every %d steps",
-            (long long)tr->val_loader.n_windows, tr->val_loader.data->path,
-            tr->cfg.train.eval_batches, tr->cfg.train.eval_every);
+  char samples[LT_PATH_MAX + 256];
+  lt_source_describe(tr->data, samples, sizeof samples);
+  lt_info("data: %s", samples);
+  if (tr->val_data && tr->cfg.train.eval_every > 0) {
+    lt_source_describe(tr->val_data, samples, sizeof samples);
+    lt_info("validation: %s; %d micro-batches every %d steps", samples, tr->cfg.train.eval_batches,
+            tr->cfg.train.eval_every);
+  }
   const lt_mesh *mesh = &tr->mesh;
   if (mesh->world_size > 1) {
     const lt_params *p = &tr->model.params;

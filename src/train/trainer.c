@@ -15,47 +15,20 @@
 #include "parallel/watchdog.h"
 #include "train/checkpoint.h"
 
-// Opens `path` as the dataset of config key `key` and checks it fits the model's vocab.
-static int open_dataset(lt_trainer *tr, lt_dataset *ds, const char *path, const char *key) {
-  int rc = lt_dataset_open(ds, path);
-  if (rc) return lt_error_context(rc, "%s", key);
-  // Nothing cheap can make HDF5 safe on such a file (README, Data): say so, and how to convert.
-  if (ds->unchecked && tr->world->rank == 0)
-    lt_warn("%s: %s %s: a damaged copy may crash or hang HDF5 instead of failing with an error; "
-            "write it with h5py.File(..., libver=(\"v108\", \"v110\")) and "
-            "attrs[\"tokenizer\"] = numpy.bytes_(...) (README, Data)",
-            key, path, ds->unchecked);
-  LT_CHECK(ds->vocab_size <= tr->cfg.model.vocab_size, LT_ERR_DATA,
-           "%s: %s has vocab_size %d but model.vocab_size is %d: set model.vocab_size to "
-           "at least %d",
-           key, path, ds->vocab_size, tr->cfg.model.vocab_size, ds->vocab_size);
-  return LT_OK;
-}
-
-static int open_data(lt_trainer *tr) {
-  const lt_config *cfg = &tr->cfg;
-  LT_CHECK(cfg->data.path[0], LT_ERR_CONFIG,
-           "%s: data.path is not set: give the dataset made by `longtrain prepare`", cfg->source);
-  LT_TRY(open_dataset(tr, &tr->data, cfg->data.path, "data.path"));
-  lt_loader_spec spec = {.seq_len = tr->seq_len,
-                         .packing = (lt_packing)cfg->data.packing,
-                         .seed = (uint64_t)cfg->run.seed,
-                         .held_out = cfg->data.val_fraction,
-                         .role = LT_LOADER_TRAIN};
-  LT_TRY(lt_loader_create(&tr->loader, &tr->data, &spec));
-  tr->has_val = cfg->data.val_fraction > 0 || cfg->data.val_path[0];
-  if (!tr->has_val) return LT_OK;
-  spec.role = LT_LOADER_EVAL;
-  if (!cfg->data.val_path[0]) return lt_loader_create(&tr->val_loader, &tr->data, &spec);
-  LT_TRY(open_dataset(tr, &tr->val_data, cfg->data.val_path, "data.val_path"));
-  spec.held_out = 0;
-  return lt_loader_create(&tr->val_loader, &tr->val_data, &spec);
+// A dataset whose HDF5 metadata no checksum covers (data/dataset.h): nothing cheap makes HDF5
+// safe on a damaged copy of it (README, Data), so say so once, and how to convert it.
+static void warn_unchecked(const lt_trainer *tr, const lt_source *src, const char *key) {
+  if (!src || !src->unchecked || tr->world->rank != 0) return;
+  lt_warn("%s: %s %s: a damaged copy may crash or hang HDF5 instead of failing with an error; "
+          "write it with h5py.File(..., libver=(\"v108\", \"v110\")) and "
+          "attrs[\"tokenizer\"] = numpy.bytes_(...) (README, Data)",
+          key, src->name, src->unchecked);
 }
 
 static int allocate_batches(lt_trainer *tr) {
   size_t n = (size_t)(tr->accum * tr->micro_batch * tr->seq_len);
   int32_t **buffers[4] = {&tr->host.tokens, &tr->host.targets, &tr->host.pos, &tr->host.doc};
-  const int n_buffers = tr->cfg.data.packing == LT_PACK_DOCUMENTS ? 4 : 3;
+  const int n_buffers = tr->data->documents ? 4 : 3;
   for (int i = 0; i < n_buffers; i++) {
     *buffers[i] = malloc(n * sizeof(int32_t));
     LT_CHECK(*buffers[i], LT_ERR_MEMORY, "out of host memory for %zu batch tokens", n);
@@ -87,7 +60,10 @@ int lt_trainer_create(lt_trainer *tr, const lt_config *cfg, lt_world *world) {
 #ifdef LT_WITH_CUDA
   if (device == LT_CUDA) LT_TRY(lt_mesh_init_nccl(&tr->mesh));
 #endif
-  LT_TRY(open_data(tr));
+  LT_TRY(lt_source_open(&tr->data, cfg, LT_SOURCE_TRAIN));
+  LT_TRY(lt_source_open(&tr->val_data, cfg, LT_SOURCE_VALIDATION));
+  warn_unchecked(tr, tr->data, "data.path");
+  if (cfg->data.val_path[0]) warn_unchecked(tr, tr->val_data, "data.val_path");
   LT_TRY(lt_model_create(&tr->model, &tr->cfg.model, device, &tr->mesh));
   // Context parallel: the model sees this rank's seq_len / cp tokens of each sequence (model.T).
   LT_TRY(lt_model_plan(&tr->model, tr->micro_batch, lt_cp_local_len(tr->seq_len, &tr->mesh),
@@ -107,10 +83,8 @@ void lt_trainer_destroy(lt_trainer *tr) {
   lt_dp_destroy(&tr->dp);
   lt_optimizer_destroy(&tr->opt);
   lt_model_destroy(&tr->model);
-  lt_loader_destroy(&tr->loader);
-  lt_loader_destroy(&tr->val_loader);
-  lt_dataset_close(&tr->data);
-  lt_dataset_close(&tr->val_data);
+  lt_source_close(tr->data);
+  lt_source_close(tr->val_data);
   lt_ctx_destroy(&tr->ctx);
   lt_mesh_destroy(&tr->mesh);
   if (tr->world->size > 1) lt_watchdog_stop();
@@ -168,7 +142,7 @@ int lt_trainer_forward_backward(lt_trainer *tr, double *loss, double *aux) {
   const int64_t n_step = tr->accum * tr->micro_batch * tr->model.T;
   const lt_mesh *mesh = &tr->mesh;
   // Every rank of one data-parallel replica (its cp, tp and pp ranks) reads the same sequences.
-  LT_TRY(lt_loader_next(&tr->loader, tr->cfg.train.batch, mesh->coord[LT_AXIS_DP],
+  LT_TRY(lt_source_next(tr->data, tr->cfg.train.batch, mesh->coord[LT_AXIS_DP],
                         mesh->size[LT_AXIS_DP], tr->host));
   // Context parallel: keep this rank's zigzag chunks, so it stages and counts only its own tokens.
   lt_zigzag_keep_local_samples(&tr->host, tr->accum * tr->micro_batch, tr->seq_len, mesh);
@@ -176,7 +150,7 @@ int lt_trainer_forward_backward(lt_trainer *tr, double *loss, double *aux) {
   // micro-batch's gradient is scaled by 1 / (the step's target count), known before any runs.
   double count;
   LT_TRY(count_targets(tr, n_step, &count));
-  LT_CHECK(count > 0, LT_ERR_DATA, "%s: a whole step has no target tokens", tr->data.path);
+  LT_CHECK(count > 0, LT_ERR_DATA, "%s: a whole step has no target tokens", tr->data->name);
   const float grad_scale = (float)(1.0 / count);
   LT_TRY(lt_params_zero_grad(&tr->model.params));
   // Auxiliary losses are means over a micro-batch's tokens already: the step's is their mean over
@@ -236,7 +210,7 @@ int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out) {
 }
 
 int lt_trainer_eval(lt_trainer *tr, double *loss) {
-  LT_ASSERT(tr->has_val);
+  LT_ASSERT(tr->val_data);
   // The validation set is what one process reads, whatever the layout: train.eval_batches
   // micro-batches of train.micro_batch sequences (train.batch when 0). It is cut into this run's
   // micro-batches, dealt to the data-parallel ranks in turn, so the value can be compared across
@@ -247,8 +221,8 @@ int lt_trainer_eval(lt_trainer *tr, double *loss) {
   const int64_t parts = t->eval_batches * single / tr->micro_batch;
   double sums[2] = {0, 0}; // loss, target tokens
   for (int64_t c = tr->mesh.coord[LT_AXIS_DP]; c < parts; c += tr->mesh.size[LT_AXIS_DP]) {
-    tr->val_loader.next_sample = c * tr->micro_batch;
-    LT_TRY(lt_loader_next(&tr->val_loader, tr->micro_batch, 0, 1, tr->host));
+    tr->val_data->next_sample = c * tr->micro_batch;
+    LT_TRY(lt_source_next(tr->val_data, tr->micro_batch, 0, 1, tr->host));
     lt_zigzag_keep_local_samples(&tr->host, tr->micro_batch, tr->seq_len, &tr->mesh);
     double micro_loss;
     const lt_micro_batches one = micro_batches(tr, 1);
@@ -292,7 +266,7 @@ int lt_trainer_resume(lt_trainer *tr, const char *dir) {
   if (rc == LT_OK) {
     tr->opt.step = ck.meta.step;
     tr->tokens_seen = ck.meta.tokens_seen;
-    tr->loader.next_sample = ck.meta.data_position;
+    tr->data->next_sample = ck.meta.data_position;
     tr->train_seconds = ck.meta.train_seconds;
     if (tr->mesh.world_rank == 0) // one warning per run, not one per rank
       warn_config_differences(tr, ck.meta.config_yaml, ck.dir);
@@ -314,7 +288,7 @@ static int agree(const lt_trainer *tr, int rc, const char *what) {
 static int commit(const lt_trainer *tr, lt_checkpoint_writer *w, double train_seconds) {
   lt_checkpoint_meta meta = {.step = tr->opt.step,
                              .tokens_seen = tr->tokens_seen,
-                             .data_position = tr->loader.next_sample,
+                             .data_position = tr->data->next_sample,
                              .seed = tr->cfg.run.seed,
                              .n_params = lt_model_n_params(&tr->model),
                              .train_seconds = train_seconds};

@@ -1,4 +1,4 @@
-// The trainer: the mesh, model, optimizer and data loaders built from a config, one optimizer
+// The trainer: the mesh, model, optimizer and sample sources built from a config, one optimizer
 // step over train.batch / (train.micro_batch * dp) accumulated micro-batches, the validation
 // loss, and the state that checkpoints save and restore.
 //
@@ -9,7 +9,7 @@
 #define LT_TRAINER_H
 
 #include "core/config.h"
-#include "data/loader.h"
+#include "data/source.h"
 #include "model/model.h"
 #include "optim/adamw.h"
 #include "parallel/comm.h"
@@ -25,9 +25,8 @@ typedef struct lt_trainer {
   lt_ctx ctx;
   lt_model model;
   lt_optimizer opt;
-  lt_dataset data, val_data; // val_data only with data.val_path
-  lt_loader loader, val_loader;
-  bool has_val;
+  lt_source *data;     // the training samples: a dataset's or a task's (data/source.h)
+  lt_source *val_data; // the validation samples; NULL when the config has none
   int64_t micro_batch, accum, seq_len;
   lt_samples host;      // the step's samples on this rank: accum * micro_batch * seq_len each
   lt_arena batch_arena; // the micro-batch on the device

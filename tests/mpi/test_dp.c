@@ -182,7 +182,7 @@ static void test_buckets_start_while_backward_runs(void **state) {
   (void)state;
   lt_trainer tr;
   make_trainer(&tr, &world, false);
-  assert_ok(lt_loader_next(&tr.loader, tr.cfg.train.batch, world.rank, world.size, tr.host));
+  assert_ok(lt_source_next(tr.data, tr.cfg.train.batch, world.rank, world.size, tr.host));
   tr.batch.tokens = lt_view1(tr.host.tokens, LT_I32, LT_CPU, tr.micro_batch * tr.seq_len);
   tr.batch.targets = lt_view1(tr.host.targets, LT_I32, LT_CPU, tr.micro_batch * tr.seq_len);
   tr.batch.pos = lt_view1(tr.host.pos, LT_I32, LT_CPU, tr.micro_batch * tr.seq_len);

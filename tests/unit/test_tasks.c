@@ -131,7 +131,7 @@ static void test_mqar_queries_come_mostly_soon_after_the_pairs(void **state) {
 static void expect_passkey_at_depth(double depth, int expected_key_place) {
   const int V = 40, T = 60, L = 5;
   lt_task task = lt_task_defaults(LT_TASK_PASSKEY, V, T, 11);
-  task.depth = depth;
+  task.depth_min = task.depth_max = depth;
   task_batch b = generate(&task, 0, 6);
   for (int64_t s = 0; s < b.B; s++) {
     const int32_t *x = b.tokens + s * T, *y = b.targets + s * T;
@@ -162,18 +162,51 @@ static void test_passkey_answer_is_the_key_hidden_at_the_chosen_depth(void **sta
   expect_passkey_at_depth(1.0, 49); // the key right before the ask
 }
 
-static void test_passkey_filler_repeats_one_sentence(void **state) {
+static void test_passkey_depth_is_drawn_from_its_range_and_buckets_split_it(void **state) {
+  (void)state;
+  // 101 tokens in the stream, 89 of filler: depths 0.25 .. 0.5 put the key at 22 .. 45.
+  const int V = 40, T = 100;
+  lt_task task = lt_task_defaults(LT_TASK_PASSKEY, V, T, 21);
+  task.depth_min = 0.25, task.depth_max = 0.5;
+  task_batch b = generate(&task, 0, 300);
+  int lowest = T, highest = -1;
+  for (int64_t s = 0; s < b.B; s++)
+    for (int t = 0; t < T; t++)
+      if (b.tokens[s * T + t] == LT_PASSKEY_KEY) {
+        lowest = t < lowest ? t : lowest;
+        highest = t > highest ? t : highest;
+      }
+  printf("passkey places %d .. %d for depths 0.25 .. 0.5\n", lowest, highest);
+  assert_true(lowest >= 22 && lowest <= 24); // uniform: 300 draws reach near both ends
+  assert_true(highest <= 45 && highest >= 43);
+  free_batch(&b);
+  // Buckets: equal parts of the range, in order, covering it.
+  for (int k = 0; k < 5; k++) {
+    const lt_task part = lt_task_depth_bucket(&task, k, 5);
+    assert_float_equal(part.depth_min, 0.25 + 0.05 * k, 1e-12);
+    assert_float_equal(part.depth_max, 0.25 + 0.05 * (k + 1), 1e-12);
+    assert_int_equal(part.seed, task.seed);
+    assert_int_equal(part.passkey_len, task.passkey_len);
+  }
+}
+
+static void test_passkey_filler_repeats_one_sentence_the_same_for_every_seed(void **state) {
   (void)state;
   lt_task task = lt_task_defaults(LT_TASK_PASSKEY, 100, 80, 13);
-  task.depth = 1.0; // all filler first: tokens 0..filler-1
-  task_batch b = generate(&task, 0, 3);
+  task.depth_min = task.depth_max = 1.0; // all filler first: tokens 0..filler-1
+  lt_task other_seed = task;
+  other_seed.seed = 14;
+  task_batch b = generate(&task, 0, 3), other = generate(&other_seed, 0, 3);
   const int filler = 81 - 2 * 6;
   for (int64_t s = 0; s < b.B; s++)
     for (int t = 0; t < filler; t++) {
       assert_int_equal(b.tokens[s * 80 + t], b.tokens[t]); // the same text in every sequence
       if (t >= 16) assert_int_equal(b.tokens[s * 80 + t], b.tokens[s * 80 + t - 16]);
+      // and for every seed: training and evaluation streams differ only in passkeys and depths
+      assert_int_equal(other.tokens[s * 80 + t], b.tokens[t]);
     }
-  free_batch(&b);
+  assert_memory_not_equal(b.tokens + filler + 1, other.tokens + filler + 1, 5 * sizeof(int32_t));
+  free_batch(&b), free_batch(&other);
 }
 
 // --- accuracy ---
@@ -187,14 +220,14 @@ static void test_accuracy_of_perfect_random_and_wrong_predictors(void **state) {
   float *logits = malloc(sizeof(float) * n * V);
   lt_test_fill_normal(logits, n * V, 19, 1.0f);
   lt_task_score random = {0}, perfect = {0}, wrong = {0};
-  lt_task_score_logits(&random, logits, b.targets, n, V);
+  lt_task_score_logits(&random, logits, b.targets, b.B, b.T, V);
   for (int64_t i = 0; i < n; i++)
     if (b.targets[i] != LT_IGNORE_INDEX) logits[i * V + b.targets[i]] = 100.0f;
-  lt_task_score_logits(&perfect, logits, b.targets, n, V);
+  lt_task_score_logits(&perfect, logits, b.targets, b.B, b.T, V);
   for (int64_t i = 0; i < n; i++)
     if (b.targets[i] != LT_IGNORE_INDEX)
       logits[i * V + (b.targets[i] + 1) % V] = 200.0f; // confidently one off
-  lt_task_score_logits(&wrong, logits, b.targets, n, V);
+  lt_task_score_logits(&wrong, logits, b.targets, b.B, b.T, V);
   assert_int_equal(perfect.answers, 40 * 8);
   assert_true(lt_task_accuracy(perfect) == 1.0);
   assert_true(lt_task_accuracy(wrong) == 0.0);
@@ -202,6 +235,19 @@ static void test_accuracy_of_perfect_random_and_wrong_predictors(void **state) {
   printf("random predictor: %lld of %lld right\n", (long long)random.correct,
          (long long)random.answers);
   assert_true(lt_task_accuracy(random) < 12.0 / 320);
+  assert_int_equal(perfect.sequences, 40);
+  assert_true(lt_task_exact_match(perfect) == 1.0 && lt_task_exact_match(wrong) == 0.0);
+  // One wrong answer spoils its sequence's exact match, and only that one's.
+  lt_task_score one_off = {0};
+  for (int64_t i = 0; i < n; i++)
+    if (b.targets[i] != LT_IGNORE_INDEX) logits[i * V + b.targets[i]] = 300.0f;
+  int64_t spoiled = 3 * b.T;
+  while (b.targets[spoiled] == LT_IGNORE_INDEX) spoiled++;
+  logits[spoiled * V + (b.targets[spoiled] + 1) % V] = 400.0f;
+  lt_task_score_logits(&one_off, logits, b.targets, b.B, b.T, V);
+  assert_int_equal(one_off.correct, 40 * 8 - 1);
+  assert_int_equal(one_off.sequences_correct, 39);
+  assert_true(lt_task_exact_match(one_off) == 39.0 / 40);
   free(logits);
   free_batch(&b);
 }
@@ -211,14 +257,19 @@ static void test_accuracy_of_perfect_random_and_wrong_predictors(void **state) {
 static void test_sizes_that_do_not_fit_are_config_errors(void **state) {
   (void)state;
   lt_task small_vocab = mqar(16, 64, 8, 1);
-  EXPECT_ERROR(lt_task_check(&small_vocab), LT_ERR_CONFIG, "vocab_size (16)", "n_pairs (8)",
-               "at least 18");
+  EXPECT_ERROR(lt_task_check(&small_vocab), LT_ERR_CONFIG, "data.task_vocab (16)",
+               "data.task_pairs (8)", "at least 18");
   lt_task short_seq = mqar(64, 30, 8, 1);
-  EXPECT_ERROR(lt_task_check(&short_seq), LT_ERR_CONFIG, "seq_len (30)", "at least 32");
+  EXPECT_ERROR(lt_task_check(&short_seq), LT_ERR_CONFIG, "train.seq_len (30)", "at least 32");
   lt_task passkey = lt_task_defaults(LT_TASK_PASSKEY, 64, 10, 1);
-  EXPECT_ERROR(lt_task_check(&passkey), LT_ERR_CONFIG, "passkey", "seq_len (10)", "at least 11");
+  EXPECT_ERROR(lt_task_check(&passkey), LT_ERR_CONFIG, "passkey", "train.seq_len (10)",
+               "at least 11");
   lt_task tiny_vocab = lt_task_defaults(LT_TASK_PASSKEY, 12, 100, 1);
-  EXPECT_ERROR(lt_task_check(&tiny_vocab), LT_ERR_CONFIG, "vocab_size (12)");
+  EXPECT_ERROR(lt_task_check(&tiny_vocab), LT_ERR_CONFIG, "data.task_vocab (12)");
+  lt_task deep = lt_task_defaults(LT_TASK_PASSKEY, 64, 100, 1);
+  deep.depth_min = 0.8, deep.depth_max = 0.2;
+  EXPECT_ERROR(lt_task_check(&deep), LT_ERR_CONFIG, "data.task_depth_min (0.8)",
+               "data.task_depth_max (0.2)");
   lt_task_kind kind;
   EXPECT_ERROR(lt_task_kind_from_name("needle", &kind), LT_ERR_USAGE, "'needle'", "mqar",
                "passkey");
@@ -270,7 +321,7 @@ static void test_softmax_attention_learns_mqar_far_above_chance(void **state) {
       lt_batch batch = as_batch(&eval);
       assert_ok(lt_model_logits(&model, &ctx, &batch, lt_view2(logits, LT_F32, LT_CPU, B * T, V)));
       lt_task_score score = {0};
-      lt_task_score_logits(&score, logits, eval.targets, B * T, V);
+      lt_task_score_logits(&score, logits, eval.targets, B, T, V);
       accuracy[step == steps] = lt_task_accuracy(score);
       free_batch(&eval);
       if (step == steps) break;
@@ -301,7 +352,8 @@ int main(void) {
       cmocka_unit_test(test_mqar_answers_every_key_once_with_its_value),
       cmocka_unit_test(test_mqar_queries_come_mostly_soon_after_the_pairs),
       cmocka_unit_test(test_passkey_answer_is_the_key_hidden_at_the_chosen_depth),
-      cmocka_unit_test(test_passkey_filler_repeats_one_sentence),
+      cmocka_unit_test(test_passkey_depth_is_drawn_from_its_range_and_buckets_split_it),
+      cmocka_unit_test(test_passkey_filler_repeats_one_sentence_the_same_for_every_seed),
       cmocka_unit_test(test_accuracy_of_perfect_random_and_wrong_predictors),
       cmocka_unit_test(test_sizes_that_do_not_fit_are_config_errors),
       cmocka_unit_test(test_softmax_attention_learns_mqar_far_above_chance),
