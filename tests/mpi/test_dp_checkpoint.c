@@ -127,25 +127,9 @@ static void assert_same_run(const char *a, const char *b) {
 // Every tensor of checkpoint `a` read whole, against `b`'s: at most `tolerance` of the largest
 // element of the tensor apart (0: bit for bit).
 static void assert_same_tensors(const char *a_dir, const char *b_dir, double tolerance) {
-  lt_checkpoint a, b;
-  assert_ok(lt_checkpoint_open(&a, a_dir));
-  assert_ok(lt_checkpoint_open(&b, b_dir));
-  for (int i = 0; i < a.n_pieces; i++) {
-    const lt_ckpt_piece *p = &a.pieces[i];
-    if (p->part > 0) continue; // the tensor is read whole from its first piece on
-    int64_t n = 1, zeros[LT_MAX_DIMS] = {0};
-    for (int d = 0; d < p->ndim; d++) n *= p->logical[d];
-    float *x = malloc((size_t)n * 4), *y = malloc((size_t)n * 4);
-    assert_ok(lt_checkpoint_read_slice(&a, p->kind, p->name, p->ndim, zeros, p->logical, x));
-    assert_ok(lt_checkpoint_read_slice(&b, p->kind, p->name, p->ndim, zeros, p->logical, y));
-    const double scale = lt_test_max_abs(y, n);
-    const double worst = lt_test_max_rel_diff(x, y, n, scale > 0 ? scale : 1);
-    if (!(worst <= tolerance))
-      fail_msg("%s/%s differs by %g of its scale", lt_ckpt_kind_group(p->kind), p->name, worst);
-    free(x), free(y);
-  }
-  lt_checkpoint_close(&a);
-  lt_checkpoint_close(&b);
+  char what[160];
+  const double worst = lt_test_checkpoint_difference(a_dir, b_dir, what, sizeof what);
+  if (!(worst <= tolerance)) fail_msg("%s differs by %g of its scale", what, worst);
 }
 
 // The losses, gradient norms and validation losses of the resumed steps within `tolerance`
