@@ -126,11 +126,27 @@ static void expect_continues(const char *reference, const char *resumed) {
          strrchr(reference, '/') + 1, records, tensors);
 }
 
-// The whole run of layout `l` against one process's.
+// The line of `longtrain info` about the model of the final checkpoint of run `run`.
+static void info_model_line(const char *run, char *line, size_t cap) {
+  char ckpt[600], command[1400], out[4096];
+  lt_test_checkpoint_dir(ckpt, sizeof ckpt, run, STEPS);
+  snprintf(command, sizeof command, "%s info %s", lt_test_binary(), ckpt);
+  assert_int_equal(lt_test_run(command, out, sizeof out), 0);
+  const char *at = strstr(out, "model: ");
+  assert_non_null(at);
+  snprintf(line, cap, "%.*s", (int)strcspn(at, "\n"), at);
+}
+
+// The whole run of layout `l` against one process's: the records, the final tensors, and the
+// model as its checkpoint describes it (the parameter count and tensors of the whole model).
 static void expect_logs_of_one_process(const layout *l) {
   const char *split = straight(l), *one = straight(&one_process);
   const double records = lt_test_expect_records(one, split, 1, TOL_RECORDS);
   const double tensors = expect_final_tensors(split, one, TOL_TENSORS);
+  char split_model[512], one_model[512];
+  info_model_line(split, split_model, sizeof split_model);
+  info_model_line(one, one_model, sizeof one_model);
+  assert_string_equal(split_model, one_model);
   printf("%s against one process, 8 steps: records %.1e, final tensors %.1e\n", l->name, records,
          tensors);
 }

@@ -182,18 +182,9 @@ void lt_test_assert_same_checkpoint(const char *a_dir, const char *b_dir) {
   lt_checkpoint_close(&b);
 }
 
-// Whether piece i is the first of its tensor (kind and name) in the checkpoint's index: a tensor
-// split over shards, or cut into NAME@k pieces, has several.
-static bool first_piece(const lt_checkpoint *ck, int i) {
-  const lt_ckpt_piece *p = &ck->pieces[i];
-  for (int j = 0; j < i; j++)
-    if (ck->pieces[j].kind == p->kind && strcmp(ck->pieces[j].name, p->name) == 0) return false;
-  return true;
-}
-
 static int count_tensors(const lt_checkpoint *ck) {
   int n = 0;
-  for (int i = 0; i < ck->n_pieces; i++) n += first_piece(ck, i);
+  for (int i = 0; i < ck->n_pieces; i++) n += lt_checkpoint_first_piece(ck, i);
   return n;
 }
 
@@ -204,16 +195,16 @@ double lt_test_checkpoint_difference(const char *a_dir, const char *b_dir, char 
   double worst = 0;
   snprintf(what, cap, "no tensor");
   if (a.meta.step != b.meta.step || a.meta.tokens_seen != b.meta.tokens_seen ||
-      a.meta.data_position != b.meta.data_position) {
+      a.meta.data_position != b.meta.data_position || a.meta.n_params != b.meta.n_params) {
     worst = INFINITY;
-    snprintf(what, cap, "the step, tokens seen or data position");
+    snprintf(what, cap, "the step, tokens seen, data position or parameter count");
   } else if (count_tensors(&a) != count_tensors(&b)) {
     worst = INFINITY;
     snprintf(what, cap, "the number of tensors (%d, %d)", count_tensors(&a), count_tensors(&b));
   }
   for (int i = 0; i < a.n_pieces && worst < INFINITY; i++) {
     const lt_ckpt_piece *p = &a.pieces[i];
-    if (!first_piece(&a, i)) continue;
+    if (!lt_checkpoint_first_piece(&a, i)) continue;
     int64_t n = 1, zeros[LT_MAX_DIMS] = {0};
     for (int d = 0; d < p->ndim; d++) n *= p->logical[d];
     float *x = malloc((size_t)n * 4), *y = malloc((size_t)n * 4);

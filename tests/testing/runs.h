@@ -43,9 +43,9 @@ void lt_test_assert_same_checkpoint(const char *a, const char *b);
 // How far apart two checkpoints written in any layouts are: the largest difference between a
 // tensor of `a` and the same tensor of `b`, each read whole (from whichever shards and pieces
 // hold it), relative to the largest element of b's; 0 when every tensor holds the same bits.
-// Infinite when their step, tokens seen or data position differ or one lacks a tensor of the
-// other. `what` names the worst tensor (or what did not match). Fails only when one cannot be
-// opened, so that under mpirun one rank can compare and tell the others.
+// Infinite when their step, tokens seen, data position or parameter count differ or one lacks a
+// tensor of the other. `what` names the worst tensor (or what did not match). Fails only when one
+// cannot be opened, so that under mpirun one rank can compare and tell the others.
 double lt_test_checkpoint_difference(const char *a, const char *b, char *what, size_t cap);
 
 // The text of file `path` (caller frees), or NULL when it does not exist.
