@@ -48,6 +48,24 @@ static int place_stage(lt_model *model, const lt_mesh *mesh) {
                                 stage, &model->layer_begin, &model->layer_end);
 }
 
+// model->n_params: the whole model's parameters, as the logs, checkpoints and MFU report them in
+// any layout. A tensor-parallel rank holds a slice of each split tensor and registers its whole
+// (logical) shape; each stage holds its own layers (a tied embedding's copy is the first
+// stage's tensor again): the logical sizes of this rank's tensors, summed over the pipeline.
+static int count_parameters(lt_model *model, const lt_mesh *mesh) {
+  double n = 0;
+  for (int i = 0; i < model->params.count; i++) {
+    const lt_param_info *p = &model->params.info[i];
+    if (p->spec.pipeline_copy) continue;
+    double numel = 1;
+    for (int d = 0; d < p->ndim; d++) numel *= (double)p->logical_shape[d];
+    n += numel;
+  }
+  if (mesh) LT_TRY(lt_all_reduce_sum_f64(&mesh->axis[LT_AXIS_PP], &n, 1));
+  model->n_params = (int64_t)n;
+  return LT_OK;
+}
+
 int lt_model_create(lt_model *model, const lt_model_config *cfg, lt_device device,
                     const lt_mesh *mesh) {
   *model = (lt_model){.cfg = *cfg, .device = device, .n_slots = 1};
@@ -99,7 +117,8 @@ int lt_model_create(lt_model *model, const lt_model_config *cfg, lt_device devic
                              c->tie_embeddings ? &model->embed.weight : NULL, c->vocab_size,
                              c->d_model, stds.in));
   }
-  return lt_params_allocate(&model->params, device);
+  LT_TRY(lt_params_allocate(&model->params, device));
+  return count_parameters(model, mesh);
 }
 
 static void free_extra_slots(lt_model *model) {
@@ -332,9 +351,7 @@ int lt_model_logits(lt_model *model, lt_ctx *ctx, const lt_batch *batch, lt_tens
 }
 
 int64_t lt_model_n_params(const lt_model *model) {
-  int64_t n = 0;
-  for (int i = 0; i < model->params.count; i++) n += model->params.info[i].numel;
-  return n;
+  return model->n_params;
 }
 
 double lt_model_train_flops_per_token(const lt_model *model, int64_t T) {

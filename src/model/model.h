@@ -37,6 +37,7 @@ typedef struct lt_model {
   int layer_begin, layer_end;
   bool first_stage, last_stage;
   int head_first_param;          // the final norm's index; the untied LM head follows it
+  int64_t n_params;              // the whole model's, in every layout (lt_model_n_params)
   lt_grads_ready_fn grads_ready; // NULL: not called
   void *grads_ready_arg;
   // Step memory, planned for one (B, T) by lt_model_plan.
@@ -63,6 +64,7 @@ typedef struct lt_model {
 double lt_model_rope_theta(const lt_model_config *cfg);
 // Registers and allocates the parameters (not initialised: lt_params_init, or load them).
 // `mesh` says how the model is split over processes (tensor, pipeline parallel); NULL for one.
+// The stages of a pipeline call it together (they add up the parameter count).
 int lt_model_create(lt_model *model, const lt_model_config *cfg, lt_device device,
                     const lt_mesh *mesh);
 void lt_model_destroy(lt_model *model);
@@ -88,7 +90,8 @@ int lt_model_forward(lt_model *model, lt_ctx *ctx, const lt_batch *batch, bool w
 int lt_model_backward(lt_model *model, lt_ctx *ctx, const lt_batch *batch);
 // Forward to full logits (B*T, vocab) f32, for evaluation and tests; the whole model only.
 int lt_model_logits(lt_model *model, lt_ctx *ctx, const lt_batch *batch, lt_tensor logits);
-// Parameters and FLOPs per token of a training step (6N plus attention's 12 L T d / 2 causal).
+// Parameters and FLOPs per token of a training step (6N plus attention's 12 L T d / 2 causal), of
+// the whole model: the same numbers whatever its split over tensor-parallel ranks and stages.
 int64_t lt_model_n_params(const lt_model *model);
 double lt_model_train_flops_per_token(const lt_model *model, int64_t T);
 

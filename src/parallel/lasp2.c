@@ -225,6 +225,11 @@ int lt_lasp2_backward(lt_lasp2 *l, lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_t
   const lt_linear_attn_spec chunks = chunk_spec(l, spec, true), alone = chunk_spec(l, spec, false);
   const lt_tensor dk_chunks = as_chunks(dk), dv_chunks = as_chunks(dv);
   const lt_tensor k_chunks = as_chunks(k), v_chunks = as_chunks(v);
+  // The suffix scan links chunks by their documents. Gathered again from this micro-batch's own
+  // documents: under pipeline parallelism other micro-batches' forwards run between this one's
+  // forward and backward, and the table on the host holds the last forward's (layer.h: a
+  // backward reads only what its planned views saved, or derives it again).
+  LT_TRY(gather_docs(l, spec));
   // l->states receives the prefixes' gradients dP.
   LT_TRY(lt_linear_attn_bwd(ctx, as_chunks(dq), dk_chunks, dv_chunks, l->states, as_chunks(dout),
                             as_chunks(q), k_chunks, v_chunks, l->prefix, &chunks));

@@ -241,6 +241,11 @@ int lt_ring_attention_backward(lt_ring_attention *ring, lt_ctx *ctx, lt_tensor d
   if (!ring) return lt_attn_bwd(ctx, dq, dk, dv, dout, q, k, v, lse, delta, spec);
   LT_TRY(lt_cp_check_planned("ring attention", q, ring->B, ring->T));
   LT_TRY(pack_block(ring, ctx, k, v, spec));
+  // The steps to compute, chosen again from this micro-batch's own positions and documents:
+  // under pipeline parallelism other micro-batches' forwards run between this one's forward and
+  // backward, and `visible` holds the last forward's choice (layer.h: a backward reads only what
+  // its planned views saved, or derives it again).
+  LT_TRY(choose_steps(ring, spec));
   const lt_group *g = ring->group;
   const int n = g->size, next = (g->rank + 1) % n, prev = (g->rank + n - 1) % n;
   // Three accumulator slots: `part` takes this step's share, the previous step's result is on

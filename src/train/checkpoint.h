@@ -126,6 +126,9 @@ typedef struct lt_checkpoint {
 // truncated, corrupt or newer checkpoint is LT_ERR_CKPT naming the file and the fix.
 int lt_checkpoint_open(lt_checkpoint *ck, const char *dir);
 void lt_checkpoint_close(lt_checkpoint *ck);
+// Whether piece i is the first of its tensor (kind and name) in ck->pieces: a tensor split over
+// shards, or cut into NAME@k pieces, has several. Counting first pieces counts tensors.
+bool lt_checkpoint_first_piece(const lt_checkpoint *ck, int i);
 // The logical shape of tensor `name`; LT_ERR_CKPT naming it when the checkpoint lacks it.
 int lt_checkpoint_shape(const lt_checkpoint *ck, lt_ckpt_kind kind, const char *name, int *ndim,
                         int64_t *shape);

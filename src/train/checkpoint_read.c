@@ -204,6 +204,13 @@ static const char *shape_text(int ndim, const int64_t *shape, char *buf, size_t 
   return buf;
 }
 
+bool lt_checkpoint_first_piece(const lt_checkpoint *ck, int i) {
+  const lt_ckpt_piece *p = &ck->pieces[i];
+  for (int j = 0; j < i; j++)
+    if (ck->pieces[j].kind == p->kind && strcmp(ck->pieces[j].name, p->name) == 0) return false;
+  return true;
+}
+
 int lt_checkpoint_shape(const lt_checkpoint *ck, lt_ckpt_kind kind, const char *name, int *ndim,
                         int64_t *shape) {
   const lt_ckpt_piece *first = NULL;

@@ -18,7 +18,8 @@ static void print_summary(const lt_checkpoint *ck, const lt_config *cfg) {
   const lt_checkpoint_meta *m = &ck->meta;
   const lt_model_config *mc = &cfg->model;
   int tensors = 0;
-  for (int i = 0; i < ck->n_pieces; i++) tensors += ck->pieces[i].kind == LT_CKPT_WEIGHTS;
+  for (int i = 0; i < ck->n_pieces; i++) // once each, however many shards hold parts of it
+    tensors += ck->pieces[i].kind == LT_CKPT_WEIGHTS && lt_checkpoint_first_piece(ck, i);
   const int kv = mc->n_kv_heads ? mc->n_kv_heads : mc->n_heads;
   const int head_dim = mc->head_dim ? mc->head_dim : mc->d_model / mc->n_heads;
   static const char *packing[] = {"stream", "documents"};

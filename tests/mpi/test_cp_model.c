@@ -13,6 +13,8 @@
 #include "model/model.h"
 #include "optim/adamw.h"
 #include "parallel/context.h"
+#include "parallel/pipeline.h"
+#include "pipeline_case.h"
 #include "testing.h"
 
 static lt_world world;
@@ -242,6 +244,82 @@ static void test_moe_feed_forwards_split_over_cp_equal_one_process(void **state)
   expect_as_one_process("lightning,softmax", "moe", 2);
 }
 
+// Gives batch `tb` (whole, with documents) documents of `length` tokens from each row's start,
+// positions restarting at each, and no target across a document's end.
+static void documents_of_length(token_batch *tb, int64_t length) {
+  for (int64_t i = 0; i < B * T; i++) {
+    tb->doc[i] = (int32_t)(i % T / length);
+    tb->pos[i] = (int32_t)(i % T % length);
+  }
+  for (int64_t i = 0; i + 1 < B * T; i++)
+    if ((i + 1) % T != 0) // a row's last target stays
+      tb->targets[i] = tb->doc[i + 1] == tb->doc[i] ? tb->tokens[i + 1] : LT_IGNORE_INDEX;
+}
+
+static int load_token_batch(void *state, int64_t m, lt_batch *batch) {
+  token_batch **batches = state;
+  *batch = batches[m]->batch;
+  return LT_OK;
+}
+
+// A pipeline of two stages over cp = 2 (a pp2 x cp2 mesh of the four ranks) runs four
+// micro-batches whose documents alternate between two layouts: a, documents of 40 tokens (one
+// crosses the middle chunk boundary and runs on through the next chunk: LASP-2 carries its state
+// there, and every ring step has keys to see), and b, each chunk of 16 a document of its own (no
+// state carried, every ring step but a rank's own skipped). The first stage keeps two micro-batches
+// in flight (1F1B), so b's forward runs between a's forward and a's backward: what ring attention
+// and LASP-2 derive from a micro-batch's documents must be its own again in its backward. Every
+// stage's gradients, summed over cp, against the whole model in one process.
+static void test_micro_batches_in_flight_keep_their_own_documents(void **state) {
+  (void)state;
+  lt_mesh mesh;
+  const lt_parallel_config layout = {.dp = 1, .pp = 2, .cp = 2, .tp = 1, .timeout_s = 60};
+  assert_ok(lt_mesh_create(&mesh, &world, &layout));
+  const lt_model_config cfg = config_of("linear,sparse,moh,lightning", "swiglu", 4);
+  enum { MICRO = 4 };
+  token_batch whole[MICRO], mine[MICRO];
+  token_batch *batches[MICRO];
+  double count = 0;
+  for (int m = 0; m < MICRO; m++) {
+    batch_make(&whole[m], true, 5 + (uint64_t)m);
+    batch_make(&mine[m], true, 5 + (uint64_t)m);
+    const int64_t length = m % 2 ? T / 4 : 40;
+    documents_of_length(&whole[m], length), documents_of_length(&mine[m], length);
+    batch_keep_local(&mine[m], &mesh);
+    batches[m] = &mine[m];
+    count += target_count(&whole[m]);
+  }
+  model_run one, stage;
+  model_start(&one, &cfg, NULL, false);
+  model_start(&stage, &cfg, &mesh, false);
+  assert_ok(lt_params_zero_grad(&one.model.params));
+  for (int m = 0; m < MICRO; m++) {
+    double loss;
+    assert_ok(
+        lt_model_forward(&one.model, &one.ctx, &whole[m].batch, true, (float)(1.0 / count), &loss));
+    assert_ok(lt_model_backward(&one.model, &one.ctx, &whole[m].batch));
+  }
+  lt_batch batch;
+  const lt_micro_batches micro = {
+      .count = MICRO, .load = load_token_batch, .state = batches, .batch = &batch};
+  double loss, aux;
+  lt_params *p = &stage.model.params;
+  assert_ok(lt_params_zero_grad(p));
+  assert_ok(lt_pipeline_train_step(&stage.model, &stage.ctx, &micro, (float)(1.0 / count), &loss,
+                                   &aux, NULL));
+  assert_ok(lt_all_reduce_sum(&mesh.axis[LT_AXIS_CP],
+                              lt_view1(p->grad, LT_F32, LT_CPU, (int64_t)p->numel)));
+  const double worst =
+      lt_test_worst_over_ranks(&mesh, lt_test_pp_max_diff(&stage.model, &one.model, true));
+  if (world.rank == 0)
+    print_message("pp2 x cp2, micro-batches of two document layouts in flight: gradients %.1e\n",
+                  worst);
+  assert_true(worst < 1e-5);
+  model_stop(&one), model_stop(&stage);
+  for (int m = 0; m < MICRO; m++) batch_free(&whole[m]), batch_free(&mine[m]);
+  lt_mesh_destroy(&mesh);
+}
+
 // 20 AdamW steps on fresh batches, on one process and with cp = 4 (recomputing activations): the
 // same losses step by step. The runs sum in different orders, and AdamW's normalised update turns
 // rounding-sized gradient differences into larger weight differences, so they drift apart slowly
@@ -301,6 +379,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_lightning_attention_split_over_cp_equals_one_process),
       cmocka_unit_test(test_hybrid_stacks_split_over_cp_equal_one_process),
       cmocka_unit_test(test_moe_feed_forwards_split_over_cp_equal_one_process),
+      cmocka_unit_test(test_micro_batches_in_flight_keep_their_own_documents),
       cmocka_unit_test(test_twenty_steps_follow_the_single_process_losses),
   };
   int failures = cmocka_run_group_tests(tests, NULL, NULL);

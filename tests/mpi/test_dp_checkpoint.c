@@ -55,19 +55,6 @@ static const char *config(void) {
   return path;
 }
 
-// `longtrain train ARGS` on `ranks` ranks (0: a plain process, no mpirun) into run folder `dir`
-// under the temporary folder; fails the test unless it succeeds.
-static const char *run(const char *name, int ranks, const char *args) {
-  static char dirs[16][512];
-  static int used = 0;
-  char *dir = dirs[used++ % 16], log[600], all[2048];
-  snprintf(dir, 512, "%s/%s", lt_test_run_files_get()->dir, name);
-  snprintf(log, sizeof log, "%s.log", dir);
-  snprintf(all, sizeof all, "train --set run.dir=%s %s", dir, args);
-  lt_test_expect_exit(ranks ? lt_test_spawn_mpi(log, ranks, all) : lt_test_spawn(log, all), 0, log);
-  return dir;
-}
-
 // The straight runs every test compares against, made once each.
 static const char *straight(int dp, bool zero) {
   static char made[3][512];
@@ -77,33 +64,24 @@ static const char *straight(int dp, bool zero) {
   snprintf(name, sizeof name, "straight-dp%d%s", dp, zero ? "-zero" : "");
   snprintf(args, sizeof args, "--config %s --set parallel.dp=%d --set parallel.zero=%s", config(),
            dp, zero ? "true" : "false");
-  snprintf(dir, 512, "%s", run(name, dp == 1 ? 0 : dp, args));
+  snprintf(dir, 512, "%s", lt_test_train(name, dp == 1 ? 0 : dp, args));
   return dir;
-}
-
-static void checkpoint_of(char *out, size_t cap, const char *run_dir, int step) {
-  snprintf(out, cap, "%s/checkpoints/step_%08d", run_dir, step);
 }
 
 // Resumes the checkpoint of step SAVED of run `from` on `ranks` ranks with `sets`, to STEPS.
 static const char *resume(const char *name, const char *from, int ranks, const char *sets) {
   char ckpt[600], args[1400];
-  checkpoint_of(ckpt, sizeof ckpt, from, SAVED);
+  lt_test_checkpoint_dir(ckpt, sizeof ckpt, from, SAVED);
   snprintf(args, sizeof args, "--resume %s %s", ckpt, sets);
-  return run(name, ranks, args);
+  return lt_test_train(name, ranks, args);
 }
 
 // The records of steps SAVED+1..STEPS of `resumed` equal those of `reference`, bit for bit.
 static void assert_continues_bit_for_bit(const char *reference, const char *resumed) {
-  lt_test_records ref, got;
-  lt_test_read_records(reference, &ref);
-  lt_test_read_records(resumed, &got);
-  assert_int_equal(ref.n, STEPS);
-  assert_int_equal(got.n, STEPS - SAVED);
-  for (int i = 0; i < got.n; i++) assert_string_equal(got.lines[i], ref.lines[SAVED + i]);
+  lt_test_expect_records(reference, resumed, SAVED + 1, 0);
   char a[600], b[600];
-  checkpoint_of(a, sizeof a, reference, STEPS);
-  checkpoint_of(b, sizeof b, resumed, STEPS);
+  lt_test_checkpoint_dir(a, sizeof a, reference, STEPS);
+  lt_test_checkpoint_dir(b, sizeof b, resumed, STEPS);
   lt_test_assert_same_checkpoint(a, b);
 }
 
@@ -112,57 +90,19 @@ static void assert_same_tensors(const char *a_dir, const char *b_dir, double tol
 // Two runs of STEPS steps logged the same records and ended with the same tensors, bit for bit
 // (however their checkpoints cut them).
 static void assert_same_run(const char *a, const char *b) {
-  lt_test_records ra, rb;
-  lt_test_read_records(a, &ra);
-  lt_test_read_records(b, &rb);
-  assert_int_equal(ra.n, STEPS);
-  assert_int_equal(rb.n, STEPS);
-  for (int i = 0; i < STEPS; i++) assert_string_equal(ra.lines[i], rb.lines[i]);
+  lt_test_expect_records(a, b, 1, 0);
   char ca[600], cb[600];
-  checkpoint_of(ca, sizeof ca, a, STEPS);
-  checkpoint_of(cb, sizeof cb, b, STEPS);
+  lt_test_checkpoint_dir(ca, sizeof ca, a, STEPS);
+  lt_test_checkpoint_dir(cb, sizeof cb, b, STEPS);
   assert_same_tensors(ca, cb, 0);
 }
 
 // Every tensor of checkpoint `a` read whole, against `b`'s: at most `tolerance` of the largest
 // element of the tensor apart (0: bit for bit).
 static void assert_same_tensors(const char *a_dir, const char *b_dir, double tolerance) {
-  lt_checkpoint a, b;
-  assert_ok(lt_checkpoint_open(&a, a_dir));
-  assert_ok(lt_checkpoint_open(&b, b_dir));
-  for (int i = 0; i < a.n_pieces; i++) {
-    const lt_ckpt_piece *p = &a.pieces[i];
-    if (p->part > 0) continue; // the tensor is read whole from its first piece on
-    int64_t n = 1, zeros[LT_MAX_DIMS] = {0};
-    for (int d = 0; d < p->ndim; d++) n *= p->logical[d];
-    float *x = malloc((size_t)n * 4), *y = malloc((size_t)n * 4);
-    assert_ok(lt_checkpoint_read_slice(&a, p->kind, p->name, p->ndim, zeros, p->logical, x));
-    assert_ok(lt_checkpoint_read_slice(&b, p->kind, p->name, p->ndim, zeros, p->logical, y));
-    const double scale = lt_test_max_abs(y, n);
-    const double worst = lt_test_max_rel_diff(x, y, n, scale > 0 ? scale : 1);
-    if (!(worst <= tolerance))
-      fail_msg("%s/%s differs by %g of its scale", lt_ckpt_kind_group(p->kind), p->name, worst);
-    free(x), free(y);
-  }
-  lt_checkpoint_close(&a);
-  lt_checkpoint_close(&b);
-}
-
-// The losses, gradient norms and validation losses of the resumed steps within `tolerance`
-// (relative) of the reference run's.
-static void assert_continues_closely(const char *reference, const char *resumed, double tolerance) {
-  lt_test_records ref, got;
-  lt_test_read_records(reference, &ref);
-  lt_test_read_records(resumed, &got);
-  assert_int_equal(got.n, STEPS - SAVED);
-  static const char *fields[] = {"step", "loss", "grad_norm", "val_loss", "tokens"};
-  for (int i = 0; i < got.n; i++)
-    for (int f = 0; f < 5; f++) {
-      const double want = lt_test_record_value(ref.lines[SAVED + i], fields[f]);
-      const double have = lt_test_record_value(got.lines[i], fields[f]);
-      if (!(fabs(have - want) <= tolerance * fabs(want)))
-        fail_msg("%s of step %d: %.9g against %.9g", fields[f], SAVED + i + 1, have, want);
-    }
+  char what[160];
+  const double worst = lt_test_checkpoint_difference(a_dir, b_dir, what, sizeof what);
+  if (!(worst <= tolerance)) fail_msg("%s differs by %g of its scale", what, worst);
 }
 
 static void test_dp2_checkpoint_resumed_at_dp2_continues_bit_for_bit(void **state) {
@@ -174,8 +114,8 @@ static void test_dp2_checkpoint_resumed_at_dp2_continues_bit_for_bit(void **stat
 static void test_every_rank_writes_its_shard_and_zero1_cuts_moments_into_slices(void **state) {
   (void)state;
   char plain[600], zero[600];
-  checkpoint_of(plain, sizeof plain, straight(2, false), SAVED);
-  checkpoint_of(zero, sizeof zero, straight(2, true), SAVED);
+  lt_test_checkpoint_dir(plain, sizeof plain, straight(2, false), SAVED);
+  lt_test_checkpoint_dir(zero, sizeof zero, straight(2, true), SAVED);
   lt_checkpoint ck;
   assert_ok(lt_checkpoint_open(&ck, zero));
   assert_int_equal(ck.meta.n_shards, 2);
@@ -205,10 +145,10 @@ static void test_zero1_and_plain_checkpoints_resume_each_other_bit_for_bit(void 
 static void assert_resumes_closely(const char *from, const char *name, int ranks,
                                    const char *sets) {
   const char *resumed = resume(name, from, ranks, sets);
-  assert_continues_closely(from, resumed, 1e-6);
+  lt_test_expect_records(from, resumed, SAVED + 1, 1e-6);
   char a[600], b[600];
-  checkpoint_of(a, sizeof a, from, STEPS);
-  checkpoint_of(b, sizeof b, resumed, STEPS);
+  lt_test_checkpoint_dir(a, sizeof a, from, STEPS);
+  lt_test_checkpoint_dir(b, sizeof b, resumed, STEPS);
   assert_same_tensors(b, a, 1e-5);
 }
 
@@ -226,7 +166,7 @@ static void test_single_process_checkpoint_resumes_at_dp2(void **state) {
   (void)state;
   const char *single = straight(1, false);
   const char *two = resume("dp1-to-dp2", single, 2, "--set parallel.dp=2 --set parallel.zero=true");
-  assert_continues_closely(single, two, 1e-6);
+  lt_test_expect_records(single, two, SAVED + 1, 1e-6);
 }
 
 int main(void) {

@@ -1,6 +1,7 @@
 #include "runs.h"
 
 #include <fcntl.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -134,6 +135,22 @@ void lt_test_expect_exit(pid_t pid, int status, const char *log) {
   fail_msg("exit status %d, expected %d; log:\n%s", got, status, text ? text : "(none)");
 }
 
+const char *lt_test_train(const char *name, int ranks, const char *args) {
+  static char dirs[16][512];
+  static int used = 0;
+  char *dir = dirs[used++ % 16], log[600], all[2048];
+  if (snprintf(dir, 512, "%s/%s", lt_test_run_files_get()->dir, name) >= 512 ||
+      snprintf(all, sizeof all, "train --set run.dir=%s %s", dir, args) >= (int)sizeof all)
+    fail_msg("run %s: the folder or arguments are too long", name);
+  snprintf(log, sizeof log, "%s.log", dir);
+  lt_test_expect_exit(ranks ? lt_test_spawn_mpi(log, ranks, all) : lt_test_spawn(log, all), 0, log);
+  return dir;
+}
+
+void lt_test_checkpoint_dir(char *out, size_t cap, const char *run_dir, int64_t step) {
+  snprintf(out, cap, "%s/checkpoints/step_%08lld", run_dir, (long long)step);
+}
+
 void lt_test_expect_run_parts(const char *log, const char *args, int status,
                               const char *const *parts) {
   lt_test_expect_exit(lt_test_spawn(log, args), status, log);
@@ -180,6 +197,50 @@ void lt_test_reseal_checkpoint(const char *dir) {
   free(names);
   lt_manifest_free(&m);
   free(text);
+}
+
+static int count_tensors(const lt_checkpoint *ck) {
+  int n = 0;
+  for (int i = 0; i < ck->n_pieces; i++) n += lt_checkpoint_first_piece(ck, i);
+  return n;
+}
+
+double lt_test_checkpoint_difference(const char *a_dir, const char *b_dir, char *what, size_t cap) {
+  lt_checkpoint a, b;
+  assert_ok(lt_checkpoint_open(&a, a_dir));
+  assert_ok(lt_checkpoint_open(&b, b_dir));
+  double worst = 0;
+  snprintf(what, cap, "no tensor");
+  if (a.meta.step != b.meta.step || a.meta.tokens_seen != b.meta.tokens_seen ||
+      a.meta.data_position != b.meta.data_position || a.meta.n_params != b.meta.n_params) {
+    worst = INFINITY;
+    snprintf(what, cap, "the step, tokens seen, data position or parameter count");
+  } else if (count_tensors(&a) != count_tensors(&b)) {
+    worst = INFINITY;
+    snprintf(what, cap, "the number of tensors (%d, %d)", count_tensors(&a), count_tensors(&b));
+  }
+  for (int i = 0; i < a.n_pieces && worst < INFINITY; i++) {
+    const lt_ckpt_piece *p = &a.pieces[i];
+    if (!lt_checkpoint_first_piece(&a, i)) continue;
+    int64_t n = 1, zeros[LT_MAX_DIMS] = {0};
+    for (int d = 0; d < p->ndim; d++) n *= p->logical[d];
+    float *x = malloc((size_t)n * 4), *y = malloc((size_t)n * 4);
+    assert_ok(lt_checkpoint_read_slice(&a, p->kind, p->name, p->ndim, zeros, p->logical, x));
+    double d = INFINITY;
+    if (lt_checkpoint_read_slice(&b, p->kind, p->name, p->ndim, zeros, p->logical, y) == LT_OK) {
+      const double scale = lt_test_max_abs(y, n);
+      d = lt_test_max_rel_diff(x, y, n, scale > 0 ? scale : 1);
+    }
+    lt_error_clear();
+    if (!(d <= worst)) {
+      worst = d;
+      snprintf(what, cap, "%s/%s", lt_ckpt_kind_group(p->kind), p->name);
+    }
+    free(x), free(y);
+  }
+  lt_checkpoint_close(&a);
+  lt_checkpoint_close(&b);
+  return worst;
 }
 
 char *lt_test_read_text(const char *path) {
@@ -234,4 +295,41 @@ double lt_test_record_value(const char *line, const char *field) {
   while (at && at != line && at[-1] != ' ') at = strstr(at + 1, key); // "loss" is not "val_loss"
   if (!at) fail_msg("no %s in %s", field, line);
   return strtod(at + strlen(key), NULL);
+}
+
+double lt_test_expect_records(const char *reference, const char *run, int first, double tolerance) {
+  lt_test_records ref, got;
+  lt_test_read_records(reference, &ref);
+  lt_test_read_records(run, &got);
+  if (got.n == 0 || got.n + first - 1 != ref.n)
+    fail_msg("%s logged %d records from step %d, %s %d from step 1", run, got.n, first, reference,
+             ref.n);
+  static const char *exact[] = {"step", "lr", "tokens"},
+                    *close[] = {"loss", "grad_norm", "val_loss"};
+  double worst = 0;
+  for (int i = 0; i < got.n; i++) {
+    const char *want = ref.lines[first - 1 + i], *have = got.lines[i];
+    if (tolerance == 0) {
+      if (strcmp(want, have) != 0)
+        fail_msg("%s logged\n  %s\nwhere %s logged\n  %s", run, have, reference, want);
+      continue;
+    }
+    for (int f = 0; f < 3; f++)
+      if (lt_test_record_value(have, exact[f]) != lt_test_record_value(want, exact[f]))
+        fail_msg("%s of step %d: %s logged %s, %s %s", exact[f], first + i, run, have, reference,
+                 want);
+    const bool validated = !strstr(want, "val_loss=- ");
+    if (validated == !!strstr(have, "val_loss=- "))
+      fail_msg("step %d: validated in only one of %s and %s", first + i, run, reference);
+    for (int f = 0; f < (validated ? 3 : 2); f++) {
+      const double a = lt_test_record_value(have, close[f]),
+                   b = lt_test_record_value(want, close[f]);
+      const double d = fabs(a - b) / fmax(fabs(b), 1e-30);
+      if (!(d <= tolerance))
+        fail_msg("%s of step %d: %.17g in %s, %.17g in %s (%.1e apart)", close[f], first + i, a,
+                 run, b, reference, d);
+      if (d > worst) worst = d;
+    }
+  }
+  return worst;
 }

@@ -32,8 +32,21 @@ void lt_test_expect_run_parts(const char *log, const char *args, int status,
   lt_test_expect_run_parts((log), (args), (status), (const char *const[]){__VA_ARGS__, NULL})
 // Fails unless the finished process `pid` exited with `status` (the log is shown).
 void lt_test_expect_exit(pid_t pid, int status, const char *log);
+// Runs `longtrain train --set run.dir=DIR ARGS` on `ranks` ranks under mpirun (0: a plain
+// process), DIR being folder `name` beside the run files (log: DIR.log); fails the test, showing
+// the log, unless it succeeds. Returns DIR (kept until 16 more calls).
+const char *lt_test_train(const char *name, int ranks, const char *args);
+// The checkpoint folder of step `step` of run folder `run_dir`.
+void lt_test_checkpoint_dir(char *out, size_t cap, const char *run_dir, int64_t step);
 // Every tensor (weights, AdamW moments) and counter of two checkpoints, bit for bit.
 void lt_test_assert_same_checkpoint(const char *a, const char *b);
+// How far apart two checkpoints written in any layouts are: the largest difference between a
+// tensor of `a` and the same tensor of `b`, each read whole (from whichever shards and pieces
+// hold it), relative to the largest element of b's; 0 when every tensor holds the same bits.
+// Infinite when their step, tokens seen, data position or parameter count differ or one lacks a
+// tensor of the other. `what` names the worst tensor (or what did not match). Fails only when one
+// cannot be opened, so that under mpirun one rank can compare and tell the others.
+double lt_test_checkpoint_difference(const char *a, const char *b, char *what, size_t cap);
 
 // Rewrites the manifest of checkpoint folder `dir` for the files it lists as they are now: what a
 // test does after changing a file on purpose, to reach the checks behind the manifest's.
@@ -50,5 +63,10 @@ typedef struct lt_test_records {
 void lt_test_read_records(const char *run_dir, lt_test_records *out);
 // A field of a record line ("loss") as a double.
 double lt_test_record_value(const char *line, const char *field);
+// The records of run `run` (whose first is step `first`) against those of the same steps of run
+// `reference`, to the end of both (which must end at the same step): the step, learning rate and
+// tokens equal, the loss, gradient norm and validation loss within `tolerance` relative (0: the
+// same lines, bit for bit). Returns the largest relative difference; fails the test above it.
+double lt_test_expect_records(const char *reference, const char *run, int first, double tolerance);
 
 #endif
