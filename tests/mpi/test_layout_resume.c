@@ -58,11 +58,7 @@ static const char *config_text = "model:\n"
 
 static const char *config(void) {
   static char path[512];
-  if (path[0]) return path;
-  snprintf(path, sizeof path, "%s/layouts.yaml", lt_test_tmpdir());
-  char yaml[2048];
-  snprintf(yaml, sizeof yaml, config_text, lt_test_run_files_get()->data);
-  lt_test_write_file(path, yaml);
+  lt_test_write_run_config(path, sizeof path, "layouts.yaml", config_text);
   return path;
 }
 

@@ -84,6 +84,14 @@ const lt_test_run_files *lt_test_run_files_get(void) {
   return &f;
 }
 
+void lt_test_write_run_config(char *path, size_t cap, const char *name, const char *format) {
+  if (path[0]) return;
+  snprintf(path, cap, "%s/%s", lt_test_tmpdir(), name);
+  char yaml[4096];
+  snprintf(yaml, sizeof yaml, format, lt_test_run_files_get()->data);
+  lt_test_write_file(path, yaml);
+}
+
 // Starts `prefix ARGS`: the words of prefix, then ARGS split at spaces.
 static pid_t spawn(const char *log, const char *const *prefix, const char *args) {
   char *copy = strdup(args), *argv[64];

@@ -14,6 +14,10 @@ typedef struct lt_test_run_files {
   char dir[256], data[300], other[300], config[300];
 } lt_test_run_files;
 const lt_test_run_files *lt_test_run_files_get(void);
+// Writes config `format` (YAML with one %s: data.path, filled with the run files' dataset) as
+// NAME in the test's temporary folder, its path into `path` (`cap` bytes), once: a
+// `path` already filled is left as it is.
+void lt_test_write_run_config(char *path, size_t cap, const char *name, const char *format);
 
 // Starts `longtrain ARGS` (ARGS split at spaces) with stdout and stderr into `log`.
 pid_t lt_test_spawn(const char *log, const char *args);
