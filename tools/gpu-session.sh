@@ -3,6 +3,7 @@
 # benchmarks against PyTorch, logging each stage to $OUT (or ./gpu-logs). Run from the project's
 # root with the device folder (../shared/device copied into the project) as the first argument:
 #   bash tools/gpu-session.sh .gpu build test attention model-4k model-16k model-64k
+# (test-moe, moe and moe-profile: the MoE kernels' and layer's tests, and bench_moe.)
 # Stages run in the order given; each has a time limit so one hang cannot eat the whole call.
 # NO_REFERENCE=1 leaves PyTorch out of the model benchmarks (a quicker look at longtrain alone).
 set -uo pipefail
@@ -68,6 +69,18 @@ for what in "$@"; do
     stage "$what" 300 $build/bench/bench_model --seq $seq --batch $batch --steps 3 --warmup 1 --profile
     grep -E "longtrain \||CUDA profile|^ +[0-9.]+ ms" "$out/$what.log" | head -16
     grep -E "^matmul \(" "$out/$what.log" | head -20
+    ;;
+  test-moe)
+    for t in test_cuda_moe test_cuda_moe_training; do
+      stage "$t" 150 env LT_CUDA_SYNC=1 $build/tests/gpu/$t
+    done
+    grep -hE "PASSED|FAILED|ERROR|error:|rel. L2|loss|step" "$out"/test_cuda_moe*.log
+    ;;
+  moe | moe-profile)
+    profile=()
+    [ "$what" = moe-profile ] && profile=(--profile)
+    stage "$what" 300 $build/bench/bench_moe "${profile[@]}"
+    grep -E "MoE|dense|CUDA profile|^ +[0-9.]+ ms" "$out/$what.log" | head -30
     ;;
   attention-model)
     stage attention-model 300 $build/bench/bench_attention --heads 12 --head-dim 64 --batch 8 \

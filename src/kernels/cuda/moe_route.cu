@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(THREADS)
       if (other >= 0 && (best < 0 || other_p > best_p || (other_p == best_p && other < best)))
         best_p = other_p, best = other;
     }
-    if ((best & 31) == lane) {
+    if (best >= 0 && (best & 31) == lane) {
       const int i = best >> 5;
       taken[i >> 5] |= 1u << (i & 31);
     }
