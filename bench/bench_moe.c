@@ -19,11 +19,8 @@
 #include "bench_common.h"
 #include "core/device.h"
 #include "core/error.h"
-#include "core/rng.h"
 #include "layers/mlp.h"
 #include "layers/moe.h"
-
-enum { TRIALS = 5 };
 
 typedef struct layer_bench {
   lt_ctx *ctx;
@@ -34,23 +31,6 @@ typedef struct layer_bench {
   lt_aux_loss aux;
   lt_batch batch;
 } layer_bench;
-
-// A device tensor of random bf16 values (a random block repeated: timing needs no more).
-static int random_bf16(lt_tensor *t, int64_t rows, int64_t cols, uint64_t seed) {
-  *t = lt_view2(NULL, LT_BF16, LT_CUDA, rows, cols);
-  LT_TRY(lt_device_alloc(LT_CUDA, lt_nbytes(*t), "a benchmark tensor", &t->data));
-  const int64_t n = lt_numel(*t), block = n < (1 << 22) ? n : (1 << 22);
-  lt_bf16 *host = malloc((size_t)block * sizeof *host);
-  LT_CHECK(host, LT_ERR_MEMORY, "out of host memory");
-  lt_rng rng = lt_rng_seed(seed);
-  for (int64_t i = 0; i < block; i++) host[i] = lt_f32_to_bf16(lt_rng_normal(&rng));
-  for (int64_t at = 0; at < n; at += block) {
-    const int64_t count = n - at < block ? n - at : block;
-    LT_TRY(lt_device_copy((lt_bf16 *)t->data + at, LT_CUDA, host, LT_CPU, (size_t)count * 2));
-  }
-  free(host);
-  return LT_OK;
-}
 
 // The layer (MoE when cfg->ffn is "moe", else dense SwiGLU of cfg->ffn_dim) with its parameters,
 // arenas and bf16 input and output gradient, planned for (B, T).
@@ -76,10 +56,11 @@ static int bench_create(layer_bench *b, lt_ctx *ctx, const lt_model_config *cfg,
   plan.acts = &b->acts, plan.scratch = &b->scratch;
   LT_TRY(b->layer->ops->plan(b->layer, &plan));
   const int64_t n = B * T, d = cfg->d_model;
-  LT_TRY(random_bf16(&b->x, n, d, 2));
-  LT_TRY(random_bf16(&b->dout, n, d, 3));
-  LT_TRY(random_bf16(&b->out, n, d, 4));
-  LT_TRY(random_bf16(&b->dx, n, d, 5));
+  lt_tensor *rows[] = {&b->x, &b->dout, &b->out, &b->dx};
+  for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+    *rows[i] = lt_view2(NULL, LT_BF16, LT_CUDA, n, d);
+    LT_TRY(bench_random_bf16(rows[i], i + 2));
+  }
   b->aux = (lt_aux_loss){.grad_scale = 1.0f};
   b->batch = (lt_batch){.B = B, .T = T, .aux = &b->aux};
   return LT_OK;
@@ -94,36 +75,17 @@ static void bench_destroy(layer_bench *b) {
 }
 
 // One training step's work for the layer: forward, then backward (gradients accumulate).
-static int forward_backward(layer_bench *b) {
+static int forward_backward(void *arg) {
+  layer_bench *b = arg;
   b->aux.sum = 0;
   LT_TRY(b->layer->ops->forward(b->layer, b->ctx, b->out, b->x, &b->batch));
   return b->layer->ops->backward(b->layer, b->ctx, b->dx, b->dout, b->x, &b->batch);
 }
 
-// Median milliseconds per forward + backward over TRIALS trials of back-to-back calls.
-static int time_ms(layer_bench *b, double *ms) {
-  for (int i = 0; i < 2; i++) LT_TRY(forward_backward(b));
-  LT_TRY(lt_ctx_sync(b->ctx));
-  double start = bench_now_s();
-  LT_TRY(forward_backward(b));
-  LT_TRY(lt_ctx_sync(b->ctx));
-  const double once = bench_now_s() - start;
-  const int reps = once > 0.2 ? 1 : (int)(0.2 / once) + 1;
-  double trials[TRIALS];
-  for (int t = 0; t < TRIALS; t++) {
-    start = bench_now_s();
-    for (int r = 0; r < reps; r++) LT_TRY(forward_backward(b));
-    LT_TRY(lt_ctx_sync(b->ctx));
-    trials[t] = (bench_now_s() - start) * 1e3 / reps;
-  }
-  *ms = bench_median(trials, TRIALS);
-  return LT_OK;
-}
-
 static int bench_layer(lt_ctx *ctx, const lt_model_config *cfg, int64_t tokens, double *ms) {
   layer_bench b;
   int rc = bench_create(&b, ctx, cfg, 1, tokens);
-  if (rc == LT_OK) rc = time_ms(&b, ms);
+  if (rc == LT_OK) rc = bench_time_ms(ctx, forward_backward, &b, ms);
   bench_destroy(&b);
   return rc;
 }

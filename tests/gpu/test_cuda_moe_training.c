@@ -8,8 +8,6 @@
 #include <string.h>
 
 #include "core/device.h"
-#include "core/rng.h"
-#include "data/dataset.h"
 #include "gpu_testing.h"
 #include "layers/moe.h"
 #include "train/trainer.h"
@@ -60,22 +58,14 @@ static void fill_weights(lt_params *p) {
   }
 }
 
-// The gap between the k-th and (k+1)-th largest router logits of token row x (infinite at k = E).
+// The gap between the k-th and (k+1)-th largest router logits of token row x.
 static double tie_margin(const float *router, const float *x, int e, int k, int64_t d) {
-  double logits[64], kth = INFINITY, next = -INFINITY;
+  double logits[64];
   for (int j = 0; j < e; j++) {
     logits[j] = 0;
     for (int64_t i = 0; i < d; i++) logits[j] += (double)router[j * d + i] * x[i];
   }
-  for (int j = 0; j < e; j++) {
-    int above = 0;
-    for (int i = 0; i < e; i++) above += logits[i] > logits[j];
-    if (above < k)
-      kth = fmin(kth, logits[j]);
-    else
-      next = fmax(next, logits[j]);
-  }
-  return kth - next;
+  return lt_test_top_k_margin(logits, e, k);
 }
 
 static lt_model_config layer_config(int e, int k, bool renormalize, double capacity_factor,
@@ -170,53 +160,31 @@ static void test_switch_layer_top1_dropless_on_gpu_matches_cpu(void **state) {
   expect_layer_matches_cpu(layer_config(5, 1, false, 0.0, 0, 48), 1, 77);
 }
 
-// A dataset of random tokens for the trainer.
-static void write_dataset(const char *path, int64_t n_tokens, int vocab) {
-  lt_dataset_writer w;
-  assert_ok(lt_dataset_writer_open(&w, path, "byte", vocab, vocab - 1));
-  int32_t *ids = malloc(sizeof(int32_t) * n_tokens);
-  lt_rng rng = lt_rng_seed(lt_gpu_next_seed());
-  for (int64_t i = 0; i < n_tokens; i++) ids[i] = (int32_t)lt_rng_below(&rng, (uint64_t)vocab);
-  assert_ok(lt_dataset_writer_add(&w, ids, n_tokens));
-  assert_ok(lt_dataset_writer_commit(&w));
-  free(ids);
-}
-
 // Routing is piecewise constant in the router logits, which bf16 moves by ~1e-3 here: a token
 // near a tie may go to another expert on the GPU than on the CPU. A few such tokens change the
 // loss by far less than the tolerance; they are why this compares losses, not expert gradients.
 static void test_trainer_trains_a_moe_model_on_gpu_as_on_cpu(void **state) {
   SKIP_WITHOUT_GPU();
-  enum { STEPS = 3, VOCAB = 512 };
+  enum { STEPS = 3 };
   const char *dir = lt_test_tmpdir();
   lt_config cfg;
   assert_ok(lt_config_defaults(&cfg));
-  cfg.model = (lt_model_config){.d_model = 128,
-                                .n_layers = 2,
-                                .n_heads = 2, // head width 64
-                                .n_kv_heads = 1,
-                                .ffn_dim = 256,
-                                .vocab_size = VOCAB,
-                                .max_seq_len = 256,
-                                .rope_theta = 10000,
-                                .norm_eps = 1e-5,
-                                .init = LT_INIT_SCALED,
-                                .init_std = 0.02,
-                                .moe = {.n_experts = 4,
-                                        .top_k = 2,
-                                        .ffn_dim = 128,
-                                        .n_shared_experts = 1,
-                                        .renormalize = true,
-                                        .capacity_factor = 1.25,
-                                        .aux_loss_coef = 0.01,
-                                        .z_loss_coef = 0.001}};
+  cfg.model = lt_gpu_small_model();
+  cfg.model.moe = (lt_moe_config){.n_experts = 4,
+                                  .top_k = 2,
+                                  .ffn_dim = 128,
+                                  .n_shared_experts = 1,
+                                  .renormalize = true,
+                                  .capacity_factor = 1.25,
+                                  .aux_loss_coef = 0.01,
+                                  .z_loss_coef = 0.001};
   strcpy(cfg.model.attention, "softmax");
   strcpy(cfg.model.ffn, "moe");
   cfg.train.batch = 4, cfg.train.micro_batch = 2; // two accumulated micro-batches
   cfg.train.seq_len = 80, cfg.train.steps = STEPS, cfg.train.warmup = 0, cfg.train.lr = 1e-3;
   snprintf(cfg.data.path, sizeof cfg.data.path, "%s/random.h5", dir);
   snprintf(cfg.run.dir, sizeof cfg.run.dir, "%s/run", dir);
-  write_dataset(cfg.data.path, 20000, VOCAB);
+  lt_gpu_write_dataset(cfg.data.path, 20000);
   lt_world world = {.rank = 0, .size = 1};
   double losses[2][STEPS], aux[2][STEPS];
   for (int dev = 0; dev < 2; dev++) {

@@ -133,44 +133,46 @@ static bool rows_vectorised(int64_t d, const void *a, const void *b, const void 
   return d % 8 == 0 && aligned16(a) && aligned16(b) && aligned16(c);
 }
 
-// Runs f with the C++ types of two float tensors (f32 or bf16 each); -1 for other dtypes.
-template <typename F> static int dispatch_pair(lt_dtype a, lt_dtype b, F &&f) {
-  return dispatch_float(a, [&](auto *tag_a) {
-    return dispatch_float(b, [&](auto *tag_b) { return f(tag_a, tag_b); });
+// Launches one of the kernels above, a warp per row of `warps`, with the C++ types of the two
+// row tensors a and b (f32 or bf16 each): launch(tag_a, tag_b, grid) makes the call.
+template <typename F>
+static int launch_rows(lt_cuda_state *st, const char *op, int64_t warps, lt_tensor a, lt_tensor b,
+                       F &&launch) {
+  if (warps == 0) return LT_OK;
+  const unsigned grid = blocks_for(warps, ROWS_PER_BLOCK);
+  int rc = dispatch_float(a.dtype, [&](auto *tag_a) {
+    return dispatch_float(b.dtype, [&](auto *tag_b) {
+      launch(tag_a, tag_b, grid);
+      return LT_OK;
+    });
   });
+  if (rc) return lt_cuda_unsupported(op, "rows must be f32 or bf16", a, b);
+  return lt_cuda_launched(st, op, a, b);
 }
 
 int lt_cuda_moe_dispatch(lt_ctx *ctx, lt_tensor xe, lt_tensor x, lt_tensor row_token) {
   lt_cuda_state *st = cuda_state(ctx);
   const int64_t rows = xe.shape[0], d = x.shape[1];
-  if (rows == 0) return LT_OK;
   const bool vec = rows_vectorised(d, xe.data, x.data, x.data);
-  int rc = dispatch_pair(xe.dtype, x.dtype, [&](auto *tag_o, auto *tag_i) {
-    using TO = TYPE_OF(tag_o);
-    using TI = TYPE_OF(tag_i);
-    moe_dispatch_kernel<TO, TI><<<blocks_for(rows, ROWS_PER_BLOCK), THREADS, 0, st->stream>>>(
+  return launch_rows(st, "moe_dispatch", rows, xe, x, [&](auto *to, auto *ti, unsigned grid) {
+    using TO = TYPE_OF(to);
+    using TI = TYPE_OF(ti);
+    moe_dispatch_kernel<TO, TI><<<grid, THREADS, 0, st->stream>>>(
         (TO *)xe.data, (const TI *)x.data, (const int32_t *)row_token.data, rows, d, vec);
-    return LT_OK;
   });
-  if (rc) return lt_cuda_unsupported("moe_dispatch", "x and xe must be f32 or bf16", xe, x);
-  return lt_cuda_launched(st, "moe_dispatch", xe, x);
 }
 
 int lt_cuda_moe_dispatch_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dxe, lt_tensor slot_row) {
   lt_cuda_state *st = cuda_state(ctx);
   const int64_t n = dx.shape[0], d = dx.shape[1];
   const int k = (int)slot_row.shape[1];
-  if (n == 0) return LT_OK;
   const bool vec = rows_vectorised(d, dx.data, dxe.data, dxe.data);
-  int rc = dispatch_pair(dx.dtype, dxe.dtype, [&](auto *tag_d, auto *tag_e) {
-    using TD = TYPE_OF(tag_d);
-    using TE = TYPE_OF(tag_e);
-    moe_dispatch_bwd_kernel<TD, TE><<<blocks_for(n, ROWS_PER_BLOCK), THREADS, 0, st->stream>>>(
+  return launch_rows(st, "moe_dispatch_bwd", n, dx, dxe, [&](auto *td, auto *te, unsigned grid) {
+    using TD = TYPE_OF(td);
+    using TE = TYPE_OF(te);
+    moe_dispatch_bwd_kernel<TD, TE><<<grid, THREADS, 0, st->stream>>>(
         (TD *)dx.data, (const TE *)dxe.data, (const int32_t *)slot_row.data, n, k, d, vec);
-    return LT_OK;
   });
-  if (rc) return lt_cuda_unsupported("moe_dispatch_bwd", "dx and dxe must be f32 or bf16", dx, dxe);
-  return lt_cuda_launched(st, "moe_dispatch_bwd", dx, dxe);
 }
 
 int lt_cuda_moe_combine(lt_ctx *ctx, lt_tensor out, lt_tensor ye, lt_tensor gate,
@@ -178,18 +180,14 @@ int lt_cuda_moe_combine(lt_ctx *ctx, lt_tensor out, lt_tensor ye, lt_tensor gate
   lt_cuda_state *st = cuda_state(ctx);
   const int64_t n = out.shape[0], d = out.shape[1];
   const int k = (int)gate.shape[1];
-  if (n == 0) return LT_OK;
   const bool vec = rows_vectorised(d, out.data, ye.data, ye.data);
-  int rc = dispatch_pair(out.dtype, ye.dtype, [&](auto *tag_o, auto *tag_y) {
-    using TO = TYPE_OF(tag_o);
-    using TY = TYPE_OF(tag_y);
-    moe_combine_kernel<TO, TY><<<blocks_for(n, ROWS_PER_BLOCK), THREADS, 0, st->stream>>>(
+  return launch_rows(st, "moe_combine", n, out, ye, [&](auto *to, auto *ty, unsigned grid) {
+    using TO = TYPE_OF(to);
+    using TY = TYPE_OF(ty);
+    moe_combine_kernel<TO, TY><<<grid, THREADS, 0, st->stream>>>(
         (TO *)out.data, (const TY *)ye.data, (const float *)gate.data,
         (const int32_t *)slot_row.data, n, k, d, vec);
-    return LT_OK;
   });
-  if (rc) return lt_cuda_unsupported("moe_combine", "out and ye must be f32 or bf16", out, ye);
-  return lt_cuda_launched(st, "moe_combine", out, ye);
 }
 
 int lt_cuda_moe_combine_bwd(lt_ctx *ctx, lt_tensor dye, lt_tensor dgate, lt_tensor dout,
@@ -199,17 +197,12 @@ int lt_cuda_moe_combine_bwd(lt_ctx *ctx, lt_tensor dye, lt_tensor dgate, lt_tens
   const int k = (int)gate.shape[1];
   if (dgate.dtype != LT_F32 || dye.dtype != ye.dtype)
     return lt_cuda_unsupported("moe_combine_bwd", "dgate f32, dye of ye's dtype", dye, dgate);
-  if (n == 0) return LT_OK;
   const bool vec = rows_vectorised(d, dye.data, dout.data, ye.data);
-  int rc = dispatch_pair(ye.dtype, dout.dtype, [&](auto *tag_y, auto *tag_d) {
-    using TY = TYPE_OF(tag_y);
-    using TD = TYPE_OF(tag_d);
-    moe_combine_bwd_kernel<TY, TD><<<blocks_for(n, ROWS_PER_BLOCK), THREADS, 0, st->stream>>>(
+  return launch_rows(st, "moe_combine_bwd", n, ye, dout, [&](auto *ty, auto *td, unsigned grid) {
+    using TY = TYPE_OF(ty);
+    using TD = TYPE_OF(td);
+    moe_combine_bwd_kernel<TY, TD><<<grid, THREADS, 0, st->stream>>>(
         (TY *)dye.data, (float *)dgate.data, (const TD *)dout.data, (const TY *)ye.data,
         (const float *)gate.data, (const int32_t *)slot_row.data, n, k, d, vec);
-    return LT_OK;
   });
-  if (rc)
-    return lt_cuda_unsupported("moe_combine_bwd", "ye and dout must be f32 or bf16", ye, dout);
-  return lt_cuda_launched(st, "moe_combine_bwd", dye, dout);
 }
