@@ -95,6 +95,10 @@ for what in "$@"; do
       "src/kernels/cuda/attention_common.cuh|s/row_sum\[hf\] = row_sum\[hf\] \* rescale + sum;/row_sum[hf] = row_sum[hf] + sum;/|test_cuda_attention"
       "src/kernels/cuda/attention_bwd.cu|s/add_pair(dk_row + dt \* 8 + c \* 2, dk\[dt \* 4 + 2 \* hf\] \* scale,/add_pair(dk_row + dt * 8 + c * 2, dk[dt * 4 + 2 * hf] * scale * 1.05f,/|test_cuda_attention"
       "src/kernels/cuda/attention_bwd.cu|s/dpt\[e\] = st\[e\] \* (dpt\[e\] - delta);/dpt[e] = st[e] * dpt[e];/|test_cuda_training"
+      "src/kernels/cuda/moe_route.cu|s/other_p == best_p \&\& other < best/other_p == best_p \&\& other > best/|test_cuda_moe"
+      "src/kernels/cuda/moe_plan.cu|s/rank < capacity ? 0 : -1/rank <= capacity ? 0 : -1/|test_cuda_moe"
+      "src/kernels/cuda/moe_dispatch.cu|s/acc\[i\] += w \* v\[i\]/acc[i] += v[i]/|test_cuda_moe"
+      "src/kernels/cuda/grouped_matmul.cu|s/(size_t)(rows\[g\] \* k) \* ab/(size_t)(rows[g] * n) * ab/|test_cuda_moe"
     )
     for spec in "${breaks[@]}"; do
       IFS='|' read -r file expr test <<<"$spec"

@@ -206,7 +206,6 @@ static void test_trainer_trains_a_moe_model_on_gpu_as_on_cpu(void **state) {
     assert_true(fabs(losses[1][s] - losses[0][s]) < 1e-3 * losses[0][s]);
     assert_true(aux[0][s] > 0 && fabs(aux[1][s] - aux[0][s]) < 2e-2 * aux[0][s]);
   }
-  assert_true(losses[1][STEPS - 1] < losses[1][0]); // it trains
 }
 
 int main(void) {
