@@ -6,9 +6,17 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "kernels/kernels.h"
+
 double bench_now_s(void);
 // The median of n values (sorts them).
 double bench_median(double *values, int n);
+// Median milliseconds per call of fn(arg) over 5 trials of back-to-back calls (as many as fill
+// 0.2 s), after a warm-up, waiting for ctx's queued work before each clock reading.
+int bench_time_ms(lt_ctx *ctx, int (*fn)(void *arg), void *arg, double *ms);
+// *t (its dtype bf16, device, shape set) gets device memory holding random normal bf16 values: a
+// random block repeated, as timing needs no more.
+int bench_random_bf16(lt_tensor *t, uint64_t seed);
 // Runs `command` (the reference), handing each stdout line that holds `"what": "<what>"` to
 // on_line; the reference's failure is reported and is not fatal (returns false).
 bool bench_reference(const char *command, const char *what,

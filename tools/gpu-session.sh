@@ -3,6 +3,7 @@
 # benchmarks against PyTorch, logging each stage to $OUT (or ./gpu-logs). Run from the project's
 # root with the device folder (../shared/device copied into the project) as the first argument:
 #   bash tools/gpu-session.sh .gpu build test attention model-4k model-16k model-64k
+# (test-moe, moe and moe-profile: the MoE kernels' and layer's tests, and bench_moe.)
 # Stages run in the order given; each has a time limit so one hang cannot eat the whole call.
 # NO_REFERENCE=1 leaves PyTorch out of the model benchmarks (a quicker look at longtrain alone).
 set -uo pipefail
@@ -69,6 +70,18 @@ for what in "$@"; do
     grep -E "longtrain \||CUDA profile|^ +[0-9.]+ ms" "$out/$what.log" | head -16
     grep -E "^matmul \(" "$out/$what.log" | head -20
     ;;
+  test-moe)
+    for t in test_cuda_moe test_cuda_moe_training; do
+      stage "$t" 150 env LT_CUDA_SYNC=1 $build/tests/gpu/$t
+    done
+    grep -hE "PASSED|FAILED|ERROR|error:|rel. L2|loss|step" "$out"/test_cuda_moe*.log
+    ;;
+  moe | moe-profile)
+    profile=()
+    [ "$what" = moe-profile ] && profile=(--profile)
+    stage "$what" 300 $build/bench/bench_moe "${profile[@]}"
+    grep -E "MoE|dense|CUDA profile|^ +[0-9.]+ ms" "$out/$what.log" | head -30
+    ;;
   attention-model)
     stage attention-model 300 $build/bench/bench_attention --heads 12 --head-dim 64 --batch 8 \
       --seq 4096 --reference "$reference"
@@ -82,6 +95,10 @@ for what in "$@"; do
       "src/kernels/cuda/attention_common.cuh|s/row_sum\[hf\] = row_sum\[hf\] \* rescale + sum;/row_sum[hf] = row_sum[hf] + sum;/|test_cuda_attention"
       "src/kernels/cuda/attention_bwd.cu|s/add_pair(dk_row + dt \* 8 + c \* 2, dk\[dt \* 4 + 2 \* hf\] \* scale,/add_pair(dk_row + dt * 8 + c * 2, dk[dt * 4 + 2 * hf] * scale * 1.05f,/|test_cuda_attention"
       "src/kernels/cuda/attention_bwd.cu|s/dpt\[e\] = st\[e\] \* (dpt\[e\] - delta);/dpt[e] = st[e] * dpt[e];/|test_cuda_training"
+      "src/kernels/cuda/moe_route.cu|s/other_p == best_p \&\& other < best/other_p == best_p \&\& other > best/|test_cuda_moe"
+      "src/kernels/cuda/moe_plan.cu|s/rank < capacity ? 0 : -1/rank <= capacity ? 0 : -1/|test_cuda_moe"
+      "src/kernels/cuda/moe_dispatch.cu|s/acc\[i\] += w \* v\[i\]/acc[i] += v[i]/|test_cuda_moe"
+      "src/kernels/cuda/grouped_matmul.cu|s/(size_t)(rows\[g\] \* k) \* ab/(size_t)(rows[g] * n) * ab/|test_cuda_moe"
     )
     for spec in "${breaks[@]}"; do
       IFS='|' read -r file expr test <<<"$spec"

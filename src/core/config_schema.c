@@ -378,10 +378,11 @@ static int validate_linear(const lt_config *cfg) {
   return LT_OK;
 }
 
-// The CUDA backend has kernels for the dense model: softmax attention and the SwiGLU MLP, with
-// rows read as 16-byte vectors and flash attention built for two head widths; the other kinds run
-// on the CPU, and the parallel paths on the host until the collectives run on NCCL. Shapes and
-// kinds outside that fail here, naming the key, instead of deep inside a kernel.
+// The CUDA backend has kernels for the dense model: softmax attention and the SwiGLU MLP (dense or
+// a mixture of experts), with rows read as 16-byte vectors and flash attention built for two head
+// widths; the other kinds run on the CPU, and the parallel paths on the host until the collectives
+// run on NCCL. Shapes and kinds outside that fail here, naming the key, instead of deep inside a
+// kernel.
 static int validate_cuda(const lt_config *cfg, int head_dim) {
   const lt_model_config *m = &cfg->model;
   const char *src = cfg->source;
@@ -389,19 +390,17 @@ static int validate_cuda(const lt_config *cfg, int head_dim) {
            "%s: model.d_model (%d) must be a multiple of 8 with run.device: cuda", src, m->d_model);
   LT_CHECK(m->ffn_dim % 8 == 0, LT_ERR_CONFIG,
            "%s: model.ffn_dim (%d) must be a multiple of 8 with run.device: cuda", src, m->ffn_dim);
+  LT_CHECK(!uses_ffn(m, "moe") || m->moe.ffn_dim % 8 == 0, LT_ERR_CONFIG,
+           "%s: model.moe.ffn_dim (%d) must be a multiple of 8 with run.device: cuda", src,
+           m->moe.ffn_dim);
   for (int l = 0; l < m->n_layers; l++) {
-    const char *kind, *ffn;
+    const char *kind;
     LT_TRY(lt_config_layer_kind(m->attention, lt_attention_kinds, m->n_layers, l, "model.attention",
                                 &kind));
-    LT_TRY(lt_config_layer_kind(m->ffn, lt_ffn_kinds, m->n_layers, l, "model.ffn", &ffn));
     LT_CHECK(strcmp(kind, "softmax") == 0, LT_ERR_CONFIG,
              "%s: model.attention: %s layers have no CUDA kernels yet (softmax layers do): use "
              "run.device: cpu, or softmax attention on cuda",
              src, kind);
-    LT_CHECK(strcmp(ffn, "swiglu") == 0, LT_ERR_CONFIG,
-             "%s: model.ffn: %s layers have no CUDA kernels yet (swiglu layers do): use "
-             "run.device: cpu, or model.ffn: swiglu on cuda",
-             src, ffn);
   }
   LT_CHECK(head_dim == 64 || head_dim == 128, LT_ERR_CONFIG,
            "%s: softmax attention with run.device: cuda needs a head width of 64 or 128, not %d: "

@@ -10,6 +10,7 @@
 
 #ifdef LT_WITH_CUDA
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/cuda_moe.h"
 #define ON_CUDA(call)                                                                              \
   if (ctx->device == LT_CUDA) return (call)
 #else
@@ -18,8 +19,8 @@
   return lt_fail(LT_ERR_USAGE, "this longtrain was built without CUDA: rebuild with -DLT_CUDA=ON")
 #endif
 
-// Ops of the layer kinds that have CUDA kernels only on the CPU so far (the attention family, MoE
-// and the tensor-parallel shards): config validation keeps them off CUDA, and this names the op if
+// Ops of the layer kinds that have CUDA kernels only on the CPU so far (the attention family and
+// the tensor-parallel shards): config validation keeps them off CUDA, and this names the op if
 // anything reaches one anyway.
 #define CPU_ONLY(op)                                                                               \
   if (ctx->device == LT_CUDA)                                                                      \
@@ -474,7 +475,7 @@ int lt_moe_route(lt_ctx *ctx, lt_tensor gate, lt_tensor expert, lt_tensor probs,
          prob_sum);
   EXPECT(expert.dtype == LT_I32 && gate.dtype == LT_F32 && probs.dtype == LT_F32, "moe_route",
          "expert i32, gate and probs f32", expert, gate);
-  CPU_ONLY("moe_route");
+  ON_CUDA(lt_cuda_moe_route(ctx, gate, expert, probs, lse, prob_sum, logits, renormalize));
   EXPECT_F32("moe_route", logits);
   lt_cpu_moe_route(lt_f32(gate), lt_i32(expert), lt_f32(probs), lt_f32(lse), lt_f32(prob_sum),
                    lt_f32(logits), n, (int)e, (int)k, renormalize);
@@ -491,7 +492,9 @@ int lt_moe_route_bwd(lt_ctx *ctx, lt_tensor dlogits, lt_tensor dgate, lt_tensor 
          "dlogits and probs (N, E), gate (N, k)", dlogits, gate);
   EXPECT(lt_numel(lse) == n && lt_numel(balance) == e, "moe_route_bwd", "lse (N), balance (E)", lse,
          balance);
-  CPU_ONLY("moe_route_bwd");
+  ON_CUDA(lt_cuda_moe_route_bwd(ctx, dlogits, dgate, gate, expert, probs, lse, balance, z_scale,
+                                renormalize));
+  EXPECT_F32("moe_route_bwd", dlogits);
   lt_cpu_moe_route_bwd(lt_f32(dlogits), lt_f32(dgate), lt_f32(gate), lt_i32(expert), lt_f32(probs),
                        lt_f32(lse), lt_f32(balance), z_scale, n, (int)e, (int)gate.shape[1],
                        renormalize);
@@ -507,7 +510,7 @@ int lt_moe_dispatch_plan(lt_ctx *ctx, lt_tensor slot_row, lt_tensor row_token, l
   EXPECT(expert.dtype == LT_I32 && slot_row.dtype == LT_I32 && row_token.dtype == LT_I32 &&
              offsets.dtype == LT_I32 && counts.dtype == LT_I32,
          "moe_dispatch_plan", "expected i32", expert, offsets);
-  CPU_ONLY("moe_dispatch_plan");
+  ON_CUDA(lt_cuda_moe_dispatch_plan(ctx, slot_row, row_token, offsets, counts, expert, capacity));
   lt_cpu_moe_dispatch_plan(lt_i32(slot_row), lt_i32(row_token), lt_i32(offsets), lt_i32(counts),
                            lt_i32(expert), expert.shape[0], (int)e, (int)expert.shape[1], capacity);
   return LT_OK;
@@ -518,7 +521,7 @@ int lt_moe_dispatch(lt_ctx *ctx, lt_tensor xe, lt_tensor x, lt_tensor row_token)
          "x (N, D), xe (R, D)", xe, x);
   EXPECT(row_token.dtype == LT_I32 && xe.shape[0] <= lt_numel(row_token), "moe_dispatch",
          "more rows than row_token names", xe, row_token);
-  CPU_ONLY("moe_dispatch");
+  ON_CUDA(lt_cuda_moe_dispatch(ctx, xe, x, row_token));
   lt_cpu_moe_dispatch(lt_f32(xe), lt_f32(x), lt_i32(row_token), xe.shape[0], x.shape[1]);
   return LT_OK;
 }
@@ -528,7 +531,7 @@ int lt_moe_dispatch_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dxe, lt_tensor slot
          "dx (N, D), dxe (R, D)", dx, dxe);
   EXPECT(slot_row.ndim == 2 && slot_row.shape[0] == dx.shape[0] && slot_row.dtype == LT_I32,
          "moe_dispatch_bwd", "slot_row (N, k) i32", slot_row, dx);
-  CPU_ONLY("moe_dispatch_bwd");
+  ON_CUDA(lt_cuda_moe_dispatch_bwd(ctx, dx, dxe, slot_row));
   lt_cpu_moe_dispatch_bwd(lt_f32(dx), lt_f32(dxe), lt_i32(slot_row), dx.shape[0],
                           (int)slot_row.shape[1], dx.shape[1]);
   return LT_OK;
@@ -546,7 +549,7 @@ static int check_combine(const char *op, lt_tensor out, lt_tensor ye, lt_tensor 
 
 int lt_moe_combine(lt_ctx *ctx, lt_tensor out, lt_tensor ye, lt_tensor gate, lt_tensor slot_row) {
   LT_TRY(check_combine("moe_combine", out, ye, gate, slot_row));
-  CPU_ONLY("moe_combine");
+  ON_CUDA(lt_cuda_moe_combine(ctx, out, ye, gate, slot_row));
   lt_cpu_moe_combine(lt_f32(out), lt_f32(ye), lt_f32(gate), lt_i32(slot_row), out.shape[0],
                      (int)gate.shape[1], out.shape[1]);
   return LT_OK;
@@ -557,7 +560,7 @@ int lt_moe_combine_bwd(lt_ctx *ctx, lt_tensor dye, lt_tensor dgate, lt_tensor do
   LT_TRY(check_combine("moe_combine_bwd", dout, ye, gate, slot_row));
   EXPECT(lt_same_shape(dye, ye), "moe_combine_bwd", "dye vs ye", dye, ye);
   LT_TRY(check_choices("moe_combine_bwd", dgate, gate));
-  CPU_ONLY("moe_combine_bwd");
+  ON_CUDA(lt_cuda_moe_combine_bwd(ctx, dye, dgate, dout, ye, gate, slot_row));
   lt_cpu_moe_combine_bwd(lt_f32(dye), lt_f32(dgate), lt_f32(dout), lt_f32(ye), lt_f32(gate),
                          lt_i32(slot_row), dout.shape[0], (int)gate.shape[1], dout.shape[1]);
   return LT_OK;
@@ -580,7 +583,7 @@ int lt_grouped_matmul(lt_ctx *ctx, lt_tensor c, lt_tensor a, lt_tensor b, bool t
   EXPECT(a.shape[1] == k && c.shape[1] == n && c.shape[0] == a.shape[0], "grouped_matmul",
          "inner or output dimensions", a, b);
   LT_TRY(check_groups("grouped_matmul", rows, groups, a));
-  CPU_ONLY("grouped_matmul");
+  ON_CUDA(lt_cuda_grouped_matmul(ctx, c, a, b, trans_b, rows));
   EXPECT_F32("grouped_matmul", a);
   lt_cpu_grouped_matmul(lt_f32(c), lt_f32(a), lt_f32(b), trans_b, rows, (int)groups, n, k);
   return LT_OK;
@@ -593,7 +596,7 @@ int lt_grouped_matmul_wgrad(lt_ctx *ctx, lt_tensor c, lt_tensor a, lt_tensor b,
   EXPECT(c.shape[1] == a.shape[1] && c.shape[2] == b.shape[1] && c.dtype == LT_F32,
          "grouped_matmul_wgrad", "c (G, M, N) f32", c, a);
   LT_TRY(check_groups("grouped_matmul_wgrad", rows, c.shape[0], a));
-  CPU_ONLY("grouped_matmul_wgrad");
+  ON_CUDA(lt_cuda_grouped_matmul_wgrad(ctx, c, a, b, rows));
   lt_cpu_grouped_matmul_wgrad(lt_f32(c), lt_f32(a), lt_f32(b), rows, (int)c.shape[0], a.shape[1],
                               b.shape[1]);
   return LT_OK;

@@ -188,7 +188,8 @@ int lt_moe_route(lt_ctx *ctx, lt_tensor gate, lt_tensor expert, lt_tensor probs,
 // (the straight-through reading of top-k). balance[e] = d(aux)/d(probs[n, e]), the same for every
 // token (the load-balance loss is linear in the probabilities); the z-loss adds
 // z_scale * lse[n] * probs[n, :] (d(lse^2)/d(logits) = 2 lse probs; z_scale carries the 2).
-// dgate, gate: (N, k) f32; expert: (N, k) i32; probs, dlogits: (N, E) f32; lse: (N); balance: (E)
+// dgate, gate: (N, k) f32; expert: (N, k) i32; probs: (N, E) f32; lse: (N); balance: (E);
+// dlogits: (N, E) f32, or where activations are bf16 a bf16 tensor (the router's matmuls read it)
 int lt_moe_route_bwd(lt_ctx *ctx, lt_tensor dlogits, lt_tensor dgate, lt_tensor gate,
                      lt_tensor expert, lt_tensor probs, lt_tensor lse, lt_tensor balance,
                      float z_scale, bool renormalize);

@@ -90,7 +90,8 @@ static int plan(lt_layer *self, const lt_plan *p) {
   LT_TRY(lt_arena_alloc2(p->scratch, &m->logits, LT_F32, n, e));
   LT_TRY(lt_arena_alloc1(p->scratch, &m->prob_sum, LT_F32, e));
   lt_arena_release(p->scratch, phase);
-  LT_TRY(lt_arena_alloc2(p->scratch, &m->dlogits, LT_F32, n, e));
+  // The activations' dtype: the router's backward matmuls read it beside x (bf16 on CUDA).
+  LT_TRY(lt_arena_alloc2(p->scratch, &m->dlogits, dt, n, e));
   LT_TRY(lt_arena_alloc1(p->scratch, &m->balance, LT_F32, e));
   LT_TRY(lt_arena_alloc2(p->scratch, &m->dgate, LT_F32, n, k));
   LT_TRY(lt_arena_alloc2(p->scratch, &m->dye, dt, max_rows, d));

@@ -7,6 +7,7 @@
 
 #include "core/device.h"
 #include "core/rng.h"
+#include "data/dataset.h"
 #include "kernels/cuda/cuda_runtime_glue.h"
 
 bool lt_gpu_available(void) {
@@ -128,4 +129,29 @@ void lt_gpu_expect_close(const char *what, const float *got, const float *want, 
   const double err = lt_gpu_rel_l2(got, want, n);
   printf("  %-40s rel. L2 error %.3g (tolerance %.1g)\n", what, err, tol);
   if (!(err < tol)) fail_msg("%s: relative L2 error %.4g, tolerance %.1g", what, err, tol);
+}
+
+lt_model_config lt_gpu_small_model(void) {
+  return (lt_model_config){.d_model = 128,
+                           .n_layers = 2,
+                           .n_heads = 2, // head width 64
+                           .n_kv_heads = 1,
+                           .ffn_dim = 256,
+                           .vocab_size = LT_GPU_SMALL_VOCAB,
+                           .max_seq_len = 256,
+                           .rope_theta = 10000,
+                           .norm_eps = 1e-5,
+                           .init = LT_INIT_SCALED,
+                           .init_std = 0.02};
+}
+
+void lt_gpu_write_dataset(const char *path, int64_t n_tokens) {
+  lt_dataset_writer w;
+  assert_ok(lt_dataset_writer_open(&w, path, "byte", LT_GPU_SMALL_VOCAB, LT_GPU_SMALL_VOCAB - 1));
+  int32_t *ids = malloc(sizeof(int32_t) * (size_t)n_tokens);
+  lt_rng rng = lt_rng_seed(lt_gpu_next_seed());
+  for (int64_t i = 0; i < n_tokens; i++) ids[i] = (int32_t)lt_rng_below(&rng, LT_GPU_SMALL_VOCAB);
+  assert_ok(lt_dataset_writer_add(&w, ids, n_tokens));
+  assert_ok(lt_dataset_writer_commit(&w));
+  free(ids);
 }

@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 
+#include "core/config.h"
 #include "kernels/kernels.h"
 #include "testing.h"
 
@@ -41,5 +42,12 @@ double lt_gpu_rel_l2(const float *a, const float *b, int64_t n);
 // Fails the test with the name and the error when rel_l2(got, want) is not below tol; prints it.
 void lt_gpu_expect_close(const char *what, const float *got, const float *want, int64_t n,
                          double tol);
+
+// The training tests' model: 2 layers of width 128, 2 query heads of 64 sharing one key/value head,
+// SwiGLU 256, a vocabulary of LT_GPU_SMALL_VOCAB, scaled init of std 0.02; kinds left unset.
+#define LT_GPU_SMALL_VOCAB 512
+lt_model_config lt_gpu_small_model(void);
+// An HDF5 dataset at path of n_tokens random tokens below LT_GPU_SMALL_VOCAB, for the trainer.
+void lt_gpu_write_dataset(const char *path, int64_t n_tokens);
 
 #endif

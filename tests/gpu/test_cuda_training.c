@@ -9,27 +9,12 @@
 
 #include "core/device.h"
 #include "core/rng.h"
-#include "data/dataset.h"
 #include "gpu_testing.h"
 #include "model/model.h"
 #include "optim/adamw.h"
 #include "train/trainer.h"
 
-enum { B = 2, T = 96, VOCAB = 512 }; // T is no multiple of the attention tiles
-
-static lt_model_config small_model(void) {
-  return (lt_model_config){.d_model = 128,
-                           .n_layers = 2,
-                           .n_heads = 2, // head width 64
-                           .n_kv_heads = 1,
-                           .ffn_dim = 256,
-                           .vocab_size = VOCAB,
-                           .max_seq_len = 256,
-                           .rope_theta = 10000,
-                           .norm_eps = 1e-5,
-                           .init = LT_INIT_SCALED,
-                           .init_std = 0.02};
-}
+enum { B = 2, T = 96, VOCAB = LT_GPU_SMALL_VOCAB }; // T is no multiple of the attention tiles
 
 static lt_train_config adamw_config(void) {
   return (lt_train_config){.lr = 1e-3,
@@ -66,7 +51,7 @@ typedef struct run {
 
 static void run_create(run *r, lt_device device, bool recompute, batch_data *d) {
   assert_ok(lt_ctx_init(&r->ctx, device, 0));
-  lt_model_config cfg = small_model();
+  lt_model_config cfg = lt_gpu_small_model();
   assert_ok(lt_model_create(&r->model, &cfg, device, NULL));
   assert_ok(lt_params_init(&r->model.params, 4321));
   assert_ok(lt_model_plan(&r->model, B, T, recompute));
@@ -208,31 +193,19 @@ static void test_two_identical_gpu_runs_give_the_same_losses(void **state) {
   assert_true(worst_loss < 1e-5 && worst_norm < 1e-4);
 }
 
-// A dataset of random tokens for the trainer.
-static void write_dataset(const char *path, int64_t n_tokens) {
-  lt_dataset_writer w;
-  assert_ok(lt_dataset_writer_open(&w, path, "byte", VOCAB, VOCAB - 1));
-  int32_t *ids = malloc(sizeof(int32_t) * n_tokens);
-  lt_rng rng = lt_rng_seed(lt_gpu_next_seed());
-  for (int64_t i = 0; i < n_tokens; i++) ids[i] = (int32_t)lt_rng_below(&rng, VOCAB);
-  assert_ok(lt_dataset_writer_add(&w, ids, n_tokens));
-  assert_ok(lt_dataset_writer_commit(&w));
-  free(ids);
-}
-
 static void test_trainer_trains_on_gpu_as_on_cpu(void **state) {
   SKIP_WITHOUT_GPU();
   const char *dir = lt_test_tmpdir();
   lt_config cfg;
   assert_ok(lt_config_defaults(&cfg));
-  cfg.model = small_model();
+  cfg.model = lt_gpu_small_model();
   strcpy(cfg.model.attention, "softmax");
   strcpy(cfg.model.ffn, "swiglu");
   cfg.train.batch = 4, cfg.train.micro_batch = 2; // two accumulated micro-batches
   cfg.train.seq_len = 80, cfg.train.steps = 3, cfg.train.warmup = 0, cfg.train.lr = 1e-3;
   snprintf(cfg.data.path, sizeof cfg.data.path, "%s/random.h5", dir);
   snprintf(cfg.run.dir, sizeof cfg.run.dir, "%s/run", dir);
-  write_dataset(cfg.data.path, 20000);
+  lt_gpu_write_dataset(cfg.data.path, 20000);
   lt_world world = {.rank = 0, .size = 1};
   double losses[2][3];
   for (int dev = 0; dev < 2; dev++) {

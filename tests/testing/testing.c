@@ -51,6 +51,19 @@ double lt_test_max_abs(const float *a, int64_t n) {
   return worst;
 }
 
+double lt_test_top_k_margin(const double *logits, int e, int k) {
+  double kth = INFINITY, next = -INFINITY;
+  for (int j = 0; j < e; j++) {
+    int above = 0;
+    for (int i = 0; i < e; i++) above += logits[i] > logits[j];
+    if (above < k)
+      kth = fmin(kth, logits[j]);
+    else
+      next = fmax(next, logits[j]);
+  }
+  return kth - next;
+}
+
 static char tmpdirs[64][256];
 static int n_tmpdirs = 0;
 

@@ -36,6 +36,9 @@ double lt_test_max_rel_diff(const float *a, const float *b, int64_t n, double fl
 double lt_test_max_abs(const float *a, int64_t n);
 // max over i of |a - b|, over max |b|: the worst element against the tensor's own scale.
 double lt_test_normwise_error(const float *a, const float *b, int64_t n);
+// A router's distance from a tie: the gap between the k-th and (k+1)-th largest of the e logits
+// (infinite when k == e). Top-k is piecewise constant, so tests keep inputs away from its jumps.
+double lt_test_top_k_margin(const double *logits, int e, int k);
 
 // A fresh empty folder under $TMPDIR (or /tmp), removed with its contents when the test program
 // exits (unless LT_TEST_KEEP_TMP is set).

@@ -1,6 +1,6 @@
 // run.device: cuda's limits on the model's shapes are config errors that name the key and the fix
-// (the CUDA kernels read rows as 16-byte vectors; flash attention is built for head widths 64 and
-// 128). These run on every machine: the check needs no GPU.
+// (the CUDA kernels read rows as 16-byte vectors, the experts' rows too; flash attention is built
+// for head widths 64 and 128). These run on every machine: the check needs no GPU.
 #include "core/config.h"
 #include "testing.h"
 
@@ -36,11 +36,29 @@ static void test_widths_not_a_multiple_of_8_are_rejected_on_cuda(void **state) {
                "multiple of 8");
 }
 
+static void test_moe_feed_forward_is_valid_on_cuda(void **state) {
+  (void)state;
+  assert_ok(load_cuda("model.ffn=moe"));
+  assert_ok(load_cuda("model.ffn=swiglu,moe"));
+}
+
+static void test_expert_width_not_a_multiple_of_8_is_rejected_on_cuda(void **state) {
+  (void)state;
+  lt_config cfg;
+  char *overrides[3] = {"run.device=cuda", "model.ffn=moe", "model.moe.ffn_dim=1030"};
+  EXPECT_ERROR(lt_config_load(&cfg, NULL, 3, overrides), LT_ERR_CONFIG, "model.moe.ffn_dim", "1030",
+               "multiple of 8", "run.device: cuda");
+  overrides[2] = "model.moe.ffn_dim=1024";
+  assert_ok(lt_config_load(&cfg, NULL, 3, overrides));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_default_model_is_valid_on_cuda),
       cmocka_unit_test(test_head_width_other_than_64_or_128_is_rejected_on_cuda),
       cmocka_unit_test(test_widths_not_a_multiple_of_8_are_rejected_on_cuda),
+      cmocka_unit_test(test_moe_feed_forward_is_valid_on_cuda),
+      cmocka_unit_test(test_expert_width_not_a_multiple_of_8_is_rejected_on_cuda),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

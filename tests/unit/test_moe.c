@@ -59,18 +59,9 @@ static void router_logits(moe_case *c, int64_t t, double *logits) {
 
 // The gap between the k-th and (k+1)-th largest router logits of token t (infinite when k = E).
 static double tie_margin(moe_case *c, int64_t t) {
-  double logits[64], kth = INFINITY, next = -INFINITY;
-  const int e = c->cfg.moe.n_experts, k = c->cfg.moe.top_k;
+  double logits[64];
   router_logits(c, t, logits);
-  for (int j = 0; j < e; j++) {
-    int above = 0;
-    for (int i = 0; i < e; i++) above += logits[i] > logits[j];
-    if (above < k)
-      kth = fmin(kth, logits[j]);
-    else
-      next = fmax(next, logits[j]);
-  }
-  return kth - next;
+  return lt_test_top_k_margin(logits, c->cfg.moe.n_experts, c->cfg.moe.top_k);
 }
 
 static void make_case(moe_case *c, lt_model_config cfg, int64_t B, int64_t T, uint64_t seed) {

@@ -18,8 +18,9 @@ extern "C" {
 
 typedef __nv_bfloat16 bf16;
 
-struct matmul_plan;  // matmul.cu
-struct cuda_profile; // runtime.cu
+struct matmul_plan;   // matmul.cu
+struct cuda_profile;  // runtime.cu
+struct cublasContext; // cuBLAS's handle (cublasHandle_t), for grouped_matmul.cu
 
 typedef struct lt_cuda_state {
   int device, n_sms;
@@ -36,7 +37,8 @@ typedef struct lt_cuda_state {
   int n_plans;
   bool sync_each_op; // LT_CUDA_SYNC=1: wait after every op, so an error names the op that failed
   bool attn_wgmma;   // attention on wgmma (an sm_90a build on a Hopper GPU), else mma.sync
-  struct cuda_profile *profile; // LT_CUDA_PROFILE=1: GPU time per op, printed when the ctx ends
+  struct cuda_profile *profile;    // LT_CUDA_PROFILE=1: GPU time per op, printed when the ctx ends
+  struct cublasContext *gemm_blas; // cuBLAS for the experts' GEMMs, made on first use
 } lt_cuda_state;
 
 static inline lt_cuda_state *cuda_state(lt_ctx *ctx) {
@@ -44,6 +46,7 @@ static inline lt_cuda_state *cuda_state(lt_ctx *ctx) {
 }
 
 void lt_cuda_matmul_plans_free(lt_cuda_state *st); // matmul.cu
+void lt_cuda_gemm_blas_free(lt_cuda_state *st);    // grouped_matmul.cu
 // Chooses the attention kernels: wgmma where this build has them and the GPU is a Hopper, unless
 // LT_ATTENTION_KERNELS=portable asks for the mma.sync ones (attention_fwd.cu).
 int lt_cuda_attn_pick_kernels(lt_cuda_state *st);

@@ -198,6 +198,7 @@ void lt_cuda_ctx_destroy(lt_ctx *ctx) {
     free(st->profile);
   }
   lt_cuda_matmul_plans_free(st);
+  lt_cuda_gemm_blas_free(st);
   if (st->blas) cublasLtDestroy(st->blas);
   lt_cuda_free(st->blas_workspace);
   lt_cuda_free(st->scratch);
