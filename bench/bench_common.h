@@ -5,6 +5,10 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+
+#include "core/tensor.h"
+#include "kernels/kernels.h"
 
 double bench_now_s(void);
 // The median of n values (sorts them).
@@ -15,6 +19,12 @@ bool bench_reference(const char *command, const char *what,
                      void (*on_line)(const char *line, void *arg), void *arg);
 // The number after "key": in a JSON line, or NAN.
 double bench_json_number(const char *line, const char *key);
+// A CUDA tensor of random normal bf16 values (a random block repeated: timing needs no more);
+// the caller frees t->data with lt_device_free.
+int bench_random_bf16(lt_tensor *t, int ndim, const int64_t *shape, uint64_t seed);
+// The median milliseconds per call of fn(arg) over 5 trials of back-to-back calls (0.2 s or one
+// call each) after two warm-up calls, the device synced around each trial.
+int bench_time_ms(lt_ctx *ctx, int (*fn)(void *arg), void *arg, double *ms);
 // The H100 SXM's dense bf16 peak, the denominator of MFU here and in the reference.
 #define BENCH_PEAK_FLOPS 989e12
 

@@ -379,8 +379,9 @@ static int validate_linear(const lt_config *cfg) {
 }
 
 // The CUDA backend has kernels for the dense model: softmax attention and the SwiGLU MLP, with
-// rows read as 16-byte vectors and flash attention built for two head widths; the other kinds run
-// on the CPU, and the parallel paths on the host until the collectives run on NCCL. Shapes and
+// rows read as 16-byte vectors and flash attention built for two head widths, and linear and
+// lightning attention (one chunked scan, kernels/cuda/linear_scan.cu); the other kinds run on the
+// CPU, and the parallel paths on the host until the collectives run on NCCL. Shapes and
 // kinds outside that fail here, naming the key, instead of deep inside a kernel.
 static int validate_cuda(const lt_config *cfg, int head_dim) {
   const lt_model_config *m = &cfg->model;
@@ -394,9 +395,11 @@ static int validate_cuda(const lt_config *cfg, int head_dim) {
     LT_TRY(lt_config_layer_kind(m->attention, lt_attention_kinds, m->n_layers, l, "model.attention",
                                 &kind));
     LT_TRY(lt_config_layer_kind(m->ffn, lt_ffn_kinds, m->n_layers, l, "model.ffn", &ffn));
-    LT_CHECK(strcmp(kind, "softmax") == 0, LT_ERR_CONFIG,
-             "%s: model.attention: %s layers have no CUDA kernels yet (softmax layers do): use "
-             "run.device: cpu, or softmax attention on cuda",
+    LT_CHECK(strcmp(kind, "softmax") == 0 || strcmp(kind, "linear") == 0 ||
+                 strcmp(kind, "lightning") == 0,
+             LT_ERR_CONFIG,
+             "%s: model.attention: %s layers have no CUDA kernels yet (softmax, linear and "
+             "lightning layers do): use run.device: cpu, or one of those kinds on cuda",
              src, kind);
     LT_CHECK(strcmp(ffn, "swiglu") == 0, LT_ERR_CONFIG,
              "%s: model.ffn: %s layers have no CUDA kernels yet (swiglu layers do): use "

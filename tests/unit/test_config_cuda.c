@@ -36,11 +36,26 @@ static void test_widths_not_a_multiple_of_8_are_rejected_on_cuda(void **state) {
                "multiple of 8");
 }
 
+static void test_linear_and_lightning_layers_are_valid_on_cuda(void **state) {
+  (void)state;
+  assert_ok(load_cuda("model.attention=lightning"));
+  assert_ok(load_cuda("model.attention=lightning*5,softmax")); // a hybrid stack of 12 layers
+  assert_ok(load_cuda("model.attention=linear"));              // denominator: v is 65 wide
+}
+
+static void test_attention_kind_without_cuda_kernels_is_rejected_on_cuda(void **state) {
+  (void)state;
+  EXPECT_ERROR(load_cuda("model.attention=moh"), LT_ERR_CONFIG, "model.attention", "moh",
+               "no CUDA kernels yet", "run.device: cpu");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_default_model_is_valid_on_cuda),
       cmocka_unit_test(test_head_width_other_than_64_or_128_is_rejected_on_cuda),
       cmocka_unit_test(test_widths_not_a_multiple_of_8_are_rejected_on_cuda),
+      cmocka_unit_test(test_linear_and_lightning_layers_are_valid_on_cuda),
+      cmocka_unit_test(test_attention_kind_without_cuda_kernels_is_rejected_on_cuda),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
