@@ -15,7 +15,7 @@
 #include "core/error.h"
 #include "kernels/kernels.h"
 
-enum { MAX_SEQS = 8 };
+enum { MAX_SEQS = BENCH_MAX_SEQS };
 
 typedef struct sdpa_result {
   int n;
@@ -32,21 +32,12 @@ static void on_sdpa(const char *line, void *arg) {
 }
 
 int main(int argc, char **argv) {
-  int64_t seqs[MAX_SEQS] = {4096, 16384, 65536};
-  int n_seqs = 3, heads = 16, head_dim = 128, batch = 1;
+  bench_shape shape = {
+      .seqs = {4096, 16384, 65536}, .n_seqs = 3, .heads = 16, .head_dim = 128, .batch = 1};
   const char *reference = NULL;
   for (int i = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--seq") == 0) {
-      n_seqs = 0;
-      while (i + 1 < argc && argv[i + 1][0] != '-' && n_seqs < MAX_SEQS)
-        seqs[n_seqs++] = atoll(argv[++i]);
-    } else if (strcmp(argv[i], "--heads") == 0 && i + 1 < argc) {
-      heads = atoi(argv[++i]);
-    } else if (strcmp(argv[i], "--head-dim") == 0 && i + 1 < argc) {
-      head_dim = atoi(argv[++i]);
-    } else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc) {
-      batch = atoi(argv[++i]);
-    } else if (strcmp(argv[i], "--reference") == 0 && i + 1 < argc) {
+    if (bench_shape_arg(argc, argv, &i, &shape)) continue;
+    if (strcmp(argv[i], "--reference") == 0 && i + 1 < argc) {
       reference = argv[++i];
     } else {
       fprintf(stderr,
@@ -56,6 +47,9 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
+  const int64_t *seqs = shape.seqs;
+  const int n_seqs = shape.n_seqs, heads = shape.heads, head_dim = shape.head_dim;
+  const int batch = shape.batch;
   lt_ctx ctx;
   int rc = lt_ctx_init(&ctx, LT_CUDA, 0);
   double fwd[MAX_SEQS], both[MAX_SEQS];

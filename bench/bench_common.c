@@ -98,3 +98,20 @@ int bench_time_ms(lt_ctx *ctx, int (*fn)(void *arg), void *arg, double *ms) {
   *ms = bench_median(trials, TRIALS);
   return LT_OK;
 }
+
+bool bench_shape_arg(int argc, char **argv, int *i, bench_shape *shape) {
+  const char *arg = argv[*i];
+  if (strcmp(arg, "--seq") == 0) {
+    shape->n_seqs = 0;
+    while (*i + 1 < argc && argv[*i + 1][0] != '-' && shape->n_seqs < BENCH_MAX_SEQS)
+      shape->seqs[shape->n_seqs++] = atoll(argv[++*i]);
+    return true;
+  }
+  int *value = strcmp(arg, "--heads") == 0      ? &shape->heads
+               : strcmp(arg, "--head-dim") == 0 ? &shape->head_dim
+               : strcmp(arg, "--batch") == 0    ? &shape->batch
+                                                : NULL;
+  if (!value || *i + 1 >= argc) return false;
+  *value = atoi(argv[++*i]);
+  return true;
+}

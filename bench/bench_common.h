@@ -25,6 +25,15 @@ int bench_random_bf16(lt_tensor *t, int ndim, const int64_t *shape, uint64_t see
 // The median milliseconds per call of fn(arg) over 5 trials of back-to-back calls (0.2 s or one
 // call each) after two warm-up calls, the device synced around each trial.
 int bench_time_ms(lt_ctx *ctx, int (*fn)(void *arg), void *arg, double *ms);
+// The attention benchmarks' shape: the sequence lengths, heads, head width and batch.
+#define BENCH_MAX_SEQS 8
+typedef struct bench_shape {
+  int64_t seqs[BENCH_MAX_SEQS];
+  int n_seqs, heads, head_dim, batch;
+} bench_shape;
+// Reads argv[*i] into shape when it is --seq T ..., --heads H, --head-dim D or --batch B,
+// advancing *i past its values; false when it is none of them.
+bool bench_shape_arg(int argc, char **argv, int *i, bench_shape *shape);
 // The H100 SXM's dense bf16 peak, the denominator of MFU here and in the reference.
 #define BENCH_PEAK_FLOPS 989e12
 

@@ -19,7 +19,7 @@
 #include "kernels/kernels.h"
 #include "layers/attention/lightning.h"
 
-enum { MAX_SEQS = 8, MAX_HEADS = 256 };
+enum { MAX_SEQS = BENCH_MAX_SEQS, MAX_HEADS = 256 };
 
 // Lightning Attention-2's Triton kernel with decay, fwd + bwd at b=1, h=16, d=128 on one H100
 // (DESIGN.md, "Numbers everyone should know"): published here, not measured in this run.
@@ -68,20 +68,12 @@ static int bench_seq(lt_ctx *ctx, int64_t b, int64_t t, int h, int d, double *fw
 }
 
 int main(int argc, char **argv) {
-  int64_t seqs[MAX_SEQS] = {4096, 16384, 65536, 262144}, flash_max = 65536;
-  int n_seqs = 4, heads = 16, head_dim = 128, batch = 1;
+  bench_shape shape = {
+      .seqs = {4096, 16384, 65536, 262144}, .n_seqs = 4, .heads = 16, .head_dim = 128, .batch = 1};
+  int64_t flash_max = 65536;
   for (int i = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--seq") == 0) {
-      n_seqs = 0;
-      while (i + 1 < argc && argv[i + 1][0] != '-' && n_seqs < MAX_SEQS)
-        seqs[n_seqs++] = atoll(argv[++i]);
-    } else if (strcmp(argv[i], "--heads") == 0 && i + 1 < argc) {
-      heads = atoi(argv[++i]);
-    } else if (strcmp(argv[i], "--head-dim") == 0 && i + 1 < argc) {
-      head_dim = atoi(argv[++i]);
-    } else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc) {
-      batch = atoi(argv[++i]);
-    } else if (strcmp(argv[i], "--flash-max") == 0 && i + 1 < argc) {
+    if (bench_shape_arg(argc, argv, &i, &shape)) continue;
+    if (strcmp(argv[i], "--flash-max") == 0 && i + 1 < argc) {
       flash_max = atoll(argv[++i]);
     } else {
       fprintf(stderr,
@@ -90,6 +82,9 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
+  const int64_t *seqs = shape.seqs;
+  const int n_seqs = shape.n_seqs, heads = shape.heads, head_dim = shape.head_dim;
+  const int batch = shape.batch;
   lt_ctx ctx;
   int rc = lt_ctx_init(&ctx, LT_CUDA, 0);
   double fwd[MAX_SEQS], both[MAX_SEQS], flash_fwd[MAX_SEQS], flash_both[MAX_SEQS];

@@ -2,7 +2,7 @@
 # One call on the GPU machine: build the CUDA build, run the tests (GPU ones included), and run the
 # benchmarks against PyTorch, logging each stage to $OUT (or ./gpu-logs). Run from the project's
 # root with the device folder (../shared/device copied into the project) as the first argument:
-#   bash tools/gpu-session.sh .gpu build test attention model-4k model-16k model-64k
+#   bash tools/gpu-session.sh .gpu build test attention lightning model-4k model-16k model-64k
 # Stages run in the order given; each has a time limit so one hang cannot eat the whole call.
 # NO_REFERENCE=1 leaves PyTorch out of the model benchmarks (a quicker look at longtrain alone).
 set -uo pipefail
@@ -37,7 +37,8 @@ for what in "$@"; do
     stage compile 400 cmake --build $build -j 16 || { grep -E "error|warning" "$out/compile.log" | head -40; exit 1; }
     ;;
   test)
-    for t in test_cuda_kernels test_cuda_attention test_cuda_training; do
+    for t in test_cuda_kernels test_cuda_attention test_cuda_training test_cuda_linear \
+      test_cuda_linear_training; do
       stage "$t" 150 env LT_CUDA_SYNC=1 $build/tests/gpu/$t
     done
     stage attention-portable 150 env LT_CUDA_SYNC=1 LT_ATTENTION_KERNELS=portable \
@@ -69,6 +70,10 @@ for what in "$@"; do
     grep -E "longtrain \||CUDA profile|^ +[0-9.]+ ms" "$out/$what.log" | head -16
     grep -E "^matmul \(" "$out/$what.log" | head -20
     ;;
+  lightning)
+    stage lightning 400 $build/bench/bench_lightning --seq 4096 16384 65536 262144
+    tail -9 "$out/lightning.log"
+    ;;
   attention-model)
     stage attention-model 300 $build/bench/bench_attention --heads 12 --head-dim 64 --batch 8 \
       --seq 4096 --reference "$reference"
@@ -82,6 +87,9 @@ for what in "$@"; do
       "src/kernels/cuda/attention_common.cuh|s/row_sum\[hf\] = row_sum\[hf\] \* rescale + sum;/row_sum[hf] = row_sum[hf] + sum;/|test_cuda_attention"
       "src/kernels/cuda/attention_bwd.cu|s/add_pair(dk_row + dt \* 8 + c \* 2, dk\[dt \* 4 + 2 \* hf\] \* scale,/add_pair(dk_row + dt * 8 + c * 2, dk[dt * 4 + 2 * hf] * scale * 1.05f,/|test_cuda_attention"
       "src/kernels/cuda/attention_bwd.cu|s/dpt\[e\] = st\[e\] \* (dpt\[e\] - delta);/dpt[e] = st[e] * dpt[e];/|test_cuda_training"
+      "src/kernels/cuda/linear_scan.cu|s/pw\[r + p.offset\] : 0.0f;/pw[r] : 0.0f;/|test_cuda_linear"
+      "src/kernels/cuda/linear_scan.cu|s/last_doc == state_doc ? pw\[n\] : 0.0f;/pw[n];/|test_cuda_linear"
+      "src/kernels/cuda/linear_attention_io.cu|s/r \* (da - a \* mean)/r * da/|test_cuda_linear_training"
     )
     for spec in "${breaks[@]}"; do
       IFS='|' read -r file expr test <<<"$spec"

@@ -8,6 +8,7 @@
 #include "core/device.h"
 #include "core/rng.h"
 #include "kernels/cuda/cuda_runtime_glue.h"
+#include "train/trainer.h"
 
 bool lt_gpu_available(void) {
   static int available = -1;
@@ -128,4 +129,55 @@ void lt_gpu_expect_close(const char *what, const float *got, const float *want, 
   const double err = lt_gpu_rel_l2(got, want, n);
   printf("  %-40s rel. L2 error %.3g (tolerance %.1g)\n", what, err, tol);
   if (!(err < tol)) fail_msg("%s: relative L2 error %.4g, tolerance %.1g", what, err, tol);
+}
+
+lt_model_config lt_gpu_small_model(int vocab) {
+  return (lt_model_config){.d_model = 128,
+                           .n_layers = 2,
+                           .n_heads = 2,
+                           .n_kv_heads = 1,
+                           .ffn_dim = 256,
+                           .vocab_size = vocab,
+                           .max_seq_len = 256,
+                           .rope_theta = 10000,
+                           .norm_eps = 1e-5,
+                           .init = LT_INIT_SCALED,
+                           .init_std = 0.02};
+}
+
+void lt_gpu_expect_gradients_close(const lt_params *p, const float *g_gpu, const float *g_cpu) {
+  double worst = 0;
+  const char *worst_name = "";
+  for (int i = 0; i < p->count; i++) {
+    const lt_param_info *info = &p->info[i];
+    const double e = lt_gpu_rel_l2(g_gpu + info->offset, g_cpu + info->offset, info->numel);
+    if (!(e <= worst)) worst = e, worst_name = info->name;
+  }
+  printf("  worst parameter gradient: %s, rel. L2 error %.3g\n", worst_name, worst);
+  assert_true(worst < 3e-2);
+  lt_gpu_expect_close("all gradients", g_gpu, g_cpu, (int64_t)p->numel, 2e-2);
+}
+
+void lt_gpu_expect_trainer_matches_cpu(lt_config *cfg, int steps) {
+  lt_world world = {.rank = 0, .size = 1};
+  double *losses = calloc((size_t)(2 * steps), sizeof *losses);
+  for (int dev = 0; dev < 2; dev++) {
+    cfg->run.device = dev ? LT_DEVICE_CUDA : LT_DEVICE_CPU;
+    assert_ok(lt_config_validate(cfg));
+    lt_trainer tr;
+    assert_ok(lt_trainer_create(&tr, cfg, &world));
+    assert_ok(lt_params_init(&tr.model.params, 99));
+    for (int s = 0; s < steps; s++) {
+      lt_step_metrics m;
+      assert_ok(lt_trainer_step(&tr, &m));
+      losses[dev * steps + s] = m.loss;
+    }
+    lt_trainer_destroy(&tr);
+  }
+  for (int s = 0; s < steps; s++) {
+    const double cpu = losses[s], gpu = losses[steps + s];
+    printf("  step %d: loss cpu %.6f, gpu %.6f\n", s + 1, cpu, gpu);
+    assert_true(fabs(gpu - cpu) < 1e-3 * cpu);
+  }
+  free(losses);
 }

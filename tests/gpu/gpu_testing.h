@@ -8,7 +8,9 @@
 
 #include <stdbool.h>
 
+#include "core/config.h"
 #include "kernels/kernels.h"
+#include "model/params.h"
 #include "testing.h"
 
 // Skips the calling test (cmocka skip()) when no GPU is usable.
@@ -41,5 +43,16 @@ double lt_gpu_rel_l2(const float *a, const float *b, int64_t n);
 // Fails the test with the name and the error when rel_l2(got, want) is not below tol; prints it.
 void lt_gpu_expect_close(const char *what, const float *got, const float *want, int64_t n,
                          double tol);
+
+// The end-to-end tests' model: 128 wide, 2 layers, 2 query heads of 64 on 1 key/value head,
+// SwiGLU of 256, the default (softmax) attention.
+lt_model_config lt_gpu_small_model(int vocab);
+// Every parameter's gradient of one step on the GPU (host copy g_gpu) against the CPU's (g_cpu),
+// laid out as the parameter table p says: prints the worst parameter, and fails where any
+// parameter's relative L2 error reaches 3e-2 or the whole gradient's 2e-2.
+void lt_gpu_expect_gradients_close(const lt_params *p, const float *g_gpu, const float *g_cpu);
+// The trainer's losses over `steps` steps of cfg (its run.device set to each in turn) from the
+// same initial parameters on the CPU and the GPU agree within 1e-3 relative.
+void lt_gpu_expect_trainer_matches_cpu(lt_config *cfg, int steps);
 
 #endif

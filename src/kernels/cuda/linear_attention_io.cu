@@ -4,73 +4,9 @@
 // bf16 or f32 (one dtype per op); rstd and the row statistics f32.
 #include "kernels/cuda/cuda_common.cuh" // first: it includes the C headers as C
 #include "kernels/cuda/cuda_linear.h"
+#include "kernels/linear_maps.h"
 
 enum { THREADS = 256, ROW_THREADS = 256, ROW_WARPS = ROW_THREADS / 32 };
-
-__device__ __forceinline__ float sigmoid(float x) {
-  return 1.0f / (1.0f + expf(-x));
-}
-
-__device__ __forceinline__ float feature(lt_feature_map map, float x) {
-  switch (map) {
-  case LT_FEATURE_ELU1: // 1 + elu(x) (Katharopoulos et al. 2020)
-    return x > 0.0f ? 1.0f + x : expf(x);
-  case LT_FEATURE_RELU:
-    return x > 0.0f ? x : 0.0f;
-  case LT_FEATURE_SILU:
-    return x * sigmoid(x);
-  case LT_FEATURE_IDENTITY:
-    break;
-  }
-  return x;
-}
-
-__device__ __forceinline__ float feature_grad(lt_feature_map map, float x) {
-  switch (map) {
-  case LT_FEATURE_ELU1:
-    return x > 0.0f ? 1.0f : expf(x);
-  case LT_FEATURE_RELU:
-    return x > 0.0f ? 1.0f : 0.0f;
-  case LT_FEATURE_SILU: {
-    const float s = sigmoid(x);
-    return s * (1.0f + x * (1.0f - s));
-  }
-  case LT_FEATURE_IDENTITY:
-    break;
-  }
-  return 1.0f;
-}
-
-__device__ __forceinline__ float gate_value(lt_gate gate, float u) {
-  switch (gate) {
-  case LT_GATE_NONE:
-    return 1.0f;
-  case LT_GATE_LINEAR:
-    return u;
-  case LT_GATE_SIGMOID:
-    return sigmoid(u);
-  case LT_GATE_SILU:
-    break;
-  }
-  return u * sigmoid(u);
-}
-
-__device__ __forceinline__ float gate_grad(lt_gate gate, float u) {
-  switch (gate) {
-  case LT_GATE_NONE:
-    return 0.0f;
-  case LT_GATE_LINEAR:
-    return 1.0f;
-  case LT_GATE_SIGMOID: {
-    const float s = sigmoid(u);
-    return s * (1.0f - s);
-  }
-  case LT_GATE_SILU:
-    break;
-  }
-  const float s = sigmoid(u);
-  return s * (1.0f + u * (1.0f - s));
-}
 
 // One thread per output element of the token's [q | k | v] row (v with its ones column when
 // e = d + 1). Matches lt_cpu_linear_qkv_fwd. qkv: (N, hq + 2 hkv, d); q: (N, hq, d);
@@ -84,9 +20,9 @@ __global__ void linear_qkv_fwd_kernel(T *q, T *k, T *v, const T *qkv, int64_t n,
   const int64_t t = i / out_row, c = i % out_row;
   const T *src = qkv + t * (qw + 2 * kw);
   if (c < qw) {
-    q[t * qw + c] = from_float<T>(feature(map, to_float(src[c])));
+    q[t * qw + c] = from_float<T>(lt_feature(map, to_float(src[c])));
   } else if (c < qw + kw) {
-    k[t * kw + c - qw] = from_float<T>(feature(map, to_float(src[c])));
+    k[t * kw + c - qw] = from_float<T>(lt_feature(map, to_float(src[c])));
   } else {
     const int64_t cv = c - qw - kw, h = cv / e, x = cv % e;
     v[t * vw + cv] = x < d ? src[qw + kw + h * d + x] : from_float<T>(1.0f);
@@ -105,9 +41,9 @@ __global__ void linear_qkv_bwd_kernel(T *dqkv, const T *dq, const T *dk, const T
   const int64_t t = i / row, c = i % row;
   float g;
   if (c < qw) {
-    g = to_float(dq[t * qw + c]) * feature_grad(map, to_float(qkv[i]));
+    g = to_float(dq[t * qw + c]) * lt_feature_grad(map, to_float(qkv[i]));
   } else if (c < qw + kw) {
-    g = to_float(dk[t * kw + c - qw]) * feature_grad(map, to_float(qkv[i]));
+    g = to_float(dk[t * kw + c - qw]) * lt_feature_grad(map, to_float(qkv[i]));
   } else {
     const int64_t cv = c - qw - kw;
     g = to_float(dv[t * hkv * (int64_t)e + cv / d * e + cv % d]);
@@ -153,7 +89,7 @@ __global__ void linear_out_fwd_kernel(T *y, float *rstd, const T *o, const T *u,
   }
   for (int64_t x = threadIdx.x; x < width; x += blockDim.x) {
     const int64_t at = t * width + x;
-    const float g = gate == LT_GATE_NONE ? 1.0f : gate_value(gate, to_float(u[at]));
+    const float g = gate == LT_GATE_NONE ? 1.0f : lt_gate_value(gate, to_float(u[at]));
     y[at] = from_float<T>(normalised(ot, x / d, (int)(x % d), d, e, norm, r, eps) * g);
   }
 }
@@ -178,15 +114,18 @@ __global__ void linear_out_bwd_kernel(T *d_o, T *du, const T *dy, const T *o, co
     float da = to_float(dy[at]);
     if (gate != LT_GATE_NONE) {
       const float uv = to_float(u[at]);
-      if (write_du) du[at] = from_float<T>(da * *a * gate_grad(gate, uv));
-      da *= gate_value(gate, uv);
+      if (write_du) du[at] = from_float<T>(da * *a * lt_gate_grad(gate, uv));
+      da *= lt_gate_value(gate, uv);
     }
     return da;
   };
   if (norm == LT_LINEAR_NORM_DENOMINATOR) {
     for (int64_t hh = warp; hh < h; hh += ROW_WARPS) {
       float dot = 0.0f, a;
-      for (int x = lane; x < d; x += 32) dot += grads(hh, x, true, &a) * a;
+      for (int x = lane; x < d; x += 32) {
+        const float da = grads(hh, x, true, &a); // sets a: a statement of its own
+        dot += da * a;
+      }
       dot = warp_sum(dot);
       const float inv = 1.0f / (to_float(ot[hh * e + d]) + eps);
       for (int x = lane; x < d; x += 32)
@@ -196,8 +135,10 @@ __global__ void linear_out_bwd_kernel(T *d_o, T *du, const T *dy, const T *o, co
     return;
   }
   float dot = 0.0f, a;
-  for (int64_t x = threadIdx.x; x < width; x += blockDim.x)
-    dot += grads(x / d, (int)(x % d), true, &a) * a;
+  for (int64_t x = threadIdx.x; x < width; x += blockDim.x) {
+    const float da = grads(x / d, (int)(x % d), true, &a);
+    dot += da * a;
+  }
   if (norm == LT_LINEAR_NORM_NONE) {
     for (int64_t x = threadIdx.x; x < width; x += blockDim.x)
       grad[x] = from_float<T>(grads(x / d, (int)(x % d), false, &a));
@@ -226,7 +167,7 @@ __global__ void linear_row_stat_kernel(float *row_stat, const T *o, const T *dy,
     if (!dy) {
       sum += ov * ov;
     } else {
-      const float g = gate == LT_GATE_NONE ? 1.0f : gate_value(gate, to_float(u[at]));
+      const float g = gate == LT_GATE_NONE ? 1.0f : lt_gate_value(gate, to_float(u[at]));
       sum += to_float(dy[at]) * g * ov * rstd[t];
     }
   }

@@ -27,15 +27,34 @@ enum {
 };
 
 typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc_frag;
-typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a_row_frag;
-typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major> a_col_frag;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> b_row_frag;
-typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b_col_frag;
+
+// Where step kk of the depth starts in a 16-wide tile of shared memory: along a row-major A's
+// columns or a column-major A's rows (and the other way round for B).
+template <typename Layout> __device__ __forceinline__ int a_step(int kk, int ld) {
+  return std::is_same<Layout, wmma::row_major>::value ? kk : kk * ld;
+}
+template <typename Layout> __device__ __forceinline__ int b_step(int kk, int ld) {
+  return std::is_same<Layout, wmma::row_major>::value ? kk * ld : kk;
+}
+
+// acc += A B for a 16 x depth tile A and a depth x 16 tile B of shared memory, in layouts LA, LB.
+template <typename LA, typename LB>
+__device__ __forceinline__ void mma_tile(acc_frag &acc, const bf16 *a, int lda, const bf16 *b,
+                                         int ldb, int depth) {
+  for (int kk = 0; kk < depth; kk += 16) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, LA> fa;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, LB> fb;
+    wmma::load_matrix_sync(fa, a + a_step<LA>(kk, lda), lda);
+    wmma::load_matrix_sync(fb, b + b_step<LB>(kk, ldb), ldb);
+    wmma::mma_sync(acc, fa, fb, acc);
+  }
+}
 
 // A launch of the scan: the pass, the heads it covers (h = blockIdx.y * head_step + head_offset),
 // its segments, where each block's S0 comes from and where its final state goes:
 //   S0 = prefix[(b hq + h) prefix_head + seg prefix_seg + r prefix_row + c prefix_col]
 //   final_state[(b hq + h) final_head + seg final_seg + r wv + c]
+// vec_q, vec_v: q' and k' rows (v' and out rows) may be read as 16-byte vectors.
 typedef struct scan_launch {
   scan_pass p;
   int head_step, head_offset, segs;
@@ -44,39 +63,66 @@ typedef struct scan_launch {
   int64_t prefix_head, prefix_seg, prefix_row, prefix_col;
   float *final_state;
   int64_t final_head, final_seg;
+  bool vec_q, vec_v;
 } scan_launch;
 
 __device__ __forceinline__ int64_t token_of(const scan_pass &p, int64_t pos) {
   return p.reverse ? p.t - 1 - pos : pos;
 }
 
-// Where (b, token)'s row of a (B, T, heads, width) tensor starts, for query head h.
-__device__ __forceinline__ int64_t row_at(const scan_pass &p, bool by_kv_head, int64_t b,
-                                          int64_t tok, int h, int width) {
+// A (B, T, heads, width) tensor seen from one (batch row, head): row(tok) = base + tok * stride.
+template <typename T> struct head_rows {
+  T *base;
+  int64_t stride;
+  __device__ __forceinline__ T *row(int64_t tok) const { return base + tok * stride; }
+};
+
+template <typename T>
+__device__ __forceinline__ head_rows<T> rows_of(const scan_pass &p, T *data, bool by_kv_head,
+                                                int64_t b, int h, int width) {
   const int heads = by_kv_head ? p.hkv : p.hq, head = by_kv_head ? h / (p.hq / p.hkv) : h;
-  return ((b * p.t + tok) * heads + head) * (int64_t)width;
+  const int64_t stride = (int64_t)heads * width;
+  return head_rows<T>{data ? data + b * p.t * stride + (int64_t)head * width : nullptr, stride};
 }
 
-static size_t smem_bytes(int kp) {
-  const size_t halves = 2 * CHUNK * kp + CHUNK * TILE + CHUNK * CHUNK + (size_t)kp * TILE;
-  const size_t floats = CHUNK * TILE + (size_t)kp * TILE + CHUNK + 1;
-  return halves * sizeof(bf16) + floats * sizeof(float) + CHUNK * sizeof(int32_t);
+// Eight values of `row` from column y into dst, zeros past `width` (or for no row at all).
+__device__ __forceinline__ void load8_padded(bf16 *dst, const bf16 *row, int y, int width,
+                                             bool vec) {
+  if (row && vec && y + 8 <= width) {
+    *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(row + y);
+    return;
+  }
+  for (int j = 0; j < 8; j++) dst[j] = row && y + j < width ? row[y + j] : __float2bfloat16(0.0f);
 }
+
+// Shared memory rows are padded by 16 bytes so that the MMA's fragment loads, which read 16 rows
+// at one column, spread over the banks.
+template <int KP> struct scan_smem {
+  static constexpr int LDQ = KP + 8;   // bf16 rows of q_s, k_s
+  static constexpr int LDT = TILE + 8; // bf16 rows of v_s, a_s, sb_s
+  static constexpr int LDF = TILE + 4; // f32 rows of f_s, s_s
+  static constexpr size_t HALVES = 2 * CHUNK * LDQ + 2 * CHUNK * LDT + (size_t)KP * LDT;
+  static constexpr size_t FLOATS = CHUNK * LDF + (size_t)KP * LDF + CHUNK + 1;
+  static constexpr size_t BYTES = HALVES * sizeof(bf16) + FLOATS * sizeof(float) + CHUNK * 4;
+};
+static_assert(CHUNK == TILE, "the scores and the output share f_s");
 
 // KP: q' and k' rows padded with zeros to a multiple of 16 (the MMA's depth). TO: out's type.
 // q, k: (B, T, ., wq) bf16; v: (B, T, ., wv) bf16; out: (B, T, ., wv); prefix, final: f32 states
 template <int KP, typename TO>
 __global__ void __launch_bounds__(THREADS) linear_scan_kernel(const scan_launch L) {
+  typedef scan_smem<KP> SM;
+  constexpr int LDQ = SM::LDQ, LDT = SM::LDT, LDF = SM::LDF;
   const scan_pass &p = L.p;
   extern __shared__ __align__(128) unsigned char smem[];
-  bf16 *q_s = (bf16 *)smem;                 // (CHUNK, KP) q', then Lambda q' for the inter term
-  bf16 *k_s = q_s + CHUNK * KP;             // (CHUNK, KP) k', then Lambda' k' for the state update
-  bf16 *v_s = k_s + CHUNK * KP;             // (CHUNK, TILE) v'
-  bf16 *a_s = v_s + CHUNK * TILE;           // (CHUNK, CHUNK) masked, decayed scores
-  bf16 *sb_s = a_s + CHUNK * CHUNK;         // (KP, TILE) the state, rounded for the MMA
-  float *f_s = (float *)(sb_s + KP * TILE); // (CHUNK, TILE) scores, then the output
-  float *s_s = f_s + CHUNK * TILE;          // (KP, TILE) the state
-  float *pw = s_s + KP * TILE;              // (CHUNK + 1) lambda^m
+  bf16 *q_s = (bf16 *)smem;                     // (CHUNK, KP) q', then Lambda q' for the inter term
+  bf16 *k_s = q_s + CHUNK * LDQ;                // (CHUNK, KP) k', then Lambda' k' for the update
+  bf16 *v_s = k_s + CHUNK * LDQ;                // (CHUNK, TILE) v'
+  bf16 *a_s = v_s + CHUNK * LDT;                // (CHUNK, CHUNK) masked, decayed scores
+  bf16 *sb_s = a_s + CHUNK * LDT;               // (KP, TILE) the state, rounded for the MMA
+  float *f_s = (float *)(sb_s + KP * LDT);      // (CHUNK, TILE) scores, then the output
+  float *s_s = f_s + CHUNK * LDF;               // (KP, TILE) the state
+  float *pw = s_s + KP * LDF;                   // (CHUNK + 1) lambda^m
   int32_t *doc_s = (int32_t *)(pw + CHUNK + 1); // (CHUNK) documents of the chunk's tokens
 
   const int tid = threadIdx.x, warp = tid / 32;
@@ -85,7 +131,11 @@ __global__ void __launch_bounds__(THREADS) linear_scan_kernel(const scan_launch 
   const int seg = (int)(blockIdx.z % L.segs);
   const int64_t p_begin = seg * L.seg_len, p_end = min(p.t, p_begin + L.seg_len);
   const bool has_out = p.out != nullptr, has_k = p.k.data != nullptr;
-  const bf16 zero = __float2bfloat16(0.0f);
+  const head_rows<const bf16> q = rows_of(p, p.q.data, p.q.by_kv_head, b, h, p.wq);
+  const head_rows<const bf16> k = rows_of(p, p.k.data, p.k.by_kv_head, b, h, p.wq);
+  const head_rows<const bf16> v = rows_of(p, p.v.data, p.v.by_kv_head, b, h, p.wv);
+  const head_rows<TO> out = rows_of(p, (TO *)p.out, p.out_by_kv_head, b, h, p.wv);
+  const int v_width = p.wv - e0; // columns of this tile that exist
   const float log_decay = p.log_decay ? p.log_decay[h] : 0.0f;
   for (int m = tid; m <= CHUNK; m += THREADS) pw[m] = expf(log_decay * (float)m);
   const int32_t *doc = p.doc ? p.doc + b * p.t : nullptr;
@@ -97,26 +147,26 @@ __global__ void __launch_bounds__(THREADS) linear_scan_kernel(const scan_launch 
   const float *prefix =
       L.prefix ? L.prefix + (b * p.hq + h) * L.prefix_head + seg * L.prefix_seg : nullptr;
   for (int i = tid; i < KP * TILE; i += THREADS) {
-    const int r = i / TILE, c = e0 + i % TILE;
-    s_s[i] = prefix && r < p.wq && c < p.wv ? prefix[r * L.prefix_row + c * L.prefix_col] : 0.0f;
+    const int r = i / TILE, c = i % TILE;
+    s_s[r * LDF + c] = prefix && r < p.wq && c < v_width
+                           ? prefix[r * L.prefix_row + (e0 + c) * L.prefix_col]
+                           : 0.0f;
   }
 
   for (int64_t p0 = p_begin; p0 < p_end; p0 += CHUNK) {
     const int n = (int)min((int64_t)CHUNK, p_end - p0);
     // Rows past the chunk's end and columns past the widths are zeros: they add nothing.
-    for (int i = tid; i < CHUNK * KP; i += THREADS) {
-      const int r = i / KP, y = i % KP;
-      const bool in = r < n && y < p.wq;
+    for (int i = tid; i < CHUNK * (KP / 8); i += THREADS) {
+      const int r = i / (KP / 8), y = i % (KP / 8) * 8;
       const int64_t tok = token_of(p, p0 + min(r, n - 1));
-      q_s[i] = has_out && in ? p.q.data[row_at(p, p.q.by_kv_head, b, tok, h, p.wq) + y] : zero;
-      k_s[i] = has_k && in ? p.k.data[row_at(p, p.k.by_kv_head, b, tok, h, p.wq) + y] : zero;
+      load8_padded(q_s + r * LDQ + y, has_out && r < n ? q.row(tok) : nullptr, y, p.wq, L.vec_q);
+      load8_padded(k_s + r * LDQ + y, has_k && r < n ? k.row(tok) : nullptr, y, p.wq, L.vec_q);
     }
     if (has_k)
-      for (int i = tid; i < CHUNK * TILE; i += THREADS) {
-        const int r = i / TILE, c = e0 + i % TILE;
-        const int64_t tok = token_of(p, p0 + min(r, n - 1));
-        v_s[i] =
-            r < n && c < p.wv ? p.v.data[row_at(p, p.v.by_kv_head, b, tok, h, p.wv) + c] : zero;
+      for (int i = tid; i < CHUNK * (TILE / 8); i += THREADS) {
+        const int r = i / (TILE / 8), c = i % (TILE / 8) * 8;
+        const bf16 *row = r < n ? v.row(token_of(p, p0 + r)) + e0 : nullptr;
+        load8_padded(v_s + r * LDT + c, row, c, v_width, L.vec_v);
       }
     for (int r = tid; r < CHUNK; r += THREADS)
       doc_s[r] = doc ? doc[token_of(p, p0 + min(r, n - 1))] : 0;
@@ -125,20 +175,19 @@ __global__ void __launch_bounds__(THREADS) linear_scan_kernel(const scan_launch 
 
     // The state rounded for the inter term; the scores Q K^T.
     if (has_out) {
-      for (int i = tid; i < KP * TILE; i += THREADS) sb_s[i] = __float2bfloat16(s_s[i]);
+      for (int i = tid; i < KP * TILE; i += THREADS) {
+        const int r = i / TILE, c = i % TILE;
+        sb_s[r * LDT + c] = __float2bfloat16(s_s[r * LDF + c]);
+      }
       if (has_k)
         for (int tile = warp; tile < (CHUNK / 16) * (CHUNK / 16); tile += WARPS) {
           const int i0 = tile / (CHUNK / 16) * 16, j0 = tile % (CHUNK / 16) * 16;
           acc_frag acc;
           wmma::fill_fragment(acc, 0.0f);
-          for (int kk = 0; kk < KP; kk += 16) {
-            a_row_frag fa;
-            b_col_frag fb; // K^T: column j of K^T is row j of k_s
-            wmma::load_matrix_sync(fa, q_s + i0 * KP + kk, KP);
-            wmma::load_matrix_sync(fb, k_s + j0 * KP + kk, KP);
-            wmma::mma_sync(acc, fa, fb, acc);
-          }
-          wmma::store_matrix_sync(f_s + i0 * CHUNK + j0, acc, CHUNK, wmma::mem_row_major);
+          // K^T is k_s read column-major: column j of K^T is row j of k_s.
+          mma_tile<wmma::row_major, wmma::col_major>(acc, q_s + i0 * LDQ, LDQ, k_s + j0 * LDQ, LDQ,
+                                                     KP);
+          wmma::store_matrix_sync(f_s + i0 * LDF + j0, acc, LDF, wmma::mem_row_major);
         }
     }
     __syncthreads();
@@ -150,19 +199,19 @@ __global__ void __launch_bounds__(THREADS) linear_scan_kernel(const scan_launch 
       for (int i = tid; i < CHUNK * CHUNK; i += THREADS) {
         const int r = i / CHUNK, c = i % CHUNK;
         const bool keep = c <= r && r < n && doc_s[r] == doc_s[c];
-        a_s[i] = __float2bfloat16(keep ? pw[r - c] * f_s[i] : 0.0f);
+        a_s[r * LDT + c] = __float2bfloat16(keep ? pw[r - c] * f_s[r * LDF + c] : 0.0f);
       }
     if (has_out)
       for (int i = tid; i < CHUNK * KP; i += THREADS) {
-        const int r = i / KP;
+        const int r = i / KP, y = i % KP;
         const float w = r < n && doc_s[r] == state_doc ? pw[r + p.offset] : 0.0f;
-        q_s[i] = __float2bfloat16(w * __bfloat162float(q_s[i]));
+        q_s[r * LDQ + y] = __float2bfloat16(w * __bfloat162float(q_s[r * LDQ + y]));
       }
     if (has_k)
       for (int i = tid; i < CHUNK * KP; i += THREADS) {
-        const int j = i / KP;
+        const int j = i / KP, y = i % KP;
         const float w = j < n && doc_s[j] == last_doc ? pw[n - 1 - j] : 0.0f;
-        k_s[i] = __float2bfloat16(w * __bfloat162float(k_s[i]));
+        k_s[j * LDQ + y] = __float2bfloat16(w * __bfloat162float(k_s[j * LDQ + y]));
       }
     // The old state survives only if the chunk ends in its document (documents are contiguous).
     const float carry = last_doc == state_doc ? pw[n] : 0.0f;
@@ -175,54 +224,47 @@ __global__ void __launch_bounds__(THREADS) linear_scan_kernel(const scan_launch 
         acc_frag acc;
         wmma::fill_fragment(acc, 0.0f);
         if (has_k)
-          for (int jj = 0; jj < CHUNK; jj += 16) {
-            a_row_frag fa;
-            b_row_frag fb;
-            wmma::load_matrix_sync(fa, a_s + i0 * CHUNK + jj, CHUNK);
-            wmma::load_matrix_sync(fb, v_s + jj * TILE + c0, TILE);
-            wmma::mma_sync(acc, fa, fb, acc);
-          }
-        for (int kk = 0; kk < KP; kk += 16) {
-          a_row_frag fa;
-          b_row_frag fb;
-          wmma::load_matrix_sync(fa, q_s + i0 * KP + kk, KP);
-          wmma::load_matrix_sync(fb, sb_s + kk * TILE + c0, TILE);
-          wmma::mma_sync(acc, fa, fb, acc);
-        }
-        wmma::store_matrix_sync(f_s + i0 * TILE + c0, acc, TILE, wmma::mem_row_major);
+          mma_tile<wmma::row_major, wmma::row_major>(acc, a_s + i0 * LDT, LDT, v_s + c0, LDT,
+                                                     CHUNK);
+        mma_tile<wmma::row_major, wmma::row_major>(acc, q_s + i0 * LDQ, LDQ, sb_s + c0, LDT, KP);
+        wmma::store_matrix_sync(f_s + i0 * LDF + c0, acc, LDF, wmma::mem_row_major);
       }
     for (int tile = warp; tile < (KP / 16) * (TILE / 16); tile += WARPS) {
       const int r0 = tile / (TILE / 16) * 16, c0 = tile % (TILE / 16) * 16;
       acc_frag acc;
-      wmma::load_matrix_sync(acc, s_s + r0 * TILE + c0, TILE, wmma::mem_row_major);
+      wmma::load_matrix_sync(acc, s_s + r0 * LDF + c0, LDF, wmma::mem_row_major);
       for (int x = 0; x < acc.num_elements; x++) acc.x[x] *= carry;
-      if (has_k)
-        for (int jj = 0; jj < CHUNK; jj += 16) {
-          a_col_frag fa; // (Lambda' K)^T: row y of it is column y of k_s
-          b_row_frag fb;
-          wmma::load_matrix_sync(fa, k_s + jj * KP + r0, KP);
-          wmma::load_matrix_sync(fb, v_s + jj * TILE + c0, TILE);
-          wmma::mma_sync(acc, fa, fb, acc);
-        }
-      wmma::store_matrix_sync(s_s + r0 * TILE + c0, acc, TILE, wmma::mem_row_major);
+      if (has_k) // (Lambda' K)^T is k_s read column-major: its row y is column y of k_s
+        mma_tile<wmma::col_major, wmma::row_major>(acc, k_s + r0, LDQ, v_s + c0, LDT, CHUNK);
+      wmma::store_matrix_sync(s_s + r0 * LDF + c0, acc, LDF, wmma::mem_row_major);
     }
     state_doc = last_doc;
     __syncthreads();
 
     if (has_out)
-      for (int i = tid; i < CHUNK * TILE; i += THREADS) {
-        const int r = i / TILE, c = e0 + i % TILE;
-        if (r >= n || c >= p.wv) continue;
-        TO *dst = (TO *)p.out + row_at(p, p.out_by_kv_head, b, token_of(p, p0 + r), h, p.wv) + c;
-        *dst = from_float<TO>(f_s[i] + (p.accumulate ? to_float(*dst) : 0.0f));
+      for (int i = tid; i < CHUNK * (TILE / 8); i += THREADS) {
+        const int r = i / (TILE / 8), c = i % (TILE / 8) * 8;
+        if (r >= n || c >= v_width) continue;
+        TO *dst = out.row(token_of(p, p0 + r)) + e0 + c;
+        const float *src = f_s + r * LDF + c;
+        if (L.vec_v) { // the tile's columns come in whole vectors
+          float x[8];
+          if (p.accumulate) load8(dst, x);
+#pragma unroll
+          for (int j = 0; j < 8; j++) x[j] = src[j] + (p.accumulate ? x[j] : 0.0f);
+          store8(dst, x);
+          continue;
+        }
+        for (int j = 0; j < 8 && c + j < v_width; j++)
+          dst[j] = from_float<TO>(src[j] + (p.accumulate ? to_float(dst[j]) : 0.0f));
       }
   }
 
   if (L.final_state) {
     float *dst = L.final_state + (b * p.hq + h) * L.final_head + seg * L.final_seg;
     for (int i = tid; i < KP * TILE; i += THREADS) {
-      const int r = i / TILE, c = e0 + i % TILE;
-      if (r < p.wq && c < p.wv) dst[(int64_t)r * p.wv + c] = s_s[i];
+      const int r = i / TILE, c = i % TILE;
+      if (r < p.wq && c < v_width) dst[(int64_t)r * p.wv + e0 + c] = s_s[r * LDF + c];
     }
   }
 }
@@ -261,7 +303,10 @@ template <typename TO>
 static int launch_kernel(lt_cuda_state *st, const scan_launch &L, dim3 grid) {
   const int wq = L.p.wq;
   const int kp = wq <= 64 ? 64 : wq <= 80 ? 80 : wq <= 128 ? 128 : 144;
-  const size_t smem = smem_bytes(kp);
+  const size_t smem = kp == 64    ? scan_smem<64>::BYTES
+                      : kp == 80  ? scan_smem<80>::BYTES
+                      : kp == 128 ? scan_smem<128>::BYTES
+                                  : scan_smem<144>::BYTES;
   auto go = [&](auto kernel) -> int {
     CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
              "linear attention scan: %zu bytes of shared memory", smem);
@@ -337,7 +382,10 @@ int lt_cuda_linear_scan(lt_cuda_state *st, const scan_pass *pass, const char *op
                      .prefix_col = pass->prefix_col,
                      .final_state = pass->final_state,
                      .final_head = per,
-                     .final_seg = 0};
+                     .final_seg = 0,
+                     .vec_q =
+                         pass->wq % 8 == 0 && aligned16(pass->q.data) && aligned16(pass->k.data),
+                     .vec_v = pass->wv % 8 == 0 && aligned16(pass->v.data) && aligned16(pass->out)};
     if (segs == 1) {
       LT_TRY(launch(st, L, heads));
       continue;
