@@ -10,6 +10,8 @@
 #include "core/error.h"
 #include "core/rng.h"
 
+enum { TRIALS = 5 };
+
 double bench_now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -24,44 +26,6 @@ static int compare_doubles(const void *a, const void *b) {
 double bench_median(double *values, int n) {
   qsort(values, (size_t)n, sizeof *values, compare_doubles);
   return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
-}
-
-enum { TRIALS = 5 };
-
-int bench_time_ms(lt_ctx *ctx, int (*fn)(void *arg), void *arg, double *ms) {
-  for (int i = 0; i < 2; i++) LT_TRY(fn(arg));
-  LT_TRY(lt_ctx_sync(ctx));
-  double start = bench_now_s();
-  LT_TRY(fn(arg));
-  LT_TRY(lt_ctx_sync(ctx));
-  const double once = bench_now_s() - start;
-  const int reps = once > 0.2 ? 1 : (int)(0.2 / once) + 1;
-  double trials[TRIALS];
-  for (int t = 0; t < TRIALS; t++) {
-    start = bench_now_s();
-    for (int r = 0; r < reps; r++) LT_TRY(fn(arg));
-    LT_TRY(lt_ctx_sync(ctx));
-    trials[t] = (bench_now_s() - start) * 1e3 / reps;
-  }
-  *ms = bench_median(trials, TRIALS);
-  return LT_OK;
-}
-
-int bench_random_bf16(lt_tensor *t, uint64_t seed) {
-  LT_TRY(lt_device_alloc(t->device, lt_nbytes(*t), "a benchmark tensor", &t->data));
-  const int64_t n = lt_numel(*t), block = n < (1 << 22) ? n : (1 << 22);
-  lt_bf16 *host = malloc((size_t)(block > 0 ? block : 1) * sizeof *host);
-  LT_CHECK(host, LT_ERR_MEMORY, "out of host memory");
-  lt_rng rng = lt_rng_seed(seed);
-  for (int64_t i = 0; i < block; i++) host[i] = lt_f32_to_bf16(lt_rng_normal(&rng));
-  int rc = LT_OK;
-  for (int64_t at = 0; at < n && rc == LT_OK; at += block) {
-    const int64_t count = n - at < block ? n - at : block;
-    rc = lt_device_copy((lt_bf16 *)t->data + at, t->device, host, LT_CPU,
-                        (size_t)count * sizeof *host);
-  }
-  free(host);
-  return rc;
 }
 
 bool bench_reference(const char *command, const char *what,
@@ -98,4 +62,56 @@ double bench_json_number(const char *line, const char *key) {
   snprintf(pattern, sizeof pattern, "\"%s\":", key);
   const char *at = strstr(line, pattern);
   return at ? strtod(at + strlen(pattern), NULL) : NAN;
+}
+
+int bench_random_bf16(lt_tensor *t, int ndim, const int64_t *shape, uint64_t seed) {
+  *t = lt_view(NULL, LT_BF16, LT_CUDA, ndim, shape);
+  LT_TRY(lt_device_alloc(LT_CUDA, lt_nbytes(*t), "a benchmark tensor", &t->data));
+  const int64_t n = lt_numel(*t), block = n < (1 << 22) ? n : (1 << 22);
+  lt_bf16 *host = malloc((size_t)block * sizeof *host);
+  LT_CHECK(host, LT_ERR_MEMORY, "out of host memory");
+  lt_rng rng = lt_rng_seed(seed);
+  for (int64_t i = 0; i < block; i++) host[i] = lt_f32_to_bf16(lt_rng_normal(&rng));
+  for (int64_t at = 0; at < n; at += block) {
+    const int64_t count = n - at < block ? n - at : block;
+    LT_TRY(lt_device_copy((lt_bf16 *)t->data + at, LT_CUDA, host, LT_CPU, (size_t)count * 2));
+  }
+  free(host);
+  return LT_OK;
+}
+
+int bench_time_ms(lt_ctx *ctx, int (*fn)(void *arg), void *arg, double *ms) {
+  for (int i = 0; i < 2; i++) LT_TRY(fn(arg));
+  LT_TRY(lt_ctx_sync(ctx));
+  double start = bench_now_s();
+  LT_TRY(fn(arg));
+  LT_TRY(lt_ctx_sync(ctx));
+  const double once = bench_now_s() - start;
+  const int reps = once > 0.2 ? 1 : (int)(0.2 / once) + 1;
+  double trials[TRIALS];
+  for (int t = 0; t < TRIALS; t++) {
+    start = bench_now_s();
+    for (int r = 0; r < reps; r++) LT_TRY(fn(arg));
+    LT_TRY(lt_ctx_sync(ctx));
+    trials[t] = (bench_now_s() - start) * 1e3 / reps;
+  }
+  *ms = bench_median(trials, TRIALS);
+  return LT_OK;
+}
+
+bool bench_shape_arg(int argc, char **argv, int *i, bench_shape *shape) {
+  const char *arg = argv[*i];
+  if (strcmp(arg, "--seq") == 0) {
+    shape->n_seqs = 0;
+    while (*i + 1 < argc && argv[*i + 1][0] != '-' && shape->n_seqs < BENCH_MAX_SEQS)
+      shape->seqs[shape->n_seqs++] = atoll(argv[++*i]);
+    return true;
+  }
+  int *value = strcmp(arg, "--heads") == 0      ? &shape->heads
+               : strcmp(arg, "--head-dim") == 0 ? &shape->head_dim
+               : strcmp(arg, "--batch") == 0    ? &shape->batch
+                                                : NULL;
+  if (!value || *i + 1 >= argc) return false;
+  *value = atoi(argv[++*i]);
+  return true;
 }

@@ -57,10 +57,8 @@ static int bench_create(layer_bench *b, lt_ctx *ctx, const lt_model_config *cfg,
   LT_TRY(b->layer->ops->plan(b->layer, &plan));
   const int64_t n = B * T, d = cfg->d_model;
   lt_tensor *rows[] = {&b->x, &b->dout, &b->out, &b->dx};
-  for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
-    *rows[i] = lt_view2(NULL, LT_BF16, LT_CUDA, n, d);
-    LT_TRY(bench_random_bf16(rows[i], i + 2));
-  }
+  for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+    LT_TRY(bench_random_bf16(rows[i], 2, (int64_t[]){n, d}, i + 2));
   b->aux = (lt_aux_loss){.grad_scale = 1.0f};
   b->batch = (lt_batch){.B = B, .T = T, .aux = &b->aux};
   return LT_OK;

@@ -2,7 +2,7 @@
 # One call on the GPU machine: build the CUDA build, run the tests (GPU ones included), and run the
 # benchmarks against PyTorch, logging each stage to $OUT (or ./gpu-logs). Run from the project's
 # root with the device folder (../shared/device copied into the project) as the first argument:
-#   bash tools/gpu-session.sh .gpu build test attention model-4k model-16k model-64k
+#   bash tools/gpu-session.sh .gpu build test attention lightning model-4k model-16k model-64k
 # (test-moe, moe and moe-profile: the MoE kernels' and layer's tests, and bench_moe.)
 # Stages run in the order given; each has a time limit so one hang cannot eat the whole call.
 # NO_REFERENCE=1 leaves PyTorch out of the model benchmarks (a quicker look at longtrain alone).
@@ -38,7 +38,8 @@ for what in "$@"; do
     stage compile 400 cmake --build $build -j 16 || { grep -E "error|warning" "$out/compile.log" | head -40; exit 1; }
     ;;
   test)
-    for t in test_cuda_kernels test_cuda_attention test_cuda_training; do
+    for t in test_cuda_kernels test_cuda_attention test_cuda_training test_cuda_linear \
+      test_cuda_linear_training; do
       stage "$t" 150 env LT_CUDA_SYNC=1 $build/tests/gpu/$t
     done
     stage attention-portable 150 env LT_CUDA_SYNC=1 LT_ATTENTION_KERNELS=portable \
@@ -82,6 +83,10 @@ for what in "$@"; do
     stage "$what" 300 $build/bench/bench_moe "${profile[@]}"
     grep -E "MoE|dense|CUDA profile|^ +[0-9.]+ ms" "$out/$what.log" | head -30
     ;;
+  lightning)
+    stage lightning 400 $build/bench/bench_lightning --seq 4096 16384 65536 262144
+    tail -9 "$out/lightning.log"
+    ;;
   attention-model)
     stage attention-model 300 $build/bench/bench_attention --heads 12 --head-dim 64 --batch 8 \
       --seq 4096 --reference "$reference"
@@ -99,6 +104,9 @@ for what in "$@"; do
       "src/kernels/cuda/moe_plan.cu|s/rank < capacity ? 0 : -1/rank <= capacity ? 0 : -1/|test_cuda_moe"
       "src/kernels/cuda/moe_dispatch.cu|s/acc\[i\] += w \* v\[i\]/acc[i] += v[i]/|test_cuda_moe"
       "src/kernels/cuda/grouped_matmul.cu|s/(size_t)(rows\[g\] \* k) \* ab/(size_t)(rows[g] * n) * ab/|test_cuda_moe"
+      "src/kernels/cuda/linear_scan.cu|s/pw\[r + p.offset\] : 0.0f;/pw[r] : 0.0f;/|test_cuda_linear"
+      "src/kernels/cuda/linear_scan.cu|s/last_doc == state_doc ? pw\[n\] : 0.0f;/pw[n];/|test_cuda_linear"
+      "src/kernels/cuda/linear_attention_io.cu|s/r \* (da - a \* mean)/r * da/|test_cuda_linear_training"
     )
     for spec in "${breaks[@]}"; do
       IFS='|' read -r file expr test <<<"$spec"

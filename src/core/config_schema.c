@@ -378,11 +378,11 @@ static int validate_linear(const lt_config *cfg) {
   return LT_OK;
 }
 
-// The CUDA backend has kernels for the dense model: softmax attention and the SwiGLU MLP (dense or
-// a mixture of experts), with rows read as 16-byte vectors and flash attention built for two head
-// widths; the other kinds run on the CPU, and the parallel paths on the host until the collectives
-// run on NCCL. Shapes and kinds outside that fail here, naming the key, instead of deep inside a
-// kernel.
+// The CUDA backend has kernels for softmax attention (flash attention built for two head widths),
+// linear and lightning attention (one chunked scan, kernels/cuda/linear_scan.cu) and the SwiGLU
+// MLP (dense or a mixture of experts), with rows read as 16-byte vectors; the other kinds run on
+// the CPU, and the parallel paths on the host until the collectives run on NCCL. Shapes and kinds
+// outside that fail here, naming the key, instead of deep inside a kernel.
 static int validate_cuda(const lt_config *cfg, int head_dim) {
   const lt_model_config *m = &cfg->model;
   const char *src = cfg->source;
@@ -397,9 +397,11 @@ static int validate_cuda(const lt_config *cfg, int head_dim) {
     const char *kind;
     LT_TRY(lt_config_layer_kind(m->attention, lt_attention_kinds, m->n_layers, l, "model.attention",
                                 &kind));
-    LT_CHECK(strcmp(kind, "softmax") == 0, LT_ERR_CONFIG,
-             "%s: model.attention: %s layers have no CUDA kernels yet (softmax layers do): use "
-             "run.device: cpu, or softmax attention on cuda",
+    LT_CHECK(strcmp(kind, "softmax") == 0 || strcmp(kind, "linear") == 0 ||
+                 strcmp(kind, "lightning") == 0,
+             LT_ERR_CONFIG,
+             "%s: model.attention: %s layers have no CUDA kernels yet (softmax, linear and "
+             "lightning layers do): use run.device: cpu, or one of those kinds on cuda",
              src, kind);
   }
   LT_CHECK(head_dim == 64 || head_dim == 128, LT_ERR_CONFIG,

@@ -11,6 +11,7 @@
 #ifdef LT_WITH_CUDA
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/cuda_moe.h"
+#include "kernels/cuda/cuda_linear.h"
 #define ON_CUDA(call)                                                                              \
   if (ctx->device == LT_CUDA) return (call)
 #else
@@ -650,7 +651,7 @@ int lt_linear_attn_fwd(lt_ctx *ctx, lt_tensor o, lt_tensor q, lt_tensor k, lt_te
              o.shape[3] == dims.e,
          "linear_attn_fwd", "o must be (B, T, Hq, E)", o, v);
   LT_TRY(expect_prefix("linear_attn_fwd", prefix, &dims, spec));
-  CPU_ONLY("linear_attn_fwd");
+  ON_CUDA(lt_cuda_linear_attn_fwd(ctx, o, q, k, v, prefix, spec));
   EXPECT_F32("linear_attn_fwd", q);
   return lt_cpu_linear_attn_fwd(lt_f32(o), lt_f32(q), lt_f32(k), lt_f32(v), lt_f32(prefix), &dims,
                                 spec);
@@ -667,7 +668,7 @@ int lt_linear_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt
          "dout must be (B, T, Hq, E)", dout, v);
   LT_TRY(expect_prefix("linear_attn_bwd", prefix, &dims, spec));
   if (dprefix.data) LT_TRY(expect_state("linear_attn_bwd", dprefix, &dims));
-  CPU_ONLY("linear_attn_bwd");
+  ON_CUDA(lt_cuda_linear_attn_bwd(ctx, dq, dk, dv, dprefix, dout, q, k, v, prefix, spec));
   EXPECT_F32("linear_attn_bwd", q);
   return lt_cpu_linear_attn_bwd(lt_f32(dq), lt_f32(dk), lt_f32(dv), lt_f32(dprefix), lt_f32(dout),
                                 lt_f32(q), lt_f32(k), lt_f32(v), lt_f32(prefix), &dims, spec);
@@ -686,7 +687,7 @@ int lt_linear_attn_state(lt_ctx *ctx, lt_tensor state, lt_tensor k, lt_tensor v,
   EXPECT(k.ndim == 4, "linear_attn_state", "k must be (B, T, Hkv, D)", k, v);
   LT_TRY(linear_dims("linear_attn_state", &dims, query_shape(state, k), k, v, spec));
   LT_TRY(expect_state("linear_attn_state", state, &dims));
-  CPU_ONLY("linear_attn_state");
+  ON_CUDA(lt_cuda_linear_attn_state(ctx, state, k, v, spec));
   EXPECT_F32("linear_attn_state", k);
   lt_cpu_linear_attn_state(lt_f32(state), lt_f32(k), lt_f32(v), &dims, spec);
   return LT_OK;
@@ -700,7 +701,7 @@ int lt_linear_attn_state_bwd(lt_ctx *ctx, lt_tensor dk, lt_tensor dv, lt_tensor 
   LT_TRY(expect_state("linear_attn_state_bwd", dstate, &dims));
   EXPECT(lt_same_shape(dk, k) && lt_same_shape(dv, v), "linear_attn_state_bwd", "dk, dv vs k, v",
          dk, k);
-  CPU_ONLY("linear_attn_state_bwd");
+  ON_CUDA(lt_cuda_linear_attn_state_bwd(ctx, dk, dv, dstate, k, v, spec));
   EXPECT_F32("linear_attn_state_bwd", k);
   lt_cpu_linear_attn_state_bwd(lt_f32(dk), lt_f32(dv), lt_f32(dstate), lt_f32(k), lt_f32(v), &dims,
                                spec);
@@ -723,7 +724,7 @@ static int check_linear_qkv(lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor qkv
 int lt_linear_qkv_fwd(lt_ctx *ctx, lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor qkv,
                       lt_feature_map map) {
   LT_TRY(check_linear_qkv(q, k, v, qkv));
-  CPU_ONLY("linear_qkv_fwd");
+  ON_CUDA(lt_cuda_linear_qkv_fwd(ctx, q, k, v, qkv, map));
   lt_cpu_linear_qkv_fwd(lt_f32(q), lt_f32(k), lt_f32(v), lt_f32(qkv), q.shape[0], (int)q.shape[1],
                         (int)k.shape[1], (int)q.shape[2], (int)v.shape[2], map);
   return LT_OK;
@@ -733,7 +734,7 @@ int lt_linear_qkv_bwd(lt_ctx *ctx, lt_tensor dqkv, lt_tensor dq, lt_tensor dk, l
                       lt_tensor qkv, lt_feature_map map) {
   LT_TRY(check_linear_qkv(dq, dk, dv, qkv));
   EXPECT(lt_same_shape(dqkv, qkv), "linear_qkv_bwd", "dqkv vs qkv", dqkv, qkv);
-  CPU_ONLY("linear_qkv_bwd");
+  ON_CUDA(lt_cuda_linear_qkv_bwd(ctx, dqkv, dq, dk, dv, qkv, map));
   lt_cpu_linear_qkv_bwd(lt_f32(dqkv), lt_f32(dq), lt_f32(dk), lt_f32(dv), lt_f32(qkv), dq.shape[0],
                         (int)dq.shape[1], (int)dk.shape[1], (int)dq.shape[2], (int)dv.shape[2],
                         map);
@@ -766,7 +767,7 @@ int lt_linear_out_fwd(lt_ctx *ctx, lt_tensor y, lt_tensor rstd, lt_tensor o, lt_
                       lt_linear_norm norm, lt_gate gate, float eps, lt_tensor row_stat) {
   LT_TRY(check_linear_out(y, rstd, o, u, norm, gate));
   LT_TRY(check_row_stat(row_stat, o, norm));
-  CPU_ONLY("linear_out_fwd");
+  ON_CUDA(lt_cuda_linear_out_fwd(ctx, y, rstd, o, u, norm, gate, eps, row_stat));
   const int e = (int)o.shape[2], d = norm == LT_LINEAR_NORM_DENOMINATOR ? e - 1 : e;
   lt_cpu_linear_out_fwd(lt_f32(y), lt_f32(rstd), lt_f32(o), lt_f32(u), o.shape[0], (int)o.shape[1],
                         d, e, norm, gate, eps, lt_f32(row_stat));
@@ -780,7 +781,7 @@ int lt_linear_out_bwd(lt_ctx *ctx, lt_tensor d_o, lt_tensor du, lt_tensor dy, lt
   LT_TRY(check_row_stat(row_stat, o, norm));
   EXPECT(lt_same_shape(d_o, o) && (gate == LT_GATE_NONE || lt_same_shape(du, u)), "linear_out_bwd",
          "d_o vs o or du vs u", d_o, o);
-  CPU_ONLY("linear_out_bwd");
+  ON_CUDA(lt_cuda_linear_out_bwd(ctx, d_o, du, dy, o, u, rstd, norm, gate, eps, row_stat));
   const int e = (int)o.shape[2], d = norm == LT_LINEAR_NORM_DENOMINATOR ? e - 1 : e;
   lt_cpu_linear_out_bwd(lt_f32(d_o), lt_f32(du), lt_f32(dy), lt_f32(o), lt_f32(u), lt_f32(rstd),
                         o.shape[0], (int)o.shape[1], d, e, norm, gate, eps, lt_f32(row_stat));
@@ -792,7 +793,7 @@ int lt_linear_out_rms_stat(lt_ctx *ctx, lt_tensor row_stat, lt_tensor o, int64_t
          "linear_out_rms_stat", "o must be (N, H, D), row_stat (N) f32", row_stat, o);
   EXPECT(row_width >= o.shape[1] * o.shape[2], "linear_out_rms_stat",
          "the whole row is narrower than this rank's part", o, o);
-  CPU_ONLY("linear_out_rms_stat");
+  ON_CUDA(lt_cuda_linear_out_rms_stat(ctx, row_stat, o, row_width));
   lt_cpu_linear_out_rms_stat(lt_f32(row_stat), lt_f32(o), o.shape[0], o.shape[1] * o.shape[2],
                              row_width);
   return LT_OK;
@@ -805,7 +806,7 @@ int lt_linear_out_rms_grad_stat(lt_ctx *ctx, lt_tensor row_stat, lt_tensor dy, l
          "row_stat must be (N) f32", row_stat, o);
   EXPECT(row_width >= o.shape[1] * o.shape[2], "linear_out_rms_grad_stat",
          "the whole row is narrower than this rank's part", o, o);
-  CPU_ONLY("linear_out_rms_grad_stat");
+  ON_CUDA(lt_cuda_linear_out_rms_grad_stat(ctx, row_stat, dy, o, u, rstd, gate, row_width));
   lt_cpu_linear_out_rms_grad_stat(lt_f32(row_stat), lt_f32(dy), lt_f32(o), lt_f32(u), lt_f32(rstd),
                                   o.shape[0], o.shape[1] * o.shape[2], row_width, gate);
   return LT_OK;

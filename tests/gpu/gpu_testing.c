@@ -9,6 +9,7 @@
 #include "core/rng.h"
 #include "data/dataset.h"
 #include "kernels/cuda/cuda_runtime_glue.h"
+#include "train/trainer.h"
 
 bool lt_gpu_available(void) {
   static int available = -1;
@@ -131,13 +132,13 @@ void lt_gpu_expect_close(const char *what, const float *got, const float *want, 
   if (!(err < tol)) fail_msg("%s: relative L2 error %.4g, tolerance %.1g", what, err, tol);
 }
 
-lt_model_config lt_gpu_small_model(void) {
+lt_model_config lt_gpu_small_model(int vocab) {
   return (lt_model_config){.d_model = 128,
                            .n_layers = 2,
-                           .n_heads = 2, // head width 64
+                           .n_heads = 2,
                            .n_kv_heads = 1,
                            .ffn_dim = 256,
-                           .vocab_size = LT_GPU_SMALL_VOCAB,
+                           .vocab_size = vocab,
                            .max_seq_len = 256,
                            .rope_theta = 10000,
                            .norm_eps = 1e-5,
@@ -154,4 +155,41 @@ void lt_gpu_write_dataset(const char *path, int64_t n_tokens) {
   assert_ok(lt_dataset_writer_add(&w, ids, n_tokens));
   assert_ok(lt_dataset_writer_commit(&w));
   free(ids);
+}
+
+void lt_gpu_expect_gradients_close(const lt_params *p, const float *g_gpu, const float *g_cpu) {
+  double worst = 0;
+  const char *worst_name = "";
+  for (int i = 0; i < p->count; i++) {
+    const lt_param_info *info = &p->info[i];
+    const double e = lt_gpu_rel_l2(g_gpu + info->offset, g_cpu + info->offset, info->numel);
+    if (!(e <= worst)) worst = e, worst_name = info->name;
+  }
+  printf("  worst parameter gradient: %s, rel. L2 error %.3g\n", worst_name, worst);
+  assert_true(worst < 3e-2);
+  lt_gpu_expect_close("all gradients", g_gpu, g_cpu, (int64_t)p->numel, 2e-2);
+}
+
+void lt_gpu_expect_trainer_matches_cpu(lt_config *cfg, int steps) {
+  lt_world world = {.rank = 0, .size = 1};
+  double *losses = calloc((size_t)(2 * steps), sizeof *losses);
+  for (int dev = 0; dev < 2; dev++) {
+    cfg->run.device = dev ? LT_DEVICE_CUDA : LT_DEVICE_CPU;
+    assert_ok(lt_config_validate(cfg));
+    lt_trainer tr;
+    assert_ok(lt_trainer_create(&tr, cfg, &world));
+    assert_ok(lt_params_init(&tr.model.params, 99));
+    for (int s = 0; s < steps; s++) {
+      lt_step_metrics m;
+      assert_ok(lt_trainer_step(&tr, &m));
+      losses[dev * steps + s] = m.loss;
+    }
+    lt_trainer_destroy(&tr);
+  }
+  for (int s = 0; s < steps; s++) {
+    const double cpu = losses[s], gpu = losses[steps + s];
+    printf("  step %d: loss cpu %.6f, gpu %.6f\n", s + 1, cpu, gpu);
+    assert_true(fabs(gpu - cpu) < 1e-3 * cpu);
+  }
+  free(losses);
 }

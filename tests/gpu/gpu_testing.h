@@ -10,6 +10,7 @@
 
 #include "core/config.h"
 #include "kernels/kernels.h"
+#include "model/params.h"
 #include "testing.h"
 
 // Skips the calling test (cmocka skip()) when no GPU is usable.
@@ -43,11 +44,19 @@ double lt_gpu_rel_l2(const float *a, const float *b, int64_t n);
 void lt_gpu_expect_close(const char *what, const float *got, const float *want, int64_t n,
                          double tol);
 
-// The training tests' model: 2 layers of width 128, 2 query heads of 64 sharing one key/value head,
-// SwiGLU 256, a vocabulary of LT_GPU_SMALL_VOCAB, scaled init of std 0.02; kinds left unset.
+// The end-to-end tests' model: 128 wide, 2 layers, 2 query heads of 64 on 1 key/value head,
+// SwiGLU of 256, scaled init of std 0.02, the default (softmax) attention; LT_GPU_SMALL_VOCAB is
+// the vocabulary the tests' datasets use.
 #define LT_GPU_SMALL_VOCAB 512
-lt_model_config lt_gpu_small_model(void);
+lt_model_config lt_gpu_small_model(int vocab);
 // An HDF5 dataset at path of n_tokens random tokens below LT_GPU_SMALL_VOCAB, for the trainer.
 void lt_gpu_write_dataset(const char *path, int64_t n_tokens);
+// Every parameter's gradient of one step on the GPU (host copy g_gpu) against the CPU's (g_cpu),
+// laid out as the parameter table p says: prints the worst parameter, and fails where any
+// parameter's relative L2 error reaches 3e-2 or the whole gradient's 2e-2.
+void lt_gpu_expect_gradients_close(const lt_params *p, const float *g_gpu, const float *g_cpu);
+// The trainer's losses over `steps` steps of cfg (its run.device set to each in turn) from the
+// same initial parameters on the CPU and the GPU agree within 1e-3 relative.
+void lt_gpu_expect_trainer_matches_cpu(lt_config *cfg, int steps);
 
 #endif

@@ -169,7 +169,7 @@ static void test_trainer_trains_a_moe_model_on_gpu_as_on_cpu(void **state) {
   const char *dir = lt_test_tmpdir();
   lt_config cfg;
   assert_ok(lt_config_defaults(&cfg));
-  cfg.model = lt_gpu_small_model();
+  cfg.model = lt_gpu_small_model(LT_GPU_SMALL_VOCAB);
   cfg.model.moe = (lt_moe_config){.n_experts = 4,
                                   .top_k = 2,
                                   .ffn_dim = 128,

@@ -51,7 +51,7 @@ typedef struct run {
 
 static void run_create(run *r, lt_device device, bool recompute, batch_data *d) {
   assert_ok(lt_ctx_init(&r->ctx, device, 0));
-  lt_model_config cfg = lt_gpu_small_model();
+  lt_model_config cfg = lt_gpu_small_model(VOCAB);
   assert_ok(lt_model_create(&r->model, &cfg, device, NULL));
   assert_ok(lt_params_init(&r->model.params, 4321));
   assert_ok(lt_model_plan(&r->model, B, T, recompute));
@@ -118,16 +118,7 @@ static void test_one_training_step_on_gpu_matches_the_cpu_fp32_step(void **state
   // Every parameter's gradient, and the whole gradient.
   float *g_cpu = grads_on_host(&cpu), *g_gpu = grads_on_host(&gpu);
   const lt_params *p = &cpu.model.params;
-  double worst = 0;
-  const char *worst_name = "";
-  for (int i = 0; i < p->count; i++) {
-    const lt_param_info *info = &p->info[i];
-    const double e = lt_gpu_rel_l2(g_gpu + info->offset, g_cpu + info->offset, info->numel);
-    if (!(e <= worst)) worst = e, worst_name = info->name;
-  }
-  printf("  worst parameter gradient: %s, rel. L2 error %.3g\n", worst_name, worst);
-  assert_true(worst < 3e-2);
-  lt_gpu_expect_close("all gradients", g_gpu, g_cpu, (int64_t)p->numel, 2e-2);
+  lt_gpu_expect_gradients_close(p, g_gpu, g_cpu);
   // The optimizer step: the global norm it clips by, then the loss at the updated weights.
   double norm_cpu, norm_gpu;
   lt_train_config tc = adamw_config();
@@ -198,7 +189,7 @@ static void test_trainer_trains_on_gpu_as_on_cpu(void **state) {
   const char *dir = lt_test_tmpdir();
   lt_config cfg;
   assert_ok(lt_config_defaults(&cfg));
-  cfg.model = lt_gpu_small_model();
+  cfg.model = lt_gpu_small_model(VOCAB);
   strcpy(cfg.model.attention, "softmax");
   strcpy(cfg.model.ffn, "swiglu");
   cfg.train.batch = 4, cfg.train.micro_batch = 2; // two accumulated micro-batches
@@ -206,25 +197,7 @@ static void test_trainer_trains_on_gpu_as_on_cpu(void **state) {
   snprintf(cfg.data.path, sizeof cfg.data.path, "%s/random.h5", dir);
   snprintf(cfg.run.dir, sizeof cfg.run.dir, "%s/run", dir);
   lt_gpu_write_dataset(cfg.data.path, 20000);
-  lt_world world = {.rank = 0, .size = 1};
-  double losses[2][3];
-  for (int dev = 0; dev < 2; dev++) {
-    cfg.run.device = dev ? LT_DEVICE_CUDA : LT_DEVICE_CPU;
-    assert_ok(lt_config_validate(&cfg));
-    lt_trainer tr;
-    assert_ok(lt_trainer_create(&tr, &cfg, &world));
-    assert_ok(lt_params_init(&tr.model.params, 99));
-    for (int s = 0; s < 3; s++) {
-      lt_step_metrics m;
-      assert_ok(lt_trainer_step(&tr, &m));
-      losses[dev][s] = m.loss;
-    }
-    lt_trainer_destroy(&tr);
-  }
-  for (int s = 0; s < 3; s++) {
-    printf("  step %d: loss cpu %.6f, gpu %.6f\n", s + 1, losses[0][s], losses[1][s]);
-    assert_true(fabs(losses[1][s] - losses[0][s]) < 1e-3 * losses[0][s]);
-  }
+  lt_gpu_expect_trainer_matches_cpu(&cfg, 3);
 }
 
 int main(void) {

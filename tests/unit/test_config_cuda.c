@@ -52,6 +52,19 @@ static void test_expert_width_not_a_multiple_of_8_is_rejected_on_cuda(void **sta
   assert_ok(lt_config_load(&cfg, NULL, 3, overrides));
 }
 
+static void test_linear_and_lightning_layers_are_valid_on_cuda(void **state) {
+  (void)state;
+  assert_ok(load_cuda("model.attention=lightning"));
+  assert_ok(load_cuda("model.attention=lightning*5,softmax")); // a hybrid stack of 12 layers
+  assert_ok(load_cuda("model.attention=linear"));              // denominator: v is 65 wide
+}
+
+static void test_attention_kind_without_cuda_kernels_is_rejected_on_cuda(void **state) {
+  (void)state;
+  EXPECT_ERROR(load_cuda("model.attention=moh"), LT_ERR_CONFIG, "model.attention", "moh",
+               "no CUDA kernels yet", "run.device: cpu");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_default_model_is_valid_on_cuda),
@@ -59,6 +72,8 @@ int main(void) {
       cmocka_unit_test(test_widths_not_a_multiple_of_8_are_rejected_on_cuda),
       cmocka_unit_test(test_moe_feed_forward_is_valid_on_cuda),
       cmocka_unit_test(test_expert_width_not_a_multiple_of_8_is_rejected_on_cuda),
+      cmocka_unit_test(test_linear_and_lightning_layers_are_valid_on_cuda),
+      cmocka_unit_test(test_attention_kind_without_cuda_kernels_is_rejected_on_cuda),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,40 +4,7 @@
 #include <math.h>
 
 #include "kernels/cpu/cpu_kernels.h"
-
-static float sigmoid(float x) {
-  return 1.0f / (1.0f + expf(-x));
-}
-
-static float feature(lt_feature_map map, float x) {
-  switch (map) {
-  case LT_FEATURE_ELU1: // 1 + elu(x) (Katharopoulos et al. 2020)
-    return x > 0.0f ? 1.0f + x : expf(x);
-  case LT_FEATURE_RELU:
-    return x > 0.0f ? x : 0.0f;
-  case LT_FEATURE_SILU:
-    return x * sigmoid(x);
-  case LT_FEATURE_IDENTITY:
-    break;
-  }
-  return x;
-}
-
-static float feature_grad(lt_feature_map map, float x) {
-  switch (map) {
-  case LT_FEATURE_ELU1:
-    return x > 0.0f ? 1.0f : expf(x);
-  case LT_FEATURE_RELU:
-    return x > 0.0f ? 1.0f : 0.0f;
-  case LT_FEATURE_SILU: {
-    const float s = sigmoid(x);
-    return s * (1.0f + x * (1.0f - s));
-  }
-  case LT_FEATURE_IDENTITY:
-    break;
-  }
-  return 1.0f;
-}
+#include "kernels/linear_maps.h"
 
 void lt_cpu_linear_qkv_fwd(float *q, float *k, float *v, const float *qkv, int64_t n, int hq,
                            int hkv, int d, int e, lt_feature_map map) {
@@ -45,9 +12,9 @@ void lt_cpu_linear_qkv_fwd(float *q, float *k, float *v, const float *qkv, int64
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < n; t++) {
     const float *src = qkv + t * row;
-    for (int64_t x = 0; x < (int64_t)hq * d; x++) q[t * hq * d + x] = feature(map, src[x]);
+    for (int64_t x = 0; x < (int64_t)hq * d; x++) q[t * hq * d + x] = lt_feature(map, src[x]);
     src += (int64_t)hq * d;
-    for (int64_t x = 0; x < (int64_t)hkv * d; x++) k[t * hkv * d + x] = feature(map, src[x]);
+    for (int64_t x = 0; x < (int64_t)hkv * d; x++) k[t * hkv * d + x] = lt_feature(map, src[x]);
     src += (int64_t)hkv * d;
     for (int h = 0; h < hkv; h++) {
       float *vh = v + (t * hkv + h) * e;
@@ -66,45 +33,14 @@ void lt_cpu_linear_qkv_bwd(float *dqkv, const float *dq, const float *dk, const 
     const float *src = qkv + t * row;
     float *dst = dqkv + t * row;
     for (int64_t x = 0; x < (int64_t)hq * d; x++)
-      dst[x] = dq[t * hq * d + x] * feature_grad(map, src[x]);
+      dst[x] = dq[t * hq * d + x] * lt_feature_grad(map, src[x]);
     src += (int64_t)hq * d, dst += (int64_t)hq * d;
     for (int64_t x = 0; x < (int64_t)hkv * d; x++)
-      dst[x] = dk[t * hkv * d + x] * feature_grad(map, src[x]);
+      dst[x] = dk[t * hkv * d + x] * lt_feature_grad(map, src[x]);
     dst += (int64_t)hkv * d;
     for (int h = 0; h < hkv; h++)
       for (int x = 0; x < d; x++) dst[h * d + x] = dv[(t * hkv + h) * e + x];
   }
-}
-
-static float gate_value(lt_gate gate, float u) {
-  switch (gate) {
-  case LT_GATE_NONE:
-    return 1.0f;
-  case LT_GATE_LINEAR:
-    return u;
-  case LT_GATE_SIGMOID:
-    return sigmoid(u);
-  case LT_GATE_SILU:
-    break;
-  }
-  return u * sigmoid(u);
-}
-
-static float gate_grad(lt_gate gate, float u) {
-  switch (gate) {
-  case LT_GATE_NONE:
-    return 0.0f;
-  case LT_GATE_LINEAR:
-    return 1.0f;
-  case LT_GATE_SIGMOID: {
-    const float s = sigmoid(u);
-    return s * (1.0f - s);
-  }
-  case LT_GATE_SILU:
-    break;
-  }
-  const float s = sigmoid(u);
-  return s * (1.0f + u * (1.0f - s));
 }
 
 // The normalised output of token t, head h, column x (x < d), from o and the statistics.
@@ -145,7 +81,7 @@ void lt_cpu_linear_out_fwd(float *y, float *rstd, const float *o, const float *u
     for (int64_t hh = 0; hh < h; hh++)
       for (int x = 0; x < d; x++) {
         const int64_t at = t * width + hh * d + x;
-        const float g = gate == LT_GATE_NONE ? 1.0f : gate_value(gate, u[at]);
+        const float g = gate == LT_GATE_NONE ? 1.0f : lt_gate_value(gate, u[at]);
         y[at] = normalised(ot, hh, x, d, e, norm, r, eps) * g;
       }
   }
@@ -178,8 +114,8 @@ void lt_cpu_linear_out_bwd(float *d_o, float *du, const float *dy, const float *
         const float a = normalised(ot, hh, x, d, e, norm, r, eps);
         float da = dy[at];
         if (gate != LT_GATE_NONE) {
-          du[at] = dy[at] * a * gate_grad(gate, u[at]);
-          da *= gate_value(gate, u[at]);
+          du[at] = dy[at] * a * lt_gate_grad(gate, u[at]);
+          da *= lt_gate_value(gate, u[at]);
         }
         grad[hh * e + x] = da; // d/da for now; the norm's chain rule follows
         den_grad += (double)da * a;
@@ -206,7 +142,7 @@ void lt_cpu_linear_out_rms_grad_stat(float *row_stat, const float *dy, const flo
     double dot = 0.0; // sum of da * a over this rank's columns, a = o r, da = dy g(u)
     for (int64_t x = 0; x < width; x++) {
       const int64_t at = t * width + x;
-      const float g = gate == LT_GATE_NONE ? 1.0f : gate_value(gate, u[at]);
+      const float g = gate == LT_GATE_NONE ? 1.0f : lt_gate_value(gate, u[at]);
       dot += (double)(dy[at] * g) * (o[at] * rstd[t]);
     }
     row_stat[t] = (float)(dot / (double)row_width);
