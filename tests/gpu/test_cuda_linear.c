@@ -279,19 +279,20 @@ static void test_backward_adds_into_the_gradients(void **state) {
 }
 
 // LASP-2's state backward: dk, dv += the state's gradients, against the CPU, with documents,
-// grouped heads and (3000 tokens) segments.
+// grouped heads and (3000 tokens) segments. Both start from the same random gradients (bf16-exact),
+// uploaded before the CPU adds into its copy, so that the += is checked too.
 static void expect_state_bwd_matches_cpu(const char *what, int64_t T, int hq, int hkv, int d,
                                          lin_options opt) {
   printf("%s\n", what);
   lin_case c;
   make_case(&c, 2, T, hq, hkv, d, d, opt);
   lt_linear_attn_spec cs = cpu_spec(&c), gs = gpu_spec(&c);
-  float *dk = calloc(numel_k(&c), 4), *dv = calloc(numel_v(&c), 4);
+  float *dk = lt_gpu_random(numel_k(&c), 0.1f, true), *dv = lt_gpu_random(numel_v(&c), 0.1f, true);
+  lt_tensor gdk = lt_gpu_upload(dk, LT_BF16, KSHAPE(&c)),
+            gdv = lt_gpu_upload(dv, LT_BF16, VSHAPE(&c));
   assert_ok(lt_linear_attn_state_bwd(&lt_test_cpu, H(dk, KSHAPE(&c)), H(dv, VSHAPE(&c)),
                                      H(c.prefix_state, SSHAPE(&c)), H(c.k, KSHAPE(&c)),
                                      H(c.v, VSHAPE(&c)), &cs));
-  lt_tensor gdk = lt_gpu_upload(dk, LT_BF16, KSHAPE(&c)),
-            gdv = lt_gpu_upload(dv, LT_BF16, VSHAPE(&c));
   assert_ok(lt_linear_attn_state_bwd(
       &lt_test_gpu, gdk, gdv, lt_gpu_upload(c.prefix_state, LT_F32, SSHAPE(&c)),
       lt_gpu_upload(c.k, LT_BF16, KSHAPE(&c)), lt_gpu_upload(c.v, LT_BF16, VSHAPE(&c)), &gs));

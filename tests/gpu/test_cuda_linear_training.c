@@ -85,7 +85,8 @@ static double step(model_run *r, const char *attention, lt_device device, batch_
   return sum / d->n_targets;
 }
 
-static void expect_step_matches_cpu(const char *attention, bool docs) {
+// worst_tol: the worst parameter gradient's relative L2 tolerance.
+static void expect_step_matches_cpu(const char *attention, bool docs, double worst_tol) {
   printf("%s%s\n", attention, docs ? ", documents" : "");
   batch_data d;
   make_batch(&d, docs);
@@ -100,7 +101,7 @@ static void expect_step_matches_cpu(const char *attention, bool docs) {
   assert_ok(lt_device_copy(g_cpu, LT_CPU, p->grad, LT_CPU, p->numel * sizeof(float)));
   assert_ok(
       lt_device_copy(g_gpu, LT_CPU, gpu.model.params.grad, LT_CUDA, p->numel * sizeof(float)));
-  lt_gpu_expect_gradients_close(p, g_gpu, g_cpu);
+  lt_gpu_expect_gradients_within(p, g_gpu, g_cpu, worst_tol);
   free(g_cpu), free(g_gpu);
   lt_model_destroy(&cpu.model), lt_model_destroy(&gpu.model);
   lt_ctx_destroy(&cpu.ctx), lt_ctx_destroy(&gpu.ctx);
@@ -109,19 +110,26 @@ static void expect_step_matches_cpu(const char *attention, bool docs) {
 
 static void test_lightning_model_step_on_gpu_matches_cpu(void **state) {
   SKIP_WITHOUT_GPU();
-  expect_step_matches_cpu("lightning", false);
-  expect_step_matches_cpu("lightning", true);
+  expect_step_matches_cpu("lightning", false, 3e-2);
+  expect_step_matches_cpu("lightning", true, 3e-2);
 }
 
 static void test_hybrid_model_step_on_gpu_matches_cpu(void **state) {
   SKIP_WITHOUT_GPU();
-  expect_step_matches_cpu("lightning,softmax", true);
+  expect_step_matches_cpu("lightning,softmax", true, 3e-2);
 }
 
+// wq's gradient is inherently noisier in bf16 here. phi = elu + 1 puts q and k near 1 + x with x
+// ~0.2, where bf16's spacing (2^-7 at 1) is ~2% of the variation, and the denominator makes y
+// invariant to the scale of q_i, so dq_i is orthogonal to q_i: a small difference of large terms
+// (d_o . v'_j) k_j, each carrying bf16 error. A float64 model of this layer with bf16 rounding
+// exactly where the GPU rounds (activations, weights, o, d_o, dq/dk/dv, the scan's bf16 scores,
+// decayed rows and state) gives wq errors 0.020-0.027 without documents and 0.022-0.031 with them
+// over 16 seeds (the H100 measured 0.0245 and 0.0317), other weights under 0.01; 5e-2 bounds that.
 static void test_linear_model_with_denominator_step_on_gpu_matches_cpu(void **state) {
   SKIP_WITHOUT_GPU();
-  expect_step_matches_cpu("linear", false);
-  expect_step_matches_cpu("linear", true);
+  expect_step_matches_cpu("linear", false, 5e-2);
+  expect_step_matches_cpu("linear", true, 5e-2);
 }
 
 // Documents of 20 to 219 random tokens, for documents packing.
