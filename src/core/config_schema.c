@@ -378,10 +378,17 @@ static int validate_linear(const lt_config *cfg) {
   return LT_OK;
 }
 
-// The CUDA backend has kernels for the dense model: softmax attention and the SwiGLU MLP, with
-// rows read as 16-byte vectors and flash attention built for two head widths; the other kinds run
-// on the CPU, and the parallel paths on the host until the collectives run on NCCL. Shapes and
-// kinds outside that fail here, naming the key, instead of deep inside a kernel.
+// The attention kinds the CUDA backend has kernels for: flash attention serves all three (sparse
+// patterns and MoH's head gates inside the kernel, MoH's router and gating beside it).
+static bool attention_on_cuda(const char *kind) {
+  return strcmp(kind, "softmax") == 0 || strcmp(kind, "sparse") == 0 || strcmp(kind, "moh") == 0;
+}
+
+// The CUDA backend has kernels for the dense model: softmax attention (and its sparse and MoH
+// kinds) and the SwiGLU MLP, with rows read as 16-byte vectors and flash attention built for two
+// head widths; the other kinds run on the CPU, and the parallel paths on the host until the
+// collectives run on NCCL. Shapes and kinds outside that fail here, naming the key, instead of
+// deep inside a kernel.
 static int validate_cuda(const lt_config *cfg, int head_dim) {
   const lt_model_config *m = &cfg->model;
   const char *src = cfg->source;
@@ -394,9 +401,9 @@ static int validate_cuda(const lt_config *cfg, int head_dim) {
     LT_TRY(lt_config_layer_kind(m->attention, lt_attention_kinds, m->n_layers, l, "model.attention",
                                 &kind));
     LT_TRY(lt_config_layer_kind(m->ffn, lt_ffn_kinds, m->n_layers, l, "model.ffn", &ffn));
-    LT_CHECK(strcmp(kind, "softmax") == 0, LT_ERR_CONFIG,
-             "%s: model.attention: %s layers have no CUDA kernels yet (softmax layers do): use "
-             "run.device: cpu, or softmax attention on cuda",
+    LT_CHECK(attention_on_cuda(kind), LT_ERR_CONFIG,
+             "%s: model.attention: %s layers have no CUDA kernels yet (softmax, sparse and moh "
+             "layers do): use run.device: cpu, or one of those kinds on cuda",
              src, kind);
     LT_CHECK(strcmp(ffn, "swiglu") == 0, LT_ERR_CONFIG,
              "%s: model.ffn: %s layers have no CUDA kernels yet (swiglu layers do): use "

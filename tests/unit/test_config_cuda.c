@@ -1,6 +1,7 @@
-// run.device: cuda's limits on the model's shapes are config errors that name the key and the fix
-// (the CUDA kernels read rows as 16-byte vectors; flash attention is built for head widths 64 and
-// 128). These run on every machine: the check needs no GPU.
+// run.device: cuda's limits on the model's shapes and layer kinds are config errors that name the
+// key and the fix (the CUDA kernels read rows as 16-byte vectors; flash attention is built for
+// head widths 64 and 128; some kinds have no CUDA kernels yet). These run on every machine: the
+// check needs no GPU.
 #include "core/config.h"
 #include "testing.h"
 
@@ -36,11 +37,27 @@ static void test_widths_not_a_multiple_of_8_are_rejected_on_cuda(void **state) {
                "multiple of 8");
 }
 
+static void test_sparse_and_moh_attention_are_valid_on_cuda(void **state) {
+  (void)state;
+  lt_config cfg;
+  char *overrides[3] = {"run.device=cuda", "model.attention=sparse,moh,softmax",
+                        "model.sparse.window=256"};
+  assert_ok(lt_config_load(&cfg, NULL, 3, overrides));
+}
+
+static void test_attention_kind_without_cuda_kernels_is_a_one_line_error(void **state) {
+  (void)state;
+  EXPECT_ERROR(load_cuda("model.attention=sparse,linear"), LT_ERR_CONFIG, "model.attention",
+               "linear layers have no CUDA kernels yet", "run.device: cpu");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_default_model_is_valid_on_cuda),
       cmocka_unit_test(test_head_width_other_than_64_or_128_is_rejected_on_cuda),
       cmocka_unit_test(test_widths_not_a_multiple_of_8_are_rejected_on_cuda),
+      cmocka_unit_test(test_sparse_and_moh_attention_are_valid_on_cuda),
+      cmocka_unit_test(test_attention_kind_without_cuda_kernels_is_a_one_line_error),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
