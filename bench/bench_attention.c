@@ -10,13 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attention_timing.h"
 #include "bench_common.h"
-#include "core/device.h"
 #include "core/error.h"
-#include "core/rng.h"
-#include "kernels/kernels.h"
 
-enum { MAX_SEQS = 8, TRIALS = 5 };
+enum { MAX_SEQS = ATTN_BENCH_MAX_SEQS };
 
 typedef struct sdpa_result {
   int n;
@@ -32,112 +30,22 @@ static void on_sdpa(const char *line, void *arg) {
   r->fwd_bwd_ms[r->n++] = bench_json_number(line, "fwd_bwd_ms");
 }
 
-// A device tensor of random bf16 values (a random block repeated: timing needs no more).
-static int random_bf16(lt_tensor *t, int ndim, const int64_t *shape, uint64_t seed) {
-  *t = lt_view(NULL, LT_BF16, LT_CUDA, ndim, shape);
-  LT_TRY(lt_device_alloc(LT_CUDA, lt_nbytes(*t), "a benchmark tensor", &t->data));
-  const int64_t n = lt_numel(*t), block = n < (1 << 22) ? n : (1 << 22);
-  lt_bf16 *host = malloc((size_t)block * sizeof *host);
-  LT_CHECK(host, LT_ERR_MEMORY, "out of host memory");
-  lt_rng rng = lt_rng_seed(seed);
-  for (int64_t i = 0; i < block; i++) host[i] = lt_f32_to_bf16(lt_rng_normal(&rng));
-  for (int64_t at = 0; at < n; at += block) {
-    const int64_t count = n - at < block ? n - at : block;
-    LT_TRY(lt_device_copy((lt_bf16 *)t->data + at, LT_CUDA, host, LT_CPU, (size_t)count * 2));
-  }
-  free(host);
-  return LT_OK;
-}
-
-typedef struct attn_bench {
-  lt_ctx *ctx;
-  lt_tensor q, k, v, o, dout, lse, delta, dq, dk, dv;
-  lt_attn_spec spec;
-} attn_bench;
-
-static int forward(attn_bench *a) {
-  return lt_attn_fwd(a->ctx, a->o, a->lse, a->q, a->k, a->v, &a->spec);
-}
-
-// What one training step's attention does: forward, then the backward from zeroed gradients.
-static int forward_backward(attn_bench *a) {
-  LT_TRY(forward(a));
-  LT_TRY(lt_attn_bwd_delta(a->ctx, a->delta, a->dout, a->o));
-  LT_TRY(lt_zero(a->ctx, a->dq));
-  LT_TRY(lt_zero(a->ctx, a->dk));
-  LT_TRY(lt_zero(a->ctx, a->dv));
-  return lt_attn_bwd(a->ctx, a->dq, a->dk, a->dv, a->dout, a->q, a->k, a->v, a->lse, a->delta,
-                     &a->spec);
-}
-
-// Median milliseconds per call of fn over TRIALS trials of back-to-back calls.
-static int time_ms(attn_bench *a, int (*fn)(attn_bench *), double *ms) {
-  for (int i = 0; i < 2; i++) LT_TRY(fn(a));
-  LT_TRY(lt_ctx_sync(a->ctx));
-  double start = bench_now_s();
-  LT_TRY(fn(a));
-  LT_TRY(lt_ctx_sync(a->ctx));
-  const double once = bench_now_s() - start;
-  const int reps = once > 0.2 ? 1 : (int)(0.2 / once) + 1;
-  double trials[TRIALS];
-  for (int t = 0; t < TRIALS; t++) {
-    start = bench_now_s();
-    for (int r = 0; r < reps; r++) LT_TRY(fn(a));
-    LT_TRY(lt_ctx_sync(a->ctx));
-    trials[t] = (bench_now_s() - start) * 1e3 / reps;
-  }
-  *ms = bench_median(trials, TRIALS);
-  return LT_OK;
-}
-
 static int bench_seq(lt_ctx *ctx, int64_t b, int64_t t, int h, int d, double *fwd, double *both) {
-  attn_bench a = {.ctx = ctx};
-  const int64_t qs[4] = {b, t, h, d}, ls[3] = {b, h, t};
-  LT_TRY(random_bf16(&a.q, 4, qs, 1));
-  LT_TRY(random_bf16(&a.k, 4, qs, 2));
-  LT_TRY(random_bf16(&a.v, 4, qs, 3));
-  LT_TRY(random_bf16(&a.dout, 4, qs, 4));
-  LT_TRY(random_bf16(&a.o, 4, qs, 5));
-  LT_TRY(random_bf16(&a.dk, 4, qs, 6));
-  LT_TRY(random_bf16(&a.dv, 4, qs, 7));
-  a.lse = lt_view(NULL, LT_F32, LT_CUDA, 3, ls);
-  a.delta = a.lse;
-  a.dq = lt_view(NULL, LT_F32, LT_CUDA, 4, qs);
-  LT_TRY(lt_device_alloc(LT_CUDA, lt_nbytes(a.lse), "lse", &a.lse.data));
-  LT_TRY(lt_device_alloc(LT_CUDA, lt_nbytes(a.delta), "delta", &a.delta.data));
-  LT_TRY(lt_device_alloc(LT_CUDA, lt_nbytes(a.dq), "dq", &a.dq.data));
-  int32_t *pos = malloc((size_t)(b * t) * sizeof *pos);
-  LT_CHECK(pos, LT_ERR_MEMORY, "out of host memory");
-  for (int64_t i = 0; i < b * t; i++) pos[i] = (int32_t)(i % t);
-  lt_tensor positions = lt_view(NULL, LT_I32, LT_CUDA, 2, (int64_t[]){b, t});
-  LT_TRY(lt_device_alloc(LT_CUDA, lt_nbytes(positions), "positions", &positions.data));
-  LT_TRY(lt_tensor_from_host(positions, pos));
-  free(pos);
-  a.spec = (lt_attn_spec){
-      .scale = 1.0f / sqrtf((float)d), .causal = true, .q_pos = positions, .k_pos = positions};
-  LT_TRY(time_ms(&a, forward, fwd));
-  LT_TRY(time_ms(&a, forward_backward, both));
-  lt_tensor all[] = {a.q, a.k, a.v, a.o, a.dout, a.dk, a.dv, a.lse, a.delta, a.dq, positions};
-  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) lt_device_free(LT_CUDA, all[i].data);
-  return LT_OK;
+  attn_bench a;
+  LT_TRY(attn_bench_create(&a, ctx, b, t, h, d));
+  int rc = attn_bench_time_ms(&a, attn_bench_forward, fwd);
+  if (rc == LT_OK) rc = attn_bench_time_ms(&a, attn_bench_forward_backward, both);
+  attn_bench_destroy(&a);
+  return rc;
 }
 
 int main(int argc, char **argv) {
-  int64_t seqs[MAX_SEQS] = {4096, 16384, 65536};
-  int n_seqs = 3, heads = 16, head_dim = 128, batch = 1;
+  attn_bench_shape shape = {
+      .seqs = {4096, 16384, 65536}, .n_seqs = 3, .heads = 16, .head_dim = 128, .batch = 1};
   const char *reference = NULL;
   for (int i = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--seq") == 0) {
-      n_seqs = 0;
-      while (i + 1 < argc && argv[i + 1][0] != '-' && n_seqs < MAX_SEQS)
-        seqs[n_seqs++] = atoll(argv[++i]);
-    } else if (strcmp(argv[i], "--heads") == 0 && i + 1 < argc) {
-      heads = atoi(argv[++i]);
-    } else if (strcmp(argv[i], "--head-dim") == 0 && i + 1 < argc) {
-      head_dim = atoi(argv[++i]);
-    } else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc) {
-      batch = atoi(argv[++i]);
-    } else if (strcmp(argv[i], "--reference") == 0 && i + 1 < argc) {
+    if (attn_bench_shape_arg(&shape, argc, argv, &i)) continue;
+    if (strcmp(argv[i], "--reference") == 0 && i + 1 < argc) {
       reference = argv[++i];
     } else {
       fprintf(stderr,
@@ -147,6 +55,9 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
+  const int64_t *seqs = shape.seqs;
+  const int n_seqs = shape.n_seqs, heads = shape.heads, head_dim = shape.head_dim,
+            batch = shape.batch;
   lt_ctx ctx;
   int rc = lt_ctx_init(&ctx, LT_CUDA, 0);
   double fwd[MAX_SEQS], both[MAX_SEQS];

@@ -298,14 +298,24 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
     cp_async_commit();
   };
 
-  // The query tiles that can reach the block's keys: warp 0 finds them, shared memory hands them
-  // on (so that the compiler sees them uniform over the block, as the forward's).
+  // The query tiles that can reach the block's keys: warps 0 and 1 search for the bounds at once,
+  // thread 0 makes the range of them, shared memory hands it on (as in the forward).
+  __shared__ int bounds_s[3]; // 2 bounds, then the number of intervals
+  {
+    longlong2 iv[1];
+    const int count =
+        query_interval(p.mask, p.k_keys[(int64_t)b * p.n_k_tiles + kt],
+                       p.k_tiles[(int64_t)b * p.n_k_tiles + kt].x, p.q_unordered[b] == 0, iv[0]);
+    if (warp < 2 * count)
+      search_bound(p.q_keys + (int64_t)b * p.n_q_tiles, p.n_q_tiles, iv, warp, bounds_s);
+    if (threadIdx.x == 0) bounds_s[2] = count;
+  }
+  __syncthreads();
   __shared__ int2 range_s;
-  if (warp == 0) {
-    const int2 found = query_tile_range(
-        p.mask, p.k_keys[(int64_t)b * p.n_k_tiles + kt], p.k_tiles[(int64_t)b * p.n_k_tiles + kt].x,
-        p.q_keys + (int64_t)b * p.n_q_tiles, p.n_q_tiles, p.q_unordered[b] == 0);
-    if (lane == 0) range_s = found;
+  if (threadIdx.x == 0) {
+    int2 found[2];
+    ranges_of(bounds_s, bounds_s[2], p.n_q_tiles, found);
+    range_s = found[0];
   }
   __syncthreads();
   const int2 range = range_s;

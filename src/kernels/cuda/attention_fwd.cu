@@ -157,17 +157,26 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
     live |= valid && (!p.gates || p.gates[((int64_t)b * p.tq + i0 + r) * p.hq + h] != 0.0f);
   }
   // The key tiles the block walks: ranges[0], then ranges[1], as one sequence of `walk` tiles.
-  // Warp 0 finds them; shared memory hands them on (which also lets the compiler see them
-  // uniform over the block: with values it deems divergent, it serializes the wgmma loop).
-  __shared__ int2 ranges_s[2];
+  // Warps 0-3 search for their bounds at once, and thread 0 makes the ranges of them. They reach
+  // the block through shared memory as they are: loop bounds computed from values the compiler
+  // deems divergent make it serialize the wgmma loop (ptxas C7518).
+  __shared__ int bounds_s[5]; // 4 bounds, then the number of intervals
   const bool any_live = __syncthreads_or(live);
-  if (warp == 0) {
-    int2 found[2] = {};
-    if (any_live)
-      key_tile_ranges(p.mask, p.q_keys[(int64_t)b * p.n_q_tiles + qt],
-                      p.k_keys + (int64_t)b * p.n_k_tiles, p.n_k_tiles, p.k_unordered[b] == 0,
-                      found);
-    if (lane == 0) ranges_s[0] = found[0], ranges_s[1] = found[1];
+  {
+    longlong2 iv[2];
+    const int count = any_live ? key_intervals(p.mask, p.q_keys[(int64_t)b * p.n_q_tiles + qt],
+                                               p.k_unordered[b] == 0, iv)
+                               : 0;
+    if (warp < 2 * count)
+      search_bound(p.k_keys + (int64_t)b * p.n_k_tiles, p.n_k_tiles, iv, warp, bounds_s);
+    if (threadIdx.x == 0) bounds_s[4] = count;
+  }
+  __syncthreads();
+  __shared__ int2 ranges_s[2];
+  if (threadIdx.x == 0) {
+    int2 found[2];
+    ranges_of(bounds_s, bounds_s[4], p.n_k_tiles, found);
+    ranges_s[0] = found[0], ranges_s[1] = found[1];
   }
   __syncthreads();
   const int2 ranges[2] = {ranges_s[0], ranges_s[1]};

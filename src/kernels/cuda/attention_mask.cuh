@@ -167,60 +167,69 @@ template <typename F> __device__ int warp_search(int n, F &&pred) {
   return lo;
 }
 
-// The first tile whose largest key reaches `lo`, and the first tile past those whose smallest
-// key is at most `hi`: with tiles in key order, the tiles that may hold a key in [lo, hi] are
-// [first, past).
-__device__ __forceinline__ int2 tiles_holding(const longlong2 *keys, int n, int64_t lo,
-                                              int64_t hi) {
-  const int first = warp_search(n, [&](int t) { return keys[t].y >= lo; });
-  const int past = warp_search(n, [&](int t) { return keys[t].x > hi; });
-  return make_int2(first, past > first ? past : first);
-}
-
-// The key tiles that may hold keys a query tile sees, as up to two ranges [x, y) in order (the
-// unused ones left empty): the document starts (sinks, global blocks) and the band up to the
-// tile's last query. qk: the query tile's (smallest, largest) key; keys: the row's key tiles';
-// in_order: they are in key order.
-// Under causality a query in the tile's first document sees keys in [doc start, its key]; a query
-// of a later document of the tile has its whole document from the tile's first key on, so
-// [band start, largest key] holds every document start but the first's.
-__device__ __forceinline__ void key_tile_ranges(const attn_mask &m, longlong2 qk,
-                                                const longlong2 *keys, int n, bool in_order,
-                                                int2 (&ranges)[2]) {
-  ranges[0] = ranges[1] = make_int2(0, 0);
-  if (!m.causal || !in_order) {
-    ranges[0] = make_int2(0, n);
-    return;
-  }
+// The intervals of keys whose tiles a query tile walks, in order (at most two): the document
+// starts (sinks, global blocks) and the band up to the tile's last query. qk: the query tile's
+// (smallest, largest) key. Under causality a query in the tile's first document sees keys in
+// [its document's start, its key]; a query of a later document of the tile has that document
+// start after the tile's first key, so [band start, largest key] holds every document start but
+// the first's. Returns how many; -1 (every tile) without causality or key order (in_order).
+__device__ __forceinline__ int key_intervals(const attn_mask &m, longlong2 qk, bool in_order,
+                                             longlong2 (&iv)[2]) {
+  if (!m.causal || !in_order) return -1;
   const int64_t start = doc_first_key(qk.x), into_doc = qk.x - start;
   const int64_t reach = m.anywhere ? into_doc : (m.band > 0 ? m.band - 1 : 0);
   const int64_t band_lo = reach >= into_doc ? start : qk.x - reach;
   int count = 0;
-  if (m.prefix > 0 && band_lo > start) {
-    const int64_t prefix_hi = start + m.prefix - 1 < qk.y ? start + m.prefix - 1 : qk.y;
-    const int2 r = tiles_holding(keys, n, start, prefix_hi);
-    if (r.x < r.y) ranges[count++] = r;
-  }
-  const int2 band = tiles_holding(keys, n, band_lo, qk.y);
-  if (count == 1 && ranges[0].y >= band.x)
-    ranges[0].y = band.y > ranges[0].y ? band.y : ranges[0].y;
-  else
-    ranges[count] = band;
+  if (m.prefix > 0 && band_lo > start)
+    iv[count++] = make_longlong2(start, start + m.prefix - 1 < qk.y ? start + m.prefix - 1 : qk.y);
+  iv[count++] = make_longlong2(band_lo, qk.y);
+  return count;
 }
 
-// The query tiles that may see keys of a key tile, as one range [x, y): from the tile's smallest
-// key to the end of its last document, or, where the tile holds no key of a document's start
-// (pos_min: its smallest position) and the pattern reaches a band only, to `band` past its
-// largest key. kk, keys, in_order: as key_tile_ranges, with the roles swapped.
-__device__ __forceinline__ int2 query_tile_range(const attn_mask &m, longlong2 kk, int pos_min,
-                                                 const longlong2 *keys, int n, bool in_order) {
-  if (!m.causal || !in_order) return make_int2(0, n);
+// The interval of query keys that may see a key tile: from its smallest key kk.x to the end of
+// its last document, or, where the tile holds no key of a document's start (pos_min: its
+// smallest position) and the pattern reaches a band only, to `band` past its largest key.
+// Returns 1, or -1 (every tile) without causality or query order (in_order).
+__device__ __forceinline__ int query_interval(const attn_mask &m, longlong2 kk, int pos_min,
+                                              bool in_order, longlong2 &iv) {
+  if (!m.causal || !in_order) return -1;
   int64_t hi = doc_last_key(kk.y);
   if (!m.anywhere && !(pos_min < m.prefix)) {
     const int64_t band_hi = kk.y + (m.band > 0 ? m.band - 1 : 0);
     hi = band_hi < hi ? band_hi : hi;
   }
-  return tiles_holding(keys, n, kk.x, hi);
+  iv = make_longlong2(kk.x, hi);
+  return 1;
+}
+
+// One bound of the tiles that may hold keys of interval part / 2 (tiles in key order): for an
+// even part the first tile whose largest key reaches the interval, for an odd one the first tile
+// past it (whose smallest key lies beyond). A warp finds one (warp_search); the block's warps
+// find them all at once, into bounds[part].
+__device__ __forceinline__ void search_bound(const longlong2 *keys, int n, const longlong2 *iv,
+                                             int part, int *bounds) {
+  const longlong2 v = iv[part >> 1];
+  const int t = part & 1 ? warp_search(n, [&](int i) { return keys[i].x > v.y; })
+                         : warp_search(n, [&](int i) { return keys[i].y >= v.x; });
+  if ((threadIdx.x & 31) == 0) bounds[part] = t;
+}
+
+// The tile ranges [x, y) of `count` intervals from their bounds, merged where they meet (unused
+// ranges empty); count -1: all n tiles.
+__device__ __forceinline__ void ranges_of(const int *bounds, int count, int n, int2 (&ranges)[2]) {
+  ranges[0] = ranges[1] = make_int2(0, 0);
+  if (count < 0) {
+    ranges[0] = make_int2(0, n);
+    return;
+  }
+  for (int i = 0; i < count; i++) {
+    const int first = bounds[2 * i], past = bounds[2 * i + 1];
+    ranges[i] = make_int2(first, past > first ? past : first);
+  }
+  if (count == 2 && ranges[0].y >= ranges[1].x) {
+    ranges[0].y = ranges[1].y > ranges[0].y ? ranges[1].y : ranges[0].y;
+    ranges[1] = make_int2(0, 0);
+  }
 }
 
 #endif
