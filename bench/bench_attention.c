@@ -10,8 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attention_timing.h"
 #include "bench_common.h"
-#include "bench_flash.h"
 #include "core/error.h"
 #include "kernels/kernels.h"
 
@@ -54,7 +54,7 @@ int main(int argc, char **argv) {
   int rc = lt_ctx_init(&ctx, LT_CUDA, 0);
   double fwd[MAX_SEQS], both[MAX_SEQS];
   for (int s = 0; s < n_seqs && rc == LT_OK; s++)
-    rc = bench_flash_ms(&ctx, batch, seqs[s], heads, head_dim, &fwd[s], &both[s]);
+    rc = attn_bench_causal_ms(&ctx, batch, seqs[s], heads, head_dim, &fwd[s], &both[s]);
   if (rc != LT_OK) {
     fprintf(stderr, "bench_attention: error: %s\n", lt_error_message());
     return rc;

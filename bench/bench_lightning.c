@@ -4,7 +4,7 @@
 //   bench_lightning [--seq T ...] [--heads 16] [--head-dim 128] [--batch 1] [--flash-max 65536]
 // Lightning runs as a training step uses it: lt_linear_attn_fwd, then lt_linear_attn_bwd into
 // zeroed bf16 gradients, with the ALiBi decays of a first lightning layer. Flash attention is
-// causal softmax attention (bench_flash.c), timed up to --flash-max tokens (its time grows as T^2).
+// causal softmax attention (attention_timing.c), timed up to --flash-max tokens (its time grows as T^2).
 // Times are medians of 5 trials of back-to-back repetitions after a warm-up.
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "bench_common.h"
-#include "bench_flash.h"
+#include "attention_timing.h"
 #include "core/device.h"
 #include "core/error.h"
 #include "kernels/kernels.h"
@@ -92,7 +92,7 @@ int main(int argc, char **argv) {
     rc = bench_seq(&ctx, batch, seqs[s], heads, head_dim, &fwd[s], &both[s]);
     flash_both[s] = NAN;
     if (rc == LT_OK && seqs[s] <= flash_max)
-      rc = bench_flash_ms(&ctx, batch, seqs[s], heads, head_dim, &flash_fwd[s], &flash_both[s]);
+      rc = attn_bench_causal_ms(&ctx, batch, seqs[s], heads, head_dim, &flash_fwd[s], &flash_both[s]);
   }
   if (rc != LT_OK) {
     fprintf(stderr, "bench_lightning: error: %s\n", lt_error_message());

@@ -48,6 +48,17 @@ for what in "$@"; do
     rm "$out"/test_cuda_*.log "$out"/attention-portable.log
     grep -E "PASSED|FAILED|ERROR|error:|loss|gradient norm|steps twice" "$out/tests.log"
     ;;
+  sparse-test)
+    # Sparse attention and MoH: their ops and a tiny model's training steps against the CPU (the
+    # sparse patterns and head gates of the attention kernels run in test_cuda_attention, on both
+    # kernel paths, in the test stage).
+    stage sparse-test 200 env LT_CUDA_SYNC=1 $build/tests/gpu/test_cuda_sparse_moh
+    grep -E "PASSED|FAILED|ERROR|error:|step|rel. L2" "$out/sparse-test.log"
+    ;;
+  sparse)
+    stage sparse 400 $build/bench/bench_sparse --seq 16384 32768 65536 131072 --window 4096
+    tail -10 "$out/sparse.log"
+    ;;
   ctest)
     stage ctest 300 ctest --test-dir $build --output-on-failure
     tail -15 "$out/ctest.log"
@@ -107,6 +118,9 @@ for what in "$@"; do
       "src/kernels/cuda/linear_scan.cu|s/pw\[r + p.offset\] : 0.0f;/pw[r] : 0.0f;/|test_cuda_linear"
       "src/kernels/cuda/linear_scan.cu|s/last_doc == state_doc ? pw\[n\] : 0.0f;/pw[n];/|test_cuda_linear"
       "src/kernels/cuda/linear_attention_io.cu|s/r \* (da - a \* mean)/r * da/|test_cuda_linear_training"
+      "src/kernels/cuda/attention_mask.cuh|s/(d < 0 ? -d : d) < p.window/(d < 0 ? -d : d) <= p.window/|test_cuda_attention"
+      "src/kernels/cuda/attention_mask.cuh|s/const int64_t reach = m.anywhere ? into_doc : (m.band > 0 ? m.band - 1 : 0);/const int64_t reach = m.anywhere ? into_doc : (m.band > 64 ? m.band - 64 : 0);/|test_cuda_attention"
+      "src/kernels/cuda/moh.cu|s/v += q \* (a_routed \* k_f \* dg\[l.n_shared + i\] - dot_chosen);/v += q * a_routed * k_f * dg[l.n_shared + i];/|test_cuda_sparse_moh"
     )
     for spec in "${breaks[@]}"; do
       IFS='|' read -r file expr test <<<"$spec"

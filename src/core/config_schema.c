@@ -378,11 +378,13 @@ static int validate_linear(const lt_config *cfg) {
   return LT_OK;
 }
 
-// The CUDA backend has kernels for softmax attention (flash attention built for two head widths),
-// linear and lightning attention (one chunked scan, kernels/cuda/linear_scan.cu) and the SwiGLU
-// MLP (dense or a mixture of experts), with rows read as 16-byte vectors; the other kinds run on
-// the CPU, and the parallel paths on the host until the collectives run on NCCL. Shapes and kinds
-// outside that fail here, naming the key, instead of deep inside a kernel.
+// The CUDA backend has kernels for every layer kind: flash attention for softmax, sparse and MoH
+// attention (sparse patterns and MoH's head gates inside the kernel, MoH's router and gating
+// beside it), one chunked scan for linear and lightning attention (kernels/cuda/linear_scan.cu),
+// and the SwiGLU MLP, dense or a mixture of experts. What it asks of a model: rows read as
+// 16-byte vectors, and head widths the attention kernels are built for; the parallel paths run on
+// the host until the collectives run on NCCL. Shapes outside that fail here, naming the key,
+// instead of deep inside a kernel.
 static int validate_cuda(const lt_config *cfg, int head_dim) {
   const lt_model_config *m = &cfg->model;
   const char *src = cfg->source;
@@ -393,19 +395,8 @@ static int validate_cuda(const lt_config *cfg, int head_dim) {
   LT_CHECK(!uses_ffn(m, "moe") || m->moe.ffn_dim % 8 == 0, LT_ERR_CONFIG,
            "%s: model.moe.ffn_dim (%d) must be a multiple of 8 with run.device: cuda", src,
            m->moe.ffn_dim);
-  for (int l = 0; l < m->n_layers; l++) {
-    const char *kind;
-    LT_TRY(lt_config_layer_kind(m->attention, lt_attention_kinds, m->n_layers, l, "model.attention",
-                                &kind));
-    LT_CHECK(strcmp(kind, "softmax") == 0 || strcmp(kind, "linear") == 0 ||
-                 strcmp(kind, "lightning") == 0,
-             LT_ERR_CONFIG,
-             "%s: model.attention: %s layers have no CUDA kernels yet (softmax, linear and "
-             "lightning layers do): use run.device: cpu, or one of those kinds on cuda",
-             src, kind);
-  }
   LT_CHECK(head_dim == 64 || head_dim == 128, LT_ERR_CONFIG,
-           "%s: softmax attention with run.device: cuda needs a head width of 64 or 128, not %d: "
+           "%s: attention with run.device: cuda needs a head width of 64 or 128, not %d: "
            "set model.head_dim (or model.n_heads so that d_model / n_heads is 64 or 128)",
            src, head_dim);
   const lt_parallel_config *par = &cfg->parallel;

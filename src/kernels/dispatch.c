@@ -12,6 +12,7 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/cuda_moe.h"
 #include "kernels/cuda/cuda_linear.h"
+#include "kernels/cuda/cuda_moh.h"
 #define ON_CUDA(call)                                                                              \
   if (ctx->device == LT_CUDA) return (call)
 #else
@@ -387,7 +388,7 @@ int lt_moh_route_fwd(lt_ctx *ctx, lt_tensor gates, lt_tensor probs, lt_tensor to
   int routed = 0, k = 0;
   LT_TRY(moh_route_dims("moh_route_fwd", gates, probs, topk, load, n_shared, &n, &routed, &k));
   EXPECT(lt_same_shape(logits, probs), "moh_route_fwd", "logits vs probs", logits, probs);
-  CPU_ONLY("moh_route_fwd");
+  ON_CUDA(lt_cuda_moh_route_fwd(ctx, gates, probs, topk, load, logits, n_shared));
   EXPECT_F32("moh_route_fwd", logits);
   lt_cpu_moh_route_fwd(lt_f32(gates), lt_f32(probs), lt_i32(topk), lt_f32(load), lt_f32(logits), n,
                        n_shared, routed, k);
@@ -400,7 +401,7 @@ int lt_moh_route_bwd(lt_ctx *ctx, lt_tensor dlogits, lt_tensor dgates, lt_tensor
   int routed = 0, k = 0;
   LT_TRY(moh_route_dims("moh_route_bwd", dgates, probs, topk, load, n_shared, &n, &routed, &k));
   EXPECT(lt_same_shape(dlogits, probs), "moh_route_bwd", "dlogits vs probs", dlogits, probs);
-  CPU_ONLY("moh_route_bwd");
+  ON_CUDA(lt_cuda_moh_route_bwd(ctx, dlogits, dgates, probs, topk, load, n_shared, balance_grad));
   EXPECT_F32("moh_route_bwd", dlogits);
   lt_cpu_moh_route_bwd(lt_f32(dlogits), lt_f32(dgates), lt_f32(probs), lt_i32(topk), lt_f32(load),
                        n, n_shared, routed, k, balance_grad);
@@ -417,7 +418,7 @@ static int check_head_gate(const char *op, lt_tensor x, lt_tensor gates) {
 int lt_head_gate_fwd(lt_ctx *ctx, lt_tensor out, lt_tensor x, lt_tensor gates) {
   LT_TRY(check_head_gate("head_gate_fwd", x, gates));
   EXPECT(lt_numel(out) == lt_numel(x), "head_gate_fwd", "out vs x", out, x);
-  CPU_ONLY("head_gate_fwd");
+  ON_CUDA(lt_cuda_head_gate_fwd(ctx, out, x, gates));
   const int d = (int)x.shape[x.ndim - 1], h = (int)x.shape[x.ndim - 2];
   lt_cpu_head_gate_fwd(lt_f32(out), lt_f32(x), lt_f32(gates), lt_numel(gates) / h, h, d);
   return LT_OK;
@@ -430,7 +431,7 @@ int lt_head_gate_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dgates, lt_tensor dout
          "dx/dout vs x", dout, x);
   EXPECT(lt_numel(dgates) == lt_numel(gates) && dgates.dtype == LT_F32, "head_gate_bwd",
          "dgates vs gates", dgates, gates);
-  CPU_ONLY("head_gate_bwd");
+  ON_CUDA(lt_cuda_head_gate_bwd(ctx, dx, dgates, dout, x, gates));
   const int d = (int)x.shape[x.ndim - 1], h = (int)x.shape[x.ndim - 2];
   lt_cpu_head_gate_bwd(lt_f32(dx), lt_f32(dgates), lt_f32(dout), lt_f32(x), lt_f32(gates),
                        lt_numel(gates) / h, h, d);

@@ -147,7 +147,9 @@ typedef struct lt_attn_spec {
   // skips it by its lse.
   lt_tensor head_gates;
   // When not NULL, the kernels add the number of (batch row, query head, query tile, key tile)
-  // tiles they computed: the work, which sparse patterns make grow with the visible blocks.
+  // tiles they computed: the work, which sparse patterns make grow with the visible blocks. Tiles
+  // are the device's own (CPU 32 x 32; the CUDA kernels' are larger, and their count waits for
+  // the kernel).
   int64_t *tiles_visited;
 } lt_attn_spec;
 

@@ -1,7 +1,10 @@
 // The flash attention kernels against the CPU reference (itself checked against naive softmax in
 // tests/unit/test_attention.c): causal and not, grouped-query heads, document masks, query chunks
 // at an offset, sequence lengths that are no multiple of the tiles, queries that see no key, more
-// tiles than one pass of the kernels' tile list, and the partial/merge contract of ring attention.
+// tiles than one pass of the kernels' tile list, and the partial/merge contract of ring attention;
+// every sparse pattern (tests/unit/test_sparse_attention.c checks the CPU's against dense
+// attention), alone and combined, with documents, chunks and positions out of order; MoH's head
+// gates; and the work of a sliding window, which grows with T, not T^2.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,8 +17,11 @@ typedef struct attn_case {
   int64_t B, Tq, Tk;
   int hq, hkv, d;
   bool causal, docs;
+  lt_attn_sparsity sparse;
   float *q, *k, *v, *dout; // bf16-exact
+  float *gates;            // (B, Tq, hq) MoH head weights, or NULL
   int32_t *q_pos, *k_pos, *q_doc, *k_doc;
+  int64_t *tiles_visited; // when set, the GPU's kernels add the tiles they computed
 } attn_case;
 
 // Queries are the last Tq positions of the Tk keys (a chunk at the end of the sequence);
@@ -47,8 +53,33 @@ static void make_case(attn_case *c, int64_t B, int64_t Tq, int64_t Tk, int hq, i
   }
 }
 
+// make_case under a sparse pattern, with positions restarting at each document when `restart`
+// (as the loader packs documents).
+static void make_sparse_case(attn_case *c, int64_t B, int64_t Tq, int64_t Tk, int hq, int hkv,
+                             int d, lt_attn_sparsity pattern, int doc_len, bool restart) {
+  make_case(c, B, Tq, Tk, hq, hkv, d, true, doc_len);
+  c->sparse = pattern;
+  if (!restart || doc_len == 0) return;
+  for (int64_t b = 0; b < B; b++) {
+    for (int64_t j = 0; j < Tk; j++) c->k_pos[b * Tk + j] = (int32_t)(j % doc_len);
+    for (int64_t i = 0; i < Tq; i++) c->q_pos[b * Tq + i] = (int32_t)((Tk - Tq + i) % doc_len);
+  }
+}
+
+// MoH head weights: 0 (the head left out) for about `off` of the (query, head) pairs, and for
+// every query of head 0 when `head0_off` (whole tiles gated off), else in [0.5, 1.5).
+static void add_gates(attn_case *c, double off, bool head0_off) {
+  const int64_t n = c->B * c->Tq * c->hq;
+  c->gates = malloc(sizeof(float) * n);
+  lt_rng rng = lt_rng_seed(lt_gpu_next_seed());
+  for (int64_t i = 0; i < n; i++) {
+    const double u = lt_rng_uniform(&rng);
+    c->gates[i] = u < off || (head0_off && i % c->hq == 0) ? 0.0f : (float)(0.5 + u);
+  }
+}
+
 static void free_case(attn_case *c) {
-  free(c->q), free(c->k), free(c->v), free(c->dout);
+  free(c->q), free(c->k), free(c->v), free(c->dout), free(c->gates);
   free(c->q_pos), free(c->k_pos), free(c->q_doc), free(c->k_doc);
 }
 
@@ -56,11 +87,13 @@ static lt_attn_spec cpu_spec(const attn_case *c) {
   lt_attn_spec s = {.scale = 1.0f / sqrtf((float)c->d),
                     .causal = c->causal,
                     .q_pos = lt_view2(c->q_pos, LT_I32, LT_CPU, c->B, c->Tq),
-                    .k_pos = lt_view2(c->k_pos, LT_I32, LT_CPU, c->B, c->Tk)};
+                    .k_pos = lt_view2(c->k_pos, LT_I32, LT_CPU, c->B, c->Tk),
+                    .sparse = c->sparse};
   if (c->docs) {
     s.q_doc = lt_view2(c->q_doc, LT_I32, LT_CPU, c->B, c->Tq);
     s.k_doc = lt_view2(c->k_doc, LT_I32, LT_CPU, c->B, c->Tk);
   }
+  if (c->gates) s.head_gates = lt_view3(c->gates, LT_F32, LT_CPU, c->B, c->Tq, c->hq);
   return s;
 }
 
@@ -72,6 +105,8 @@ static lt_attn_spec gpu_spec(const attn_case *c) {
     s.q_doc = lt_gpu_upload_i32(c->q_doc, 2, LT_SHAPE(c->B, c->Tq));
     s.k_doc = lt_gpu_upload_i32(c->k_doc, 2, LT_SHAPE(c->B, c->Tk));
   }
+  if (c->gates) s.head_gates = lt_gpu_upload(c->gates, LT_F32, 3, LT_SHAPE(c->B, c->Tq, c->hq));
+  s.tiles_visited = c->tiles_visited;
   return s;
 }
 
@@ -149,21 +184,35 @@ static void expect_lse_close(const float *got, const float *want, int64_t n) {
   if (!(worst < 1e-3)) fail_msg("lse: max abs. error %.4g", worst);
 }
 
-static void expect_matches_cpu(const char *what, int64_t B, int64_t Tq, int64_t Tk, int hq, int hkv,
-                               int d, bool causal, int doc_len) {
+// The GPU's forward and backward of case c against the CPU's; frees the case.
+static void expect_case_matches_cpu(const char *what, attn_case *c) {
   printf("%s\n", what);
-  attn_case c;
-  make_case(&c, B, Tq, Tk, hq, hkv, d, causal, doc_len);
-  const int64_t nq = B * Tq * hq * d, nk = B * Tk * hkv * d;
+  const int64_t nq = c->B * c->Tq * c->hq * c->d, nk = c->B * c->Tk * c->hkv * c->d;
   float *dk0 = lt_gpu_random(nk, 0.1f, true), *dv0 = lt_gpu_random(nk, 0.1f, true);
-  attn_result want = run_cpu(&c, dk0, dv0), got = run_gpu(&c, dk0, dv0);
+  attn_result want = run_cpu(c, dk0, dv0), got = run_gpu(c, dk0, dv0);
   lt_gpu_expect_close("o (bf16)", got.o, want.o, nq, 1e-2);
-  expect_lse_close(got.lse, want.lse, B * hq * Tq);
+  expect_lse_close(got.lse, want.lse, c->B * c->hq * c->Tq);
   lt_gpu_expect_close("dq (f32)", got.dq, want.dq, nq, 1e-2);
   lt_gpu_expect_close("dk += (bf16)", got.dk, want.dk, nk, 1e-2);
   lt_gpu_expect_close("dv += (bf16)", got.dv, want.dv, nk, 1e-2);
   free_result(&want), free_result(&got), free(dk0), free(dv0);
-  free_case(&c);
+  free_case(c);
+}
+
+static void expect_matches_cpu(const char *what, int64_t B, int64_t Tq, int64_t Tk, int hq, int hkv,
+                               int d, bool causal, int doc_len) {
+  attn_case c;
+  make_case(&c, B, Tq, Tk, hq, hkv, d, causal, doc_len);
+  expect_case_matches_cpu(what, &c);
+}
+
+// A sparse pattern over T tokens against the CPU: documents of doc_len tokens (0: none), with
+// positions restarting at each one when `restart`.
+static void expect_sparse_matches_cpu(const char *what, int64_t T, int hq, int hkv, int d,
+                                      lt_attn_sparsity pattern, int doc_len, bool restart) {
+  attn_case c;
+  make_sparse_case(&c, 1, T, T, hq, hkv, d, pattern, doc_len, restart);
+  expect_case_matches_cpu(what, &c);
 }
 
 static void test_causal_attention_matches_cpu_for_head_dims_64_and_128(void **state) {
@@ -303,6 +352,144 @@ static void test_partials_over_key_chunks_merge_and_sum_to_the_full_result(void 
   free_case(&c);
 }
 
+#define PATTERN(...) ((lt_attn_sparsity){__VA_ARGS__})
+
+static void test_sliding_windows_match_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  expect_sparse_matches_cpu("window 100, d = 64, grouped heads", 600, 4, 2, 64,
+                            PATTERN(.window = 100), 0, false);
+  expect_sparse_matches_cpu("window 200, d = 128, 333 tokens", 333, 2, 1, 128,
+                            PATTERN(.window = 200), 0, false);
+  expect_sparse_matches_cpu("window 1: each query sees itself", 200, 2, 2, 64, PATTERN(.window = 1),
+                            0, false);
+}
+
+static void test_sink_tokens_alone_and_with_a_window_match_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  expect_sparse_matches_cpu("sinks 4", 500, 2, 2, 64, PATTERN(.sinks = 4), 0, false);
+  expect_sparse_matches_cpu("window 64 + sinks 3, d = 128", 700, 2, 1, 128,
+                            PATTERN(.window = 64, .sinks = 3), 0, false);
+}
+
+static void test_local_strided_and_global_blocks_match_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  expect_sparse_matches_cpu("local blocks 2 of 32", 450, 2, 2, 64,
+                            PATTERN(.block_size = 32, .local_blocks = 2), 0, false);
+  expect_sparse_matches_cpu("stride 3 + local 1, blocks of 16", 400, 2, 1, 64,
+                            PATTERN(.block_size = 16, .local_blocks = 1, .stride = 3), 0, false);
+  expect_sparse_matches_cpu("global blocks 2 + local 1, blocks of 64, d = 128", 520, 2, 2, 128,
+                            PATTERN(.block_size = 64, .local_blocks = 1, .global_blocks = 2), 0,
+                            false);
+  expect_sparse_matches_cpu("every part at once", 600, 4, 2, 64,
+                            PATTERN(.window = 50, .sinks = 2, .block_size = 40, .local_blocks = 1,
+                                    .stride = 4, .global_blocks = 1),
+                            0, false);
+}
+
+static void test_sparse_patterns_with_documents_match_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  expect_sparse_matches_cpu("window 90 + sinks 2, documents of 150, positions restart", 700, 2, 2,
+                            64, PATTERN(.window = 90, .sinks = 2), 150, true);
+  expect_sparse_matches_cpu("local 2 + global 1 of 32, documents of 230, d = 128", 600, 2, 1, 128,
+                            PATTERN(.block_size = 32, .local_blocks = 2, .global_blocks = 1), 230,
+                            false);
+  expect_sparse_matches_cpu("stride 2 of 16 + sinks 5, documents of 97, positions restart", 400, 2,
+                            2, 64, PATTERN(.block_size = 16, .stride = 2, .sinks = 5), 97, true);
+}
+
+static void test_sparse_query_chunk_at_the_end_of_the_keys_matches_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  attn_case c;
+  make_sparse_case(&c, 2, 150, 600, 2, 2, 64, PATTERN(.window = 128, .sinks = 4), 0, false);
+  expect_case_matches_cpu("150 queries after 450 keys, window 128 + sinks 4", &c);
+  make_sparse_case(&c, 1, 200, 500, 2, 1, 128, PATTERN(.block_size = 50, .local_blocks = 2), 170,
+                   true);
+  expect_case_matches_cpu("200 queries after 300 keys, local blocks, documents of 170", &c);
+}
+
+static void test_sparse_patterns_without_causality_match_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  attn_case c;
+  make_sparse_case(&c, 1, 300, 300, 2, 2, 64, PATTERN(.window = 50, .sinks = 2), 0, false);
+  c.causal = false;
+  expect_case_matches_cpu("window 50 + sinks 2, not causal", &c);
+  make_sparse_case(&c, 1, 260, 260, 2, 1, 128, PATTERN(.block_size = 32, .local_blocks = 1), 0,
+                   false);
+  c.causal = false;
+  expect_case_matches_cpu("local blocks, not causal, d = 128", &c);
+}
+
+// Tiles out of (document, position) order leave the kernels no range to search: they classify
+// every tile instead, with the same results.
+static void test_sparse_patterns_over_positions_out_of_order_match_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  attn_case c;
+  make_sparse_case(&c, 1, 400, 400, 2, 2, 64, PATTERN(.window = 60, .sinks = 3), 0, false);
+  for (int j = 0; j < 400; j++) c.k_pos[j] = c.q_pos[j] = 399 - j;
+  expect_case_matches_cpu("window 60 + sinks 3, positions reversed", &c);
+}
+
+static void test_sparse_pattern_over_more_tiles_than_one_list_pass_matches_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  // The sink keys' block walks every one of the 1032 query tiles of 64 in the backward.
+  expect_sparse_matches_cpu("66000 tokens, window 256 + sinks 4", 66000, 1, 1, 64,
+                            PATTERN(.window = 256, .sinks = 4), 0, false);
+}
+
+static void test_heads_gated_off_get_zero_output_and_no_gradient(void **state) {
+  SKIP_WITHOUT_GPU();
+  attn_case c;
+  make_case(&c, 2, 300, 300, 4, 2, 64, true, 0);
+  add_gates(&c, 0.4, true);
+  const int64_t nk = 2 * 300 * 2 * 64, n_gates = 2 * 300 * 4;
+  float *zeros = calloc(nk, 4);
+  attn_result got = run_gpu(&c, zeros, zeros);
+  for (int64_t i = 0; i < n_gates; i++) {
+    if (c.gates[i] != 0.0f) continue;
+    const int64_t b = i / (300 * 4), t = i / 4 % 300, h = i % 4;
+    assert_true(got.lse[(b * 4 + h) * 300 + t] == -INFINITY);
+    assert_true(lt_test_max_abs(got.o + i * 64, 64) == 0.0);
+    assert_true(lt_test_max_abs(got.dq + i * 64, 64) == 0.0);
+  }
+  free_result(&got), free(zeros);
+  expect_case_matches_cpu("40% of the (query, head) pairs gated off, and all of head 0", &c);
+  make_sparse_case(&c, 1, 500, 500, 4, 1, 128, PATTERN(.window = 100, .sinks = 2), 120, true);
+  add_gates(&c, 0.5, false);
+  expect_case_matches_cpu("gates with a window, sinks and documents, d = 128", &c);
+}
+
+// The tiles the GPU computes in a forward and backward of T tokens (one head of 128).
+static int64_t tiles_for(int64_t T, lt_attn_sparsity pattern) {
+  attn_case c;
+  int64_t tiles = 0;
+  make_sparse_case(&c, 1, T, T, 1, 1, 128, pattern, 0, false);
+  c.tiles_visited = &tiles;
+  const int64_t nk = T * 128;
+  float *zeros = calloc(nk, 4);
+  attn_result r = run_gpu(&c, zeros, zeros);
+  free_result(&r), free(zeros);
+  free_case(&c);
+  return tiles;
+}
+
+static void test_sliding_window_work_grows_linearly_with_sequence_length(void **state) {
+  SKIP_WITHOUT_GPU();
+  const lt_attn_sparsity patterns[2] = {PATTERN(.window = 1024),
+                                        PATTERN(.window = 1024, .sinks = 4)};
+  const int64_t dense = tiles_for(32768, PATTERN(.window = 0));
+  for (int i = 0; i < 2; i++) {
+    const int64_t short_run = tiles_for(8192, patterns[i]),
+                  long_run = tiles_for(32768, patterns[i]);
+    const double growth = (double)long_run / (double)short_run;
+    printf("  window 1024%s: %lld tiles at 8K, %lld at 32K (x%.2f for 4x the tokens); dense "
+           "causal %lld at 32K\n",
+           i ? " + sinks 4" : "", (long long)short_run, (long long)long_run, growth,
+           (long long)dense);
+    assert_true(growth > 3.6 && growth < 4.5);
+    assert_true(long_run < 0.15 * (double)dense);
+  }
+}
+
 static void test_unsupported_head_dim_is_a_config_error(void **state) {
   SKIP_WITHOUT_GPU();
   attn_case c;
@@ -326,6 +513,16 @@ int main(void) {
       cmocka_unit_test(test_query_seeing_no_key_gets_zero_output_and_empty_lse),
       cmocka_unit_test(test_merge_matches_cpu),
       cmocka_unit_test(test_partials_over_key_chunks_merge_and_sum_to_the_full_result),
+      cmocka_unit_test(test_sliding_windows_match_cpu),
+      cmocka_unit_test(test_sink_tokens_alone_and_with_a_window_match_cpu),
+      cmocka_unit_test(test_local_strided_and_global_blocks_match_cpu),
+      cmocka_unit_test(test_sparse_patterns_with_documents_match_cpu),
+      cmocka_unit_test(test_sparse_query_chunk_at_the_end_of_the_keys_matches_cpu),
+      cmocka_unit_test(test_sparse_patterns_without_causality_match_cpu),
+      cmocka_unit_test(test_sparse_patterns_over_positions_out_of_order_match_cpu),
+      cmocka_unit_test(test_sparse_pattern_over_more_tiles_than_one_list_pass_matches_cpu),
+      cmocka_unit_test(test_heads_gated_off_get_zero_output_and_no_gradient),
+      cmocka_unit_test(test_sliding_window_work_grows_linearly_with_sequence_length),
       cmocka_unit_test(test_unsupported_head_dim_is_a_config_error),
   };
   return cmocka_run_group_tests(tests, lt_gpu_group_setup, lt_gpu_group_teardown);

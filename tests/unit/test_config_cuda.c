@@ -59,10 +59,20 @@ static void test_linear_and_lightning_layers_are_valid_on_cuda(void **state) {
   assert_ok(load_cuda("model.attention=linear"));              // denominator: v is 65 wide
 }
 
-static void test_attention_kind_without_cuda_kernels_is_rejected_on_cuda(void **state) {
+static void test_sparse_and_moh_attention_are_valid_on_cuda(void **state) {
   (void)state;
-  EXPECT_ERROR(load_cuda("model.attention=moh"), LT_ERR_CONFIG, "model.attention", "moh",
-               "no CUDA kernels yet", "run.device: cpu");
+  lt_config cfg;
+  char *overrides[3] = {"run.device=cuda", "model.attention=sparse,moh,softmax",
+                        "model.sparse.window=256"};
+  assert_ok(lt_config_load(&cfg, NULL, 3, overrides));
+}
+
+static void test_every_attention_kind_in_one_stack_is_valid_on_cuda(void **state) {
+  (void)state;
+  lt_config cfg;
+  char *overrides[4] = {"run.device=cuda", "model.n_layers=5",
+                        "model.attention=softmax,sparse,moh,linear,lightning", "model.ffn=moe"};
+  assert_ok(lt_config_load(&cfg, NULL, 4, overrides));
 }
 
 int main(void) {
@@ -73,7 +83,8 @@ int main(void) {
       cmocka_unit_test(test_moe_feed_forward_is_valid_on_cuda),
       cmocka_unit_test(test_expert_width_not_a_multiple_of_8_is_rejected_on_cuda),
       cmocka_unit_test(test_linear_and_lightning_layers_are_valid_on_cuda),
-      cmocka_unit_test(test_attention_kind_without_cuda_kernels_is_rejected_on_cuda),
+      cmocka_unit_test(test_sparse_and_moh_attention_are_valid_on_cuda),
+      cmocka_unit_test(test_every_attention_kind_in_one_stack_is_valid_on_cuda),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,28 +1,30 @@
-// Attention's small companions: the tile tables the flash kernels plan with, the merge of partial
-// results, and the backward's delta. One warp per row or tile.
+// Attention's small companions: the tile tables the flash kernels plan with (and the checks and
+// parameters the forward and backward launches share), the merge of partial results, and the
+// backward's delta. One warp per row or tile.
 #include <limits.h>
+#include <string.h>
 
 #include "kernels/cuda/attention_common.cuh"
 
 enum { THREADS = 128, WARPS = THREADS / 32 };
 
-// out[b, tile] = (min pos, max pos, min doc, max doc) over the tile's rows.
-// pos, doc: (B, T) i32 (doc may be NULL); out: (B, n_tiles) int4
-__global__ void attn_tiles_kernel(int4 *out, const int32_t *pos, const int32_t *doc, int64_t b,
-                                  int64_t t, int tile, int n_tiles) {
+// ranges[b, tile] = (min pos, max pos, min doc, max doc) and keys[b, tile] = (min, max) of
+// attn_key over the tile's rows. pos, doc: (B, T) i32 (doc may be NULL); ranges, keys: (B, n_tiles)
+__global__ void attn_tiles_kernel(int4 *ranges, longlong2 *keys, const int32_t *pos,
+                                  const int32_t *doc, int64_t b, int64_t t, int tile, int n_tiles) {
   const int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x & 31;
   if (w >= b * n_tiles) return;
   const int64_t bi = w / n_tiles, start = (w % n_tiles) * tile;
   const int64_t end = start + tile < t ? start + tile : t;
   int pmin = INT_MAX, pmax = INT_MIN, dmin = INT_MAX, dmax = INT_MIN;
+  long long kmin = LLONG_MAX, kmax = LLONG_MIN;
   for (int64_t i = start + lane; i < end; i += 32) {
-    const int p = pos[bi * t + i];
+    const int p = pos[bi * t + i], d = doc ? doc[bi * t + i] : 0;
+    const long long key = attn_key(p, d);
     pmin = min(pmin, p), pmax = max(pmax, p);
-    if (doc) {
-      const int d = doc[bi * t + i];
-      dmin = min(dmin, d), dmax = max(dmax, d);
-    }
+    dmin = min(dmin, d), dmax = max(dmax, d);
+    kmin = min(kmin, key), kmax = max(kmax, key);
   }
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
@@ -30,15 +32,93 @@ __global__ void attn_tiles_kernel(int4 *out, const int32_t *pos, const int32_t *
     pmax = max(pmax, __shfl_xor_sync(0xffffffffu, pmax, o));
     dmin = min(dmin, __shfl_xor_sync(0xffffffffu, dmin, o));
     dmax = max(dmax, __shfl_xor_sync(0xffffffffu, dmax, o));
+    kmin = min(kmin, __shfl_xor_sync(0xffffffffu, kmin, o));
+    kmax = max(kmax, __shfl_xor_sync(0xffffffffu, kmax, o));
   }
-  if (lane == 0) out[w] = make_int4(pmin, pmax, doc ? dmin : 0, doc ? dmax : 0);
+  if (lane == 0)
+    ranges[w] = make_int4(pmin, pmax, dmin, dmax), keys[w] = make_longlong2(kmin, kmax);
 }
 
-int lt_cuda_attn_tiles(lt_cuda_state *st, int4 *out, const int32_t *pos, const int32_t *doc,
-                       int64_t b, int64_t t, int tile) {
+// unordered[b] = 1 where some tile of row b has a smaller smallest or largest key than the tile
+// before it (the searches of attention_mask.cuh need both to never decrease).
+// keys: (B, n_tiles); unordered: (B) i32, zero before
+__global__ void attn_tile_order_kernel(int *unordered, const longlong2 *keys, int64_t b,
+                                       int n_tiles) {
+  const int64_t w = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (w >= b * n_tiles || w % n_tiles == 0) return;
+  const longlong2 before = keys[w - 1], here = keys[w];
+  if (here.x < before.x || here.y < before.y) atomicOr(unordered + w / n_tiles, 1);
+}
+
+int lt_cuda_attn_tiles(lt_cuda_state *st, int4 *ranges, longlong2 *keys, int *unordered,
+                       const int32_t *pos, const int32_t *doc, int64_t b, int64_t t, int tile) {
   const int n_tiles = (int)((t + tile - 1) / tile);
-  attn_tiles_kernel<<<blocks_for(b * n_tiles, WARPS), THREADS, 0, st->stream>>>(out, pos, doc, b, t,
-                                                                                tile, n_tiles);
+  attn_tiles_kernel<<<blocks_for(b * n_tiles, WARPS), THREADS, 0, st->stream>>>(
+      ranges, keys, pos, doc, b, t, tile, n_tiles);
+  attn_tile_order_kernel<<<blocks_for(b * n_tiles, THREADS), THREADS, 0, st->stream>>>(
+      unordered, keys, b, n_tiles);
+  return LT_OK;
+}
+
+int lt_cuda_attn_setup(lt_ctx *ctx, attn_params *p, lt_tensor q, lt_tensor k, lt_tensor v,
+                       const lt_attn_spec *spec, int q_tile, int k_tile, const char *op) {
+  lt_cuda_state *st = cuda_state(ctx);
+  const int d = (int)q.shape[3];
+  if (d != 64 && d != 128)
+    return lt_fail(LT_ERR_CONFIG,
+                   "%s: CUDA attention supports head dims 64 and 128, not %d: set model.head_dim "
+                   "(or model.n_heads so that d_model / n_heads is 64 or 128)",
+                   op, d);
+  if (q.dtype != LT_BF16 || k.dtype != LT_BF16 || v.dtype != LT_BF16)
+    return lt_cuda_unsupported(op, "q, k and v must be bf16", q, k);
+  if (spec->q_pos.device != LT_CUDA || spec->k_pos.device != LT_CUDA ||
+      spec->q_pos.dtype != LT_I32 || spec->k_pos.dtype != LT_I32)
+    return lt_cuda_unsupported(op, "positions must be i32 on the GPU", spec->q_pos, spec->k_pos);
+  if (spec->head_gates.data && spec->head_gates.device != LT_CUDA)
+    return lt_cuda_unsupported(op, "head gates must be on the GPU", spec->head_gates, q);
+  memset(p, 0, sizeof *p);
+  p->q = (const bf16 *)q.data, p->k = (const bf16 *)k.data, p->v = (const bf16 *)v.data;
+  p->q_pos = (const int32_t *)spec->q_pos.data, p->k_pos = (const int32_t *)spec->k_pos.data;
+  if (spec->q_doc.data) {
+    p->q_doc = (const int32_t *)spec->q_doc.data;
+    p->k_doc = (const int32_t *)spec->k_doc.data;
+  }
+  p->gates = (const float *)spec->head_gates.data;
+  const int64_t b = q.shape[0];
+  p->tq = q.shape[1], p->tk = k.shape[1];
+  p->hq = (int)q.shape[2], p->hkv = (int)k.shape[2];
+  p->n_q_tiles = (int)((p->tq + q_tile - 1) / q_tile);
+  p->n_k_tiles = (int)((p->tk + k_tile - 1) / k_tile);
+  p->scale_log2 = spec->scale * LOG2E;
+  p->mask = attn_mask_of(spec);
+  // The workspace: the tile counter and the rows' order flags (zeroed together), then the tables.
+  const int64_t nq = b * p->n_q_tiles, nk = b * p->n_k_tiles;
+  const size_t head = 16 + ((size_t)(2 * b) * sizeof(int) + 15) / 16 * 16;
+  void *scratch;
+  LT_TRY(lt_cuda_scratch(st, head + (size_t)(nq + nk) * (sizeof(int4) + sizeof(longlong2)), op,
+                         &scratch));
+  unsigned char *at = (unsigned char *)scratch;
+  CUDA_TRY(cudaMemsetAsync(at, 0, head, st->stream), "%s: clearing the tile tables", op);
+  int *unordered = (int *)(at + 16);
+  int4 *q_tiles = (int4 *)(at + head), *k_tiles = q_tiles + nq;
+  longlong2 *q_keys = (longlong2 *)(k_tiles + nk), *k_keys = q_keys + nq;
+  if (spec->tiles_visited) p->visited = (unsigned long long *)at;
+  if (p->tq > 0)
+    lt_cuda_attn_tiles(st, q_tiles, q_keys, unordered, p->q_pos, p->q_doc, b, p->tq, q_tile);
+  if (p->tk > 0)
+    lt_cuda_attn_tiles(st, k_tiles, k_keys, unordered + b, p->k_pos, p->k_doc, b, p->tk, k_tile);
+  p->q_tiles = q_tiles, p->k_tiles = k_tiles, p->q_keys = q_keys, p->k_keys = k_keys;
+  p->q_unordered = unordered, p->k_unordered = unordered + b;
+  return LT_OK;
+}
+
+int lt_cuda_attn_count_tiles(lt_cuda_state *st, const attn_params &p, const lt_attn_spec *spec) {
+  if (!spec->tiles_visited) return LT_OK;
+  unsigned long long count = 0;
+  CUDA_TRY(cudaMemcpyAsync(&count, p.visited, sizeof count, cudaMemcpyDeviceToHost, st->stream),
+           "reading the attention's tile count");
+  CUDA_TRY(cudaStreamSynchronize(st->stream), "the attention kernel whose tiles were counted");
+  *spec->tiles_visited += (int64_t)count;
   return LT_OK;
 }
 

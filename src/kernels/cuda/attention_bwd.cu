@@ -13,7 +13,8 @@
 //   probabilities. The probabilities are computed while dP^T is still being multiplied.
 // - elsewhere: four warps on mma.sync.
 // (Bulk reductions of a shared-memory dQ tile measured slower than the atomics here.)
-// Matches lt_cpu_attn_bwd.
+// A block walks only the query tiles that can reach its keys (attention_mask.cuh), so sparse
+// patterns cost time in proportion to their visible tiles. Matches lt_cpu_attn_bwd.
 #include <limits.h>
 
 #include "kernels/cuda/attention_common.cuh"
@@ -75,20 +76,20 @@ bwd_probs(float (&st)[NT * 4], const bwd_tile_stats &t, const attn_params &p, in
 #pragma unroll
     for (int e2 = 0; e2 < 2; e2++) {
       const int col = nt * 8 + c * 2 + e2;
-      const float lse2 = t.lse[col] * LOG2E;
-      // A query that sees no key (lse = -inf) has no gradient. In a full tile every query sees
-      // a key, so only partial tiles check.
-      const bool query_ok = !PARTIAL || (lse2 != -INFINITY && i0 + col < p.tq);
+      // A query that sees no key, or whose head its router left out (lse = -inf), has no
+      // gradient: read as lse = +inf, its probabilities come out 0, in full tiles too.
+      const float lse = t.lse[col], lse2 = lse == -INFINITY ? INFINITY : lse * LOG2E;
+      const bool query_ok = !PARTIAL || i0 + col < p.tq;
 #pragma unroll
       for (int hf = 0; hf < 2; hf++) {
         const int e = 2 * hf + e2;
         const float pv = fast_exp2(fmaf(st[nt * 4 + e], p.scale_log2, -lse2));
         if constexpr (PARTIAL)
-          st[nt * 4 + e] = query_ok && j0 + key_row + hf * 8 < p.tk &&
-                                   pair_visible(t.qpos[col], docs ? t.qdoc[col] : 0, kpos[hf],
-                                                kdoc[hf], p.causal, docs)
-                               ? pv
-                               : 0.0f;
+          st[nt * 4 + e] =
+              query_ok && j0 + key_row + hf * 8 < p.tk &&
+                      pair_visible(p.mask, t.qpos[col], docs ? t.qdoc[col] : 0, kpos[hf], kdoc[hf])
+                  ? pv
+                  : 0.0f;
         else
           st[nt * 4 + e] = pv;
       }
@@ -259,7 +260,7 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
   const int wg = warp >> 2;
   const int kt = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, group = p.hq / p.hkv;
   const int64_t j0 = (int64_t)kt * BN;
-  const bool docs = p.q_doc != nullptr;
+  const bool docs = p.mask.docs;
   const int64_t kv_head = ((int64_t)b * p.tk * p.hkv + kvh) * D;
   const uint32_t k_base = smem_u32(k_s), v_base = smem_u32(v_s), ds_base = smem_u32(ds_s);
   load_rows<HOPPER, BN, D, THREADS>(k_s, p.k + kv_head, (int64_t)p.hkv * D, j0, p.tk);
@@ -297,15 +298,39 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
     cp_async_commit();
   };
 
-  for (int first = 0; first < p.n_q_tiles; first += LIST_MAX) {
-    const int count = p.n_q_tiles - first < LIST_MAX ? p.n_q_tiles - first : LIST_MAX;
-    const int n = build_tile_list<THREADS>(list, warp_counts, first, count, [&](int t) {
+  // The query tiles that can reach the block's keys: warps 0 and 1 search for the bounds at once,
+  // thread 0 makes the range of them, shared memory hands it on (as in the forward).
+  __shared__ int bounds_s[3]; // 2 bounds, then the number of intervals
+  {
+    longlong2 iv[1];
+    const int count =
+        query_interval(p.mask, p.k_keys[(int64_t)b * p.n_k_tiles + kt],
+                       p.k_tiles[(int64_t)b * p.n_k_tiles + kt].x, p.q_unordered[b] == 0, iv[0]);
+    if (warp < 2 * count)
+      search_bound(p.q_keys + (int64_t)b * p.n_q_tiles, p.n_q_tiles, iv, warp, bounds_s);
+    if (threadIdx.x == 0) bounds_s[2] = count;
+  }
+  __syncthreads();
+  __shared__ int2 range_s;
+  if (threadIdx.x == 0) {
+    int2 found[2];
+    ranges_of(bounds_s, bounds_s[2], p.n_q_tiles, found);
+    range_s = found[0];
+  }
+  __syncthreads();
+  const int2 range = range_s;
+  long long visited = 0; // tiles computed
+  for (int first = range.x; first < range.y; first += LIST_MAX) {
+    const int count = range.y - first < LIST_MAX ? range.y - first : LIST_MAX;
+    const auto same = [](int t) { return t; };
+    const int n = build_tile_list<THREADS>(list, warp_counts, first, count, same, [&](int t) {
       const int4 q_info = p.q_tiles[(int64_t)b * p.n_q_tiles + t];
       const int4 k_info = p.k_tiles[(int64_t)b * p.n_k_tiles + kt];
       const bool ragged = (int64_t)(t + 1) * BM > p.tq || j0 + BN > p.tk;
-      return classify_tiles(q_info, k_info, p.causal, docs, ragged);
+      return classify_tiles(p.mask, q_info, k_info, ragged);
     });
     const int steps = n * group; // every query head of the group over the same tiles
+    visited += steps;
     if (steps > 0) issue_tile(list[0], kvh * group, 0);
     // Step it works on list[at] of head h in buffer buf.
     for (int it = 0, at = 0, h = kvh * group, buf = 0; it < steps; it++) {
@@ -420,6 +445,7 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
       add_pair(dv_row + dt * 8 + c * 2, dv[dt * 4 + 2 * hf], dv[dt * 4 + 2 * hf + 1]);
     }
   }
+  if (p.visited && threadIdx.x == 0) atomicAdd(p.visited, (unsigned long long)visited);
 }
 
 template <int D, typename TKV, bool HOPPER>
@@ -461,5 +487,6 @@ int lt_cuda_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_t
   else
     rc = hopper ? launch_bwd<128, true>(st, p, b) : launch_bwd<128, false>(st, p, b);
   LT_TRY(rc);
-  return lt_cuda_launched(st, "attn_bwd", q, dk);
+  LT_TRY(lt_cuda_launched(st, "attn_bwd", q, dk));
+  return lt_cuda_attn_count_tiles(st, p, spec);
 }

@@ -1,6 +1,7 @@
 // Building blocks of the flash attention kernels: tensor-core fragments (mma.sync m16n8k16 bf16,
 // ldmatrix), asynchronous global-to-shared copies, the swizzled shared-memory tile layout, and
-// the tile tables that say which (query tile, key tile) pairs any mask lets through.
+// the tile tables that say which (query tile, key tile) pairs any mask lets through (the rules:
+// attention_mask.cuh).
 //
 // Fragment layouts (PTX ISA, "Matrix fragments for mma.m16n8k16"), with g = lane / 4 and
 // c = lane % 4:
@@ -16,6 +17,7 @@
 
 #include <math.h>
 
+#include "kernels/cuda/attention_mask.cuh"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
@@ -30,40 +32,30 @@ typedef struct attn_params {
   float *dq;                                    // (B, Tq, Hq, D) f32, accumulated with atomics
   void *dk, *dv;                                // (B, Tk, Hkv, D), bf16 or f32 (dkv_f32)
   const int32_t *q_pos, *k_pos, *q_doc, *k_doc; // docs NULL without a document mask
-  const int4 *q_tiles, *k_tiles; // per (batch row, tile): pos min, pos max, doc min, doc max
+  const int4 *q_tiles, *k_tiles;        // per (batch row, tile): pos min, pos max, doc min, doc max
+  const longlong2 *q_keys, *k_keys;     // per (batch row, tile): smallest and largest attn_key
+  const int *q_unordered, *k_unordered; // per batch row: its tiles are not in key order
+  const float *gates;                   // (B, Tq, Hq) MoH head weights, or NULL
+  unsigned long long *visited;          // tiles computed, summed over blocks, or NULL
   int64_t tq, tk;
   int hq, hkv, n_q_tiles, n_k_tiles;
   float scale_log2; // softmax scale times log2(e): the kernels work in base 2
-  bool causal, dkv_f32;
+  attn_mask mask;
+  bool dkv_f32;
 } attn_params;
 
-// Which pairs of a query tile and a key tile may attend, from their ranges alone.
-enum { TILE_HIDDEN = 0, TILE_FULL = 1, TILE_PARTIAL = 2 };
-
-__device__ __forceinline__ int classify_tiles(int4 q, int4 k, bool causal, bool docs, bool ragged) {
-  if (causal && k.x > q.y) return TILE_HIDDEN;              // every key after every query
-  if (docs && (k.w < q.z || k.z > q.w)) return TILE_HIDDEN; // no document in common
-  bool full = !ragged;
-  if (causal && k.y > q.x) full = false;
-  if (docs && !(q.z == q.w && k.z == k.w && q.z == k.z)) full = false;
-  return full ? TILE_FULL : TILE_PARTIAL;
-}
-
-// Whether query position/document (qp, qd) sees key (kp, kd): lt_attn_spec's rule.
-__device__ __forceinline__ bool pair_visible(int32_t qp, int32_t qd, int32_t kp, int32_t kd,
-                                             bool causal, bool docs) {
-  return (!causal || kp <= qp) && (!docs || qd == kd);
-}
-
 // A list of the tiles a block visits, in order, built cooperatively by all its threads: entry =
-// tile index, with bit 31 set for TILE_PARTIAL. `classify(t)` gives a tile's kind.
-template <int THREADS, typename F>
-__device__ int build_tile_list(int *list, int *warp_counts, int first, int count, F &&classify) {
+// tile index, with bit 31 set for TILE_PARTIAL. The candidates are tile_of(w) for w in
+// [first, first + count); `classify(t)` gives tile t's kind.
+template <int THREADS, typename G, typename F>
+__device__ int build_tile_list(int *list, int *warp_counts, int first, int count, G &&tile_of,
+                               F &&classify) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   int total = 0;
   for (int base = 0; base < count; base += THREADS) {
-    const int t = first + base + (int)threadIdx.x;
-    const int kind = base + (int)threadIdx.x < count ? classify(t) : TILE_HIDDEN;
+    const bool candidate = base + (int)threadIdx.x < count;
+    const int t = candidate ? tile_of(first + base + (int)threadIdx.x) : 0;
+    const int kind = candidate ? classify(t) : TILE_HIDDEN;
     const unsigned mask = __ballot_sync(0xffffffffu, kind != TILE_HIDDEN);
     if (lane == 0) warp_counts[warp] = __popc(mask);
     __syncthreads();
@@ -214,10 +206,9 @@ __device__ __forceinline__ void cp_async4(void *smem, const void *gmem, bool val
 // Sets to -inf every score the mask hides: keys past tk, and pairs lt_attn_spec rules out.
 // `row` is the thread's first row in the block; positions of the tile's keys are in kpos/kdoc.
 template <int NT>
-__device__ __forceinline__ void mask_scores(float (&s)[NT * 4], int row, const int32_t *qpos,
-                                            const int32_t *qdoc, const int32_t *kpos,
-                                            const int32_t *kdoc, int64_t j0, int64_t tk,
-                                            bool causal, bool docs) {
+__device__ __forceinline__ void
+mask_scores(float (&s)[NT * 4], int row, const int32_t *qpos, const int32_t *qdoc,
+            const int32_t *kpos, const int32_t *kdoc, int64_t j0, int64_t tk, const attn_mask &m) {
   const int c = threadIdx.x & 3;
 #pragma unroll
   for (int hf = 0; hf < 2; hf++) {
@@ -227,7 +218,7 @@ __device__ __forceinline__ void mask_scores(float (&s)[NT * 4], int row, const i
 #pragma unroll
       for (int e2 = 0; e2 < 2; e2++) {
         const int col = nt * 8 + c * 2 + e2;
-        if (j0 + col >= tk || !pair_visible(qp, qd, kpos[col], docs ? kdoc[col] : 0, causal, docs))
+        if (j0 + col >= tk || !pair_visible(m, qp, qd, kpos[col], m.docs ? kdoc[col] : 0))
           s[nt * 4 + 2 * hf + e2] = -INFINITY;
       }
   }
@@ -286,7 +277,7 @@ __device__ __forceinline__ void probs_fragment(uint32_t (&a)[4], const float (&s
 }
 
 // o / l and lse = (m + log2 l) ln 2 for the thread's two rows (i0 + row, + 8); o = 0 and
-// lse = -inf for a row that saw no key.
+// lse = -inf for a row that saw no key (row_sum 0: gated_off sets it so).
 template <int D>
 __device__ __forceinline__ void write_output(const attn_params &p, const float (&o)[D / 2],
                                              const float (&row_max)[2], const float (&row_sum)[2],
@@ -311,8 +302,19 @@ __device__ __forceinline__ void write_output(const attn_params &p, const float (
   }
 }
 
+// Whether the thread's two rows (i0 + row, + 8) are heads their router left out (MoH: gate 0),
+// which get o = 0 and lse = -inf as rows that see no key.
+__device__ __forceinline__ void gated_off(const attn_params &p, bool (&off)[2], int b, int h,
+                                          int64_t i0, int row) {
+#pragma unroll
+  for (int hf = 0; hf < 2; hf++) {
+    const int64_t i = i0 + row + 8 * hf;
+    off[hf] = p.gates && i < p.tq && p.gates[((int64_t)b * p.tq + i) * p.hq + h] == 0.0f;
+  }
+}
+
 // Checks the operands, fills the parameters shared by the forward and backward, and builds the
-// tile tables for query tiles of q_tile rows and key tiles of k_tile rows (attention_fwd.cu).
+// tile tables for query tiles of q_tile rows and key tiles of k_tile rows (attention_aux.cu).
 int lt_cuda_attn_setup(lt_ctx *ctx, attn_params *p, lt_tensor q, lt_tensor k, lt_tensor v,
                        const lt_attn_spec *spec, int q_tile, int k_tile, const char *op);
 
@@ -337,8 +339,14 @@ __device__ __forceinline__ void load_rows(unsigned char *tile, const bf16 *src, 
     load_tile<ROWS, D, THREADS>(tile, src, row_stride, row0, rows_valid);
 }
 
-// Launches the tile-table kernel for (B, T) positions and documents in tiles of `tile` rows.
-int lt_cuda_attn_tiles(lt_cuda_state *st, int4 *out, const int32_t *pos, const int32_t *doc,
-                       int64_t b, int64_t t, int tile);
+// Builds the tile tables of (B, T) positions and documents in tiles of `tile` rows: each tile's
+// position and document ranges, its smallest and largest attn_key, and per batch row whether
+// the tiles are out of key order (unordered[b] != 0; zeroed by the caller beforehand).
+int lt_cuda_attn_tiles(lt_cuda_state *st, int4 *ranges, longlong2 *keys, int *unordered,
+                       const int32_t *pos, const int32_t *doc, int64_t b, int64_t t, int tile);
+
+// After a kernel launch: adds the tiles it computed (p.visited) to *spec->tiles_visited, waiting
+// for the kernel; nothing when the spec asks for no count.
+int lt_cuda_attn_count_tiles(lt_cuda_state *st, const attn_params &p, const lt_attn_spec *spec);
 
 #endif

@@ -7,7 +7,9 @@
 //   (S = Q K^T) and from the probability registers (O += P V), as FlashAttention-3 does;
 // - elsewhere, or with LT_ATTENTION_KERNELS=portable: mma.sync m16n8k16 on ldmatrix fragments.
 // Both match lt_cpu_attn_fwd, including (o, lse) over partial key ranges and lse = -inf, o = 0 for
-// a query that sees no key.
+// a query that sees no key or whose head is gated off (MoH). A block walks only the key tiles its
+// query tile can reach (attention_mask.cuh: a sliding window's band, the sinks), so sparse
+// patterns cost time in proportion to their visible tiles.
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -140,19 +142,48 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
   const int qt = p.n_q_tiles - 1 - (int)blockIdx.x; // longest causal rows first
   const int h = blockIdx.y, b = blockIdx.z, kvh = h / (p.hq / p.hkv);
   const int64_t i0 = (int64_t)qt * BM;
-  const bool docs = p.q_doc != nullptr;
+  const bool docs = p.mask.docs;
   const uint32_t q_base = smem_u32(q_s);
 
   const bf16 *q_head = p.q + ((int64_t)b * p.tq * p.hq + h) * D;
   load_rows<HOPPER, BM, D, THREADS>(q_s, q_head, (int64_t)p.hq * D, i0, p.tq);
   cp_async_commit();
   // Positions and documents of the block's queries, read only where a tile is masked pair by pair.
+  bool live = false; // some query of the block is computed: not past the end, not gated off
   for (int r = threadIdx.x; r < BM; r += THREADS) {
     const bool valid = i0 + r < p.tq;
     qpos_s[r] = valid ? p.q_pos[(int64_t)b * p.tq + i0 + r] : INT_MIN;
     qdoc_s[r] = valid && docs ? p.q_doc[(int64_t)b * p.tq + i0 + r] : 0;
+    live |= valid && (!p.gates || p.gates[((int64_t)b * p.tq + i0 + r) * p.hq + h] != 0.0f);
   }
+  // The key tiles the block walks: ranges[0], then ranges[1], as one sequence of `walk` tiles.
+  // Warps 0-3 search for their bounds at once, and thread 0 makes the ranges of them. They reach
+  // the block through shared memory as they are: loop bounds computed from values the compiler
+  // deems divergent make it serialize the wgmma loop (ptxas C7518).
+  __shared__ int bounds_s[5]; // 4 bounds, then the number of intervals
+  const bool any_live = __syncthreads_or(live);
+  {
+    longlong2 iv[2];
+    const int count = any_live ? key_intervals(p.mask, p.q_keys[(int64_t)b * p.n_q_tiles + qt],
+                                               p.k_unordered[b] == 0, iv)
+                               : 0;
+    if (warp < 2 * count)
+      search_bound(p.k_keys + (int64_t)b * p.n_k_tiles, p.n_k_tiles, iv, warp, bounds_s);
+    if (threadIdx.x == 0) bounds_s[4] = count;
+  }
+  __syncthreads();
+  __shared__ int2 ranges_s[2];
+  if (threadIdx.x == 0) {
+    int2 found[2];
+    ranges_of(bounds_s, bounds_s[4], p.n_k_tiles, found);
+    ranges_s[0] = found[0], ranges_s[1] = found[1];
+  }
+  __syncthreads();
+  const int2 ranges[2] = {ranges_s[0], ranges_s[1]};
+  const int first_len = ranges[0].y - ranges[0].x, walk = first_len + ranges[1].y - ranges[1].x;
 
+  bool off[2];
+  gated_off(p, off, b, h, i0, warp * 16 + g);
   float o[DT * 4], row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
 #pragma unroll
   for (int e = 0; e < DT * 4; e++) o[e] = 0.0f;
@@ -173,14 +204,19 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
 
   uint32_t pa[BN / 16][4]; // wgmma: the probabilities, read by the P V multiply in flight
   bool pv_in_flight = false;
-  int buf = 0; // the ring of buffers runs on across list passes
-  for (int first = 0; first < p.n_k_tiles; first += LIST_MAX) {
-    const int count = p.n_k_tiles - first < LIST_MAX ? p.n_k_tiles - first : LIST_MAX;
-    const int n = build_tile_list<THREADS>(list, warp_counts, first, count, [&](int t) {
+  int buf = 0;           // the ring of buffers runs on across list passes
+  long long visited = 0; // tiles computed
+  for (int first = 0; first < walk; first += LIST_MAX) {
+    const int count = walk - first < LIST_MAX ? walk - first : LIST_MAX;
+    const auto tile_at = [&](int w) {
+      return w < first_len ? ranges[0].x + w : ranges[1].x + (w - first_len);
+    };
+    const int n = build_tile_list<THREADS>(list, warp_counts, first, count, tile_at, [&](int t) {
       const int4 q_info = p.q_tiles[(int64_t)b * p.n_q_tiles + qt];
       const int4 k_info = p.k_tiles[(int64_t)b * p.n_k_tiles + t];
-      return classify_tiles(q_info, k_info, p.causal, docs, (int64_t)(t + 1) * BN > p.tk);
+      return classify_tiles(p.mask, q_info, k_info, (int64_t)(t + 1) * BN > p.tk);
     });
+    visited += n;
     if (n > 0) issue_tile(list[0], buf);
     for (int it = 0; it < n; it++) {
       const int entry = list[it], next_buf = buf + 1 == STAGES ? 0 : buf + 1;
@@ -201,7 +237,7 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
       }
       if (entry < 0) // TILE_PARTIAL: the mask pair by pair
         mask_scores<NT>(s, warp * 16 + g, qpos_s, qdoc_s, kpos_s + buf * BN, kdoc_s + buf * BN,
-                        (int64_t)(entry & 0x7fffffff) * BN, p.tk, p.causal, docs);
+                        (int64_t)(entry & 0x7fffffff) * BN, p.tk, p.mask);
       online_softmax<NT, DT>(s, o, row_max, row_sum, p.scale_log2);
       if constexpr (HOPPER) {
         fwd_pv_wgmma<D, BN>(o, pa, s, v_base);
@@ -224,46 +260,10 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
     wgmma_keep_fragments(pa);
     wgmma_fence_operands(o);
   }
+#pragma unroll
+  for (int hf = 0; hf < 2; hf++) row_sum[hf] = off[hf] ? 0.0f : row_sum[hf];
   write_output<D>(p, o, row_max, row_sum, b, h, i0, warp * 16 + g);
-}
-
-// The checks and tile tables shared by the forward and backward launches.
-int lt_cuda_attn_setup(lt_ctx *ctx, attn_params *p, lt_tensor q, lt_tensor k, lt_tensor v,
-                       const lt_attn_spec *spec, int q_tile, int k_tile, const char *op) {
-  lt_cuda_state *st = cuda_state(ctx);
-  const int d = (int)q.shape[3];
-  if (d != 64 && d != 128)
-    return lt_fail(LT_ERR_CONFIG,
-                   "%s: CUDA attention supports head dims 64 and 128, not %d: set model.head_dim "
-                   "(or model.n_heads so that d_model / n_heads is 64 or 128)",
-                   op, d);
-  if (q.dtype != LT_BF16 || k.dtype != LT_BF16 || v.dtype != LT_BF16)
-    return lt_cuda_unsupported(op, "q, k and v must be bf16", q, k);
-  if (spec->q_pos.device != LT_CUDA || spec->k_pos.device != LT_CUDA ||
-      spec->q_pos.dtype != LT_I32 || spec->k_pos.dtype != LT_I32)
-    return lt_cuda_unsupported(op, "positions must be i32 on the GPU", spec->q_pos, spec->k_pos);
-  memset(p, 0, sizeof *p);
-  p->q = (const bf16 *)q.data, p->k = (const bf16 *)k.data, p->v = (const bf16 *)v.data;
-  p->q_pos = (const int32_t *)spec->q_pos.data, p->k_pos = (const int32_t *)spec->k_pos.data;
-  if (spec->q_doc.data) {
-    p->q_doc = (const int32_t *)spec->q_doc.data;
-    p->k_doc = (const int32_t *)spec->k_doc.data;
-  }
-  const int64_t b = q.shape[0];
-  p->tq = q.shape[1], p->tk = k.shape[1];
-  p->hq = (int)q.shape[2], p->hkv = (int)k.shape[2];
-  p->n_q_tiles = (int)((p->tq + q_tile - 1) / q_tile);
-  p->n_k_tiles = (int)((p->tk + k_tile - 1) / k_tile);
-  p->scale_log2 = spec->scale * LOG2E;
-  p->causal = spec->causal;
-  void *scratch;
-  const size_t q_bytes = (size_t)(b * p->n_q_tiles) * sizeof(int4);
-  LT_TRY(lt_cuda_scratch(st, q_bytes + (size_t)(b * p->n_k_tiles) * sizeof(int4), op, &scratch));
-  int4 *q_tiles = (int4 *)scratch, *k_tiles = q_tiles + b * p->n_q_tiles;
-  if (p->tq > 0) lt_cuda_attn_tiles(st, q_tiles, p->q_pos, p->q_doc, b, p->tq, q_tile);
-  if (p->tk > 0) lt_cuda_attn_tiles(st, k_tiles, p->k_pos, p->k_doc, b, p->tk, k_tile);
-  p->q_tiles = q_tiles, p->k_tiles = k_tiles;
-  return LT_OK;
+  if (p.visited && threadIdx.x == 0) atomicAdd(p.visited, (unsigned long long)visited);
 }
 
 // Whether this build's attention kernels were compiled with wgmma (sm_90a).
@@ -318,5 +318,6 @@ int lt_cuda_attn_fwd(lt_ctx *ctx, lt_tensor o, lt_tensor lse, lt_tensor q, lt_te
   else
     rc = hopper ? launch_fwd<128, true>(st, p, b) : launch_fwd<128, false>(st, p, b);
   LT_TRY(rc);
-  return lt_cuda_launched(st, "attn_fwd", q, k);
+  LT_TRY(lt_cuda_launched(st, "attn_fwd", q, k));
+  return lt_cuda_attn_count_tiles(st, p, spec);
 }
