@@ -70,9 +70,10 @@ static void test_sparse_and_moh_attention_are_valid_on_cuda(void **state) {
 static void test_every_attention_kind_in_one_stack_is_valid_on_cuda(void **state) {
   (void)state;
   lt_config cfg;
-  char *overrides[4] = {"run.device=cuda", "model.n_layers=5",
-                        "model.attention=softmax,sparse,moh,linear,lightning", "model.ffn=moe"};
-  assert_ok(lt_config_load(&cfg, NULL, 4, overrides));
+  char *overrides[5] = {"run.device=cuda", "model.n_layers=5",
+                        "model.attention=softmax,sparse,moh,linear,lightning", "model.ffn=moe",
+                        "model.sparse.window=256"};
+  assert_ok(lt_config_load(&cfg, NULL, 5, overrides));
 }
 
 int main(void) {
