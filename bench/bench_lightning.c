@@ -4,7 +4,8 @@
 //   bench_lightning [--seq T ...] [--heads 16] [--head-dim 128] [--batch 1] [--flash-max 65536]
 // Lightning runs as a training step uses it: lt_linear_attn_fwd, then lt_linear_attn_bwd into
 // zeroed bf16 gradients, with the ALiBi decays of a first lightning layer. Flash attention is
-// causal softmax attention (attention_timing.c), timed up to --flash-max tokens (its time grows as T^2).
+// causal softmax attention (attention_timing.c), timed up to --flash-max tokens (its time grows
+// as T^2).
 // Times are medians of 5 trials of back-to-back repetitions after a warm-up.
 #include <cuda_runtime_api.h>
 #include <math.h>
