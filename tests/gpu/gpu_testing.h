@@ -44,6 +44,9 @@ double lt_gpu_rel_l2(const float *a, const float *b, int64_t n);
 void lt_gpu_expect_close(const char *what, const float *got, const float *want, int64_t n,
                          double tol);
 
+// Prints each parameter whose gradient on the GPU (host copy g_gpu) is more than 1e-2 (relative
+// L2) from the CPU's (g_cpu), and the worst; returns the worst error.
+double lt_gpu_print_gradient_errors(const lt_params *p, const float *g_gpu, const float *g_cpu);
 // The end-to-end tests' model: 128 wide, 2 layers, 2 query heads of 64 on 1 key/value head,
 // SwiGLU of 256, scaled init of std 0.02, the default (softmax) attention; LT_GPU_SMALL_VOCAB is
 // the vocabulary the tests' datasets use.

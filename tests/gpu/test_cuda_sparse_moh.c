@@ -170,8 +170,9 @@ static void test_head_gating_matches_cpu(void **state) {
 
 enum { B = 2, T = 96, VOCAB = 512, STEPS = 3 };
 
-// Layer 0 sparse (a window of 24 and 2 sinks), layer 1 MoH (2 shared + 4 routed heads, top 2).
-static lt_model_config sparse_moh_model(void) {
+// Layer 0 sparse (a window of 24 and 2 sinks), layer 1 MoH (2 shared + 4 routed heads, top_k of
+// them).
+static lt_model_config sparse_moh_model(int top_k) {
   lt_model_config m = {.d_model = 128,
                        .n_layers = 2,
                        .n_heads = 6,
@@ -185,7 +186,7 @@ static lt_model_config sparse_moh_model(void) {
                        .init = LT_INIT_SCALED,
                        .init_std = 0.02,
                        .sparse = {.window = 24, .sinks = 2},
-                       .moh = {.shared_heads = 2, .top_k = 2, .balance_coef = 0.01}};
+                       .moh = {.shared_heads = 2, .top_k = top_k, .balance_coef = 0.01}};
   strcpy(m.attention, "sparse,moh");
   strcpy(m.ffn, "swiglu");
   return m;
@@ -222,9 +223,9 @@ typedef struct training {
   lt_batch batch;
 } training;
 
-static void training_create(training *r, lt_device device, const packed_batch *d) {
+static void training_create(training *r, lt_device device, const packed_batch *d, int top_k) {
   assert_ok(lt_ctx_init(&r->ctx, device, 0));
-  lt_model_config cfg = sparse_moh_model();
+  lt_model_config cfg = sparse_moh_model(top_k);
   assert_ok(lt_model_create(&r->model, &cfg, device, NULL));
   assert_ok(lt_params_init(&r->model.params, 2024));
   assert_ok(lt_model_plan(&r->model, B, T, false));
@@ -266,15 +267,17 @@ static void training_step(training *r, const packed_batch *d, double *loss, doub
   assert_ok(lt_optimizer_step(&r->opt, &r->ctx, 1e-3f, &norm));
 }
 
-static void test_sparse_and_moh_model_trains_on_gpu_as_on_cpu(void **state) {
-  SKIP_WITHOUT_GPU();
+// Three steps of the model on both devices from the same weights and batch: the losses and balance
+// losses of every step, and (when `grads`) every parameter's gradient of step 1.
+static void expect_steps_match_cpu(int top_k, bool grads) {
   packed_batch d;
   make_packed_batch(&d);
   training cpu, gpu;
-  training_create(&cpu, LT_CPU, &d);
-  training_create(&gpu, LT_CUDA, &d);
+  training_create(&cpu, LT_CPU, &d, top_k);
+  training_create(&gpu, LT_CUDA, &d, top_k);
   const int64_t numel = (int64_t)cpu.model.params.numel;
   float *g_cpu = malloc(4 * numel), *g_gpu = malloc(4 * numel);
+  printf("MoH top %d of 4 routed heads\n", top_k);
   for (int s = 0; s < STEPS; s++) {
     double loss[2], aux[2];
     training_step(&cpu, &d, &loss[0], &aux[0], s == 0 ? g_cpu : NULL);
@@ -283,11 +286,27 @@ static void test_sparse_and_moh_model_trains_on_gpu_as_on_cpu(void **state) {
            loss[1], aux[0], aux[1]);
     assert_true(fabs(loss[1] - loss[0]) < 2e-3 * loss[0]);
     assert_true(aux[0] > 0.0 && fabs(aux[1] - aux[0]) < 2e-2 * aux[0]);
-    if (s == 0) lt_gpu_expect_close("every gradient of step 1", g_gpu, g_cpu, numel, 5e-2);
+    if (s == 0 && grads) lt_gpu_expect_gradients_within(&cpu.model.params, g_gpu, g_cpu, 3e-2);
   }
   free(g_cpu), free(g_gpu);
   training_destroy(&cpu), training_destroy(&gpu);
   lt_gpu_free_all();
+}
+
+// With every routed head chosen the router makes no discrete choice, so bf16 cannot flip one, and
+// the gradients (router, head weights, the sparse layer below) must be the CPU's to bf16 accuracy.
+static void test_sparse_and_moh_model_with_every_head_chosen_has_the_cpu_gradients(void **state) {
+  SKIP_WITHOUT_GPU();
+  expect_steps_match_cpu(4, true);
+}
+
+// With 2 of 4 routed heads, a token whose router scores are close to a tie can choose another
+// head on the GPU than on the CPU (bf16 activations): measured on an H100, the step-1 gradients
+// then differ by 2-11% in every parameter behind the flipped choices, as with MoE's experts. So
+// here the losses and balance losses over three steps are compared, which a flip moves little.
+static void test_sparse_and_moh_model_with_routing_trains_on_gpu_as_on_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  expect_steps_match_cpu(2, false);
 }
 
 int main(void) {
@@ -295,7 +314,8 @@ int main(void) {
       cmocka_unit_test(test_moh_routing_matches_cpu),
       cmocka_unit_test(test_moh_routing_backward_matches_cpu),
       cmocka_unit_test(test_head_gating_matches_cpu),
-      cmocka_unit_test(test_sparse_and_moh_model_trains_on_gpu_as_on_cpu),
+      cmocka_unit_test(test_sparse_and_moh_model_with_every_head_chosen_has_the_cpu_gradients),
+      cmocka_unit_test(test_sparse_and_moh_model_with_routing_trains_on_gpu_as_on_cpu),
   };
   return cmocka_run_group_tests(tests, lt_gpu_group_setup, lt_gpu_group_teardown);
 }
