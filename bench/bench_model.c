@@ -63,7 +63,7 @@ static int run(const bench_args *a, double *tokens_per_s, double *flops_per_toke
                double *first_loss) {
   char dir[] = "/tmp/longtrain-bench-XXXXXX";
   LT_CHECK(mkdtemp(dir), LT_ERR_IO, "cannot make a temporary folder under /tmp");
-  char data[128], run_dir[128], sets[8][160];
+  char data[128], run_dir[128], sets[9][160];
   snprintf(data, sizeof data, "%s/random.h5", dir);
   snprintf(run_dir, sizeof run_dir, "%s/run", dir);
   const int steps = a->warmup + a->steps;
@@ -75,10 +75,12 @@ static int run(const bench_args *a, double *tokens_per_s, double *flops_per_toke
   snprintf(sets[5], sizeof sets[5], "data.path=%s", data);
   snprintf(sets[6], sizeof sets[6], "run.dir=%s", run_dir);
   snprintf(sets[7], sizeof sets[7], "run.device=cuda");
-  char *overrides[8];
-  for (int i = 0; i < 8; i++) overrides[i] = sets[i];
+  // The config's limit on T is for training runs; a benchmark may go past it (RoPE as configured).
+  snprintf(sets[8], sizeof sets[8], "model.max_seq_len=%d", a->seq);
+  char *overrides[9];
+  for (int i = 0; i < 9; i++) overrides[i] = sets[i];
   lt_config cfg;
-  LT_TRY(lt_config_load(&cfg, a->config, 8, overrides));
+  LT_TRY(lt_config_load(&cfg, a->config, 9, overrides));
   LT_TRY(write_random_tokens(data, (int64_t)steps * a->batch * a->seq + 1, cfg.model.vocab_size));
   lt_world world = {.rank = 0, .size = 1};
   lt_trainer tr;

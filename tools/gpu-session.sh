@@ -98,6 +98,21 @@ for what in "$@"; do
     stage lightning 400 $build/bench/bench_lightning --seq 4096 16384 65536 262144
     tail -9 "$out/lightning.log"
     ;;
+  long-context)
+    # Issue 7's end-to-end figures: the softmax, lightning and hybrid (7 : 1) models of the 135M
+    # shape at T = 4K, 32K and 128K on one GPU, longtrain alone (no reference), recomputing at 128K.
+    for config in llama-135m lightning-135m hybrid-135m; do
+      stage "$config-4k" 200 $build/bench/bench_model --config configs/$config.yaml --seq 4096 \
+        --batch 8 --steps 6 --warmup 2
+      stage "$config-32k" 200 $build/bench/bench_model --config configs/$config.yaml --seq 32768 \
+        --batch 1 --steps 6 --warmup 2
+      stage "$config-128k" 300 $build/bench/bench_model --config configs/$config.yaml \
+        --seq 131072 --batch 1 --recompute --steps 3 --warmup 1
+    done
+    cat "$out"/*-135m-*.log >"$out/long-context.log"
+    rm "$out"/*-135m-*.log
+    grep -E "^configs|longtrain \|" "$out/long-context.log"
+    ;;
   attention-model)
     stage attention-model 300 $build/bench/bench_attention --heads 12 --head-dim 64 --batch 8 \
       --seq 4096 --reference "$reference"
