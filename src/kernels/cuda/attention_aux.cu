@@ -10,6 +10,7 @@ enum { THREADS = 128, WARPS = THREADS / 32 };
 
 // ranges[b, tile] = (min pos, max pos, min doc, max doc) and keys[b, tile] = (min, max) of
 // attn_key over the tile's rows. pos, doc: (B, T) i32 (doc may be NULL); ranges, keys: (B, n_tiles)
+// (keys NULL: only the dense kernels read the tables, and they need no keys)
 __global__ void attn_tiles_kernel(int4 *ranges, longlong2 *keys, const int32_t *pos,
                                   const int32_t *doc, int64_t b, int64_t t, int tile, int n_tiles) {
   const int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
@@ -32,11 +33,13 @@ __global__ void attn_tiles_kernel(int4 *ranges, longlong2 *keys, const int32_t *
     pmax = max(pmax, __shfl_xor_sync(0xffffffffu, pmax, o));
     dmin = min(dmin, __shfl_xor_sync(0xffffffffu, dmin, o));
     dmax = max(dmax, __shfl_xor_sync(0xffffffffu, dmax, o));
-    kmin = min(kmin, __shfl_xor_sync(0xffffffffu, kmin, o));
-    kmax = max(kmax, __shfl_xor_sync(0xffffffffu, kmax, o));
+    if (keys) {
+      kmin = min(kmin, __shfl_xor_sync(0xffffffffu, kmin, o));
+      kmax = max(kmax, __shfl_xor_sync(0xffffffffu, kmax, o));
+    }
   }
-  if (lane == 0)
-    ranges[w] = make_int4(pmin, pmax, dmin, dmax), keys[w] = make_longlong2(kmin, kmax);
+  if (lane == 0) ranges[w] = make_int4(pmin, pmax, dmin, dmax);
+  if (lane == 0 && keys) keys[w] = make_longlong2(kmin, kmax);
 }
 
 // unordered[b] = 1 where some tile of row b has a smaller smallest or largest key than the tile
@@ -55,6 +58,7 @@ int lt_cuda_attn_tiles(lt_cuda_state *st, int4 *ranges, longlong2 *keys, int *un
   const int n_tiles = (int)((t + tile - 1) / tile);
   attn_tiles_kernel<<<blocks_for(b * n_tiles, WARPS), THREADS, 0, st->stream>>>(
       ranges, keys, pos, doc, b, t, tile, n_tiles);
+  if (!keys) return LT_OK;
   attn_tile_order_kernel<<<blocks_for(b * n_tiles, THREADS), THREADS, 0, st->stream>>>(
       unordered, keys, b, n_tiles);
   return LT_OK;
@@ -91,24 +95,29 @@ int lt_cuda_attn_setup(lt_ctx *ctx, attn_params *p, lt_tensor q, lt_tensor k, lt
   p->n_k_tiles = (int)((p->tk + k_tile - 1) / k_tile);
   p->scale_log2 = spec->scale * LOG2E;
   p->mask = attn_mask_of(spec);
-  // The workspace: the tile counter and the rows' order flags (zeroed together), then the tables.
+  p->sparse_kernel = p->mask.sparse || p->gates || spec->tiles_visited;
+  // The workspace: the tile counter and the rows' order flags (zeroed together), then the tables;
+  // the dense kernels read only the position and document ranges.
   const int64_t nq = b * p->n_q_tiles, nk = b * p->n_k_tiles;
   const size_t head = 16 + ((size_t)(2 * b) * sizeof(int) + 15) / 16 * 16;
   void *scratch;
   LT_TRY(lt_cuda_scratch(st, head + (size_t)(nq + nk) * (sizeof(int4) + sizeof(longlong2)), op,
                          &scratch));
   unsigned char *at = (unsigned char *)scratch;
-  CUDA_TRY(cudaMemsetAsync(at, 0, head, st->stream), "%s: clearing the tile tables", op);
-  int *unordered = (int *)(at + 16);
+  if (p->sparse_kernel)
+    CUDA_TRY(cudaMemsetAsync(at, 0, head, st->stream), "%s: clearing the tile tables", op);
+  int *unordered = p->sparse_kernel ? (int *)(at + 16) : nullptr;
   int4 *q_tiles = (int4 *)(at + head), *k_tiles = q_tiles + nq;
-  longlong2 *q_keys = (longlong2 *)(k_tiles + nk), *k_keys = q_keys + nq;
+  longlong2 *q_keys = p->sparse_kernel ? (longlong2 *)(k_tiles + nk) : nullptr;
+  longlong2 *k_keys = q_keys ? q_keys + nq : nullptr;
   if (spec->tiles_visited) p->visited = (unsigned long long *)at;
   if (p->tq > 0)
     lt_cuda_attn_tiles(st, q_tiles, q_keys, unordered, p->q_pos, p->q_doc, b, p->tq, q_tile);
   if (p->tk > 0)
-    lt_cuda_attn_tiles(st, k_tiles, k_keys, unordered + b, p->k_pos, p->k_doc, b, p->tk, k_tile);
+    lt_cuda_attn_tiles(st, k_tiles, k_keys, unordered ? unordered + b : nullptr, p->k_pos, p->k_doc,
+                       b, p->tk, k_tile);
   p->q_tiles = q_tiles, p->k_tiles = k_tiles, p->q_keys = q_keys, p->k_keys = k_keys;
-  p->q_unordered = unordered, p->k_unordered = unordered + b;
+  p->q_unordered = unordered, p->k_unordered = unordered ? unordered + b : nullptr;
   return LT_OK;
 }
 

@@ -14,7 +14,9 @@
 // - elsewhere: four warps on mma.sync.
 // (Bulk reductions of a shared-memory dQ tile measured slower than the atomics here.)
 // A block walks only the query tiles that can reach its keys (attention_mask.cuh), so sparse
-// patterns cost time in proportion to their visible tiles. Matches lt_cpu_attn_bwd.
+// patterns cost time in proportion to their visible tiles; dense attention runs an instantiation
+// without the search, the pattern or the gates' special case (as the forward). Matches
+// lt_cpu_attn_bwd.
 #include <limits.h>
 
 #include "kernels/cuda/attention_common.cuh"
@@ -65,8 +67,9 @@ typedef struct bwd_tile_stats {
 } bwd_tile_stats;
 
 // S^T and dP^T become P^T and dS^T in place. The thread's keys are key_row and key_row + 8 of the
-// block (positions kpos, kdoc); its queries are columns 8 nt + 2 c + {0, 1} of the tile.
-template <bool PARTIAL>
+// block (positions kpos, kdoc); its queries are columns 8 nt + 2 c + {0, 1} of the tile. SPARSE
+// as in the kernel.
+template <bool PARTIAL, bool SPARSE>
 __device__ __forceinline__ void
 bwd_probs(float (&st)[NT * 4], const bwd_tile_stats &t, const attn_params &p, int64_t i0,
           int64_t j0, int key_row, const int32_t (&kpos)[2], const int32_t (&kdoc)[2], bool docs) {
@@ -77,19 +80,22 @@ bwd_probs(float (&st)[NT * 4], const bwd_tile_stats &t, const attn_params &p, in
     for (int e2 = 0; e2 < 2; e2++) {
       const int col = nt * 8 + c * 2 + e2;
       // A query that sees no key, or whose head its router left out (lse = -inf), has no
-      // gradient: read as lse = +inf, its probabilities come out 0, in full tiles too.
-      const float lse = t.lse[col], lse2 = lse == -INFINITY ? INFINITY : lse * LOG2E;
-      const bool query_ok = !PARTIAL || i0 + col < p.tq;
+      // gradient. With gates that can be so in a full tile: lse = -inf is read as +inf, and its
+      // probabilities come out 0. Without, every query of a full tile sees a key, so only
+      // partial tiles check.
+      const float lse = t.lse[col];
+      const float lse2 = SPARSE && lse == -INFINITY ? INFINITY : lse * LOG2E;
+      const bool query_ok = !PARTIAL || ((SPARSE || lse2 != -INFINITY) && i0 + col < p.tq);
 #pragma unroll
       for (int hf = 0; hf < 2; hf++) {
         const int e = 2 * hf + e2;
         const float pv = fast_exp2(fmaf(st[nt * 4 + e], p.scale_log2, -lse2));
         if constexpr (PARTIAL)
-          st[nt * 4 + e] =
-              query_ok && j0 + key_row + hf * 8 < p.tk &&
-                      pair_visible(p.mask, t.qpos[col], docs ? t.qdoc[col] : 0, kpos[hf], kdoc[hf])
-                  ? pv
-                  : 0.0f;
+          st[nt * 4 + e] = query_ok && j0 + key_row + hf * 8 < p.tk &&
+                                   pair_visible<SPARSE>(p.mask, t.qpos[col], docs ? t.qdoc[col] : 0,
+                                                        kpos[hf], kdoc[hf])
+                               ? pv
+                               : 0.0f;
         else
           st[nt * 4 + e] = pv;
       }
@@ -236,8 +242,11 @@ __device__ __forceinline__ void bwd_dq_wgmma(float (&dq)[COLS / 2], uint32_t ds_
 }
 
 // q, dout: (B, Tq, Hq, D) bf16; k, v: (B, Tk, Hkv, D) bf16; lse, delta: (B, Hq, Tq) f32;
-// dq: (B, Tq, Hq, D) f32 (+=, atomic); dk, dv: (B, Tk, Hkv, D) TKV (+=); grid (key tiles, Hkv, B)
-template <int D, typename TKV, bool HOPPER>
+// dq: (B, Tq, Hq, D) f32 (+=, atomic); dk, dv: (B, Tk, Hkv, D) TKV (+=); grid (key tiles, Hkv, B).
+// SPARSE: the instantiation for sparse patterns, head gates and tile counts
+// (attn_params.sparse_kernel); the dense one walks every query tile as the tile list classifies
+// them, with none of their checks.
+template <int D, typename TKV, bool HOPPER, bool SPARSE>
 __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HOPPER>())
     attn_bwd_kernel(const attn_params p) {
   constexpr int THREADS = bwd_threads<D, HOPPER>(), WARPS = THREADS / 32, BN = bwd_bn<D, HOPPER>();
@@ -298,27 +307,31 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
     cp_async_commit();
   };
 
-  // The query tiles that can reach the block's keys: warps 0 and 1 search for the bounds at once,
-  // thread 0 makes the range of them, shared memory hands it on (as in the forward).
-  __shared__ int bounds_s[3]; // 2 bounds, then the number of intervals
-  {
-    longlong2 iv[1];
-    const int count =
-        query_interval(p.mask, p.k_keys[(int64_t)b * p.n_k_tiles + kt],
-                       p.k_tiles[(int64_t)b * p.n_k_tiles + kt].x, p.q_unordered[b] == 0, iv[0]);
-    if (warp < 2 * count)
-      search_bound(p.q_keys + (int64_t)b * p.n_q_tiles, p.n_q_tiles, iv, warp, bounds_s);
-    if (threadIdx.x == 0) bounds_s[2] = count;
+  // The query tiles that can reach the block's keys (the dense kernel walks them all): warps 0
+  // and 1 search for the bounds at once, thread 0 makes the range of them, shared memory hands it
+  // on (as in the forward).
+  int2 range = make_int2(0, p.n_q_tiles);
+  if constexpr (SPARSE) {
+    __shared__ int bounds_s[3]; // 2 bounds, then the number of intervals
+    {
+      longlong2 iv[1];
+      const int count =
+          query_interval(p.mask, p.k_keys[(int64_t)b * p.n_k_tiles + kt],
+                         p.k_tiles[(int64_t)b * p.n_k_tiles + kt].x, p.q_unordered[b] == 0, iv[0]);
+      if (warp < 2 * count)
+        search_bound(p.q_keys + (int64_t)b * p.n_q_tiles, p.n_q_tiles, iv, warp, bounds_s);
+      if (threadIdx.x == 0) bounds_s[2] = count;
+    }
+    __syncthreads();
+    __shared__ int2 range_s;
+    if (threadIdx.x == 0) {
+      int2 found[2];
+      ranges_of(bounds_s, bounds_s[2], p.n_q_tiles, found);
+      range_s = found[0];
+    }
+    __syncthreads();
+    range = range_s;
   }
-  __syncthreads();
-  __shared__ int2 range_s;
-  if (threadIdx.x == 0) {
-    int2 found[2];
-    ranges_of(bounds_s, bounds_s[2], p.n_q_tiles, found);
-    range_s = found[0];
-  }
-  __syncthreads();
-  const int2 range = range_s;
   long long visited = 0; // tiles computed
   for (int first = range.x; first < range.y; first += LIST_MAX) {
     const int count = range.y - first < LIST_MAX ? range.y - first : LIST_MAX;
@@ -327,10 +340,10 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
       const int4 q_info = p.q_tiles[(int64_t)b * p.n_q_tiles + t];
       const int4 k_info = p.k_tiles[(int64_t)b * p.n_k_tiles + kt];
       const bool ragged = (int64_t)(t + 1) * BM > p.tq || j0 + BN > p.tk;
-      return classify_tiles(p.mask, q_info, k_info, ragged);
+      return classify_tiles<SPARSE>(p.mask, q_info, k_info, ragged);
     });
     const int steps = n * group; // every query head of the group over the same tiles
-    visited += steps;
+    if constexpr (SPARSE) visited += steps;
     if (steps > 0) issue_tile(list[0], kvh * group, 0);
     // Step it works on list[at] of head h in buffer buf.
     for (int it = 0, at = 0, h = kvh * group, buf = 0; it < steps; it++) {
@@ -353,9 +366,9 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
         bwd_scores_mma<D>(st, dpt, k_base, v_base, q_base, do_base, warp, lane);
       }
       if (entry < 0) // TILE_PARTIAL
-        bwd_probs<true>(st, stats, p, i0, j0, warp * 16 + g, kpos, kdoc, docs);
+        bwd_probs<true, SPARSE>(st, stats, p, i0, j0, warp * 16 + g, kpos, kdoc, docs);
       else
-        bwd_probs<false>(st, stats, p, i0, j0, warp * 16 + g, kpos, kdoc, docs);
+        bwd_probs<false, SPARSE>(st, stats, p, i0, j0, warp * 16 + g, kpos, kdoc, docs);
       if constexpr (HOPPER) {
         wgmma_wait<0>();
         wgmma_fence_operands(dpt);
@@ -445,18 +458,24 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
       add_pair(dv_row + dt * 8 + c * 2, dv[dt * 4 + 2 * hf], dv[dt * 4 + 2 * hf + 1]);
     }
   }
-  if (p.visited && threadIdx.x == 0) atomicAdd(p.visited, (unsigned long long)visited);
+  if (SPARSE && p.visited && threadIdx.x == 0) atomicAdd(p.visited, (unsigned long long)visited);
+}
+
+template <int D, typename TKV, bool HOPPER, bool SPARSE>
+static int launch_bwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
+  constexpr size_t smem = bwd_smem_bytes<D, HOPPER>();
+  CUDA_TRY(cudaFuncSetAttribute(attn_bwd_kernel<D, TKV, HOPPER, SPARSE>,
+                                cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+           "attn_bwd: raising shared memory to %zu bytes", smem);
+  dim3 grid((unsigned)p.n_k_tiles, (unsigned)p.hkv, (unsigned)b);
+  attn_bwd_kernel<D, TKV, HOPPER, SPARSE><<<grid, bwd_threads<D, HOPPER>(), smem, st->stream>>>(p);
+  return LT_OK;
 }
 
 template <int D, typename TKV, bool HOPPER>
 static int launch_bwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
-  constexpr size_t smem = bwd_smem_bytes<D, HOPPER>();
-  CUDA_TRY(cudaFuncSetAttribute(attn_bwd_kernel<D, TKV, HOPPER>,
-                                cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
-           "attn_bwd: raising shared memory to %zu bytes", smem);
-  dim3 grid((unsigned)p.n_k_tiles, (unsigned)p.hkv, (unsigned)b);
-  attn_bwd_kernel<D, TKV, HOPPER><<<grid, bwd_threads<D, HOPPER>(), smem, st->stream>>>(p);
-  return LT_OK;
+  return p.sparse_kernel ? launch_bwd<D, TKV, HOPPER, true>(st, p, b)
+                         : launch_bwd<D, TKV, HOPPER, false>(st, p, b);
 }
 
 template <int D, bool HOPPER>

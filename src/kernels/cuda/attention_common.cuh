@@ -41,6 +41,10 @@ typedef struct attn_params {
   int hq, hkv, n_q_tiles, n_k_tiles;
   float scale_log2; // softmax scale times log2(e): the kernels work in base 2
   attn_mask mask;
+  // The kernels' SPARSE instantiation runs where the spec has a sparse pattern, head gates or a
+  // tile count; the dense one (every softmax model's causal attention) leaves out their pair
+  // checks, range searches, gate loads and counting (2-10% of its fwd + bwd time on an H100).
+  bool sparse_kernel;
   bool dkv_f32;
 } attn_params;
 
@@ -205,7 +209,8 @@ __device__ __forceinline__ void cp_async4(void *smem, const void *gmem, bool val
 
 // Sets to -inf every score the mask hides: keys past tk, and pairs lt_attn_spec rules out.
 // `row` is the thread's first row in the block; positions of the tile's keys are in kpos/kdoc.
-template <int NT>
+// SPARSE as in pair_visible.
+template <int NT, bool SPARSE>
 __device__ __forceinline__ void
 mask_scores(float (&s)[NT * 4], int row, const int32_t *qpos, const int32_t *qdoc,
             const int32_t *kpos, const int32_t *kdoc, int64_t j0, int64_t tk, const attn_mask &m) {
@@ -218,7 +223,7 @@ mask_scores(float (&s)[NT * 4], int row, const int32_t *qpos, const int32_t *qdo
 #pragma unroll
       for (int e2 = 0; e2 < 2; e2++) {
         const int col = nt * 8 + c * 2 + e2;
-        if (j0 + col >= tk || !pair_visible(m, qp, qd, kpos[col], m.docs ? kdoc[col] : 0))
+        if (j0 + col >= tk || !pair_visible<SPARSE>(m, qp, qd, kpos[col], m.docs ? kdoc[col] : 0))
           s[nt * 4 + 2 * hf + e2] = -INFINITY;
       }
   }
@@ -341,7 +346,8 @@ __device__ __forceinline__ void load_rows(unsigned char *tile, const bf16 *src, 
 
 // Builds the tile tables of (B, T) positions and documents in tiles of `tile` rows: each tile's
 // position and document ranges, its smallest and largest attn_key, and per batch row whether
-// the tiles are out of key order (unordered[b] != 0; zeroed by the caller beforehand).
+// the tiles are out of key order (unordered[b] != 0; zeroed by the caller beforehand). keys and
+// unordered NULL: the ranges alone, which are all the dense kernels read.
 int lt_cuda_attn_tiles(lt_cuda_state *st, int4 *ranges, longlong2 *keys, int *unordered,
                        const int32_t *pos, const int32_t *doc, int64_t b, int64_t t, int tile);
 

@@ -9,7 +9,8 @@
 // Both match lt_cpu_attn_fwd, including (o, lse) over partial key ranges and lse = -inf, o = 0 for
 // a query that sees no key or whose head is gated off (MoH). A block walks only the key tiles its
 // query tile can reach (attention_mask.cuh: a sliding window's band, the sinks), so sparse
-// patterns cost time in proportion to their visible tiles.
+// patterns cost time in proportion to their visible tiles. Dense attention (no pattern, gates or
+// tile count) runs an instantiation without any of that: every key tile, classified by the list.
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,8 +119,10 @@ __device__ __forceinline__ void fwd_pv_wgmma(float (&o)[D / 2], uint32_t (&a)[BN
 }
 
 // q, o: (B, Tq, Hq, D) bf16; k, v: (B, Tk, Hkv, D) bf16; lse: (B, Hq, Tq) f32;
-// grid (query tiles, Hq, B), 256 threads
-template <int D, bool HOPPER>
+// grid (query tiles, Hq, B), 256 threads. SPARSE: the instantiation for sparse patterns, head
+// gates and tile counts (attn_params.sparse_kernel); the dense one walks every key tile as the
+// tile list classifies them, with none of their checks.
+template <int D, bool HOPPER, bool SPARSE>
 __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
     attn_fwd_kernel(const attn_params p) {
   constexpr int BN = fwd_bn<D, HOPPER>(), NT = BN / 8, DT = D / 8;
@@ -154,36 +157,40 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
     const bool valid = i0 + r < p.tq;
     qpos_s[r] = valid ? p.q_pos[(int64_t)b * p.tq + i0 + r] : INT_MIN;
     qdoc_s[r] = valid && docs ? p.q_doc[(int64_t)b * p.tq + i0 + r] : 0;
-    live |= valid && (!p.gates || p.gates[((int64_t)b * p.tq + i0 + r) * p.hq + h] != 0.0f);
+    if constexpr (SPARSE)
+      live |= valid && (!p.gates || p.gates[((int64_t)b * p.tq + i0 + r) * p.hq + h] != 0.0f);
   }
-  // The key tiles the block walks: ranges[0], then ranges[1], as one sequence of `walk` tiles.
-  // Warps 0-3 search for their bounds at once, and thread 0 makes the ranges of them. They reach
-  // the block through shared memory as they are: loop bounds computed from values the compiler
-  // deems divergent make it serialize the wgmma loop (ptxas C7518).
-  __shared__ int bounds_s[5]; // 4 bounds, then the number of intervals
-  const bool any_live = __syncthreads_or(live);
-  {
-    longlong2 iv[2];
-    const int count = any_live ? key_intervals(p.mask, p.q_keys[(int64_t)b * p.n_q_tiles + qt],
-                                               p.k_unordered[b] == 0, iv)
-                               : 0;
-    if (warp < 2 * count)
-      search_bound(p.k_keys + (int64_t)b * p.n_k_tiles, p.n_k_tiles, iv, warp, bounds_s);
-    if (threadIdx.x == 0) bounds_s[4] = count;
+  // The key tiles the block walks: ranges[0], then ranges[1], as one sequence of `walk` tiles;
+  // the dense kernel walks them all, as ranges[0].
+  int2 ranges[2] = {make_int2(0, p.n_k_tiles), make_int2(0, 0)};
+  bool off[2] = {false, false}; // the thread's two rows gated off
+  if constexpr (SPARSE) {
+    // Warps 0-3 search for the bounds at once, and thread 0 makes the ranges of them. They reach
+    // the block through shared memory as they are: loop bounds computed from values the compiler
+    // deems divergent make it serialize the wgmma loop (ptxas C7518).
+    __shared__ int bounds_s[5]; // 4 bounds, then the number of intervals
+    const bool any_live = __syncthreads_or(live);
+    {
+      longlong2 iv[2];
+      const int count = any_live ? key_intervals(p.mask, p.q_keys[(int64_t)b * p.n_q_tiles + qt],
+                                                 p.k_unordered[b] == 0, iv)
+                                 : 0;
+      if (warp < 2 * count)
+        search_bound(p.k_keys + (int64_t)b * p.n_k_tiles, p.n_k_tiles, iv, warp, bounds_s);
+      if (threadIdx.x == 0) bounds_s[4] = count;
+    }
+    __syncthreads();
+    __shared__ int2 ranges_s[2];
+    if (threadIdx.x == 0) {
+      int2 found[2];
+      ranges_of(bounds_s, bounds_s[4], p.n_k_tiles, found);
+      ranges_s[0] = found[0], ranges_s[1] = found[1];
+    }
+    __syncthreads();
+    ranges[0] = ranges_s[0], ranges[1] = ranges_s[1];
+    gated_off(p, off, b, h, i0, warp * 16 + g);
   }
-  __syncthreads();
-  __shared__ int2 ranges_s[2];
-  if (threadIdx.x == 0) {
-    int2 found[2];
-    ranges_of(bounds_s, bounds_s[4], p.n_k_tiles, found);
-    ranges_s[0] = found[0], ranges_s[1] = found[1];
-  }
-  __syncthreads();
-  const int2 ranges[2] = {ranges_s[0], ranges_s[1]};
   const int first_len = ranges[0].y - ranges[0].x, walk = first_len + ranges[1].y - ranges[1].x;
-
-  bool off[2];
-  gated_off(p, off, b, h, i0, warp * 16 + g);
   float o[DT * 4], row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
 #pragma unroll
   for (int e = 0; e < DT * 4; e++) o[e] = 0.0f;
@@ -209,14 +216,17 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
   for (int first = 0; first < walk; first += LIST_MAX) {
     const int count = walk - first < LIST_MAX ? walk - first : LIST_MAX;
     const auto tile_at = [&](int w) {
-      return w < first_len ? ranges[0].x + w : ranges[1].x + (w - first_len);
+      if constexpr (SPARSE)
+        return w < first_len ? ranges[0].x + w : ranges[1].x + (w - first_len);
+      else
+        return w;
     };
     const int n = build_tile_list<THREADS>(list, warp_counts, first, count, tile_at, [&](int t) {
       const int4 q_info = p.q_tiles[(int64_t)b * p.n_q_tiles + qt];
       const int4 k_info = p.k_tiles[(int64_t)b * p.n_k_tiles + t];
-      return classify_tiles(p.mask, q_info, k_info, (int64_t)(t + 1) * BN > p.tk);
+      return classify_tiles<SPARSE>(p.mask, q_info, k_info, (int64_t)(t + 1) * BN > p.tk);
     });
-    visited += n;
+    if constexpr (SPARSE) visited += n;
     if (n > 0) issue_tile(list[0], buf);
     for (int it = 0; it < n; it++) {
       const int entry = list[it], next_buf = buf + 1 == STAGES ? 0 : buf + 1;
@@ -236,8 +246,9 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
         fwd_scores_mma<D, NT>(s, q_base, k_base, warp, lane);
       }
       if (entry < 0) // TILE_PARTIAL: the mask pair by pair
-        mask_scores<NT>(s, warp * 16 + g, qpos_s, qdoc_s, kpos_s + buf * BN, kdoc_s + buf * BN,
-                        (int64_t)(entry & 0x7fffffff) * BN, p.tk, p.mask);
+        mask_scores<NT, SPARSE>(s, warp * 16 + g, qpos_s, qdoc_s, kpos_s + buf * BN,
+                                kdoc_s + buf * BN, (int64_t)(entry & 0x7fffffff) * BN, p.tk,
+                                p.mask);
       online_softmax<NT, DT>(s, o, row_max, row_sum, p.scale_log2);
       if constexpr (HOPPER) {
         fwd_pv_wgmma<D, BN>(o, pa, s, v_base);
@@ -260,10 +271,12 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
     wgmma_keep_fragments(pa);
     wgmma_fence_operands(o);
   }
+  if constexpr (SPARSE) {
 #pragma unroll
-  for (int hf = 0; hf < 2; hf++) row_sum[hf] = off[hf] ? 0.0f : row_sum[hf];
+    for (int hf = 0; hf < 2; hf++) row_sum[hf] = off[hf] ? 0.0f : row_sum[hf];
+  }
   write_output<D>(p, o, row_max, row_sum, b, h, i0, warp * 16 + g);
-  if (p.visited && threadIdx.x == 0) atomicAdd(p.visited, (unsigned long long)visited);
+  if (SPARSE && p.visited && threadIdx.x == 0) atomicAdd(p.visited, (unsigned long long)visited);
 }
 
 // Whether this build's attention kernels were compiled with wgmma (sm_90a).
@@ -288,15 +301,21 @@ int lt_cuda_attn_pick_kernels(lt_cuda_state *st) {
   return LT_OK;
 }
 
-template <int D, bool HOPPER>
+template <int D, bool HOPPER, bool SPARSE>
 static int launch_fwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
   constexpr size_t smem = fwd_smem_bytes<D, HOPPER>();
-  CUDA_TRY(cudaFuncSetAttribute(attn_fwd_kernel<D, HOPPER>,
+  CUDA_TRY(cudaFuncSetAttribute(attn_fwd_kernel<D, HOPPER, SPARSE>,
                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
            "attn_fwd: raising shared memory to %zu bytes", smem);
   dim3 grid((unsigned)p.n_q_tiles, (unsigned)p.hq, (unsigned)b);
-  attn_fwd_kernel<D, HOPPER><<<grid, THREADS, smem, st->stream>>>(p);
+  attn_fwd_kernel<D, HOPPER, SPARSE><<<grid, THREADS, smem, st->stream>>>(p);
   return LT_OK;
+}
+
+template <int D, bool HOPPER>
+static int launch_fwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
+  return p.sparse_kernel ? launch_fwd<D, HOPPER, true>(st, p, b)
+                         : launch_fwd<D, HOPPER, false>(st, p, b);
 }
 
 int lt_cuda_attn_fwd(lt_ctx *ctx, lt_tensor o, lt_tensor lse, lt_tensor q, lt_tensor k, lt_tensor v,

@@ -78,11 +78,14 @@ __device__ __forceinline__ bool pattern_allows(const lt_attn_sparsity &p, int32_
   return false;
 }
 
-// Whether query position/document (qp, qd) sees key (kp, kd): lt_attn_spec's rule.
+// Whether query position/document (qp, qd) sees key (kp, kd): lt_attn_spec's rule. SPARSE: the
+// kernels' instantiation that may meet a pattern (attn_params.sparse_kernel); the dense one
+// compiles the pattern out.
+template <bool SPARSE>
 __device__ __forceinline__ bool pair_visible(const attn_mask &m, int32_t qp, int32_t qd, int32_t kp,
                                              int32_t kd) {
   return (!m.causal || kp <= qp) && (!m.docs || qd == kd) &&
-         (!m.sparse || pattern_allows(m.pattern, qp, kp));
+         (!SPARSE || !m.sparse || pattern_allows(m.pattern, qp, kp));
 }
 
 // Which pairs of a query tile and a key tile may attend, from their ranges alone.
@@ -137,13 +140,14 @@ __device__ __forceinline__ int classify_pattern(const attn_mask &m, int4 q, int4
 }
 
 // q, k: (pos min, pos max, doc min, doc max) of a query tile and a key tile; ragged: the tiles
-// run past the end of the rows, so some of their pairs do not exist.
+// run past the end of the rows, so some of their pairs do not exist. SPARSE as in pair_visible.
+template <bool SPARSE>
 __device__ __forceinline__ int classify_tiles(const attn_mask &m, int4 q, int4 k, bool ragged) {
   if (m.causal && k.x > q.y) return TILE_HIDDEN;              // every key after every query
   if (m.docs && (k.w < q.z || k.z > q.w)) return TILE_HIDDEN; // no document in common
   const bool full =
       !ragged && (!m.causal || k.y <= q.x) && (!m.docs || (q.z == q.w && k.z == k.w && q.z == k.z));
-  if (!m.sparse) return full ? TILE_FULL : TILE_PARTIAL;
+  if (!SPARSE || !m.sparse) return full ? TILE_FULL : TILE_PARTIAL;
   const int pattern = classify_pattern(m, q, k);
   if (pattern == TILE_HIDDEN) return TILE_HIDDEN;
   return full && pattern == TILE_FULL ? TILE_FULL : TILE_PARTIAL;
