@@ -6,7 +6,8 @@
 // --profile prints the GPU time of every op (LT_CUDA_PROFILE=1) when the run ends.
 // Tokens/s counts whole optimizer steps (data loading, forward, backward, clipping, AdamW) over
 // --steps steps after --warmup. MFU uses the reference's count, 6 N + 6 L d T FLOPs per token
-// (N: every parameter), against the H100's 989 TFLOP/s, so the two MFUs compare directly.
+// (N: every parameter), against the H100's 989 TFLOP/s, so the two MFUs compare directly; a model
+// with other attention kinds uses its own count per layer kind (lt_model_train_flops_per_token).
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdio.h>
@@ -87,8 +88,13 @@ static int run(const bench_args *a, double *tokens_per_s, double *flops_per_toke
   LT_TRY(lt_trainer_create(&tr, &cfg, &world));
   LT_TRY(lt_params_init(&tr.model.params, 1));
   const lt_model_config *m = &tr.model.cfg;
-  *flops_per_token =
-      6.0 * (double)lt_model_n_params(&tr.model) + 6.0 * m->n_layers * (double)m->d_model * a->seq;
+  // A softmax model: the reference's count, so the two MFUs compare directly. Other kinds (which
+  // the reference does not train): the model's own count per layer kind
+  // (lt_model_train_flops_per_token).
+  *flops_per_token = strcmp(m->attention, "softmax") == 0
+                         ? 6.0 * (double)lt_model_n_params(&tr.model) +
+                               6.0 * m->n_layers * (double)m->d_model * a->seq
+                         : lt_model_train_flops_per_token(&tr.model, a->seq);
   char acts[32];
   printf("longtrain: %lld parameters, B=%d (micro-batch %d) T=%d%s, %s of activation memory\n",
          (long long)lt_model_n_params(&tr.model), a->batch, a->micro_batch, a->seq,

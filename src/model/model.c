@@ -354,13 +354,33 @@ int64_t lt_model_n_params(const lt_model *model) {
   return model->n_params;
 }
 
+// Attention's FLOPs per token of layer l's forward (the step's is 3 times that, PaLM appendix B),
+// Hq heads of width hd. Softmax kinds: QK^T and PV over the keys a query sees, 2 * 2 * keys * Hq *
+// hd, with T / 2 keys on average under the causal mask, or the window's (sparse, window < T), and
+// only the heads a token uses (MoH: shared + top_k). Linear kinds, chunked (Lightning Attention-2):
+// QK^T and PV within the chunk (C / 2 keys on average) plus reading and updating the hd x hd state.
+static double attention_flops(const lt_model_config *c, int l, int64_t T) {
+  const char *kind = "softmax";
+  lt_config_layer_kind(c->attention, lt_attention_kinds, c->n_layers, l, "model.attention", &kind);
+  double heads = c->n_heads, keys = 0.5 * (double)T;
+  const double hd = c->head_dim;
+  if (strcmp(kind, "linear") == 0 || strcmp(kind, "lightning") == 0) {
+    const double chunk =
+        strcmp(kind, "lightning") == 0 ? c->lightning.block_size : c->linear.chunk_size;
+    return 2.0 * 2.0 * heads * hd * (0.5 * chunk + hd);
+  }
+  if (strcmp(kind, "sparse") == 0 && c->sparse.window > 0 && c->sparse.window < T)
+    keys = c->sparse.window;
+  if (strcmp(kind, "moh") == 0) heads = c->moh.shared_heads + c->moh.top_k;
+  return 2.0 * 2.0 * keys * heads * hd;
+}
+
 double lt_model_train_flops_per_token(const lt_model *model, int64_t T) {
   const lt_model_config *c = &model->cfg;
-  // Matmul FLOPs: 6 per weight per token (forward 2, backward 4), embedding lookup excluded;
-  // attention: QK^T and PV, 2 * 2 * T * (Hq * hd) per token forward, halved by the causal mask,
-  // tripled for forward + backward (PaLM appendix B).
+  // Matmul FLOPs: 6 per weight per token (forward 2, backward 4), embedding lookup excluded.
   double matmul = 6.0 * (double)(lt_model_n_params(model) -
                                  (int64_t)c->vocab_size * c->d_model * (c->tie_embeddings ? 0 : 1));
-  double attn = 3.0 * 2.0 * (double)c->n_layers * (double)T * c->n_heads * c->head_dim;
+  double attn = 0;
+  for (int l = 0; l < c->n_layers; l++) attn += 3.0 * attention_flops(c, l, T);
   return matmul + attn;
 }

@@ -27,7 +27,8 @@ typedef struct lin_options {
   bool decay;
   int max_doc_len; // documents of 1 .. max_doc_len tokens; 0: none
   bool prefix;
-  int64_t block; // the CPU's block (the GPU's chunk is its own)
+  int64_t block;   // the CPU's block (the GPU's chunk is its own)
+  bool slow_decay; // decays close to 1 (a deep lightning layer's), instead of strong ones
 } lin_options;
 
 // Documents: runs of random lengths, ids counting up from a different start per row. The prefix
@@ -44,7 +45,9 @@ static void make_case(lin_case *c, int64_t B, int64_t T, int hq, int hkv, int d,
                   .decay = opt.decay,
                   .docs = opt.max_doc_len > 0,
                   .prefix = opt.prefix};
-  for (int h = 0; h < hq; h++) c->log_decay[h] = -0.7f * powf(0.25f, (float)h);
+  for (int h = 0; h < hq; h++)
+    c->log_decay[h] =
+        opt.slow_decay ? -6e-7f * powf(100.0f, (float)h) : -0.7f * powf(0.25f, (float)h);
   c->q = lt_gpu_random(B * T * hq * d, 0.5f, true);
   c->k = lt_gpu_random(B * T * hkv * d, 0.5f, true);
   c->v = lt_gpu_random(B * T * hkv * e, 1.0f, true);
@@ -219,6 +222,16 @@ static void test_ragged_documents_match_cpu(void **state) {
                      (lin_options){.decay = true, .max_doc_len = 40});
   expect_matches_cpu("documents of 1 to 200 tokens, no decay", 2, 600, 2, 1, 128, 128,
                      (lin_options){.max_doc_len = 200});
+}
+
+// The shapes of the GPU training tests' lightning model (2 rows of 96 tokens, 2 query heads on 1
+// key/value head, the last layer's decays close to 1) with documents of 20 to 219 tokens.
+static void test_slow_decays_with_documents_and_grouped_heads_match_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  expect_matches_cpu("slow decays, documents, 2 heads on 1", 2, 96, 2, 1, 64, 64,
+                     (lin_options){.decay = true, .max_doc_len = 219, .slow_decay = true});
+  expect_matches_cpu("slow decays, documents, 2 heads on 1, 700 tokens", 2, 700, 2, 1, 64, 64,
+                     (lin_options){.decay = true, .max_doc_len = 219, .slow_decay = true});
 }
 
 static void test_prefix_state_matches_cpu_in_and_out_of_its_document(void **state) {
@@ -462,6 +475,7 @@ int main(void) {
       cmocka_unit_test(test_linear_attention_without_decay_matches_cpu),
       cmocka_unit_test(test_grouped_query_heads_match_cpu),
       cmocka_unit_test(test_ragged_documents_match_cpu),
+      cmocka_unit_test(test_slow_decays_with_documents_and_grouped_heads_match_cpu),
       cmocka_unit_test(test_prefix_state_matches_cpu_in_and_out_of_its_document),
       cmocka_unit_test(test_long_sequences_cut_into_segments_match_cpu),
       cmocka_unit_test(test_f32_gradients_match_cpu),
