@@ -1,7 +1,8 @@
 // Models with linear-family token mixers train on the GPU as on the CPU's fp32: a lightning
 // model, a hybrid (lightning then softmax) and a linear model with the denominator, decay and a
-// gate; the loss and every parameter's gradient of one step agree to bf16 accuracy, with and
-// without document masks; the trainer's losses over a few steps from a packed dataset agree.
+// gate; the loss and every parameter's gradient of one step agree to bf16 accuracy (the lightning
+// model without document masks, the others with and without); the trainer's losses over a few
+// steps agree.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -108,10 +109,12 @@ static void expect_step_matches_cpu(const char *attention, bool docs, double wor
   lt_gpu_free_all();
 }
 
+// Without documents: with them, this model's gradients differed from the CPU's by up to 6% per
+// parameter on an H100 (the kernels themselves match at 3e-3, tests/gpu/test_cuda_linear.c), not
+// explained yet, so the config refuses lightning layers on documents on CUDA (validate_cuda).
 static void test_lightning_model_step_on_gpu_matches_cpu(void **state) {
   SKIP_WITHOUT_GPU();
   expect_step_matches_cpu("lightning", false, 3e-2);
-  expect_step_matches_cpu("lightning", true, 3e-2);
 }
 
 static void test_hybrid_model_step_on_gpu_matches_cpu(void **state) {
@@ -155,7 +158,7 @@ static void expect_trainer_matches_cpu(const char *attention, const char *dir) {
   strcpy(cfg.model.ffn, "swiglu");
   cfg.train.batch = 4, cfg.train.micro_batch = 2; // two accumulated micro-batches
   cfg.train.seq_len = 160, cfg.train.steps = 3, cfg.train.warmup = 0, cfg.train.lr = 1e-3;
-  cfg.data.packing = LT_PACK_DOCUMENTS;
+  cfg.data.packing = LT_PACK_STREAM; // documents: refused for lightning on CUDA (above)
   snprintf(cfg.data.path, sizeof cfg.data.path, "%s/documents.h5", dir);
   snprintf(cfg.run.dir, sizeof cfg.run.dir, "%s/run-%s", dir, attention);
   lt_gpu_expect_trainer_matches_cpu(&cfg, 3);
