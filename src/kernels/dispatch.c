@@ -21,9 +21,9 @@
   return lt_fail(LT_ERR_USAGE, "this longtrain was built without CUDA: rebuild with -DLT_CUDA=ON")
 #endif
 
-// Ops of the layer kinds that have CUDA kernels only on the CPU so far (the attention family and
-// the tensor-parallel shards): config validation keeps them off CUDA, and this names the op if
-// anything reaches one anyway.
+// Ops that have no CUDA kernel yet (the tensor-parallel shards of the embedding and the loss):
+// config validation keeps tensor parallelism off CUDA, and this names the op if anything reaches
+// one anyway.
 #define CPU_ONLY(op)                                                                               \
   if (ctx->device == LT_CUDA)                                                                      \
   return lt_fail(LT_ERR_USAGE, "%s has no CUDA kernel yet: run this model with run.device: cpu", op)
