@@ -10,12 +10,11 @@
 
 #include "core/device.h"
 #include "core/rng.h"
-#include "data/dataset.h"
 #include "gpu_testing.h"
 #include "layers/attention/linear.h"
 #include "model/model.h"
 
-enum { B = 2, T = 96, VOCAB = 512 }; // T is no multiple of the 64-token chunk
+enum { B = 2, T = 96, VOCAB = LT_GPU_SMALL_VOCAB }; // T is no multiple of the 64-token chunk
 
 // The small model of the GPU tests with `attention` layers; lightning as TransNormerLLM's (silu,
 // the linear gate, decays scaled over depth); linear with the denominator, ALiBi decays, a gate.
@@ -135,21 +134,6 @@ static void test_linear_model_with_denominator_step_on_gpu_matches_cpu(void **st
   expect_step_matches_cpu("linear", true, 5e-2);
 }
 
-// Documents of 20 to 219 random tokens, for documents packing.
-static void write_dataset(const char *path, int64_t n_tokens) {
-  lt_dataset_writer w;
-  assert_ok(lt_dataset_writer_open(&w, path, "byte", VOCAB, VOCAB - 1));
-  lt_rng rng = lt_rng_seed(lt_gpu_next_seed());
-  int32_t ids[256];
-  for (int64_t done = 0; done < n_tokens;) {
-    const int64_t len = 20 + (int64_t)lt_rng_below(&rng, 200);
-    for (int64_t i = 0; i < len; i++) ids[i] = (int32_t)lt_rng_below(&rng, VOCAB);
-    assert_ok(lt_dataset_writer_add(&w, ids, len));
-    done += len;
-  }
-  assert_ok(lt_dataset_writer_commit(&w));
-}
-
 static void expect_trainer_matches_cpu(const char *attention, const char *dir) {
   printf("%s, 3 trainer steps\n", attention);
   lt_config cfg;
@@ -159,7 +143,7 @@ static void expect_trainer_matches_cpu(const char *attention, const char *dir) {
   cfg.train.batch = 4, cfg.train.micro_batch = 2; // two accumulated micro-batches
   cfg.train.seq_len = 160, cfg.train.steps = 3, cfg.train.warmup = 0, cfg.train.lr = 1e-3;
   cfg.data.packing = LT_PACK_STREAM; // documents: refused for lightning on CUDA (above)
-  snprintf(cfg.data.path, sizeof cfg.data.path, "%s/documents.h5", dir);
+  snprintf(cfg.data.path, sizeof cfg.data.path, "%s/tokens.h5", dir);
   snprintf(cfg.run.dir, sizeof cfg.run.dir, "%s/run-%s", dir, attention);
   lt_gpu_expect_trainer_matches_cpu(&cfg, 3);
 }
@@ -168,8 +152,8 @@ static void test_trainer_trains_lightning_and_hybrid_models_on_gpu_as_on_cpu(voi
   SKIP_WITHOUT_GPU();
   const char *dir = lt_test_tmpdir();
   char path[1024];
-  snprintf(path, sizeof path, "%s/documents.h5", dir);
-  write_dataset(path, 20000);
+  snprintf(path, sizeof path, "%s/tokens.h5", dir);
+  lt_gpu_write_dataset(path, 20000);
   expect_trainer_matches_cpu("lightning", dir);
   expect_trainer_matches_cpu("lightning,softmax", dir);
 }
