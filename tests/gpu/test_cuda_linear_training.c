@@ -19,7 +19,7 @@ enum { B = 2, T = 96, VOCAB = LT_GPU_SMALL_VOCAB }; // T is no multiple of the 6
 // The small model of the GPU tests with `attention` layers; lightning as TransNormerLLM's (silu,
 // the linear gate, decays scaled over depth); linear with the denominator, ALiBi decays, a gate.
 static lt_model_config tiny_model(const char *attention) {
-  lt_model_config m = lt_gpu_small_model(VOCAB);
+  lt_model_config m = lt_gpu_small_model();
   m.lightning = (lt_lightning_config){.block_size = 64,
                                       .feature_map = LT_FEATURE_SILU,
                                       .gate = LT_GATE_LINEAR,
@@ -145,7 +145,7 @@ static void expect_trainer_matches_cpu(const char *attention, const char *dir) {
   cfg.data.packing = LT_PACK_STREAM; // documents: refused for lightning on CUDA (above)
   snprintf(cfg.data.path, sizeof cfg.data.path, "%s/tokens.h5", dir);
   snprintf(cfg.run.dir, sizeof cfg.run.dir, "%s/run-%s", dir, attention);
-  lt_gpu_expect_trainer_matches_cpu(&cfg, 3);
+  lt_gpu_expect_trainer_matches_cpu(&cfg, 3, 0);
 }
 
 static void test_trainer_trains_lightning_and_hybrid_models_on_gpu_as_on_cpu(void **state) {

@@ -136,15 +136,7 @@ static void expect_layer_matches_cpu(lt_model_config cfg, int64_t B, int64_t T) 
   float *g_cpu = malloc(param_bytes), *g_gpu = malloc(param_bytes);
   memcpy(g_cpu, cpu.params.grad, param_bytes);
   assert_ok(lt_device_copy(g_gpu, LT_CPU, gpu.params.grad, LT_CUDA, param_bytes));
-  double worst = 0;
-  const char *worst_name = "";
-  for (int i = 0; i < cpu.params.count; i++) {
-    const lt_param_info *info = &cpu.params.info[i];
-    const double err = lt_gpu_rel_l2(g_gpu + info->offset, g_cpu + info->offset, info->numel);
-    if (!(err <= worst)) worst = err, worst_name = info->name;
-  }
-  printf("  worst parameter gradient: %s, rel. L2 error %.3g\n", worst_name, worst);
-  assert_true(worst < 2e-2);
+  assert_true(lt_gpu_print_gradient_errors(&cpu.params, g_gpu, g_cpu) < 2e-2);
   free(g_cpu), free(g_gpu), free(x), free(dout), free(out), free(dx);
   layer_destroy(&cpu), layer_destroy(&gpu);
   lt_gpu_free_all();
@@ -169,7 +161,7 @@ static void test_trainer_trains_a_moe_model_on_gpu_as_on_cpu(void **state) {
   const char *dir = lt_test_tmpdir();
   lt_config cfg;
   assert_ok(lt_config_defaults(&cfg));
-  cfg.model = lt_gpu_small_model(LT_GPU_SMALL_VOCAB);
+  cfg.model = lt_gpu_small_model();
   cfg.model.moe = (lt_moe_config){.n_experts = 4,
                                   .top_k = 2,
                                   .ffn_dim = 128,
@@ -185,27 +177,7 @@ static void test_trainer_trains_a_moe_model_on_gpu_as_on_cpu(void **state) {
   snprintf(cfg.data.path, sizeof cfg.data.path, "%s/random.h5", dir);
   snprintf(cfg.run.dir, sizeof cfg.run.dir, "%s/run", dir);
   lt_gpu_write_dataset(cfg.data.path, 20000);
-  lt_world world = {.rank = 0, .size = 1};
-  double losses[2][STEPS], aux[2][STEPS];
-  for (int dev = 0; dev < 2; dev++) {
-    cfg.run.device = dev ? LT_DEVICE_CUDA : LT_DEVICE_CPU;
-    assert_ok(lt_config_validate(&cfg)); // model.ffn: moe is allowed on cuda
-    lt_trainer tr;
-    assert_ok(lt_trainer_create(&tr, &cfg, &world));
-    assert_ok(lt_params_init(&tr.model.params, 99));
-    for (int s = 0; s < STEPS; s++) {
-      lt_step_metrics m;
-      assert_ok(lt_trainer_step(&tr, &m));
-      losses[dev][s] = m.loss, aux[dev][s] = m.aux_loss;
-    }
-    lt_trainer_destroy(&tr);
-  }
-  for (int s = 0; s < STEPS; s++) {
-    printf("  step %d: loss cpu %.6f, gpu %.6f; auxiliary cpu %.6f, gpu %.6f\n", s + 1,
-           losses[0][s], losses[1][s], aux[0][s], aux[1][s]);
-    assert_true(fabs(losses[1][s] - losses[0][s]) < 1e-3 * losses[0][s]);
-    assert_true(aux[0][s] > 0 && fabs(aux[1][s] - aux[0][s]) < 2e-2 * aux[0][s]);
-  }
+  lt_gpu_expect_trainer_matches_cpu(&cfg, STEPS, 2e-2);
 }
 
 int main(void) {

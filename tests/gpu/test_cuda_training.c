@@ -51,7 +51,7 @@ typedef struct run {
 
 static void run_create(run *r, lt_device device, bool recompute, batch_data *d) {
   assert_ok(lt_ctx_init(&r->ctx, device, 0));
-  lt_model_config cfg = lt_gpu_small_model(VOCAB);
+  lt_model_config cfg = lt_gpu_small_model();
   assert_ok(lt_model_create(&r->model, &cfg, device, NULL));
   assert_ok(lt_params_init(&r->model.params, 4321));
   assert_ok(lt_model_plan(&r->model, B, T, recompute));
@@ -118,7 +118,7 @@ static void test_one_training_step_on_gpu_matches_the_cpu_fp32_step(void **state
   // Every parameter's gradient, and the whole gradient.
   float *g_cpu = grads_on_host(&cpu), *g_gpu = grads_on_host(&gpu);
   const lt_params *p = &cpu.model.params;
-  lt_gpu_expect_gradients_close(p, g_gpu, g_cpu);
+  lt_gpu_expect_gradients_within(p, g_gpu, g_cpu, 3e-2);
   // The optimizer step: the global norm it clips by, then the loss at the updated weights.
   double norm_cpu, norm_gpu;
   lt_train_config tc = adamw_config();
@@ -189,7 +189,7 @@ static void test_trainer_trains_on_gpu_as_on_cpu(void **state) {
   const char *dir = lt_test_tmpdir();
   lt_config cfg;
   assert_ok(lt_config_defaults(&cfg));
-  cfg.model = lt_gpu_small_model(VOCAB);
+  cfg.model = lt_gpu_small_model();
   strcpy(cfg.model.attention, "softmax");
   strcpy(cfg.model.ffn, "swiglu");
   cfg.train.batch = 4, cfg.train.micro_batch = 2; // two accumulated micro-batches
@@ -197,7 +197,7 @@ static void test_trainer_trains_on_gpu_as_on_cpu(void **state) {
   snprintf(cfg.data.path, sizeof cfg.data.path, "%s/random.h5", dir);
   snprintf(cfg.run.dir, sizeof cfg.run.dir, "%s/run", dir);
   lt_gpu_write_dataset(cfg.data.path, 20000);
-  lt_gpu_expect_trainer_matches_cpu(&cfg, 3);
+  lt_gpu_expect_trainer_matches_cpu(&cfg, 3, 0);
 }
 
 int main(void) {

@@ -28,12 +28,16 @@ static int gemm_handle(lt_cuda_state *st, cublasHandle_t *out) {
     cublasHandle_t h;
     cublasStatus_t s = cublasCreate(&h);
     if (s != CUBLAS_STATUS_SUCCESS) return gemm_fail(s, "cublasCreate", 0, 0, 0, 0);
-    st->gemm_blas = h;
-    // cublasSetStream resets the workspace to cuBLAS's own pool: set the stream first.
+    // cublasSetStream resets the workspace to cuBLAS's own pool: set the stream first. The handle
+    // is kept only once both hold, so a half-set-up one never runs off the context's stream.
     s = cublasSetStream(h, st->stream);
     if (s == CUBLAS_STATUS_SUCCESS)
       s = cublasSetWorkspace(h, st->blas_workspace, st->blas_workspace_bytes);
-    if (s != CUBLAS_STATUS_SUCCESS) return gemm_fail(s, "cublasSetWorkspace", 0, 0, 0, 0);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+      cublasDestroy(h);
+      return gemm_fail(s, "cublasSetWorkspace", 0, 0, 0, 0);
+    }
+    st->gemm_blas = h;
   }
   *out = st->gemm_blas;
   return LT_OK;
