@@ -28,9 +28,13 @@ static int64_t complete_step(const char *root, const char *name) {
   char canonical[32]; // only the names this writer makes: step_%08 with no other spelling
   snprintf(canonical, sizeof canonical, "step_%08" PRId64, step);
   if (strcmp(canonical, name) != 0) return -1;
-  char manifest[LT_PATH_MAX + 300];
-  snprintf(manifest, sizeof manifest, "%s/%s/%s", root, name, LT_MANIFEST_FILE);
-  return access(manifest, F_OK) == 0 ? step : -1;
+  char path[LT_PATH_MAX + 300];
+  snprintf(path, sizeof path, "%s/%s/%s", root, name, LT_MANIFEST_FILE);
+  if (access(path, F_OK) == 0) return step;
+  // The folder is renamed into place only once complete, so one with meta.h5 and no manifest
+  // was written by a longtrain from before manifests (or copied without it): -2, never skipped.
+  snprintf(path, sizeof path, "%s/%s/meta.h5", root, name);
+  return access(path, F_OK) == 0 ? -2 : -1;
 }
 
 typedef struct step_list {
@@ -39,7 +43,8 @@ typedef struct step_list {
 } step_list;
 
 // The steps of every complete checkpoint under root, ascending; with `stale`, also removes the
-// temporary folders (".tmp-", ".old-") of writes that a crash interrupted.
+// temporary folders (".tmp-", ".old-") of writes that a crash interrupted. A step folder without a
+// manifest but with meta.h5 is an error (complete_step).
 static int list_steps(const char *root, step_list *list, bool stale) {
   *list = (step_list){0};
   DIR *d = opendir(root);
@@ -54,6 +59,13 @@ static int list_steps(const char *root, step_list *list, bool stale) {
       continue;
     }
     int64_t step = complete_step(root, e->d_name);
+    // Skipping it would let --resume auto start over and a save of its step replace it.
+    if (step == -2)
+      rc = lt_fail(LT_ERR_CKPT,
+                   "%s/%s has meta.h5 but no %s: a checkpoint from a longtrain that wrote no "
+                   "manifests, or an incomplete copy; move it out of %s (or resume it with the "
+                   "longtrain that wrote it)",
+                   root, e->d_name, LT_MANIFEST_FILE, root);
     if (step < 0) continue;
     if (list->n == list->capacity) {
       list->capacity = list->capacity ? 2 * list->capacity : 16;
@@ -93,13 +105,15 @@ int lt_checkpoint_prune(const char *root, int keep) {
   for (int i = 0; i < list.n - keep && rc == LT_OK; i++) {
     char path[LT_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/step_%08" PRId64, root, list.steps[i]);
-    // The folder stops counting as a checkpoint once its manifest is gone: a crash halfway
-    // through the removal cannot leave a half-deleted checkpoint that --resume auto would pick.
-    char manifest[LT_PATH_MAX + 48];
-    snprintf(manifest, sizeof manifest, "%s/%s", path, LT_MANIFEST_FILE);
-    if (unlink(manifest) != 0 && errno != ENOENT)
-      rc = lt_fail(LT_ERR_IO, "%s: cannot delete: %s", manifest, strerror(errno));
-    if (rc == LT_OK) rc = lt_remove_tree(path);
+    // Renamed aside first (".old-", which list_steps removes as stale): a crash halfway through
+    // the removal leaves no half-deleted step folder for --resume auto to pick or to refuse.
+    char old[LT_PATH_MAX + 48];
+    snprintf(old, sizeof old, "%s/.old-step_%08" PRId64, root, list.steps[i]);
+    rc = lt_remove_tree(old);
+    if (rc == LT_OK && rename(path, old) != 0)
+      rc = lt_fail(LT_ERR_IO, "%s: cannot move aside to delete it: %s", path, strerror(errno));
+    if (rc == LT_OK) rc = lt_fsync_path(root);
+    if (rc == LT_OK) rc = lt_remove_tree(old);
   }
   free(list.steps);
   return rc;

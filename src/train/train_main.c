@@ -185,6 +185,10 @@ static int start_state(lt_trainer *tr, const train_args *args, const char *resum
             (long long)tr->tokens_seen);
     return warn_about_later_checkpoints(tr);
   }
+  // A fresh start saves into run.dir too: refuse what a save could replace (checkpoint_dir.c).
+  char root[LT_PATH_MAX + 16], latest[LT_PATH_MAX + 48];
+  lt_checkpoint_root(tr->cfg.run.dir, root, sizeof root);
+  LT_TRY(lt_checkpoint_latest(root, latest, sizeof latest));
   if (!args->init_from) return lt_params_init(&tr->model.params, (uint64_t)tr->cfg.run.seed);
   int rc = lt_checkpoint_load_weights(args->init_from, &tr->model.params);
   if (rc) return lt_error_context(rc, "--init-from");

@@ -155,6 +155,30 @@ static void test_resume_from_a_folder_without_a_manifest_exits_5_saying_incomple
   free(out);
 }
 
+// A checkpoint from a longtrain that wrote no manifests (meta.h5, no manifest.txt): --resume auto
+// and a fresh start into its run.dir both stop, naming it, and the folder is left as it was.
+static void test_a_checkpoint_without_a_manifest_stops_resume_auto_and_fresh_runs(void **state) {
+  (void)state;
+  char run[512], ckpt[600], manifest[700], meta[700], *out = malloc(OUT_CAP);
+  trained_run(run, sizeof run, 2);
+  path_in(ckpt, sizeof ckpt, run, "checkpoints/step_00000002");
+  path_in(manifest, sizeof manifest, ckpt, LT_MANIFEST_FILE);
+  path_in(meta, sizeof meta, ckpt, "meta.h5");
+  assert_int_equal(unlink(manifest), 0);
+  struct stat before, after;
+  assert_int_equal(stat(meta, &before), 0);
+  const char *fixes[] = {"--resume auto", ""};
+  for (int i = 0; i < 2; i++)
+    EXPECT_LINE(longtrain_stderr(out, "train --config %s --set run.dir=%s --set train.steps=2 %s",
+                                 lt_test_run_files_get()->config, run, fixes[i]),
+                out, LT_ERR_CKPT, "step_00000002 has meta.h5 but no manifest.txt", "move it out");
+  assert_int_equal(stat(meta, &after), 0); // still there, not rewritten
+  assert_int_equal(after.st_size, before.st_size);
+  assert_int_equal(after.st_mtim.tv_sec, before.st_mtim.tv_sec);
+  assert_int_equal(after.st_mtim.tv_nsec, before.st_mtim.tv_nsec);
+  free(out);
+}
+
 static void test_resume_from_a_truncated_checkpoint_exits_5_naming_it(void **state) {
   (void)state;
   char run[512], shard[700], *out = malloc(OUT_CAP);
@@ -293,6 +317,7 @@ int main(void) {
       cmocka_unit_test(
           test_resume_from_a_checkpoint_with_a_flipped_manifest_byte_exits_5_naming_it),
       cmocka_unit_test(test_resume_from_a_folder_without_a_manifest_exits_5_saying_incomplete),
+      cmocka_unit_test(test_a_checkpoint_without_a_manifest_stops_resume_auto_and_fresh_runs),
       cmocka_unit_test(test_resume_from_a_truncated_checkpoint_exits_5_naming_it),
       cmocka_unit_test(test_resume_into_another_model_shape_exits_5_naming_the_tensor),
       cmocka_unit_test(test_resume_from_a_newer_format_exits_5_saying_upgrade),

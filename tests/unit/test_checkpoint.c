@@ -298,18 +298,19 @@ static void test_only_complete_checkpoints_count_as_the_latest(void **state) {
   toy_model(&model, 32, 1);
   assert_ok(save(root, 4, &model));
   // What a crash leaves: a folder still under its temporary name (even with a manifest in it), a
-  // renamed folder without its manifest (a pruning cut short; its other files still there), and
-  // names that are not this writer's.
+  // folder moved aside to be deleted (a pruning cut short; its files still there), and names that
+  // are not this writer's.
   char path[512], from[600], to[600];
-  const char *leftovers[] = {".tmp-step_00000012", "step_00000008", "step_00000009x", "step_9"};
+  const char *leftovers[] = {".tmp-step_00000012", ".old-step_00000008", "step_00000009x",
+                             "step_9"};
   for (int i = 0; i < 4; i++) {
     path_in(path, sizeof path, root, leftovers[i]);
     assert_int_equal(mkdir(path, 0775), 0);
   }
   const char *copies[][2] = {{"meta.h5", ".tmp-step_00000012"},
                              {LT_MANIFEST_FILE, ".tmp-step_00000012"},
-                             {"meta.h5", "step_00000008"},
-                             {"shard-00000-of-00001.h5", "step_00000008"},
+                             {"meta.h5", ".old-step_00000008"},
+                             {"shard-00000-of-00001.h5", ".old-step_00000008"},
                              {LT_MANIFEST_FILE, "step_9"}};
   for (int i = 0; i < 5; i++) {
     path_in(path, sizeof path, root, "step_00000004");
@@ -476,7 +477,9 @@ static void test_missing_meta_is_a_checkpoint_error_naming_it(void **state) {
   EXPECT_ERROR(load_into(dir, 32, false), LT_ERR_CKPT, meta, "missing (manifest.txt lists it)");
 }
 
-static void test_folder_without_a_manifest_is_not_a_checkpoint(void **state) {
+// Not a checkpoint to load, and not one to skip either: --resume auto would start over and a save
+// of its step would replace it (a longtrain from before manifests wrote such folders).
+static void test_folder_with_meta_but_no_manifest_is_refused_not_skipped(void **state) {
   (void)state;
   char dir[512], manifest[600], root[512], latest[600];
   saved_checkpoint(dir, sizeof dir);
@@ -486,8 +489,8 @@ static void test_folder_without_a_manifest_is_not_a_checkpoint(void **state) {
                "no manifest.txt", "--resume auto");
   snprintf(root, sizeof root, "%s", dir);
   *strrchr(root, '/') = '\0';
-  assert_ok(lt_checkpoint_latest(root, latest, sizeof latest));
-  assert_string_equal(latest, "");
+  EXPECT_ERROR(lt_checkpoint_latest(root, latest, sizeof latest), LT_ERR_CKPT, dir,
+               "has meta.h5 but no manifest.txt", "move it out");
 }
 
 // What a newer longtrain would write: a manifest of a later version, sealed.
@@ -678,7 +681,7 @@ int main(void) {
       cmocka_unit_test(test_truncated_shard_is_a_size_mismatch_naming_it),
       cmocka_unit_test(test_truncated_meta_is_a_size_mismatch_naming_it),
       cmocka_unit_test(test_missing_meta_is_a_checkpoint_error_naming_it),
-      cmocka_unit_test(test_folder_without_a_manifest_is_not_a_checkpoint),
+      cmocka_unit_test(test_folder_with_meta_but_no_manifest_is_refused_not_skipped),
       cmocka_unit_test(test_newer_manifest_version_is_refused_saying_upgrade),
       cmocka_unit_test(test_newer_format_version_is_refused_naming_both_versions),
       cmocka_unit_test(test_checkpoint_of_another_width_names_the_tensor_and_both_shapes),
