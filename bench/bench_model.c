@@ -88,13 +88,14 @@ static int run(const bench_args *a, double *tokens_per_s, double *flops_per_toke
   LT_TRY(lt_trainer_create(&tr, &cfg, &world));
   LT_TRY(lt_params_init(&tr.model.params, 1));
   const lt_model_config *m = &tr.model.cfg;
-  // A softmax model: the reference's count, so the two MFUs compare directly. Other kinds (which
-  // the reference does not train): the model's own count per layer kind
+  // The reference's model (softmax, SwiGLU): its count, so the two MFUs compare directly. Other
+  // kinds (which it does not train): the model's own count per layer kind
   // (lt_model_train_flops_per_token).
-  *flops_per_token = strcmp(m->attention, "softmax") == 0
-                         ? 6.0 * (double)lt_model_n_params(&tr.model) +
-                               6.0 * m->n_layers * (double)m->d_model * a->seq
-                         : lt_model_train_flops_per_token(&tr.model, a->seq);
+  const bool reference_model =
+      strcmp(m->attention, "softmax") == 0 && strcmp(m->ffn, "swiglu") == 0;
+  *flops_per_token = reference_model ? 6.0 * (double)lt_model_n_params(&tr.model) +
+                                           6.0 * m->n_layers * (double)m->d_model * a->seq
+                                     : lt_model_train_flops_per_token(&tr.model, a->seq);
   char acts[32];
   printf("longtrain: %lld parameters, B=%d (micro-batch %d) T=%d%s, %s of activation memory\n",
          (long long)lt_model_n_params(&tr.model), a->batch, a->micro_batch, a->seq,

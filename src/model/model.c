@@ -377,10 +377,18 @@ static double attention_flops(const lt_model_config *c, int l, int64_t T) {
 
 double lt_model_train_flops_per_token(const lt_model *model, int64_t T) {
   const lt_model_config *c = &model->cfg;
-  // Matmul FLOPs: 6 per weight per token (forward 2, backward 4), embedding lookup excluded.
-  double matmul = 6.0 * (double)(lt_model_n_params(model) -
-                                 (int64_t)c->vocab_size * c->d_model * (c->tie_embeddings ? 0 : 1));
+  // Matmul FLOPs: 6 per weight a token passes through (forward 2, backward 4), embedding lookup
+  // excluded, and in a MoE layer only its top_k experts' weights (3 matrices of d x ffn each).
+  double weights = (double)(lt_model_n_params(model) -
+                            (int64_t)c->vocab_size * c->d_model * (c->tie_embeddings ? 0 : 1));
   double attn = 0;
-  for (int l = 0; l < c->n_layers; l++) attn += 3.0 * attention_flops(c, l, T);
+  const double expert = 3.0 * c->d_model * (c->moe.ffn_dim ? c->moe.ffn_dim : c->ffn_dim);
+  for (int l = 0; l < c->n_layers; l++) {
+    attn += 3.0 * attention_flops(c, l, T);
+    const char *ffn = "swiglu";
+    lt_config_layer_kind(c->ffn, lt_ffn_kinds, c->n_layers, l, "model.ffn", &ffn);
+    if (strcmp(ffn, "moe") == 0) weights -= (double)(c->moe.n_experts - c->moe.top_k) * expert;
+  }
+  const double matmul = 6.0 * weights;
   return matmul + attn;
 }

@@ -90,8 +90,9 @@ int lt_model_forward(lt_model *model, lt_ctx *ctx, const lt_batch *batch, bool w
 int lt_model_backward(lt_model *model, lt_ctx *ctx, const lt_batch *batch);
 // Forward to full logits (B*T, vocab) f32, for evaluation and tests; the whole model only.
 int lt_model_logits(lt_model *model, lt_ctx *ctx, const lt_batch *batch, lt_tensor logits);
-// Parameters and FLOPs per token of a training step (6N plus attention's: 12 L T d / 2 for causal
-// softmax layers, less for windows, MoH and the linear kinds; model.c), of the whole model: the same numbers whatever its split over tensor-parallel ranks and stages.
+// Parameters and FLOPs per token of a training step (6 per weight a token uses, a MoE layer's
+// top_k experts only, plus attention's: 12 L T d / 2 for causal softmax layers, less for windows,
+// MoH and the linear kinds; model.c), of the whole model: the same numbers whatever its split over tensor-parallel ranks and stages.
 int64_t lt_model_n_params(const lt_model *model);
 double lt_model_train_flops_per_token(const lt_model *model, int64_t T);
 
