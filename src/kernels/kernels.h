@@ -142,9 +142,9 @@ typedef struct lt_attn_spec {
   lt_tensor q_doc; // (B, Tq) i32, or data == NULL for no document mask
   lt_tensor k_doc; // (B, Tk) i32
   lt_attn_sparsity sparse;
-  // (B, Tq, Hq) f32, or data == NULL: a (query, head) whose weight is 0 there is not computed
-  // (MoH's unchosen heads) and gets o = 0, lse = -inf, as a query that sees no key; the backward
-  // skips it by its lse.
+  // (B, Tq, Hq) f32, or data == NULL: a (query, head) whose weight is 0 there (MoH's unchosen
+  // heads) gets o = 0, lse = -inf, as a query that sees no key, and no gradient. The CPU kernels
+  // skip its row; the CUDA kernels skip a tile of queries only when all of its rows are off.
   lt_tensor head_gates;
   // When not NULL, the kernels add the number of (batch row, query head, query tile, key tile)
   // tiles they computed: the work, which sparse patterns make grow with the visible blocks. Tiles

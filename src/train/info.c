@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "data/tasks.h"
 #include "train/checkpoint.h"
 #include "train/info.h"
 
@@ -34,7 +35,7 @@ static void print_summary(const lt_checkpoint *ck, const lt_config *cfg) {
            cfg->train.seq_len, (long long)m->seed);
   else
     printf("data position: sample %lld of task %s (generated, seq_len %d, seed %lld)\n",
-           (long long)m->data_position, cfg->data.task == LT_DATA_TASK_MQAR ? "mqar" : "passkey",
+           (long long)m->data_position, lt_task_name((lt_task_kind)cfg->data.task),
            cfg->train.seq_len, (long long)m->seed);
   printf("model: %lld parameters in %d tensors; %d layers, d_model %d, %d heads (%d kv) of %d, "
          "ffn %d, vocab %d, max_seq_len %d; attention %s, ffn %s\n",

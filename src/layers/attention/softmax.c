@@ -49,7 +49,8 @@ static lt_attn_spec attention_spec(const softmax_attention *s, const lt_batch *b
                        .sparse = s->sparsity};
   if (batch->doc.data)
     spec.q_doc = spec.k_doc = lt_reshape(batch->doc, 2, LT_SHAPE(batch->B, batch->T));
-  // A head a token's router left out costs nothing: the kernel skips its rows.
+  // A head a token's router left out gets o = 0: the CPU kernel skips its rows; the CUDA kernels
+  // skip a tile of queries only when the head is off for all of them (kernels.h).
   if (s->router) spec.head_gates = s->gates;
   return spec;
 }
