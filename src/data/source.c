@@ -20,9 +20,13 @@ int lt_source_open(lt_source **out, const lt_config *cfg, lt_source_role role) {
 int lt_source_next(lt_source *src, int64_t global_batch, int rank, int world, lt_samples out) {
   LT_ASSERT(world >= 1 && rank >= 0 && rank < world && global_batch % world == 0);
   const int64_t local = global_batch / world;
-  LT_TRY(src->ops->read(src, src->next_sample + rank * local, local, out));
+  LT_TRY(lt_source_read(src, src->next_sample + rank * local, local, out));
   src->next_sample += global_batch;
   return LT_OK;
+}
+
+int lt_source_read(lt_source *src, int64_t first, int64_t count, lt_samples out) {
+  return src->ops->read(src, first, count, out);
 }
 
 void lt_source_describe(const lt_source *src, char *buf, size_t cap) {

@@ -53,6 +53,8 @@ int lt_source_open_task(lt_source **out, const lt_task *task);
 // This rank's share of the next global batch of `global_batch` samples (global_batch / world of
 // them) into out; advances next_sample by global_batch.
 int lt_source_next(lt_source *src, int64_t global_batch, int rank, int world, lt_samples out);
+// Samples [first, first + count) into out, whatever next_sample is (which stays).
+int lt_source_read(lt_source *src, int64_t first, int64_t count, lt_samples out);
 void lt_source_describe(const lt_source *src, char *buf, size_t cap);
 void lt_source_close(lt_source *src); // NULL is fine
 

@@ -221,8 +221,7 @@ int lt_trainer_eval(lt_trainer *tr, double *loss) {
   const int64_t parts = t->eval_batches * single / tr->micro_batch;
   double sums[2] = {0, 0}; // loss, target tokens
   for (int64_t c = tr->mesh.coord[LT_AXIS_DP]; c < parts; c += tr->mesh.size[LT_AXIS_DP]) {
-    tr->val_data->next_sample = c * tr->micro_batch;
-    LT_TRY(lt_source_next(tr->val_data, tr->micro_batch, 0, 1, tr->host));
+    LT_TRY(lt_source_read(tr->val_data, c * tr->micro_batch, tr->micro_batch, tr->host));
     lt_zigzag_keep_local_samples(&tr->host, tr->micro_batch, tr->seq_len, &tr->mesh);
     double micro_loss;
     const lt_micro_batches one = micro_batches(tr, 1);
