@@ -1,9 +1,12 @@
 // The linear attention kernels against the CPU reference (itself checked against the token-by-
 // token recurrence in tests/unit/): per-head decay on and off, head widths 64 and 128 and the
-// denominator's 65, grouped-query heads, ragged documents, prefix states in and out of their
-// document, sequences that are no multiple of the 64-token chunk, sequences long enough to be cut
-// into segments, the LASP-2 state and its backward, and the elementwise ends (feature maps, the
-// output normalisations and gates, the split-row statistics).
+// denominator's 65, grouped-query heads, ragged documents, documents that start at a chunk's edge
+// or last one token, prefix states in and out of their document, sequences that are no multiple
+// of the 64-token chunk, sequences long enough to be cut into segments, the LASP-2 state and its
+// backward, and the elementwise ends (feature maps, the output normalisations and gates, the
+// split-row statistics). Every forward and backward case runs on both GPU paths: the chunk-
+// parallel kernels (linear_chunk.cu, LT_LINEAR_KERNELS=chunks where they take the widths) and the
+// scan (linear_scan.cu, LT_LINEAR_KERNELS=scan).
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,7 +15,7 @@
 #include "core/rng.h"
 #include "gpu_testing.h"
 
-enum { MAX_HEADS = 8 };
+enum { MAX_HEADS = 16 };
 
 typedef struct lin_case {
   int64_t B, T, block;
@@ -26,13 +29,20 @@ typedef struct lin_case {
 typedef struct lin_options {
   bool decay;
   int max_doc_len; // documents of 1 .. max_doc_len tokens; 0: none
+  int doc_len;     // documents of exactly doc_len tokens (instead of max_doc_len)
   bool prefix;
   int64_t block;   // the CPU's block (the GPU's chunk is its own)
   bool slow_decay; // decays close to 1 (a deep lightning layer's), instead of strong ones
 } lin_options;
 
-// Documents: runs of random lengths, ids counting up from a different start per row. The prefix
-// state belongs to the first document in even rows and to another document in odd rows.
+static int64_t doc_length(lt_rng *rng, lin_options opt, int64_t t) {
+  if (opt.doc_len) return opt.doc_len;
+  return opt.max_doc_len ? 1 + (int64_t)lt_rng_below(rng, opt.max_doc_len) : t;
+}
+
+// Documents: runs of random (or doc_len) lengths, ids counting up from a different start per row.
+// The prefix state belongs to the first document in even rows and to another document in odd
+// rows.
 static void make_case(lin_case *c, int64_t B, int64_t T, int hq, int hkv, int d, int e,
                       lin_options opt) {
   *c = (lin_case){.B = B,
@@ -43,7 +53,7 @@ static void make_case(lin_case *c, int64_t B, int64_t T, int hq, int hkv, int d,
                   .d = d,
                   .e = e,
                   .decay = opt.decay,
-                  .docs = opt.max_doc_len > 0,
+                  .docs = opt.max_doc_len > 0 || opt.doc_len > 0,
                   .prefix = opt.prefix};
   for (int h = 0; h < hq; h++)
     c->log_decay[h] =
@@ -58,9 +68,9 @@ static void make_case(lin_case *c, int64_t B, int64_t T, int hq, int hkv, int d,
   lt_rng rng = lt_rng_seed(lt_gpu_next_seed());
   for (int64_t b = 0; b < B; b++) {
     int32_t id = (int32_t)(10 + 1000 * b);
-    int64_t left = opt.max_doc_len ? 1 + (int64_t)lt_rng_below(&rng, opt.max_doc_len) : T;
+    int64_t left = doc_length(&rng, opt, T);
     for (int64_t t = 0; t < T; t++, left--) {
-      if (left == 0) id++, left = 1 + (int64_t)lt_rng_below(&rng, opt.max_doc_len);
+      if (left == 0) id++, left = doc_length(&rng, opt, T);
       c->doc[b * T + t] = id;
     }
     c->prefix_doc[b] = c->doc[b * T] - (int32_t)(b % 2);
@@ -170,6 +180,32 @@ static lin_result run_gpu(lin_case *c, lt_dtype grad_dtype) {
   return r;
 }
 
+// The GPU paths of every case: the chunk kernels (LT_LINEAR_KERNELS=chunks, so that a case they
+// do not take fails, where they take its widths; else the default choice), then the scan.
+static const char *chunk_kernels_for(int d, int e) {
+  return d == e && (d == 64 || d == 128) ? "chunks" : NULL;
+}
+
+// Sets LT_LINEAR_KERNELS to `choice` (NULL: unset) and returns the setting it replaced, for
+// restore_kernels.
+static char *choose_kernels(const char *choice) {
+  const char *old = getenv("LT_LINEAR_KERNELS");
+  char *saved = old ? strdup(old) : NULL;
+  if (choice)
+    setenv("LT_LINEAR_KERNELS", choice, 1);
+  else
+    unsetenv("LT_LINEAR_KERNELS");
+  return saved;
+}
+
+static void restore_kernels(char *saved) {
+  if (saved)
+    setenv("LT_LINEAR_KERNELS", saved, 1);
+  else
+    unsetenv("LT_LINEAR_KERNELS");
+  free(saved);
+}
+
 // The tolerance of f32 results whose terms went through bf16 MMA inputs (the decayed rows).
 static const double STATE_TOL = 5e-3;
 
@@ -178,14 +214,22 @@ static void expect_matches_cpu_with(const char *what, int64_t B, int64_t T, int 
   printf("%s\n", what);
   lin_case c;
   make_case(&c, B, T, hq, hkv, d, e, opt);
-  lin_result want = run_cpu(&c), got = run_gpu(&c, grad_dtype);
-  lt_gpu_expect_close("o (bf16)", got.o, want.o, numel_o(&c), 1e-2);
-  lt_gpu_expect_close("dq", got.dq, want.dq, numel_q(&c), 1e-2);
-  lt_gpu_expect_close("dk", got.dk, want.dk, numel_k(&c), 1e-2);
-  lt_gpu_expect_close("dv", got.dv, want.dv, numel_v(&c), 1e-2);
-  lt_gpu_expect_close("dprefix (f32)", got.dprefix, want.dprefix, numel_s(&c), STATE_TOL);
-  lt_gpu_expect_close("state (f32)", got.state, want.state, numel_s(&c), STATE_TOL);
-  free_result(&want), free_result(&got);
+  lin_result want = run_cpu(&c);
+  const char *paths[2] = {chunk_kernels_for(d, e), "scan"};
+  for (int p = 0; p < 2; p++) {
+    printf("  kernels: %s\n", paths[p] ? paths[p] : "default");
+    char *saved = choose_kernels(paths[p]);
+    lin_result got = run_gpu(&c, grad_dtype);
+    restore_kernels(saved);
+    lt_gpu_expect_close("o (bf16)", got.o, want.o, numel_o(&c), 1e-2);
+    lt_gpu_expect_close("dq", got.dq, want.dq, numel_q(&c), 1e-2);
+    lt_gpu_expect_close("dk", got.dk, want.dk, numel_k(&c), 1e-2);
+    lt_gpu_expect_close("dv", got.dv, want.dv, numel_v(&c), 1e-2);
+    lt_gpu_expect_close("dprefix (f32)", got.dprefix, want.dprefix, numel_s(&c), STATE_TOL);
+    lt_gpu_expect_close("state (f32)", got.state, want.state, numel_s(&c), STATE_TOL);
+    free_result(&got);
+  }
+  free_result(&want);
   free_case(&c);
 }
 
@@ -253,15 +297,50 @@ static void test_long_sequences_cut_into_segments_match_cpu(void **state) {
   expect_matches_cpu("2500 tokens, no decay, e = 65", 1, 2500, 2, 2, 64, 65, (lin_options){0});
 }
 
+// Sequences that end inside a chunk (1, 63, 65 and 200 tokens): the chunk kernels' last chunk is
+// partial, and with 1 token the first chunk is the last.
+static void test_partial_last_chunks_match_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  expect_matches_cpu("1 token, prefix", 2, 1, 2, 2, 64, 64,
+                     (lin_options){.decay = true, .prefix = true});
+  expect_matches_cpu("63 tokens, d = 128, documents, prefix, 2 heads on 1", 2, 63, 2, 1, 128, 128,
+                     (lin_options){.decay = true, .max_doc_len = 20, .prefix = true});
+  expect_matches_cpu("65 tokens, prefix", 2, 65, 2, 2, 64, 64,
+                     (lin_options){.decay = true, .prefix = true});
+  expect_matches_cpu("200 tokens, d = 128, documents, 4 heads on 2", 2, 200, 4, 2, 128, 128,
+                     (lin_options){.decay = true, .max_doc_len = 50});
+}
+
+// Documents that start exactly at a chunk's first token (64 and 128 long: the state is dropped at
+// the chunk's edge, and its carry is 0 in the chunk before), and documents of one token each (no
+// state ever carries a token into the next).
+static void test_documents_at_chunk_edges_and_of_one_token_match_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  expect_matches_cpu("documents of 64 tokens, prefix", 2, 320, 2, 2, 64, 64,
+                     (lin_options){.decay = true, .doc_len = 64, .prefix = true});
+  expect_matches_cpu("documents of 128 tokens, d = 128, 2 heads on 1", 2, 300, 2, 1, 128, 128,
+                     (lin_options){.decay = true, .doc_len = 128, .prefix = true});
+  expect_matches_cpu("documents of 1 token, prefix", 2, 150, 2, 2, 64, 64,
+                     (lin_options){.decay = true, .doc_len = 1, .prefix = true});
+}
+
+// bench_lightning's shape: 4096 tokens, 16 heads of 128, one batch row.
+static void test_benchmark_shape_matches_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  expect_matches_cpu("4096 tokens, 16 heads of 128", 1, 4096, 16, 16, 128, 128,
+                     (lin_options){.decay = true});
+}
+
 static void test_f32_gradients_match_cpu(void **state) {
   SKIP_WITHOUT_GPU();
   expect_matches_cpu_with("f32 dq, dk, dv", 1, 200, 4, 2, 64, 64,
                           (lin_options){.decay = true, .max_doc_len = 60}, LT_F32);
 }
 
-// The backward adds: a second call on the same gradients doubles them.
-static void test_backward_adds_into_the_gradients(void **state) {
-  SKIP_WITHOUT_GPU();
+// The backward adds: a second call on the same gradients doubles them, on either path.
+static void expect_backward_adds(const char *kernels) {
+  printf("kernels: %s\n", kernels);
+  char *saved = choose_kernels(kernels);
   lin_case c;
   make_case(&c, 1, 200, 2, 2, 64, 64, (lin_options){.decay = true});
   lt_linear_attn_spec s = gpu_spec(&c);
@@ -279,6 +358,7 @@ static void test_backward_adds_into_the_gradients(void **state) {
   for (int i = 0; i < 3; i++) once[i] = lt_gpu_fetch(grads[i]);
   assert_ok(lt_linear_attn_bwd(&lt_test_gpu, grads[0], grads[1], grads[2], none, dout, q, k, v,
                                none, &s));
+  restore_kernels(saved);
   const char *names[3] = {"2 x dq", "2 x dk", "2 x dv"};
   for (int i = 0; i < 3; i++) {
     float *twice = lt_gpu_fetch(grads[i]);
@@ -289,6 +369,12 @@ static void test_backward_adds_into_the_gradients(void **state) {
   }
   lt_gpu_free_all();
   free_case(&c);
+}
+
+static void test_backward_adds_into_the_gradients(void **state) {
+  SKIP_WITHOUT_GPU();
+  expect_backward_adds("chunks");
+  expect_backward_adds("scan");
 }
 
 // LASP-2's state backward: dk, dv += the state's gradients, against the CPU, with documents,
@@ -478,6 +564,9 @@ int main(void) {
       cmocka_unit_test(test_slow_decays_with_documents_and_grouped_heads_match_cpu),
       cmocka_unit_test(test_prefix_state_matches_cpu_in_and_out_of_its_document),
       cmocka_unit_test(test_long_sequences_cut_into_segments_match_cpu),
+      cmocka_unit_test(test_partial_last_chunks_match_cpu),
+      cmocka_unit_test(test_documents_at_chunk_edges_and_of_one_token_match_cpu),
+      cmocka_unit_test(test_benchmark_shape_matches_cpu),
       cmocka_unit_test(test_f32_gradients_match_cpu),
       cmocka_unit_test(test_backward_adds_into_the_gradients),
       cmocka_unit_test(test_lasp2_state_backward_matches_cpu),

@@ -60,6 +60,10 @@ int lt_cuda_launched(lt_cuda_state *st, const char *op, lt_tensor a, lt_tensor b
 int lt_cuda_unsupported(const char *op, const char *what, lt_tensor a, lt_tensor b);
 // Workspace for `bytes`, or an internal error naming the op.
 int lt_cuda_scratch(lt_cuda_state *st, size_t bytes, const char *op, void **out);
+// Grows the workspace to at least `bytes` (after the queued kernels, which may use the old one);
+// false, leaving it as it was, where the GPU has no room: for ops whose need grows with T and
+// that have another path.
+bool lt_cuda_scratch_reserve(lt_cuda_state *st, size_t bytes);
 
 #define CUDA_TRY(call, ...)                                                                        \
   do {                                                                                             \

@@ -1,10 +1,13 @@
 // Linear attention's four ops (kernels.h) as scans (linear_scan.cuh): the forward and the LASP-2
 // state are scans of (q, k, v); the backward is Lightning Attention-2's Algorithm 2 read as three
-// more scans, dq forwards and dk, dv in reverse, with d/dP the reverse scan's final state.
+// more scans, dq forwards and dk, dv in reverse, with d/dP the reverse scan's final state. The
+// forward and backward go to the chunk-parallel kernels instead where those take the call
+// (linear_chunk.cuh: widths 64 and 128, unless LT_LINEAR_KERNELS=scan).
 // Match lt_cpu_linear_attn_fwd, _bwd, _state and _state_bwd. The CPU's `block` is the split of
 // the same sum into blocks; the GPU uses its own chunk of 64 tokens, which changes only rounding.
 #include "kernels/cuda/linear_scan.cuh" // first: it includes the C headers as C
 #include "kernels/cuda/cuda_linear.h"
+#include "kernels/cuda/linear_chunk.cuh"
 
 enum { THREADS = 256 };
 
@@ -45,6 +48,9 @@ int lt_cuda_linear_attn_fwd(lt_ctx *ctx, lt_tensor o, lt_tensor q, lt_tensor k, 
                             lt_tensor prefix, const lt_linear_attn_spec *spec) {
   if (!scan_dtypes(q, k, v, o))
     return lt_cuda_unsupported("linear_attn_fwd", "q, k, v and o must be bf16", q, o);
+  bool done; // the chunk-parallel kernels where they apply (linear_chunk.cuh), else the scan
+  LT_TRY(lt_cuda_linear_chunk_fwd(cuda_state(ctx), o, q, k, v, prefix, spec, &done));
+  if (done) return LT_OK;
   const int d = (int)q.shape[3], e = (int)v.shape[3];
   scan_pass p = base_pass(k, (int)q.shape[2], spec);
   p.q = by_query_head(q), p.k = by_kv_head(k), p.v = by_kv_head(v);
@@ -78,6 +84,9 @@ int lt_cuda_linear_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor d
     return lt_cuda_unsupported("linear_attn_bwd", "q, k, v, dout bf16; dq, dk, dv bf16 or f32", q,
                                dq);
   lt_cuda_state *st = cuda_state(ctx);
+  bool done;
+  LT_TRY(lt_cuda_linear_chunk_bwd(st, dq, dk, dv, dprefix, dout, q, k, v, prefix, spec, &done));
+  if (done) return LT_OK;
   const int d = (int)q.shape[3], e = (int)v.shape[3], hq = (int)q.shape[2];
   const scan_pass base = base_pass(k, hq, spec);
   // dq_i = sum_{j <= i} lambda^(i-j) (dO_i . v_j) k_j + lambda^(i+1) dO_i P^T

@@ -10,9 +10,8 @@
 // tokens are also cut into segments (LASP-2's decomposition, Sun et al. 2025, inside one GPU):
 // a first launch computes each segment's own state, a small scan combines them into every
 // segment's starting state, and a second launch runs the segments in parallel from those.
-#include <mma.h>
-
 #include "kernels/cuda/linear_scan.cuh"
+#include "kernels/cuda/linear_wmma.cuh"
 
 using namespace nvcuda;
 
@@ -25,17 +24,6 @@ enum {
   MIN_SEGMENT_CHUNKS = 4, // shorter segments cost more in their extra state pass than they give
   BLOCKS_PER_SM = 2,      // the parallelism the segments aim for
 };
-
-typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc_frag;
-
-// Where step kk of the depth starts in a 16-wide tile of shared memory: along a row-major A's
-// columns or a column-major A's rows (and the other way round for B).
-template <typename Layout> __device__ __forceinline__ int a_step(int kk, int ld) {
-  return std::is_same<Layout, wmma::row_major>::value ? kk : kk * ld;
-}
-template <typename Layout> __device__ __forceinline__ int b_step(int kk, int ld) {
-  return std::is_same<Layout, wmma::row_major>::value ? kk * ld : kk;
-}
 
 // acc += A B for a 16 x depth tile A and a depth x 16 tile B of shared memory, in layouts LA, LB.
 template <typename LA, typename LB>

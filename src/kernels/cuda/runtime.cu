@@ -129,6 +129,22 @@ int lt_cuda_scratch(lt_cuda_state *st, size_t bytes, const char *op, void **out)
                  op, bytes, st->scratch_bytes);
 }
 
+bool lt_cuda_scratch_reserve(lt_cuda_state *st, size_t bytes) {
+  if (bytes <= st->scratch_bytes) return true;
+  void *grown = nullptr;
+  if (cudaMalloc(&grown, bytes) != cudaSuccess) {
+    cudaGetLastError(); // out of memory is not sticky: the caller takes another path
+    return false;
+  }
+  if (cudaStreamSynchronize(st->stream) != cudaSuccess) { // queued kernels may use the old one
+    cudaFree(grown); // the error stays for the next op to report
+    return false;
+  }
+  lt_cuda_free(st->scratch);
+  st->scratch = grown, st->scratch_bytes = bytes;
+  return true;
+}
+
 int lt_cuda_device_count(void) {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {
