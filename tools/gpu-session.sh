@@ -95,8 +95,26 @@ for what in "$@"; do
     grep -E "MoE|dense|CUDA profile|^ +[0-9.]+ ms" "$out/$what.log" | head -30
     ;;
   lightning)
+    # The chunk-parallel kernels (linear_chunk.cu) beside the scan (LT_LINEAR_KERNELS=scan) and
+    # flash attention, in one run.
     stage lightning 400 $build/bench/bench_lightning --seq 4096 16384 65536 262144
     tail -9 "$out/lightning.log"
+    ;;
+  linear-test)
+    # Linear and lightning attention alone, both kernel paths: the quick loop on those kernels.
+    for t in test_cuda_linear test_cuda_linear_training; do
+      stage "$t" 200 env LT_CUDA_SYNC=1 $build/tests/gpu/$t
+    done
+    grep -hE "PASSED|FAILED|ERROR|error:|rel. L2|kernels:|loss" "$out"/test_cuda_linear*.log
+    ;;
+  lightning-ncu)
+    # The chunk kernels one launch at a time at T = 65536 (16 heads of 128): duration, throughput,
+    # occupancy; the state kernel's first launch is the forward's, its later ones the backward's.
+    stage lightning-ncu 300 ncu --clock-control none --kernel-name regex:chunk_ --launch-count 12 \
+      --section SpeedOfLight --section Occupancy --section LaunchStats \
+      $build/bench/bench_lightning --seq 65536 --flash-max 0
+    grep -E "chunk_|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Grid Size" \
+      "$out/lightning-ncu.log" | head -80
     ;;
   long-context)
     # Issue 7's end-to-end figures: the softmax, lightning and hybrid (7 : 1) models of the 135M
@@ -132,6 +150,10 @@ for what in "$@"; do
       "src/kernels/cuda/grouped_matmul.cu|s/(size_t)(rows\[g\] \* k) \* ab/(size_t)(rows[g] * n) * ab/|test_cuda_moe"
       "src/kernels/cuda/linear_scan.cu|s/pw\[r + p.offset\] : 0.0f;/pw[r] : 0.0f;/|test_cuda_linear"
       "src/kernels/cuda/linear_scan.cu|s/last_doc == state_doc ? pw\[n\] : 0.0f;/pw[n];/|test_cuda_linear"
+      "src/kernels/cuda/linear_chunk.cu|s/last_doc == state_doc ? pw\[n\] : 0.0f;/pw[n];/|test_cuda_linear"
+      "src/kernels/cuda/linear_chunk.cu|s/== state_doc ? pw\[r + 1\]/== state_doc ? pw[r]/|test_cuda_linear"
+      "src/kernels/cuda/linear_chunk.cu|s/== last ? pw\[n - 1 - j\]/== last ? pw[n - j]/|test_cuda_linear"
+      "src/kernels/cuda/linear_chunk.cu|s/== state_doc ? pw\[i + 1\]/== state_doc ? pw[i]/|test_cuda_linear"
       "src/kernels/cuda/linear_attention_io.cu|s/r \* (da - a \* mean)/r * da/|test_cuda_linear_training"
       "src/kernels/cuda/attention_mask.cuh|s/(d < 0 ? -d : d) < p.window/(d < 0 ? -d : d) <= p.window/|test_cuda_attention"
       "src/kernels/cuda/attention_mask.cuh|s/const int64_t reach = m.anywhere ? into_doc : (m.band > 0 ? m.band - 1 : 0);/const int64_t reach = m.anywhere ? into_doc : (m.band > 64 ? m.band - 64 : 0);/|test_cuda_attention"

@@ -180,6 +180,7 @@ __global__ void __launch_bounds__(STATE_THREADS) chunk_state_kernel(const chunk_
   bf16 *states = (grad ? a.g_states : a.h_states) + (b * a.hq + h) * a.chunks * D * D;
   const int32_t first_doc = start_doc(a, b);
   decay_powers(pw, a, h);
+  for (int i = tid; !a.doc && i < STAGES * (CHUNK + 4); i += STATE_THREADS) docs[i] = 0;
 
   auto chunk_of = [&](int64_t step) { return grad ? a.chunks - 1 - step : step; };
   auto load_chunk = [&](int64_t step) {
@@ -191,9 +192,9 @@ __global__ void __launch_bounds__(STATE_THREADS) chunk_state_kernel(const chunk_
       load_tile<CHUNK, STATE_TILE, STATE_THREADS>(ys + stage * SM::TILE_HALVES, y + c0, x_stride,
                                                   t0, a.t);
       int32_t *d = docs + stage * (CHUNK + 4); // d[0]: token t0 - 1; d[1 + i]: token t0 + i
-      for (int i = tid; i <= CHUNK; i += STATE_THREADS) {
+      for (int i = tid; a.doc && i <= CHUNK; i += STATE_THREADS) {
         const int64_t tok = t0 - 1 + i;
-        const bool valid = a.doc && tok >= 0 && tok < a.t;
+        const bool valid = tok >= 0 && tok < a.t;
         cp_async4(d + i, a.doc + (valid ? b * a.t + tok : 0), valid);
       }
     }
