@@ -469,11 +469,11 @@ static chunk_choice chunk_kernels_choice() {
 }
 
 // Whether the kernels take tensors of these shapes: one width D = E of 64 or 128, 16-byte
-// aligned data, grids within CUDA's limits.
+// aligned data, grids within CUDA's limits (the backward's state pass has 2 B blocks in z).
 static bool chunk_shapes(lt_tensor q, lt_tensor k, lt_tensor v, const lt_tensor *others, int n) {
   const int64_t d = q.shape[3];
   if ((d != 64 && d != 128) || k.shape[3] != d || v.shape[3] != d) return false;
-  if (q.shape[0] > 65535 || q.shape[2] > 65535 || q.shape[1] > (int64_t)CHUNK * 0x7fffffff)
+  if (q.shape[0] > 32767 || q.shape[2] > 65535 || q.shape[1] > (int64_t)CHUNK * 0x7fffffff)
     return false;
   if (!aligned16(q.data) || !aligned16(k.data) || !aligned16(v.data)) return false;
   for (int i = 0; i < n; i++)
@@ -561,12 +561,9 @@ int lt_cuda_linear_chunk_fwd(lt_cuda_state *st, lt_tensor o, lt_tensor q, lt_ten
   if (!chunk_shapes(q, k, v, &o, 1)) return not_taken(choice, op, SHAPES, q, v);
   chunk_args a = args_of(q, k, v, prefix, spec);
   const int d = (int)q.shape[3];
+  if (a.b * a.t == 0) return LT_OK; // nothing to run: the scan's early return says what holds
+  if (!reserve_states(st, &a, d, 1)) return not_taken(choice, op, NO_ROOM, q, o);
   *done = true;
-  if (a.b * a.t == 0) return LT_OK;
-  if (!reserve_states(st, &a, d, 1)) {
-    *done = false;
-    return not_taken(choice, op, NO_ROOM, q, o);
-  }
   LT_TRY(d == 64 ? forward<64>(st, a, (bf16 *)o.data) : forward<128>(st, a, (bf16 *)o.data));
   return lt_cuda_launched(st, op, q, o);
 }
@@ -588,12 +585,9 @@ int lt_cuda_linear_chunk_bwd(lt_cuda_state *st, lt_tensor dq, lt_tensor dk, lt_t
   a.dout = (const bf16 *)dout.data;
   a.dprefix = dprefix.data ? (float *)dprefix.data : nullptr;
   const int d = (int)q.shape[3];
+  if (a.b * a.t == 0) return LT_OK; // nothing to run: the scan's early return says what holds
+  if (!reserve_states(st, &a, d, 2)) return not_taken(choice, op, NO_ROOM, q, dq);
   *done = true;
-  if (a.b * a.t == 0) return LT_OK;
-  if (!reserve_states(st, &a, d, 2)) {
-    *done = false;
-    return not_taken(choice, op, NO_ROOM, q, dq);
-  }
   const int rc = dispatch_float(dq.dtype, [&](auto *tag) {
     using TG = TYPE_OF(tag);
     TG *gq = (TG *)dq.data, *gk = (TG *)dk.data, *gv = (TG *)dv.data;
