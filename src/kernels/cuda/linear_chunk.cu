@@ -41,7 +41,8 @@ enum {
   STATE_TILE = 64, // rows and columns of the state per sequential block
   STATE_WARPS = 4,
   STATE_THREADS = STATE_WARPS * 32,
-  STAGES = 3, // chunks in flight in the sequential pass: one used, two loading
+  STAGES = 8, // chunks in flight in the sequential pass: one used, seven loading (with three,
+              // H100 measured 1.65 us per chunk: too few bytes in flight to hide the loads)
   WARPS = 8,
   THREADS = WARPS * 32,
   LDA = CHUNK + 8, // bf16 rows of the 64 x 64 score tiles (16 bytes of padding against conflicts)
