@@ -1,9 +1,11 @@
 // longtrain's flash attention, forward and forward + backward, against PyTorch's
 // scaled_dot_product_attention on the same GPU in the same run (causal, bf16).
 //   bench_attention [--seq T ...] [--heads 16] [--head-dim 128] [--batch 1]
-//                   [--reference "python3 .gpu/torch_reference.py"]
+//                   [--reference "python3 .gpu/torch_reference.py"] [--bwd-variants v1 v2 ...]
 // Times are medians of 5 trials of back-to-back repetitions after a warm-up. FLOPs count the
 // causal half: forward 2 matmuls of 2 T^2 H D / 2, backward 2.5 times the forward.
+// --bwd-variants also times forward + backward under each named LT_ATTN_BWD (attention_bwd.cu's
+// variants of the Hopper d = 64 backward), printed after the table with their ratios to SDPA.
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdio.h>
@@ -15,7 +17,7 @@
 #include "core/error.h"
 #include "kernels/kernels.h"
 
-enum { MAX_SEQS = BENCH_MAX_SEQS };
+enum { MAX_SEQS = BENCH_MAX_SEQS, MAX_VARIANTS = 4 };
 
 typedef struct sdpa_result {
   int n;
@@ -31,18 +33,34 @@ static void on_sdpa(const char *line, void *arg) {
   r->fwd_bwd_ms[r->n++] = bench_json_number(line, "fwd_bwd_ms");
 }
 
+// FLOPs of a causal forward + backward (see the top).
+static double causal_fwd_bwd_flops(int64_t t, int heads, int head_dim, int batch) {
+  return 2.0 * 2.0 * (double)t * (double)t * heads * head_dim * batch / 2.0 * 3.5;
+}
+
+// SDPA's forward and forward + backward at t tokens (NaN where the reference gave none).
+static void sdpa_at(const sdpa_result *ref, int64_t t, double *fwd, double *fwd_bwd) {
+  *fwd = *fwd_bwd = NAN;
+  for (int r = 0; r < ref->n; r++)
+    if (ref->seq[r] == t) *fwd = ref->fwd_ms[r], *fwd_bwd = ref->fwd_bwd_ms[r];
+}
+
 int main(int argc, char **argv) {
   bench_shape shape = {
       .seqs = {4096, 16384, 65536}, .n_seqs = 3, .heads = 16, .head_dim = 128, .batch = 1};
-  const char *reference = NULL;
+  const char *reference = NULL, *variants[MAX_VARIANTS];
+  int n_variants = 0;
   for (int i = 1; i < argc; i++) {
     if (bench_shape_arg(argc, argv, &i, &shape)) continue;
     if (strcmp(argv[i], "--reference") == 0 && i + 1 < argc) {
       reference = argv[++i];
+    } else if (strcmp(argv[i], "--bwd-variants") == 0 && i + 1 < argc) {
+      while (i + 1 < argc && argv[i + 1][0] != '-' && n_variants < MAX_VARIANTS)
+        variants[n_variants++] = argv[++i];
     } else {
       fprintf(stderr,
               "usage: %s [--seq T ...] [--heads H] [--head-dim D] [--batch B] "
-              "[--reference COMMAND]\n",
+              "[--reference COMMAND] [--bwd-variants NAME ...]\n",
               argv[0]);
       return 2;
     }
@@ -55,6 +73,21 @@ int main(int argc, char **argv) {
   double fwd[MAX_SEQS], both[MAX_SEQS];
   for (int s = 0; s < n_seqs && rc == LT_OK; s++)
     rc = attn_bench_causal_ms(&ctx, batch, seqs[s], heads, head_dim, &fwd[s], &both[s]);
+  // Each variant's fwd + bwd, LT_ATTN_BWD restored afterwards.
+  double variant_both[MAX_VARIANTS][MAX_SEQS], unused_fwd;
+  const char *chosen = getenv("LT_ATTN_BWD");
+  char saved[64] = "";
+  if (chosen) snprintf(saved, sizeof saved, "%s", chosen);
+  for (int v = 0; v < n_variants && rc == LT_OK; v++) {
+    setenv("LT_ATTN_BWD", variants[v], 1);
+    for (int s = 0; s < n_seqs && rc == LT_OK; s++)
+      rc = attn_bench_causal_ms(&ctx, batch, seqs[s], heads, head_dim, &unused_fwd,
+                                &variant_both[v][s]);
+  }
+  if (chosen)
+    setenv("LT_ATTN_BWD", saved, 1);
+  else
+    unsetenv("LT_ATTN_BWD");
   if (rc != LT_OK) {
     fprintf(stderr, "bench_attention: error: %s\n", lt_error_message());
     return rc;
@@ -76,14 +109,23 @@ int main(int argc, char **argv) {
   printf("%7s | %9s %9s %8s | %9s %9s %8s | %s\n", "T", "ours fwd", "fwd+bwd", "TFLOP/s",
          "SDPA fwd", "fwd+bwd", "TFLOP/s", "speed vs SDPA (fwd+bwd)");
   for (int s = 0; s < n_seqs; s++) {
-    const double t = (double)seqs[s];
-    const double flops = 2.0 * 2.0 * t * t * heads * head_dim * batch / 2.0 * 3.5;
-    double sf = NAN, sb = NAN;
-    for (int r = 0; r < ref.n; r++)
-      if (ref.seq[r] == seqs[s]) sf = ref.fwd_ms[r], sb = ref.fwd_bwd_ms[r];
+    const double flops = causal_fwd_bwd_flops(seqs[s], heads, head_dim, batch);
+    double sf, sb;
+    sdpa_at(&ref, seqs[s], &sf, &sb);
     printf("%7lld | %7.3f ms %6.3f ms %8.1f | %7.3f ms %6.3f ms %8.1f | %.2fx\n",
            (long long)seqs[s], fwd[s], both[s], flops / both[s] / 1e9, sf, sb, flops / sb / 1e9,
            sb / both[s]);
+  }
+  if (n_variants > 0) {
+    printf("\nbackward variants (LT_ATTN_BWD): fwd+bwd, TFLOP/s, speed vs SDPA\n");
+    for (int s = 0; s < n_seqs; s++) {
+      const double flops = causal_fwd_bwd_flops(seqs[s], heads, head_dim, batch);
+      double sf, sb;
+      sdpa_at(&ref, seqs[s], &sf, &sb);
+      for (int v = 0; v < n_variants; v++)
+        printf("%7lld | %-4s | %6.3f ms %8.1f | %.2fx\n", (long long)seqs[s], variants[v],
+               variant_both[v][s], flops / variant_both[v][s] / 1e9, sb / variant_both[v][s]);
+    }
   }
   return 0;
 }

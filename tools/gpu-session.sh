@@ -132,9 +132,16 @@ for what in "$@"; do
     grep -E "^configs|longtrain \|" "$out/long-context.log"
     ;;
   attention-model)
+    # With the Hopper d = 64 backward's variants (LT_ATTN_BWD) timed side by side.
     stage attention-model 300 $build/bench/bench_attention --heads 12 --head-dim 64 --batch 8 \
-      --seq 4096 --reference "$reference"
-    tail -4 "$out/attention-model.log"
+      --seq 4096 --reference "$reference" --bwd-variants v1 v2 v3
+    tail -9 "$out/attention-model.log"
+    ;;
+  attention-d64)
+    # Issue 5's 16K attention target at d = 64, each backward variant timed.
+    stage attention-d64 300 $build/bench/bench_attention --heads 16 --head-dim 64 \
+      --seq 16384 65536 --reference "$reference" --bwd-variants v1 v2 v3
+    tail -12 "$out/attention-d64.log"
     ;;
   break-checks)
     # Each check breaks one kernel on purpose, rebuilds one test and expects it to fail.
@@ -143,7 +150,8 @@ for what in "$@"; do
       "src/kernels/cuda/cross_entropy.cu|s/e\[i\] = grad_scale \* (expf/e[i] = (expf/|test_cuda_kernels"
       "src/kernels/cuda/attention_common.cuh|s/row_sum\[hf\] = row_sum\[hf\] \* rescale + sum;/row_sum[hf] = row_sum[hf] + sum;/|test_cuda_attention"
       "src/kernels/cuda/attention_bwd.cu|s/add_pair(dk_row + dt \* 8 + c \* 2, dk\[dt \* 4 + 2 \* hf\] \* scale,/add_pair(dk_row + dt * 8 + c * 2, dk[dt * 4 + 2 * hf] * scale * 1.05f,/|test_cuda_attention"
-      "src/kernels/cuda/attention_bwd.cu|s/dpt\[e\] = st\[e\] \* (dpt\[e\] - delta);/dpt[e] = st[e] * dpt[e];/|test_cuda_training"
+      "src/kernels/cuda/attention_bwd_tile.cuh|s/odd ? make_float4(got0, got1, keep0, keep1)/odd ? make_float4(keep0, keep1, got0, got1)/|test_cuda_attention"
+      "src/kernels/cuda/attention_bwd_tile.cuh|s/dpt\[e\] = st\[e\] \* (dpt\[e\] - delta);/dpt[e] = st[e] * dpt[e];/|test_cuda_training"
       "src/kernels/cuda/moe_route.cu|s/other_p == best_p \&\& other < best/other_p == best_p \&\& other > best/|test_cuda_moe"
       "src/kernels/cuda/moe_plan.cu|s/rank < capacity ? 0 : -1/rank <= capacity ? 0 : -1/|test_cuda_moe"
       "src/kernels/cuda/moe_dispatch.cu|s/acc\[i\] += w \* v\[i\]/acc[i] += v[i]/|test_cuda_moe"
@@ -178,7 +186,7 @@ for what in "$@"; do
     stage ncu-source 300 ncu --clock-control none --kernel-name regex:attn_bwd --launch-skip 2 \
       --launch-count 1 --section WarpStateStats --section SourceCounters --print-details all \
       $build/bench/bench_attention --heads 12 --head-dim 64 --batch 8 --seq 4096
-    grep -iE "stall|warp cycles|attention_bwd.cu|attention_common|wgmma.cuh" "$out/ncu-source.log" | head -60
+    grep -iE "stall|warp cycles|attention_bwd|attention_common|wgmma.cuh" "$out/ncu-source.log" | head -60
     ;;
   ncu-bwd)
     stage ncu-bwd 300 ncu --clock-control none --kernel-name regex:attn_bwd --launch-skip 2 \

@@ -4,7 +4,8 @@
 // tiles than one pass of the kernels' tile list, and the partial/merge contract of ring attention;
 // every sparse pattern (tests/unit/test_sparse_attention.c checks the CPU's against dense
 // attention), alone and combined, with documents, chunks and positions out of order; MoH's head
-// gates; and the work of a sliding window, which grows with T, not T^2.
+// gates; and the work of a sliding window, which grows with T, not T^2. Every backward runs under
+// each of the Hopper d = 64 backward's variants (LT_ATTN_BWD, attention_bwd.cu).
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,32 @@
 
 #include "core/rng.h"
 #include "gpu_testing.h"
+
+// LT_ATTN_BWD's values; at d = 128, and off Hopper, all of them run the one kernel.
+static const char *const bwd_variants[] = {"v1", "v2", "v3"};
+enum { N_BWD_VARIANTS = sizeof bwd_variants / sizeof bwd_variants[0] };
+
+// LT_ATTN_BWD as the program started (saved_set: it was set), which use_bwd_variant restores.
+static char saved_variant[64];
+static bool saved_set;
+
+static void save_bwd_variant(void) {
+  const char *now = getenv("LT_ATTN_BWD");
+  saved_set = now != NULL;
+  if (now) snprintf(saved_variant, sizeof saved_variant, "%s", now);
+}
+
+// Sets LT_ATTN_BWD to variant v, or for v = N_BWD_VARIANTS back to what it was at the start.
+static void use_bwd_variant(int v) {
+  if (v < N_BWD_VARIANTS) {
+    setenv("LT_ATTN_BWD", bwd_variants[v], 1);
+    printf("  LT_ATTN_BWD=%s\n", bwd_variants[v]);
+  } else if (saved_set) {
+    setenv("LT_ATTN_BWD", saved_variant, 1);
+  } else {
+    unsetenv("LT_ATTN_BWD");
+  }
+}
 
 typedef struct attn_case {
   int64_t B, Tq, Tk;
@@ -184,18 +211,25 @@ static void expect_lse_close(const float *got, const float *want, int64_t n) {
   if (!(worst < 1e-3)) fail_msg("lse: max abs. error %.4g", worst);
 }
 
-// The GPU's forward and backward of case c against the CPU's; frees the case.
+// The GPU's forward and backward of case c against the CPU's, under every backward variant;
+// frees the case.
 static void expect_case_matches_cpu(const char *what, attn_case *c) {
   printf("%s\n", what);
   const int64_t nq = c->B * c->Tq * c->hq * c->d, nk = c->B * c->Tk * c->hkv * c->d;
   float *dk0 = lt_gpu_random(nk, 0.1f, true), *dv0 = lt_gpu_random(nk, 0.1f, true);
-  attn_result want = run_cpu(c, dk0, dv0), got = run_gpu(c, dk0, dv0);
-  lt_gpu_expect_close("o (bf16)", got.o, want.o, nq, 1e-2);
-  expect_lse_close(got.lse, want.lse, c->B * c->hq * c->Tq);
-  lt_gpu_expect_close("dq (f32)", got.dq, want.dq, nq, 1e-2);
-  lt_gpu_expect_close("dk += (bf16)", got.dk, want.dk, nk, 1e-2);
-  lt_gpu_expect_close("dv += (bf16)", got.dv, want.dv, nk, 1e-2);
-  free_result(&want), free_result(&got), free(dk0), free(dv0);
+  attn_result want = run_cpu(c, dk0, dv0);
+  for (int v = 0; v < N_BWD_VARIANTS; v++) {
+    use_bwd_variant(v);
+    attn_result got = run_gpu(c, dk0, dv0);
+    lt_gpu_expect_close("o (bf16)", got.o, want.o, nq, 1e-2);
+    expect_lse_close(got.lse, want.lse, c->B * c->hq * c->Tq);
+    lt_gpu_expect_close("dq (f32)", got.dq, want.dq, nq, 1e-2);
+    lt_gpu_expect_close("dk += (bf16)", got.dk, want.dk, nk, 1e-2);
+    lt_gpu_expect_close("dv += (bf16)", got.dv, want.dv, nk, 1e-2);
+    free_result(&got);
+  }
+  use_bwd_variant(N_BWD_VARIANTS);
+  free_result(&want), free(dk0), free(dv0);
   free_case(c);
 }
 
@@ -246,6 +280,9 @@ static void test_more_tiles_than_one_list_pass_match_cpu(void **state) {
   // The forward walks 1032 key tiles of 64, the backward 1032 query tiles of 64.
   expect_matches_cpu("64 queries over 66000 keys", 1, 64, 66000, 1, 1, 128, true, 0);
   expect_matches_cpu("66000 queries over 64 keys", 1, 66000, 64, 1, 1, 64, false, 0);
+  // LT_ATTN_BWD v2 and v3 step 128 queries at a time: 1055 query tiles, and a dQ still pending
+  // from the first pass.
+  expect_matches_cpu("135000 queries over 128 keys", 1, 135000, 128, 1, 1, 64, false, 0);
 }
 
 static void test_query_seeing_no_key_gets_zero_output_and_empty_lse(void **state) {
@@ -255,12 +292,17 @@ static void test_query_seeing_no_key_gets_zero_output_and_empty_lse(void **state
   for (int j = 0; j < 64; j++) c.k_pos[j] = 1000 + j; // every key in the queries' future
   const int64_t nk = 64 * 2 * 64;
   float *zeros = calloc(nk, 4);
-  attn_result got = run_gpu(&c, zeros, zeros);
-  for (int i = 0; i < 2 * 40; i++) assert_true(got.lse[i] == -INFINITY);
-  assert_true(lt_test_max_abs(got.o, 40 * 2 * 64) == 0.0);
-  assert_true(lt_test_max_abs(got.dq, 40 * 2 * 64) == 0.0);
-  assert_true(lt_test_max_abs(got.dk, nk) == 0.0 && lt_test_max_abs(got.dv, nk) == 0.0);
-  free_result(&got), free(zeros);
+  for (int v = 0; v < N_BWD_VARIANTS; v++) {
+    use_bwd_variant(v);
+    attn_result got = run_gpu(&c, zeros, zeros);
+    for (int i = 0; i < 2 * 40; i++) assert_true(got.lse[i] == -INFINITY);
+    assert_true(lt_test_max_abs(got.o, 40 * 2 * 64) == 0.0);
+    assert_true(lt_test_max_abs(got.dq, 40 * 2 * 64) == 0.0);
+    assert_true(lt_test_max_abs(got.dk, nk) == 0.0 && lt_test_max_abs(got.dv, nk) == 0.0);
+    free_result(&got);
+  }
+  use_bwd_variant(N_BWD_VARIANTS);
+  free(zeros);
   free_case(&c);
 }
 
@@ -287,8 +329,7 @@ static void test_merge_matches_cpu(void **state) {
 
 // Ring attention's contract on the GPU: partials over key chunks merge to the full result, and
 // their backwards, given the final lse and delta, sum to the full backward.
-static void test_partials_over_key_chunks_merge_and_sum_to_the_full_result(void **state) {
-  SKIP_WITHOUT_GPU();
+static void expect_partials_merge_and_sum_to_the_full_result(void) {
   attn_case c;
   make_case(&c, 1, 200, 200, 4, 2, 64, true, 0);
   const int64_t nq = 200 * 4 * 64, row = 2 * 64, nl = 4 * 200;
@@ -350,6 +391,15 @@ static void test_partials_over_key_chunks_merge_and_sum_to_the_full_result(void 
       free(want_dv), free(dk_parts), free(dv_parts), free(zeros), free(neg_inf);
   lt_gpu_free_all();
   free_case(&c);
+}
+
+static void test_partials_over_key_chunks_merge_and_sum_to_the_full_result(void **state) {
+  SKIP_WITHOUT_GPU();
+  for (int v = 0; v < N_BWD_VARIANTS; v++) {
+    use_bwd_variant(v);
+    expect_partials_merge_and_sum_to_the_full_result();
+  }
+  use_bwd_variant(N_BWD_VARIANTS);
 }
 
 #define PATTERN(...) ((lt_attn_sparsity){__VA_ARGS__})
@@ -443,15 +493,20 @@ static void test_heads_gated_off_get_zero_output_and_no_gradient(void **state) {
   add_gates(&c, 0.4, true);
   const int64_t nk = 2 * 300 * 2 * 64, n_gates = 2 * 300 * 4;
   float *zeros = calloc(nk, 4);
-  attn_result got = run_gpu(&c, zeros, zeros);
-  for (int64_t i = 0; i < n_gates; i++) {
-    if (c.gates[i] != 0.0f) continue;
-    const int64_t b = i / (300 * 4), t = i / 4 % 300, h = i % 4;
-    assert_true(got.lse[(b * 4 + h) * 300 + t] == -INFINITY);
-    assert_true(lt_test_max_abs(got.o + i * 64, 64) == 0.0);
-    assert_true(lt_test_max_abs(got.dq + i * 64, 64) == 0.0);
+  for (int v = 0; v < N_BWD_VARIANTS; v++) {
+    use_bwd_variant(v);
+    attn_result got = run_gpu(&c, zeros, zeros);
+    for (int64_t i = 0; i < n_gates; i++) {
+      if (c.gates[i] != 0.0f) continue;
+      const int64_t b = i / (300 * 4), t = i / 4 % 300, h = i % 4;
+      assert_true(got.lse[(b * 4 + h) * 300 + t] == -INFINITY);
+      assert_true(lt_test_max_abs(got.o + i * 64, 64) == 0.0);
+      assert_true(lt_test_max_abs(got.dq + i * 64, 64) == 0.0);
+    }
+    free_result(&got);
   }
-  free_result(&got), free(zeros);
+  use_bwd_variant(N_BWD_VARIANTS);
+  free(zeros);
   expect_case_matches_cpu("40% of the (query, head) pairs gated off, and all of head 0", &c);
   make_sparse_case(&c, 1, 500, 500, 4, 1, 128, PATTERN(.window = 100, .sinks = 2), 120, true);
   add_gates(&c, 0.5, false);
@@ -503,7 +558,24 @@ static void test_unsupported_head_dim_is_a_config_error(void **state) {
   free_case(&c);
 }
 
+static void test_unknown_backward_variant_is_a_config_error(void **state) {
+  SKIP_WITHOUT_GPU();
+  attn_case c;
+  make_case(&c, 1, 16, 16, 1, 1, 64, true, 0);
+  lt_attn_spec s = gpu_spec(&c);
+  lt_tensor x = lt_gpu_upload(c.q, LT_BF16, QSHAPE(&c)),
+            dq = lt_gpu_upload(c.q, LT_F32, QSHAPE(&c));
+  lt_tensor lse = lt_gpu_upload(c.q, LT_F32, LSHAPE(&c));
+  setenv("LT_ATTN_BWD", "v9", 1);
+  EXPECT_ERROR(lt_attn_bwd(&lt_test_gpu, dq, x, x, x, x, x, x, lse, lse, &s), LT_ERR_CONFIG,
+               "LT_ATTN_BWD=v9", "v1, v2 or v3");
+  use_bwd_variant(N_BWD_VARIANTS);
+  lt_gpu_free_all();
+  free_case(&c);
+}
+
 int main(void) {
+  save_bwd_variant();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_causal_attention_matches_cpu_for_head_dims_64_and_128),
       cmocka_unit_test(test_grouped_query_attention_matches_cpu),
@@ -524,6 +596,7 @@ int main(void) {
       cmocka_unit_test(test_heads_gated_off_get_zero_output_and_no_gradient),
       cmocka_unit_test(test_sliding_window_work_grows_linearly_with_sequence_length),
       cmocka_unit_test(test_unsupported_head_dim_is_a_config_error),
+      cmocka_unit_test(test_unknown_backward_variant_is_a_config_error),
   };
   return cmocka_run_group_tests(tests, lt_gpu_group_setup, lt_gpu_group_teardown);
 }

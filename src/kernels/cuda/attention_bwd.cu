@@ -13,256 +13,102 @@
 //   probabilities. The probabilities are computed while dP^T is still being multiplied.
 // - elsewhere: four warps on mma.sync.
 // (Bulk reductions of a shared-memory dQ tile measured slower than the atomics here.)
+// Hopper's d = 64 has three variants, chosen by LT_ATTN_BWD (bwd_variant_of_env) until timings
+// settle which to keep:
+// - v1 (BWD_BASE, the default): the one-warpgroup blocks above, 64 queries per step.
+// - v2 (BWD_WIDE): FlashAttention-3's d = 64 tile, 128 keys by 128 queries: two warpgroups of 64
+//   keys share each Q and dO tile (half the loads per key of v1) and split dQ by query rows, each
+//   over all 128 keys, so a block adds one 128 x 64 dQ tile per 128 x 128 pair: half v1's atomic
+//   traffic per unit of work, in 16-byte atomics. Each barrier and step carries four times v1's
+//   multiplies, on n = 128 wgmmas.
+// - v3 (BWD_WIDE_OVERLAP): v2 with dQ software-pipelined (after FlashAttention-3, section 3.2):
+//   a step's dQ product runs on through the next step's tile wait and barrier, and the tensor
+//   cores take that step's S^T straight after it; its atomics go out before dP^T is issued. dS^T
+//   is double-buffered, so a step's stores never overwrite what the pending dQ reads.
+// v2 and v3 serve the sparse instantiation (patterns, head gates) too.
 // A block walks only the query tiles that can reach its keys (attention_mask.cuh), so sparse
 // patterns cost time in proportion to their visible tiles; dense attention runs an instantiation
 // without the search, the pattern or the gates' special case (as the forward). Matches
 // lt_cpu_attn_bwd.
 #include <limits.h>
+#include <stdlib.h>
+#include <string.h>
 
+#include "kernels/cuda/attention_bwd_tile.cuh"
 #include "kernels/cuda/attention_common.cuh"
 
-enum { BM = 64, NT = BM / 8, LIST_MAX = 1024 };
+enum { LIST_MAX = 1024 };
 
-// Threads per block: one warpgroup of 64 keys, or (Hopper, d = 128) two, which split dQ's
-// columns. With d = 64 one warpgroup's registers and shared memory leave room for three blocks
-// per SM (measured 9% faster than two).
-template <int D, bool HOPPER> __host__ __device__ constexpr int bwd_threads() {
-  return HOPPER && D == 128 ? 256 : 128;
+// The kernel's variants (see the top): only Hopper's d = 64 has more than BWD_BASE.
+enum { BWD_BASE = 1, BWD_WIDE = 2, BWD_WIDE_OVERLAP = 3 };
+
+// Query rows per step.
+template <int V> __host__ __device__ constexpr int bwd_bm() {
+  return V == BWD_BASE ? 64 : 128;
 }
-template <int D, bool HOPPER> __host__ __device__ constexpr int bwd_bn() {
-  return bwd_threads<D, HOPPER>() / 2; // 16 keys per warp
+// Threads per block: one warpgroup of 64 keys, or (Hopper, d = 128, and the wide variants) two.
+// With d = 64 one warpgroup's registers and shared memory leave room for three blocks per SM
+// (measured 9% faster than two).
+template <int D, bool HOPPER, int V> __host__ __device__ constexpr int bwd_threads() {
+  return HOPPER && (D == 128 || V != BWD_BASE) ? 256 : 128;
 }
-template <int D, bool HOPPER> __host__ __device__ constexpr int bwd_min_blocks() {
-  return HOPPER && D == 64 ? 3 : 1;
+template <int D, bool HOPPER, int V> __host__ __device__ constexpr int bwd_bn() {
+  return bwd_threads<D, HOPPER, V>() / 2; // 16 keys per warp
+}
+template <int D, bool HOPPER, int V> __host__ __device__ constexpr int bwd_min_blocks() {
+  return HOPPER && D == 64 && V == BWD_BASE ? 3 : 1;
 }
 // Query tiles in flight. With three (one being read, one landing, one free for the next copy) a
 // tile's buffers need no barrier after their last use; two leave shared memory for three blocks.
-template <int D, bool HOPPER> __host__ __device__ constexpr int bwd_stages() {
-  return HOPPER && D == 64 ? 2 : 3;
+template <int D, bool HOPPER, int V> __host__ __device__ constexpr int bwd_stages() {
+  return HOPPER && D == 64 && V == BWD_BASE ? 2 : 3;
+}
+// dS^T tiles: two where a step's dQ product still reads one while the next step stores its own.
+template <int V> __host__ __device__ constexpr int bwd_ds_buffers() {
+  return V == BWD_WIDE_OVERLAP ? 2 : 1;
 }
 template <int D, bool HOPPER> __host__ __device__ constexpr int bwd_tile_bytes(int rows) {
   return HOPPER ? rows * D * 2 : rows * tile_row_bytes<D>();
 }
-template <int D, bool HOPPER> constexpr size_t bwd_smem_bytes() {
-  constexpr int BN = bwd_bn<D, HOPPER>(), STAGES = bwd_stages<D, HOPPER>();
+template <int D, bool HOPPER, int V> constexpr size_t bwd_smem_bytes() {
+  constexpr int BN = bwd_bn<D, HOPPER, V>(), BM = bwd_bm<V>(), STAGES = bwd_stages<D, HOPPER, V>();
   return 1024 + 2 * (size_t)bwd_tile_bytes<D, HOPPER>(BN) +
          2 * STAGES * (size_t)bwd_tile_bytes<D, HOPPER>(BM) +
-         (size_t)bwd_tile_bytes<BM, HOPPER>(BN) + STAGES * 4 * (size_t)BM * 4 + LIST_MAX * 4;
-}
-
-template <typename T> __device__ __forceinline__ void add_pair(T *dst, float x, float y);
-template <> __device__ __forceinline__ void add_pair<float>(float *dst, float x, float y) {
-  dst[0] += x, dst[1] += y;
-}
-template <> __device__ __forceinline__ void add_pair<bf16>(bf16 *dst, float x, float y) {
-  __nv_bfloat162 *d2 = reinterpret_cast<__nv_bfloat162 *>(dst);
-  const float2 old = __bfloat1622float2(*d2);
-  *d2 = __floats2bfloat162_rn(old.x + x, old.y + y);
-}
-
-// The query tile's statistics and masks, as the backward reads them from shared memory.
-typedef struct bwd_tile_stats {
-  const float *lse, *delta;
-  const int32_t *qpos, *qdoc;
-} bwd_tile_stats;
-
-// S^T and dP^T become P^T and dS^T in place. The thread's keys are key_row and key_row + 8 of the
-// block (positions kpos, kdoc); its queries are columns 8 nt + 2 c + {0, 1} of the tile. SPARSE
-// as in the kernel.
-template <bool PARTIAL, bool SPARSE>
-__device__ __forceinline__ void
-bwd_probs(float (&st)[NT * 4], const bwd_tile_stats &t, const attn_params &p, int64_t i0,
-          int64_t j0, int key_row, const int32_t (&kpos)[2], const int32_t (&kdoc)[2], bool docs) {
-  const int c = threadIdx.x & 3;
-#pragma unroll
-  for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-    for (int e2 = 0; e2 < 2; e2++) {
-      const int col = nt * 8 + c * 2 + e2;
-      // A query that sees no key, or whose head its router left out (lse = -inf), has no
-      // gradient. With gates that can be so in a full tile: lse = -inf is read as +inf, and its
-      // probabilities come out 0. Without, every query of a full tile sees a key, so only
-      // partial tiles check.
-      const float lse = t.lse[col];
-      const float lse2 = SPARSE && lse == -INFINITY ? INFINITY : lse * LOG2E;
-      const bool query_ok = !PARTIAL || ((SPARSE || lse2 != -INFINITY) && i0 + col < p.tq);
-#pragma unroll
-      for (int hf = 0; hf < 2; hf++) {
-        const int e = 2 * hf + e2;
-        const float pv = fast_exp2(fmaf(st[nt * 4 + e], p.scale_log2, -lse2));
-        if constexpr (PARTIAL)
-          st[nt * 4 + e] = query_ok && j0 + key_row + hf * 8 < p.tk &&
-                                   pair_visible<SPARSE>(p.mask, t.qpos[col], docs ? t.qdoc[col] : 0,
-                                                        kpos[hf], kdoc[hf])
-                               ? pv
-                               : 0.0f;
-        else
-          st[nt * 4 + e] = pv;
-      }
-    }
-}
-
-// dP^T becomes dS^T = P^T (dP^T - delta) in place.
-__device__ __forceinline__ void bwd_dscores(const float (&st)[NT * 4], float (&dpt)[NT * 4],
-                                            const bwd_tile_stats &t) {
-  const int c = threadIdx.x & 3;
-#pragma unroll
-  for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-    for (int e2 = 0; e2 < 2; e2++) {
-      const float delta = t.delta[nt * 8 + c * 2 + e2];
-#pragma unroll
-      for (int hf = 0; hf < 2; hf++) {
-        const int e = nt * 4 + 2 * hf + e2;
-        dpt[e] = st[e] * (dpt[e] - delta);
-      }
-    }
-}
-
-// S^T = K Q^T and dP^T = V dO^T for the warp's 16 keys on mma.sync (padded tiles, ldmatrix).
-template <int D>
-__device__ __forceinline__ void bwd_scores_mma(float (&st)[NT * 4], float (&dpt)[NT * 4],
-                                               uint32_t k_base, uint32_t v_base, uint32_t q_base,
-                                               uint32_t do_base, int warp, int lane) {
-#pragma unroll
-  for (int e = 0; e < NT * 4; e++) st[e] = 0.0f, dpt[e] = 0.0f;
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ks++) {
-    uint32_t ka[4], va[4];
-    ldmatrix_x4(ka, tile_addr<D>(k_base, warp * 16 + (lane & 15), ks * 2 + (lane >> 4)));
-    ldmatrix_x4(va, tile_addr<D>(v_base, warp * 16 + (lane & 15), ks * 2 + (lane >> 4)));
-#pragma unroll
-    for (int np = 0; np < NT / 2; np++) {
-      const int row = np * 16 + (lane & 7) + ((lane >> 4) << 3), chunk = ks * 2 + ((lane >> 3) & 1);
-      uint32_t qb[4], ob[4];
-      ldmatrix_x4(qb, tile_addr<D>(q_base, row, chunk));
-      ldmatrix_x4(ob, tile_addr<D>(do_base, row, chunk));
-      mma_bf16(frag4(st, 2 * np), ka, qb[0], qb[1]);
-      mma_bf16(frag4(st, 2 * np + 1), ka, qb[2], qb[3]);
-      mma_bf16(frag4(dpt, 2 * np), va, ob[0], ob[1]);
-      mma_bf16(frag4(dpt, 2 * np + 1), va, ob[2], ob[3]);
-    }
-  }
-}
-
-// The same for warpgroup wg's 64 keys on wgmma: K, V (A) and Q, dO (B) K-major, swizzled.
-template <int D, int BN>
-__device__ __forceinline__ void bwd_scores_wgmma(float (&st)[NT * 4], float (&dpt)[NT * 4],
-                                                 uint32_t k_base, uint32_t v_base, uint32_t q_base,
-                                                 uint32_t do_base, int wg) {
-  // acc = (the group's 64 rows of a key-side tile) (a query-side tile)^T, as one commit group.
-  auto product = [&](float(&acc)[NT * 4], uint32_t key_side, uint32_t query_side) {
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ks++) {
-      const uint32_t kv_off = (ks >> 2) * BN * 128 + wg * 64 * 128 + (ks & 3) * 32;
-      const uint32_t q_off = (ks >> 2) * BM * 128 + (ks & 3) * 32;
-      wgmma_ss_n64<0, 0>(acc, make_desc(key_side + kv_off, 16, 1024),
-                         make_desc(query_side + q_off, 16, 1024), ks > 0);
-    }
-    wgmma_commit();
-  };
-  wgmma_fence();
-  product(st, k_base, q_base);
-  product(dpt, v_base, do_base);
-}
-
-// dV += P^T dO and dK += dS^T Q on mma.sync: A from registers, dO and Q transposed by ldmatrix.
-template <int D>
-__device__ __forceinline__ void bwd_dkdv_mma(float (&dk)[D / 2], float (&dv)[D / 2],
-                                             const float (&st)[NT * 4], const float (&dpt)[NT * 4],
-                                             uint32_t q_base, uint32_t do_base, int lane) {
-#pragma unroll
-  for (int kk = 0; kk < BM / 16; kk++) {
-    uint32_t pa[4], sa[4];
-    probs_fragment<NT>(pa, st, kk);
-    probs_fragment<NT>(sa, dpt, kk);
-    mma_tile_rows<D>(dv, pa, do_base, kk, lane);
-    mma_tile_rows<D>(dk, sa, q_base, kk, lane);
-  }
-}
-
-// The same on wgmma, issued and committed but not waited for: A from registers (pa, sa must stay
-// untouched until the wait), dO and Q N-major from their swizzled tiles.
-template <int D>
-__device__ __forceinline__ void
-bwd_dkdv_wgmma(float (&dk)[D / 2], float (&dv)[D / 2], const uint32_t (&pa)[BM / 16][4],
-               const uint32_t (&sa)[BM / 16][4], uint32_t q_base, uint32_t do_base) {
-  wgmma_fence();
-#pragma unroll
-  for (int kk = 0; kk < BM / 16; kk++) {
-    const uint64_t ob = make_desc(do_base + kk * 16 * 128, BM * 128, 1024);
-    const uint64_t qb = make_desc(q_base + kk * 16 * 128, BM * 128, 1024);
-    if constexpr (D == 64) {
-      wgmma_rs_n64<1>(dv, pa[kk], ob, true);
-      wgmma_rs_n64<1>(dk, sa[kk], qb, true);
-    } else {
-      wgmma_rs_n128<1>(dv, pa[kk], ob, true);
-      wgmma_rs_n128<1>(dk, sa[kk], qb, true);
-    }
-  }
-  wgmma_commit();
-}
-
-// dQ rows warp * 16 .. + 15 of the tile on mma.sync: dS (A) from the padded dS^T tile
-// transposed, K (B) transposed, over all BN keys.
-template <int D, int BN>
-__device__ __forceinline__ void bwd_dq_mma(float (&dq)[D / 2], uint32_t ds_base, uint32_t k_base,
-                                           int warp, int lane) {
-#pragma unroll
-  for (int e = 0; e < D / 2; e++) dq[e] = 0.0f;
-#pragma unroll
-  for (int kk = 0; kk < BN / 16; kk++) {
-    uint32_t da[4];
-    ldmatrix_x4_trans(da, tile_addr<BM>(ds_base, kk * 16 + (lane & 7) + ((lane >> 4) << 3),
-                                        warp * 2 + ((lane >> 3) & 1)));
-    mma_tile_rows<D>(dq, da, k_base, kk, lane);
-  }
-}
-
-// Columns [wg COLS, (wg + 1) COLS) of dQ for all BM rows over the block's BN keys on wgmma: dS
-// (A) M-major from the swizzled dS^T tile, K (B) N-major from column block wg COLS / 64.
-template <int COLS, int BN>
-__device__ __forceinline__ void bwd_dq_wgmma(float (&dq)[COLS / 2], uint32_t ds_base,
-                                             uint32_t k_base, int wg) {
-  static_assert(COLS % 64 == 0, "whole column blocks of K");
-  const uint32_t block = wg * (COLS / 64) * BN * 128;
-  wgmma_fence();
-#pragma unroll
-  for (int kk = 0; kk < BN / 16; kk++) {
-    const uint64_t a = make_desc(ds_base + kk * 16 * 128, BN * 128, 1024);
-    const uint64_t kb = make_desc(k_base + block + kk * 16 * 128, BN * 128, 1024);
-    if constexpr (COLS == 64)
-      wgmma_ss_n64<1, 1>(dq, a, kb, kk > 0);
-    else
-      wgmma_ss_n128<1, 1>(dq, a, kb, kk > 0);
-  }
-  wgmma_commit();
-  wgmma_wait<0>();
-  wgmma_fence_operands(dq);
+         bwd_ds_buffers<V>() * (size_t)bwd_tile_bytes<BM, HOPPER>(BN) +
+         STAGES * 4 * (size_t)BM * 4 + LIST_MAX * 4;
 }
 
 // q, dout: (B, Tq, Hq, D) bf16; k, v: (B, Tk, Hkv, D) bf16; lse, delta: (B, Hq, Tq) f32;
 // dq: (B, Tq, Hq, D) f32 (+=, atomic); dk, dv: (B, Tk, Hkv, D) TKV (+=); grid (key tiles, Hkv, B).
 // SPARSE: the instantiation for sparse patterns, head gates and tile counts
 // (attn_params.sparse_kernel); the dense one walks every query tile as the tile list classifies
-// them, with none of their checks.
-template <int D, typename TKV, bool HOPPER, bool SPARSE>
-__global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HOPPER>())
+// them, with none of their checks. V: the variant (BWD_BASE, or on Hopper with d = 64 the wide
+// ones).
+template <int D, typename TKV, bool HOPPER, bool SPARSE, int V>
+__global__ void __launch_bounds__(bwd_threads<D, HOPPER, V>(), bwd_min_blocks<D, HOPPER, V>())
     attn_bwd_kernel(const attn_params p) {
-  constexpr int THREADS = bwd_threads<D, HOPPER>(), WARPS = THREADS / 32, BN = bwd_bn<D, HOPPER>();
+  static_assert(V == BWD_BASE || (HOPPER && D == 64), "the wide variants are Hopper's d = 64");
+  constexpr int THREADS = bwd_threads<D, HOPPER, V>(), WARPS = THREADS / 32;
+  constexpr int BN = bwd_bn<D, HOPPER, V>(), BM = bwd_bm<V>(), NT = BM / 8;
   constexpr int KV_BYTES = bwd_tile_bytes<D, HOPPER>(BN), QT_BYTES = bwd_tile_bytes<D, HOPPER>(BM);
-  constexpr int STAGES = bwd_stages<D, HOPPER>();
+  constexpr int DS_BYTES = bwd_tile_bytes<BM, HOPPER>(BN), DS_BUFFERS = bwd_ds_buffers<V>();
+  constexpr int STAGES = bwd_stages<D, HOPPER, V>();
+  // dQ's split between two warpgroups: by query rows where a step has 128 (each warpgroup 64
+  // rows, all of d), else by columns (d = 128); one warpgroup does it all.
+  constexpr bool DQ_BY_ROWS = BM == 128;
+  constexpr int COLS = DQ_BY_ROWS ? D : D / (THREADS / 128); // dQ columns per warpgroup
+  constexpr bool OVERLAP = V == BWD_WIDE_OVERLAP;
   extern __shared__ unsigned char smem_raw[];
   unsigned char *smem = (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
-  unsigned char *k_s = smem, *v_s = k_s + KV_BYTES;                // (BN, D)
-  unsigned char *q_s = v_s + KV_BYTES;                             // STAGES x (BM, D)
-  unsigned char *do_s = q_s + STAGES * QT_BYTES;                   // STAGES x (BM, D)
-  unsigned char *ds_s = do_s + STAGES * QT_BYTES;                  // (BN, BM): dS^T in bf16
-  float *lse_s = (float *)(ds_s + bwd_tile_bytes<BM, HOPPER>(BN)); // STAGES x BM
-  float *delta_s = lse_s + STAGES * BM;                            // STAGES x BM
-  int32_t *qpos_s = (int32_t *)(delta_s + STAGES * BM);            // STAGES x BM
-  int32_t *qdoc_s = qpos_s + STAGES * BM;                          // STAGES x BM
-  int *list = qdoc_s + STAGES * BM;                                // LIST_MAX
+  unsigned char *k_s = smem, *v_s = k_s + KV_BYTES;       // (BN, D)
+  unsigned char *q_s = v_s + KV_BYTES;                    // STAGES x (BM, D)
+  unsigned char *do_s = q_s + STAGES * QT_BYTES;          // STAGES x (BM, D)
+  unsigned char *ds_s = do_s + STAGES * QT_BYTES;         // DS_BUFFERS x (BN, BM): dS^T in bf16
+  float *lse_s = (float *)(ds_s + DS_BUFFERS * DS_BYTES); // STAGES x BM
+  float *delta_s = lse_s + STAGES * BM;                   // STAGES x BM
+  int32_t *qpos_s = (int32_t *)(delta_s + STAGES * BM);   // STAGES x BM
+  int32_t *qdoc_s = qpos_s + STAGES * BM;                 // STAGES x BM
+  int *list = qdoc_s + STAGES * BM;                       // LIST_MAX
   __shared__ int warp_counts[WARPS];
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
@@ -271,7 +117,7 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
   const int64_t j0 = (int64_t)kt * BN;
   const bool docs = p.mask.docs;
   const int64_t kv_head = ((int64_t)b * p.tk * p.hkv + kvh) * D;
-  const uint32_t k_base = smem_u32(k_s), v_base = smem_u32(v_s), ds_base = smem_u32(ds_s);
+  const uint32_t k_base = smem_u32(k_s), v_base = smem_u32(v_s);
   load_rows<HOPPER, BN, D, THREADS>(k_s, p.k + kv_head, (int64_t)p.hkv * D, j0, p.tk);
   load_rows<HOPPER, BN, D, THREADS>(v_s, p.v + kv_head, (int64_t)p.hkv * D, j0, p.tk);
   cp_async_commit();
@@ -332,6 +178,29 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
     __syncthreads();
     range = range_s;
   }
+  // The thread's first dQ row of a step, and the softmax scale, recomputed where used rather
+  // than held in registers through the loop.
+  const auto dq_row_of = [](int wg, int warp, int g) {
+    return (DQ_BY_ROWS ? wg * 64 : 0) + (warp & 3) * 16 + g;
+  };
+  const auto scale_of = [](const attn_params &p) { return p.scale_log2 / LOG2E; };
+  // OVERLAP: the last step's dQ, multiplying, and its rows.
+  float dq_pending[OVERLAP ? COLS / 2 : 1] = {};
+  bool pending = false;
+  int64_t pending_i0 = 0;
+  int pending_h = 0;
+  // Waits for every multiply in flight, the last step's dQ among them, and adds that dQ.
+  const auto add_pending_dq = [&] {
+    if constexpr (OVERLAP) {
+      wgmma_wait<0>();
+      wgmma_fence_operands(dq_pending);
+      if (pending)
+        add_dq_quads<D, COLS>(p, dq_pending, scale_of(p), b, pending_h, pending_i0,
+                              dq_row_of(wg, warp, g), 0);
+      pending = false;
+    }
+  };
+  int ds_buf = 0;        // runs on across list passes, so a pending dQ's tile is never refilled
   long long visited = 0; // tiles computed
   for (int first = range.x; first < range.y; first += LIST_MAX) {
     const int count = range.y - first < LIST_MAX ? range.y - first : LIST_MAX;
@@ -355,25 +224,35 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
       wait_for_tile<HOPPER>(it + 1 < steps);
       const uint32_t q_base = smem_u32(q_s + buf * QT_BYTES),
                      do_base = smem_u32(do_s + buf * QT_BYTES);
+      const uint32_t ds_base = smem_u32(ds_s + ds_buf * DS_BYTES);
       const bwd_tile_stats stats = {lse_s + buf * BM, delta_s + buf * BM, qpos_s + buf * BM,
                                     qdoc_s + buf * BM};
       float st[NT * 4], dpt[NT * 4];
       if constexpr (HOPPER) {
-        bwd_scores_wgmma<D, BN>(st, dpt, k_base, v_base, q_base, do_base, wg);
+        bwd_scores_wgmma<D, BN, BM>(st, dpt, k_base, v_base, q_base, do_base, wg, [&] {
+          if constexpr (OVERLAP) {
+            // The last step's dQ (if any), then its atomics, before dP^T is issued: so dP^T's
+            // registers and the last dQ's are not live at once. (The wait takes S^T too: ptxas
+            // cannot tell that a wait for one group retires a group from the last iteration, and
+            // serializes every wgmma where the accumulators are read after one.)
+            add_pending_dq();
+            wgmma_fence(); // the atomics' registers may become dP^T's
+          }
+        });
         wgmma_wait<1>(); // S^T; dP^T still multiplying while P^T is computed
         wgmma_fence_operands(st);
       } else {
-        bwd_scores_mma<D>(st, dpt, k_base, v_base, q_base, do_base, warp, lane);
+        bwd_scores_mma<D, NT>(st, dpt, k_base, v_base, q_base, do_base, warp, lane);
       }
       if (entry < 0) // TILE_PARTIAL
-        bwd_probs<true, SPARSE>(st, stats, p, i0, j0, warp * 16 + g, kpos, kdoc, docs);
+        bwd_probs<NT, true, SPARSE>(st, stats, p, i0, j0, warp * 16 + g, kpos, kdoc, docs);
       else
-        bwd_probs<false, SPARSE>(st, stats, p, i0, j0, warp * 16 + g, kpos, kdoc, docs);
+        bwd_probs<NT, false, SPARSE>(st, stats, p, i0, j0, warp * 16 + g, kpos, kdoc, docs);
       if constexpr (HOPPER) {
         wgmma_wait<0>();
         wgmma_fence_operands(dpt);
       }
-      bwd_dscores(st, dpt, stats);
+      bwd_dscores<NT>(st, dpt, stats);
 
       // dS^T goes to shared memory for dQ, while (on Hopper) dV and dK multiply.
       if constexpr (HOPPER) {
@@ -383,7 +262,8 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
           probs_fragment<NT>(pa[kk], st, kk);
           probs_fragment<NT>(sa[kk], dpt, kk);
         }
-        bwd_dkdv_wgmma<D>(dk, dv, pa, sa, q_base, do_base);
+        bwd_dkdv_wgmma<D, BM>(dk, dv, pa, sa, q_base, do_base);
+        // sa[kk] holds n-tiles 2 kk (registers 0, 1: rows g, g + 8) and 2 kk + 1 (2, 3).
 #pragma unroll
         for (int nt = 0; nt < NT; nt++)
 #pragma unroll
@@ -391,31 +271,36 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
             const int row = warp * 16 + hf * 8 + g;
             asm volatile(
                 "st.shared.b32 [%0], %1;\n" ::"r"(swizzled_addr<BN>(ds_base, row, nt) + c * 4),
-                "r"(pack_bf16(dpt[nt * 4 + 2 * hf], dpt[nt * 4 + 2 * hf + 1])));
+                "r"(sa[nt >> 1][(nt & 1) * 2 + hf]));
           }
         fence_proxy_async();
         __syncthreads(); // all of dS^T stored
-        wgmma_wait<0>();
-        wgmma_keep_fragments(pa);
-        wgmma_keep_fragments(sa);
-        wgmma_fence_operands(dk);
-        wgmma_fence_operands(dv);
-        constexpr int COLS = D / (THREADS / 128); // dQ columns per warpgroup
-        float dq[COLS / 2];
-        bwd_dq_wgmma<COLS, BN>(dq, ds_base, k_base, wg);
-        const float scale = p.scale_log2 / LOG2E;
-#pragma unroll
-        for (int hf = 0; hf < 2; hf++) {
-          const int64_t i = i0 + (warp & 3) * 16 + g + hf * 8;
-          if (i >= p.tq) continue;
-          float *dq_row = p.dq + (((int64_t)b * p.tq + i) * p.hq + h) * D + wg * COLS;
-#pragma unroll
-          for (int dt = 0; dt < COLS / 8; dt++)
-            atomicAdd(reinterpret_cast<float2 *>(dq_row + dt * 8 + c * 2),
-                      make_float2(dq[dt * 4 + 2 * hf] * scale, dq[dt * 4 + 2 * hf + 1] * scale));
+        const auto dkdv_done = [&] {
+          wgmma_keep_fragments(pa);
+          wgmma_keep_fragments(sa);
+          wgmma_fence_operands(dk);
+          wgmma_fence_operands(dv);
+        };
+        if constexpr (OVERLAP) {
+          bwd_dq_wgmma<COLS, BN>(dq_pending, ds_base, k_base, DQ_BY_ROWS ? wg : 0, 0);
+          wgmma_wait<1>(); // dV and dK; dQ runs on into the next step
+          dkdv_done();
+          pending = true, pending_i0 = i0, pending_h = h;
+        } else {
+          float dq[COLS / 2];
+          const int q_block = DQ_BY_ROWS ? wg : 0, col_block = DQ_BY_ROWS ? 0 : wg;
+          bwd_dq_wgmma<COLS, BN>(dq, ds_base, k_base, q_block, col_block);
+          wgmma_wait<0>();
+          dkdv_done();
+          wgmma_fence_operands(dq);
+          if constexpr (V == BWD_WIDE)
+            add_dq_quads<D, COLS>(p, dq, scale_of(p), b, h, i0, dq_row_of(wg, warp, g), 0);
+          else
+            add_dq_pairs<D, COLS>(p, dq, scale_of(p), b, h, i0, dq_row_of(wg, warp, g),
+                                  col_block * COLS);
         }
       } else {
-        bwd_dkdv_mma<D>(dk, dv, st, dpt, q_base, do_base, lane);
+        bwd_dkdv_mma<D, BM>(dk, dv, st, dpt, q_base, do_base, lane);
 #pragma unroll
         for (int nt = 0; nt < NT; nt++)
 #pragma unroll
@@ -426,25 +311,17 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
           }
         __syncthreads();
         float dq[D / 2];
-        bwd_dq_mma<D, BN>(dq, ds_base, k_base, warp, lane);
-        const float scale = p.scale_log2 / LOG2E;
-#pragma unroll
-        for (int hf = 0; hf < 2; hf++) {
-          const int64_t i = i0 + warp * 16 + g + hf * 8;
-          if (i >= p.tq) continue;
-          float *dq_row = p.dq + (((int64_t)b * p.tq + i) * p.hq + h) * D;
-#pragma unroll
-          for (int dt = 0; dt < D / 8; dt++)
-            atomicAdd(reinterpret_cast<float2 *>(dq_row + dt * 8 + c * 2),
-                      make_float2(dq[dt * 4 + 2 * hf] * scale, dq[dt * 4 + 2 * hf + 1] * scale));
-        }
+        bwd_dq_mma<D, BN, BM>(dq, ds_base, k_base, warp, lane);
+        add_dq_pairs<D, D>(p, dq, scale_of(p), b, h, i0, warp * 16 + g, 0);
       }
       if constexpr (STAGES == 2) __syncthreads(); // the next copy refills this tile's buffers
+      if constexpr (DS_BUFFERS == 2) ds_buf ^= 1;
       at = next_at, h = next_h, buf = next_buf;
     }
   }
+  if constexpr (OVERLAP) add_pending_dq();
 
-  const float scale = p.scale_log2 / LOG2E;
+  const float scale = scale_of(p);
 #pragma unroll
   for (int hf = 0; hf < 2; hf++) {
     const int64_t j = j0 + warp * 16 + hf * 8 + g;
@@ -461,26 +338,43 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER>(), bwd_min_blocks<D, HO
   if (SPARSE && p.visited && threadIdx.x == 0) atomicAdd(p.visited, (unsigned long long)visited);
 }
 
-template <int D, typename TKV, bool HOPPER, bool SPARSE>
+template <int D, typename TKV, bool HOPPER, bool SPARSE, int V>
 static int launch_bwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
-  constexpr size_t smem = bwd_smem_bytes<D, HOPPER>();
-  CUDA_TRY(cudaFuncSetAttribute(attn_bwd_kernel<D, TKV, HOPPER, SPARSE>,
+  constexpr size_t smem = bwd_smem_bytes<D, HOPPER, V>();
+  CUDA_TRY(cudaFuncSetAttribute(attn_bwd_kernel<D, TKV, HOPPER, SPARSE, V>,
                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
            "attn_bwd: raising shared memory to %zu bytes", smem);
   dim3 grid((unsigned)p.n_k_tiles, (unsigned)p.hkv, (unsigned)b);
-  attn_bwd_kernel<D, TKV, HOPPER, SPARSE><<<grid, bwd_threads<D, HOPPER>(), smem, st->stream>>>(p);
+  attn_bwd_kernel<D, TKV, HOPPER, SPARSE, V>
+      <<<grid, bwd_threads<D, HOPPER, V>(), smem, st->stream>>>(p);
   return LT_OK;
 }
 
-template <int D, typename TKV, bool HOPPER>
+template <int D, typename TKV, bool HOPPER, int V>
 static int launch_bwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
-  return p.sparse_kernel ? launch_bwd<D, TKV, HOPPER, true>(st, p, b)
-                         : launch_bwd<D, TKV, HOPPER, false>(st, p, b);
+  return p.sparse_kernel ? launch_bwd<D, TKV, HOPPER, true, V>(st, p, b)
+                         : launch_bwd<D, TKV, HOPPER, false, V>(st, p, b);
 }
 
-template <int D, bool HOPPER>
+template <int D, bool HOPPER, int V>
 static int launch_bwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
-  return p.dkv_f32 ? launch_bwd<D, float, HOPPER>(st, p, b) : launch_bwd<D, bf16, HOPPER>(st, p, b);
+  return p.dkv_f32 ? launch_bwd<D, float, HOPPER, V>(st, p, b)
+                   : launch_bwd<D, bf16, HOPPER, V>(st, p, b);
+}
+
+// LT_ATTN_BWD: which variant Hopper's d = 64 runs (v1, the default, v2 or v3; see the top). Read
+// at every call, which costs nothing beside a launch, so that the tests and bench_attention can
+// run each variant in one process.
+static int bwd_variant_of_env(int *variant) {
+  const char *name = getenv("LT_ATTN_BWD");
+  *variant = !name || !*name || strcmp(name, "v1") == 0 ? BWD_BASE
+             : strcmp(name, "v2") == 0                  ? BWD_WIDE
+             : strcmp(name, "v3") == 0                  ? BWD_WIDE_OVERLAP
+                                                        : 0;
+  LT_CHECK(*variant != 0, LT_ERR_CONFIG,
+           "environment: LT_ATTN_BWD=%s names no attention backward; use v1, v2 or v3, or unset it",
+           name);
+  return LT_OK;
 }
 
 int lt_cuda_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_tensor dout,
@@ -491,20 +385,36 @@ int lt_cuda_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_t
       (dk.dtype != LT_F32 && dk.dtype != LT_BF16))
     return lt_cuda_unsupported("attn_bwd", "dq f32, dout bf16, dk and dv both bf16 or f32", dq, dk);
   const bool hopper = st->attn_wgmma;
+  int variant;
+  LT_TRY(bwd_variant_of_env(&variant)); // a bad name is an error on every GPU
+  if (!hopper || q.shape[3] != 64) variant = BWD_BASE;
+  // The wide variants add dQ 16 bytes at a time.
+  if (variant != BWD_BASE && !aligned16(dq.data))
+    return lt_cuda_unsupported("attn_bwd", "dq 16-byte aligned (LT_ATTN_BWD v2, v3)", dq, q);
   attn_params p;
-  const int k_tile = q.shape[3] == 64 ? (hopper ? bwd_bn<64, true>() : bwd_bn<64, false>())
-                                      : (hopper ? bwd_bn<128, true>() : bwd_bn<128, false>());
-  LT_TRY(lt_cuda_attn_setup(ctx, &p, q, k, v, spec, BM, k_tile, "attn_bwd"));
+  int q_tile = bwd_bm<BWD_BASE>(), k_tile;
+  if (q.shape[3] == 64 && hopper && variant != BWD_BASE)
+    q_tile = bwd_bm<BWD_WIDE>(), k_tile = bwd_bn<64, true, BWD_WIDE>();
+  else if (q.shape[3] == 64)
+    k_tile = hopper ? bwd_bn<64, true, BWD_BASE>() : bwd_bn<64, false, BWD_BASE>();
+  else
+    k_tile = hopper ? bwd_bn<128, true, BWD_BASE>() : bwd_bn<128, false, BWD_BASE>();
+  LT_TRY(lt_cuda_attn_setup(ctx, &p, q, k, v, spec, q_tile, k_tile, "attn_bwd"));
   p.dout = (const bf16 *)dout.data, p.lse = (float *)lse.data, p.delta = (float *)delta.data;
   p.dq = (float *)dq.data, p.dk = dk.data, p.dv = dv.data;
   p.dkv_f32 = dk.dtype == LT_F32;
   if (p.tq == 0 || p.tk == 0) return LT_OK;
   const int64_t b = q.shape[0];
   int rc;
-  if (q.shape[3] == 64)
-    rc = hopper ? launch_bwd<64, true>(st, p, b) : launch_bwd<64, false>(st, p, b);
+  if (q.shape[3] == 64 && hopper)
+    rc = variant == BWD_WIDE           ? launch_bwd<64, true, BWD_WIDE>(st, p, b)
+         : variant == BWD_WIDE_OVERLAP ? launch_bwd<64, true, BWD_WIDE_OVERLAP>(st, p, b)
+                                       : launch_bwd<64, true, BWD_BASE>(st, p, b);
+  else if (q.shape[3] == 64)
+    rc = launch_bwd<64, false, BWD_BASE>(st, p, b);
   else
-    rc = hopper ? launch_bwd<128, true>(st, p, b) : launch_bwd<128, false>(st, p, b);
+    rc = hopper ? launch_bwd<128, true, BWD_BASE>(st, p, b)
+                : launch_bwd<128, false, BWD_BASE>(st, p, b);
   LT_TRY(rc);
   LT_TRY(lt_cuda_launched(st, "attn_bwd", q, dk));
   return lt_cuda_attn_count_tiles(st, p, spec);

@@ -1,0 +1,254 @@
+// The flash attention backward's per-tile steps (attention_bwd.cu has the kernel that strings them
+// together, and the algorithm): probabilities and score gradients from recomputed scores, the
+// products on mma.sync and on wgmma, and dQ's and dK/dV's additions to global memory. A thread's
+// fragments follow attention_common.cuh: its keys are fragment rows (S^T, dP^T), 16 per warp.
+#ifndef LT_ATTENTION_BWD_TILE_CUH
+#define LT_ATTENTION_BWD_TILE_CUH
+
+#include "kernels/cuda/attention_common.cuh"
+
+// dst[0] += x, dst[1] += y in dK's or dV's dtype: plain adds, as a block owns its keys.
+template <typename T> __device__ __forceinline__ void add_pair(T *dst, float x, float y);
+template <> __device__ __forceinline__ void add_pair<float>(float *dst, float x, float y) {
+  dst[0] += x, dst[1] += y;
+}
+template <> __device__ __forceinline__ void add_pair<bf16>(bf16 *dst, float x, float y) {
+  __nv_bfloat162 *d2 = reinterpret_cast<__nv_bfloat162 *>(dst);
+  const float2 old = __bfloat1622float2(*d2);
+  *d2 = __floats2bfloat162_rn(old.x + x, old.y + y);
+}
+
+// The query tile's statistics and masks, as the backward reads them from shared memory.
+typedef struct bwd_tile_stats {
+  const float *lse, *delta;
+  const int32_t *qpos, *qdoc;
+} bwd_tile_stats;
+
+// S^T and dP^T become P^T and dS^T in place. The thread's keys are key_row and key_row + 8 of the
+// block (positions kpos, kdoc); its queries are columns 8 nt + 2 c + {0, 1} of the tile (NT * 8
+// queries). SPARSE as in the kernel.
+template <int NT, bool PARTIAL, bool SPARSE>
+__device__ __forceinline__ void
+bwd_probs(float (&st)[NT * 4], const bwd_tile_stats &t, const attn_params &p, int64_t i0,
+          int64_t j0, int key_row, const int32_t (&kpos)[2], const int32_t (&kdoc)[2], bool docs) {
+  const int c = threadIdx.x & 3;
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+    for (int e2 = 0; e2 < 2; e2++) {
+      const int col = nt * 8 + c * 2 + e2;
+      // A query that sees no key, or whose head its router left out (lse = -inf), has no
+      // gradient. With gates that can be so in a full tile: lse = -inf is read as +inf, and its
+      // probabilities come out 0. Without, every query of a full tile sees a key, so only
+      // partial tiles check.
+      const float lse = t.lse[col];
+      const float lse2 = SPARSE && lse == -INFINITY ? INFINITY : lse * LOG2E;
+      const bool query_ok = !PARTIAL || ((SPARSE || lse2 != -INFINITY) && i0 + col < p.tq);
+#pragma unroll
+      for (int hf = 0; hf < 2; hf++) {
+        const int e = 2 * hf + e2;
+        const float pv = fast_exp2(fmaf(st[nt * 4 + e], p.scale_log2, -lse2));
+        if constexpr (PARTIAL)
+          st[nt * 4 + e] = query_ok && j0 + key_row + hf * 8 < p.tk &&
+                                   pair_visible<SPARSE>(p.mask, t.qpos[col], docs ? t.qdoc[col] : 0,
+                                                        kpos[hf], kdoc[hf])
+                               ? pv
+                               : 0.0f;
+        else
+          st[nt * 4 + e] = pv;
+      }
+    }
+}
+
+// dP^T becomes dS^T = P^T (dP^T - delta) in place.
+template <int NT>
+__device__ __forceinline__ void bwd_dscores(const float (&st)[NT * 4], float (&dpt)[NT * 4],
+                                            const bwd_tile_stats &t) {
+  const int c = threadIdx.x & 3;
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+    for (int e2 = 0; e2 < 2; e2++) {
+      const float delta = t.delta[nt * 8 + c * 2 + e2];
+#pragma unroll
+      for (int hf = 0; hf < 2; hf++) {
+        const int e = nt * 4 + 2 * hf + e2;
+        dpt[e] = st[e] * (dpt[e] - delta);
+      }
+    }
+}
+
+// S^T = K Q^T and dP^T = V dO^T for the warp's 16 keys on mma.sync (padded tiles, ldmatrix).
+template <int D, int NT>
+__device__ __forceinline__ void bwd_scores_mma(float (&st)[NT * 4], float (&dpt)[NT * 4],
+                                               uint32_t k_base, uint32_t v_base, uint32_t q_base,
+                                               uint32_t do_base, int warp, int lane) {
+#pragma unroll
+  for (int e = 0; e < NT * 4; e++) st[e] = 0.0f, dpt[e] = 0.0f;
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ks++) {
+    uint32_t ka[4], va[4];
+    ldmatrix_x4(ka, tile_addr<D>(k_base, warp * 16 + (lane & 15), ks * 2 + (lane >> 4)));
+    ldmatrix_x4(va, tile_addr<D>(v_base, warp * 16 + (lane & 15), ks * 2 + (lane >> 4)));
+#pragma unroll
+    for (int np = 0; np < NT / 2; np++) {
+      const int row = np * 16 + (lane & 7) + ((lane >> 4) << 3), chunk = ks * 2 + ((lane >> 3) & 1);
+      uint32_t qb[4], ob[4];
+      ldmatrix_x4(qb, tile_addr<D>(q_base, row, chunk));
+      ldmatrix_x4(ob, tile_addr<D>(do_base, row, chunk));
+      mma_bf16(frag4(st, 2 * np), ka, qb[0], qb[1]);
+      mma_bf16(frag4(st, 2 * np + 1), ka, qb[2], qb[3]);
+      mma_bf16(frag4(dpt, 2 * np), va, ob[0], ob[1]);
+      mma_bf16(frag4(dpt, 2 * np + 1), va, ob[2], ob[3]);
+    }
+  }
+}
+
+// The same for warpgroup wg's 64 keys on wgmma: K, V (A) and Q, dO (B) K-major, swizzled; the
+// BM queries are the product's n. `between` runs after S^T's multiplies are issued, before dP^T's.
+template <int D, int BN, int BM, typename F>
+__device__ __forceinline__ void bwd_scores_wgmma(float (&st)[BM / 2], float (&dpt)[BM / 2],
+                                                 uint32_t k_base, uint32_t v_base, uint32_t q_base,
+                                                 uint32_t do_base, int wg, F &&between) {
+  // acc = (the group's 64 rows of a key-side tile) (a query-side tile)^T, as one commit group.
+  auto product = [&](float(&acc)[BM / 2], uint32_t key_side, uint32_t query_side) {
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ks++) {
+      const uint32_t kv_off = (ks >> 2) * BN * 128 + wg * 64 * 128 + (ks & 3) * 32;
+      const uint32_t q_off = (ks >> 2) * BM * 128 + (ks & 3) * 32;
+      const uint64_t a = make_desc(key_side + kv_off, 16, 1024);
+      const uint64_t b = make_desc(query_side + q_off, 16, 1024);
+      if constexpr (BM == 128)
+        wgmma_ss_n128<0, 0>(acc, a, b, ks > 0);
+      else
+        wgmma_ss_n64<0, 0>(acc, a, b, ks > 0);
+    }
+    wgmma_commit();
+  };
+  wgmma_fence();
+  product(st, k_base, q_base);
+  between();
+  product(dpt, v_base, do_base);
+}
+
+// dV += P^T dO and dK += dS^T Q on mma.sync: A from registers, dO and Q transposed by ldmatrix.
+template <int D, int BM>
+__device__ __forceinline__ void bwd_dkdv_mma(float (&dk)[D / 2], float (&dv)[D / 2],
+                                             const float (&st)[BM / 2], const float (&dpt)[BM / 2],
+                                             uint32_t q_base, uint32_t do_base, int lane) {
+  constexpr int NT = BM / 8;
+#pragma unroll
+  for (int kk = 0; kk < BM / 16; kk++) {
+    uint32_t pa[4], sa[4];
+    probs_fragment<NT>(pa, st, kk);
+    probs_fragment<NT>(sa, dpt, kk);
+    mma_tile_rows<D>(dv, pa, do_base, kk, lane);
+    mma_tile_rows<D>(dk, sa, q_base, kk, lane);
+  }
+}
+
+// The same on wgmma, issued and committed but not waited for: A from registers (pa, sa must stay
+// untouched until the wait), dO and Q N-major from their swizzled tiles of BM rows.
+template <int D, int BM>
+__device__ __forceinline__ void
+bwd_dkdv_wgmma(float (&dk)[D / 2], float (&dv)[D / 2], const uint32_t (&pa)[BM / 16][4],
+               const uint32_t (&sa)[BM / 16][4], uint32_t q_base, uint32_t do_base) {
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < BM / 16; kk++) {
+    const uint64_t ob = make_desc(do_base + kk * 16 * 128, BM * 128, 1024);
+    const uint64_t qb = make_desc(q_base + kk * 16 * 128, BM * 128, 1024);
+    if constexpr (D == 64) {
+      wgmma_rs_n64<1>(dv, pa[kk], ob, true);
+      wgmma_rs_n64<1>(dk, sa[kk], qb, true);
+    } else {
+      wgmma_rs_n128<1>(dv, pa[kk], ob, true);
+      wgmma_rs_n128<1>(dk, sa[kk], qb, true);
+    }
+  }
+  wgmma_commit();
+}
+
+// dQ rows warp * 16 .. + 15 of the tile on mma.sync: dS (A) from the padded dS^T tile (BM
+// queries wide) transposed, K (B) transposed, over all BN keys.
+template <int D, int BN, int BM>
+__device__ __forceinline__ void bwd_dq_mma(float (&dq)[D / 2], uint32_t ds_base, uint32_t k_base,
+                                           int warp, int lane) {
+#pragma unroll
+  for (int e = 0; e < D / 2; e++) dq[e] = 0.0f;
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; kk++) {
+    uint32_t da[4];
+    ldmatrix_x4_trans(da, tile_addr<BM>(ds_base, kk * 16 + (lane & 7) + ((lane >> 4) << 3),
+                                        warp * 2 + ((lane >> 3) & 1)));
+    mma_tile_rows<D>(dq, da, k_base, kk, lane);
+  }
+}
+
+// Columns [col_block COLS, (col_block + 1) COLS) of dQ for queries [64 q_block, + 64) over the
+// block's BN keys on wgmma, issued and committed: dS (A) M-major from column block q_block of the
+// swizzled dS^T tile, K (B) N-major from its column blocks.
+template <int COLS, int BN>
+__device__ __forceinline__ void bwd_dq_wgmma(float (&dq)[COLS / 2], uint32_t ds_base,
+                                             uint32_t k_base, int q_block, int col_block) {
+  static_assert(COLS % 64 == 0, "whole column blocks of K");
+  const uint32_t ds_block = q_block * BN * 128, k_block = col_block * (COLS / 64) * BN * 128;
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; kk++) {
+    const uint64_t a = make_desc(ds_base + ds_block + kk * 16 * 128, BN * 128, 1024);
+    const uint64_t kb = make_desc(k_base + k_block + kk * 16 * 128, BN * 128, 1024);
+    if constexpr (COLS == 64)
+      wgmma_ss_n64<1, 1>(dq, a, kb, kk > 0);
+    else
+      wgmma_ss_n128<1, 1>(dq, a, kb, kk > 0);
+  }
+  wgmma_commit();
+}
+
+// dQ += scale dq, a C fragment (mma.sync's or wgmma's layout) of the thread's rows i0 + row and
+// i0 + row + 8 (row: its warp's first row plus g) by COLS columns from col0, as 8-byte atomics.
+template <int D, int COLS>
+__device__ __forceinline__ void add_dq_pairs(const attn_params &p, const float (&dq)[COLS / 2],
+                                             float scale, int b, int h, int64_t i0, int row,
+                                             int col0) {
+  const int c = threadIdx.x & 3;
+#pragma unroll
+  for (int hf = 0; hf < 2; hf++) {
+    const int64_t i = i0 + row + hf * 8;
+    if (i >= p.tq) continue;
+    float *dq_row = p.dq + (((int64_t)b * p.tq + i) * p.hq + h) * D + col0;
+#pragma unroll
+    for (int dt = 0; dt < COLS / 8; dt++)
+      atomicAdd(reinterpret_cast<float2 *>(dq_row + dt * 8 + c * 2),
+                make_float2(dq[dt * 4 + 2 * hf] * scale, dq[dt * 4 + 2 * hf + 1] * scale));
+  }
+}
+
+// The same as 16-byte atomics (sm_90), half as many: lanes c and c ^ 1 trade a column pair so
+// that an even c holds columns 8 dt + 2 c .. + 3 of row i0 + row and an odd c the same four
+// columns (8 dt + 2 (c - 1) ..) of row i0 + row + 8. Every lane of the warp must call it.
+template <int D, int COLS>
+__device__ __forceinline__ void add_dq_quads(const attn_params &p, const float (&dq)[COLS / 2],
+                                             float scale, int b, int h, int64_t i0, int row,
+                                             int col0) {
+  const int c = threadIdx.x & 3, odd = c & 1;
+  const int64_t i = i0 + row + 8 * odd;
+  float *dq_row = p.dq + (((int64_t)b * p.tq + (i < p.tq ? i : 0)) * p.hq + h) * D + col0;
+#pragma unroll
+  for (int dt = 0; dt < COLS / 8; dt++) {
+    // Even lanes keep row g's pair (hf 0) and give row g + 8's; odd lanes the other way round.
+    // (Selects, not an index by odd, which would put dq in local memory.)
+    const float row0 = dq[dt * 4] * scale, row0b = dq[dt * 4 + 1] * scale;
+    const float row8 = dq[dt * 4 + 2] * scale, row8b = dq[dt * 4 + 3] * scale;
+    const float keep0 = odd ? row8 : row0, keep1 = odd ? row8b : row0b;
+    const float give0 = odd ? row0 : row8, give1 = odd ? row0b : row8b;
+    const float got0 = __shfl_xor_sync(0xffffffffu, give0, 1),
+                got1 = __shfl_xor_sync(0xffffffffu, give1, 1);
+    const float4 quad =
+        odd ? make_float4(got0, got1, keep0, keep1) : make_float4(keep0, keep1, got0, got1);
+    if (i < p.tq) atomicAdd(reinterpret_cast<float4 *>(dq_row + dt * 8 + 2 * (c - odd)), quad);
+  }
+}
+
+#endif
