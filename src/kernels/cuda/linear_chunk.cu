@@ -38,11 +38,10 @@ using namespace nvcuda;
 
 enum {
   CHUNK = 64,      // tokens per chunk
-  STATE_TILE = 64, // rows and columns of the state per sequential block
-  STATE_WARPS = 4,
+  STATE_TILE = 32, // rows and columns of the state per sequential block
+  STATE_WARPS = STATE_TILE / 16, // a warp per 16 rows
   STATE_THREADS = STATE_WARPS * 32,
-  STAGES = 8, // chunks in flight in the sequential pass: one used, seven loading (with three,
-              // H100 measured 1.65 us per chunk: too few bytes in flight to hide the loads)
+  STAGES = 4, // chunks in flight in the sequential pass: one used, three loading
   WARPS = 8,
   THREADS = WARPS * 32,
   LDA = CHUNK + 8, // bf16 rows of the 64 x 64 score tiles (16 bytes of padding against conflicts)
