@@ -216,12 +216,13 @@ int lt_swiglu_fwd(lt_ctx *ctx, lt_tensor h, lt_tensor gate_up) {
   return LT_OK;
 }
 
-int lt_swiglu_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor dh, lt_tensor gate_up) {
+int lt_swiglu_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor h, lt_tensor dh, lt_tensor gate_up) {
   int64_t f = dh.shape[dh.ndim - 1], n = lt_numel(dh) / f;
   EXPECT(lt_same_shape(dgate_up, gate_up) && lt_numel(gate_up) == 2 * n * f, "swiglu_bwd",
          "dgate_up vs gate_up", dgate_up, gate_up);
-  ON_CUDA(lt_cuda_swiglu_bwd(ctx, dgate_up, dh, gate_up));
-  lt_cpu_swiglu_bwd(lt_f32(dgate_up), lt_f32(dh), lt_f32(gate_up), n, f);
+  EXPECT(!h.data || lt_same_shape(h, dh), "swiglu_bwd", "h vs dh", h, dh);
+  ON_CUDA(lt_cuda_swiglu_bwd(ctx, dgate_up, h, dh, gate_up));
+  lt_cpu_swiglu_bwd(lt_f32(dgate_up), lt_f32(h), lt_f32(dh), lt_f32(gate_up), n, f);
   return LT_OK;
 }
 

@@ -225,24 +225,37 @@ static void test_rope_split_and_its_transpose_match_cpu(void **state) {
   lt_gpu_free_all();
 }
 
-static void test_swiglu_forward_and_backward_match_cpu(void **state) {
+static void test_swiglu_forward_and_backward_with_h_match_cpu(void **state) {
   SKIP_WITHOUT_GPU();
   const int64_t n = 100, f = 264;
   float *gu = lt_gpu_random(n * 2 * f, 2.0f, true), *dh = lt_gpu_random(n * f, 1.0f, true);
   float *h = malloc(sizeof(float) * n * f), *dgu = malloc(sizeof(float) * n * 2 * f);
+  float *h_bwd = malloc(sizeof(float) * n * f);
   assert_ok(
       lt_swiglu_fwd(&lt_test_cpu, host(h, 2, LT_SHAPE(n, f)), host(gu, 2, LT_SHAPE(n, 2 * f))));
   assert_ok(lt_swiglu_bwd(&lt_test_cpu, host(dgu, 2, LT_SHAPE(n, 2 * f)),
-                          host(dh, 2, LT_SHAPE(n, f)), host(gu, 2, LT_SHAPE(n, 2 * f))));
+                          host(h_bwd, 2, LT_SHAPE(n, f)), host(dh, 2, LT_SHAPE(n, f)),
+                          host(gu, 2, LT_SHAPE(n, 2 * f))));
+  // The backward's h is the forward's, to the bit, on the reference too.
+  assert_memory_equal(h_bwd, h, sizeof(float) * n * f);
   lt_tensor ggu = lt_gpu_upload(gu, LT_BF16, 2, LT_SHAPE(n, 2 * f));
   lt_tensor gh = lt_gpu_upload(h, LT_BF16, 2, LT_SHAPE(n, f));
   lt_tensor gdgu = lt_gpu_upload(gu, LT_BF16, 2, LT_SHAPE(n, 2 * f));
+  lt_tensor gdh = lt_gpu_upload(dh, LT_BF16, 2, LT_SHAPE(n, f));
   assert_ok(lt_swiglu_fwd(&lt_test_gpu, gh, ggu));
-  assert_ok(lt_swiglu_bwd(&lt_test_gpu, gdgu, lt_gpu_upload(dh, LT_BF16, 2, LT_SHAPE(n, f)), ggu));
+  assert_ok(lt_swiglu_bwd(&lt_test_gpu, gdgu, (lt_tensor){0}, gdh, ggu));
   float *got_h = lt_gpu_fetch(gh), *got_dgu = lt_gpu_fetch(gdgu);
   lt_gpu_expect_close("swiglu h", got_h, h, n * f, 1e-2);
   lt_gpu_expect_close("swiglu dgate_up", got_dgu, dgu, n * 2 * f, 1e-2);
-  free(gu), free(dh), free(h), free(dgu), free(got_h), free(got_dgu);
+  // With h asked for: the same dgate_up, and h equal to the GPU forward's to the bit.
+  lt_tensor gdgu2 = lt_gpu_upload(gu, LT_BF16, 2, LT_SHAPE(n, 2 * f));
+  lt_tensor gh2 = lt_gpu_upload(dh, LT_BF16, 2, LT_SHAPE(n, f));
+  assert_ok(lt_swiglu_bwd(&lt_test_gpu, gdgu2, gh2, gdh, ggu));
+  float *got_h2 = lt_gpu_fetch(gh2), *got_dgu2 = lt_gpu_fetch(gdgu2);
+  assert_memory_equal(got_dgu2, got_dgu, sizeof(float) * n * 2 * f);
+  assert_memory_equal(got_h2, got_h, sizeof(float) * n * f);
+  free(gu), free(dh), free(h), free(h_bwd), free(dgu), free(got_h), free(got_dgu), free(got_h2),
+      free(got_dgu2);
   lt_gpu_free_all();
 }
 
@@ -371,7 +384,7 @@ int main(void) {
       cmocka_unit_test(test_embedding_lookup_and_scatter_add_match_cpu),
       cmocka_unit_test(test_rmsnorm_forward_and_backward_match_cpu),
       cmocka_unit_test(test_rope_split_and_its_transpose_match_cpu),
-      cmocka_unit_test(test_swiglu_forward_and_backward_match_cpu),
+      cmocka_unit_test(test_swiglu_forward_and_backward_with_h_match_cpu),
       cmocka_unit_test(test_cross_entropy_losses_and_bf16_gradient_match_cpu),
       cmocka_unit_test(test_adamw_over_runs_matches_cpu_and_writes_the_bf16_copy),
       cmocka_unit_test(test_out_of_memory_names_the_size_and_what_to_lower),
