@@ -259,6 +259,38 @@ static void test_swiglu_forward_and_backward_with_h_match_cpu(void **state) {
   lt_gpu_free_all();
 }
 
+// Ragged token counts (tiles of 32 tokens cut short), head counts that do not divide a block's
+// threads, every head width from one vector per row to a warp's worth, in bf16 and f32.
+static void test_attention_delta_matches_cpu_for_every_head_width(void **state) {
+  SKIP_WITHOUT_GPU();
+  const int64_t shapes[][4] = {{2, 45, 3, 64},  {1, 100, 12, 128}, {3, 7, 5, 32},
+                               {2, 33, 7, 256}, {1, 64, 2, 8},     {2, 40, 9, 16}};
+  for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+    const int64_t b = shapes[si][0], t = shapes[si][1], h = shapes[si][2], d = shapes[si][3];
+    const int64_t n = b * t * h * d;
+    float *dout = lt_gpu_random(n, 1.0f, true), *o = lt_gpu_random(n, 1.0f, true);
+    float *want = malloc(sizeof(float) * b * h * t);
+    assert_ok(lt_attn_bwd_delta(&lt_test_cpu, host(want, 3, LT_SHAPE(b, h, t)),
+                                host(dout, 4, LT_SHAPE(b, t, h, d)),
+                                host(o, 4, LT_SHAPE(b, t, h, d))));
+    for (int dt = 0; dt < 2; dt++) {
+      const lt_dtype dtype = dt ? LT_F32 : LT_BF16;
+      lt_tensor gdelta = lt_gpu_upload(want, LT_F32, 3, LT_SHAPE(b, h, t));
+      assert_ok(lt_zero(&lt_test_gpu, gdelta));
+      assert_ok(lt_attn_bwd_delta(&lt_test_gpu, gdelta,
+                                  lt_gpu_upload(dout, dtype, 4, LT_SHAPE(b, t, h, d)),
+                                  lt_gpu_upload(o, dtype, 4, LT_SHAPE(b, t, h, d))));
+      float *got = lt_gpu_fetch(gdelta);
+      printf("  (B, T, H, D) = (%lld, %lld, %lld, %lld) %s\n", (long long)b, (long long)t,
+             (long long)h, (long long)d, dt ? "f32" : "bf16");
+      lt_gpu_expect_close("attention delta (f32)", got, want, b * h * t, 1e-5);
+      free(got);
+    }
+    free(dout), free(o), free(want);
+    lt_gpu_free_all();
+  }
+}
+
 static void test_cross_entropy_losses_and_bf16_gradient_match_cpu(void **state) {
   SKIP_WITHOUT_GPU();
   const int64_t n = 37, vocabs[2] = {4096, 1001}; // vectorised, and the scalar path
@@ -385,6 +417,7 @@ int main(void) {
       cmocka_unit_test(test_rmsnorm_forward_and_backward_match_cpu),
       cmocka_unit_test(test_rope_split_and_its_transpose_match_cpu),
       cmocka_unit_test(test_swiglu_forward_and_backward_with_h_match_cpu),
+      cmocka_unit_test(test_attention_delta_matches_cpu_for_every_head_width),
       cmocka_unit_test(test_cross_entropy_losses_and_bf16_gradient_match_cpu),
       cmocka_unit_test(test_adamw_over_runs_matches_cpu_and_writes_the_bf16_copy),
       cmocka_unit_test(test_out_of_memory_names_the_size_and_what_to_lower),
