@@ -142,11 +142,13 @@ static void test_embedding_lookup_and_scatter_add_match_cpu(void **state) {
   lt_gpu_free_all();
 }
 
+// Widths for both backward kernels: a warp per row with 1, 3 and 4 vectors per lane (enough rows
+// that each warp takes several), and a block per row with one and two vectors per thread.
 static void test_rmsnorm_forward_and_backward_match_cpu(void **state) {
   SKIP_WITHOUT_GPU();
-  const int64_t n = 300, widths[3] = {40, 768, 12288}; // one, one and two vectors per thread
-  for (int wi = 0; wi < 3; wi++) {
-    const int64_t c = widths[wi];
+  const int64_t widths[5] = {40, 768, 1024, 2048, 12288};
+  for (int wi = 0; wi < 5; wi++) {
+    const int64_t c = widths[wi], n = c <= 1024 ? 4099 : 300;
     float *x = lt_gpu_random(n * c, 1.0f, true), *w = lt_gpu_random(c, 1.0f, true);
     float *dout = lt_gpu_random(n * c, 1.0f, true), *dx0 = lt_gpu_random(n * c, 1.0f, true);
     float *dw0 = lt_gpu_random(c, 1.0f, false);
