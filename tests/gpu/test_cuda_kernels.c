@@ -185,10 +185,10 @@ static void test_rmsnorm_forward_and_backward_match_cpu(void **state) {
   }
 }
 
-static void test_rope_split_and_its_transpose_match_cpu(void **state) {
-  SKIP_WITHOUT_GPU();
-  const int64_t n = 50;
-  const int hq = 4, hkv = 2, d = 64, heads = hq + 2 * hkv;
+// One shape's forward (bf16) and backward (dq f32, dk and dv bf16), against the CPU.
+static void expect_rope_matches_cpu(int64_t n, int hq, int hkv, int d) {
+  const int heads = hq + 2 * hkv;
+  printf("  rope: %lld tokens, %d + 2 x %d heads of %d\n", (long long)n, hq, hkv, d);
   float *qkv = lt_gpu_random(n * heads * d, 1.0f, true);
   int32_t *pos = malloc(sizeof(int32_t) * n);
   lt_rng rng = lt_rng_seed(lt_gpu_next_seed());
@@ -225,6 +225,13 @@ static void test_rope_split_and_its_transpose_match_cpu(void **state) {
   free(got_dqkv), free(qkv), free(pos), free(q), free(k), free(v), free(dqkv), free(dq), free(dk),
       free(dv);
   lt_gpu_free_all();
+}
+
+static void test_rope_split_and_its_transpose_match_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  expect_rope_matches_cpu(50, 4, 2, 64); // grouped-query heads
+  expect_rope_matches_cpu(50, 4, 2, 128);
+  expect_rope_matches_cpu(33, 12, 12, 64); // the 135M model's heads
 }
 
 static void test_swiglu_forward_and_backward_with_h_match_cpu(void **state) {
