@@ -9,6 +9,7 @@
 #include "kernels/kernels.h"
 
 #ifdef LT_WITH_CUDA
+#include "kernels/cuda/cuda_fused.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/cuda_moe.h"
 #include "kernels/cuda/cuda_linear.h"
@@ -162,6 +163,19 @@ int lt_rmsnorm_fwd(lt_ctx *ctx, lt_tensor out, lt_tensor rstd, lt_tensor x, lt_t
          rstd);
   ON_CUDA(lt_cuda_rmsnorm_fwd(ctx, out, rstd, x, weight, eps));
   lt_cpu_rmsnorm_fwd(lt_f32(out), lt_f32(rstd), lt_f32(x), lt_f32(weight), n, c, eps);
+  return LT_OK;
+}
+
+int lt_add_rmsnorm_fwd(lt_ctx *ctx, lt_tensor sum, lt_tensor out, lt_tensor rstd, lt_tensor a,
+                       lt_tensor b, lt_tensor weight, float eps) {
+  int64_t c = a.shape[a.ndim - 1], n = lt_numel(a) / c;
+  EXPECT(lt_same_shape(sum, a) && lt_same_shape(b, a) && lt_same_shape(out, a), "add_rmsnorm_fwd",
+         "sum, b and out vs a", sum, a);
+  EXPECT(lt_numel(weight) == c && lt_numel(rstd) == n, "add_rmsnorm_fwd", "weight or rstd", weight,
+         rstd);
+  ON_CUDA(lt_cuda_add_rmsnorm_fwd(ctx, sum, out, rstd, a, b, weight, eps));
+  lt_cpu_add(lt_f32(sum), lt_f32(a), lt_f32(b), n * c);
+  lt_cpu_rmsnorm_fwd(lt_f32(out), lt_f32(rstd), lt_f32(sum), lt_f32(weight), n, c, eps);
   return LT_OK;
 }
 

@@ -61,6 +61,10 @@ int lt_embedding_shard_bwd(lt_ctx *ctx, lt_tensor dtable, lt_tensor dout, lt_ten
 // f32
 int lt_rmsnorm_fwd(lt_ctx *ctx, lt_tensor out, lt_tensor rstd, lt_tensor x, lt_tensor weight,
                    float eps);
+// The residual add and the RMSNorm after it in one pass: sum = a + b (in the activations' dtype),
+// then out and rstd as lt_rmsnorm_fwd(out, rstd, sum, weight, eps). sum may alias a or b.
+int lt_add_rmsnorm_fwd(lt_ctx *ctx, lt_tensor sum, lt_tensor out, lt_tensor rstd, lt_tensor a,
+                       lt_tensor b, lt_tensor weight, float eps);
 // dx += d/dx, dweight += d/dweight, given dout and the forward's x and rstd
 int lt_rmsnorm_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dweight, lt_tensor dout, lt_tensor x,
                    lt_tensor weight, lt_tensor rstd);

@@ -185,6 +185,52 @@ static void test_rmsnorm_forward_and_backward_match_cpu(void **state) {
   }
 }
 
+// The fused residual add + norm against the CPU's two passes, and to the bit against the GPU's
+// own two passes (lt_add, then lt_rmsnorm_fwd on the stored sum), at one and two vectors per
+// thread.
+static void test_add_rmsnorm_matches_the_add_then_the_norm(void **state) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 300, widths[2] = {768, 12288};
+  for (int wi = 0; wi < 2; wi++) {
+    const int64_t c = widths[wi];
+    float *a = lt_gpu_random(n * c, 1.0f, true), *b = lt_gpu_random(n * c, 1.0f, true);
+    float *w = lt_gpu_random(c, 1.0f, true);
+    float *sum = malloc(sizeof(float) * n * c), *out = malloc(sizeof(float) * n * c);
+    float *rstd = malloc(sizeof(float) * n);
+    assert_ok(lt_add_rmsnorm_fwd(&lt_test_cpu, host(sum, 2, LT_SHAPE(n, c)),
+                                 host(out, 2, LT_SHAPE(n, c)), host(rstd, 1, LT_SHAPE(n)),
+                                 host(a, 2, LT_SHAPE(n, c)), host(b, 2, LT_SHAPE(n, c)),
+                                 host(w, 1, LT_SHAPE(c)), 1e-5f));
+    lt_tensor ga = lt_gpu_upload(a, LT_BF16, 2, LT_SHAPE(n, c)),
+              gb = lt_gpu_upload(b, LT_BF16, 2, LT_SHAPE(n, c));
+    lt_tensor gw = lt_gpu_upload(w, LT_F32, 1, LT_SHAPE(c));
+    lt_tensor gsum = lt_gpu_upload(sum, LT_BF16, 2, LT_SHAPE(n, c)),
+              gout = lt_gpu_upload(out, LT_BF16, 2, LT_SHAPE(n, c));
+    lt_tensor grstd = lt_gpu_upload(rstd, LT_F32, 1, LT_SHAPE(n));
+    assert_ok(lt_add_rmsnorm_fwd(&lt_test_gpu, gsum, gout, grstd, ga, gb, gw, 1e-5f));
+    float *got_sum = lt_gpu_fetch(gsum), *got_out = lt_gpu_fetch(gout);
+    float *got_rstd = lt_gpu_fetch(grstd);
+    printf(" C = %lld\n", (long long)c);
+    lt_gpu_expect_close("add_rmsnorm sum (bf16)", got_sum, sum, n * c, 1e-2);
+    lt_gpu_expect_close("add_rmsnorm out (bf16)", got_out, out, n * c, 1e-2);
+    // The GPU normalises the bf16-rounded sum, the CPU the exact one.
+    lt_gpu_expect_close("add_rmsnorm rstd (f32)", got_rstd, rstd, n, 1e-3);
+    lt_tensor two_sum = lt_gpu_upload(sum, LT_BF16, 2, LT_SHAPE(n, c)),
+              two_out = lt_gpu_upload(out, LT_BF16, 2, LT_SHAPE(n, c));
+    lt_tensor two_rstd = lt_gpu_upload(rstd, LT_F32, 1, LT_SHAPE(n));
+    assert_ok(lt_add(&lt_test_gpu, two_sum, ga, gb));
+    assert_ok(lt_rmsnorm_fwd(&lt_test_gpu, two_out, two_rstd, two_sum, gw, 1e-5f));
+    float *want_sum = lt_gpu_fetch(two_sum), *want_out = lt_gpu_fetch(two_out);
+    float *want_rstd = lt_gpu_fetch(two_rstd);
+    assert_memory_equal(got_sum, want_sum, sizeof(float) * n * c);
+    assert_memory_equal(got_rstd, want_rstd, sizeof(float) * n);
+    assert_memory_equal(got_out, want_out, sizeof(float) * n * c);
+    free(a), free(b), free(w), free(sum), free(out), free(rstd), free(got_sum), free(got_out),
+        free(got_rstd), free(want_sum), free(want_out), free(want_rstd);
+    lt_gpu_free_all();
+  }
+}
+
 // One shape's forward (bf16) and backward (dq f32, dk and dv bf16), against the CPU.
 static void expect_rope_matches_cpu(int64_t n, int hq, int hkv, int d) {
   const int heads = hq + 2 * hkv;
@@ -424,6 +470,7 @@ int main(void) {
       cmocka_unit_test(test_sum_squares_matches_cpu_and_repeats_exactly),
       cmocka_unit_test(test_embedding_lookup_and_scatter_add_match_cpu),
       cmocka_unit_test(test_rmsnorm_forward_and_backward_match_cpu),
+      cmocka_unit_test(test_add_rmsnorm_matches_the_add_then_the_norm),
       cmocka_unit_test(test_rope_split_and_its_transpose_match_cpu),
       cmocka_unit_test(test_swiglu_forward_and_backward_with_h_match_cpu),
       cmocka_unit_test(test_attention_delta_matches_cpu_for_every_head_width),
