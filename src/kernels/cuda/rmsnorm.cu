@@ -216,44 +216,27 @@ __global__ void __launch_bounds__(DW_COLS *DW_SLICES)
 static void row_shape(int64_t c, int *threads, int *vpt) {
   int64_t vecs = (c + 7) / 8;
   *vpt = (int)((vecs + MAX_THREADS - 1) / MAX_THREADS);
-  if (*vpt == 3) *vpt = 4;
   int64_t t = (vecs + *vpt - 1) / *vpt;
   *threads = (int)((t + 31) / 32 * 32);
 }
 
-#define WITH_VPT(vpt, ...)                                                                         \
-  switch (vpt) {                                                                                   \
+// Runs the statement with NAME a constant of 1 to 4 (vectors per thread, or per lane): n.
+#define WITH_VECTORS(n, NAME, ...)                                                                 \
+  switch (n) {                                                                                     \
   case 1: {                                                                                        \
-    constexpr int VPT = 1;                                                                         \
+    constexpr int NAME = 1;                                                                        \
     __VA_ARGS__;                                                                                   \
   } break;                                                                                         \
   case 2: {                                                                                        \
-    constexpr int VPT = 2;                                                                         \
-    __VA_ARGS__;                                                                                   \
-  } break;                                                                                         \
-  case 4: {                                                                                        \
-    constexpr int VPT = 4;                                                                         \
-    __VA_ARGS__;                                                                                   \
-  } break;                                                                                         \
-  }
-
-// The warp-per-row backward's vectors per lane, 1 to WARP_MAX_VPL.
-#define WITH_VPL(vpl, ...)                                                                         \
-  switch (vpl) {                                                                                   \
-  case 1: {                                                                                        \
-    constexpr int VPL = 1;                                                                         \
-    __VA_ARGS__;                                                                                   \
-  } break;                                                                                         \
-  case 2: {                                                                                        \
-    constexpr int VPL = 2;                                                                         \
+    constexpr int NAME = 2;                                                                        \
     __VA_ARGS__;                                                                                   \
   } break;                                                                                         \
   case 3: {                                                                                        \
-    constexpr int VPL = 3;                                                                         \
+    constexpr int NAME = 3;                                                                        \
     __VA_ARGS__;                                                                                   \
   } break;                                                                                         \
   case 4: {                                                                                        \
-    constexpr int VPL = 4;                                                                         \
+    constexpr int NAME = 4;                                                                        \
     __VA_ARGS__;                                                                                   \
   } break;                                                                                         \
   }
@@ -283,14 +266,15 @@ static int launch_fwd(lt_ctx *ctx, const char *op, lt_tensor out, lt_tensor rstd
       T *sum_p = (T *)sum.data;
       const T *b_p = (const T *)b.data;
       if (add) {
-        WITH_VPT(vpt, rmsnorm_fwd_kernel<T, TW, VPT, true><<<(unsigned)n, threads, 0, st->stream>>>(
-                          (T *)out.data, (float *)rstd.data, sum_p, (const T *)x.data, b_p,
-                          (const TW *)weight.data, c, eps));
+        WITH_VECTORS(vpt, VPT,
+                     rmsnorm_fwd_kernel<T, TW, VPT, true><<<(unsigned)n, threads, 0, st->stream>>>(
+                         (T *)out.data, (float *)rstd.data, sum_p, (const T *)x.data, b_p,
+                         (const TW *)weight.data, c, eps));
       } else {
-        WITH_VPT(vpt, rmsnorm_fwd_kernel<T, TW, VPT, false>
-                 <<<(unsigned)n, threads, 0, st->stream>>>((T *)out.data, (float *)rstd.data, sum_p,
-                                                           (const T *)x.data, b_p,
-                                                           (const TW *)weight.data, c, eps));
+        WITH_VECTORS(vpt, VPT,
+                     rmsnorm_fwd_kernel<T, TW, VPT, false><<<(unsigned)n, threads, 0, st->stream>>>(
+                         (T *)out.data, (float *)rstd.data, sum_p, (const T *)x.data, b_p,
+                         (const TW *)weight.data, c, eps));
       }
       return LT_OK;
     });
@@ -337,14 +321,16 @@ int lt_cuda_rmsnorm_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dweight, lt_tensor 
     return dispatch_float(weight.dtype, [&](auto *wtag) {
       using TW = TYPE_OF(wtag);
       if (by_warp) {
-        WITH_VPL(vpl, rmsnorm_bwd_warp_kernel<T, TW, VPL>
-                 <<<(unsigned)blocks, WARP_THREADS, 0, st->stream>>>(
-                     (T *)dx.data, partial, (const T *)dout.data, (const T *)x.data,
-                     (const TW *)weight.data, (const float *)rstd.data, n, c));
+        WITH_VECTORS(vpl, VPL,
+                     rmsnorm_bwd_warp_kernel<T, TW, VPL>
+                     <<<(unsigned)blocks, WARP_THREADS, 0, st->stream>>>(
+                         (T *)dx.data, partial, (const T *)dout.data, (const T *)x.data,
+                         (const TW *)weight.data, (const float *)rstd.data, n, c));
       } else {
-        WITH_VPT(vpt, rmsnorm_bwd_kernel<T, TW, VPT><<<(unsigned)blocks, threads, 0, st->stream>>>(
-                          (T *)dx.data, partial, (const T *)dout.data, (const T *)x.data,
-                          (const TW *)weight.data, (const float *)rstd.data, n, c));
+        WITH_VECTORS(vpt, VPT,
+                     rmsnorm_bwd_kernel<T, TW, VPT><<<(unsigned)blocks, threads, 0, st->stream>>>(
+                         (T *)dx.data, partial, (const T *)dout.data, (const T *)x.data,
+                         (const TW *)weight.data, (const float *)rstd.data, n, c));
       }
       return LT_OK;
     });
