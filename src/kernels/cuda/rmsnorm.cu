@@ -62,6 +62,23 @@ __global__ void __launch_bounds__(MAX_THREADS)
   }
 }
 
+// Eight columns of a row's backward: xh (x in) becomes xhat = x r, g (dout in) becomes dout * w,
+// dw += dout xhat; returns their part of sum(g xhat).
+template <typename TW>
+__device__ __forceinline__ float grad_terms(float (&g)[8], float (&xh)[8], float (&dw)[8],
+                                            const TW *w_at, float r) {
+  float w[8], dot = 0.0f;
+  load8(w_at, w);
+#pragma unroll
+  for (int e = 0; e < 8; e++) {
+    xh[e] *= r;
+    dw[e] += g[e] * xh[e];
+    g[e] *= w[e];
+    dot += g[e] * xh[e];
+  }
+  return dot;
+}
+
 // With xhat = x r and g = dout * w: dx += r (g - xhat mean(g xhat)), and each block's share of
 // dweight = sum over its rows of dout xhat goes to partial[block]. Matches lt_cpu_rmsnorm_bwd
 // (with rmsnorm_dweight_kernel). dx, dout, x: (N, C); weight: (C); rstd: (N); partial: (grid, C)
@@ -84,17 +101,9 @@ __global__ void __launch_bounds__(MAX_THREADS)
     for (int p = 0; p < VPT; p++) {
       const int64_t col = ((int64_t)p * blockDim.x + threadIdx.x) * 8;
       if (col < c) {
-        float w[8];
         load8(dout + row * c + col, g[p]);
         load8(x + row * c + col, xh[p]);
-        load8(weight + col, w);
-#pragma unroll
-        for (int e = 0; e < 8; e++) {
-          xh[p][e] *= r;
-          dw[p][e] += g[p][e] * xh[p][e];
-          g[p][e] *= w[e];
-          dot += g[p][e] * xh[p][e];
-        }
+        dot += grad_terms(g[p], xh[p], dw[p], weight + col, r);
       }
     }
     const float mean = block_sum(dot, red) / (float)c;
@@ -153,15 +162,7 @@ __global__ void __launch_bounds__(WARP_THREADS)
     for (int p = 0; p < VPL; p++) {
       const int64_t col = ((int64_t)p * 32 + lane) * 8;
       if (col < c) {
-        float w[8];
-        load8(weight + col, w);
-#pragma unroll
-        for (int e = 0; e < 8; e++) {
-          xh[p][e] *= r;
-          dw[p][e] += g[p][e] * xh[p][e];
-          g[p][e] *= w[e];
-          dot += g[p][e] * xh[p][e];
-        }
+        dot += grad_terms(g[p], xh[p], dw[p], weight + col, r);
       }
     }
     const float mean = warp_sum(dot) / (float)c;
