@@ -3,6 +3,7 @@
 # benchmarks against PyTorch, logging each stage to $OUT (or ./gpu-logs). Run from the project's
 # root with the device folder (../shared/device copied into the project) as the first argument:
 #   bash tools/gpu-session.sh .gpu build test attention lightning model-4k model-16k model-64k
+# (passes: the memory-bound passes against a copy of the same bytes, bench_passes.)
 # (test-moe, moe and moe-profile: the MoE kernels' and layer's tests, and bench_moe.)
 # Stages run in the order given; each has a time limit so one hang cannot eat the whole call.
 # NO_REFERENCE=1 leaves PyTorch out of the model benchmarks (a quicker look at longtrain alone).
@@ -66,6 +67,11 @@ for what in "$@"; do
   attention)
     stage attention 300 $build/bench/bench_attention --seq 4096 16384 65536 --reference "$reference"
     tail -8 "$out/attention.log"
+    ;;
+  passes)
+    # The memory-bound passes of the 135M model's step against a copy of the same bytes.
+    stage passes 200 $build/bench/bench_passes
+    tail -14 "$out/passes.log"
     ;;
   model-4k)
     stage model-4k 400 $build/bench/bench_model --seq 4096 --batch 8 "${model_reference[@]}"
@@ -147,6 +153,11 @@ for what in "$@"; do
     # Each check breaks one kernel on purpose, rebuilds one test and expects it to fail.
     breaks=(
       "src/kernels/cuda/rmsnorm.cu|s/d\[e\] += r \* (g\[p\]\[e\] - xh\[p\]\[e\] \* mean);/d[e] += r * g[p][e];/|test_cuda_kernels"
+      "src/kernels/cuda/rmsnorm.cu|s/d\[p\]\[e\] += r \* (g\[p\]\[e\] - xh\[p\]\[e\] \* mean);/d[p][e] += r * g[p][e];/|test_cuda_kernels"
+      "src/kernels/cuda/rmsnorm.cu|s/v\[p\]\[e\] = to_float(from_float<T>(v\[p\]\[e\] + bv\[e\]));/v[p][e] = v[p][e] + bv[e];/|test_cuda_kernels"
+      "src/kernels/cuda/swiglu.cu|s/hv\[e\] = g\[e\] \* s \* u\[e\];/hv[e] = g[e] * u[e];/|test_cuda_kernels"
+      "src/kernels/cuda/attention_aux.cu|s/for (int e = 0; e < 8; e++) sum += a\[e\] \* b\[e\];/for (int e = 0; e < 7; e++) sum += a[e] * b[e];/|test_cuda_kernels"
+      "src/kernels/cuda/rope.cu|s/x1\[e\] \* c\[e\] + x0\[e\] \* s\[e\]/x1[e] * c[e] - x0[e] * s[e]/|test_cuda_kernels"
       "src/kernels/cuda/cross_entropy.cu|s/e\[i\] = grad_scale \* (expf/e[i] = (expf/|test_cuda_kernels"
       "src/kernels/cuda/attention_common.cuh|s/row_sum\[hf\] = row_sum\[hf\] \* rescale + sum;/row_sum[hf] = row_sum[hf] + sum;/|test_cuda_attention"
       "src/kernels/cuda/attention_bwd.cu|s/add_pair(dk_row + dt \* 8 + c \* 2, dk\[dt \* 4 + 2 \* hf\] \* scale,/add_pair(dk_row + dt * 8 + c * 2, dk[dt * 4 + 2 * hf] * scale * 1.05f,/|test_cuda_attention"

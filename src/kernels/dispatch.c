@@ -9,6 +9,7 @@
 #include "kernels/kernels.h"
 
 #ifdef LT_WITH_CUDA
+#include "kernels/cuda/cuda_fused.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/cuda_moe.h"
 #include "kernels/cuda/cuda_linear.h"
@@ -165,6 +166,19 @@ int lt_rmsnorm_fwd(lt_ctx *ctx, lt_tensor out, lt_tensor rstd, lt_tensor x, lt_t
   return LT_OK;
 }
 
+int lt_add_rmsnorm_fwd(lt_ctx *ctx, lt_tensor sum, lt_tensor out, lt_tensor rstd, lt_tensor a,
+                       lt_tensor b, lt_tensor weight, float eps) {
+  int64_t c = a.shape[a.ndim - 1], n = lt_numel(a) / c;
+  EXPECT(lt_same_shape(sum, a) && lt_same_shape(b, a) && lt_same_shape(out, a), "add_rmsnorm_fwd",
+         "sum, b and out vs a", sum, a);
+  EXPECT(lt_numel(weight) == c && lt_numel(rstd) == n, "add_rmsnorm_fwd", "weight or rstd", weight,
+         rstd);
+  ON_CUDA(lt_cuda_add_rmsnorm_fwd(ctx, sum, out, rstd, a, b, weight, eps));
+  lt_cpu_add(lt_f32(sum), lt_f32(a), lt_f32(b), n * c);
+  lt_cpu_rmsnorm_fwd(lt_f32(out), lt_f32(rstd), lt_f32(sum), lt_f32(weight), n, c, eps);
+  return LT_OK;
+}
+
 int lt_rmsnorm_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dweight, lt_tensor dout, lt_tensor x,
                    lt_tensor weight, lt_tensor rstd) {
   int64_t c = x.shape[x.ndim - 1], n = lt_numel(x) / c;
@@ -216,12 +230,13 @@ int lt_swiglu_fwd(lt_ctx *ctx, lt_tensor h, lt_tensor gate_up) {
   return LT_OK;
 }
 
-int lt_swiglu_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor dh, lt_tensor gate_up) {
+int lt_swiglu_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor h, lt_tensor dh, lt_tensor gate_up) {
   int64_t f = dh.shape[dh.ndim - 1], n = lt_numel(dh) / f;
   EXPECT(lt_same_shape(dgate_up, gate_up) && lt_numel(gate_up) == 2 * n * f, "swiglu_bwd",
          "dgate_up vs gate_up", dgate_up, gate_up);
-  ON_CUDA(lt_cuda_swiglu_bwd(ctx, dgate_up, dh, gate_up));
-  lt_cpu_swiglu_bwd(lt_f32(dgate_up), lt_f32(dh), lt_f32(gate_up), n, f);
+  EXPECT(!h.data || lt_same_shape(h, dh), "swiglu_bwd", "h vs dh", h, dh);
+  ON_CUDA(lt_cuda_swiglu_bwd(ctx, dgate_up, h, dh, gate_up));
+  lt_cpu_swiglu_bwd(lt_f32(dgate_up), lt_f32(h), lt_f32(dh), lt_f32(gate_up), n, f);
   return LT_OK;
 }
 

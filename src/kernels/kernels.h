@@ -61,6 +61,10 @@ int lt_embedding_shard_bwd(lt_ctx *ctx, lt_tensor dtable, lt_tensor dout, lt_ten
 // f32
 int lt_rmsnorm_fwd(lt_ctx *ctx, lt_tensor out, lt_tensor rstd, lt_tensor x, lt_tensor weight,
                    float eps);
+// The residual add and the RMSNorm after it in one pass: sum = a + b (in the activations' dtype),
+// then out and rstd as lt_rmsnorm_fwd(out, rstd, sum, weight, eps). sum may alias a or b.
+int lt_add_rmsnorm_fwd(lt_ctx *ctx, lt_tensor sum, lt_tensor out, lt_tensor rstd, lt_tensor a,
+                       lt_tensor b, lt_tensor weight, float eps);
 // dx += d/dx, dweight += d/dweight, given dout and the forward's x and rstd
 int lt_rmsnorm_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dweight, lt_tensor dout, lt_tensor x,
                    lt_tensor weight, lt_tensor rstd);
@@ -77,7 +81,9 @@ int lt_rope_qkv_bwd(lt_ctx *ctx, lt_tensor dqkv, lt_tensor dq, lt_tensor dk, lt_
 
 // h = silu(gate) * up    gate_up: (N, 2F) = [gate | up]; h: (N, F)
 int lt_swiglu_fwd(lt_ctx *ctx, lt_tensor h, lt_tensor gate_up);
-int lt_swiglu_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor dh, lt_tensor gate_up);
+// dgate_up from dh; when h.data is set, h = silu(gate) * up as well, from the same read of gate_up:
+// a backward that did not keep h gets it (for its weight gradient) without a pass of its own.
+int lt_swiglu_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor h, lt_tensor dh, lt_tensor gate_up);
 
 // Per-row cross-entropy of logits against targets: losses[n] = lse(logits[n]) - logits[n, t_n],
 // 0 where targets[n] == ignore_index. When dlogits.data is set it receives the gradient

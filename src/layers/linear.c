@@ -13,12 +13,20 @@ int lt_linear_forward(lt_ctx *ctx, lt_tensor y, lt_tensor x, lt_tensor w) {
   return lt_matmul(ctx, rows_of(y, out), rows_of(x, in), false, w, true, 1.0f, 0.0f);
 }
 
+int lt_linear_backward_input(lt_ctx *ctx, lt_tensor dx, lt_tensor dy, lt_tensor w) {
+  const int64_t out = w.shape[0], in = w.shape[1];
+  return lt_matmul(ctx, rows_of(dx, in), rows_of(dy, out), false, w, false, 1.0f, 0.0f);
+}
+
+int lt_linear_backward_weight(lt_ctx *ctx, lt_tensor dw, lt_tensor dy, lt_tensor x) {
+  const int64_t out = dw.shape[0], in = dw.shape[1];
+  return lt_matmul(ctx, dw, rows_of(dy, out), true, rows_of(x, in), false, 1.0f, 1.0f);
+}
+
 int lt_linear_backward(lt_ctx *ctx, lt_tensor dx, lt_tensor dw, lt_tensor dy, lt_tensor x,
                        lt_tensor w) {
-  const int64_t out = w.shape[0], in = w.shape[1];
-  if (dx.data)
-    LT_TRY(lt_matmul(ctx, rows_of(dx, in), rows_of(dy, out), false, w, false, 1.0f, 0.0f));
-  return lt_matmul(ctx, dw, rows_of(dy, out), true, rows_of(x, in), false, 1.0f, 1.0f);
+  if (dx.data) LT_TRY(lt_linear_backward_input(ctx, dx, dy, w));
+  return lt_linear_backward_weight(ctx, dw, dy, x);
 }
 
 int lt_fused_view(lt_tensor *out, const lt_param *parts, int n_parts, lt_param_part which) {

@@ -10,6 +10,9 @@ int lt_linear_forward(lt_ctx *ctx, lt_tensor y, lt_tensor x, lt_tensor w);
 // dx = dy W (skipped when dx.data is NULL); dw += dy^T x.
 int lt_linear_backward(lt_ctx *ctx, lt_tensor dx, lt_tensor dw, lt_tensor dy, lt_tensor x,
                        lt_tensor w);
+// Its two products apart, for a layer that makes x only after it has dx (SwiGLU's h).
+int lt_linear_backward_input(lt_ctx *ctx, lt_tensor dx, lt_tensor dy, lt_tensor w);
+int lt_linear_backward_weight(lt_ctx *ctx, lt_tensor dw, lt_tensor dy, lt_tensor x);
 
 // Parameters registered one after another with fused_with_prev, read as one (sum of rows, in)
 // matrix: q|k|v or gate|up, so one matmul computes them all. `which` picks value or grad.

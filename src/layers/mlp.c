@@ -14,7 +14,7 @@ typedef struct swiglu_mlp {
   int64_t ffn_dim;           // this rank's hidden units
   lt_param w_gate_up[2];     // w_gate (F, D), w_up (F, D), adjacent: one (2F, D) matmul
   lt_param w_down;           // (D, F)
-  lt_tensor gate_up;         // saved (B*T, 2F); the product h is recomputed in backward (cheap)
+  lt_tensor gate_up;         // saved (B*T, 2F); h is made again by the backward's swiglu_bwd
   lt_tensor h, dh, dgate_up; // scratch
 } swiglu_mlp;
 
@@ -45,9 +45,11 @@ static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, l
                     const lt_batch *batch) {
   (void)batch;
   swiglu_mlp *m = (swiglu_mlp *)self;
-  LT_TRY(lt_swiglu_fwd(ctx, m->h, m->gate_up));
-  LT_TRY(lt_linear_backward(ctx, m->dh, m->w_down.grad, dout, m->h, m->w_down.value));
-  LT_TRY(lt_swiglu_bwd(ctx, m->dgate_up, m->dh, m->gate_up));
+  // dh first: the SwiGLU backward then writes h beside dgate_up from one read of gate_up, and
+  // w_down's gradient takes that h (no separate pass recomputing it).
+  LT_TRY(lt_linear_backward_input(ctx, m->dh, dout, m->w_down.value));
+  LT_TRY(lt_swiglu_bwd(ctx, m->dgate_up, m->h, m->dh, m->gate_up));
+  LT_TRY(lt_linear_backward_weight(ctx, m->w_down.grad, dout, m->h));
   lt_tensor w, dw;
   LT_TRY(lt_fused_view(&w, m->w_gate_up, 2, LT_PARAM_VALUE));
   LT_TRY(lt_fused_view(&dw, m->w_gate_up, 2, LT_PARAM_GRAD));

@@ -189,12 +189,12 @@ static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, l
   lt_tensor w_gate_up, w_down, dw_gate_up, dw_down;
   LT_TRY(expert_weights(m, LT_PARAM_VALUE, &w_gate_up, &w_down));
   LT_TRY(expert_weights(m, LT_PARAM_GRAD, &dw_gate_up, &dw_down));
-  // The experts, in reverse; h and xe are recomputed (cheap) rather than kept.
+  // The experts, in reverse; h (by swiglu_bwd, beside dgate_up) and xe are made again rather than
+  // kept.
   LT_TRY(lt_moe_combine_bwd(ctx, dye, m->dgate, dout, ye, m->gate, m->slot_row));
-  LT_TRY(lt_swiglu_fwd(ctx, h, gate_up));
   LT_TRY(lt_grouped_matmul(ctx, dh, dye, w_down, false, m->rows));
+  LT_TRY(lt_swiglu_bwd(ctx, dgate_up, h, dh, gate_up));
   LT_TRY(lt_grouped_matmul_wgrad(ctx, dw_down, dye, h, m->rows));
-  LT_TRY(lt_swiglu_bwd(ctx, dgate_up, dh, gate_up));
   LT_TRY(lt_moe_dispatch(ctx, xe, x, m->row_token));
   LT_TRY(lt_grouped_matmul(ctx, dxe, dgate_up, w_gate_up, false, m->rows));
   LT_TRY(lt_grouped_matmul_wgrad(ctx, dw_gate_up, dgate_up, xe, m->rows));

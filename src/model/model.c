@@ -267,8 +267,8 @@ static int block_forward(lt_ctx *ctx, lt_block *b, lt_tensor out, lt_tensor bran
                          const lt_batch *batch) {
   LT_TRY(lt_rmsnorm_forward(ctx, &b->attn_norm, b->attn_in, b->attn_rstd, b->x_in));
   LT_TRY(b->mixer->ops->forward(b->mixer, ctx, branch, b->attn_in, batch));
-  LT_TRY(lt_add(ctx, b->x_mid, b->x_in, branch));
-  LT_TRY(lt_rmsnorm_forward(ctx, &b->ffn_norm, b->ffn_in, b->ffn_rstd, b->x_mid));
+  LT_TRY(
+      lt_add_rmsnorm_forward(ctx, &b->ffn_norm, b->x_mid, b->ffn_in, b->ffn_rstd, b->x_in, branch));
   LT_TRY(b->ffn->ops->forward(b->ffn, ctx, branch, b->ffn_in, batch));
   return lt_add(ctx, out, b->x_mid, branch);
 }

@@ -142,11 +142,13 @@ static void test_embedding_lookup_and_scatter_add_match_cpu(void **state) {
   lt_gpu_free_all();
 }
 
+// Widths for both backward kernels: a warp per row with 1, 3 and 4 vectors per lane (enough rows
+// that each warp takes several), and a block per row with one and two vectors per thread.
 static void test_rmsnorm_forward_and_backward_match_cpu(void **state) {
   SKIP_WITHOUT_GPU();
-  const int64_t n = 300, widths[3] = {40, 768, 12288}; // one, one and two vectors per thread
-  for (int wi = 0; wi < 3; wi++) {
-    const int64_t c = widths[wi];
+  const int64_t widths[5] = {40, 768, 1024, 2048, 12288};
+  for (int wi = 0; wi < 5; wi++) {
+    const int64_t c = widths[wi], n = c <= 1024 ? 4099 : 300;
     float *x = lt_gpu_random(n * c, 1.0f, true), *w = lt_gpu_random(c, 1.0f, true);
     float *dout = lt_gpu_random(n * c, 1.0f, true), *dx0 = lt_gpu_random(n * c, 1.0f, true);
     float *dw0 = lt_gpu_random(c, 1.0f, false);
@@ -183,10 +185,56 @@ static void test_rmsnorm_forward_and_backward_match_cpu(void **state) {
   }
 }
 
-static void test_rope_split_and_its_transpose_match_cpu(void **state) {
+// The fused residual add + norm against the CPU's two passes, and to the bit against the GPU's
+// own two passes (lt_add, then lt_rmsnorm_fwd on the stored sum), at one and two vectors per
+// thread.
+static void test_add_rmsnorm_matches_the_add_then_the_norm(void **state) {
   SKIP_WITHOUT_GPU();
-  const int64_t n = 50;
-  const int hq = 4, hkv = 2, d = 64, heads = hq + 2 * hkv;
+  const int64_t n = 300, widths[2] = {768, 12288};
+  for (int wi = 0; wi < 2; wi++) {
+    const int64_t c = widths[wi];
+    float *a = lt_gpu_random(n * c, 1.0f, true), *b = lt_gpu_random(n * c, 1.0f, true);
+    float *w = lt_gpu_random(c, 1.0f, true);
+    float *sum = malloc(sizeof(float) * n * c), *out = malloc(sizeof(float) * n * c);
+    float *rstd = malloc(sizeof(float) * n);
+    assert_ok(lt_add_rmsnorm_fwd(&lt_test_cpu, host(sum, 2, LT_SHAPE(n, c)),
+                                 host(out, 2, LT_SHAPE(n, c)), host(rstd, 1, LT_SHAPE(n)),
+                                 host(a, 2, LT_SHAPE(n, c)), host(b, 2, LT_SHAPE(n, c)),
+                                 host(w, 1, LT_SHAPE(c)), 1e-5f));
+    lt_tensor ga = lt_gpu_upload(a, LT_BF16, 2, LT_SHAPE(n, c)),
+              gb = lt_gpu_upload(b, LT_BF16, 2, LT_SHAPE(n, c));
+    lt_tensor gw = lt_gpu_upload(w, LT_F32, 1, LT_SHAPE(c));
+    lt_tensor gsum = lt_gpu_upload(sum, LT_BF16, 2, LT_SHAPE(n, c)),
+              gout = lt_gpu_upload(out, LT_BF16, 2, LT_SHAPE(n, c));
+    lt_tensor grstd = lt_gpu_upload(rstd, LT_F32, 1, LT_SHAPE(n));
+    assert_ok(lt_add_rmsnorm_fwd(&lt_test_gpu, gsum, gout, grstd, ga, gb, gw, 1e-5f));
+    float *got_sum = lt_gpu_fetch(gsum), *got_out = lt_gpu_fetch(gout);
+    float *got_rstd = lt_gpu_fetch(grstd);
+    printf(" C = %lld\n", (long long)c);
+    lt_gpu_expect_close("add_rmsnorm sum (bf16)", got_sum, sum, n * c, 1e-2);
+    lt_gpu_expect_close("add_rmsnorm out (bf16)", got_out, out, n * c, 1e-2);
+    // The GPU normalises the bf16-rounded sum, the CPU the exact one.
+    lt_gpu_expect_close("add_rmsnorm rstd (f32)", got_rstd, rstd, n, 1e-3);
+    lt_tensor two_sum = lt_gpu_upload(sum, LT_BF16, 2, LT_SHAPE(n, c)),
+              two_out = lt_gpu_upload(out, LT_BF16, 2, LT_SHAPE(n, c));
+    lt_tensor two_rstd = lt_gpu_upload(rstd, LT_F32, 1, LT_SHAPE(n));
+    assert_ok(lt_add(&lt_test_gpu, two_sum, ga, gb));
+    assert_ok(lt_rmsnorm_fwd(&lt_test_gpu, two_out, two_rstd, two_sum, gw, 1e-5f));
+    float *want_sum = lt_gpu_fetch(two_sum), *want_out = lt_gpu_fetch(two_out);
+    float *want_rstd = lt_gpu_fetch(two_rstd);
+    assert_memory_equal(got_sum, want_sum, sizeof(float) * n * c);
+    assert_memory_equal(got_rstd, want_rstd, sizeof(float) * n);
+    assert_memory_equal(got_out, want_out, sizeof(float) * n * c);
+    free(a), free(b), free(w), free(sum), free(out), free(rstd), free(got_sum), free(got_out),
+        free(got_rstd), free(want_sum), free(want_out), free(want_rstd);
+    lt_gpu_free_all();
+  }
+}
+
+// One shape's forward (bf16) and backward (dq f32, dk and dv bf16), against the CPU.
+static void expect_rope_matches_cpu(int64_t n, int hq, int hkv, int d) {
+  const int heads = hq + 2 * hkv;
+  printf("  rope: %lld tokens, %d + 2 x %d heads of %d\n", (long long)n, hq, hkv, d);
   float *qkv = lt_gpu_random(n * heads * d, 1.0f, true);
   int32_t *pos = malloc(sizeof(int32_t) * n);
   lt_rng rng = lt_rng_seed(lt_gpu_next_seed());
@@ -225,25 +273,77 @@ static void test_rope_split_and_its_transpose_match_cpu(void **state) {
   lt_gpu_free_all();
 }
 
-static void test_swiglu_forward_and_backward_match_cpu(void **state) {
+static void test_rope_split_and_its_transpose_match_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  expect_rope_matches_cpu(50, 4, 2, 64); // grouped-query heads
+  expect_rope_matches_cpu(50, 4, 2, 128);
+  expect_rope_matches_cpu(33, 12, 12, 64); // the 135M model's heads
+}
+
+static void test_swiglu_forward_and_backward_with_h_match_cpu(void **state) {
   SKIP_WITHOUT_GPU();
   const int64_t n = 100, f = 264;
   float *gu = lt_gpu_random(n * 2 * f, 2.0f, true), *dh = lt_gpu_random(n * f, 1.0f, true);
   float *h = malloc(sizeof(float) * n * f), *dgu = malloc(sizeof(float) * n * 2 * f);
+  float *h_bwd = malloc(sizeof(float) * n * f);
   assert_ok(
       lt_swiglu_fwd(&lt_test_cpu, host(h, 2, LT_SHAPE(n, f)), host(gu, 2, LT_SHAPE(n, 2 * f))));
   assert_ok(lt_swiglu_bwd(&lt_test_cpu, host(dgu, 2, LT_SHAPE(n, 2 * f)),
-                          host(dh, 2, LT_SHAPE(n, f)), host(gu, 2, LT_SHAPE(n, 2 * f))));
+                          host(h_bwd, 2, LT_SHAPE(n, f)), host(dh, 2, LT_SHAPE(n, f)),
+                          host(gu, 2, LT_SHAPE(n, 2 * f))));
+  // The backward's h is the forward's, to the bit, on the reference too.
+  assert_memory_equal(h_bwd, h, sizeof(float) * n * f);
   lt_tensor ggu = lt_gpu_upload(gu, LT_BF16, 2, LT_SHAPE(n, 2 * f));
   lt_tensor gh = lt_gpu_upload(h, LT_BF16, 2, LT_SHAPE(n, f));
   lt_tensor gdgu = lt_gpu_upload(gu, LT_BF16, 2, LT_SHAPE(n, 2 * f));
+  lt_tensor gdh = lt_gpu_upload(dh, LT_BF16, 2, LT_SHAPE(n, f));
   assert_ok(lt_swiglu_fwd(&lt_test_gpu, gh, ggu));
-  assert_ok(lt_swiglu_bwd(&lt_test_gpu, gdgu, lt_gpu_upload(dh, LT_BF16, 2, LT_SHAPE(n, f)), ggu));
+  assert_ok(lt_swiglu_bwd(&lt_test_gpu, gdgu, (lt_tensor){0}, gdh, ggu));
   float *got_h = lt_gpu_fetch(gh), *got_dgu = lt_gpu_fetch(gdgu);
   lt_gpu_expect_close("swiglu h", got_h, h, n * f, 1e-2);
   lt_gpu_expect_close("swiglu dgate_up", got_dgu, dgu, n * 2 * f, 1e-2);
-  free(gu), free(dh), free(h), free(dgu), free(got_h), free(got_dgu);
+  // With h asked for: the same dgate_up, and h equal to the GPU forward's to the bit.
+  lt_tensor gdgu2 = lt_gpu_upload(gu, LT_BF16, 2, LT_SHAPE(n, 2 * f));
+  lt_tensor gh2 = lt_gpu_upload(dh, LT_BF16, 2, LT_SHAPE(n, f));
+  assert_ok(lt_swiglu_bwd(&lt_test_gpu, gdgu2, gh2, gdh, ggu));
+  float *got_h2 = lt_gpu_fetch(gh2), *got_dgu2 = lt_gpu_fetch(gdgu2);
+  assert_memory_equal(got_dgu2, got_dgu, sizeof(float) * n * 2 * f);
+  assert_memory_equal(got_h2, got_h, sizeof(float) * n * f);
+  free(gu), free(dh), free(h), free(h_bwd), free(dgu), free(got_h), free(got_dgu), free(got_h2),
+      free(got_dgu2);
   lt_gpu_free_all();
+}
+
+// Ragged token counts (tiles of 32 tokens cut short), head counts that do not divide a block's
+// threads, every head width from one vector per row to a warp's worth, in bf16 and f32.
+static void test_attention_delta_matches_cpu_for_every_head_width(void **state) {
+  SKIP_WITHOUT_GPU();
+  const int64_t shapes[][4] = {{2, 45, 3, 64},  {1, 100, 12, 128}, {3, 7, 5, 32},
+                               {2, 33, 7, 256}, {1, 64, 2, 8},     {2, 40, 9, 16}};
+  for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+    const int64_t b = shapes[si][0], t = shapes[si][1], h = shapes[si][2], d = shapes[si][3];
+    const int64_t n = b * t * h * d;
+    float *dout = lt_gpu_random(n, 1.0f, true), *o = lt_gpu_random(n, 1.0f, true);
+    float *want = malloc(sizeof(float) * b * h * t);
+    assert_ok(lt_attn_bwd_delta(&lt_test_cpu, host(want, 3, LT_SHAPE(b, h, t)),
+                                host(dout, 4, LT_SHAPE(b, t, h, d)),
+                                host(o, 4, LT_SHAPE(b, t, h, d))));
+    for (int dt = 0; dt < 2; dt++) {
+      const lt_dtype dtype = dt ? LT_F32 : LT_BF16;
+      lt_tensor gdelta = lt_gpu_upload(want, LT_F32, 3, LT_SHAPE(b, h, t));
+      assert_ok(lt_zero(&lt_test_gpu, gdelta));
+      assert_ok(lt_attn_bwd_delta(&lt_test_gpu, gdelta,
+                                  lt_gpu_upload(dout, dtype, 4, LT_SHAPE(b, t, h, d)),
+                                  lt_gpu_upload(o, dtype, 4, LT_SHAPE(b, t, h, d))));
+      float *got = lt_gpu_fetch(gdelta);
+      printf("  (B, T, H, D) = (%lld, %lld, %lld, %lld) %s\n", (long long)b, (long long)t,
+             (long long)h, (long long)d, dt ? "f32" : "bf16");
+      lt_gpu_expect_close("attention delta (f32)", got, want, b * h * t, 1e-5);
+      free(got);
+    }
+    free(dout), free(o), free(want);
+    lt_gpu_free_all();
+  }
 }
 
 static void test_cross_entropy_losses_and_bf16_gradient_match_cpu(void **state) {
@@ -370,8 +470,10 @@ int main(void) {
       cmocka_unit_test(test_sum_squares_matches_cpu_and_repeats_exactly),
       cmocka_unit_test(test_embedding_lookup_and_scatter_add_match_cpu),
       cmocka_unit_test(test_rmsnorm_forward_and_backward_match_cpu),
+      cmocka_unit_test(test_add_rmsnorm_matches_the_add_then_the_norm),
       cmocka_unit_test(test_rope_split_and_its_transpose_match_cpu),
-      cmocka_unit_test(test_swiglu_forward_and_backward_match_cpu),
+      cmocka_unit_test(test_swiglu_forward_and_backward_with_h_match_cpu),
+      cmocka_unit_test(test_attention_delta_matches_cpu_for_every_head_width),
       cmocka_unit_test(test_cross_entropy_losses_and_bf16_gradient_match_cpu),
       cmocka_unit_test(test_adamw_over_runs_matches_cpu_and_writes_the_bf16_copy),
       cmocka_unit_test(test_out_of_memory_names_the_size_and_what_to_lower),

@@ -31,7 +31,8 @@ void lt_cpu_rope_qkv_bwd(float *dqkv, const float *dq, const float *dk, const fl
                          const int32_t *pos, int64_t n, int hq, int hkv, int d, float theta);
 
 void lt_cpu_swiglu_fwd(float *h, const float *gate_up, int64_t n, int64_t f);
-void lt_cpu_swiglu_bwd(float *dgate_up, const float *dh, const float *gate_up, int64_t n,
+// h may be NULL (not wanted).
+void lt_cpu_swiglu_bwd(float *dgate_up, float *h, const float *dh, const float *gate_up, int64_t n,
                        int64_t f);
 
 // dlogits may be NULL (no gradient) or alias logits.

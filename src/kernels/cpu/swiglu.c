@@ -11,8 +11,8 @@ void lt_cpu_swiglu_fwd(float *h, const float *gate_up, int64_t n, int64_t f) {
   }
 }
 
-// d/dg silu(g) = s (1 + g (1 - s)) with s = sigmoid(g).
-void lt_cpu_swiglu_bwd(float *dgate_up, const float *dh, const float *gate_up, int64_t n,
+// d/dg silu(g) = s (1 + g (1 - s)) with s = sigmoid(g). h (when not NULL) as lt_cpu_swiglu_fwd.
+void lt_cpu_swiglu_bwd(float *dgate_up, float *h, const float *dh, const float *gate_up, int64_t n,
                        int64_t f) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; i++) {
@@ -23,6 +23,7 @@ void lt_cpu_swiglu_bwd(float *dgate_up, const float *dh, const float *gate_up, i
       float d = dh[i * f + j];
       du[j] = d * g[j] * s;
       dg[j] = d * u[j] * s * (1.0f + g[j] * (1.0f - s));
+      if (h) h[i * f + j] = g[j] / (1.0f + expf(-g[j])) * u[j];
     }
   }
 }

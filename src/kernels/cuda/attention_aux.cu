@@ -1,12 +1,12 @@
 // Attention's small companions: the tile tables the flash kernels plan with (and the checks and
 // parameters the forward and backward launches share), the merge of partial results, and the
-// backward's delta. One warp per row or tile.
+// backward's delta. One warp per row or tile, but a block per stretch of tokens for the delta.
 #include <limits.h>
 #include <string.h>
 
 #include "kernels/cuda/attention_common.cuh"
 
-enum { THREADS = 128, WARPS = THREADS / 32 };
+enum { THREADS = 128, WARPS = THREADS / 32, DELTA_THREADS = 256, DELTA_TOKENS = 32 };
 
 // ranges[b, tile] = (min pos, max pos, min doc, max doc) and keys[b, tile] = (min, max) of
 // attn_key over the tile's rows. pos, doc: (B, T) i32 (doc may be NULL); ranges, keys: (B, n_tiles)
@@ -156,18 +156,46 @@ __global__ void attn_merge_kernel(T *o, float *lse, const T *o_part, const float
 
 // delta = rowsum(dout * o) per query and head. Matches lt_cpu_attn_bwd_delta.
 // dout, o: (B, T, H, D); delta: (B, H, T) f32
-template <typename T>
-__global__ void attn_delta_kernel(float *delta, const T *dout, const T *o, int64_t b, int64_t t,
-                                  int h, int d) {
-  const int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x & 31;
-  if (w >= b * t * h) return;
-  const int64_t bi = w / (t * h), i = (w / h) % t;
-  const int hi = (int)(w % h);
-  float sum = 0.0f;
-  for (int x = lane; x < d; x += 32) sum += to_float(dout[w * d + x]) * to_float(o[w * d + x]);
-  sum = warp_sum(sum);
-  if (lane == 0) delta[(bi * h + hi) * t + i] = sum;
+// A block owns DELTA_TOKENS tokens of one batch row with all their heads: one contiguous stretch
+// of both inputs, read in 16-byte vectors, LANES = D / 8 adjacent threads per (token, head) row
+// summing by shuffles. The sums go through shared memory to be written transposed, each head's
+// DELTA_TOKENS outputs as one coalesced run. At the 135M model's shape (B 8, T 4096, H 12, D 64)
+// it reads 2 x 50 MB and writes 1.6 MB: ~0.035 ms at 3 TB/s.
+template <typename T, int LANES>
+__global__ void __launch_bounds__(DELTA_THREADS)
+    attn_delta_kernel(float *delta, const T *dout, const T *o, int64_t t, int h) {
+  extern __shared__ float sums[]; // (H, DELTA_TOKENS)
+  const int64_t tiles = (t + DELTA_TOKENS - 1) / DELTA_TOKENS;
+  const int64_t bi = blockIdx.x / tiles, t0 = (blockIdx.x % tiles) * DELTA_TOKENS;
+  const int tokens = (int)(t - t0 < DELTA_TOKENS ? t - t0 : DELTA_TOKENS);
+  const int64_t base = (bi * t + t0) * h * (LANES * 8);
+  const int vectors = tokens * h * LANES;
+  // Every thread runs the same number of passes, so the shuffles always find all 32 lanes.
+  const int passes = (vectors + DELTA_THREADS - 1) / DELTA_THREADS;
+#pragma unroll 4
+  for (int p = 0; p < passes; p++) {
+    const int v = p * DELTA_THREADS + threadIdx.x;
+    float sum = 0.0f;
+    if (v < vectors) {
+      float a[8], b[8];
+      load8(dout + base + (int64_t)v * 8, a);
+      load8(o + base + (int64_t)v * 8, b);
+#pragma unroll
+      for (int e = 0; e < 8; e++) sum += a[e] * b[e];
+    }
+    // A row's LANES threads are adjacent and aligned (DELTA_THREADS is a multiple of LANES).
+#pragma unroll
+    for (int off = LANES / 2; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (v < vectors && v % LANES == 0) {
+      const int row = v / LANES; // token row / h, head row % h within the tile
+      sums[(row % h) * DELTA_TOKENS + row / h] = sum;
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < h * DELTA_TOKENS; i += DELTA_THREADS) {
+    const int hi = i / DELTA_TOKENS, ti = i % DELTA_TOKENS;
+    if (ti < tokens) delta[(bi * h + hi) * t + t0 + ti] = sums[i];
+  }
 }
 
 int lt_cuda_attn_merge(lt_ctx *ctx, lt_tensor o, lt_tensor lse, lt_tensor o_part,
@@ -193,13 +221,30 @@ int lt_cuda_attn_bwd_delta(lt_ctx *ctx, lt_tensor delta, lt_tensor dout, lt_tens
   lt_cuda_state *st = cuda_state(ctx);
   const int64_t b = o.shape[0], t = o.shape[1];
   const int h = (int)o.shape[2], d = (int)o.shape[3];
-  if (o.dtype != dout.dtype)
-    return lt_cuda_unsupported("attn_bwd_delta", "dout and o must share a dtype", dout, o);
+  const size_t shared = (size_t)h * DELTA_TOKENS * sizeof(float);
+  if (o.dtype != dout.dtype || d < 8 || d % 8 != 0 || 32 % (d / 8) != 0 || !aligned16(o.data) ||
+      !aligned16(dout.data) || shared > 48 * 1024)
+    return lt_cuda_unsupported("attn_bwd_delta",
+                               "dout and o of one dtype, D in 8, 16, ..., 256, at most 384 heads",
+                               dout, o);
   if (b * t * h == 0) return LT_OK;
+  const unsigned grid = (unsigned)(b * ((t + DELTA_TOKENS - 1) / DELTA_TOKENS));
   int rc = dispatch_float(o.dtype, [&](auto *tag) {
     using T = TYPE_OF(tag);
-    attn_delta_kernel<T><<<blocks_for(b * t * h, WARPS), THREADS, 0, st->stream>>>(
-        (float *)delta.data, (const T *)dout.data, (const T *)o.data, b, t, h, d);
+    switch (d / 8) {
+#define DELTA_CASE(lanes)                                                                          \
+  case lanes:                                                                                      \
+    attn_delta_kernel<T, lanes><<<grid, DELTA_THREADS, shared, st->stream>>>(                      \
+        (float *)delta.data, (const T *)dout.data, (const T *)o.data, t, h);                       \
+    break;
+      DELTA_CASE(1)
+      DELTA_CASE(2)
+      DELTA_CASE(4)
+      DELTA_CASE(8)
+      DELTA_CASE(16)
+      DELTA_CASE(32)
+#undef DELTA_CASE
+    }
     return LT_OK;
   });
   if (rc) return lt_cuda_unsupported("attn_bwd_delta", "o must be f32 or bf16", dout, o);

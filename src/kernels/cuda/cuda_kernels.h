@@ -45,7 +45,8 @@ int lt_cuda_rope_qkv_fwd(lt_ctx *ctx, lt_tensor q, lt_tensor k, lt_tensor v, lt_
 int lt_cuda_rope_qkv_bwd(lt_ctx *ctx, lt_tensor dqkv, lt_tensor dq, lt_tensor dk, lt_tensor dv,
                          lt_tensor pos, float theta);
 int lt_cuda_swiglu_fwd(lt_ctx *ctx, lt_tensor h, lt_tensor gate_up);
-int lt_cuda_swiglu_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor dh, lt_tensor gate_up);
+int lt_cuda_swiglu_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor h, lt_tensor dh,
+                       lt_tensor gate_up);
 int lt_cuda_cross_entropy(lt_ctx *ctx, lt_tensor losses, lt_tensor dlogits, lt_tensor logits,
                           lt_tensor targets, int ignore_index, float grad_scale);
 
