@@ -38,7 +38,7 @@ using namespace nvcuda;
 
 enum {
   CHUNK = 64,      // tokens per chunk
-  STATE_TILE = 32, // rows and columns of the state per sequential block
+  STATE_TILE = 16, // rows and columns of the state per sequential block
   STATE_WARPS = STATE_TILE / 16, // a warp per 16 rows
   STATE_THREADS = STATE_WARPS * 32,
   STAGES = 4, // chunks in flight in the sequential pass: one used, three loading
