@@ -1,8 +1,8 @@
 // Models with linear-family token mixers train on the GPU as on the CPU's fp32: a lightning
 // model, a hybrid (lightning then softmax) and a linear model with the denominator, decay and a
-// gate; the loss and every parameter's gradient of one step agree to bf16 accuracy (the lightning
-// model without document masks, the others with and without); the trainer's losses over a few
-// steps agree.
+// gate; the loss and every parameter's gradient of one step agree to bf16 accuracy (the models
+// with lightning layers without document masks, the linear one with and without); the trainer's
+// losses over a few steps agree.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,7 +110,11 @@ static void expect_step_matches_cpu(const char *attention, bool docs, double wor
 
 // Without documents: with them, this model's gradients differed from the CPU's by up to 6% per
 // parameter on an H100 (the kernels themselves match at 3e-3, tests/gpu/test_cuda_linear.c), not
-// explained yet, so the config refuses lightning layers on documents on CUDA (validate_cuda).
+// explained yet, so the config refuses lightning layers on documents on CUDA (validate_cuda). The
+// gap does not come from one kernel: the chunk kernels (linear_chunk.cu) and the scan, which
+// share no code, both show it (with the chunk kernels the hybrid's lightning layer reached 3.2%;
+// with the scan, the lightning model 3.3% and 6.1% and the hybrid 1.4% in earlier runs), so the
+// hybrid below is on a stream too.
 static void test_lightning_model_step_on_gpu_matches_cpu(void **state) {
   SKIP_WITHOUT_GPU();
   expect_step_matches_cpu("lightning", false, 3e-2);
@@ -118,7 +122,7 @@ static void test_lightning_model_step_on_gpu_matches_cpu(void **state) {
 
 static void test_hybrid_model_step_on_gpu_matches_cpu(void **state) {
   SKIP_WITHOUT_GPU();
-  expect_step_matches_cpu("lightning,softmax", true, 3e-2);
+  expect_step_matches_cpu("lightning,softmax", false, 3e-2);
 }
 
 // wq's gradient is inherently noisier in bf16 here. phi = elu + 1 puts q and k near 1 + x with x
