@@ -62,13 +62,16 @@ __device__ __forceinline__ void mbar_arrive(uint64_t *bar) {
       "{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(smem_u32(bar))
       : "memory");
 }
-// Waits (acquire) until the phase of the given parity has completed.
+// Waits (acquire) until the phase of the given parity has completed. (try_wait is sm_90's; other
+// builds never launch these kernels.)
 __device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) {
+#ifdef LT_HAVE_WGMMA
   asm volatile("{\n.reg .pred done;\nLT_WAIT:\n"
                "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
                "@!done bra LT_WAIT;\n}\n" ::"r"(smem_u32(bar)),
                "r"(parity)
                : "memory");
+#endif
 }
 
 // Use u of a ring of `stages` buffers (uses counted from the block's first tile): its buffer, and
