@@ -45,8 +45,11 @@ for what in "$@"; do
     done
     stage attention-portable 150 env LT_CUDA_SYNC=1 LT_ATTENTION_KERNELS=portable \
       $build/tests/gpu/test_cuda_attention
-    cat "$out"/test_cuda_*.log "$out"/attention-portable.log >"$out/tests.log"
-    rm "$out"/test_cuda_*.log "$out"/attention-portable.log
+    # A tiny model's training steps against the CPU with the warp-specialized forward.
+    stage training-attn-fwd-v3 150 env LT_CUDA_SYNC=1 LT_ATTN_FWD=v3 $build/tests/gpu/test_cuda_training
+    cat "$out"/test_cuda_*.log "$out"/attention-portable.log "$out"/training-attn-fwd-v3.log \
+      >"$out/tests.log"
+    rm "$out"/test_cuda_*.log "$out"/attention-portable.log "$out"/training-attn-fwd-v3.log
     grep -E "PASSED|FAILED|ERROR|error:|loss|gradient norm|steps twice" "$out/tests.log"
     ;;
   sparse-test)
@@ -65,8 +68,10 @@ for what in "$@"; do
     tail -15 "$out/ctest.log"
     ;;
   attention)
-    stage attention 300 $build/bench/bench_attention --seq 4096 16384 65536 --reference "$reference"
-    tail -8 "$out/attention.log"
+    # With the forward's variants (LT_ATTN_FWD) timed side by side.
+    stage attention 400 $build/bench/bench_attention --seq 4096 16384 65536 --reference "$reference" \
+      --fwd-variants v1 v2 v3
+    tail -20 "$out/attention.log"
     ;;
   passes)
     # The memory-bound passes of the 135M model's step against a copy of the same bytes.
@@ -140,14 +145,14 @@ for what in "$@"; do
   attention-model)
     # With the Hopper d = 64 backward's variants (LT_ATTN_BWD) timed side by side.
     stage attention-model 300 $build/bench/bench_attention --heads 12 --head-dim 64 --batch 8 \
-      --seq 4096 --reference "$reference" --bwd-variants v1 v2 v3
-    tail -9 "$out/attention-model.log"
+      --seq 4096 --reference "$reference" --bwd-variants v1 v2 v3 --fwd-variants v1 v2 v3
+    tail -14 "$out/attention-model.log"
     ;;
   attention-d64)
     # Issue 5's 16K attention target at d = 64, each backward variant timed.
-    stage attention-d64 300 $build/bench/bench_attention --heads 16 --head-dim 64 \
-      --seq 16384 65536 --reference "$reference" --bwd-variants v1 v2 v3
-    tail -12 "$out/attention-d64.log"
+    stage attention-d64 400 $build/bench/bench_attention --heads 16 --head-dim 64 \
+      --seq 16384 65536 --reference "$reference" --bwd-variants v1 v2 v3 --fwd-variants v1 v2 v3
+    tail -21 "$out/attention-d64.log"
     ;;
   break-checks)
     # Each check breaks one kernel on purpose, rebuilds one test and expects it to fail.
@@ -160,6 +165,7 @@ for what in "$@"; do
       "src/kernels/cuda/rope.cu|s/x1\[e\] \* c\[e\] + x0\[e\] \* s\[e\]/x1[e] * c[e] - x0[e] * s[e]/|test_cuda_kernels"
       "src/kernels/cuda/cross_entropy.cu|s/e\[i\] = grad_scale \* (expf/e[i] = (expf/|test_cuda_kernels"
       "src/kernels/cuda/attention_common.cuh|s/row_sum\[hf\] = row_sum\[hf\] \* rescale + sum;/row_sum[hf] = row_sum[hf] + sum;/|test_cuda_attention"
+      "src/kernels/cuda/attention_fwd_ws.cu|s/rescale_output<D \/ 8>(w.o, w.factor); \/\/ to the max/\/\/ to the max/|test_cuda_attention"
       "src/kernels/cuda/attention_bwd.cu|s/add_pair(dk_row + dt \* 8 + c \* 2, dk\[dt \* 4 + 2 \* hf\] \* scale,/add_pair(dk_row + dt * 8 + c * 2, dk[dt * 4 + 2 * hf] * scale * 1.05f,/|test_cuda_attention"
       "src/kernels/cuda/attention_bwd_tile.cuh|s/odd ? make_float4(got0, got1, keep0, keep1)/odd ? make_float4(keep0, keep1, got0, got1)/|test_cuda_attention"
       "src/kernels/cuda/attention_bwd_tile.cuh|s/dpt\[e\] = st\[e\] \* (dpt\[e\] - delta);/dpt[e] = st[e] * dpt[e];/|test_cuda_training"

@@ -4,8 +4,8 @@
 // tiles than one pass of the kernels' tile list, and the partial/merge contract of ring attention;
 // every sparse pattern (tests/unit/test_sparse_attention.c checks the CPU's against dense
 // attention), alone and combined, with documents, chunks and positions out of order; MoH's head
-// gates; and the work of a sliding window, which grows with T, not T^2. Every backward runs under
-// each of the Hopper d = 64 backward's variants (LT_ATTN_BWD, attention_bwd.cu).
+// gates; and the work of a sliding window, which grows with T, not T^2. Every case runs under each
+// of the forward's and the backward's variants (LT_ATTN_FWD, LT_ATTN_BWD).
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,30 +14,49 @@
 #include "core/rng.h"
 #include "gpu_testing.h"
 
-// LT_ATTN_BWD's values; at d = 128, and off Hopper, all of them run the one kernel.
+// The kernels' variants, LT_ATTN_FWD's (attention_fwd.cu: v2 and v3 on Hopper for dense specs)
+// and LT_ATTN_BWD's (attention_bwd.cu: v2 and v3 on Hopper at d = 64); elsewhere all of a list run
+// one kernel. Run r of a case sets each variable to its r-th value, so that each forward and each
+// backward runs every case, the backward from its run's forward's lse.
+static const char *const fwd_variants[] = {"v1", "v2", "v3"};
 static const char *const bwd_variants[] = {"v1", "v2", "v3"};
-enum { N_BWD_VARIANTS = sizeof bwd_variants / sizeof bwd_variants[0] };
+enum {
+  N_FWD_VARIANTS = sizeof fwd_variants / sizeof fwd_variants[0],
+  N_BWD_VARIANTS = sizeof bwd_variants / sizeof bwd_variants[0],
+  N_RUNS = N_FWD_VARIANTS > N_BWD_VARIANTS ? N_FWD_VARIANTS : N_BWD_VARIANTS
+};
 
-// LT_ATTN_BWD as the program started (saved_set: it was set), which use_bwd_variant restores.
-static char saved_variant[64];
-static bool saved_set;
+// A variable as the program started (set: it was), which use_variants restores.
+typedef struct saved_env {
+  const char *name;
+  char value[64];
+  bool set;
+} saved_env;
+static saved_env saved_fwd = {.name = "LT_ATTN_FWD"}, saved_bwd = {.name = "LT_ATTN_BWD"};
 
-static void save_bwd_variant(void) {
-  const char *now = getenv("LT_ATTN_BWD");
-  saved_set = now != NULL;
-  if (now) snprintf(saved_variant, sizeof saved_variant, "%s", now);
+static void save_env(saved_env *e) {
+  const char *now = getenv(e->name);
+  e->set = now != NULL;
+  if (now) snprintf(e->value, sizeof e->value, "%s", now);
 }
 
-// Sets LT_ATTN_BWD to variant v, or for v = N_BWD_VARIANTS back to what it was at the start.
-static void use_bwd_variant(int v) {
-  if (v < N_BWD_VARIANTS) {
-    setenv("LT_ATTN_BWD", bwd_variants[v], 1);
-    printf("  LT_ATTN_BWD=%s\n", bwd_variants[v]);
-  } else if (saved_set) {
-    setenv("LT_ATTN_BWD", saved_variant, 1);
-  } else {
-    unsetenv("LT_ATTN_BWD");
+static void restore_env(const saved_env *e) {
+  if (e->set)
+    setenv(e->name, e->value, 1);
+  else
+    unsetenv(e->name);
+}
+
+// Sets the variables for run r, or for r = N_RUNS back to what they were at the start.
+static void use_variants(int r) {
+  if (r == N_RUNS) {
+    restore_env(&saved_fwd), restore_env(&saved_bwd);
+    return;
   }
+  const char *fwd = fwd_variants[r < N_FWD_VARIANTS ? r : N_FWD_VARIANTS - 1];
+  const char *bwd = bwd_variants[r < N_BWD_VARIANTS ? r : N_BWD_VARIANTS - 1];
+  setenv("LT_ATTN_FWD", fwd, 1), setenv("LT_ATTN_BWD", bwd, 1);
+  printf("  LT_ATTN_FWD=%s LT_ATTN_BWD=%s\n", fwd, bwd);
 }
 
 typedef struct attn_case {
@@ -218,8 +237,8 @@ static void expect_case_matches_cpu(const char *what, attn_case *c) {
   const int64_t nq = c->B * c->Tq * c->hq * c->d, nk = c->B * c->Tk * c->hkv * c->d;
   float *dk0 = lt_gpu_random(nk, 0.1f, true), *dv0 = lt_gpu_random(nk, 0.1f, true);
   attn_result want = run_cpu(c, dk0, dv0);
-  for (int v = 0; v < N_BWD_VARIANTS; v++) {
-    use_bwd_variant(v);
+  for (int v = 0; v < N_RUNS; v++) {
+    use_variants(v);
     attn_result got = run_gpu(c, dk0, dv0);
     lt_gpu_expect_close("o (bf16)", got.o, want.o, nq, 1e-2);
     expect_lse_close(got.lse, want.lse, c->B * c->hq * c->Tq);
@@ -228,7 +247,7 @@ static void expect_case_matches_cpu(const char *what, attn_case *c) {
     lt_gpu_expect_close("dv += (bf16)", got.dv, want.dv, nk, 1e-2);
     free_result(&got);
   }
-  use_bwd_variant(N_BWD_VARIANTS);
+  use_variants(N_RUNS);
   free_result(&want), free(dk0), free(dv0);
   free_case(c);
 }
@@ -283,6 +302,9 @@ static void test_more_tiles_than_one_list_pass_match_cpu(void **state) {
   // LT_ATTN_BWD v2 and v3 step 128 queries at a time: 1055 query tiles, and a dQ still pending
   // from the first pass.
   expect_matches_cpu("135000 queries over 128 keys", 1, 135000, 128, 1, 1, 64, false, 0);
+  // LT_ATTN_FWD v2 and v3 walk 128 keys at a time: 1055 key tiles, the rings of K and V buffers
+  // running on from the first pass into the second, which holds the causal diagonal.
+  expect_matches_cpu("130 queries over 135000 keys", 1, 130, 135000, 1, 1, 64, true, 0);
 }
 
 static void test_query_seeing_no_key_gets_zero_output_and_empty_lse(void **state) {
@@ -292,8 +314,8 @@ static void test_query_seeing_no_key_gets_zero_output_and_empty_lse(void **state
   for (int j = 0; j < 64; j++) c.k_pos[j] = 1000 + j; // every key in the queries' future
   const int64_t nk = 64 * 2 * 64;
   float *zeros = calloc(nk, 4);
-  for (int v = 0; v < N_BWD_VARIANTS; v++) {
-    use_bwd_variant(v);
+  for (int v = 0; v < N_RUNS; v++) {
+    use_variants(v);
     attn_result got = run_gpu(&c, zeros, zeros);
     for (int i = 0; i < 2 * 40; i++) assert_true(got.lse[i] == -INFINITY);
     assert_true(lt_test_max_abs(got.o, 40 * 2 * 64) == 0.0);
@@ -301,7 +323,7 @@ static void test_query_seeing_no_key_gets_zero_output_and_empty_lse(void **state
     assert_true(lt_test_max_abs(got.dk, nk) == 0.0 && lt_test_max_abs(got.dv, nk) == 0.0);
     free_result(&got);
   }
-  use_bwd_variant(N_BWD_VARIANTS);
+  use_variants(N_RUNS);
   free(zeros);
   free_case(&c);
 }
@@ -395,11 +417,11 @@ static void expect_partials_merge_and_sum_to_the_full_result(void) {
 
 static void test_partials_over_key_chunks_merge_and_sum_to_the_full_result(void **state) {
   SKIP_WITHOUT_GPU();
-  for (int v = 0; v < N_BWD_VARIANTS; v++) {
-    use_bwd_variant(v);
+  for (int v = 0; v < N_RUNS; v++) {
+    use_variants(v);
     expect_partials_merge_and_sum_to_the_full_result();
   }
-  use_bwd_variant(N_BWD_VARIANTS);
+  use_variants(N_RUNS);
 }
 
 #define PATTERN(...) ((lt_attn_sparsity){__VA_ARGS__})
@@ -493,8 +515,8 @@ static void test_heads_gated_off_get_zero_output_and_no_gradient(void **state) {
   add_gates(&c, 0.4, true);
   const int64_t nk = 2 * 300 * 2 * 64, n_gates = 2 * 300 * 4;
   float *zeros = calloc(nk, 4);
-  for (int v = 0; v < N_BWD_VARIANTS; v++) {
-    use_bwd_variant(v);
+  for (int v = 0; v < N_RUNS; v++) {
+    use_variants(v);
     attn_result got = run_gpu(&c, zeros, zeros);
     for (int64_t i = 0; i < n_gates; i++) {
       if (c.gates[i] != 0.0f) continue;
@@ -505,7 +527,7 @@ static void test_heads_gated_off_get_zero_output_and_no_gradient(void **state) {
     }
     free_result(&got);
   }
-  use_bwd_variant(N_BWD_VARIANTS);
+  use_variants(N_RUNS);
   free(zeros);
   expect_case_matches_cpu("40% of the (query, head) pairs gated off, and all of head 0", &c);
   make_sparse_case(&c, 1, 500, 500, 4, 1, 128, PATTERN(.window = 100, .sinks = 2), 120, true);
@@ -558,7 +580,7 @@ static void test_unsupported_head_dim_is_a_config_error(void **state) {
   free_case(&c);
 }
 
-static void test_unknown_backward_variant_is_a_config_error(void **state) {
+static void test_unknown_kernel_variants_are_config_errors(void **state) {
   SKIP_WITHOUT_GPU();
   attn_case c;
   make_case(&c, 1, 16, 16, 1, 1, 64, true, 0);
@@ -566,16 +588,20 @@ static void test_unknown_backward_variant_is_a_config_error(void **state) {
   lt_tensor x = lt_gpu_upload(c.q, LT_BF16, QSHAPE(&c)),
             dq = lt_gpu_upload(c.q, LT_F32, QSHAPE(&c));
   lt_tensor lse = lt_gpu_upload(c.q, LT_F32, LSHAPE(&c));
+  setenv("LT_ATTN_FWD", "v9", 1);
+  EXPECT_ERROR(lt_attn_fwd(&lt_test_gpu, x, lse, x, x, x, &s), LT_ERR_CONFIG, "LT_ATTN_FWD=v9",
+               "attention forward", "v1, v2 or v3");
+  use_variants(N_RUNS);
   setenv("LT_ATTN_BWD", "v9", 1);
   EXPECT_ERROR(lt_attn_bwd(&lt_test_gpu, dq, x, x, x, x, x, x, lse, lse, &s), LT_ERR_CONFIG,
-               "LT_ATTN_BWD=v9", "v1, v2 or v3");
-  use_bwd_variant(N_BWD_VARIANTS);
+               "LT_ATTN_BWD=v9", "attention backward", "v1, v2 or v3");
+  use_variants(N_RUNS);
   lt_gpu_free_all();
   free_case(&c);
 }
 
 int main(void) {
-  save_bwd_variant();
+  save_env(&saved_fwd), save_env(&saved_bwd);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_causal_attention_matches_cpu_for_head_dims_64_and_128),
       cmocka_unit_test(test_grouped_query_attention_matches_cpu),
@@ -596,7 +622,7 @@ int main(void) {
       cmocka_unit_test(test_heads_gated_off_get_zero_output_and_no_gradient),
       cmocka_unit_test(test_sliding_window_work_grows_linearly_with_sequence_length),
       cmocka_unit_test(test_unsupported_head_dim_is_a_config_error),
-      cmocka_unit_test(test_unknown_backward_variant_is_a_config_error),
+      cmocka_unit_test(test_unknown_kernel_variants_are_config_errors),
   };
   return cmocka_run_group_tests(tests, lt_gpu_group_setup, lt_gpu_group_teardown);
 }

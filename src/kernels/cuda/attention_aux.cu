@@ -2,6 +2,7 @@
 // parameters the forward and backward launches share), the merge of partial results, and the
 // backward's delta. One warp per row or tile, but a block per stretch of tokens for the delta.
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/cuda/attention_common.cuh"
@@ -95,7 +96,7 @@ int lt_cuda_attn_setup(lt_ctx *ctx, attn_params *p, lt_tensor q, lt_tensor k, lt
   p->n_k_tiles = (int)((p->tk + k_tile - 1) / k_tile);
   p->scale_log2 = spec->scale * LOG2E;
   p->mask = attn_mask_of(spec);
-  p->sparse_kernel = p->mask.sparse || p->gates || spec->tiles_visited;
+  p->sparse_kernel = attn_spec_needs_sparse_kernel(spec);
   // The workspace: the tile counter and the rows' order flags (zeroed together), then the tables;
   // the dense kernels read only the position and document ranges.
   const int64_t nq = b * p->n_q_tiles, nk = b * p->n_k_tiles;
@@ -118,6 +119,18 @@ int lt_cuda_attn_setup(lt_ctx *ctx, attn_params *p, lt_tensor q, lt_tensor k, lt
                        b, p->tk, k_tile);
   p->q_tiles = q_tiles, p->k_tiles = k_tiles, p->q_keys = q_keys, p->k_keys = k_keys;
   p->q_unordered = unordered, p->k_unordered = unordered ? unordered + b : nullptr;
+  return LT_OK;
+}
+
+int lt_cuda_attn_variant(const char *env, const char *what, int fallback, int *variant) {
+  const char *name = getenv(env);
+  *variant = !name || !*name           ? fallback
+             : strcmp(name, "v1") == 0 ? 1
+             : strcmp(name, "v2") == 0 ? 2
+             : strcmp(name, "v3") == 0 ? 3
+                                       : 0;
+  LT_CHECK(*variant != 0, LT_ERR_CONFIG,
+           "environment: %s=%s names no %s; use v1, v2 or v3, or unset it", env, name, what);
   return LT_OK;
 }
 

@@ -31,8 +31,6 @@
 // without the search, the pattern or the gates' special case (as the forward). Matches
 // lt_cpu_attn_bwd.
 #include <limits.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include "kernels/cuda/attention_bwd_tile.cuh"
 #include "kernels/cuda/attention_common.cuh"
@@ -362,19 +360,9 @@ static int launch_bwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
                    : launch_bwd<D, bf16, HOPPER, V>(st, p, b);
 }
 
-// LT_ATTN_BWD: which variant Hopper's d = 64 runs (v1, v2, the default, or v3; see the top). Read
-// at every call, which costs nothing beside a launch, so that the tests and bench_attention can
-// run each variant in one process.
+// LT_ATTN_BWD: which variant Hopper's d = 64 runs (v1, v2, the default, or v3; see the top).
 static int bwd_variant_of_env(int *variant) {
-  const char *name = getenv("LT_ATTN_BWD");
-  *variant = !name || !*name || strcmp(name, "v2") == 0 ? BWD_WIDE
-             : strcmp(name, "v1") == 0                  ? BWD_BASE
-             : strcmp(name, "v3") == 0                  ? BWD_WIDE_OVERLAP
-                                                        : 0;
-  LT_CHECK(*variant != 0, LT_ERR_CONFIG,
-           "environment: LT_ATTN_BWD=%s names no attention backward; use v1, v2 or v3, or unset it",
-           name);
-  return LT_OK;
+  return lt_cuda_attn_variant("LT_ATTN_BWD", "attention backward", BWD_WIDE, variant);
 }
 
 int lt_cuda_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_tensor dout,

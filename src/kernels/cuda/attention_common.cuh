@@ -165,15 +165,17 @@ __device__ __forceinline__ uint32_t swizzled_addr(uint32_t base, int row, int ch
          (uint32_t)((chunk >> 3) * ROWS * 128 + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
 }
 
-template <int ROWS, int D, int THREADS>
-__device__ __forceinline__ void load_tile_swizzled(uint32_t base, const bf16 *src,
-                                                   int64_t row_stride, int64_t row0,
-                                                   int64_t rows_valid) {
+// THREADS threads copy, `thread` (0 .. THREADS - 1) being this one, UNROLL chunks at a time (a
+// thread short of registers unrolls less: the compiler keeps every unrolled chunk's offsets live).
+template <int ROWS, int D, int THREADS, int UNROLL = ROWS *(D / 8) / THREADS>
+__device__ __forceinline__ void
+load_tile_swizzled(uint32_t base, const bf16 *src, int64_t row_stride, int64_t row0,
+                   int64_t rows_valid, int thread = (int)threadIdx.x) {
   constexpr int CHUNKS = D / 8;
   static_assert(ROWS * CHUNKS % THREADS == 0, "whole chunks per thread");
-#pragma unroll
+#pragma unroll UNROLL
   for (int i = 0; i < ROWS * CHUNKS / THREADS; i++) {
-    const int c = i * THREADS + (int)threadIdx.x, r = c / CHUNKS, ch = c % CHUNKS;
+    const int c = i * THREADS + thread, r = c / CHUNKS, ch = c % CHUNKS;
     const bool valid = row0 + r < rows_valid;
     cp_async16(swizzled_addr<ROWS>(base, r, ch),
                src + (valid ? (row0 + r) * row_stride : 0) + ch * 8, valid);
@@ -237,13 +239,14 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-// The online-softmax step (FlashAttention-2, Algorithm 1, lines 8-10) in base 2: scores become
-// probabilities exp2(s * scale_log2 - m) against the new running max m, and the running sum and
-// output are rescaled to it.
-template <int NT, int DT>
-__device__ __forceinline__ void online_softmax(float (&s)[NT * 4], float (&o)[DT * 4],
-                                               float (&row_max)[2], float (&row_sum)[2],
-                                               float scale_log2) {
+// The online-softmax step (FlashAttention-2, Algorithm 1, lines 8-10) in base 2, less the output:
+// scores become probabilities exp2(s * scale_log2 - m) against the new running max m, the running
+// sum is rescaled to it, and factor[] says by how much the output must be (rescale_output). Apart,
+// so that a kernel can rescale an output that a multiply is still accumulating once it is done.
+template <int NT>
+__device__ __forceinline__ void softmax_probs(float (&s)[NT * 4], float (&row_max)[2],
+                                              float (&row_sum)[2], float scale_log2,
+                                              float (&factor)[2]) {
 #pragma unroll
   for (int hf = 0; hf < 2; hf++) {
     float mx = -INFINITY;
@@ -266,10 +269,28 @@ __device__ __forceinline__ void online_softmax(float (&s)[NT * 4], float (&o)[DT
         sum += pv;
       }
     row_sum[hf] = row_sum[hf] * rescale + sum;
-#pragma unroll
-    for (int dt = 0; dt < DT; dt++)
-      o[dt * 4 + 2 * hf] *= rescale, o[dt * 4 + 2 * hf + 1] *= rescale;
+    factor[hf] = rescale;
   }
+}
+
+// The output's rows (the thread's two) times softmax_probs's factors.
+template <int DT>
+__device__ __forceinline__ void rescale_output(float (&o)[DT * 4], const float (&factor)[2]) {
+#pragma unroll
+  for (int dt = 0; dt < DT; dt++)
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++)
+      o[dt * 4 + 2 * hf] *= factor[hf], o[dt * 4 + 2 * hf + 1] *= factor[hf];
+}
+
+// The whole online-softmax step: probabilities, running sum and output rescaled at once.
+template <int NT, int DT>
+__device__ __forceinline__ void online_softmax(float (&s)[NT * 4], float (&o)[DT * 4],
+                                               float (&row_max)[2], float (&row_sum)[2],
+                                               float scale_log2) {
+  float factor[2];
+  softmax_probs<NT>(s, row_max, row_sum, scale_log2, factor);
+  rescale_output<DT>(o, factor);
 }
 
 // The probabilities of keys 16 kk .. 16 kk + 15 as an A fragment (bf16).
@@ -350,6 +371,12 @@ __device__ __forceinline__ void load_rows(unsigned char *tile, const bf16 *src, 
 // unordered NULL: the ranges alone, which are all the dense kernels read.
 int lt_cuda_attn_tiles(lt_cuda_state *st, int4 *ranges, longlong2 *keys, int *unordered,
                        const int32_t *pos, const int32_t *doc, int64_t b, int64_t t, int tile);
+
+// The kernel variant that environment variable `env` names: v1, v2 or v3, as 1, 2 or 3, or
+// `fallback` when it is unset or empty; another name is a config error that names the variable and
+// `what` it picks. Read at every call, which costs nothing beside a launch, so that the tests and
+// the benchmarks can run each variant in one process.
+int lt_cuda_attn_variant(const char *env, const char *what, int fallback, int *variant);
 
 // After a kernel launch: adds the tiles it computed (p.visited) to *spec->tiles_visited, waiting
 // for the kernel; nothing when the spec asks for no count.

@@ -11,11 +11,15 @@
 // query tile can reach (attention_mask.cuh: a sliding window's band, the sinks), so sparse
 // patterns cost time in proportion to their visible tiles. Dense attention (no pattern, gates or
 // tile count) runs an instantiation without any of that: every key tile, classified by the list.
+// LT_ATTN_FWD picks the variant (fwd_variant_of_env): v1, this kernel, or for dense attention on
+// Hopper v2 / v3, attention_fwd_ws.cu's warp-specialized one (FlashAttention-3's pipelining).
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels/cuda/attention_common.cuh"
+#include "kernels/cuda/attention_fwd_tile.cuh"
+#include "kernels/cuda/attention_fwd_ws.cuh"
 
 enum { THREADS = 256, WARPS = 8, BM = 128, LIST_MAX = 1024 };
 
@@ -78,44 +82,6 @@ __device__ __forceinline__ void fwd_pv_mma(float (&o)[D / 2], const float (&s)[N
     probs_fragment<NT>(a, s, kk);
     mma_tile_rows<D>(o, a, v_base, kk, lane);
   }
-}
-
-// S = Q K^T for warpgroup wg's 64 rows on wgmma: Q (A) and K (B) K-major from their swizzled
-// tiles; a k-step of 16 columns is 32 bytes into a 128-byte row, column block ks / 4.
-template <int D, int BN>
-__device__ __forceinline__ void fwd_scores_wgmma(float (&s)[BN / 2], uint32_t q_base,
-                                                 uint32_t k_base, int wg) {
-  wgmma_fence();
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ks++) {
-    const uint32_t in_row = (ks & 3) * 32; // column block ks / 4, then 32 bytes per k-step
-    const uint64_t a = make_desc(q_base + (ks >> 2) * BM * 128 + wg * 64 * 128 + in_row, 16, 1024);
-    const uint64_t bd = make_desc(k_base + (ks >> 2) * BN * 128 + in_row, 16, 1024);
-    if constexpr (BN == 128)
-      wgmma_ss_n128<0, 0>(s, a, bd, ks > 0);
-    else
-      wgmma_ss_n64<0, 0>(s, a, bd, ks > 0);
-  }
-  wgmma_commit();
-}
-
-// O += P V on wgmma: P (A) from registers, V (B) N-major from its swizzled tile: a k-step is 16
-// key rows (2048 bytes); the 64-column blocks of V are BN * 128 bytes apart.
-template <int D, int BN>
-__device__ __forceinline__ void fwd_pv_wgmma(float (&o)[D / 2], uint32_t (&a)[BN / 16][4],
-                                             const float (&s)[BN / 2], uint32_t v_base) {
-#pragma unroll
-  for (int kk = 0; kk < BN / 16; kk++) probs_fragment<BN / 8>(a[kk], s, kk);
-  wgmma_fence();
-#pragma unroll
-  for (int kk = 0; kk < BN / 16; kk++) {
-    const uint64_t bd = make_desc(v_base + kk * 16 * 128, BN * 128, 1024);
-    if constexpr (D == 64)
-      wgmma_rs_n64<1>(o, a[kk], bd, true);
-    else
-      wgmma_rs_n128<1>(o, a[kk], bd, true);
-  }
-  wgmma_commit();
 }
 
 // q, o: (B, Tq, Hq, D) bf16; k, v: (B, Tk, Hkv, D) bf16; lse: (B, Hq, Tq) f32;
@@ -222,9 +188,7 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
         return w;
     };
     const int n = build_tile_list<THREADS>(list, warp_counts, first, count, tile_at, [&](int t) {
-      const int4 q_info = p.q_tiles[(int64_t)b * p.n_q_tiles + qt];
-      const int4 k_info = p.k_tiles[(int64_t)b * p.n_k_tiles + t];
-      return classify_tiles<SPARSE>(p.mask, q_info, k_info, (int64_t)(t + 1) * BN > p.tk);
+      return classify_key_tile<BN, SPARSE>(p, b, qt, t);
     });
     if constexpr (SPARSE) visited += n;
     if (n > 0) issue_tile(list[0], buf);
@@ -237,7 +201,7 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
 
       float s[NT * 4];
       if constexpr (HOPPER) {
-        fwd_scores_wgmma<D, BN>(s, q_base, k_base, warp >> 2);
+        fwd_scores_wgmma<D, BN, BM>(s, q_base, k_base, warp >> 2);
         wgmma_wait<0>(); // this tile's S, and the last tile's P V if still in flight
         if (pv_in_flight) wgmma_keep_fragments(pa);
         wgmma_fence_operands(o);
@@ -251,7 +215,8 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
                                 p.mask);
       online_softmax<NT, DT>(s, o, row_max, row_sum, p.scale_log2);
       if constexpr (HOPPER) {
-        fwd_pv_wgmma<D, BN>(o, pa, s, v_base);
+        probs_fragments<BN>(pa, s);
+        fwd_pv_wgmma<D, BN>(o, pa, v_base);
         pv_in_flight = true;
         if constexpr (!OVERLAP) {
           wgmma_wait<0>();
@@ -318,21 +283,38 @@ static int launch_fwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
                          : launch_fwd<D, HOPPER, false>(st, p, b);
 }
 
+// The forward's variants: v1 (FWD_BASE, the default) is attn_fwd_kernel above; v2 (FWD_WS) and
+// v3 (FWD_WS_PINGPONG, v2 with the warpgroups taking turns) are attention_fwd_ws.cu's
+// warp-specialized kernel, which Hopper runs for dense specs (others stay on v1).
+enum { FWD_BASE = 1, FWD_WS = 2, FWD_WS_PINGPONG = 3 };
+static_assert((int)FWD_WS_BM == (int)BM, "the variants share the query tiles");
+
+// LT_ATTN_FWD: which variant runs (v1, the default, v2 or v3; see above).
+static int fwd_variant_of_env(int *variant) {
+  return lt_cuda_attn_variant("LT_ATTN_FWD", "attention forward", 1, variant);
+}
+
 int lt_cuda_attn_fwd(lt_ctx *ctx, lt_tensor o, lt_tensor lse, lt_tensor q, lt_tensor k, lt_tensor v,
                      const lt_attn_spec *spec) {
   lt_cuda_state *st = cuda_state(ctx);
   const int d = (int)q.shape[3];
   const bool hopper = st->attn_wgmma;
   if (o.dtype != LT_BF16) return lt_cuda_unsupported("attn_fwd", "o must be bf16", o, q);
-  const int k_tile = d == 64 ? (hopper ? fwd_bn<64, true>() : fwd_bn<64, false>())
-                             : (hopper ? fwd_bn<128, true>() : fwd_bn<128, false>());
+  int variant;
+  LT_TRY(fwd_variant_of_env(&variant)); // a bad name is an error on every GPU
+  const bool ws = hopper && variant != FWD_BASE && !attn_spec_needs_sparse_kernel(spec);
+  const int k_tile = ws        ? FWD_WS_BN
+                     : d == 64 ? (hopper ? fwd_bn<64, true>() : fwd_bn<64, false>())
+                               : (hopper ? fwd_bn<128, true>() : fwd_bn<128, false>());
   attn_params p;
   LT_TRY(lt_cuda_attn_setup(ctx, &p, q, k, v, spec, BM, k_tile, "attn_fwd"));
   p.o = (bf16 *)o.data, p.lse = (float *)lse.data;
   if (p.tq == 0) return LT_OK;
   const int64_t b = q.shape[0];
   int rc;
-  if (d == 64)
+  if (ws)
+    rc = lt_cuda_attn_fwd_ws(st, p, b, d, variant == FWD_WS_PINGPONG);
+  else if (d == 64)
     rc = hopper ? launch_fwd<64, true>(st, p, b) : launch_fwd<64, false>(st, p, b);
   else
     rc = hopper ? launch_fwd<128, true>(st, p, b) : launch_fwd<128, false>(st, p, b);

@@ -53,6 +53,12 @@ static inline attn_mask attn_mask_of(const lt_attn_spec *spec) {
   return m;
 }
 
+// Whether the spec needs the kernels' SPARSE instantiation (attn_params.sparse_kernel): a sparse
+// pattern, head gates or a tile count.
+static inline bool attn_spec_needs_sparse_kernel(const lt_attn_spec *spec) {
+  return attn_mask_of(spec).sparse || spec->head_gates.data || spec->tiles_visited;
+}
+
 // (doc, pos) as one ordered number, and the first and last keys of a key's document.
 __host__ __device__ __forceinline__ int64_t attn_key(int32_t pos, int32_t doc) {
   return (int64_t)doc * ((int64_t)1 << 32) + pos;
