@@ -120,12 +120,14 @@ for what in "$@"; do
     ;;
   lightning-ncu)
     # The chunk kernels one launch at a time at T = 65536 (16 heads of 128): duration, throughput,
-    # occupancy; the state kernel's first launch is the forward's, its later ones the backward's.
-    stage lightning-ncu 300 ncu --clock-control none --kernel-name regex:chunk_ --launch-count 12 \
+    # occupancy. The first 16 launches are the forward's timing runs (state pass, chunk_rows_kernel
+    # for o), the next ones forward + backward (the backward: the state pass with 2 B blocks,
+    # chunk_rows_kernel for dq, chunk_kv_grad_kernel).
+    stage lightning-ncu 400 ncu --clock-control none --kernel-name regex:chunk_ --launch-count 40 \
       --section SpeedOfLight --section Occupancy --section LaunchStats \
       $build/bench/bench_lightning --seq 65536 --flash-max 0
     grep -E "chunk_|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Grid Size" \
-      "$out/lightning-ncu.log" | head -80
+      "$out/lightning-ncu.log" | tail -120
     ;;
   long-context)
     # Issue 7's end-to-end figures: the softmax, lightning and hybrid (7 : 1) models of the 135M
@@ -179,6 +181,10 @@ for what in "$@"; do
       "src/kernels/cuda/linear_chunk.cu|s/== state_doc ? pw\[r + 1\]/== state_doc ? pw[r]/|test_cuda_linear"
       "src/kernels/cuda/linear_chunk.cu|s/== last ? pw\[n - 1 - j\]/== last ? pw[n - j]/|test_cuda_linear"
       "src/kernels/cuda/linear_chunk.cu|s/== state_doc ? pw\[i + 1\]/== state_doc ? pw[i]/|test_cuda_linear"
+      "src/kernels/cuda/linear_chunk_mma.cu|s/docs\[0\] ? pw\[r + 1\]/docs[0] ? pw[r]/|test_cuda_linear"
+      "src/kernels/cuda/linear_chunk_mma.cu|s/docs\[n\] ? pw\[n - 1 - r\]/docs[n] ? pw[n - r]/|test_cuda_linear"
+      "src/kernels/cuda/linear_chunk_mma.cu|s/docs\[1 + col\] == row_doc/docs[1 + col] <= row_doc/|test_cuda_linear"
+      "src/kernels/cuda/linear_chunk_mma.cu|s/QUERY_ROWS ? 16 \* t <= r0/QUERY_ROWS ? 16 * t < r0/|test_cuda_linear"
       "src/kernels/cuda/linear_attention_io.cu|s/r \* (da - a \* mean)/r * da/|test_cuda_linear_training"
       "src/kernels/cuda/attention_mask.cuh|s/(d < 0 ? -d : d) < p.window/(d < 0 ? -d : d) <= p.window/|test_cuda_attention"
       "src/kernels/cuda/attention_mask.cuh|s/const int64_t reach = m.anywhere ? into_doc : (m.band > 0 ? m.band - 1 : 0);/const int64_t reach = m.anywhere ? into_doc : (m.band > 64 ? m.band - 64 : 0);/|test_cuda_attention"

@@ -4,8 +4,9 @@
 // or last one token, prefix states in and out of their document, sequences that are no multiple
 // of the 64-token chunk, sequences long enough to be cut into segments, the LASP-2 state and its
 // backward, and the elementwise ends (feature maps, the output normalisations and gates, the
-// split-row statistics). Every forward and backward case runs on both GPU paths: the chunk-
-// parallel kernels (linear_chunk.cu, LT_LINEAR_KERNELS=chunks where they take the widths) and the
+// split-row statistics). Every forward and backward case runs on every GPU path: the chunk-
+// parallel kernels (linear_chunk.cu, LT_LINEAR_KERNELS=chunks where they take the widths) with
+// their products on mma.sync (linear_chunk_mma.cu) and on WMMA (LT_LINEAR_CHUNK=wmma), and the
 // scan (linear_scan.cu, LT_LINEAR_KERNELS=scan).
 #include <math.h>
 #include <stdio.h>
@@ -180,29 +181,40 @@ static lin_result run_gpu(lin_case *c, lt_dtype grad_dtype) {
   return r;
 }
 
-// The GPU paths of every case: the chunk kernels (LT_LINEAR_KERNELS=chunks, so that a case they
-// do not take fails, where they take its widths; else the default choice), then the scan.
-static const char *chunk_kernels_for(int d, int e) {
-  return d == e && (d == 64 || d == 128) ? "chunks" : NULL;
+// The GPU paths of every case: where the chunk kernels take its widths, they (LT_LINEAR_KERNELS=
+// chunks, so that a case they do not take fails) with their products on mma.sync (linear_chunk_
+// mma.cu), then on WMMA (LT_LINEAR_CHUNK=wmma); else the default choice; then the scan.
+typedef struct gpu_path {
+  const char *kernels, *products; // LT_LINEAR_KERNELS, LT_LINEAR_CHUNK (NULL: unset)
+} gpu_path;
+
+static int gpu_paths_for(int d, int e, gpu_path paths[3]) {
+  const gpu_path scan = {"scan", NULL};
+  if (d != e || (d != 64 && d != 128)) {
+    paths[0] = (gpu_path){NULL, NULL}, paths[1] = scan;
+    return 2;
+  }
+  paths[0] = (gpu_path){"chunks", NULL}, paths[1] = (gpu_path){"chunks", "wmma"}, paths[2] = scan;
+  return 3;
 }
 
-// Sets LT_LINEAR_KERNELS to `choice` (NULL: unset) and returns the setting it replaced, for
-// restore_kernels.
-static char *choose_kernels(const char *choice) {
-  const char *old = getenv("LT_LINEAR_KERNELS");
+// Sets the environment variable `name` to `value` (NULL: unset) and returns the setting it
+// replaced, for restore_env.
+static char *set_env(const char *name, const char *value) {
+  const char *old = getenv(name);
   char *saved = old ? strdup(old) : NULL;
-  if (choice)
-    setenv("LT_LINEAR_KERNELS", choice, 1);
+  if (value)
+    setenv(name, value, 1);
   else
-    unsetenv("LT_LINEAR_KERNELS");
+    unsetenv(name);
   return saved;
 }
 
-static void restore_kernels(char *saved) {
+static void restore_env(const char *name, char *saved) {
   if (saved)
-    setenv("LT_LINEAR_KERNELS", saved, 1);
+    setenv(name, saved, 1);
   else
-    unsetenv("LT_LINEAR_KERNELS");
+    unsetenv(name);
   free(saved);
 }
 
@@ -215,12 +227,16 @@ static void expect_matches_cpu_with(const char *what, int64_t B, int64_t T, int 
   lin_case c;
   make_case(&c, B, T, hq, hkv, d, e, opt);
   lin_result want = run_cpu(&c);
-  const char *paths[2] = {chunk_kernels_for(d, e), "scan"};
-  for (int p = 0; p < 2; p++) {
-    printf("  kernels: %s\n", paths[p] ? paths[p] : "default");
-    char *saved = choose_kernels(paths[p]);
+  gpu_path paths[3];
+  const int n_paths = gpu_paths_for(d, e, paths);
+  for (int p = 0; p < n_paths; p++) {
+    printf("  kernels: %s%s%s\n", paths[p].kernels ? paths[p].kernels : "default",
+           paths[p].products ? ", products: " : "", paths[p].products ? paths[p].products : "");
+    char *saved_kernels = set_env("LT_LINEAR_KERNELS", paths[p].kernels);
+    char *saved_products = set_env("LT_LINEAR_CHUNK", paths[p].products);
     lin_result got = run_gpu(&c, grad_dtype);
-    restore_kernels(saved);
+    restore_env("LT_LINEAR_CHUNK", saved_products);
+    restore_env("LT_LINEAR_KERNELS", saved_kernels);
     lt_gpu_expect_close("o (bf16)", got.o, want.o, numel_o(&c), 1e-2);
     lt_gpu_expect_close("dq", got.dq, want.dq, numel_q(&c), 1e-2);
     lt_gpu_expect_close("dk", got.dk, want.dk, numel_k(&c), 1e-2);
@@ -337,10 +353,12 @@ static void test_f32_gradients_match_cpu(void **state) {
                           (lin_options){.decay = true, .max_doc_len = 60}, LT_F32);
 }
 
-// The backward adds: a second call on the same gradients doubles them, on either path.
-static void expect_backward_adds(const char *kernels) {
-  printf("kernels: %s\n", kernels);
-  char *saved = choose_kernels(kernels);
+// The backward adds: a second call on the same gradients doubles them, on every path.
+static void expect_backward_adds(gpu_path path) {
+  printf("kernels: %s%s%s\n", path.kernels, path.products ? ", products: " : "",
+         path.products ? path.products : "");
+  char *saved_kernels = set_env("LT_LINEAR_KERNELS", path.kernels);
+  char *saved_products = set_env("LT_LINEAR_CHUNK", path.products);
   lin_case c;
   make_case(&c, 1, 200, 2, 2, 64, 64, (lin_options){.decay = true});
   lt_linear_attn_spec s = gpu_spec(&c);
@@ -358,7 +376,8 @@ static void expect_backward_adds(const char *kernels) {
   for (int i = 0; i < 3; i++) once[i] = lt_gpu_fetch(grads[i]);
   assert_ok(lt_linear_attn_bwd(&lt_test_gpu, grads[0], grads[1], grads[2], none, dout, q, k, v,
                                none, &s));
-  restore_kernels(saved);
+  restore_env("LT_LINEAR_CHUNK", saved_products);
+  restore_env("LT_LINEAR_KERNELS", saved_kernels);
   const char *names[3] = {"2 x dq", "2 x dk", "2 x dv"};
   for (int i = 0; i < 3; i++) {
     float *twice = lt_gpu_fetch(grads[i]);
@@ -373,8 +392,9 @@ static void expect_backward_adds(const char *kernels) {
 
 static void test_backward_adds_into_the_gradients(void **state) {
   SKIP_WITHOUT_GPU();
-  expect_backward_adds("chunks");
-  expect_backward_adds("scan");
+  gpu_path paths[3];
+  const int n_paths = gpu_paths_for(64, 64, paths);
+  for (int p = 0; p < n_paths; p++) expect_backward_adds(paths[p]);
 }
 
 // LASP-2's state backward: dk, dv += the state's gradients, against the CPU, with documents,

@@ -20,73 +20,39 @@
 //   dk = dA^T Q + [doc_j = the last token's] lambda^(n_c-1-j') v_j G_c^T,
 //   dv = A^T dO + [same] lambda^(n_c-1-j') k_j G_c.
 //
-// Kernels: chunk_state_kernel walks the chunks of one (batch row, query head, 64 x 64 tile of the
+// Kernels: chunk_state_kernel walks the chunks of one (batch row, query head, 32 x 32 tile of the
 // state), the state in WMMA accumulators, writing each H_c (or, reversed, each G_c) as bf16 into
 // the workspace (B, Hq, chunks, D, D); the backward runs the H and G walks in one launch.
-// chunk_output_kernel (one block per chunk and query head) and chunk_grad_kernel (one block per
-// chunk and key/value head, over the group's query heads, so dk and dv add up on chip without
-// atomics) do the rest on bf16 tensor cores (WMMA) with f32 accumulation. Powers lambda^m,
-// 0 <= m <= 64, come from a table: no cumulative sums of log-decays.
+// The products run on mma.sync in linear_chunk_mma.cu (o and dq one block per chunk and query
+// head, dk and dv one per chunk and key/value head); with LT_LINEAR_CHUNK=wmma, to time them
+// side by side, on the WMMA kernels here: chunk_output_kernel (one block per chunk and query
+// head) and chunk_grad_kernel (one block per chunk and key/value head, over the group's query
+// heads, so dk and dv add up on chip without atomics), bf16 tensor cores with f32 accumulation.
+// Powers lambda^m, 0 <= m <= 64, come from a table: no cumulative sums of log-decays.
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels/cuda/attention_common.cuh" // cp_async16, cp_async4, load_tile
 #include "kernels/cuda/linear_chunk.cuh"
+#include "kernels/cuda/linear_chunk_common.cuh"
 #include "kernels/cuda/linear_wmma.cuh"
 
 using namespace nvcuda;
 
 enum {
-  CHUNK = 64,      // tokens per chunk
-  STATE_TILE = 16, // rows and columns of the state per sequential block
-  STATE_WARPS = STATE_TILE / 16, // a warp per 16 rows
+  // Rows and columns of the state per sequential block, a warp per 16 rows. Measured on the H100
+  // (b 1, h 16, d 128, T 64K): 64 x 64 tiles on 4 warps 1.73 ms per pass, 32 x 32 on 2 warps
+  // 1.37 ms, 16 x 16 on one warp slower again (fwd+bwd 7.3 -> 9.8 ms).
+  STATE_TILE = 32,
+  STATE_WARPS = STATE_TILE / 16,
   STATE_THREADS = STATE_WARPS * 32,
-  STAGES = 4, // chunks in flight in the sequential pass: one used, three loading
+  STAGES = 4, // chunks in flight in the sequential pass: one used, three loading (eight measured
+              // no faster than three with 64 x 64 tiles: the pass is not waiting on its loads)
   WARPS = 8,
   THREADS = WARPS * 32,
   LDA = CHUNK + 8, // bf16 rows of the 64 x 64 score tiles (16 bytes of padding against conflicts)
   LDS = CHUNK + 4, // f32 rows of the score tiles
 };
-
-// What every kernel reads. Activations are (B, T, heads, D) bf16, the states (B, Hq, chunks, D,
-// D) bf16, the prefix and its gradient (B, Hq, D, D) f32.
-typedef struct chunk_args {
-  const bf16 *q, *k, *v, *dout;
-  const float *log_decay;    // (Hq) or NULL: lambda = 1
-  const int32_t *doc;        // (B, T) or NULL
-  const int32_t *prefix_doc; // (B) or NULL: the prefix belongs to token 0's document
-  const float *prefix;       // or NULL: H_0 = 0
-  float *dprefix;            // or NULL
-  bf16 *h_states, *g_states;
-  int64_t b, t, chunks;
-  int hq, hkv;
-} chunk_args;
-
-template <int D> struct tile_ld {
-  static constexpr int LD = D + 8; // bf16 rows of a (rows, D) tile: load_tile's padding
-};
-
-__device__ __forceinline__ int32_t start_doc(const chunk_args &a, int64_t b) {
-  return !a.doc ? 0 : a.prefix_doc ? a.prefix_doc[b] : a.doc[b * a.t];
-}
-
-// lambda^m for 0 <= m <= CHUNK.
-__device__ __forceinline__ void decay_powers(float *pw, const chunk_args &a, int h) {
-  const float log_decay = a.log_decay ? a.log_decay[h] : 0.0f;
-  for (int m = threadIdx.x; m <= CHUNK; m += blockDim.x) pw[m] = expf(log_decay * (float)m);
-}
-
-// docs[0] = the document of H_c, docs[1 + i] = token cC + i's (i < n; 0 past it); all 0 without
-// documents.
-__device__ __forceinline__ void load_docs(int32_t *docs, const chunk_args &a, int64_t b, int64_t t0,
-                                          int n) {
-  for (int i = threadIdx.x; i <= CHUNK; i += blockDim.x) {
-    int32_t d = 0;
-    if (a.doc && i == 0) d = t0 > 0 ? a.doc[b * a.t + t0 - 1] : start_doc(a, b);
-    if (a.doc && i > 0 && i <= n) d = a.doc[b * a.t + t0 + i - 1];
-    docs[i] = d;
-  }
-}
 
 // Multiplies the rows of a (CHUNK, cols) bf16 tile (row stride ld) by weight(row), 8 values at a
 // time; `dst` may be `src`.
@@ -512,12 +478,6 @@ static bool reserve_states(lt_cuda_state *st, chunk_args *a, int d, int sets) {
   return true;
 }
 
-template <typename K> static int allow_smem(K kernel, size_t smem, const char *what) {
-  CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
-           "%s: %zu bytes of shared memory", what, smem);
-  return LT_OK;
-}
-
 template <int D> static int state_pass(lt_cuda_state *st, const chunk_args &a, int passes) {
   const size_t smem = state_smem<D>::BYTES;
   LT_TRY(allow_smem(chunk_state_kernel<D>, smem, "linear attention states"));
@@ -526,8 +486,17 @@ template <int D> static int state_pass(lt_cuda_state *st, const chunk_args &a, i
   return LT_OK;
 }
 
+// LT_LINEAR_CHUNK=wmma runs the products on the WMMA kernels above (the output kernel and the
+// fused gradient kernel), to time them beside the mma.sync ones (linear_chunk_mma.cu) that run
+// otherwise.
+static bool wmma_products() {
+  const char *choice = getenv("LT_LINEAR_CHUNK");
+  return choice && strcmp(choice, "wmma") == 0;
+}
+
 template <int D> static int forward(lt_cuda_state *st, const chunk_args &a, bf16 *o) {
   LT_TRY(state_pass<D>(st, a, 1));
+  if (!wmma_products()) return lt_cuda_chunk_output_mma(st, a, D, o);
   const size_t smem = output_smem<D>::BYTES;
   LT_TRY(allow_smem(chunk_output_kernel<D>, smem, "linear attention output"));
   chunk_output_kernel<D>
@@ -539,6 +508,7 @@ template <int D> static int forward(lt_cuda_state *st, const chunk_args &a, bf16
 template <int D, typename TG>
 static int backward(lt_cuda_state *st, const chunk_args &a, TG *dq, TG *dk, TG *dv) {
   LT_TRY(state_pass<D>(st, a, 2));
+  if (!wmma_products()) return lt_cuda_chunk_grads_mma(st, a, D, dq, dk, dv);
   const size_t smem = grad_smem<D>::BYTES;
   LT_TRY(allow_smem(chunk_grad_kernel<D, TG>, smem, "linear attention gradients"));
   chunk_grad_kernel<D, TG>

@@ -5,7 +5,9 @@
 // alike) and 16-byte aligned rows; anything else, or LT_LINEAR_KERNELS=scan in the environment,
 // leaves the call to the scan (linear_scan.cuh), as does a GPU without room for the states
 // (B Hq ceil(T / 64) D^2 bf16 forward, twice that backward: the kernels' workspace grows to it).
-// LT_LINEAR_KERNELS=chunks turns a call they do not take into an error.
+// LT_LINEAR_KERNELS=chunks turns a call they do not take into an error. The chunks' products run
+// on mma.sync (linear_chunk_mma.cu), or with LT_LINEAR_CHUNK=wmma on the WMMA kernels they
+// replaced, kept to time beside them.
 #ifndef LT_LINEAR_CHUNK_CUH
 #define LT_LINEAR_CHUNK_CUH
 

@@ -1,0 +1,67 @@
+// What the chunk-parallel linear attention kernels share (linear_chunk.cu: the sequential state
+// pass, the WMMA output and fused gradient kernels, the host side; linear_chunk_mma.cu: the
+// mma.sync output and gradient kernels): the arguments every kernel reads, the chunk's decay
+// powers and document ids, and the launchers of linear_chunk_mma.cu. The math is in
+// linear_chunk.cu's header comment.
+#ifndef LT_LINEAR_CHUNK_COMMON_CUH
+#define LT_LINEAR_CHUNK_COMMON_CUH
+
+#include "kernels/cuda/cuda_common.cuh"
+
+enum { CHUNK = 64 }; // tokens per chunk
+
+// What every kernel reads. Activations are (B, T, heads, D) bf16, the states (B, Hq, chunks, D,
+// D) bf16, the prefix and its gradient (B, Hq, D, D) f32.
+typedef struct chunk_args {
+  const bf16 *q, *k, *v, *dout;
+  const float *log_decay;    // (Hq) or NULL: lambda = 1
+  const int32_t *doc;        // (B, T) or NULL
+  const int32_t *prefix_doc; // (B) or NULL: the prefix belongs to token 0's document
+  const float *prefix;       // or NULL: H_0 = 0
+  float *dprefix;            // or NULL
+  bf16 *h_states, *g_states;
+  int64_t b, t, chunks;
+  int hq, hkv;
+} chunk_args;
+
+template <int D> struct tile_ld {
+  static constexpr int LD = D + 8; // bf16 rows of a (rows, D) tile: load_tile's padding
+};
+
+__device__ __forceinline__ int32_t start_doc(const chunk_args &a, int64_t b) {
+  return !a.doc ? 0 : a.prefix_doc ? a.prefix_doc[b] : a.doc[b * a.t];
+}
+
+// lambda^m for 0 <= m <= CHUNK.
+__device__ __forceinline__ void decay_powers(float *pw, const chunk_args &a, int h) {
+  const float log_decay = a.log_decay ? a.log_decay[h] : 0.0f;
+  for (int m = threadIdx.x; m <= CHUNK; m += blockDim.x) pw[m] = expf(log_decay * (float)m);
+}
+
+// docs[0] = the document of H_c, docs[1 + i] = token cC + i's (i < n; 0 past it); all 0 without
+// documents.
+__device__ __forceinline__ void load_docs(int32_t *docs, const chunk_args &a, int64_t b, int64_t t0,
+                                          int n) {
+  for (int i = threadIdx.x; i <= CHUNK; i += blockDim.x) {
+    int32_t d = 0;
+    if (a.doc && i == 0) d = t0 > 0 ? a.doc[b * a.t + t0 - 1] : start_doc(a, b);
+    if (a.doc && i > 0 && i <= n) d = a.doc[b * a.t + t0 + i - 1];
+    docs[i] = d;
+  }
+}
+
+template <typename K> static int allow_smem(K kernel, size_t smem, const char *what) {
+  CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+           "%s: %zu bytes of shared memory", what, smem);
+  return LT_OK;
+}
+
+// linear_chunk_mma.cu: o = A V + Lambda Q H_c for every chunk and query head (d: 64 or 128), from
+// the states in a.h_states; and dq, dk, dv (added into) from a.h_states and a.g_states.
+int lt_cuda_chunk_output_mma(lt_cuda_state *st, const chunk_args &a, int d, bf16 *o);
+int lt_cuda_chunk_grads_mma(lt_cuda_state *st, const chunk_args &a, int d, float *dq, float *dk,
+                            float *dv);
+int lt_cuda_chunk_grads_mma(lt_cuda_state *st, const chunk_args &a, int d, bf16 *dq, bf16 *dk,
+                            bf16 *dv);
+
+#endif
