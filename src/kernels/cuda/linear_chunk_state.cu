@@ -6,9 +6,9 @@
 // however few blocks run beside it.
 //
 // Where the (B, Hq, tiles) blocks are too few to fill the GPU, the chunks are cut into segments
-// (LASP-2's decomposition, Sun et al. 2025, inside one GPU; linear_scan.cu
-// does the same for the scan). The recurrence H_{c+1} = a_c H_c + U_c is linear, so a segment s
-// of chunks [cb, ce) maps its starting state to
+// (LASP-2's decomposition, Sun et al. 2025, inside one GPU; linear_scan.cu does the same for the
+// scan). The recurrence H_{c+1} = a_c H_c + U_c is linear, so a segment s of chunks [cb, ce) maps
+// its starting state to
 //   H_ce = A_s H_cb + M_s,          A_s = prod_{c in s} a_c,  M_s = the walk of s from zero,
 // and the G recurrence, backwards with the same carries (b_c = a_c), to
 //   G_{cb-1} = A_s G_{ce-1} + N_s,  N_s = the reversed walk of s from zero.
