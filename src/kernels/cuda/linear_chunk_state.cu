@@ -220,8 +220,15 @@ __global__ void __launch_bounds__(COMBINE_THREADS)
 
 // ---- the host side ------------------------------------------------------------------------------
 
+// The shared memory the pass needs, and all of the SM's L1 as shared memory, so that as many
+// blocks fit an SM as resident_per_sm counts (the walk streams each tile once into shared memory).
 template <int D> static int allow_state_smem() {
-  return allow_smem(chunk_state_kernel<D>, state_smem<D>::BYTES, "linear attention states");
+  LT_TRY(allow_smem(chunk_state_kernel<D>, state_smem<D>::BYTES, "linear attention states"));
+  CUDA_TRY(cudaFuncSetAttribute(chunk_state_kernel<D>,
+                                cudaFuncAttributePreferredSharedMemoryCarveout,
+                                cudaSharedmemCarveoutMaxShared),
+           "linear attention states: shared memory carveout");
+  return LT_OK;
 }
 
 // How many state blocks one SM holds at once (shared memory bounds it: 4 on an H100).
