@@ -107,6 +107,17 @@ for what in "$@"; do
     done
     grep -hE "PASSED|FAILED|ERROR|error:|rel. L2|kernels:|loss" "$out"/test_cuda_linear*.log
     ;;
+  lightning-segments)
+    # The state pass in segments (linear_chunk_state.cu) where few heads leave SMs idle: the
+    # lightning 135M layer's shape (12 heads of 64, one row) as the op chooses, then in one walk
+    # (LT_LINEAR_SEGMENTS=1).
+    for segs in auto 1; do
+      stage "lightning-segments-$segs" 300 env LT_LINEAR_SEGMENTS=${segs/auto/0} \
+        $build/bench/bench_lightning --heads 12 --head-dim 64 --seq 4096 32768 131072 262144 \
+        --flash-max 0
+      tail -9 "$out/lightning-segments-$segs.log"
+    done
+    ;;
   lightning-ncu)
     # The chunk kernels one launch at a time at T = 65536 (16 heads of 128): duration, throughput,
     # occupancy. The first 16 launches are the forward's timing runs (state pass, chunk_rows_kernel
