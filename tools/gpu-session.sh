@@ -114,9 +114,20 @@ for what in "$@"; do
   linear-test)
     # Linear and lightning attention alone, both kernel paths: the quick loop on those kernels.
     for t in test_cuda_linear test_cuda_linear_training; do
-      stage "$t" 200 env LT_CUDA_SYNC=1 $build/tests/gpu/$t
+      stage "$t" 300 env LT_CUDA_SYNC=1 $build/tests/gpu/$t
     done
     grep -hE "PASSED|FAILED|ERROR|error:|rel. L2|kernels:|loss" "$out"/test_cuda_linear*.log
+    ;;
+  lightning-segments)
+    # The state pass in segments (linear_chunk_state.cu) where few heads leave SMs idle: the
+    # lightning 135M layer's shape (12 heads of 64, one row) as the op chooses, then in one walk
+    # (LT_LINEAR_SEGMENTS=1).
+    for segs in auto 1; do
+      stage "lightning-segments-$segs" 300 env LT_LINEAR_SEGMENTS=${segs/auto/0} \
+        $build/bench/bench_lightning --heads 12 --head-dim 64 --seq 4096 32768 131072 262144 \
+        --flash-max 0
+      tail -9 "$out/lightning-segments-$segs.log"
+    done
     ;;
   lightning-ncu)
     # The chunk kernels one launch at a time at T = 65536 (16 heads of 128): duration, throughput,
@@ -177,8 +188,11 @@ for what in "$@"; do
       "src/kernels/cuda/grouped_matmul.cu|s/(size_t)(rows\[g\] \* k) \* ab/(size_t)(rows[g] * n) * ab/|test_cuda_moe"
       "src/kernels/cuda/linear_scan.cu|s/pw\[r + p.offset\] : 0.0f;/pw[r] : 0.0f;/|test_cuda_linear"
       "src/kernels/cuda/linear_scan.cu|s/last_doc == state_doc ? pw\[n\] : 0.0f;/pw[n];/|test_cuda_linear"
-      "src/kernels/cuda/linear_chunk.cu|s/last_doc == state_doc ? pw\[n\] : 0.0f;/pw[n];/|test_cuda_linear"
-      "src/kernels/cuda/linear_chunk.cu|s/== state_doc ? pw\[r + 1\]/== state_doc ? pw[r]/|test_cuda_linear"
+      "src/kernels/cuda/linear_chunk_state.cu|s/last_doc == state_doc ? pw\[n\] : 0.0f;/pw[n];/|test_cuda_linear"
+      "src/kernels/cuda/linear_chunk_state.cu|s/== state_doc ? pw\[r + 1\]/== state_doc ? pw[r]/|test_cuda_linear"
+      "src/kernels/cuda/linear_chunk_state.cu|s/carried \*= carry;/carried *= pw[n];/|test_cuda_linear"
+      "src/kernels/cuda/linear_chunk_state.cu|s/carry\[s\] \* running + own;/running + own + 0.0f * carry[s];/|test_cuda_linear"
+      "src/kernels/cuda/linear_chunk_state.cu|s/grad ? w.segs - 1 - k : k;/k;/|test_cuda_linear"
       "src/kernels/cuda/linear_chunk.cu|s/== last ? pw\[n - 1 - j\]/== last ? pw[n - j]/|test_cuda_linear"
       "src/kernels/cuda/linear_chunk.cu|s/== state_doc ? pw\[i + 1\]/== state_doc ? pw[i]/|test_cuda_linear"
       "src/kernels/cuda/linear_chunk_mma.cu|s/docs\[0\] ? pw\[r + 1\]/docs[0] ? pw[r]/|test_cuda_linear"

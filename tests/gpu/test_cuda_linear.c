@@ -6,8 +6,9 @@
 // backward, and the elementwise ends (feature maps, the output normalisations and gates, the
 // split-row statistics). Every forward and backward case runs on every GPU path: the chunk-
 // parallel kernels (linear_chunk.cu, LT_LINEAR_KERNELS=chunks where they take the widths) with
-// their products on mma.sync (linear_chunk_mma.cu) and on WMMA (LT_LINEAR_CHUNK=wmma), and the
-// scan (linear_scan.cu, LT_LINEAR_KERNELS=scan).
+// their products on mma.sync (linear_chunk_mma.cu), their state pass (linear_chunk_state.cu) in
+// the segments it chooses and in those the case asks for (LT_LINEAR_SEGMENTS), and on WMMA
+// (LT_LINEAR_CHUNK=wmma), and the scan (linear_scan.cu, LT_LINEAR_KERNELS=scan).
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +35,7 @@ typedef struct lin_options {
   bool prefix;
   int64_t block;   // the CPU's block (the GPU's chunk is its own)
   bool slow_decay; // decays close to 1 (a deep lightning layer's), instead of strong ones
+  int segments;    // the segments the chunk kernels' segmented path asks for; 0: 3
 } lin_options;
 
 static int64_t doc_length(lt_rng *rng, lin_options opt, int64_t t) {
@@ -181,23 +183,6 @@ static lin_result run_gpu(lin_case *c, lt_dtype grad_dtype) {
   return r;
 }
 
-// The GPU paths of every case: where the chunk kernels take its widths, they (LT_LINEAR_KERNELS=
-// chunks, so that a case they do not take fails) with their products on mma.sync (linear_chunk_
-// mma.cu), then on WMMA (LT_LINEAR_CHUNK=wmma); else the default choice; then the scan.
-typedef struct gpu_path {
-  const char *kernels, *products; // LT_LINEAR_KERNELS, LT_LINEAR_CHUNK (NULL: unset)
-} gpu_path;
-
-static int gpu_paths_for(int d, int e, gpu_path paths[3]) {
-  const gpu_path scan = {"scan", NULL};
-  if (d != e || (d != 64 && d != 128)) {
-    paths[0] = (gpu_path){NULL, NULL}, paths[1] = scan;
-    return 2;
-  }
-  paths[0] = (gpu_path){"chunks", NULL}, paths[1] = (gpu_path){"chunks", "wmma"}, paths[2] = scan;
-  return 3;
-}
-
 // Sets the environment variable `name` to `value` (NULL: unset) and returns the setting it
 // replaced, for restore_env.
 static char *set_env(const char *name, const char *value) {
@@ -218,6 +203,44 @@ static void restore_env(const char *name, char *saved) {
   free(saved);
 }
 
+// The GPU paths of every case: where the chunk kernels take its widths, they (LT_LINEAR_KERNELS=
+// chunks, so that a case they do not take fails) with their products on mma.sync (linear_chunk_
+// mma.cu) and the state pass in the segments it chooses, again with the state pass in the
+// segments the case asks for (LT_LINEAR_SEGMENTS), then with the products on WMMA
+// (LT_LINEAR_CHUNK=wmma); else the default choice; then the scan.
+typedef struct gpu_path {
+  const char *kernels, *products, *segments; // LT_LINEAR_KERNELS, _CHUNK, _SEGMENTS (NULL: unset)
+} gpu_path;
+
+enum { MAX_PATHS = 4 };
+static const char *const PATH_ENV[3] = {"LT_LINEAR_KERNELS", "LT_LINEAR_CHUNK",
+                                        "LT_LINEAR_SEGMENTS"};
+
+static int gpu_paths_for(int d, int e, const char *segments, gpu_path paths[MAX_PATHS]) {
+  const gpu_path scan = {"scan", NULL, NULL};
+  if (d != e || (d != 64 && d != 128)) {
+    paths[0] = (gpu_path){NULL, NULL, NULL}, paths[1] = scan;
+    return 2;
+  }
+  paths[0] = (gpu_path){"chunks", NULL, NULL};
+  paths[1] = (gpu_path){"chunks", NULL, segments};
+  paths[2] = (gpu_path){"chunks", "wmma", NULL}, paths[3] = scan;
+  return 4;
+}
+
+// Prints the path and sets its environment, keeping the settings it replaced in saved.
+static void enter_path(gpu_path path, char *saved[3]) {
+  printf("  kernels: %s%s%s%s%s\n", path.kernels ? path.kernels : "default",
+         path.products ? ", products: " : "", path.products ? path.products : "",
+         path.segments ? ", segments: " : "", path.segments ? path.segments : "");
+  const char *values[3] = {path.kernels, path.products, path.segments};
+  for (int i = 0; i < 3; i++) saved[i] = set_env(PATH_ENV[i], values[i]);
+}
+
+static void leave_path(char *saved[3]) {
+  for (int i = 0; i < 3; i++) restore_env(PATH_ENV[i], saved[i]);
+}
+
 // The tolerance of f32 results whose terms went through bf16 MMA inputs (the decayed rows).
 static const double STATE_TOL = 5e-3;
 
@@ -227,16 +250,15 @@ static void expect_matches_cpu_with(const char *what, int64_t B, int64_t T, int 
   lin_case c;
   make_case(&c, B, T, hq, hkv, d, e, opt);
   lin_result want = run_cpu(&c);
-  gpu_path paths[3];
-  const int n_paths = gpu_paths_for(d, e, paths);
+  char segments[16];
+  snprintf(segments, sizeof segments, "%d", opt.segments ? opt.segments : 3);
+  gpu_path paths[MAX_PATHS];
+  const int n_paths = gpu_paths_for(d, e, segments, paths);
   for (int p = 0; p < n_paths; p++) {
-    printf("  kernels: %s%s%s\n", paths[p].kernels ? paths[p].kernels : "default",
-           paths[p].products ? ", products: " : "", paths[p].products ? paths[p].products : "");
-    char *saved_kernels = set_env("LT_LINEAR_KERNELS", paths[p].kernels);
-    char *saved_products = set_env("LT_LINEAR_CHUNK", paths[p].products);
+    char *saved[3];
+    enter_path(paths[p], saved);
     lin_result got = run_gpu(&c, grad_dtype);
-    restore_env("LT_LINEAR_CHUNK", saved_products);
-    restore_env("LT_LINEAR_KERNELS", saved_kernels);
+    leave_path(saved);
     lt_gpu_expect_close("o (bf16)", got.o, want.o, numel_o(&c), 1e-2);
     lt_gpu_expect_close("dq", got.dq, want.dq, numel_q(&c), 1e-2);
     lt_gpu_expect_close("dk", got.dk, want.dk, numel_k(&c), 1e-2);
@@ -256,7 +278,7 @@ static void expect_matches_cpu(const char *what, int64_t B, int64_t T, int hq, i
 
 static void test_lightning_attention_matches_cpu_for_head_dims_64_and_128(void **state) {
   SKIP_WITHOUT_GPU();
-  // 300 tokens: 4 chunks of 64 and 44 more, too few to be cut into segments.
+  // 300 tokens: 4 chunks of 64 and 44 more, too few for segments but where a path asks for them.
   expect_matches_cpu("decay, d = 64", 2, 300, 4, 4, 64, 64, (lin_options){.decay = true});
   expect_matches_cpu("decay, d = 128", 2, 300, 4, 4, 128, 128, (lin_options){.decay = true});
 }
@@ -305,12 +327,47 @@ static void test_prefix_state_matches_cpu_in_and_out_of_its_document(void **stat
 
 static void test_long_sequences_cut_into_segments_match_cpu(void **state) {
   SKIP_WITHOUT_GPU();
-  // 47 chunks on 1 x 2 heads x 2 column tiles: the scan runs in segments (linear_scan.cu).
+  // 47 chunks on 1 x 2 heads x 2 column tiles: the scan runs in segments (linear_scan.cu), and so
+  // does the chunk kernels' state pass (linear_chunk_state.cu).
   expect_matches_cpu("3000 tokens, d = 128", 1, 3000, 2, 2, 128, 128,
                      (lin_options){.decay = true, .prefix = true});
   expect_matches_cpu("3000 tokens, documents, prefix, groups", 1, 3000, 4, 2, 64, 64,
                      (lin_options){.decay = true, .max_doc_len = 700, .prefix = true});
   expect_matches_cpu("2500 tokens, no decay, e = 65", 1, 2500, 2, 2, 64, 65, (lin_options){0});
+}
+
+// The chunk kernels' state pass in segments (linear_chunk_state.cu), asked for 7 where 7 divides
+// no chunk count, beside the segments it chooses itself: decays slow enough that the states carry
+// across segments, documents that cross segment edges and end on them, prefixes in (even rows)
+// and out of (odd rows) their document, grouped heads, and few heads, as a small model has.
+static void test_state_pass_in_segments_matches_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  const lin_options slow = {.decay = true, .slow_decay = true, .prefix = true, .segments = 7};
+  lin_options opt = slow;
+  opt.max_doc_len = 700;
+  expect_matches_cpu("3000 tokens (47 chunks, 7 segments of 7), documents of 1 to 700, prefix", 2,
+                     3000, 2, 2, 64, 64, opt);
+  opt = slow;
+  opt.doc_len = 448;
+  expect_matches_cpu("3000 tokens, d = 128, 2 heads on 1, documents of 448 tokens: one per segment",
+                     2, 3000, 2, 1, 128, 128, opt);
+  opt = slow;
+  opt.decay = false;
+  expect_matches_cpu("3000 tokens, one head, no decay, no documents, prefix", 1, 3000, 1, 1, 64, 64,
+                     opt);
+  opt = slow;
+  opt.max_doc_len = 5000;
+  expect_matches_cpu("20000 tokens (313 chunks, 7 segments of 45), documents of 1 to 5000, 2 heads "
+                     "on 1, prefix",
+                     2, 20000, 2, 1, 64, 64, opt);
+  opt = slow;
+  opt.max_doc_len = 3000, opt.prefix = false;
+  expect_matches_cpu("20000 tokens, d = 128, one head, documents of 1 to 3000", 1, 20000, 1, 1, 128,
+                     128, opt);
+  opt = slow;
+  opt.max_doc_len = 90;
+  expect_matches_cpu("300 tokens: 7 segments asked of 5 chunks, one chunk each", 2, 300, 4, 2, 64,
+                     64, opt);
 }
 
 // Sequences that end inside a chunk (1, 63, 65 and 200 tokens): the chunk kernels' last chunk is
@@ -355,10 +412,8 @@ static void test_f32_gradients_match_cpu(void **state) {
 
 // The backward adds: a second call on the same gradients doubles them, on every path.
 static void expect_backward_adds(gpu_path path) {
-  printf("kernels: %s%s%s\n", path.kernels, path.products ? ", products: " : "",
-         path.products ? path.products : "");
-  char *saved_kernels = set_env("LT_LINEAR_KERNELS", path.kernels);
-  char *saved_products = set_env("LT_LINEAR_CHUNK", path.products);
+  char *saved[3];
+  enter_path(path, saved);
   lin_case c;
   make_case(&c, 1, 200, 2, 2, 64, 64, (lin_options){.decay = true});
   lt_linear_attn_spec s = gpu_spec(&c);
@@ -376,8 +431,7 @@ static void expect_backward_adds(gpu_path path) {
   for (int i = 0; i < 3; i++) once[i] = lt_gpu_fetch(grads[i]);
   assert_ok(lt_linear_attn_bwd(&lt_test_gpu, grads[0], grads[1], grads[2], none, dout, q, k, v,
                                none, &s));
-  restore_env("LT_LINEAR_CHUNK", saved_products);
-  restore_env("LT_LINEAR_KERNELS", saved_kernels);
+  leave_path(saved);
   const char *names[3] = {"2 x dq", "2 x dk", "2 x dv"};
   for (int i = 0; i < 3; i++) {
     float *twice = lt_gpu_fetch(grads[i]);
@@ -392,8 +446,8 @@ static void expect_backward_adds(gpu_path path) {
 
 static void test_backward_adds_into_the_gradients(void **state) {
   SKIP_WITHOUT_GPU();
-  gpu_path paths[3];
-  const int n_paths = gpu_paths_for(64, 64, paths);
+  gpu_path paths[MAX_PATHS];
+  const int n_paths = gpu_paths_for(64, 64, "3", paths);
   for (int p = 0; p < n_paths; p++) expect_backward_adds(paths[p]);
 }
 
@@ -584,6 +638,7 @@ int main(void) {
       cmocka_unit_test(test_slow_decays_with_documents_and_grouped_heads_match_cpu),
       cmocka_unit_test(test_prefix_state_matches_cpu_in_and_out_of_its_document),
       cmocka_unit_test(test_long_sequences_cut_into_segments_match_cpu),
+      cmocka_unit_test(test_state_pass_in_segments_matches_cpu),
       cmocka_unit_test(test_partial_last_chunks_match_cpu),
       cmocka_unit_test(test_documents_at_chunk_edges_and_of_one_token_match_cpu),
       cmocka_unit_test(test_benchmark_shape_matches_cpu),

@@ -20,19 +20,19 @@
 //   dk = dA^T Q + [doc_j = the last token's] lambda^(n_c-1-j') v_j G_c^T,
 //   dv = A^T dO + [same] lambda^(n_c-1-j') k_j G_c.
 //
-// Kernels: chunk_state_kernel walks the chunks of one (batch row, query head, 32 x 32 tile of the
-// state), the state in WMMA accumulators, writing each H_c (or, reversed, each G_c) as bf16 into
-// the workspace (B, Hq, chunks, D, D); the backward runs the H and G walks in one launch.
-// The products run on mma.sync in linear_chunk_mma.cu (o and dq one block per chunk and query
-// head, dk and dv one per chunk and key/value head); with LT_LINEAR_CHUNK=wmma, to time them
-// side by side, on the WMMA kernels here: chunk_output_kernel (one block per chunk and query
-// head) and chunk_grad_kernel (one block per chunk and key/value head, over the group's query
-// heads, so dk and dv add up on chip without atomics), bf16 tensor cores with f32 accumulation.
-// Powers lambda^m, 0 <= m <= 64, come from a table: no cumulative sums of log-decays.
+// Kernels: the sequential pass (linear_chunk_state.cu) writes each H_c (and, reversed, each G_c)
+// as bf16 into the workspace (B, Hq, chunks, D, D), in segments where the heads are too few to
+// fill the GPU; the backward runs the H and G walks in one launch. The products run on mma.sync in
+// linear_chunk_mma.cu (o and dq one block per chunk and query head, dk and dv one per chunk and
+// key/value head); with LT_LINEAR_CHUNK=wmma, to time them side by side, on the WMMA kernels here:
+// chunk_output_kernel (one block per chunk and query head) and chunk_grad_kernel (one block per
+// chunk and key/value head, over the group's query heads, so dk and dv add up on chip without
+// atomics), bf16 tensor cores with f32 accumulation. Powers lambda^m, 0 <= m <= 64, come from a
+// table: no cumulative sums of log-decays.
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/cuda/attention_common.cuh" // cp_async16, cp_async4, load_tile
+#include "kernels/cuda/attention_common.cuh" // load_tile
 #include "kernels/cuda/linear_chunk.cuh"
 #include "kernels/cuda/linear_chunk_common.cuh"
 #include "kernels/cuda/linear_wmma.cuh"
@@ -40,53 +40,11 @@
 using namespace nvcuda;
 
 enum {
-  // Rows and columns of the state per sequential block, a warp per 16 rows. Measured on the H100
-  // (b 1, h 16, d 128, T 64K): 64 x 64 tiles on 4 warps 1.73 ms per pass, 32 x 32 on 2 warps
-  // 1.37 ms, 16 x 16 on one warp slower again (fwd+bwd 7.3 -> 9.8 ms).
-  STATE_TILE = 32,
-  STATE_WARPS = STATE_TILE / 16,
-  STATE_THREADS = STATE_WARPS * 32,
-  STAGES = 4, // chunks in flight in the sequential pass: one used, three loading (eight measured
-              // no faster than three with 64 x 64 tiles: the pass is not waiting on its loads)
   WARPS = 8,
   THREADS = WARPS * 32,
   LDA = CHUNK + 8, // bf16 rows of the 64 x 64 score tiles (16 bytes of padding against conflicts)
   LDS = CHUNK + 4, // f32 rows of the score tiles
 };
-
-// Multiplies the rows of a (CHUNK, cols) bf16 tile (row stride ld) by weight(row), 8 values at a
-// time; `dst` may be `src`.
-template <int COLS, typename W>
-__device__ __forceinline__ void scale_rows(bf16 *dst, int ld_dst, const bf16 *src, int ld_src,
-                                           W &&weight) {
-  for (int i = threadIdx.x; i < CHUNK * (COLS / 8); i += blockDim.x) {
-    const int r = i / (COLS / 8), c = i % (COLS / 8) * 8;
-    const float w = weight(r);
-    float x[8];
-    load8(src + r * ld_src + c, x);
-#pragma unroll
-    for (int j = 0; j < 8; j++) x[j] *= w;
-    store8(dst + r * ld_dst + c, x);
-  }
-}
-
-// acc[f] += A B_f for f < FR: A the warp's 16 x depth rows (layout LA), B_f the f-th 16 columns
-// of a depth x (16 FR) operand (layout LB: row-major, or column-major for a transposed tile).
-template <typename LA, typename LB, int FR>
-__device__ __forceinline__ void mma_strip(acc_frag (&acc)[FR], const bf16 *a, int lda,
-                                          const bf16 *b, int ldb, int depth) {
-  constexpr bool b_rows = std::is_same<LB, wmma::row_major>::value;
-  for (int kk = 0; kk < depth; kk += 16) {
-    wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, LA> fa;
-    wmma::load_matrix_sync(fa, a + a_step<LA>(kk, lda), lda);
-#pragma unroll
-    for (int f = 0; f < FR; f++) {
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, LB> fb;
-      wmma::load_matrix_sync(fb, b + (b_rows ? f * 16 : f * 16 * ldb) + b_step<LB>(kk, ldb), ldb);
-      wmma::mma_sync(acc[f], fa, fb, acc[f]);
-    }
-  }
-}
 
 // Writes (or with `add`, adds to) rows [0, rows) of a 16 x 16 accumulator at dst (row stride
 // `stride` elements), through the warp's 16 x 16 f32 staging tile, 8 columns per lane.
@@ -104,133 +62,6 @@ __device__ __forceinline__ void store_tile(T *dst, int64_t stride, int rows, con
     store8(dst + r * stride + c, x);
   }
   __syncwarp();
-}
-
-// ---- the sequential pass: H_c forwards, G_c backwards ------------------------------------------
-
-template <int D> struct state_smem {
-  static constexpr int LDT = STATE_TILE + 8;
-  static constexpr size_t TILE_HALVES = (size_t)CHUNK * LDT;
-  static constexpr size_t STAGING_FLOATS = 16 * (STATE_TILE + 4);
-  static constexpr size_t BYTES =
-      STAGES * 2 * TILE_HALVES * sizeof(bf16) + STATE_WARPS * STAGING_FLOATS * sizeof(float) +
-      STAGES * (CHUNK + 4) * sizeof(int32_t) + (CHUNK + 4) * sizeof(float);
-};
-
-// One block: one (batch row, query head, STATE_TILE x STATE_TILE tile of the state), pass 0 (H:
-// x = k, y = v, chunks in order, from the prefix) or pass 1 (G: x = q, y = dO, in reverse, from
-// zero, ending in d/dP). Per chunk it stores the state as it stands (H_c; G_c), then
-//   H: S = a_c S + sum_j [doc_j = doc_last] lambda^(n-1-j') x_j^T y_j
-//   G: S = a_c S + sum_i [doc_i = doc(H_c)] lambda^(i'+1) x_i^T y_i
-// with the next chunks' x and y tiles loading (cp.async) meanwhile.
-// grid: (tiles of the state, Hq, B * passes); k, v: (B, T, Hkv, D); q, dout: (B, T, Hq, D) bf16
-template <int D>
-__global__ void __launch_bounds__(STATE_THREADS) chunk_state_kernel(const chunk_args a) {
-  typedef state_smem<D> SM;
-  constexpr int LDT = SM::LDT, LDF = STATE_TILE + 4, TILES = D / STATE_TILE;
-  extern __shared__ __align__(128) unsigned char smem[];
-  bf16 *xs = (bf16 *)smem;                                   // [STAGES] (CHUNK, STATE_TILE)
-  bf16 *ys = xs + STAGES * SM::TILE_HALVES;                  // [STAGES] (CHUNK, STATE_TILE)
-  float *staging = (float *)(ys + STAGES * SM::TILE_HALVES); // [warps] (16, STATE_TILE)
-  int32_t *docs = (int32_t *)(staging + STATE_WARPS * SM::STAGING_FLOATS); // [STAGES] CHUNK + 4
-  float *pw = (float *)(docs + STAGES * (CHUNK + 4));
-
-  const int tid = threadIdx.x, warp = tid / 32, h = blockIdx.y;
-  const int r0 = blockIdx.x / TILES * STATE_TILE, c0 = blockIdx.x % TILES * STATE_TILE;
-  const int64_t b = blockIdx.z % a.b;
-  const bool grad = blockIdx.z >= a.b;
-  const int kvh = h / (a.hq / a.hkv);
-  const int64_t x_stride = (int64_t)(grad ? a.hq : a.hkv) * D;
-  const bf16 *x = grad ? a.q + (b * a.t * a.hq + h) * D : a.k + (b * a.t * a.hkv + kvh) * D;
-  const bf16 *y = grad ? a.dout + (b * a.t * a.hq + h) * D : a.v + (b * a.t * a.hkv + kvh) * D;
-  bf16 *states = (grad ? a.g_states : a.h_states) + (b * a.hq + h) * a.chunks * D * D;
-  const int32_t first_doc = start_doc(a, b);
-  decay_powers(pw, a, h);
-  for (int i = tid; !a.doc && i < STAGES * (CHUNK + 4); i += STATE_THREADS) docs[i] = 0;
-
-  auto chunk_of = [&](int64_t step) { return grad ? a.chunks - 1 - step : step; };
-  auto load_chunk = [&](int64_t step) {
-    if (step < a.chunks) {
-      const int stage = (int)(step % STAGES);
-      const int64_t t0 = chunk_of(step) * CHUNK;
-      load_tile<CHUNK, STATE_TILE, STATE_THREADS>(xs + stage * SM::TILE_HALVES, x + r0, x_stride,
-                                                  t0, a.t);
-      load_tile<CHUNK, STATE_TILE, STATE_THREADS>(ys + stage * SM::TILE_HALVES, y + c0, x_stride,
-                                                  t0, a.t);
-      int32_t *d = docs + stage * (CHUNK + 4); // d[0]: token t0 - 1; d[1 + i]: token t0 + i
-      for (int i = tid; a.doc && i <= CHUNK; i += STATE_THREADS) {
-        const int64_t tok = t0 - 1 + i;
-        const bool valid = tok >= 0 && tok < a.t;
-        cp_async4(d + i, a.doc + (valid ? b * a.t + tok : 0), valid);
-      }
-    }
-    cp_async_commit(); // empty past the end: one group per step keeps the count
-  };
-
-  // The warp's 16 rows of the tile, STATE_TILE columns: H_0 = the prefix, or 0.
-  acc_frag acc[STATE_TILE / 16];
-  float *stage_w = staging + warp * SM::STAGING_FLOATS;
-  const int row0 = r0 + warp * 16;
-  const float *prefix = a.prefix && !grad ? a.prefix + (b * a.hq + h) * (int64_t)D * D : nullptr;
-  for (int i = tid % 32; i < 16 * STATE_TILE; i += 32) {
-    const int r = i / STATE_TILE, c = i % STATE_TILE;
-    stage_w[r * LDF + c] = prefix ? prefix[(int64_t)(row0 + r) * D + c0 + c] : 0.0f;
-  }
-  __syncwarp();
-  for (int f = 0; f < STATE_TILE / 16; f++)
-    wmma::load_matrix_sync(acc[f], stage_w + f * 16, LDF, wmma::mem_row_major);
-  __syncwarp();
-
-  for (int s = 0; s < STAGES - 1; s++) load_chunk(s);
-  for (int64_t step = 0; step < a.chunks; step++) {
-    const int64_t c = chunk_of(step), t0 = c * CHUNK;
-    const int n = (int)min((int64_t)CHUNK, a.t - t0), stage = (int)(step % STAGES);
-    // The state as it stands: H_c, or G_c. Rounded to bf16 for the chunk kernels' MMAs.
-    for (int f = 0; f < STATE_TILE / 16; f++)
-      wmma::store_matrix_sync(stage_w + f * 16, acc[f], LDF, wmma::mem_row_major);
-    __syncwarp();
-    bf16 *dst = states + c * D * D + (int64_t)row0 * D + c0;
-    for (int i = tid % 32; i < 16 * (STATE_TILE / 8); i += 32) {
-      const int r = i / (STATE_TILE / 8), col = i % (STATE_TILE / 8) * 8;
-      float v8[8];
-#pragma unroll
-      for (int j = 0; j < 8; j++) v8[j] = stage_w[r * LDF + col + j];
-      store8(dst + (int64_t)r * D + col, v8);
-    }
-    __syncwarp();
-
-    cp_async_wait<STAGES - 2>();   // this step's chunk has landed
-    __syncthreads();               // ... for every thread; and every warp is done with step - 1
-    load_chunk(step + STAGES - 1); // into the stage step - 1 used
-
-    const int32_t *d = docs + stage * (CHUNK + 4);
-    const int32_t state_doc = c > 0 ? d[0] : first_doc, last_doc = d[n];
-    const float carry = last_doc == state_doc ? pw[n] : 0.0f;
-    bf16 *xt = xs + stage * SM::TILE_HALVES;
-    const bf16 *yt = ys + stage * SM::TILE_HALVES;
-    scale_rows<STATE_TILE>(xt, LDT, xt, LDT, [&](int r) {
-      if (r >= n) return 0.0f;
-      return grad ? (d[1 + r] == state_doc ? pw[r + 1] : 0.0f)
-                  : (d[1 + r] == last_doc ? pw[n - 1 - r] : 0.0f);
-    });
-    __syncthreads();
-    for (int f = 0; f < STATE_TILE / 16; f++)
-      for (int e = 0; e < acc[f].num_elements; e++) acc[f].x[e] *= carry;
-    // x^T is the x tile read column-major: row r of x^T is column r of the tile.
-    mma_strip<wmma::col_major, wmma::row_major>(acc, xt + warp * 16, LDT, yt, LDT, CHUNK);
-  }
-  cp_async_wait<0>();
-
-  if (grad && a.dprefix) { // G_{-1} = d/dP, f32
-    for (int f = 0; f < STATE_TILE / 16; f++)
-      wmma::store_matrix_sync(stage_w + f * 16, acc[f], LDF, wmma::mem_row_major);
-    __syncwarp();
-    float *dp = a.dprefix + (b * a.hq + h) * (int64_t)D * D;
-    for (int i = tid % 32; i < 16 * STATE_TILE; i += 32) {
-      const int r = i / STATE_TILE, col = i % STATE_TILE;
-      dp[(int64_t)(row0 + r) * D + c0 + col] = stage_w[r * LDF + col];
-    }
-  }
 }
 
 // ---- the parallel forward: one block per (chunk, query head, batch row) ------------------------
@@ -468,22 +299,20 @@ static chunk_args args_of(lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor prefi
   return a;
 }
 
-// The workspace for `sets` state sets (H; H and G) of (B, Hq, chunks, D, D) bf16, grown to fit;
-// false where the GPU has no room.
-static bool reserve_states(lt_cuda_state *st, chunk_args *a, int d, int sets) {
+// The workspace for `sets` state sets (H; H and G) of (B, Hq, chunks, D, D) bf16 and, after
+// them, the segments' states, grown to fit; without room for the segments' states, one walk;
+// false where the GPU has no room for the state sets.
+static bool reserve_states(lt_cuda_state *st, chunk_args *a, int d, int sets, chunk_segments *sg) {
   const size_t per_set = (size_t)(a->b * a->hq * a->chunks) * (size_t)d * d * sizeof(bf16);
-  if (!lt_cuda_scratch_reserve(st, per_set * sets)) return false;
+  const size_t sets_bytes = per_set * sets;
+  if (sg->segs > 1 &&
+      !lt_cuda_scratch_reserve(st, sets_bytes + lt_cuda_chunk_segment_bytes(*a, d, sets, *sg)))
+    sg->segs = 1, sg->seg_chunks = a->chunks;
+  if (!lt_cuda_scratch_reserve(st, sets_bytes)) return false;
   a->h_states = (bf16 *)st->scratch;
   a->g_states = sets > 1 ? (bf16 *)((char *)st->scratch + per_set) : nullptr;
+  sg->workspace = sg->segs > 1 ? (float *)((char *)st->scratch + sets_bytes) : nullptr;
   return true;
-}
-
-template <int D> static int state_pass(lt_cuda_state *st, const chunk_args &a, int passes) {
-  const size_t smem = state_smem<D>::BYTES;
-  LT_TRY(allow_smem(chunk_state_kernel<D>, smem, "linear attention states"));
-  const dim3 grid((D / STATE_TILE) * (D / STATE_TILE), (unsigned)a.hq, (unsigned)(a.b * passes));
-  chunk_state_kernel<D><<<grid, STATE_THREADS, smem, st->stream>>>(a);
-  return LT_OK;
 }
 
 // LT_LINEAR_CHUNK=wmma runs the products on the WMMA kernels above (the output kernel and the
@@ -494,8 +323,9 @@ static bool wmma_products() {
   return choice && strcmp(choice, "wmma") == 0;
 }
 
-template <int D> static int forward(lt_cuda_state *st, const chunk_args &a, bf16 *o) {
-  LT_TRY(state_pass<D>(st, a, 1));
+template <int D>
+static int forward(lt_cuda_state *st, const chunk_args &a, const chunk_segments &sg, bf16 *o) {
+  LT_TRY(lt_cuda_chunk_states(st, a, D, 1, sg));
   if (!wmma_products()) return lt_cuda_chunk_output_mma(st, a, D, o);
   const size_t smem = output_smem<D>::BYTES;
   LT_TRY(allow_smem(chunk_output_kernel<D>, smem, "linear attention output"));
@@ -506,8 +336,9 @@ template <int D> static int forward(lt_cuda_state *st, const chunk_args &a, bf16
 }
 
 template <int D, typename TG>
-static int backward(lt_cuda_state *st, const chunk_args &a, TG *dq, TG *dk, TG *dv) {
-  LT_TRY(state_pass<D>(st, a, 2));
+static int backward(lt_cuda_state *st, const chunk_args &a, const chunk_segments &sg, TG *dq,
+                    TG *dk, TG *dv) {
+  LT_TRY(lt_cuda_chunk_states(st, a, D, 2, sg));
   if (!wmma_products()) return lt_cuda_chunk_grads_mma(st, a, D, dq, dk, dv);
   const size_t smem = grad_smem<D>::BYTES;
   LT_TRY(allow_smem(chunk_grad_kernel<D, TG>, smem, "linear attention gradients"));
@@ -532,9 +363,12 @@ int lt_cuda_linear_chunk_fwd(lt_cuda_state *st, lt_tensor o, lt_tensor q, lt_ten
   chunk_args a = args_of(q, k, v, prefix, spec);
   const int d = (int)q.shape[3];
   if (a.b * a.t == 0) return LT_OK; // nothing to run: the scan's early return says what holds
-  if (!reserve_states(st, &a, d, 1)) return not_taken(choice, op, NO_ROOM, q, o);
+  chunk_segments sg;
+  LT_TRY(lt_cuda_chunk_segments(st, a, d, 1, &sg));
+  if (!reserve_states(st, &a, d, 1, &sg)) return not_taken(choice, op, NO_ROOM, q, o);
   *done = true;
-  LT_TRY(d == 64 ? forward<64>(st, a, (bf16 *)o.data) : forward<128>(st, a, (bf16 *)o.data));
+  bf16 *out = (bf16 *)o.data;
+  LT_TRY(d == 64 ? forward<64>(st, a, sg, out) : forward<128>(st, a, sg, out));
   return lt_cuda_launched(st, op, q, o);
 }
 
@@ -556,12 +390,14 @@ int lt_cuda_linear_chunk_bwd(lt_cuda_state *st, lt_tensor dq, lt_tensor dk, lt_t
   a.dprefix = dprefix.data ? (float *)dprefix.data : nullptr;
   const int d = (int)q.shape[3];
   if (a.b * a.t == 0) return LT_OK; // nothing to run: the scan's early return says what holds
-  if (!reserve_states(st, &a, d, 2)) return not_taken(choice, op, NO_ROOM, q, dq);
+  chunk_segments sg;
+  LT_TRY(lt_cuda_chunk_segments(st, a, d, 2, &sg));
+  if (!reserve_states(st, &a, d, 2, &sg)) return not_taken(choice, op, NO_ROOM, q, dq);
   *done = true;
   const int rc = dispatch_float(dq.dtype, [&](auto *tag) {
     using TG = TYPE_OF(tag);
     TG *gq = (TG *)dq.data, *gk = (TG *)dk.data, *gv = (TG *)dv.data;
-    return d == 64 ? backward<64>(st, a, gq, gk, gv) : backward<128>(st, a, gq, gk, gv);
+    return d == 64 ? backward<64>(st, a, sg, gq, gk, gv) : backward<128>(st, a, sg, gq, gk, gv);
   });
   LT_TRY(rc);
   return lt_cuda_launched(st, op, dout, dq);

@@ -1,8 +1,8 @@
-// What the chunk-parallel linear attention kernels share (linear_chunk.cu: the sequential state
-// pass, the WMMA output and fused gradient kernels, the host side; linear_chunk_mma.cu: the
-// mma.sync output and gradient kernels): the arguments every kernel reads, the chunk's decay
-// powers and document ids, and the launchers of linear_chunk_mma.cu. The math is in
-// linear_chunk.cu's header comment.
+// What the chunk-parallel linear attention kernels share (linear_chunk.cu: the WMMA output and
+// fused gradient kernels, the host side; linear_chunk_state.cu: the sequential state pass;
+// linear_chunk_mma.cu: the mma.sync output and gradient kernels): the arguments every kernel
+// reads, the chunk's decay powers and document ids, and the launchers of the other two files. The
+// math is in linear_chunk.cu's header comment.
 #ifndef LT_LINEAR_CHUNK_COMMON_CUH
 #define LT_LINEAR_CHUNK_COMMON_CUH
 
@@ -50,11 +50,46 @@ __device__ __forceinline__ void load_docs(int32_t *docs, const chunk_args &a, in
   }
 }
 
+// Multiplies the rows of a (CHUNK, cols) bf16 tile (row stride ld) by weight(row), 8 values at a
+// time; `dst` may be `src`.
+template <int COLS, typename W>
+__device__ __forceinline__ void scale_rows(bf16 *dst, int ld_dst, const bf16 *src, int ld_src,
+                                           W &&weight) {
+  for (int i = threadIdx.x; i < CHUNK * (COLS / 8); i += blockDim.x) {
+    const int r = i / (COLS / 8), c = i % (COLS / 8) * 8;
+    const float w = weight(r);
+    float x[8];
+    load8(src + r * ld_src + c, x);
+#pragma unroll
+    for (int j = 0; j < 8; j++) x[j] *= w;
+    store8(dst + r * ld_dst + c, x);
+  }
+}
+
 template <typename K> static int allow_smem(K kernel, size_t smem, const char *what) {
   CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
            "%s: %zu bytes of shared memory", what, smem);
   return LT_OK;
 }
+
+// How linear_chunk_state.cu cuts a call's chunks for its sequential pass: `segs` segments of
+// seg_chunks chunks (the last may have fewer); segs 1: one walk over all of them. workspace: the
+// segments' f32 states, lt_cuda_chunk_segment_bytes of them, where segs > 1.
+typedef struct chunk_segments {
+  int segs;
+  int64_t seg_chunks;
+  float *workspace;
+} chunk_segments;
+
+// linear_chunk_state.cu: the segments for a pass over `passes` state sets (1: H; 2: H and G) of
+// width d (64 or 128), from LT_LINEAR_SEGMENTS or the GPU's size; the workspace they need; and the
+// pass, writing a.h_states (and a.g_states, and a.dprefix where set).
+int lt_cuda_chunk_segments(lt_cuda_state *st, const chunk_args &a, int d, int passes,
+                           chunk_segments *sg);
+size_t lt_cuda_chunk_segment_bytes(const chunk_args &a, int d, int passes,
+                                   const chunk_segments &sg);
+int lt_cuda_chunk_states(lt_cuda_state *st, const chunk_args &a, int d, int passes,
+                         const chunk_segments &sg);
 
 // linear_chunk_mma.cu: o = A V + Lambda Q H_c for every chunk and query head (d: 64 or 128), from
 // the states in a.h_states; and dq, dk, dv (added into) from a.h_states and a.g_states.
