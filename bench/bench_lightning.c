@@ -4,9 +4,8 @@
 //   bench_lightning [--seq T ...] [--heads 16] [--head-dim 128] [--batch 1] [--flash-max 65536]
 // Lightning runs as a training step uses it: lt_linear_attn_fwd, then lt_linear_attn_bwd into
 // zeroed bf16 gradients, with the ALiBi decays of a first lightning layer; once on the kernels the
-// op chooses (the chunk-parallel ones, linear_chunk.cu, where they apply), once with the chunk
-// kernels' products on WMMA (LT_LINEAR_CHUNK=wmma) and once on the scan they replace
-// (LT_LINEAR_KERNELS=scan, linear_scan.cu), for the speedups. Flash attention is
+// op chooses (the chunk-parallel ones, linear_chunk.cu, where they apply) and once on the scan
+// they replace (LT_LINEAR_KERNELS=scan, linear_scan.cu), for the speedup. Flash attention is
 // causal softmax attention (attention_timing.c), timed up to --flash-max tokens (its time grows
 // as T^2).
 // Times are medians of 5 trials of back-to-back repetitions after a warm-up.
@@ -52,44 +51,28 @@ static int forward_backward(void *arg) {
                             &a->spec);
 }
 
-// Sets the environment variable `name` to `value` (NULL: unset), returning the setting it
-// replaced for restore_env.
-static char *set_env(const char *name, const char *value) {
-  const char *old = getenv(name);
+// Times forward and forward + backward with LT_LINEAR_KERNELS set to `kernels` (NULL: unset),
+// restoring the caller's setting.
+static int time_with(const char *kernels, lightning_bench *a, double *fwd, double *both) {
+  const char *old = getenv("LT_LINEAR_KERNELS");
   char *saved = old ? strdup(old) : NULL;
-  if (value)
-    setenv(name, value, 1);
+  if (kernels)
+    setenv("LT_LINEAR_KERNELS", kernels, 1);
   else
-    unsetenv(name);
-  return saved;
-}
-
-static void restore_env(const char *name, char *saved) {
-  if (saved)
-    setenv(name, saved, 1);
-  else
-    unsetenv(name);
-  free(saved);
-}
-
-// Times forward and forward + backward with LT_LINEAR_KERNELS set to `kernels` and
-// LT_LINEAR_CHUNK to `products` (NULL: unset), restoring the caller's settings.
-static int time_with(const char *kernels, const char *products, lightning_bench *a, double *fwd,
-                     double *both) {
-  char *saved_kernels = set_env("LT_LINEAR_KERNELS", kernels);
-  char *saved_products = set_env("LT_LINEAR_CHUNK", products);
+    unsetenv("LT_LINEAR_KERNELS");
   int rc = bench_time_ms(a->ctx, forward, a, fwd);
   if (rc == LT_OK) rc = bench_time_ms(a->ctx, forward_backward, a, both);
-  restore_env("LT_LINEAR_CHUNK", saved_products);
-  restore_env("LT_LINEAR_KERNELS", saved_kernels);
+  if (saved)
+    setenv("LT_LINEAR_KERNELS", saved, 1);
+  else
+    unsetenv("LT_LINEAR_KERNELS");
+  free(saved);
   return rc;
 }
 
-// ours: the kernels the op picks; wmma: the chunk kernels' products on WMMA (LT_LINEAR_CHUNK=
-// wmma: the output and fused gradient kernels the mma.sync ones replace); scan: the scan's, for
-// the ratios.
+// ours: the kernels the op picks; scan: the scan's, for the ratio.
 typedef struct lightning_times {
-  double fwd, both, wmma_fwd, wmma_both, scan_fwd, scan_both;
+  double fwd, both, scan_fwd, scan_both;
 } lightning_times;
 
 static int bench_seq(lt_ctx *ctx, int64_t b, int64_t t, int h, int d, lightning_times *times) {
@@ -104,10 +87,8 @@ static int bench_seq(lt_ctx *ctx, int64_t b, int64_t t, int h, int d, lightning_
   LT_TRY(lt_device_alloc(LT_CUDA, lt_nbytes(a.log_decay), "decays", &a.log_decay.data));
   LT_TRY(lt_tensor_from_host(a.log_decay, log_decay));
   a.spec = (lt_linear_attn_spec){.log_decay = a.log_decay, .block = 64};
-  LT_TRY(time_with(getenv("LT_LINEAR_KERNELS"), getenv("LT_LINEAR_CHUNK"), &a, &times->fwd,
-                   &times->both));
-  LT_TRY(time_with(getenv("LT_LINEAR_KERNELS"), "wmma", &a, &times->wmma_fwd, &times->wmma_both));
-  LT_TRY(time_with("scan", NULL, &a, &times->scan_fwd, &times->scan_both));
+  LT_TRY(time_with(getenv("LT_LINEAR_KERNELS"), &a, &times->fwd, &times->both));
+  LT_TRY(time_with("scan", &a, &times->scan_fwd, &times->scan_both));
   for (int i = 0; i < 8; i++) lt_device_free(LT_CUDA, all[i]->data);
   lt_device_free(LT_CUDA, a.log_decay.data);
   return LT_OK;
@@ -155,20 +136,19 @@ int main(int argc, char **argv) {
   printf("reference: the authors' Triton Lightning-2 kernel, %.2fM tokens/s on an H100 (published "
          "figure, DESIGN.md; not run here)\n",
          TRITON_LIGHTNING_TOKENS_PER_S / 1e6);
-  printf("%7s | %9s %10s %9s | %9s %10s %7s | %9s %10s %7s | %10s %9s | %s | %s\n", "T", "ours fwd",
-         "fwd+bwd", "Mtok/s", "wmma fwd", "fwd+bwd", "vs wmma", "scan fwd", "fwd+bwd", "vs scan",
-         "flash f+b", "Mtok/s", "vs flash", "vs Triton Lightning-2 (published)");
+  printf("%7s | %9s %10s %9s | %9s %10s %7s | %10s %9s | %s | %s\n", "T", "ours fwd", "fwd+bwd",
+         "Mtok/s", "scan fwd", "fwd+bwd", "vs scan", "flash f+b", "Mtok/s", "vs flash",
+         "vs Triton Lightning-2 (published)");
   double lo = INFINITY, hi = 0;
   for (int s = 0; s < n_seqs; s++) {
     const lightning_times *ts = &times[s];
     const double tokens = (double)batch * (double)seqs[s];
     const double rate = tokens / (ts->both * 1e-3), flash_rate = tokens / (flash_both[s] * 1e-3);
     lo = fmin(lo, rate), hi = fmax(hi, rate);
-    printf("%7lld | %6.3f ms %7.3f ms %9.2f | %6.3f ms %7.3f ms %6.2fx | %6.3f ms %7.3f ms "
-           "%6.2fx | %7.3f ms %9.2f | %7.2fx | %.2fx\n",
-           (long long)seqs[s], ts->fwd, ts->both, rate / 1e6, ts->wmma_fwd, ts->wmma_both,
-           ts->wmma_both / ts->both, ts->scan_fwd, ts->scan_both, ts->scan_both / ts->both,
-           flash_both[s], flash_rate / 1e6, flash_both[s] / ts->both,
+    printf("%7lld | %6.3f ms %7.3f ms %9.2f | %6.3f ms %7.3f ms %6.2fx | %7.3f ms %9.2f | %7.2fx | "
+           "%.2fx\n",
+           (long long)seqs[s], ts->fwd, ts->both, rate / 1e6, ts->scan_fwd, ts->scan_both,
+           ts->scan_both / ts->both, flash_both[s], flash_rate / 1e6, flash_both[s] / ts->both,
            rate / TRITON_LIGHTNING_TOKENS_PER_S);
   }
   printf("lightning tokens/s across T: min %.2fM, max %.2fM (spread %.1f%% of the max)\n", lo / 1e6,

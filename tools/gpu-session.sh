@@ -193,8 +193,6 @@ for what in "$@"; do
       "src/kernels/cuda/linear_chunk_state.cu|s/carried \*= carry;/carried *= pw[n];/|test_cuda_linear"
       "src/kernels/cuda/linear_chunk_state.cu|s/carry\[s\] \* running + own;/running + own + 0.0f * carry[s];/|test_cuda_linear"
       "src/kernels/cuda/linear_chunk_state.cu|s/grad ? w.segs - 1 - k : k;/k;/|test_cuda_linear"
-      "src/kernels/cuda/linear_chunk.cu|s/== last ? pw\[n - 1 - j\]/== last ? pw[n - j]/|test_cuda_linear"
-      "src/kernels/cuda/linear_chunk.cu|s/== state_doc ? pw\[i + 1\]/== state_doc ? pw[i]/|test_cuda_linear"
       "src/kernels/cuda/linear_chunk_mma.cu|s/docs\[0\] ? pw\[r + 1\]/docs[0] ? pw[r]/|test_cuda_linear"
       "src/kernels/cuda/linear_chunk_mma.cu|s/docs\[n\] ? pw\[n - 1 - r\]/docs[n] ? pw[n - r]/|test_cuda_linear"
       "src/kernels/cuda/linear_chunk_mma.cu|s/docs\[1 + col\] == row_doc/docs[1 + col] <= row_doc/|test_cuda_linear"

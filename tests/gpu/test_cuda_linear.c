@@ -7,8 +7,8 @@
 // split-row statistics). Every forward and backward case runs on every GPU path: the chunk-
 // parallel kernels (linear_chunk.cu, LT_LINEAR_KERNELS=chunks where they take the widths) with
 // their products on mma.sync (linear_chunk_mma.cu), their state pass (linear_chunk_state.cu) in
-// the segments it chooses and in those the case asks for (LT_LINEAR_SEGMENTS), and on WMMA
-// (LT_LINEAR_CHUNK=wmma), and the scan (linear_scan.cu, LT_LINEAR_KERNELS=scan).
+// the segments it chooses and in those the case asks for (LT_LINEAR_SEGMENTS), and the scan
+// (linear_scan.cu, LT_LINEAR_KERNELS=scan).
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -204,41 +204,37 @@ static void restore_env(const char *name, char *saved) {
 }
 
 // The GPU paths of every case: where the chunk kernels take its widths, they (LT_LINEAR_KERNELS=
-// chunks, so that a case they do not take fails) with their products on mma.sync (linear_chunk_
-// mma.cu) and the state pass in the segments it chooses, again with the state pass in the
-// segments the case asks for (LT_LINEAR_SEGMENTS), then with the products on WMMA
-// (LT_LINEAR_CHUNK=wmma); else the default choice; then the scan.
+// chunks, so that a case they do not take fails) with the state pass in the segments it chooses,
+// then again in the segments the case asks for (LT_LINEAR_SEGMENTS); else the default choice;
+// then the scan.
 typedef struct gpu_path {
-  const char *kernels, *products, *segments; // LT_LINEAR_KERNELS, _CHUNK, _SEGMENTS (NULL: unset)
+  const char *kernels, *segments; // LT_LINEAR_KERNELS, LT_LINEAR_SEGMENTS (NULL: unset)
 } gpu_path;
 
-enum { MAX_PATHS = 4 };
-static const char *const PATH_ENV[3] = {"LT_LINEAR_KERNELS", "LT_LINEAR_CHUNK",
-                                        "LT_LINEAR_SEGMENTS"};
+enum { MAX_PATHS = 3, PATH_VARS = 2 };
+static const char *const PATH_ENV[PATH_VARS] = {"LT_LINEAR_KERNELS", "LT_LINEAR_SEGMENTS"};
 
 static int gpu_paths_for(int d, int e, const char *segments, gpu_path paths[MAX_PATHS]) {
-  const gpu_path scan = {"scan", NULL, NULL};
+  const gpu_path scan = {"scan", NULL};
   if (d != e || (d != 64 && d != 128)) {
-    paths[0] = (gpu_path){NULL, NULL, NULL}, paths[1] = scan;
+    paths[0] = (gpu_path){NULL, NULL}, paths[1] = scan;
     return 2;
   }
-  paths[0] = (gpu_path){"chunks", NULL, NULL};
-  paths[1] = (gpu_path){"chunks", NULL, segments};
-  paths[2] = (gpu_path){"chunks", "wmma", NULL}, paths[3] = scan;
-  return 4;
+  paths[0] = (gpu_path){"chunks", NULL};
+  paths[1] = (gpu_path){"chunks", segments}, paths[2] = scan;
+  return 3;
 }
 
 // Prints the path and sets its environment, keeping the settings it replaced in saved.
-static void enter_path(gpu_path path, char *saved[3]) {
-  printf("  kernels: %s%s%s%s%s\n", path.kernels ? path.kernels : "default",
-         path.products ? ", products: " : "", path.products ? path.products : "",
+static void enter_path(gpu_path path, char *saved[PATH_VARS]) {
+  printf("  kernels: %s%s%s\n", path.kernels ? path.kernels : "default",
          path.segments ? ", segments: " : "", path.segments ? path.segments : "");
-  const char *values[3] = {path.kernels, path.products, path.segments};
-  for (int i = 0; i < 3; i++) saved[i] = set_env(PATH_ENV[i], values[i]);
+  const char *values[PATH_VARS] = {path.kernels, path.segments};
+  for (int i = 0; i < PATH_VARS; i++) saved[i] = set_env(PATH_ENV[i], values[i]);
 }
 
-static void leave_path(char *saved[3]) {
-  for (int i = 0; i < 3; i++) restore_env(PATH_ENV[i], saved[i]);
+static void leave_path(char *saved[PATH_VARS]) {
+  for (int i = 0; i < PATH_VARS; i++) restore_env(PATH_ENV[i], saved[i]);
 }
 
 // The tolerance of f32 results whose terms went through bf16 MMA inputs (the decayed rows).
@@ -255,7 +251,7 @@ static void expect_matches_cpu_with(const char *what, int64_t B, int64_t T, int 
   gpu_path paths[MAX_PATHS];
   const int n_paths = gpu_paths_for(d, e, segments, paths);
   for (int p = 0; p < n_paths; p++) {
-    char *saved[3];
+    char *saved[PATH_VARS];
     enter_path(paths[p], saved);
     lin_result got = run_gpu(&c, grad_dtype);
     leave_path(saved);
@@ -412,7 +408,7 @@ static void test_f32_gradients_match_cpu(void **state) {
 
 // The backward adds: a second call on the same gradients doubles them, on every path.
 static void expect_backward_adds(gpu_path path) {
-  char *saved[3];
+  char *saved[PATH_VARS];
   enter_path(path, saved);
   lin_case c;
   make_case(&c, 1, 200, 2, 2, 64, 64, (lin_options){.decay = true});

@@ -6,8 +6,7 @@
 // leaves the call to the scan (linear_scan.cuh), as does a GPU without room for the states
 // (B Hq ceil(T / 64) D^2 bf16 forward, twice that backward: the kernels' workspace grows to it).
 // LT_LINEAR_KERNELS=chunks turns a call they do not take into an error. The chunks' products run
-// on mma.sync (linear_chunk_mma.cu), or with LT_LINEAR_CHUNK=wmma on the WMMA kernels they
-// replaced, kept to time beside them. Where few heads leave the GPU idle, the sequential pass runs
+// on mma.sync (linear_chunk_mma.cu). Where few heads leave the GPU idle, the sequential pass runs
 // in segments (linear_chunk_state.cu); LT_LINEAR_SEGMENTS=N (N > 0) asks for N segments (at most
 // one per chunk) on every call, to test them; unset or 0, the GPU's size decides.
 #ifndef LT_LINEAR_CHUNK_CUH

@@ -1,8 +1,7 @@
-// What the chunk-parallel linear attention kernels share (linear_chunk.cu: the WMMA output and
-// fused gradient kernels, the host side; linear_chunk_state.cu: the sequential state pass;
-// linear_chunk_mma.cu: the mma.sync output and gradient kernels): the arguments every kernel
-// reads, the chunk's decay powers and document ids, and the launchers of the other two files. The
-// math is in linear_chunk.cu's header comment.
+// What the chunk-parallel linear attention kernels share (linear_chunk.cu: the host side;
+// linear_chunk_state.cu: the sequential state pass; linear_chunk_mma.cu: the mma.sync output and
+// gradient kernels): the arguments every kernel reads, the chunk's decay powers and document ids,
+// and the launchers of the two kernel files. The math is in linear_chunk.cu's header comment.
 #ifndef LT_LINEAR_CHUNK_COMMON_CUH
 #define LT_LINEAR_CHUNK_COMMON_CUH
 
@@ -23,10 +22,6 @@ typedef struct chunk_args {
   int64_t b, t, chunks;
   int hq, hkv;
 } chunk_args;
-
-template <int D> struct tile_ld {
-  static constexpr int LD = D + 8; // bf16 rows of a (rows, D) tile: load_tile's padding
-};
 
 __device__ __forceinline__ int32_t start_doc(const chunk_args &a, int64_t b) {
   return !a.doc ? 0 : a.prefix_doc ? a.prefix_doc[b] : a.doc[b * a.t];
@@ -93,10 +88,10 @@ int lt_cuda_chunk_states(lt_cuda_state *st, const chunk_args &a, int d, int pass
 
 // linear_chunk_mma.cu: o = A V + Lambda Q H_c for every chunk and query head (d: 64 or 128), from
 // the states in a.h_states; and dq, dk, dv (added into) from a.h_states and a.g_states.
-int lt_cuda_chunk_output_mma(lt_cuda_state *st, const chunk_args &a, int d, bf16 *o);
-int lt_cuda_chunk_grads_mma(lt_cuda_state *st, const chunk_args &a, int d, float *dq, float *dk,
-                            float *dv);
-int lt_cuda_chunk_grads_mma(lt_cuda_state *st, const chunk_args &a, int d, bf16 *dq, bf16 *dk,
-                            bf16 *dv);
+int lt_cuda_chunk_output(lt_cuda_state *st, const chunk_args &a, int d, bf16 *o);
+int lt_cuda_chunk_grads(lt_cuda_state *st, const chunk_args &a, int d, float *dq, float *dk,
+                        float *dv);
+int lt_cuda_chunk_grads(lt_cuda_state *st, const chunk_args &a, int d, bf16 *dq, bf16 *dk,
+                        bf16 *dv);
 
 #endif

@@ -11,13 +11,12 @@
 //   dk = dA^T Q + Lambda' V G_c^T    rows: keys     x = v,  y = dO, z = q,  S = G_c^T
 // where M' is M for query rows and M^T for key rows, and w the weights of the file's comment:
 // lambda^(i'+1) for queries in H_c's document, lambda^(n_c-1-j') for keys in the chunk's last.
-// So the backward is two kernels that each fit twice on an SM (the fused WMMA kernel of
-// linear_chunk.cu fits once): dq per (chunk, query head), like the forward; dk and dv per (chunk,
-// key/value head), summed over the group's query heads on chip. A warp owns 16 rows (16 (w % 4)
-// ..) and half the output columns ((w / 4 % 2) D / 2 ..) of one product, and computes its rows'
-// scores against the chunk's tokens itself: both column halves do, which costs the scores' MMAs
-// twice (a fifth of all) but spares a shared-memory round trip and a barrier. Score tiles of 16
-// tokens that the causal mask hides wholly are skipped.
+// So the backward is two kernels that each fit twice on an SM: dq per (chunk, query head), like
+// the forward; dk and dv per (chunk, key/value head), summed over the group's query heads on
+// chip. A warp owns 16 rows (16 (w % 4) ..) and half the output columns ((w / 4 % 2) D / 2 ..) of
+// one product, and computes its rows' scores against the chunk's tokens itself: both column
+// halves do, which costs the scores' MMAs twice (a fifth of all) but spares a shared-memory round
+// trip and a barrier. Score tiles of 16 tokens that the causal mask hides wholly are skipped.
 #include "kernels/cuda/attention_common.cuh" // ldmatrix, mma_bf16, c_to_a, load_tile, tile_addr
 #include "kernels/cuda/linear_chunk_common.cuh"
 
@@ -335,16 +334,16 @@ static int grads(lt_cuda_state *st, const chunk_args &a, TG *dq, TG *dk, TG *dv)
   return LT_OK;
 }
 
-int lt_cuda_chunk_output_mma(lt_cuda_state *st, const chunk_args &a, int d, bf16 *o) {
+int lt_cuda_chunk_output(lt_cuda_state *st, const chunk_args &a, int d, bf16 *o) {
   return d == 64 ? output<64>(st, a, o) : output<128>(st, a, o);
 }
 
-int lt_cuda_chunk_grads_mma(lt_cuda_state *st, const chunk_args &a, int d, float *dq, float *dk,
-                            float *dv) {
+int lt_cuda_chunk_grads(lt_cuda_state *st, const chunk_args &a, int d, float *dq, float *dk,
+                        float *dv) {
   return d == 64 ? grads<64>(st, a, dq, dk, dv) : grads<128>(st, a, dq, dk, dv);
 }
 
-int lt_cuda_chunk_grads_mma(lt_cuda_state *st, const chunk_args &a, int d, bf16 *dq, bf16 *dk,
-                            bf16 *dv) {
+int lt_cuda_chunk_grads(lt_cuda_state *st, const chunk_args &a, int d, bf16 *dq, bf16 *dk,
+                        bf16 *dv) {
   return d == 64 ? grads<64>(st, a, dq, dk, dv) : grads<128>(st, a, dq, dk, dv);
 }

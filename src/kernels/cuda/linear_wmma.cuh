@@ -1,6 +1,6 @@
 // WMMA (bf16 16 x 16 x 16, f32 accumulation) on tiles in shared memory, as the linear attention
-// kernels use it (linear_scan.cu, linear_chunk.cu): a tile is read row-major or, for a transposed
-// operand, column-major from the same padded rows.
+// kernels use it (linear_scan.cu, linear_chunk_state.cu): a tile is read row-major or, for a
+// transposed operand, column-major from the same padded rows.
 #ifndef LT_LINEAR_WMMA_CUH
 #define LT_LINEAR_WMMA_CUH
 
