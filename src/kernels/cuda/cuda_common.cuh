@@ -25,6 +25,10 @@ struct cublasContext; // cuBLAS's handle (cublasHandle_t), for grouped_matmul.cu
 typedef struct lt_cuda_state {
   int device, n_sms;
   cudaStream_t stream;
+  // A second stream for independent kernels of one op (forked from and joined back into `stream`
+  // by the two events), so that a small kernel fills the SMs a larger one leaves idle in its tail.
+  cudaStream_t side;
+  cudaEvent_t fork, join;
   cublasLtHandle_t blas;
   void *blas_workspace; // cuBLASLt's, sized as NVIDIA recommends for Hopper
   size_t blas_workspace_bytes;

@@ -329,8 +329,16 @@ static int grads(lt_cuda_state *st, const chunk_args &a, TG *dq, TG *dk, TG *dv)
   const size_t rows = rows_smem<D>::BYTES, kv = kv_smem<D>::BYTES;
   LT_TRY(allow_smem(chunk_rows_kernel<D, true, TG>, rows, "linear attention dq"));
   LT_TRY(allow_smem(chunk_kv_grad_kernel<D, TG>, kv, "linear attention dk, dv"));
-  chunk_rows_kernel<D, true, TG><<<chunk_grid(a, a.hq), THREADS, rows, st->stream>>>(a, dq);
+  // dk, dv and dq read the same inputs and write different tensors: dq's kernel runs on the side
+  // stream beside dk and dv's, so each fills the SMs the other's last wave leaves idle (at T=4096,
+  // h=16, 1024 blocks each, one or two per SM).
+  CUDA_TRY(cudaEventRecord(st->fork, st->stream), "linear attention dq: forking a stream");
+  CUDA_TRY(cudaStreamWaitEvent(st->side, st->fork, 0), "linear attention dq: forking a stream");
   chunk_kv_grad_kernel<D, TG><<<chunk_grid(a, a.hkv), KV_THREADS, kv, st->stream>>>(a, dk, dv);
+  chunk_rows_kernel<D, true, TG><<<chunk_grid(a, a.hq), THREADS, rows, st->side>>>(a, dq);
+  CUDA_TRY(cudaEventRecord(st->join, st->side), "linear attention dq: joining the streams");
+  CUDA_TRY(cudaStreamWaitEvent(st->stream, st->join, 0),
+           "linear attention dq: joining the streams");
   return LT_OK;
 }
 
