@@ -114,7 +114,7 @@ static void expect_step_matches_cpu(const char *attention, bool docs, double wor
 // gap does not come from one kernel: the chunk kernels (linear_chunk.cu) and the scan, which
 // share no code, both show it (with the chunk kernels the hybrid's lightning layer reached 3.2%;
 // with the scan, the lightning model 3.3% and 6.1% and the hybrid 1.4% in earlier runs), so the
-// hybrid below is on a stream too.
+// hybrid below reads a stream (no documents) too.
 static void test_lightning_model_step_on_gpu_matches_cpu(void **state) {
   SKIP_WITHOUT_GPU();
   expect_step_matches_cpu("lightning", false, 3e-2);

@@ -238,7 +238,8 @@ int lt_cuda_attn_bwd_delta(lt_ctx *ctx, lt_tensor delta, lt_tensor dout, lt_tens
   if (o.dtype != dout.dtype || d < 8 || d % 8 != 0 || 32 % (d / 8) != 0 || !aligned16(o.data) ||
       !aligned16(dout.data) || shared > 48 * 1024)
     return lt_cuda_unsupported("attn_bwd_delta",
-                               "dout and o of one dtype, D in 8, 16, ..., 256, at most 384 heads",
+                               "dout and o of one dtype, 16-byte aligned, D a power of two from 8 "
+                               "to 256, at most 384 heads",
                                dout, o);
   if (b * t * h == 0) return LT_OK;
   const unsigned grid = (unsigned)(b * ((t + DELTA_TOKENS - 1) / DELTA_TOKENS));

@@ -8,9 +8,9 @@
 // of different key tiles add into an f32 buffer with atomics (so dQ's rounding depends on their
 // order: README, "Determinism"). As in the forward, one structure has two kernels:
 // - Hopper (sm_90a): warpgroups of 64 keys multiply with wgmma (FlashAttention-3's operand
-//   layouts). d = 128 puts two in a block, which split dQ's columns; d = 64 puts one in a block
-//   and three blocks on an SM, unsynchronised, so one multiplies while another computes its
-//   probabilities. The probabilities are computed while dP^T is still being multiplied.
+//   layouts). d = 128 puts two in a block, which split dQ's columns; d = 64 (v1 below) puts one in
+//   a block and three blocks on an SM, unsynchronised, so one multiplies while another computes
+//   its probabilities. The probabilities are computed while dP^T is still being multiplied.
 // - elsewhere: four warps on mma.sync.
 // (Bulk reductions of a shared-memory dQ tile measured slower than the atomics here.)
 // Hopper's d = 64 has three variants, chosen by LT_ATTN_BWD (bwd_variant_of_env):
@@ -376,9 +376,8 @@ int lt_cuda_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_t
   int variant;
   LT_TRY(bwd_variant_of_env(&variant)); // a bad name is an error on every GPU
   if (!hopper || q.shape[3] != 64) variant = BWD_BASE;
-  // The wide variants add dQ 16 bytes at a time.
-  if (variant != BWD_BASE && !aligned16(dq.data))
-    return lt_cuda_unsupported("attn_bwd", "dq 16-byte aligned (LT_ATTN_BWD v2, v3)", dq, q);
+  // The wide variants add dQ 16 bytes at a time; v1 takes any dq.
+  if (variant != BWD_BASE && !aligned16(dq.data)) variant = BWD_BASE;
   attn_params p;
   int q_tile = bwd_bm<BWD_BASE>(), k_tile;
   if (q.shape[3] == 64 && hopper && variant != BWD_BASE)

@@ -206,6 +206,22 @@ __device__ __forceinline__ void bwd_dq_wgmma(float (&dq)[COLS / 2], uint32_t ds_
   wgmma_commit();
 }
 
+// Vector atomics on f32 (8- and 16-byte) exist from sm_90; older GPUs add value by value.
+__device__ __forceinline__ void atomic_add2(float *dst, float x, float y) {
+#if __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float2 *>(dst), make_float2(x, y));
+#else
+  atomicAdd(dst, x), atomicAdd(dst + 1, y);
+#endif
+}
+__device__ __forceinline__ void atomic_add4(float *dst, float4 v) {
+#if __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float4 *>(dst), v);
+#else
+  atomic_add2(dst, v.x, v.y), atomic_add2(dst + 2, v.z, v.w);
+#endif
+}
+
 // dQ += scale dq, a C fragment (mma.sync's or wgmma's layout) of the thread's rows i0 + row and
 // i0 + row + 8 (row: its warp's first row plus g) by COLS columns from col0, as 8-byte atomics.
 template <int D, int COLS>
@@ -220,8 +236,8 @@ __device__ __forceinline__ void add_dq_pairs(const attn_params &p, const float (
     float *dq_row = p.dq + (((int64_t)b * p.tq + i) * p.hq + h) * D + col0;
 #pragma unroll
     for (int dt = 0; dt < COLS / 8; dt++)
-      atomicAdd(reinterpret_cast<float2 *>(dq_row + dt * 8 + c * 2),
-                make_float2(dq[dt * 4 + 2 * hf] * scale, dq[dt * 4 + 2 * hf + 1] * scale));
+      atomic_add2(dq_row + dt * 8 + c * 2, dq[dt * 4 + 2 * hf] * scale,
+                  dq[dt * 4 + 2 * hf + 1] * scale);
   }
 }
 
@@ -247,7 +263,7 @@ __device__ __forceinline__ void add_dq_quads(const attn_params &p, const float (
                 got1 = __shfl_xor_sync(0xffffffffu, give1, 1);
     const float4 quad =
         odd ? make_float4(got0, got1, keep0, keep1) : make_float4(keep0, keep1, got0, got1);
-    if (i < p.tq) atomicAdd(reinterpret_cast<float4 *>(dq_row + dt * 8 + 2 * (c - odd)), quad);
+    if (i < p.tq) atomic_add4(dq_row + dt * 8 + 2 * (c - odd), quad);
   }
 }
 

@@ -31,6 +31,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+extern "C" {
+#include "core/log.h"
+}
 #include "kernels/cuda/linear_chunk.cuh"
 #include "kernels/cuda/linear_chunk_common.cuh"
 
@@ -101,6 +104,20 @@ static const char *const SHAPES =
 static const char *const NO_ROOM =
     "LT_LINEAR_KERNELS=chunks, but the GPU has no room for the chunks' states";
 
+// No room for the states: the scan takes the call (some 5x slower), said once per process.
+static int no_room(chunk_choice choice, const char *op, const chunk_args &a, int d, int sets,
+                   lt_tensor x, lt_tensor y) {
+  static bool said = false;
+  if (choice != CHUNKS_ALWAYS && !said) {
+    said = true;
+    lt_warn("%s: no GPU memory for the chunk kernels' states (%.2f GiB at T=%lld); linear "
+            "attention falls back to its slower scan",
+            op, (double)(a.b * a.hq * a.chunks) * d * d * sizeof(bf16) * sets / 1073741824.0,
+            (long long)a.t);
+  }
+  return not_taken(choice, op, NO_ROOM, x, y);
+}
+
 int lt_cuda_linear_chunk_fwd(lt_cuda_state *st, lt_tensor o, lt_tensor q, lt_tensor k, lt_tensor v,
                              lt_tensor prefix, const lt_linear_attn_spec *spec, bool *done) {
   *done = false;
@@ -113,7 +130,7 @@ int lt_cuda_linear_chunk_fwd(lt_cuda_state *st, lt_tensor o, lt_tensor q, lt_ten
   if (a.b * a.t == 0) return LT_OK; // nothing to run: the scan's early return says what holds
   chunk_segments sg;
   LT_TRY(lt_cuda_chunk_segments(st, a, d, 1, &sg));
-  if (!reserve_states(st, &a, d, 1, &sg)) return not_taken(choice, op, NO_ROOM, q, o);
+  if (!reserve_states(st, &a, d, 1, &sg)) return no_room(choice, op, a, d, 1, q, o);
   *done = true;
   LT_TRY(lt_cuda_chunk_states(st, a, d, 1, sg));
   LT_TRY(lt_cuda_chunk_output(st, a, d, (bf16 *)o.data));
@@ -140,7 +157,7 @@ int lt_cuda_linear_chunk_bwd(lt_cuda_state *st, lt_tensor dq, lt_tensor dk, lt_t
   if (a.b * a.t == 0) return LT_OK; // nothing to run: the scan's early return says what holds
   chunk_segments sg;
   LT_TRY(lt_cuda_chunk_segments(st, a, d, 2, &sg));
-  if (!reserve_states(st, &a, d, 2, &sg)) return not_taken(choice, op, NO_ROOM, q, dq);
+  if (!reserve_states(st, &a, d, 2, &sg)) return no_room(choice, op, a, d, 2, q, dq);
   *done = true;
   LT_TRY(lt_cuda_chunk_states(st, a, d, 2, sg));
   const int rc = dispatch_float(dq.dtype, [&](auto *tag) {

@@ -11,12 +11,12 @@
 //   dk = dA^T Q + Lambda' V G_c^T    rows: keys     x = v,  y = dO, z = q,  S = G_c^T
 // where M' is M for query rows and M^T for key rows, and w the weights of the file's comment:
 // lambda^(i'+1) for queries in H_c's document, lambda^(n_c-1-j') for keys in the chunk's last.
-// So the backward is two kernels that each fit twice on an SM: dq per (chunk, query head), like
-// the forward; dk and dv per (chunk, key/value head), summed over the group's query heads on
-// chip. A warp owns 16 rows (16 (w % 4) ..) and half the output columns ((w / 4 % 2) D / 2 ..) of
-// one product, and computes its rows' scores against the chunk's tokens itself: both column
-// halves do, which costs the scores' MMAs twice (a fifth of all) but spares a shared-memory round
-// trip and a barrier. Score tiles of 16 tokens that the causal mask hides wholly are skipped.
+// So the backward is two kernels: dq per (chunk, query head), like the forward (two blocks per
+// SM); dk and dv per (chunk, key/value head) (16 warps, one block per SM), summed over the group's
+// query heads on chip. A warp owns 16 rows (16 (w % 4) ..) and half the output columns ((w / 4 % 2)
+// D / 2 ..) of one product, and computes its rows' scores against the chunk's tokens itself: both
+// column halves do, which costs the scores' MMAs twice (a fifth of all) but spares a shared-memory
+// round trip and a barrier. Score tiles of 16 tokens that the causal mask hides wholly are skipped.
 #include "kernels/cuda/attention_common.cuh" // ldmatrix, mma_bf16, c_to_a, load_tile, tile_addr
 #include "kernels/cuda/linear_chunk_common.cuh"
 

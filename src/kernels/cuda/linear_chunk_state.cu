@@ -253,6 +253,8 @@ static int64_t segments_asked() {
 // least MIN_SEGMENT_CHUNKS long, and none where that leaves fewer than MIN_SEGMENTS.
 int lt_cuda_chunk_segments(lt_cuda_state *st, const chunk_args &a, int d, int passes,
                            chunk_segments *sg) {
+  // `passes` (1 forward, 2 backward) enters the count, so the backward may cut the H walk
+  // differently from the forward: its H_c then differ from the forward's by bf16 rounding only.
   int64_t want = segments_asked();
   const int64_t longest = a.chunks / MIN_SEGMENT_CHUNKS; // segments of MIN_SEGMENT_CHUNKS or more
   if (want == 0 && longest >= MIN_SEGMENTS) {

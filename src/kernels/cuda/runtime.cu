@@ -185,9 +185,11 @@ int lt_cuda_ctx_init(lt_ctx *ctx) {
   CUDA_TRY(cudaDeviceGetAttribute(&st->n_sms, cudaDevAttrMultiProcessorCount, st->device),
            "reading the multiprocessor count of GPU %d", st->device);
   CUDA_TRY(cudaStreamCreateWithFlags(&st->stream, cudaStreamDefault), "creating a stream");
-  CUDA_TRY(cudaStreamCreateWithFlags(&st->side, cudaStreamNonBlocking), "creating a stream");
-  CUDA_TRY(cudaEventCreateWithFlags(&st->fork, cudaEventDisableTiming), "creating an event");
-  CUDA_TRY(cudaEventCreateWithFlags(&st->join, cudaEventDisableTiming), "creating an event");
+  CUDA_TRY(cudaStreamCreateWithFlags(&st->side, cudaStreamNonBlocking), "creating the side stream");
+  CUDA_TRY(cudaEventCreateWithFlags(&st->fork, cudaEventDisableTiming),
+           "creating the side stream's events");
+  CUDA_TRY(cudaEventCreateWithFlags(&st->join, cudaEventDisableTiming),
+           "creating the side stream's events");
   cublasStatus_t bs = cublasLtCreate(&st->blas);
   if (bs != CUBLAS_STATUS_SUCCESS)
     return lt_fail(LT_ERR_DEVICE, "cuBLASLt error in cublasLtCreate: %s (%s)",
@@ -211,6 +213,7 @@ void lt_cuda_ctx_destroy(lt_ctx *ctx) {
   lt_cuda_state *st = cuda_state(ctx);
   if (!st) return;
   if (st->stream) cudaStreamSynchronize(st->stream);
+  if (st->side) cudaStreamSynchronize(st->side);
   if (st->profile) {
     profile_report(st->profile);
     for (int i = 0; i < PROFILE_MARKS; i++) cudaEventDestroy(st->profile->events[i]);
@@ -222,10 +225,7 @@ void lt_cuda_ctx_destroy(lt_ctx *ctx) {
   lt_cuda_free(st->blas_workspace);
   lt_cuda_free(st->scratch);
   if (st->host_result) cudaFreeHost(st->host_result);
-  if (st->side) {
-    cudaStreamSynchronize(st->side);
-    cudaStreamDestroy(st->side);
-  }
+  if (st->side) cudaStreamDestroy(st->side);
   if (st->fork) cudaEventDestroy(st->fork);
   if (st->join) cudaEventDestroy(st->join);
   if (st->stream) cudaStreamDestroy(st->stream);
