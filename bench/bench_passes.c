@@ -7,7 +7,9 @@
 // The step's total counts each pass as often as a step of that model runs it (per layer: the
 // SwiGLU forward and backward, the fused add + FFN norm, the attention norm, the block's closing
 // add, two norm backwards, RoPE both ways, attention's delta; plus the final norm and its
-// backward). Times are medians of 5 trials of back-to-back repetitions after a warm-up.
+// backward). MoH's backward of its head weights with attention's delta, fused (our op) and as the
+// two passes it replaces, is timed too, outside the step's total (the 135M model has no MoH).
+// Times are medians of 5 trials of back-to-back repetitions after a warm-up.
 #include <cuda_runtime_api.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +28,7 @@ typedef struct passes {
   lt_tensor rstd;                      // (N) f32
   lt_tensor qkv, q, k, v, dq, pos;     // RoPE: (N, 3H, D), (N, H, D) bf16, dq f32, pos (N)
   lt_tensor o, dout, delta;            // attention's delta: (B, T, H, D) bf16, (B, H, T) f32
+  lt_tensor d_o, gates, dgates;        // MoH: d_o (B, T, H, D) bf16 (dout is d_gated), (N, H) f32
   lt_tensor copy_src, copy_dst;        // bf16, half the largest pass's bytes each
   int64_t copy_numel;                  // the elements the reference copies now
 } passes;
@@ -65,6 +68,15 @@ static int rope_bwd(void *arg) {
 static int attn_delta(void *arg) {
   passes *p = arg;
   return lt_attn_bwd_delta(p->ctx, p->delta, p->dout, p->o);
+}
+static int moh_gate_bwd_delta(void *arg) {
+  passes *p = arg;
+  return lt_head_gate_bwd_delta(p->ctx, p->d_o, p->dgates, p->delta, p->dout, p->o, p->gates);
+}
+static int moh_gate_bwd_then_delta(void *arg) {
+  passes *p = arg;
+  LT_TRY(lt_head_gate_bwd(p->ctx, p->d_o, p->dgates, p->dout, p->o, p->gates));
+  return lt_attn_bwd_delta(p->ctx, p->delta, p->d_o, p->o);
 }
 static int reference_copy(void *arg) {
   passes *p = arg;
@@ -118,6 +130,9 @@ static int make_passes(passes *p, int64_t B, int64_t T, int64_t H, int64_t D, in
       {&p->o, LT_BF16, 4, {B, T, H, D}},
       {&p->dout, LT_BF16, 4, {B, T, H, D}},
       {&p->delta, LT_F32, 3, {B, H, T}},
+      {&p->d_o, LT_BF16, 4, {B, T, H, D}},
+      {&p->gates, LT_F32, 2, {n, H}},
+      {&p->dgates, LT_F32, 2, {n, H}},
       {&p->copy_src, LT_BF16, 1, {copy_numel}},
       {&p->copy_dst, LT_BF16, 1, {copy_numel}},
   };
@@ -137,10 +152,11 @@ static int make_passes(passes *p, int64_t B, int64_t T, int64_t H, int64_t D, in
 }
 
 static void free_passes(passes *p) {
-  lt_tensor *all[] = {&p->gate_up, &p->dgate_up, &p->h,     &p->dh,       &p->x,       &p->y,
-                      &p->sum,     &p->out,      &p->dx,    &p->w,        &p->dw,      &p->rstd,
-                      &p->qkv,     &p->q,        &p->k,     &p->v,        &p->dq,      &p->pos,
-                      &p->o,       &p->dout,     &p->delta, &p->copy_src, &p->copy_dst};
+  lt_tensor *all[] = {&p->gate_up,  &p->dgate_up, &p->h,     &p->dh,  &p->x,     &p->y,
+                      &p->sum,      &p->out,      &p->dx,    &p->w,   &p->dw,    &p->rstd,
+                      &p->qkv,      &p->q,        &p->k,     &p->v,   &p->dq,    &p->pos,
+                      &p->o,        &p->dout,     &p->delta, &p->d_o, &p->gates, &p->dgates,
+                      &p->copy_src, &p->copy_dst};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
     if (all[i]->data) lt_device_free(LT_CUDA, all[i]->data);
 }
@@ -170,6 +186,8 @@ int main(int argc, char **argv) {
       {"rope_qkv_fwd", rope_fwd, n * 2 * qkv * 2, N_LAYERS},
       {"rope_qkv_bwd (f32 dq)", rope_bwd, n * (c * 4 + 2 * c * 2 + qkv * 2), N_LAYERS},
       {"attn_bwd_delta", attn_delta, n * (2 * c * 2 + H * 4), N_LAYERS},
+      {"moh gate_bwd_delta", moh_gate_bwd_delta, n * (3 * c * 2 + 3 * H * 4), 0},
+      {"moh gate_bwd + delta", moh_gate_bwd_then_delta, n * (5 * c * 2 + 3 * H * 4), 0},
   };
   const int n_cases = (int)(sizeof cases / sizeof cases[0]);
   double most_bytes = 0;

@@ -76,7 +76,7 @@ for what in "$@"; do
   passes)
     # The memory-bound passes of the 135M model's step against a copy of the same bytes.
     stage passes 200 $build/bench/bench_passes
-    tail -14 "$out/passes.log"
+    tail -16 "$out/passes.log"
     ;;
   model-4k)
     stage model-4k 400 $build/bench/bench_model --seq 4096 --batch 8 "${model_reference[@]}"

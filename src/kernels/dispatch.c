@@ -340,6 +340,10 @@ int lt_attn_fwd(lt_ctx *ctx, lt_tensor o, lt_tensor lse, lt_tensor q, lt_tensor 
   EXPECT(lt_same_shape(o, q), "attn_fwd", "o vs q", o, q);
   EXPECT(lt_numel(lse) == dims.b * dims.hq * dims.tq && lse.dtype == LT_F32, "attn_fwd",
          "lse must be (B, Hq, Tq) f32", lse, q);
+  const lt_tensor gated = spec->gated_out;
+  EXPECT(!gated.data || (lt_same_shape(gated, o) && gated.dtype == o.dtype), "attn_fwd",
+         "gated_out must be shaped and typed as o", gated, o);
+  EXPECT(!gated.data || spec->head_gates.data, "attn_fwd", "gated_out needs head gates", gated, o);
   ON_CUDA(lt_cuda_attn_fwd(ctx, o, lse, q, k, v, spec));
   lt_cpu_attn_fwd(lt_f32(o), lt_f32(lse), lt_f32(q), lt_f32(k), lt_f32(v), &dims, spec);
   return LT_OK;
@@ -450,6 +454,25 @@ int lt_head_gate_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dgates, lt_tensor dout
   const int d = (int)x.shape[x.ndim - 1], h = (int)x.shape[x.ndim - 2];
   lt_cpu_head_gate_bwd(lt_f32(dx), lt_f32(dgates), lt_f32(dout), lt_f32(x), lt_f32(gates),
                        lt_numel(gates) / h, h, d);
+  return LT_OK;
+}
+
+int lt_head_gate_bwd_delta(lt_ctx *ctx, lt_tensor d_o, lt_tensor dgates, lt_tensor delta,
+                           lt_tensor d_gated, lt_tensor o, lt_tensor gates) {
+  const char *op = "head_gate_bwd_delta";
+  EXPECT(o.ndim == 4 && lt_same_shape(d_o, o) && lt_same_shape(d_gated, o), op,
+         "d_o, d_gated and o must be (B, T, H, D) alike", d_gated, o);
+  const int64_t rows = o.shape[0] * o.shape[1] * o.shape[2];
+  EXPECT(lt_numel(gates) == rows && gates.dtype == LT_F32, op, "gates must be (B*T, H) f32", gates,
+         o);
+  EXPECT(lt_numel(dgates) == rows && dgates.dtype == LT_F32, op, "dgates must be (B*T, H) f32",
+         dgates, o);
+  EXPECT(lt_numel(delta) == rows && delta.dtype == LT_F32, op, "delta must be (B, H, T) f32", delta,
+         o);
+  ON_CUDA(lt_cuda_head_gate_bwd_delta(ctx, d_o, dgates, delta, d_gated, o, gates));
+  lt_cpu_head_gate_bwd_delta(lt_f32(d_o), lt_f32(dgates), lt_f32(delta), lt_f32(d_gated), lt_f32(o),
+                             lt_f32(gates), o.shape[0], o.shape[1], (int)o.shape[2],
+                             (int)o.shape[3]);
   return LT_OK;
 }
 

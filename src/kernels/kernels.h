@@ -152,6 +152,11 @@ typedef struct lt_attn_spec {
   // heads) gets o = 0, lse = -inf, as a query that sees no key, and no gradient. The CPU kernels
   // skip its row; the CUDA kernels skip a tile of queries only when all of its rows are off.
   lt_tensor head_gates;
+  // (B, Tq, Hq, D) of o's dtype, or data == NULL: with head_gates, lt_attn_fwd also writes
+  // head_gates * o here (MoH's weighted heads, which the output projection reads), from the same
+  // epilogue as o: 0 where o is. Forward only; a partial over some keys (ring attention) must not
+  // ask for it, as the weighting applies to the merged result.
+  lt_tensor gated_out;
   // When not NULL, the kernels add the number of (batch row, query head, query tile, key tile)
   // tiles they computed: the work, which sparse patterns make grow with the visible blocks. Tiles
   // are the device's own (CPU 32 x 32; the CUDA kernels' are larger, and their count waits for
@@ -163,7 +168,8 @@ typedef struct lt_attn_spec {
 // h reads key/value head h / (Hq / Hkv)):
 //   o = softmax(scale * q k^T + mask) v,   lse = log sum exp(scale * q k^T + mask) per query.
 // q, o: (B, Tq, Hq, D); k, v: (B, Tk, Hkv, D); lse: (B, Hq, Tq) f32. A query that sees no key
-// gets o = 0 and lse = -inf, which lt_attn_merge treats as empty.
+// gets o = 0 and lse = -inf, which lt_attn_merge treats as empty. With spec->gated_out, also
+// gated_out[b, i, h, :] = head_gates[b, i, h] * o[b, i, h, :].
 int lt_attn_fwd(lt_ctx *ctx, lt_tensor o, lt_tensor lse, lt_tensor q, lt_tensor k, lt_tensor v,
                 const lt_attn_spec *spec);
 // Folds a partial result into a running one (the online-softmax merge):
@@ -260,6 +266,13 @@ int lt_head_gate_fwd(lt_ctx *ctx, lt_tensor out, lt_tensor x, lt_tensor gates);
 // dx = gates * dout (overwritten); dgates[n, h] = <dout[n, h, :], x[n, h, :]> (overwritten)
 int lt_head_gate_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dgates, lt_tensor dout, lt_tensor x,
                      lt_tensor gates);
+// The backward of MoH's weighting fused with attention's delta, from one read of d_gated and o:
+// per token n = (b, t) and head h, with s = <d_gated[n, h, :], o[n, h, :]>,
+//   dgates[n, h] = s,  d_o[n, h, :] = gates[n, h] * d_gated[n, h, :],
+//   delta[b, h, t] = gates[n, h] * s  (= rowsum(d_o * o), as lt_attn_bwd_delta of d_o).
+// d_o, d_gated, o: (B, T, H, D); dgates, gates: (B*T, H) f32; delta: (B, H, T) f32
+int lt_head_gate_bwd_delta(lt_ctx *ctx, lt_tensor d_o, lt_tensor dgates, lt_tensor delta,
+                           lt_tensor d_gated, lt_tensor o, lt_tensor gates);
 
 // --- linear attention (linear, lightning), shaped for LASP-2 ---
 //

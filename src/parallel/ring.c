@@ -141,6 +141,7 @@ static int pack_block(lt_ring_attention *ring, lt_ctx *ctx, lt_tensor k, lt_tens
 // The spec of a step: the local queries over the visiting block's keys.
 static lt_attn_spec step_spec(const lt_attn_spec *spec, const kv_block *b) {
   lt_attn_spec step = *spec;
+  step.gated_out = (lt_tensor){0}; // a step's output is partial: the weighting waits for the merge
   step.k_pos = b->pos;
   if (spec->k_doc.data) step.k_doc = b->doc;
   return step;
@@ -225,6 +226,7 @@ int lt_ring_attention_forward(lt_ring_attention *ring, lt_ctx *ctx, lt_tensor o,
     LT_TRY(rc);
     LT_TRY(wait_rc);
   }
+  if (spec->gated_out.data) LT_TRY(lt_head_gate_fwd(ctx, spec->gated_out, o, spec->head_gates));
   return LT_OK;
 }
 

@@ -38,7 +38,8 @@ void lt_ring_attention_destroy(lt_ring_attention *ring);
 int lt_ring_attention_plan(lt_ring_attention *ring, const lt_plan *p, int hq, int hkv,
                            int head_dim);
 // As lt_attn_fwd on this rank's queries over the whole sequence's keys. spec: the local tokens'
-// positions and documents as both q_pos and k_pos (q_doc and k_doc), and the pattern.
+// positions and documents as both q_pos and k_pos (q_doc and k_doc), and the pattern. A
+// spec->gated_out is written by the kernel on one rank, by a pass after the merge on several.
 int lt_ring_attention_forward(lt_ring_attention *ring, lt_ctx *ctx, lt_tensor o, lt_tensor lse,
                               lt_tensor q, lt_tensor k, lt_tensor v, const lt_attn_spec *spec);
 // As lt_attn_bwd: dq, dk, dv += the gradients of the forward's o given dout, the final lse and

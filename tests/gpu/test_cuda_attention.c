@@ -4,7 +4,8 @@
 // tiles than one pass of the kernels' tile list, and the partial/merge contract of ring attention;
 // every sparse pattern (tests/unit/test_sparse_attention.c checks the CPU's against dense
 // attention), alone and combined, with documents, chunks and positions out of order; MoH's head
-// gates; and the work of a sliding window, which grows with T, not T^2. Every case runs under each
+// gates, and the gated output (gates * o) the forward writes beside o for them; and the work of
+// a sliding window, which grows with T, not T^2. Every case runs under each
 // of the forward's and the backward's variants (LT_ATTN_FWD, LT_ATTN_BWD).
 #include <math.h>
 #include <stdio.h>
@@ -163,21 +164,24 @@ static lt_attn_spec gpu_spec(const attn_case *c) {
 
 typedef struct attn_result {
   float *o, *lse, *dq, *dk, *dv; // host f32
+  float *gated;                  // gates * o (spec.gated_out) where the case has gates, else NULL
 } attn_result;
 
 static void free_result(attn_result *r) {
-  free(r->o), free(r->lse), free(r->dq), free(r->dk), free(r->dv);
+  free(r->o), free(r->lse), free(r->dq), free(r->dk), free(r->dv), free(r->gated);
 }
 
 // Forward, delta and backward on the CPU; dk and dv start from `dkv0` (the kernels add).
 static attn_result run_cpu(const attn_case *c, const float *dk0, const float *dv0) {
   const int64_t nq = c->B * c->Tq * c->hq * c->d, nk = c->B * c->Tk * c->hkv * c->d;
   const int64_t nl = c->B * c->hq * c->Tq;
-  attn_result r = {malloc(4 * nq), malloc(4 * nl), calloc(nq, 4), malloc(4 * nk), malloc(4 * nk)};
+  attn_result r = {malloc(4 * nq), malloc(4 * nl), calloc(nq, 4),
+                   malloc(4 * nk), malloc(4 * nk), c->gates ? malloc(4 * nq) : NULL};
   memcpy(r.dk, dk0, 4 * nk), memcpy(r.dv, dv0, 4 * nk);
   float *delta = malloc(4 * nl);
   lt_attn_spec s = cpu_spec(c);
 #define H(x, shape) lt_view(x, LT_F32, LT_CPU, shape)
+  if (c->gates) s.gated_out = H(r.gated, QSHAPE(c));
   assert_ok(lt_attn_fwd(&lt_test_cpu, H(r.o, QSHAPE(c)), H(r.lse, LSHAPE(c)), H(c->q, QSHAPE(c)),
                         H(c->k, KSHAPE(c)), H(c->v, KSHAPE(c)), &s));
   // The backward sees the o the GPU will see: rounded to bf16.
@@ -198,7 +202,8 @@ static attn_result run_gpu(const attn_case *c, const float *dk0, const float *dv
             k = lt_gpu_upload(c->k, LT_BF16, KSHAPE(c));
   lt_tensor v = lt_gpu_upload(c->v, LT_BF16, KSHAPE(c));
   lt_tensor dout = lt_gpu_upload(c->dout, LT_BF16, QSHAPE(c));
-  lt_tensor o = lt_gpu_upload(c->dout, LT_BF16, QSHAPE(c)); // poisoned with other values
+  lt_tensor o = lt_gpu_upload(c->dout, LT_BF16, QSHAPE(c));            // poisoned with other values
+  if (c->gates) s.gated_out = lt_gpu_upload(c->q, LT_BF16, QSHAPE(c)); // poisoned too
   float *poison = lt_gpu_random(c->B * c->hq * c->Tq, 100.0f, false);
   lt_tensor lse = lt_gpu_upload(poison, LT_F32, LSHAPE(c)),
             delta = lt_gpu_upload(poison, LT_F32, LSHAPE(c));
@@ -210,8 +215,9 @@ static attn_result run_gpu(const attn_case *c, const float *dk0, const float *dv
   lt_tensor dk = lt_gpu_upload(dk0, LT_BF16, KSHAPE(c)),
             dv = lt_gpu_upload(dv0, LT_BF16, KSHAPE(c));
   assert_ok(lt_attn_bwd(&lt_test_gpu, dq, dk, dv, dout, q, k, v, lse, delta, &s));
-  attn_result r = {lt_gpu_fetch(o), lt_gpu_fetch(lse), lt_gpu_fetch(dq), lt_gpu_fetch(dk),
-                   lt_gpu_fetch(dv)};
+  attn_result r = {lt_gpu_fetch(o),  lt_gpu_fetch(lse),
+                   lt_gpu_fetch(dq), lt_gpu_fetch(dk),
+                   lt_gpu_fetch(dv), c->gates ? lt_gpu_fetch(s.gated_out) : NULL};
   lt_gpu_free_all();
   return r;
 }
@@ -242,6 +248,8 @@ static void expect_case_matches_cpu(const char *what, attn_case *c) {
     use_variants(v);
     attn_result got = run_gpu(c, dk0, dv0);
     lt_gpu_expect_close("o (bf16)", got.o, want.o, nq, 1e-2);
+    if (want.gated)
+      lt_gpu_expect_close("gated_out = gates * o (bf16)", got.gated, want.gated, nq, 1e-2);
     expect_lse_close(got.lse, want.lse, c->B * c->hq * c->Tq);
     lt_gpu_expect_close("dq (f32)", got.dq, want.dq, nq, 1e-2);
     lt_gpu_expect_close("dk += (bf16)", got.dk, want.dk, nk, 1e-2);
@@ -524,6 +532,7 @@ static void test_heads_gated_off_get_zero_output_and_no_gradient(void **state) {
       const int64_t b = i / (300 * 4), t = i / 4 % 300, h = i % 4;
       assert_true(got.lse[(b * 4 + h) * 300 + t] == -INFINITY);
       assert_true(lt_test_max_abs(got.o + i * 64, 64) == 0.0);
+      assert_true(lt_test_max_abs(got.gated + i * 64, 64) == 0.0);
       assert_true(lt_test_max_abs(got.dq + i * 64, 64) == 0.0);
     }
     free_result(&got);
@@ -534,6 +543,11 @@ static void test_heads_gated_off_get_zero_output_and_no_gradient(void **state) {
   make_sparse_case(&c, 1, 500, 500, 4, 1, 128, PATTERN(.window = 100, .sinks = 2), 120, true);
   add_gates(&c, 0.5, false);
   expect_case_matches_cpu("gates with a window, sinks and documents, d = 128", &c);
+  // The first 70 queries of each row (more than a tile of them) see no key: o and gated_out 0.
+  make_case(&c, 2, 260, 260, 4, 2, 64, true, 0);
+  for (int64_t j = 0; j < 2 * 260; j++) c.k_pos[j] += 70;
+  add_gates(&c, 0.3, false);
+  expect_case_matches_cpu("gates with queries that see no key", &c);
 }
 
 // The tiles the GPU computes in a forward and backward of T tokens (one head of 128).

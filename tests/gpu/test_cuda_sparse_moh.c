@@ -1,6 +1,7 @@
 // Mixture-of-head attention's ops on the GPU against the CPU reference (tests/unit/test_moh.c
 // checks that one against finite differences): the router's weights, probabilities, choices and
-// loads, its backward, and the per-head gating. Then whole training steps of a tiny model with a
+// loads, its backward, the per-head gating, and the gating's backward fused with attention's delta
+// (lt_head_gate_bwd_delta). Then whole training steps of a tiny model with a
 // sparse layer (window and sinks, over packed documents) and a MoH layer, on the GPU and on the
 // CPU in fp32: the losses, auxiliary losses and gradients agree to bf16 accuracy.
 #include <math.h>
@@ -166,6 +167,53 @@ static void test_head_gating_matches_cpu(void **state) {
   expect_head_gating_matches_cpu(77, 4, 128, LT_F32, 1e-6);
 }
 
+// The fused backward of the gating and attention's delta over (b, t, h, d) outputs, against the
+// CPU's, from poisoned outputs; rows gated off must send back exact zeros.
+static void expect_gate_backward_with_delta_matches_cpu(int64_t b, int64_t t, int h, int d,
+                                                        lt_dtype dtype, double tol) {
+  printf("gating backward with delta: (%lld, %lld, %d, %d), %s\n", (long long)b, (long long)t, h, d,
+         lt_dtype_name(dtype));
+  const int64_t n = b * t, nx = n * h * d;
+  const int64_t xshape[4] = {b, t, h, d}, gshape[2] = {n, h}, dshape[3] = {b, h, t};
+  float *d_gated = lt_gpu_random(nx, 1.0f, true), *o = lt_gpu_random(nx, 1.0f, true);
+  float *gates = lt_gpu_random(n * h, 1.0f, false);
+  for (int64_t i = 0; i < n * h; i += 3) gates[i] = 0.0f; // heads left out
+  float *d_o = malloc(4 * nx), *dgates = malloc(4 * n * h), *delta = malloc(4 * n * h);
+  assert_ok(lt_head_gate_bwd_delta(
+      &lt_test_cpu, lt_view(d_o, LT_F32, LT_CPU, 4, xshape),
+      lt_view(dgates, LT_F32, LT_CPU, 2, gshape), lt_view(delta, LT_F32, LT_CPU, 3, dshape),
+      lt_view(d_gated, LT_F32, LT_CPU, 4, xshape), lt_view(o, LT_F32, LT_CPU, 4, xshape),
+      lt_view(gates, LT_F32, LT_CPU, 2, gshape)));
+  float *poison = lt_gpu_random(nx, 100.0f, false);
+  lt_tensor g_d_o = lt_gpu_upload(poison, dtype, 4, xshape);
+  lt_tensor g_dgates = lt_gpu_upload(poison, LT_F32, 2, gshape);
+  lt_tensor g_delta = lt_gpu_upload(poison, LT_F32, 3, dshape);
+  assert_ok(lt_head_gate_bwd_delta(
+      &lt_test_gpu, g_d_o, g_dgates, g_delta, lt_gpu_upload(d_gated, dtype, 4, xshape),
+      lt_gpu_upload(o, dtype, 4, xshape), lt_gpu_upload(gates, LT_F32, 2, gshape)));
+  float *got_d_o = lt_gpu_fetch(g_d_o), *got_dgates = lt_gpu_fetch(g_dgates);
+  float *got_delta = lt_gpu_fetch(g_delta);
+  lt_gpu_expect_close("d_o = gates * d_gated", got_d_o, d_o, nx, tol);
+  lt_gpu_expect_close("dgates = <d_gated, o> (f32)", got_dgates, dgates, n * h, 1e-5);
+  lt_gpu_expect_close("delta = gates * dgates (f32)", got_delta, delta, n * h, 1e-5);
+  for (int64_t row = 0; row < n * h; row++) {
+    if (gates[row] != 0.0f) continue;
+    const int64_t bi = row / h / t, ti = row / h % t, hi = row % h;
+    assert_true(got_delta[(bi * h + hi) * t + ti] == 0.0f);
+    assert_true(lt_test_max_abs(got_d_o + row * d, d) == 0.0);
+  }
+  free(d_gated), free(o), free(gates), free(d_o), free(dgates), free(delta), free(poison);
+  free(got_d_o), free(got_dgates), free(got_delta);
+  lt_gpu_free_all();
+}
+
+static void test_gate_backward_fused_with_delta_matches_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  expect_gate_backward_with_delta_matches_cpu(2, 300, 6, 64, LT_BF16, 1e-2);  // T past the tiles
+  expect_gate_backward_with_delta_matches_cpu(3, 77, 12, 128, LT_BF16, 1e-2); // d = 128
+  expect_gate_backward_with_delta_matches_cpu(1, 50, 5, 32, LT_F32, 1e-6);    // f32, d = 32
+}
+
 // --- whole training steps ---
 
 enum { B = 2, T = 96, VOCAB = 512, STEPS = 3 };
@@ -314,6 +362,7 @@ int main(void) {
       cmocka_unit_test(test_moh_routing_matches_cpu),
       cmocka_unit_test(test_moh_routing_backward_matches_cpu),
       cmocka_unit_test(test_head_gating_matches_cpu),
+      cmocka_unit_test(test_gate_backward_fused_with_delta_matches_cpu),
       cmocka_unit_test(test_sparse_and_moh_model_with_every_head_chosen_has_the_cpu_gradients),
       cmocka_unit_test(test_sparse_and_moh_model_with_routing_trains_on_gpu_as_on_cpu),
   };

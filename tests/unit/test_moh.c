@@ -1,7 +1,9 @@
 // Mixture-of-head attention: with every head on at weight 1 it is multi-head attention (the
 // softmax layer with the same weights), forward and backward; in general its output is the
 // router-weighted sum of the heads' outputs, with the weights and the load-balance loss of the
-// MoH paper written out here in double precision; and its config is checked with one-line errors.
+// MoH paper written out here in double precision; the weighting fused into the attention (the
+// forward's gated output, gates * o; the backward's one pass for d_o, the gates' gradient and
+// delta) matches the separate ops; and its config is checked with one-line errors.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -282,6 +284,96 @@ static void test_heads_a_token_left_out_are_not_computed(void **state) {
   assert_true(lt_test_max_rel_diff(gated.dv, plain.dv, N * HKV * HD, 1.0) < 1e-6);
 }
 
+// --- MoH's weighting fused into the attention's epilogue and into the delta's pass ---
+
+static lt_tensor gates_view(const float *x) {
+  return lt_view2((float *)x, LT_F32, LT_CPU, N, H);
+}
+
+// Head weights with every third (token, head) pair left out (0), the rest in [0.5, 4.5].
+static void fill_gates(float *gates) {
+  for (int i = 0; i < N * H; i++) gates[i] = (i * 7) % 3 == 0 ? 0.0f : 0.5f + (float)(i % 5);
+}
+
+static void fill_nan(float *x, int64_t n) {
+  for (int64_t i = 0; i < n; i++) x[i] = NAN;
+}
+
+// The first NO_KEY queries of each sequence see no key: every key sits NO_KEY positions later.
+enum { NO_KEY = 3 };
+
+static void test_attention_gated_output_is_the_gates_times_the_output(void **state) {
+  (void)state;
+  static float q[N * H * HD], k[N * HKV * HD], v[N * HKV * HD], gates[N * H];
+  static float o[N * H * HD], lse[N * H], gated[N * H * HD];
+  lt_test_fill_normal(q, N * H * HD, 1, 1.0f);
+  lt_test_fill_normal(k, N * HKV * HD, 2, 1.0f);
+  lt_test_fill_normal(v, N * HKV * HD, 3, 1.0f);
+  fill_gates(gates);
+  int32_t q_pos[N], k_pos[N];
+  for (int i = 0; i < N; i++) q_pos[i] = i % T, k_pos[i] = i % T + NO_KEY;
+  const lt_attn_spec spec = {.scale = 0.4f,
+                             .causal = true,
+                             .q_pos = lt_view2(q_pos, LT_I32, LT_CPU, B, T),
+                             .k_pos = lt_view2(k_pos, LT_I32, LT_CPU, B, T),
+                             .head_gates = lt_view3(gates, LT_F32, LT_CPU, B, T, H),
+                             .gated_out = q_view(gated)};
+  fill_nan(gated, N * H * HD); // every element must be written
+  assert_ok(lt_attn_fwd(&ctx, q_view(o), lse_view(lse), q_view(q), kv_view(k), kv_view(v), &spec));
+  int gated_off = 0, no_key = 0;
+  for (int row = 0; row < N * H; row++) {
+    const int t = row / H % T, h = row % H, b = row / H / T;
+    if (t < NO_KEY) {
+      assert_true(lse[(b * H + h) * T + t] == -INFINITY);
+      no_key += gates[row] != 0.0f;
+    } else {
+      gated_off += gates[row] == 0.0f;
+    }
+    for (int x = 0; x < HD; x++) assert_true(gated[row * HD + x] == gates[row] * o[row * HD + x]);
+    if (gates[row] == 0.0f || t < NO_KEY) assert_true(lt_test_max_abs(gated + row * HD, HD) == 0.0);
+  }
+  assert_true(gated_off > 0 && no_key > 0); // both kinds of empty row occur
+}
+
+static void test_gated_output_without_head_gates_is_an_error_naming_the_op(void **state) {
+  (void)state;
+  static float x[N * H * HD], lse[N * H];
+  int32_t pos[N] = {0};
+  const lt_attn_spec spec = {.scale = 0.4f,
+                             .q_pos = lt_view2(pos, LT_I32, LT_CPU, B, T),
+                             .k_pos = lt_view2(pos, LT_I32, LT_CPU, B, T),
+                             .gated_out = q_view(x)};
+  EXPECT_ERROR(lt_attn_fwd(&ctx, q_view(x), lse_view(lse), q_view(x), q_view(x), q_view(x), &spec),
+               LT_ERR_INTERNAL, "attn_fwd", "gated_out needs head gates");
+}
+
+static void test_fused_gate_backward_matches_the_separate_ops(void **state) {
+  (void)state;
+  static float d_gated[N * H * HD], o[N * H * HD], gates[N * H];
+  static float d_o[N * H * HD], dgates[N * H], delta[N * H];
+  static float want_d_o[N * H * HD], want_dgates[N * H], want_delta[N * H];
+  lt_test_fill_normal(d_gated, N * H * HD, 5, 1.0f);
+  lt_test_fill_normal(o, N * H * HD, 6, 1.0f);
+  fill_gates(gates);
+  assert_ok(lt_head_gate_bwd(&ctx, q_view(want_d_o), gates_view(want_dgates), q_view(d_gated),
+                             q_view(o), gates_view(gates)));
+  assert_ok(lt_attn_bwd_delta(&ctx, lse_view(want_delta), q_view(want_d_o), q_view(o)));
+  fill_nan(d_o, N * H * HD), fill_nan(dgates, N * H), fill_nan(delta, N * H);
+  assert_ok(lt_head_gate_bwd_delta(&ctx, q_view(d_o), gates_view(dgates), lse_view(delta),
+                                   q_view(d_gated), q_view(o), gates_view(gates)));
+  assert_memory_equal(d_o, want_d_o, sizeof d_o);
+  // delta: gates * sum(d_gated * o) here, sum(gates * d_gated * o) there.
+  assert_true(lt_test_max_rel_diff(dgates, want_dgates, N * H, 1.0) < 1e-6);
+  assert_true(lt_test_max_rel_diff(delta, want_delta, N * H, 1.0) < 1e-5);
+  // A head left out sends nothing back into the attention.
+  for (int row = 0; row < N * H; row++)
+    if (gates[row] == 0.0f) {
+      const int t = row / H % T, h = row % H, b = row / H / T;
+      assert_true(delta[(b * H + h) * T + t] == 0.0f);
+      assert_true(lt_test_max_abs(d_o + row * HD, HD) == 0.0);
+    }
+}
+
 // --- config ---
 
 static int load_yaml(const char *yaml) {
@@ -336,6 +428,9 @@ int main(void) {
       cmocka_unit_test(test_moh_output_is_the_router_weighted_sum_of_the_heads),
       cmocka_unit_test(test_moh_routes_each_token_to_top_k_heads),
       cmocka_unit_test(test_heads_a_token_left_out_are_not_computed),
+      cmocka_unit_test(test_attention_gated_output_is_the_gates_times_the_output),
+      cmocka_unit_test(test_gated_output_without_head_gates_is_an_error_naming_the_op),
+      cmocka_unit_test(test_fused_gate_backward_matches_the_separate_ops),
       cmocka_unit_test(test_moh_top_k_above_the_routed_heads_is_a_config_error),
       cmocka_unit_test(test_moh_needs_a_routed_head),
       cmocka_unit_test(test_moh_routes_at_most_256_heads),

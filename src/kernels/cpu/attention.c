@@ -24,6 +24,7 @@ void lt_cpu_attn_fwd(float *o, float *lse, const float *q, const float *k, const
   const int hq = dims->hq, hkv = dims->hkv, d = dims->d, group = hq / hkv;
   const int64_t n_qtiles = (tq + TILE_Q - 1) / TILE_Q;
   const float *gates = spec->head_gates.data ? lt_f32(spec->head_gates) : NULL;
+  float *gated = spec->gated_out.data ? lt_f32(spec->gated_out) : NULL; // with gates (dispatch)
 #pragma omp parallel for schedule(dynamic) collapse(3)
   for (int64_t b = 0; b < dims->b; b++)
     for (int h = 0; h < hq; h++)
@@ -78,15 +79,19 @@ void lt_cpu_attn_fwd(float *o, float *lse, const float *q, const float *k, const
         }
         for (int64_t r = 0; r < ni; r++) {
           const int64_t i = i0 + r;
-          float *oi = o + ((b * tq + i) * hq + h) * d;
+          const int64_t row = (b * tq + i) * hq + h;
+          float *oi = o + row * d, *gi = gated ? gated + row * d : NULL;
           float *li = lse + (b * hq + h) * tq + i;
           if (row_sum[r] == 0.0f) {
             memset(oi, 0, sizeof(float) * (size_t)d);
+            if (gi) memset(gi, 0, sizeof(float) * (size_t)d);
             *li = -INFINITY;
             continue;
           }
           float inv = 1.0f / row_sum[r];
           for (int x = 0; x < d; x++) oi[x] = accp[r * d + x] * inv;
+          if (gi)
+            for (int x = 0; x < d; x++) gi[x] = gates[row] * oi[x];
           *li = row_max[r] + logf(row_sum[r]);
         }
       }

@@ -97,6 +97,9 @@ void lt_cpu_moh_route_bwd(float *dlogits, const float *dgates, const float *prob
 void lt_cpu_head_gate_fwd(float *out, const float *x, const float *gates, int64_t n, int h, int d);
 void lt_cpu_head_gate_bwd(float *dx, float *dgates, const float *dout, const float *x,
                           const float *gates, int64_t n, int h, int d);
+void lt_cpu_head_gate_bwd_delta(float *d_o, float *dgates, float *delta, const float *d_gated,
+                                const float *o, const float *gates, int64_t b, int64_t t, int h,
+                                int d);
 
 // Linear attention sizes shared by its kernels: v and o rows are e wide, q and k rows d.
 typedef struct lt_cpu_linear_dims {

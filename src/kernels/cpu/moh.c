@@ -152,3 +152,20 @@ void lt_cpu_head_gate_bwd(float *dx, float *dgates, const float *dout, const flo
     dgates[r] = dot;
   }
 }
+
+void lt_cpu_head_gate_bwd_delta(float *d_o, float *dgates, float *delta, const float *d_gated,
+                                const float *o, const float *gates, int64_t b, int64_t t, int h,
+                                int d) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < b * t * h; r++) {
+    float s = 0.0f;
+    for (int i = 0; i < d; i++) {
+      d_o[r * d + i] = gates[r] * d_gated[r * d + i];
+      s += d_gated[r * d + i] * o[r * d + i];
+    }
+    dgates[r] = s;
+    // Row r is token n = r / h of batch row n / t, head r % h; delta is (B, H, T).
+    const int64_t n = r / h, bi = n / t, ti = n % t;
+    delta[(bi * h + r % h) * t + ti] = gates[r] * s;
+  }
+}

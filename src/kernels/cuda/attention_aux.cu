@@ -1,11 +1,13 @@
 // Attention's small companions: the tile tables the flash kernels plan with (and the checks and
 // parameters the forward and backward launches share), the merge of partial results, and the
-// backward's delta. One warp per row or tile, but a block per stretch of tokens for the delta.
+// backward's delta (and MoH's head weighting's backward, fused into the delta's pass). One warp
+// per row or tile, but a block per stretch of tokens for the delta.
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels/cuda/attention_common.cuh"
+#include "kernels/cuda/cuda_moh.h"
 
 enum { THREADS = 128, WARPS = THREADS / 32, DELTA_THREADS = 256, DELTA_TOKENS = 32 };
 
@@ -174,33 +176,48 @@ __global__ void attn_merge_kernel(T *o, float *lse, const T *o_part, const float
 // summing by shuffles. The sums go through shared memory to be written transposed, each head's
 // DELTA_TOKENS outputs as one coalesced run. At the 135M model's shape (B 8, T 4096, H 12, D 64)
 // it reads 2 x 50 MB and writes 1.6 MB: ~0.035 ms at 3 TB/s.
-template <typename T, int LANES>
+// GATED (lt_head_gate_bwd_delta; matches lt_cpu_head_gate_bwd_delta): dout is MoH's d_gated, the
+// gradient of gates * o, and from the same reads the kernel writes d_o = gates * d_gated (d_o:
+// (B, T, H, D)), dgates = the row sum s ((B*T, H) f32) and delta = gates * s (gates: (B*T, H) f32).
+template <typename T, int LANES, bool GATED>
 __global__ void __launch_bounds__(DELTA_THREADS)
-    attn_delta_kernel(float *delta, const T *dout, const T *o, int64_t t, int h) {
+    attn_delta_kernel(float *delta, const T *dout, const T *o, int64_t t, int h, T *d_o,
+                      float *dgates, const float *gates) {
   extern __shared__ float sums[]; // (H, DELTA_TOKENS)
   const int64_t tiles = (t + DELTA_TOKENS - 1) / DELTA_TOKENS;
   const int64_t bi = blockIdx.x / tiles, t0 = (blockIdx.x % tiles) * DELTA_TOKENS;
   const int tokens = (int)(t - t0 < DELTA_TOKENS ? t - t0 : DELTA_TOKENS);
-  const int64_t base = (bi * t + t0) * h * (LANES * 8);
+  const int64_t first_row = (bi * t + t0) * h; // the block's first (token, head) row
+  const int64_t base = first_row * (LANES * 8);
   const int vectors = tokens * h * LANES;
   // Every thread runs the same number of passes, so the shuffles always find all 32 lanes.
   const int passes = (vectors + DELTA_THREADS - 1) / DELTA_THREADS;
 #pragma unroll 4
   for (int p = 0; p < passes; p++) {
     const int v = p * DELTA_THREADS + threadIdx.x;
-    float sum = 0.0f;
+    const int row = v / LANES; // token row / h, head row % h within the tile
+    float sum = 0.0f, gate = 0.0f;
     if (v < vectors) {
       float a[8], b[8];
       load8(dout + base + (int64_t)v * 8, a);
       load8(o + base + (int64_t)v * 8, b);
 #pragma unroll
       for (int e = 0; e < 8; e++) sum += a[e] * b[e];
+      if constexpr (GATED) {
+        gate = gates[first_row + row];
+#pragma unroll
+        for (int e = 0; e < 8; e++) a[e] *= gate;
+        store8(d_o + base + (int64_t)v * 8, a);
+      }
     }
     // A row's LANES threads are adjacent and aligned (DELTA_THREADS is a multiple of LANES).
 #pragma unroll
     for (int off = LANES / 2; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
     if (v < vectors && v % LANES == 0) {
-      const int row = v / LANES; // token row / h, head row % h within the tile
+      if constexpr (GATED) {
+        dgates[first_row + row] = sum;
+        sum *= gate;
+      }
       sums[(row % h) * DELTA_TOKENS + row / h] = sum;
     }
   }
@@ -230,37 +247,63 @@ int lt_cuda_attn_merge(lt_ctx *ctx, lt_tensor o, lt_tensor lse, lt_tensor o_part
   return lt_cuda_launched(st, "attn_merge", o, lse);
 }
 
-int lt_cuda_attn_bwd_delta(lt_ctx *ctx, lt_tensor delta, lt_tensor dout, lt_tensor o) {
-  lt_cuda_state *st = cuda_state(ctx);
+// attn_delta_kernel's instantiation for rows of `lanes` 16-byte vectors (LANES = D / 8).
+template <typename T, bool GATED>
+static void run_delta_kernel(cudaStream_t stream, unsigned grid, size_t shared, int lanes,
+                             float *delta, const T *dout, const T *o, int64_t t, int h, T *d_o,
+                             float *dgates, const float *gates) {
+  switch (lanes) {
+#define DELTA_CASE(n)                                                                              \
+  case n:                                                                                          \
+    attn_delta_kernel<T, n, GATED>                                                                 \
+        <<<grid, DELTA_THREADS, shared, stream>>>(delta, dout, o, t, h, d_o, dgates, gates);       \
+    break;
+    DELTA_CASE(1)
+    DELTA_CASE(2)
+    DELTA_CASE(4)
+    DELTA_CASE(8)
+    DELTA_CASE(16)
+    DELTA_CASE(32)
+#undef DELTA_CASE
+  }
+}
+
+// Launches attn_delta_kernel for o's shape; d_o, dgates and gates only when `gated`.
+static int launch_delta(lt_cuda_state *st, const char *op, bool gated, lt_tensor delta,
+                        lt_tensor dout, lt_tensor o, lt_tensor d_o, lt_tensor dgates,
+                        lt_tensor gates) {
   const int64_t b = o.shape[0], t = o.shape[1];
   const int h = (int)o.shape[2], d = (int)o.shape[3];
   const size_t shared = (size_t)h * DELTA_TOKENS * sizeof(float);
   if (o.dtype != dout.dtype || d < 8 || d % 8 != 0 || 32 % (d / 8) != 0 || !aligned16(o.data) ||
       !aligned16(dout.data) || shared > 48 * 1024)
-    return lt_cuda_unsupported("attn_bwd_delta",
+    return lt_cuda_unsupported(op,
                                "dout and o of one dtype, 16-byte aligned, D a power of two from 8 "
                                "to 256, at most 384 heads",
                                dout, o);
+  if (gated && (d_o.dtype != o.dtype || !aligned16(d_o.data) || gates.device != LT_CUDA ||
+                dgates.device != LT_CUDA))
+    return lt_cuda_unsupported(op, "d_o of o's dtype, gates and dgates on the GPU", d_o, gates);
   if (b * t * h == 0) return LT_OK;
   const unsigned grid = (unsigned)(b * ((t + DELTA_TOKENS - 1) / DELTA_TOKENS));
   int rc = dispatch_float(o.dtype, [&](auto *tag) {
     using T = TYPE_OF(tag);
-    switch (d / 8) {
-#define DELTA_CASE(lanes)                                                                          \
-  case lanes:                                                                                      \
-    attn_delta_kernel<T, lanes><<<grid, DELTA_THREADS, shared, st->stream>>>(                      \
-        (float *)delta.data, (const T *)dout.data, (const T *)o.data, t, h);                       \
-    break;
-      DELTA_CASE(1)
-      DELTA_CASE(2)
-      DELTA_CASE(4)
-      DELTA_CASE(8)
-      DELTA_CASE(16)
-      DELTA_CASE(32)
-#undef DELTA_CASE
-    }
+    const auto run = gated ? run_delta_kernel<T, true> : run_delta_kernel<T, false>;
+    run(st->stream, grid, shared, d / 8, (float *)delta.data, (const T *)dout.data,
+        (const T *)o.data, t, h, (T *)d_o.data, (float *)dgates.data, (const float *)gates.data);
     return LT_OK;
   });
-  if (rc) return lt_cuda_unsupported("attn_bwd_delta", "o must be f32 or bf16", dout, o);
-  return lt_cuda_launched(st, "attn_bwd_delta", dout, delta);
+  if (rc) return lt_cuda_unsupported(op, "o must be f32 or bf16", dout, o);
+  return lt_cuda_launched(st, op, dout, delta);
+}
+
+int lt_cuda_attn_bwd_delta(lt_ctx *ctx, lt_tensor delta, lt_tensor dout, lt_tensor o) {
+  const lt_tensor none = {};
+  return launch_delta(cuda_state(ctx), "attn_bwd_delta", false, delta, dout, o, none, none, none);
+}
+
+int lt_cuda_head_gate_bwd_delta(lt_ctx *ctx, lt_tensor d_o, lt_tensor dgates, lt_tensor delta,
+                                lt_tensor d_gated, lt_tensor o, lt_tensor gates) {
+  return launch_delta(cuda_state(ctx), "head_gate_bwd_delta", true, delta, d_gated, o, d_o, dgates,
+                      gates);
 }

@@ -28,6 +28,7 @@
 typedef struct attn_params {
   const bf16 *q, *k, *v, *dout;
   bf16 *o;
+  bf16 *gated_o;                                // gates * o (lt_attn_spec.gated_out), or NULL
   float *lse, *delta;                           // (B, Hq, Tq)
   float *dq;                                    // (B, Tq, Hq, D) f32, accumulated with atomics
   void *dk, *dv;                                // (B, Tk, Hkv, D), bf16 or f32 (dkv_f32)
@@ -303,7 +304,9 @@ __device__ __forceinline__ void probs_fragment(uint32_t (&a)[4], const float (&s
 }
 
 // o / l and lse = (m + log2 l) ln 2 for the thread's two rows (i0 + row, + 8); o = 0 and
-// lse = -inf for a row that saw no key (row_sum 0: gated_off sets it so).
+// lse = -inf for a row that saw no key (row_sum 0: gated_off sets it so). With p.gated_o, also
+// gate * o / l there, from the same f32 registers: MoH's weighting without a pass of its own
+// (lt_cpu_attn_fwd's gated_out), 0 where o is.
 template <int D>
 __device__ __forceinline__ void write_output(const attn_params &p, const float (&o)[D / 2],
                                              const float (&row_max)[2], const float (&row_sum)[2],
@@ -317,11 +320,20 @@ __device__ __forceinline__ void write_output(const attn_params &p, const float (
     const int64_t i = i0 + row + 8 * hf;
     if (i >= p.tq) continue;
     const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    bf16 *o_row = p.o + (((int64_t)b * p.tq + i) * p.hq + h) * D;
+    const int64_t row = ((int64_t)b * p.tq + i) * p.hq + h;
+    bf16 *o_row = p.o + row * D;
 #pragma unroll
     for (int dt = 0; dt < D / 8; dt++)
       *reinterpret_cast<uint32_t *>(o_row + dt * 8 + c * 2) =
           pack_bf16(o[dt * 4 + 2 * hf] * inv, o[dt * 4 + 2 * hf + 1] * inv);
+    if (p.gated_o) {
+      const float scale = p.gates[row] * inv;
+      bf16 *g_row = p.gated_o + row * D;
+#pragma unroll
+      for (int dt = 0; dt < D / 8; dt++)
+        *reinterpret_cast<uint32_t *>(g_row + dt * 8 + c * 2) =
+            pack_bf16(o[dt * 4 + 2 * hf] * scale, o[dt * 4 + 2 * hf + 1] * scale);
+    }
     if (c == 0)
       p.lse[((int64_t)b * p.hq + h) * p.tq + i] =
           l > 0.0f ? (row_max[hf] + log2f(l)) * LN2 : -INFINITY;

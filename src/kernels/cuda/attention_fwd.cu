@@ -7,7 +7,8 @@
 //   (S = Q K^T) and from the probability registers (O += P V), as FlashAttention-3 does;
 // - elsewhere, or with LT_ATTENTION_KERNELS=portable: mma.sync m16n8k16 on ldmatrix fragments.
 // Both match lt_cpu_attn_fwd, including (o, lse) over partial key ranges and lse = -inf, o = 0 for
-// a query that sees no key or whose head is gated off (MoH). A block walks only the key tiles its
+// a query that sees no key or whose head is gated off (MoH), and MoH's weighted output gate * o
+// written beside o where the spec asks for it (write_output). A block walks only the key tiles its
 // query tile can reach (attention_mask.cuh: a sliding window's band, the sinks), so sparse
 // patterns cost time in proportion to their visible tiles. Dense attention (no pattern, gates or
 // tile count) runs an instantiation without any of that: every key tile, classified by the list.
@@ -300,8 +301,11 @@ int lt_cuda_attn_fwd(lt_ctx *ctx, lt_tensor o, lt_tensor lse, lt_tensor q, lt_te
   const int d = (int)q.shape[3];
   const bool hopper = st->attn_wgmma;
   if (o.dtype != LT_BF16) return lt_cuda_unsupported("attn_fwd", "o must be bf16", o, q);
+  if (spec->gated_out.data && spec->gated_out.device != LT_CUDA)
+    return lt_cuda_unsupported("attn_fwd", "gated_out must be on the GPU", spec->gated_out, o);
   int variant;
   LT_TRY(fwd_variant_of_env(&variant)); // a bad name is an error on every GPU
+  // A gated output comes with head gates (dispatch), which keep the spec on v1.
   const bool ws = hopper && variant != FWD_BASE && !attn_spec_needs_sparse_kernel(spec);
   const int k_tile = ws        ? FWD_WS_BN
                      : d == 64 ? (hopper ? fwd_bn<64, true>() : fwd_bn<64, false>())
@@ -309,6 +313,7 @@ int lt_cuda_attn_fwd(lt_ctx *ctx, lt_tensor o, lt_tensor lse, lt_tensor q, lt_te
   attn_params p;
   LT_TRY(lt_cuda_attn_setup(ctx, &p, q, k, v, spec, BM, k_tile, "attn_fwd"));
   p.o = (bf16 *)o.data, p.lse = (float *)lse.data;
+  p.gated_o = (bf16 *)spec->gated_out.data;
   if (p.tq == 0) return LT_OK;
   const int64_t b = q.shape[0];
   int rc;

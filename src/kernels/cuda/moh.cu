@@ -4,8 +4,10 @@
 // (kernels/cpu/moh.c), whose formulas and layouts (kernels.h) these kernels match. The loads f_i
 // and P_i are sums over all tokens, one block per routed head. The gating is elementwise (forward)
 // and one warp per (token, head) row (backward, for the dot product of its gate's gradient).
-// The attention kernels skip a gated-off (query, head) themselves (spec->head_gates); the gate's
-// multiply stays this separate kernel, where the layer applies it before the output projection.
+// The attention kernels skip a gated-off (query, head) themselves (spec->head_gates), and their
+// epilogue writes the weighted heads (spec->gated_out); the gating kernels here weight outputs that
+// come from elsewhere (ring attention's merged result; the backward's recompute for Wo's gradient).
+// The gating's backward is fused into attention's delta (attention_aux.cu).
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/cuda_moh.h"
 

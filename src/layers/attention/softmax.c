@@ -103,8 +103,9 @@ static int forward(lt_layer *self, lt_ctx *ctx, lt_tensor out, lt_tensor x, cons
                          batch->pos, s->rope_theta));
   if (s->router) LT_TRY(lt_head_router_forward(s->router, ctx, x, batch));
   lt_attn_spec spec = attention_spec(s, batch);
+  // The weighted heads come from the attention's epilogue on one rank, or after the ring's merge.
+  if (s->router) spec.gated_out = s->o_gated;
   LT_TRY(lt_ring_attention_forward(s->ring, ctx, s->o, s->lse, s->q, s->k, s->v, &spec));
-  if (s->router) LT_TRY(lt_head_gate_fwd(ctx, s->o_gated, s->o, s->gates));
   LT_TRY(lt_linear_forward(ctx, out, s->router ? s->o_gated : s->o, s->wo.value));
   return lt_tp_reduce_output(&s->tp, out);
 }
@@ -115,11 +116,12 @@ static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, l
   if (s->router) {
     LT_TRY(lt_head_gate_fwd(ctx, s->o_gated, s->o, s->gates));
     LT_TRY(lt_linear_backward(ctx, s->d_gated, s->wo.grad, dout, s->o_gated, s->wo.value));
-    LT_TRY(lt_head_gate_bwd(ctx, s->d_o, s->dgates, s->d_gated, s->o, s->gates));
+    // d_o, the gates' gradient and delta from one read of d_gated and o.
+    LT_TRY(lt_head_gate_bwd_delta(ctx, s->d_o, s->dgates, s->delta, s->d_gated, s->o, s->gates));
   } else {
     LT_TRY(lt_linear_backward(ctx, s->d_o, s->wo.grad, dout, s->o, s->wo.value));
+    LT_TRY(lt_attn_bwd_delta(ctx, s->delta, s->d_o, s->o));
   }
-  LT_TRY(lt_attn_bwd_delta(ctx, s->delta, s->d_o, s->o));
   LT_TRY(lt_zero(ctx, s->dq));
   LT_TRY(lt_zero(ctx, s->dk));
   LT_TRY(lt_zero(ctx, s->dv));
