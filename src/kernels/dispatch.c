@@ -9,7 +9,6 @@
 #include "kernels/kernels.h"
 
 #ifdef LT_WITH_CUDA
-#include "kernels/cuda/cuda_fused.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/cuda_moe.h"
 #include "kernels/cuda/cuda_linear.h"

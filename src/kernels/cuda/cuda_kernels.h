@@ -40,6 +40,9 @@ int lt_cuda_rmsnorm_fwd(lt_ctx *ctx, lt_tensor out, lt_tensor rstd, lt_tensor x,
                         float eps);
 int lt_cuda_rmsnorm_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dweight, lt_tensor dout, lt_tensor x,
                         lt_tensor weight, lt_tensor rstd);
+// sum = a + b, then out = rmsnorm(sum): one pass (lt_add_rmsnorm_fwd).
+int lt_cuda_add_rmsnorm_fwd(lt_ctx *ctx, lt_tensor sum, lt_tensor out, lt_tensor rstd, lt_tensor a,
+                            lt_tensor b, lt_tensor weight, float eps);
 int lt_cuda_rope_qkv_fwd(lt_ctx *ctx, lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor qkv,
                          lt_tensor pos, float theta);
 int lt_cuda_rope_qkv_bwd(lt_ctx *ctx, lt_tensor dqkv, lt_tensor dq, lt_tensor dk, lt_tensor dv,

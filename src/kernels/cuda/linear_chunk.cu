@@ -118,6 +118,18 @@ static int no_room(chunk_choice choice, const char *op, const chunk_args &a, int
   return not_taken(choice, op, NO_ROOM, x, y);
 }
 
+// The state sets' workspace and the segments of the sequential pass for `sets` sets (1: H, the
+// forward; 2: H and G, the backward). *taken false: the call is the scan's (or, with
+// LT_LINEAR_KERNELS=chunks, the returned error says why).
+static int plan_states(lt_cuda_state *st, chunk_choice choice, const char *op, chunk_args *a, int d,
+                       int sets, chunk_segments *sg, lt_tensor x, lt_tensor y, bool *taken) {
+  *taken = false;
+  LT_TRY(lt_cuda_chunk_segments(st, *a, d, sets, sg));
+  if (!reserve_states(st, a, d, sets, sg)) return no_room(choice, op, *a, d, sets, x, y);
+  *taken = true;
+  return LT_OK;
+}
+
 int lt_cuda_linear_chunk_fwd(lt_cuda_state *st, lt_tensor o, lt_tensor q, lt_tensor k, lt_tensor v,
                              lt_tensor prefix, const lt_linear_attn_spec *spec, bool *done) {
   *done = false;
@@ -129,9 +141,8 @@ int lt_cuda_linear_chunk_fwd(lt_cuda_state *st, lt_tensor o, lt_tensor q, lt_ten
   const int d = (int)q.shape[3];
   if (a.b * a.t == 0) return LT_OK; // nothing to run: the scan's early return says what holds
   chunk_segments sg;
-  LT_TRY(lt_cuda_chunk_segments(st, a, d, 1, &sg));
-  if (!reserve_states(st, &a, d, 1, &sg)) return no_room(choice, op, a, d, 1, q, o);
-  *done = true;
+  LT_TRY(plan_states(st, choice, op, &a, d, 1, &sg, q, o, done));
+  if (!*done) return LT_OK;
   LT_TRY(lt_cuda_chunk_states(st, a, d, 1, sg));
   LT_TRY(lt_cuda_chunk_output(st, a, d, (bf16 *)o.data));
   return lt_cuda_launched(st, op, q, o);
@@ -156,9 +167,8 @@ int lt_cuda_linear_chunk_bwd(lt_cuda_state *st, lt_tensor dq, lt_tensor dk, lt_t
   const int d = (int)q.shape[3];
   if (a.b * a.t == 0) return LT_OK; // nothing to run: the scan's early return says what holds
   chunk_segments sg;
-  LT_TRY(lt_cuda_chunk_segments(st, a, d, 2, &sg));
-  if (!reserve_states(st, &a, d, 2, &sg)) return no_room(choice, op, a, d, 2, q, dq);
-  *done = true;
+  LT_TRY(plan_states(st, choice, op, &a, d, 2, &sg, q, dq, done));
+  if (!*done) return LT_OK;
   LT_TRY(lt_cuda_chunk_states(st, a, d, 2, sg));
   const int rc = dispatch_float(dq.dtype, [&](auto *tag) {
     using TG = TYPE_OF(tag);

@@ -25,19 +25,6 @@ enum {
   BLOCKS_PER_SM = 2,      // the parallelism the segments aim for
 };
 
-// acc += A B for a 16 x depth tile A and a depth x 16 tile B of shared memory, in layouts LA, LB.
-template <typename LA, typename LB>
-__device__ __forceinline__ void mma_tile(acc_frag &acc, const bf16 *a, int lda, const bf16 *b,
-                                         int ldb, int depth) {
-  for (int kk = 0; kk < depth; kk += 16) {
-    wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, LA> fa;
-    wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, LB> fb;
-    wmma::load_matrix_sync(fa, a + a_step<LA>(kk, lda), lda);
-    wmma::load_matrix_sync(fb, b + b_step<LB>(kk, ldb), ldb);
-    wmma::mma_sync(acc, fa, fb, acc);
-  }
-}
-
 // A launch of the scan: the pass, the heads it covers (h = blockIdx.y * head_step + head_offset),
 // its segments, where each block's S0 comes from and where its final state goes:
 //   S0 = prefix[(b hq + h) prefix_head + seg prefix_seg + r prefix_row + c prefix_col]
@@ -170,12 +157,12 @@ __global__ void __launch_bounds__(THREADS) linear_scan_kernel(const scan_launch 
       if (has_k)
         for (int tile = warp; tile < (CHUNK / 16) * (CHUNK / 16); tile += WARPS) {
           const int i0 = tile / (CHUNK / 16) * 16, j0 = tile % (CHUNK / 16) * 16;
-          acc_frag acc;
-          wmma::fill_fragment(acc, 0.0f);
+          acc_frag acc[1];
+          wmma::fill_fragment(acc[0], 0.0f);
           // K^T is k_s read column-major: column j of K^T is row j of k_s.
-          mma_tile<wmma::row_major, wmma::col_major>(acc, q_s + i0 * LDQ, LDQ, k_s + j0 * LDQ, LDQ,
-                                                     KP);
-          wmma::store_matrix_sync(f_s + i0 * LDF + j0, acc, LDF, wmma::mem_row_major);
+          mma_strip<wmma::row_major, wmma::col_major>(acc, q_s + i0 * LDQ, LDQ, k_s + j0 * LDQ, LDQ,
+                                                      KP);
+          wmma::store_matrix_sync(f_s + i0 * LDF + j0, acc[0], LDF, wmma::mem_row_major);
         }
     }
     __syncthreads();
@@ -209,22 +196,22 @@ __global__ void __launch_bounds__(THREADS) linear_scan_kernel(const scan_launch 
     if (has_out)
       for (int tile = warp; tile < (CHUNK / 16) * (TILE / 16); tile += WARPS) {
         const int i0 = tile / (TILE / 16) * 16, c0 = tile % (TILE / 16) * 16;
-        acc_frag acc;
-        wmma::fill_fragment(acc, 0.0f);
+        acc_frag acc[1];
+        wmma::fill_fragment(acc[0], 0.0f);
         if (has_k)
-          mma_tile<wmma::row_major, wmma::row_major>(acc, a_s + i0 * LDT, LDT, v_s + c0, LDT,
-                                                     CHUNK);
-        mma_tile<wmma::row_major, wmma::row_major>(acc, q_s + i0 * LDQ, LDQ, sb_s + c0, LDT, KP);
-        wmma::store_matrix_sync(f_s + i0 * LDF + c0, acc, LDF, wmma::mem_row_major);
+          mma_strip<wmma::row_major, wmma::row_major>(acc, a_s + i0 * LDT, LDT, v_s + c0, LDT,
+                                                      CHUNK);
+        mma_strip<wmma::row_major, wmma::row_major>(acc, q_s + i0 * LDQ, LDQ, sb_s + c0, LDT, KP);
+        wmma::store_matrix_sync(f_s + i0 * LDF + c0, acc[0], LDF, wmma::mem_row_major);
       }
     for (int tile = warp; tile < (KP / 16) * (TILE / 16); tile += WARPS) {
       const int r0 = tile / (TILE / 16) * 16, c0 = tile % (TILE / 16) * 16;
-      acc_frag acc;
-      wmma::load_matrix_sync(acc, s_s + r0 * LDF + c0, LDF, wmma::mem_row_major);
-      for (int x = 0; x < acc.num_elements; x++) acc.x[x] *= carry;
+      acc_frag acc[1];
+      wmma::load_matrix_sync(acc[0], s_s + r0 * LDF + c0, LDF, wmma::mem_row_major);
+      for (int x = 0; x < acc[0].num_elements; x++) acc[0].x[x] *= carry;
       if (has_k) // (Lambda' K)^T is k_s read column-major: its row y is column y of k_s
-        mma_tile<wmma::col_major, wmma::row_major>(acc, k_s + r0, LDQ, v_s + c0, LDT, CHUNK);
-      wmma::store_matrix_sync(s_s + r0 * LDF + c0, acc, LDF, wmma::mem_row_major);
+        mma_strip<wmma::col_major, wmma::row_major>(acc, k_s + r0, LDQ, v_s + c0, LDT, CHUNK);
+      wmma::store_matrix_sync(s_s + r0 * LDF + c0, acc[0], LDF, wmma::mem_row_major);
     }
     state_doc = last_doc;
     __syncthreads();

@@ -3,7 +3,6 @@
 // output; the backward of rows up to WARP_MAX_C wide gives each row one warp instead. Rows must be
 // a multiple of 8 wide (config.c enforces it for run.device: cuda).
 #include "kernels/cuda/cuda_common.cuh"
-#include "kernels/cuda/cuda_fused.h"
 
 enum {
   MAX_THREADS = 1024,
