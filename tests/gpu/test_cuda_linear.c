@@ -493,6 +493,26 @@ static void test_head_width_beyond_the_scan_is_an_error(void **state) {
   free_case(&c);
 }
 
+// A value of LT_LINEAR_KERNELS or LT_LINEAR_SEGMENTS that names nothing is a config error naming
+// the variable, not a silent default.
+static void test_unknown_kernel_choices_are_config_errors(void **state) {
+  SKIP_WITHOUT_GPU();
+  lin_case c;
+  make_case(&c, 1, 640, 1, 1, 64, 64, (lin_options){.decay = true});
+  lt_linear_attn_spec s = gpu_spec(&c);
+  lt_tensor q = lt_gpu_upload(c.q, LT_BF16, QSHAPE(&c));
+  char *kernels = set_env("LT_LINEAR_KERNELS", "fast");
+  EXPECT_ERROR(lt_linear_attn_fwd(&lt_test_gpu, q, q, q, q, (lt_tensor){0}, &s), LT_ERR_CONFIG,
+               "LT_LINEAR_KERNELS=fast", "scan or chunks");
+  restore_env("LT_LINEAR_KERNELS", kernels);
+  char *segments = set_env("LT_LINEAR_SEGMENTS", "many");
+  EXPECT_ERROR(lt_linear_attn_fwd(&lt_test_gpu, q, q, q, q, (lt_tensor){0}, &s), LT_ERR_CONFIG,
+               "LT_LINEAR_SEGMENTS=many", "whole number");
+  restore_env("LT_LINEAR_SEGMENTS", segments);
+  lt_gpu_free_all();
+  free_case(&c);
+}
+
 // --- the elementwise ends ---
 
 static void expect_qkv_matches_cpu(lt_feature_map map, int e) {
@@ -645,6 +665,7 @@ int main(void) {
       cmocka_unit_test(test_feature_maps_and_the_ones_column_match_cpu),
       cmocka_unit_test(test_output_norms_and_gates_match_cpu),
       cmocka_unit_test(test_rms_norm_over_a_split_row_matches_cpu),
+      cmocka_unit_test(test_unknown_kernel_choices_are_config_errors),
   };
   return cmocka_run_group_tests(tests, lt_gpu_group_setup, lt_gpu_group_teardown);
 }

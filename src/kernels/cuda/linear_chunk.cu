@@ -42,11 +42,20 @@ extern "C" {
 // which kernels they check); unset or anything else: the chunk kernels where they apply.
 typedef enum chunk_choice { CHUNKS_WHERE_THEY_APPLY, CHUNKS_NEVER, CHUNKS_ALWAYS } chunk_choice;
 
-static chunk_choice chunk_kernels_choice() {
+static int chunk_kernels_choice(chunk_choice *out) {
   const char *choice = getenv("LT_LINEAR_KERNELS");
-  if (choice && strcmp(choice, "scan") == 0) return CHUNKS_NEVER;
-  if (choice && strcmp(choice, "chunks") == 0) return CHUNKS_ALWAYS;
-  return CHUNKS_WHERE_THEY_APPLY;
+  *out = CHUNKS_WHERE_THEY_APPLY;
+  if (!choice || !*choice) return LT_OK;
+  if (strcmp(choice, "scan") == 0)
+    *out = CHUNKS_NEVER;
+  else if (strcmp(choice, "chunks") == 0)
+    *out = CHUNKS_ALWAYS;
+  else
+    return lt_fail(LT_ERR_CONFIG,
+                   "environment: LT_LINEAR_KERNELS=%s names no linear attention kernels; use scan "
+                   "or chunks, or unset it",
+                   choice);
+  return LT_OK;
 }
 
 // Whether the kernels take tensors of these shapes: one width D = E of 64 or 128, 16-byte
@@ -134,7 +143,8 @@ int lt_cuda_linear_chunk_fwd(lt_cuda_state *st, lt_tensor o, lt_tensor q, lt_ten
                              lt_tensor prefix, const lt_linear_attn_spec *spec, bool *done) {
   *done = false;
   const char *op = "linear_attn_fwd (chunks)";
-  const chunk_choice choice = chunk_kernels_choice();
+  chunk_choice choice;
+  LT_TRY(chunk_kernels_choice(&choice));
   if (choice == CHUNKS_NEVER) return LT_OK;
   if (!chunk_shapes(q, k, v, &o, 1)) return not_taken(choice, op, SHAPES, q, v);
   chunk_args a = args_of(q, k, v, prefix, spec);
@@ -154,7 +164,8 @@ int lt_cuda_linear_chunk_bwd(lt_cuda_state *st, lt_tensor dq, lt_tensor dk, lt_t
                              bool *done) {
   *done = false;
   const char *op = "linear_attn_bwd (chunks)";
-  const chunk_choice choice = chunk_kernels_choice();
+  chunk_choice choice;
+  LT_TRY(chunk_kernels_choice(&choice));
   if (choice == CHUNKS_NEVER) return LT_OK;
   const lt_tensor others[4] = {dq, dk, dv, dout};
   if (!chunk_shapes(q, k, v, others, 4)) return not_taken(choice, op, SHAPES, q, dq);

@@ -8,7 +8,8 @@
 // LT_LINEAR_KERNELS=chunks turns a call they do not take into an error. The chunks' products run
 // on mma.sync (linear_chunk_mma.cu). Where few heads leave the GPU idle, the sequential pass runs
 // in segments (linear_chunk_state.cu); LT_LINEAR_SEGMENTS=N (N > 0) asks for N segments (at most
-// one per chunk) on every call, to test them; unset or 0, the GPU's size decides.
+// one per chunk) on every call, to test them; unset or 0, the GPU's size decides. Another value
+// of either variable is a config error naming it.
 #ifndef LT_LINEAR_CHUNK_CUH
 #define LT_LINEAR_CHUNK_CUH
 

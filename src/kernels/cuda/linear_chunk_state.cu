@@ -242,10 +242,18 @@ template <int D> static int resident_per_sm(int *blocks) {
 
 // LT_LINEAR_SEGMENTS=N, N > 0, asks for N segments (at most one per chunk) whatever the shapes;
 // unset or 0: the choice below.
-static int64_t segments_asked() {
+static int segments_asked(int64_t *n) {
   const char *asked = getenv("LT_LINEAR_SEGMENTS");
-  const long long n = asked ? strtoll(asked, nullptr, 10) : 0;
-  return n > 0 ? n : 0;
+  *n = 0;
+  if (!asked || !*asked) return LT_OK;
+  char *end;
+  const long long v = strtoll(asked, &end, 10);
+  LT_CHECK(*end == '\0' && v >= 0, LT_ERR_CONFIG,
+           "environment: LT_LINEAR_SEGMENTS=%s is no segment count; use a whole number (0: "
+           "automatic), or unset it",
+           asked);
+  *n = v;
+  return LT_OK;
 }
 
 // Automatic: as many segments as make the (segs, B, Hq, tiles, passes) blocks fit the SMs in one
@@ -255,7 +263,8 @@ int lt_cuda_chunk_segments(lt_cuda_state *st, const chunk_args &a, int d, int pa
                            chunk_segments *sg) {
   // `passes` (1 forward, 2 backward) enters the count, so the backward may cut the H walk
   // differently from the forward: its H_c then differ from the forward's by bf16 rounding only.
-  int64_t want = segments_asked();
+  int64_t want;
+  LT_TRY(segments_asked(&want));
   const int64_t longest = a.chunks / MIN_SEGMENT_CHUNKS; // segments of MIN_SEGMENT_CHUNKS or more
   if (want == 0 && longest >= MIN_SEGMENTS) {
     int per_sm = 0;
