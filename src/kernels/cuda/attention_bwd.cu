@@ -97,7 +97,7 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER, V>(), bwd_min_blocks<D,
   constexpr int COLS = DQ_BY_ROWS ? D : D / (THREADS / 128); // dQ columns per warpgroup
   constexpr bool OVERLAP = V == BWD_WIDE_OVERLAP;
   extern __shared__ unsigned char smem_raw[];
-  unsigned char *smem = (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char *smem = smem_aligned_1024(smem_raw);
   unsigned char *k_s = smem, *v_s = k_s + KV_BYTES;       // (BN, D)
   unsigned char *q_s = v_s + KV_BYTES;                    // STAGES x (BM, D)
   unsigned char *do_s = q_s + STAGES * QT_BYTES;          // STAGES x (BM, D)

@@ -229,7 +229,7 @@ __global__ void __launch_bounds__(THREADS, 1) attn_fwd_ws_kernel(const attn_para
   constexpr int KS = k_stages<D>(), VS = v_stages<D>();
   extern __shared__ unsigned char smem_raw[];
   // wgmma's swizzled tiles start at 1024-byte boundaries.
-  unsigned char *smem = (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+  unsigned char *smem = smem_aligned_1024(smem_raw);
   unsigned char *q_s = smem;                            // (BM, D)
   unsigned char *k_s = q_s + BM * D * 2;                // KS x (BN, D)
   unsigned char *v_s = k_s + KS * BN * D * 2;           // VS x (BN, D)
