@@ -6,7 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cudaTypedefs.h>
+
 #include "kernels/cuda/attention_common.cuh"
+#include "kernels/cuda/attention_tma.cuh"
 #include "kernels/cuda/cuda_moh.h"
 
 enum { THREADS = 128, WARPS = THREADS / 32, DELTA_THREADS = 256, DELTA_TOKENS = 32 };
@@ -134,6 +137,31 @@ int lt_cuda_attn_variant(const char *env, const char *what, int fallback, int *v
   LT_CHECK(*variant != 0, LT_ERR_CONFIG,
            "environment: %s=%s names no %s; use v1, v2 or v3, or unset it", env, name, what);
   return LT_OK;
+}
+
+bool attn_tma_map_rows(CUtensorMap *map, const void *base, int64_t b, int64_t t, int h, int d,
+                       int rows) {
+  // The driver's encoder, fetched once through the runtime (no link against libcuda).
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = NULL;
+  static bool looked = false;
+  if (!looked) {
+    looked = true;
+    cudaDriverEntryPointQueryResult found;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", (void **)&encode, 12000,
+                                         cudaEnableDefault, &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess)
+      encode = NULL;
+  }
+  if (!encode || d * 2 > 128) return false;
+  // Dimensions innermost first: D, H, T, B; strides (bytes) of all but the first.
+  const cuuint64_t dims[4] = {(cuuint64_t)d, (cuuint64_t)h, (cuuint64_t)t, (cuuint64_t)b};
+  const cuuint64_t strides[3] = {(cuuint64_t)d * 2, (cuuint64_t)h * d * 2,
+                                 (cuuint64_t)t * h * d * 2};
+  const cuuint32_t box[4] = {(cuuint32_t)d, 1, (cuuint32_t)rows, 1}, step[4] = {1, 1, 1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<void *>(base), dims, strides,
+                box, step, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 int lt_cuda_attn_count_tiles(lt_cuda_state *st, const attn_params &p, const lt_attn_spec *spec) {

@@ -19,6 +19,7 @@
 
 #include "kernels/cuda/attention_fwd_tile.cuh"
 #include "kernels/cuda/attention_fwd_ws.cuh"
+#include "kernels/cuda/attention_tma.cuh"
 
 enum {
   BM = FWD_WS_BM,
@@ -48,30 +49,6 @@ template <int D> __host__ __device__ constexpr int v_stages() {
 template <int D> constexpr size_t ws_smem_bytes() {
   return 1024 + (size_t)BM * D * 2 + (size_t)(k_stages<D>() + v_stages<D>()) * BN * D * 2 +
          2 * (size_t)BM * 4 + LIST_MAX * 4;
-}
-
-// --- mbarriers (PTX ISA, "Parallel synchronization and communication instructions: mbarrier"):
-// a barrier's phase completes when `count` arrivals have come; waiters name the phase by parity.
-__device__ __forceinline__ void mbar_init(uint64_t *bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count)
-               : "memory");
-}
-// Arrives (release: this thread's earlier writes are visible to whoever waits on the phase).
-__device__ __forceinline__ void mbar_arrive(uint64_t *bar) {
-  asm volatile(
-      "{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n" ::"r"(smem_u32(bar))
-      : "memory");
-}
-// Waits (acquire) until the phase of the given parity has completed. (try_wait is sm_90's; other
-// builds never launch these kernels.)
-__device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) {
-#ifdef LT_HAVE_WGMMA
-  asm volatile("{\n.reg .pred done;\nLT_WAIT:\n"
-               "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-               "@!done bra LT_WAIT;\n}\n" ::"r"(smem_u32(bar)),
-               "r"(parity)
-               : "memory");
-#endif
 }
 
 // Use u of a ring of `stages` buffers (uses counted from the block's first tile): its buffer, and
