@@ -1,15 +1,18 @@
-// The memory-bound passes of a training step (everything but the matmuls, attention itself, the
-// loss and the optimizer), each against a device-to-device copy of the same number of bytes
-// measured in the same run: the copy is what the GPU's memory allows, so copy ms / ours is the
-// fraction of that bandwidth a pass reaches (1.0 is the limit).
-//   bench_passes [--seq 4096] [--batch 8] [--heads 12] [--head-dim 64] [--ffn 2048]
+// The memory-bound passes of a training step (everything but the matmuls, attention itself and
+// the optimizer), each against a device-to-device copy of the same number of bytes measured in
+// the same run: the copy is what the GPU's memory allows, so copy ms / ours is the fraction of
+// that bandwidth a pass reaches (1.0 is the limit).
+//   bench_passes [--seq 4096] [--batch 8] [--heads 12] [--head-dim 64] [--ffn 2048] [--vocab 32768]
 // Defaults: the 135M Llama model's layer (d 768 = 12 heads of 64, SwiGLU 2048) at T = 4096, B = 8.
+// The loss runs on the LM head's chunks (lm_head.c: 256 MiB of f32 logits, 2048 rows of a 32K
+// vocabulary), f32 logits in and the bf16 gradient out, once per chunk of the step's tokens.
 // The step's total counts each pass as often as a step of that model runs it (per layer: the
 // SwiGLU forward and backward, the fused add + FFN norm, the attention norm, the block's closing
 // add, two norm backwards, RoPE both ways, attention's delta; plus the final norm and its
-// backward). MoH's backward of its head weights with attention's delta, fused (our op) and as the
-// two passes it replaces, is timed too, outside the step's total (the 135M model has no MoH).
-// Times are medians of 5 trials of back-to-back repetitions after a warm-up.
+// backward, and the loss once per chunk). MoH's backward of its head weights with attention's
+// delta, fused (our op) and as the two passes it replaces, is timed too, outside the step's total
+// (the 135M model has no MoH). Times are medians of 5 trials of back-to-back repetitions after a
+// warm-up.
 #include <cuda_runtime_api.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +32,8 @@ typedef struct passes {
   lt_tensor qkv, q, k, v, dq, pos;     // RoPE: (N, 3H, D), (N, H, D) bf16, dq f32, pos (N)
   lt_tensor o, dout, delta;            // attention's delta: (B, T, H, D) bf16, (B, H, T) f32
   lt_tensor d_o, gates, dgates;        // MoH: d_o (B, T, H, D) bf16 (dout is d_gated), (N, H) f32
+  lt_tensor logits, dlogits;           // cross-entropy: (R, V) f32, (R, V) bf16
+  lt_tensor targets, losses;           // (R) i32, (R) f32
   lt_tensor copy_src, copy_dst;        // bf16, half the largest pass's bytes each
   int64_t copy_numel;                  // the elements the reference copies now
 } passes;
@@ -78,6 +83,10 @@ static int moh_gate_bwd_then_delta(void *arg) {
   LT_TRY(lt_head_gate_bwd(p->ctx, p->d_o, p->dgates, p->dout, p->o, p->gates));
   return lt_attn_bwd_delta(p->ctx, p->delta, p->d_o, p->o);
 }
+static int cross_entropy(void *arg) {
+  passes *p = arg;
+  return lt_cross_entropy(p->ctx, p->losses, p->dlogits, p->logits, p->targets, -100, 1e-4f);
+}
 static int reference_copy(void *arg) {
   passes *p = arg;
   return lt_copy(p->ctx, lt_view1(p->copy_dst.data, LT_BF16, LT_CUDA, p->copy_numel),
@@ -91,6 +100,20 @@ typedef struct pass_case {
   int calls_per_step; // in a step of the N_LAYERS-layer model
 } pass_case;
 
+// The LM head's rows per logits chunk of a step's n tokens (lm_head.c's LOGITS_CHUNK_BYTES of
+// f32 logits).
+static int64_t loss_chunk_rows(int64_t vocab, int64_t n) {
+  const int64_t rows = ((int64_t)256 << 20) / (vocab * 4);
+  return rows < 1 ? 1 : rows > n ? n : rows;
+}
+
+// A device tensor of n int32 values copied from the host; t->data freed with lt_device_free.
+static int device_i32(lt_tensor *t, const int32_t *host, int64_t n, const char *what) {
+  *t = lt_view1(NULL, LT_I32, LT_CUDA, n);
+  LT_TRY(lt_device_alloc(LT_CUDA, sizeof(int32_t) * n, what, &t->data));
+  return lt_device_copy(t->data, LT_CUDA, host, LT_CPU, sizeof(int32_t) * n);
+}
+
 // A device tensor of `dtype`: bf16 ones random, the others zeroed.
 static int device_tensor(lt_ctx *ctx, lt_tensor *t, lt_dtype dtype, int ndim, const int64_t *shape,
                          uint64_t seed) {
@@ -100,9 +123,9 @@ static int device_tensor(lt_ctx *ctx, lt_tensor *t, lt_dtype dtype, int ndim, co
   return lt_zero(ctx, *t);
 }
 
-static int make_passes(passes *p, int64_t B, int64_t T, int64_t H, int64_t D, int64_t F,
+static int make_passes(passes *p, int64_t B, int64_t T, int64_t H, int64_t D, int64_t F, int64_t V,
                        int64_t copy_numel) {
-  const int64_t n = B * T, c = H * D;
+  const int64_t n = B * T, c = H * D, r = loss_chunk_rows(V, n);
   uint64_t seed = 1;
   struct {
     lt_tensor *t;
@@ -133,49 +156,61 @@ static int make_passes(passes *p, int64_t B, int64_t T, int64_t H, int64_t D, in
       {&p->d_o, LT_BF16, 4, {B, T, H, D}},
       {&p->gates, LT_F32, 2, {n, H}},
       {&p->dgates, LT_F32, 2, {n, H}},
+      {&p->logits, LT_F32, 2, {r, V}},
+      {&p->dlogits, LT_BF16, 2, {r, V}},
+      {&p->losses, LT_F32, 1, {r}},
       {&p->copy_src, LT_BF16, 1, {copy_numel}},
       {&p->copy_dst, LT_BF16, 1, {copy_numel}},
   };
   for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++)
     LT_TRY(
         device_tensor(p->ctx, specs[i].t, specs[i].dtype, specs[i].ndim, specs[i].shape, seed++));
-  // rstd as the forward leaves it (about 1 for unit-variance rows), positions 0..T-1 per row.
+  // rstd as the forward leaves it (about 1 for unit-variance rows), random normal logits (the
+  // bf16 gradient's random values, before any pass overwrites them), positions 0..T-1 per row and
+  // targets spread over the vocabulary.
   LT_TRY(rmsnorm_fwd(p));
-  int32_t *pos = malloc(sizeof(int32_t) * n);
-  LT_CHECK(pos, LT_ERR_MEMORY, "out of host memory");
-  for (int64_t i = 0; i < n; i++) pos[i] = (int32_t)(i % T);
-  p->pos = lt_view1(NULL, LT_I32, LT_CUDA, n);
-  int rc = lt_device_alloc(LT_CUDA, sizeof(int32_t) * n, "positions", &p->pos.data);
-  if (rc == LT_OK) rc = lt_device_copy(p->pos.data, LT_CUDA, pos, LT_CPU, sizeof(int32_t) * n);
-  free(pos);
+  LT_TRY(lt_copy(p->ctx, p->logits, p->dlogits));
+  int32_t *ids = malloc(sizeof(int32_t) * (n > r ? n : r));
+  LT_CHECK(ids, LT_ERR_MEMORY, "out of host memory");
+  for (int64_t i = 0; i < n; i++) ids[i] = (int32_t)(i % T);
+  int rc = device_i32(&p->pos, ids, n, "positions");
+  for (int64_t i = 0; i < r; i++) ids[i] = (int32_t)(i * 7919 % V);
+  if (rc == LT_OK) rc = device_i32(&p->targets, ids, r, "targets");
+  free(ids);
   return rc;
 }
 
 static void free_passes(passes *p) {
-  lt_tensor *all[] = {&p->gate_up,  &p->dgate_up, &p->h,     &p->dh,  &p->x,     &p->y,
-                      &p->sum,      &p->out,      &p->dx,    &p->w,   &p->dw,    &p->rstd,
-                      &p->qkv,      &p->q,        &p->k,     &p->v,   &p->dq,    &p->pos,
-                      &p->o,        &p->dout,     &p->delta, &p->d_o, &p->gates, &p->dgates,
-                      &p->copy_src, &p->copy_dst};
+  lt_tensor *all[] = {&p->gate_up, &p->dgate_up, &p->h,      &p->dh,       &p->x,
+                      &p->y,       &p->sum,      &p->out,    &p->dx,       &p->w,
+                      &p->dw,      &p->rstd,     &p->qkv,    &p->q,        &p->k,
+                      &p->v,       &p->dq,       &p->pos,    &p->o,        &p->dout,
+                      &p->delta,   &p->d_o,      &p->gates,  &p->dgates,   &p->logits,
+                      &p->dlogits, &p->targets,  &p->losses, &p->copy_src, &p->copy_dst};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
     if (all[i]->data) lt_device_free(LT_CUDA, all[i]->data);
 }
 
 int main(int argc, char **argv) {
   bench_shape shape = {.seqs = {4096}, .n_seqs = 1, .heads = 12, .head_dim = 64, .batch = 8};
-  int64_t F = 2048;
+  int64_t F = 2048, V = 32768;
   for (int i = 1; i < argc; i++) {
     if (bench_shape_arg(argc, argv, &i, &shape)) continue;
     if (strcmp(argv[i], "--ffn") == 0 && i + 1 < argc) {
       F = atoll(argv[++i]);
+    } else if (strcmp(argv[i], "--vocab") == 0 && i + 1 < argc) {
+      V = atoll(argv[++i]);
     } else {
-      fprintf(stderr, "usage: %s [--seq T] [--batch B] [--heads H] [--head-dim D] [--ffn F]\n",
+      fprintf(stderr,
+              "usage: %s [--seq T] [--batch B] [--heads H] [--head-dim D] [--ffn F] [--vocab V]\n",
               argv[0]);
       return 2;
     }
   }
   const int64_t B = shape.batch, T = shape.seqs[0], H = shape.heads, D = shape.head_dim;
   const double n = (double)(B * T), c = (double)(H * D), f = (double)F, qkv = 3.0 * c;
+  const int64_t loss_rows = loss_chunk_rows(V, B * T),
+                loss_chunks = (B * T + loss_rows - 1) / loss_rows;
   const pass_case cases[] = {
       {"swiglu_fwd", swiglu_fwd, n * 3 * f * 2, N_LAYERS},
       {"swiglu_bwd (+ h)", swiglu_bwd_with_h, n * 6 * f * 2, N_LAYERS},
@@ -188,6 +223,8 @@ int main(int argc, char **argv) {
       {"attn_bwd_delta", attn_delta, n * (2 * c * 2 + H * 4), N_LAYERS},
       {"moh gate_bwd_delta", moh_gate_bwd_delta, n * (3 * c * 2 + 3 * H * 4), 0},
       {"moh gate_bwd + delta", moh_gate_bwd_then_delta, n * (5 * c * 2 + 3 * H * 4), 0},
+      {"cross_entropy (bf16 d)", cross_entropy, (double)loss_rows * ((double)V * (4 + 2) + 4 + 4),
+       (int)loss_chunks},
   };
   const int n_cases = (int)(sizeof cases / sizeof cases[0]);
   double most_bytes = 0;
@@ -196,7 +233,7 @@ int main(int argc, char **argv) {
   lt_ctx ctx;
   int rc = lt_ctx_init(&ctx, LT_CUDA, 0);
   passes p = {.ctx = &ctx};
-  if (rc == LT_OK) rc = make_passes(&p, B, T, H, D, F, (int64_t)(most_bytes / 4));
+  if (rc == LT_OK) rc = make_passes(&p, B, T, H, D, F, V, (int64_t)(most_bytes / 4));
   double ours[32], copy[32];
   for (int i = 0; i < n_cases && rc == LT_OK; i++) {
     rc = bench_time_ms(&ctx, cases[i].run, &p, &ours[i]);
@@ -212,9 +249,9 @@ int main(int argc, char **argv) {
   struct cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, 0);
   printf("\nmemory-bound passes, bf16, %lld tokens (B %lld, T %lld), %lld heads of %lld, SwiGLU "
-         "%lld, on %s\n",
+         "%lld, loss on %lld x %lld f32 logits, on %s\n",
          (long long)(B * T), (long long)B, (long long)T, (long long)H, (long long)D, (long long)F,
-         prop.name);
+         (long long)loss_rows, (long long)V, prop.name);
   printf("reference: a device-to-device copy of the same bytes, in this run\n");
   printf("%-22s | %8s | %8s %7s | %8s | %s\n", "pass", "MB", "ours ms", "GB/s", "copy ms",
          "copy / ours");

@@ -346,39 +346,67 @@ static void test_attention_delta_matches_cpu_for_every_head_width(void **state) 
   }
 }
 
-static void test_cross_entropy_losses_and_bf16_gradient_match_cpu(void **state) {
-  SKIP_WITHOUT_GPU();
-  const int64_t n = 37, vocabs[2] = {4096, 1001}; // vectorised, and the scalar path
-  for (int vi = 0; vi < 2; vi++) {
-    const int64_t v = vocabs[vi];
-    float *logits = lt_gpu_random(n * v, 3.0f, false);
-    int32_t *targets = malloc(sizeof(int32_t) * n);
-    lt_rng rng = lt_rng_seed(lt_gpu_next_seed());
-    for (int64_t i = 0; i < n; i++)
-      targets[i] = i % 5 == 3 ? -100 : (int32_t)lt_rng_below(&rng, (uint64_t)v);
-    float *losses = malloc(sizeof(float) * n), *grad = malloc(sizeof(float) * n * v);
-    assert_ok(lt_cross_entropy(&lt_test_cpu, host(losses, 1, LT_SHAPE(n)),
-                               host(grad, 2, LT_SHAPE(n, v)), host(logits, 2, LT_SHAPE(n, v)),
-                               lt_view1(targets, LT_I32, LT_CPU, n), -100, 0.25f));
-    lt_tensor glogits = lt_gpu_upload(logits, LT_F32, 2, LT_SHAPE(n, v));
-    lt_tensor ggrad = lt_gpu_upload(logits, LT_BF16, 2, LT_SHAPE(n, v));
-    lt_tensor glosses = lt_gpu_upload(losses, LT_F32, 1, LT_SHAPE(n));
-    assert_ok(lt_zero(&lt_test_gpu, glosses));
-    assert_ok(lt_cross_entropy(&lt_test_gpu, glosses, ggrad, glogits,
-                               lt_gpu_upload_i32(targets, 1, LT_SHAPE(n)), -100, 0.25f));
-    float *got_losses = lt_gpu_fetch(glosses), *got_grad = lt_gpu_fetch(ggrad);
+// One cross-entropy case against the CPU over n rows of vocabulary v: row 0's target is column 0,
+// row 1's the last column, every fifth row from row 3 is ignored, the rest random. The logits sit
+// `offset` floats into their buffer (1: off 16-byte alignment). The GPU's outputs start as stale
+// values (NaN losses, a gradient of the logits), so a row the kernel leaves unwritten fails. Both
+// outputs are checked: the bf16 gradient into its own buffer, then the f32 gradient in place.
+static void expect_cross_entropy_matches_cpu(int64_t n, int64_t v, int64_t offset) {
+  printf("  rows %lld, vocabulary %lld, logits offset %lld floats\n", (long long)n, (long long)v,
+         (long long)offset);
+  float *logits = lt_gpu_random(n * v, 3.0f, false);
+  int32_t *targets = malloc(sizeof(int32_t) * n);
+  lt_rng rng = lt_rng_seed(lt_gpu_next_seed());
+  for (int64_t i = 0; i < n; i++)
+    targets[i] = i % 5 == 3 ? -100 : (int32_t)lt_rng_below(&rng, (uint64_t)v);
+  targets[0] = 0, targets[1] = (int32_t)(v - 1);
+  float *losses = malloc(sizeof(float) * n), *grad = malloc(sizeof(float) * n * v);
+  assert_ok(lt_cross_entropy(&lt_test_cpu, host(losses, 1, LT_SHAPE(n)),
+                             host(grad, 2, LT_SHAPE(n, v)), host(logits, 2, LT_SHAPE(n, v)),
+                             lt_view1(targets, LT_I32, LT_CPU, n), -100, 0.25f));
+  float *padded = calloc((size_t)(n * v + offset), sizeof(float)),
+        *stale = malloc(sizeof(float) * n);
+  memcpy(padded + offset, logits, sizeof(float) * n * v);
+  for (int64_t i = 0; i < n; i++) stale[i] = NAN;
+  lt_tensor buffer = lt_gpu_upload(padded, LT_F32, 1, LT_SHAPE(n * v + offset));
+  lt_tensor glogits = lt_view((float *)buffer.data + offset, LT_F32, LT_CUDA, 2, LT_SHAPE(n, v));
+  lt_tensor ggrad = lt_gpu_upload(logits, LT_BF16, 2, LT_SHAPE(n, v));
+  lt_tensor gtargets = lt_gpu_upload_i32(targets, 1, LT_SHAPE(n));
+  for (int in_place = 0; in_place < 2; in_place++) {
+    lt_tensor glosses = lt_gpu_upload(stale, LT_F32, 1, LT_SHAPE(n));
+    lt_tensor out = in_place ? glogits : ggrad;
+    assert_ok(lt_cross_entropy(&lt_test_gpu, glosses, out, glogits, gtargets, -100, 0.25f));
+    float *got_losses = lt_gpu_fetch(glosses), *got_grad = lt_gpu_fetch(out);
     lt_gpu_expect_close("cross-entropy losses (f32)", got_losses, losses, n, 1e-5);
-    lt_gpu_expect_close("cross-entropy dlogits (bf16)", got_grad, grad, n * v, 1e-2);
-    for (int64_t i = 3; i < n; i += 5) assert_true(got_losses[i] == 0.0f); // ignored rows
-    // In place, as on the CPU: the f32 logits become their gradient.
-    assert_ok(lt_cross_entropy(&lt_test_gpu, glosses, glogits, glogits,
-                               lt_gpu_upload_i32(targets, 1, LT_SHAPE(n)), -100, 0.25f));
-    free(got_grad);
-    got_grad = lt_gpu_fetch(glogits);
-    lt_gpu_expect_close("cross-entropy in place (f32)", got_grad, grad, n * v, 1e-5);
-    free(logits), free(targets), free(losses), free(grad), free(got_losses), free(got_grad);
-    lt_gpu_free_all();
+    lt_gpu_expect_close(in_place ? "cross-entropy dlogits in place (f32)"
+                                 : "cross-entropy dlogits (bf16)",
+                        got_grad, grad, n * v, in_place ? 1e-5 : 1e-2);
+    for (int64_t i = 3; i < n; i += 5) { // ignored rows: exactly zero
+      assert_true(got_losses[i] == 0.0f);
+      for (int64_t j = 0; j < v; j++) assert_true(got_grad[i * v + j] == 0.0f);
+    }
+    free(got_losses), free(got_grad);
   }
+  free(logits), free(targets), free(losses), free(grad), free(padded), free(stale);
+  lt_gpu_free_all();
+}
+
+// Rows that fit a block's registers (a multiple of 8, at most 32768): the model's 32768 fills
+// 1024 threads of 32 values exactly; 5000 and 20000 leave the last vectors of the row unfilled.
+static void test_cross_entropy_with_rows_in_registers_matches_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  const int64_t vocabs[3] = {32768, 5000, 20000};
+  for (int i = 0; i < 3; i++) expect_cross_entropy_matches_cpu(37, vocabs[i], 0);
+}
+
+// The two-pass path: a vocabulary not a multiple of 8, one too wide for registers, and logits off
+// 16-byte alignment.
+static void
+test_cross_entropy_in_two_passes_matches_cpu_for_odd_wide_and_unaligned_rows(void **state) {
+  SKIP_WITHOUT_GPU();
+  expect_cross_entropy_matches_cpu(37, 1001, 0);
+  expect_cross_entropy_matches_cpu(37, 40000, 0);
+  expect_cross_entropy_matches_cpu(37, 4096, 1);
 }
 
 static void test_adamw_over_runs_matches_cpu_and_writes_the_bf16_copy(void **state) {
@@ -474,7 +502,9 @@ int main(void) {
       cmocka_unit_test(test_rope_split_and_its_transpose_match_cpu),
       cmocka_unit_test(test_swiglu_forward_and_backward_with_h_match_cpu),
       cmocka_unit_test(test_attention_delta_matches_cpu_for_every_head_width),
-      cmocka_unit_test(test_cross_entropy_losses_and_bf16_gradient_match_cpu),
+      cmocka_unit_test(test_cross_entropy_with_rows_in_registers_matches_cpu),
+      cmocka_unit_test(
+          test_cross_entropy_in_two_passes_matches_cpu_for_odd_wide_and_unaligned_rows),
       cmocka_unit_test(test_adamw_over_runs_matches_cpu_and_writes_the_bf16_copy),
       cmocka_unit_test(test_out_of_memory_names_the_size_and_what_to_lower),
       cmocka_unit_test(test_unsupported_operands_fail_naming_the_op_and_tensors),

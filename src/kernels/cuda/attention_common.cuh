@@ -21,8 +21,7 @@
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
-#define LOG2E 1.4426950408889634f
-#define LN2   0.6931471805599453f
+#define LN2 0.6931471805599453f
 
 // Everything the forward and backward kernels read. Strides are those of (B, T, H, D) tensors.
 typedef struct attn_params {
@@ -237,14 +236,6 @@ mask_scores(float (&s)[NT * 4], int row, const int32_t *qpos, const int32_t *qdo
           s[nt * 4 + 2 * hf + e2] = -INFINITY;
       }
   }
-}
-
-// 2^x on the special function unit, flushing results below 2^-126 to zero (probabilities that
-// small do not matter); exp2f's extra range handling costs instructions in the inner loops.
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
 }
 
 // The online-softmax step (FlashAttention-2, Algorithm 1, lines 8-10) in base 2, less the output:

@@ -1,12 +1,96 @@
 // Softmax cross-entropy per row of f32 logits, the loss of the LM head's chunk, with the gradient
-// written in the activations' dtype for the backward matmuls. One block per row: an online
-// (max, sum of exp) pass (Milakov & Gimelshein 2018), then the gradient pass, whose re-read of the
-// row hits L2 because few rows are in flight at once (1024-thread blocks).
+// written in the activations' dtype for the backward matmuls. Matches lt_cpu_cross_entropy.
+//
+// The pass is memory-bound: a 32K-vocabulary row is 128 KiB of f32 read and 64 KiB of bf16
+// written, so it runs at the GPU's bandwidth only if each row is read once. Where the row fits in
+// a block's registers (V <= 32768, a multiple of 8, 16-byte aligned), one block holds its row in
+// registers from a single read: the max, then exp(x - max) kept in place of x, then their sum,
+// then the gradient from the kept exps (one exp per element, on the special function unit). Other
+// rows take two passes: an online (max, sum of exp) pass (Milakov & Gimelshein 2018), then the
+// gradient pass, whose re-read of the row hits L2 because few rows are in flight at once.
 #include <math.h>
 
 #include "kernels/cuda/cuda_common.cuh"
 
-enum { THREADS = 1024 };
+// Register path: a thread holds CHUNKS vectors of 8 logits, vector k of thread t at columns
+// 8 (k blockDim + t) .. + 7, so each warp's loads are 1 KiB contiguous. 1024 threads of at most
+// 64 registers hold 32 values each: V up to 32768 in one block.
+enum { ROW_THREADS = 1024, MAX_CHUNKS = 4, TWO_PASS_THREADS = 1024 };
+
+// losses[n] = lse(logits[n]) - logits[n, t_n] (0 where ignored); dlogits, when given, =
+// grad_scale * (softmax(logits[n]) - onehot(t_n)), 0 where ignored.
+// logits: (N, V) f32, V % 8 == 0, V <= 8 CHUNKS blockDim, rows 16-byte aligned; dlogits: (N, V)
+// or NULL, may alias logits; targets: (N) i32; losses: (N) f32. One block per row.
+template <typename TG, int CHUNKS>
+__global__ void __launch_bounds__(ROW_THREADS)
+    cross_entropy_row_kernel(float *losses, TG *dlogits, const float *logits,
+                             const int32_t *targets, int v, int ignore_index, float grad_scale) {
+  __shared__ float partial[32];
+  const int64_t row = blockIdx.x;
+  const int32_t target = targets[row];
+  TG *grad = dlogits ? dlogits + row * v : nullptr;
+  int col[CHUNKS];
+#pragma unroll
+  for (int k = 0; k < CHUNKS; k++) col[k] = (k * (int)blockDim.x + (int)threadIdx.x) * 8;
+  if (target == ignore_index) {
+    if (threadIdx.x == 0) losses[row] = 0.0f;
+    const float zero[8] = {};
+    if (grad) {
+#pragma unroll
+      for (int k = 0; k < CHUNKS; k++)
+        if (col[k] < v) store8(grad + col[k], zero);
+    }
+    return;
+  }
+  // Every load is issued before any is used: the row's bytes are in flight at once.
+  const float *x = logits + row * v;
+  float e[CHUNKS][8];
+#pragma unroll
+  for (int k = 0; k < CHUNKS; k++) {
+    if (col[k] < v) {
+      load8(x + col[k], e[k]);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; i++) e[k][i] = -INFINITY; // adds exp(-inf) = 0 to the sum
+    }
+  }
+  // The target's logit from the registers of the thread that holds it: an in-place gradient
+  // overwrites it in memory.
+  bool holds_target = false;
+  float x_target = 0.0f, m = -INFINITY;
+#pragma unroll
+  for (int k = 0; k < CHUNKS; k++)
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      if (col[k] + i == target) x_target = e[k][i], holds_target = true;
+      m = fmaxf(m, e[k][i]);
+    }
+  m = block_max(m, partial);
+  // exp(x - m) = 2^(x log2(e) - m log2(e)): one FMA and one ex2 per element.
+  const float m_log2 = m * LOG2E;
+  float s = 0.0f;
+#pragma unroll
+  for (int k = 0; k < CHUNKS; k++)
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      e[k][i] = fast_exp2(fmaf(e[k][i], LOG2E, -m_log2));
+      s += e[k][i];
+    }
+  s = block_sum(s, partial);
+  if (holds_target) losses[row] = m + logf(s) - x_target;
+  if (!grad) return;
+  // softmax = exp(x - m) / s. Each thread writes only the columns it has read, so the in-place
+  // gradient needs no barrier.
+  const float scale = grad_scale / s;
+#pragma unroll
+  for (int k = 0; k < CHUNKS; k++) {
+    if (col[k] >= v) continue;
+    float g[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) g[i] = e[k][i] * scale - (col[k] + i == target ? grad_scale : 0.0f);
+    store8(grad + col[k], g);
+  }
+}
 
 // The running (max, sum of exp(x - max)) of two parts merged.
 __device__ __forceinline__ void merge_softmax(float *m, float *s, float m2, float s2) {
@@ -20,13 +104,14 @@ __device__ __forceinline__ void merge_softmax(float *m, float *s, float m2, floa
   *m = mx;
 }
 
-// losses[n] = lse(logits[n]) - logits[n, t_n] (0 where ignored); dlogits, when given, =
-// grad_scale * (softmax(logits[n]) - onehot(t_n)). Matches lt_cpu_cross_entropy.
-// logits: (N, V) f32; dlogits: (N, V) or NULL, may alias logits; targets: (N) i32; losses: (N)
+// As cross_entropy_row_kernel, for any V and alignment (vec: V % 8 == 0 and both rows 16-byte
+// aligned). logits: (N, V) f32; dlogits: (N, V) or NULL, may alias logits; targets: (N) i32;
+// losses: (N) f32. One block per row.
 template <typename TG>
-__global__ void __launch_bounds__(THREADS)
-    cross_entropy_kernel(float *losses, TG *dlogits, const float *logits, const int32_t *targets,
-                         int64_t v, int ignore_index, float grad_scale, bool vec) {
+__global__ void __launch_bounds__(TWO_PASS_THREADS)
+    cross_entropy_two_pass_kernel(float *losses, TG *dlogits, const float *logits,
+                                  const int32_t *targets, int64_t v, int ignore_index,
+                                  float grad_scale, bool vec) {
   __shared__ float warp_m[32], warp_s[32];
   const int64_t row = blockIdx.x;
   const float *x = logits + row * v;
@@ -85,6 +170,34 @@ __global__ void __launch_bounds__(THREADS)
   }
 }
 
+// The register path's launch: the fewest vectors per thread that cover the row with at most
+// ROW_THREADS threads, then the fewest whole warps that cover it with that many.
+template <typename TG>
+static void launch_row_kernel(cudaStream_t stream, int64_t n, float *losses, TG *dlogits,
+                              const float *logits, const int32_t *targets, int v, int ignore_index,
+                              float grad_scale) {
+  const int vectors = v / 8, chunks = (vectors + ROW_THREADS - 1) / ROW_THREADS;
+  const int threads = ((vectors + chunks - 1) / chunks + 31) / 32 * 32;
+  auto run = [&](auto kernel) {
+    kernel<<<(unsigned)n, threads, 0, stream>>>(losses, dlogits, logits, targets, v, ignore_index,
+                                                grad_scale);
+  };
+  switch (chunks) {
+  case 1:
+    run(cross_entropy_row_kernel<TG, 1>);
+    break;
+  case 2:
+    run(cross_entropy_row_kernel<TG, 2>);
+    break;
+  case 3:
+    run(cross_entropy_row_kernel<TG, 3>);
+    break;
+  default:
+    run(cross_entropy_row_kernel<TG, MAX_CHUNKS>);
+    break;
+  }
+}
+
 int lt_cuda_cross_entropy(lt_ctx *ctx, lt_tensor losses, lt_tensor dlogits, lt_tensor logits,
                           lt_tensor targets, int ignore_index, float grad_scale) {
   lt_cuda_state *st = cuda_state(ctx);
@@ -92,11 +205,18 @@ int lt_cuda_cross_entropy(lt_ctx *ctx, lt_tensor losses, lt_tensor dlogits, lt_t
   if (n == 0) return LT_OK;
   const bool vec =
       v % 8 == 0 && aligned16(logits.data) && (!dlogits.data || aligned16(dlogits.data));
+  const bool in_registers = vec && v <= (int64_t)ROW_THREADS * MAX_CHUNKS * 8;
   int rc = dispatch_float(dlogits.data ? dlogits.dtype : LT_F32, [&](auto *tag) {
     using TG = TYPE_OF(tag);
-    cross_entropy_kernel<TG><<<(unsigned)n, THREADS, 0, st->stream>>>(
-        (float *)losses.data, (TG *)dlogits.data, (const float *)logits.data,
-        (const int32_t *)targets.data, v, ignore_index, grad_scale, vec);
+    float *loss = (float *)losses.data;
+    TG *grad = (TG *)dlogits.data;
+    const float *x = (const float *)logits.data;
+    const int32_t *t = (const int32_t *)targets.data;
+    if (in_registers)
+      launch_row_kernel<TG>(st->stream, n, loss, grad, x, t, (int)v, ignore_index, grad_scale);
+    else
+      cross_entropy_two_pass_kernel<TG><<<(unsigned)n, TWO_PASS_THREADS, 0, st->stream>>>(
+          loss, grad, x, t, v, ignore_index, grad_scale, vec);
     return LT_OK;
   });
   if (rc)

@@ -157,17 +157,38 @@ __device__ __forceinline__ float warp_max(float x) {
   return x;
 }
 
-// Sum over the block in a fixed order (deterministic): warps reduce, then warp 0 sums the warps'
-// results. `shared` holds 32 floats; every thread gets the total.
-__device__ __forceinline__ float block_sum(float x, float *shared) {
+// A reduction over the block in a fixed order (deterministic): each warp reduces its lanes, then
+// every thread combines the warps' results in warp order. `shared` holds 32 floats; every thread
+// gets the result.
+template <typename WarpOp, typename Op>
+__device__ __forceinline__ float block_reduce(float x, float *shared, WarpOp warp_op, Op op) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = (blockDim.x + 31) >> 5;
-  x = warp_sum(x);
+  x = warp_op(x);
   __syncthreads(); // shared may still be read from a previous call
   if (lane == 0) shared[warp] = x;
   __syncthreads();
-  float total = 0.0f;
-  for (int w = 0; w < n_warps; w++) total += shared[w];
+  float total = shared[0];
+  for (int w = 1; w < n_warps; w++) total = op(total, shared[w]);
   return total;
+}
+__device__ __forceinline__ float block_sum(float x, float *shared) {
+  return block_reduce(
+      x, shared, [](float a) { return warp_sum(a); }, [](float a, float b) { return a + b; });
+}
+__device__ __forceinline__ float block_max(float x, float *shared) {
+  return block_reduce(
+      x, shared, [](float a) { return warp_max(a); }, [](float a, float b) { return fmaxf(a, b); });
+}
+
+#define LOG2E 1.4426950408889634f
+
+// 2^x on the special function unit, flushing results below 2^-126 to zero (probabilities that
+// small do not matter); exp2f's extra range handling costs instructions in the inner loops.
+// e^x is fast_exp2(x * LOG2E), with the scale folded into the FMA that forms x.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
 }
 
 #endif
