@@ -188,8 +188,8 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
     if (tma) {
       if (threadIdx.x == 0) {
         mbar_arrive_expect_tx(&kv_full[buf], 2 * KV_BYTES);
-        tma_load_rows(smem_u32(k_s + buf * KV_BYTES), &tm.k, kvh, j0, b, &kv_full[buf]);
-        tma_load_rows(smem_u32(v_s + buf * KV_BYTES), &tm.v, kvh, j0, b, &kv_full[buf]);
+        tma_load_rows(smem_u32(k_s + buf * KV_BYTES), &tm.rows[0], kvh, j0, b, &kv_full[buf]);
+        tma_load_rows(smem_u32(v_s + buf * KV_BYTES), &tm.rows[1], kvh, j0, b, &kv_full[buf]);
       }
     } else {
       load_rows<HOPPER, BN, D, THREADS>(k_s + buf * KV_BYTES, p.k + head, kv_stride, j0, p.tk);
@@ -346,8 +346,8 @@ static int launch_fwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
   attn_tma_maps tm;
   memset(&tm, 0, sizeof tm);
   if constexpr (fwd_pipelined<D, HOPPER, SPARSE>())
-    tm.use = attn_tma_map_rows(&tm.k, p.k, b, p.tk, p.hkv, D, fwd_bn<D, HOPPER>()) &&
-             attn_tma_map_rows(&tm.v, p.v, b, p.tk, p.hkv, D, fwd_bn<D, HOPPER>());
+    tm.use = attn_tma_map_rows(&tm.rows[0], p.k, b, p.tk, p.hkv, D, fwd_bn<D, HOPPER>()) &&
+             attn_tma_map_rows(&tm.rows[1], p.v, b, p.tk, p.hkv, D, fwd_bn<D, HOPPER>());
   dim3 grid((unsigned)p.n_q_tiles, (unsigned)p.hq, (unsigned)b);
   attn_fwd_kernel<D, HOPPER, SPARSE><<<grid, THREADS, smem, st->stream>>>(p, tm);
   return LT_OK;

@@ -64,10 +64,11 @@ __device__ __forceinline__ void tma_load_rows(uint32_t dst, const CUtensorMap *m
 #endif
 }
 
-// K's and V's tensor maps for a kernel's K/V tiles, passed as a __grid_constant__ parameter; `use`
-// false: the kernel copies with cp.async instead.
+// The tensor maps of the two tensors a kernel copies tile by tile (the forward: K and V; the
+// backward: Q and dO), passed as a __grid_constant__ parameter; `use` false: the kernel copies with
+// cp.async instead.
 typedef struct attn_tma_maps {
-  CUtensorMap k, v;
+  CUtensorMap rows[2];
   bool use;
 } attn_tma_maps;
 
