@@ -151,16 +151,9 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER, V>(), bwd_min_blocks<D,
   auto issue_tile = [&](int entry, int h, int buf) {
     const int64_t i0 = (int64_t)(entry & 0x7fffffff) * BM, q_stride = (int64_t)p.hq * D;
     const int64_t head = ((int64_t)b * p.tq * p.hq + h) * D;
-    if (tma) {
-      if (threadIdx.x == 0) {
-        mbar_arrive_expect_tx(&qdo_full[buf], 2 * QT_BYTES);
-        tma_load_rows(smem_u32(q_s + buf * QT_BYTES), &tm.rows[0], h, i0, b, &qdo_full[buf]);
-        tma_load_rows(smem_u32(do_s + buf * QT_BYTES), &tm.rows[1], h, i0, b, &qdo_full[buf]);
-      }
-    } else {
-      load_rows<HOPPER, BM, D, THREADS>(q_s + buf * QT_BYTES, p.q + head, q_stride, i0, p.tq);
-      load_rows<HOPPER, BM, D, THREADS>(do_s + buf * QT_BYTES, p.dout + head, q_stride, i0, p.tq);
-    }
+    load_tile_pair<HOPPER, BM, D, THREADS>(tma, tm, &qdo_full[buf], q_s + buf * QT_BYTES,
+                                           do_s + buf * QT_BYTES, p.q + head, p.dout + head, h, b,
+                                           i0, q_stride, p.tq);
     for (int r = threadIdx.x; r < BM; r += THREADS) {
       const bool valid = i0 + r < p.tq;
       const int64_t stat = ((int64_t)b * p.hq + h) * p.tq + (valid ? i0 + r : 0);

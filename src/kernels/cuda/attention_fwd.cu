@@ -185,16 +185,9 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
   auto issue_tile = [&](int entry, int buf) {
     const int64_t j0 = (int64_t)(entry & 0x7fffffff) * BN, kv_stride = (int64_t)p.hkv * D;
     const int64_t head = ((int64_t)b * p.tk * p.hkv + kvh) * D;
-    if (tma) {
-      if (threadIdx.x == 0) {
-        mbar_arrive_expect_tx(&kv_full[buf], 2 * KV_BYTES);
-        tma_load_rows(smem_u32(k_s + buf * KV_BYTES), &tm.rows[0], kvh, j0, b, &kv_full[buf]);
-        tma_load_rows(smem_u32(v_s + buf * KV_BYTES), &tm.rows[1], kvh, j0, b, &kv_full[buf]);
-      }
-    } else {
-      load_rows<HOPPER, BN, D, THREADS>(k_s + buf * KV_BYTES, p.k + head, kv_stride, j0, p.tk);
-      load_rows<HOPPER, BN, D, THREADS>(v_s + buf * KV_BYTES, p.v + head, kv_stride, j0, p.tk);
-    }
+    load_tile_pair<HOPPER, BN, D, THREADS>(tma, tm, &kv_full[PIPE ? buf : 0], k_s + buf * KV_BYTES,
+                                           v_s + buf * KV_BYTES, p.k + head, p.v + head, kvh, b, j0,
+                                           kv_stride, p.tk);
     if (entry < 0)
       for (int j = threadIdx.x; j < BN; j += THREADS) {
         const bool valid = j0 + j < p.tk;

@@ -72,6 +72,26 @@ typedef struct attn_tma_maps {
   bool use;
 } attn_tma_maps;
 
+// Rows [row0, row0 + ROWS) of head h of batch row b of two (B, T, H, D) tensors, tm.rows[0]'s and
+// tm.rows[1]'s (at src0 and src1, that head's first row), into dst0 and dst1: where `tma`, thread
+// 0's two copies landing on `bar`, else every thread's share by cp.async (the caller commits).
+template <bool SWIZZLED, int ROWS, int D, int THREADS>
+__device__ __forceinline__ void
+load_tile_pair(bool tma, const attn_tma_maps &tm, uint64_t *bar, unsigned char *dst0,
+               unsigned char *dst1, const bf16 *src0, const bf16 *src1, int h, int b, int64_t row0,
+               int64_t row_stride, int64_t rows_valid) {
+  if (tma) {
+    if (threadIdx.x == 0) {
+      mbar_arrive_expect_tx(bar, 2 * ROWS * D * 2);
+      tma_load_rows(smem_u32(dst0), &tm.rows[0], h, row0, b, bar);
+      tma_load_rows(smem_u32(dst1), &tm.rows[1], h, row0, b, bar);
+    }
+  } else {
+    load_rows<SWIZZLED, ROWS, D, THREADS>(dst0, src0, row_stride, row0, rows_valid);
+    load_rows<SWIZZLED, ROWS, D, THREADS>(dst1, src1, row_stride, row0, rows_valid);
+  }
+}
+
 // Describes a (B, T, H, D) bf16 tensor for TMA copies of `rows` rows of one head, 128-byte
 // swizzled (D = 64: one swizzle span per row). False where TMA cannot take it (no driver entry
 // point, an unaligned base): the caller copies with cp.async.
