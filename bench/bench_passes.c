@@ -21,6 +21,7 @@
 #include "bench_common.h"
 #include "core/device.h"
 #include "core/error.h"
+#include "layers/lm_head.h"
 
 enum { N_LAYERS = 12 };
 
@@ -100,13 +101,6 @@ typedef struct pass_case {
   int calls_per_step; // in a step of the N_LAYERS-layer model
 } pass_case;
 
-// The LM head's rows per logits chunk of a step's n tokens (lm_head.c's LOGITS_CHUNK_BYTES of
-// f32 logits).
-static int64_t loss_chunk_rows(int64_t vocab, int64_t n) {
-  const int64_t rows = ((int64_t)256 << 20) / (vocab * 4);
-  return rows < 1 ? 1 : rows > n ? n : rows;
-}
-
 // A device tensor of n int32 values copied from the host; t->data freed with lt_device_free.
 static int device_i32(lt_tensor *t, const int32_t *host, int64_t n, const char *what) {
   *t = lt_view1(NULL, LT_I32, LT_CUDA, n);
@@ -125,7 +119,7 @@ static int device_tensor(lt_ctx *ctx, lt_tensor *t, lt_dtype dtype, int ndim, co
 
 static int make_passes(passes *p, int64_t B, int64_t T, int64_t H, int64_t D, int64_t F, int64_t V,
                        int64_t copy_numel) {
-  const int64_t n = B * T, c = H * D, r = loss_chunk_rows(V, n);
+  const int64_t n = B * T, c = H * D, r = lt_lm_head_chunk_rows(V, n);
   uint64_t seed = 1;
   struct {
     lt_tensor *t;
@@ -209,7 +203,7 @@ int main(int argc, char **argv) {
   }
   const int64_t B = shape.batch, T = shape.seqs[0], H = shape.heads, D = shape.head_dim;
   const double n = (double)(B * T), c = (double)(H * D), f = (double)F, qkv = 3.0 * c;
-  const int64_t loss_rows = loss_chunk_rows(V, B * T),
+  const int64_t loss_rows = lt_lm_head_chunk_rows(V, B * T),
                 loss_chunks = (B * T + loss_rows - 1) / loss_rows;
   const pass_case cases[] = {
       {"swiglu_fwd", swiglu_fwd, n * 3 * f * 2, N_LAYERS},

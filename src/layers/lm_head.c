@@ -8,6 +8,11 @@
 // GPU's rate) and cut the passes over the f32 weight gradient they accumulate into.
 enum { LOGITS_CHUNK_BYTES = 256 << 20 };
 
+int64_t lt_lm_head_chunk_rows(int64_t vocab, int64_t n) {
+  const int64_t rows = LOGITS_CHUNK_BYTES / (vocab * 4);
+  return rows < 1 ? 1 : rows > n ? n : rows;
+}
+
 int lt_lm_head_create(lt_lm_head *head, lt_params *params, const lt_param *tied, int64_t vocab,
                       int64_t d_model, float std) {
   *head = (lt_lm_head){.weight = tied ? tied : &head->own, .tp = lt_tp_of(params)};
@@ -22,9 +27,7 @@ int lt_lm_head_create(lt_lm_head *head, lt_params *params, const lt_param *tied,
 
 int lt_lm_head_plan(lt_lm_head *head, const lt_plan *p) {
   const int64_t n = p->B * p->T;
-  head->chunk_rows = LOGITS_CHUNK_BYTES / (head->vocab * 4);
-  if (head->chunk_rows < 1) head->chunk_rows = 1;
-  if (head->chunk_rows > n) head->chunk_rows = n;
+  head->chunk_rows = lt_lm_head_chunk_rows(head->vocab, n);
   LT_TRY(lt_arena_alloc1(p->acts, &head->losses, LT_F32, n));
   size_t mark = lt_arena_mark(p->scratch);
   LT_TRY(lt_arena_alloc2(p->scratch, &head->logits, LT_F32, head->chunk_rows, head->vocab));

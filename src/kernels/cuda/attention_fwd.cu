@@ -203,10 +203,9 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
   // PIPE: FlashAttention-3's intra-warpgroup pipelining (Shah et al. 2024, Algorithm 2): a tile's
   // S is issued, then the last tile's P V behind it, and the softmax of this tile runs while P V
   // multiplies; the output is rescaled once P V is done. The last tile's probabilities wait in
-  // `pa` for their P V, from V buffer pv_buf. Before the first tile pa holds zeros, and its P V
-  // (of a finite V: the first tile's) adds none: a branch-free loop, as ptxas serializes the
-  // wgmmas of a loop that branches around one.
-  bool have_p = false;
+  // `pa` for their P V, from V buffer pv_buf (-1: no tile yet). Before the first tile pa holds
+  // zeros, and its P V (of a finite V: the first tile's) adds none: a branch-free loop, as ptxas
+  // serializes the wgmmas of a loop that branches around one.
   int pv_buf = -1;
   if constexpr (PIPE) {
 #pragma unroll
@@ -257,7 +256,7 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
         wgmma_fence_operands(o);
         rescale_output<DT>(o, factor);
         probs_fragments<BN>(pa, s);
-        have_p = true, pv_buf = buf;
+        pv_buf = buf;
       } else {
         if constexpr (HOPPER) {
           fwd_scores_wgmma<D, BN, BM>(s, q_base, k_base, warp >> 2);
@@ -289,7 +288,7 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
       buf = buf + 1 == STAGES ? 0 : buf + 1;
     }
   }
-  if (PIPE && have_p) { // the last tile's P V
+  if (PIPE && pv_buf >= 0) { // the last tile's P V
     fwd_pv_wgmma<D, BN>(o, pa, smem_u32(v_s + pv_buf * KV_BYTES));
     pv_in_flight = true;
   }
