@@ -19,8 +19,8 @@ typedef struct attn_bench {
 // and gradients they need, on the GPU of ctx.
 int attn_bench_create(attn_bench *a, lt_ctx *ctx, int64_t b, int64_t t, int h, int d);
 void attn_bench_destroy(attn_bench *a);
-// The forward; and what one training step's attention does: forward, then the backward from
-// zeroed gradients. `arg` is the attn_bench (the signature bench_time_ms takes).
+// The forward; and what one training step's attention does: forward, then the backward into a
+// zeroed dq. `arg` is the attn_bench (the signature bench_time_ms takes).
 int attn_bench_forward(void *arg);
 int attn_bench_forward_backward(void *arg);
 // Median milliseconds of the causal forward and of forward + backward at batch b, t tokens, h

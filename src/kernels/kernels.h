@@ -178,9 +178,10 @@ int lt_attn_merge(lt_ctx *ctx, lt_tensor o, lt_tensor lse, lt_tensor o_part, lt_
 // delta = rowsum(dout * o) per query and head, (B, Hq, Tq) f32: the backward's softmax term,
 // computed once from the final output however many partials made it.
 int lt_attn_bwd_delta(lt_ctx *ctx, lt_tensor delta, lt_tensor dout, lt_tensor o);
-// Gradients of one partial, given the final lse and delta: dq, dk, dv += ... dq may be f32 where
-// the activations are bf16 (on CUDA it must be: key blocks add into it concurrently); dk and dv
-// have the activations' dtype or f32.
+// Gradients of one partial, given the final lse and delta: dq += its share; dk, dv = this
+// partial's keys' gradients (overwritten: no zeroing needed, and keys no query sees get zeros).
+// dq may be f32 where the activations are bf16 (on CUDA it must be: key blocks add into it
+// concurrently); dk and dv have the activations' dtype or f32.
 int lt_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_tensor dout, lt_tensor q,
                 lt_tensor k, lt_tensor v, lt_tensor lse, lt_tensor delta, const lt_attn_spec *spec);
 

@@ -264,7 +264,6 @@ int lt_ring_attention_backward(lt_ring_attention *ring, lt_ctx *ctx, lt_tensor d
     kv_grads *mine = &ring->grads[part];
     if (compute) {
       const lt_attn_spec step = step_spec(spec, cur);
-      LT_TRY(lt_zero(ctx, mine->words));
       LT_TRY(lt_attn_bwd(ctx, dq, mine->dk, mine->dv, dout, q, cur->k, cur->v, lse, delta, &step));
     }
     count_step(ring, compute);
@@ -289,6 +288,6 @@ int lt_ring_attention_backward(lt_ring_attention *ring, lt_ctx *ctx, lt_tensor d
   }
   // The last hop brought this rank's own block's accumulators, with every rank's share.
   LT_TRY(lt_wait(&grads_request));
-  LT_TRY(lt_add(ctx, dk, dk, ring->grads[in].dk));
-  return lt_add(ctx, dv, dv, ring->grads[in].dv);
+  LT_TRY(lt_copy(ctx, dk, ring->grads[in].dk));
+  return lt_copy(ctx, dv, ring->grads[in].dv);
 }

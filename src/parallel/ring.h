@@ -42,8 +42,8 @@ int lt_ring_attention_plan(lt_ring_attention *ring, const lt_plan *p, int hq, in
 // spec->gated_out is written by the kernel on one rank, by a pass after the merge on several.
 int lt_ring_attention_forward(lt_ring_attention *ring, lt_ctx *ctx, lt_tensor o, lt_tensor lse,
                               lt_tensor q, lt_tensor k, lt_tensor v, const lt_attn_spec *spec);
-// As lt_attn_bwd: dq, dk, dv += the gradients of the forward's o given dout, the final lse and
-// delta (lt_attn_bwd_delta). Runs after the forward of the same micro-batch (it reuses its
+// As lt_attn_bwd: dq += and dk, dv = the gradients of the forward's o given dout, the final lse
+// and delta (lt_attn_bwd_delta). Runs after the forward of the same micro-batch (it reuses its
 // choice of steps).
 int lt_ring_attention_backward(lt_ring_attention *ring, lt_ctx *ctx, lt_tensor dq, lt_tensor dk,
                                lt_tensor dv, lt_tensor dout, lt_tensor q, lt_tensor k, lt_tensor v,

@@ -47,6 +47,8 @@ static void run_alloc(attn_run *r, const ring_case *c, int64_t T) {
   r->dq = floats(n * HQ * D);
   r->k = floats(n * HKV * D), r->v = floats(n * HKV * D);
   r->dk = floats(n * HKV * D), r->dv = floats(n * HKV * D);
+  // The backward writes dk and dv, whatever they held: poison them.
+  for (int64_t i = 0; i < n * HKV * D; i++) r->dk[i] = r->dv[i] = NAN;
   r->gates = floats(n * HQ), r->lse = floats(n * HQ), r->delta = floats(n * HQ);
   r->pos = calloc((size_t)n, sizeof(int32_t)), r->doc = calloc((size_t)n, sizeof(int32_t));
   r->spec = (lt_attn_spec){.scale = 1.0f / sqrtf((float)D),

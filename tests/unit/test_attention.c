@@ -151,7 +151,8 @@ static void test_merged_partials_over_key_chunks_equal_full_attention(void **sta
   for (int p = 0; p < 3; p++) {
     lt_test_attn_case *c = &parts[p];
     const int64_t n = 2 * counts[p] * 2 * 8, row = 2 * 8;
-    float *pdk = calloc(n, 4), *pdv = calloc(n, 4);
+    float *pdk = malloc(4 * n), *pdv = malloc(4 * n);
+    for (int64_t i = 0; i < n; i++) pdk[i] = pdv[i] = NAN; // written, whatever they held
     assert_ok(lt_attn_bwd(&ctx, lt_test_attn_q(c, dq_sum), lt_test_attn_kv(c, pdk),
                           lt_test_attn_kv(c, pdv), lt_test_attn_q(c, dout), lt_test_attn_q(c, c->q),
                           lt_test_attn_kv(c, c->k), lt_test_attn_kv(c, c->v),

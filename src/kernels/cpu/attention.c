@@ -127,10 +127,10 @@ void lt_cpu_attn_bwd_delta(float *delta, const float *dout, const float *o, int6
 }
 
 // FlashAttention-2's backward (Algorithm 2) with P recomputed from lse:
-//   P = exp(S - lse), dV += P^T dO, dP = dO V^T, dS = P (dP - delta), dQ += scale dS K,
-//   dK += scale dS^T Q.
-// Work is split by (batch, key/value head), so each thread owns the dK, dV rows it writes and the
-// dQ rows of that head group: no atomics, and a fixed summation order.
+//   P = exp(S - lse), dV = P^T dO, dP = dO V^T, dS = P (dP - delta), dQ += scale dS K,
+//   dK = scale dS^T Q.
+// Work is split by (batch, key/value head), so each thread owns the dK, dV rows it writes (zeroed
+// first) and the dQ rows of that head group: no atomics, and a fixed summation order.
 void lt_cpu_attn_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q,
                      const float *k, const float *v, const float *lse, const float *delta,
                      const lt_cpu_attn_dims *dims, const lt_attn_spec *spec) {
@@ -140,6 +140,10 @@ void lt_cpu_attn_bwd(float *dq, float *dk, float *dv, const float *dout, const f
   for (int64_t b = 0; b < dims->b; b++)
     for (int kvh = 0; kvh < hkv; kvh++) {
       const lt_cpu_attn_mask mask = lt_cpu_attn_row_mask(spec, b, tq, tk);
+      for (int64_t j = 0; j < tk; j++) {
+        const int64_t koff = ((b * tk + j) * hkv + kvh) * d;
+        memset(dk + koff, 0, sizeof(float) * d), memset(dv + koff, 0, sizeof(float) * d);
+      }
       int64_t visited = 0;
       for (int h = kvh * group; h < (kvh + 1) * group; h++)
         for (int64_t i0 = 0; i0 < tq; i0 += TILE_Q) {

@@ -139,8 +139,8 @@ int lt_cuda_attn_variant(const char *env, const char *what, int fallback, int *v
   return LT_OK;
 }
 
-bool attn_tma_map_rows(CUtensorMap *map, const void *base, int64_t b, int64_t t, int h, int d,
-                       int rows) {
+bool attn_tma_map_rows(CUtensorMap *map, const void *base, lt_dtype dtype, int64_t b, int64_t t,
+                       int h, int d, int rows, int cols) {
   // The driver's encoder, fetched once through the runtime (no link against libcuda).
   static PFN_cuTensorMapEncodeTiled_v12000 encode = NULL;
   static bool looked = false;
@@ -152,16 +152,20 @@ bool attn_tma_map_rows(CUtensorMap *map, const void *base, int64_t b, int64_t t,
         found != cudaDriverEntryPointSuccess)
       encode = NULL;
   }
-  if (!encode || d * 2 > 128) return false;
+  const cuuint64_t size = dtype == LT_F32 ? 4 : 2;
+  if (!encode || (dtype != LT_F32 && dtype != LT_BF16) || cols * size > 128 || cols > d)
+    return false;
   // Dimensions innermost first: D, H, T, B; strides (bytes) of all but the first.
   const cuuint64_t dims[4] = {(cuuint64_t)d, (cuuint64_t)h, (cuuint64_t)t, (cuuint64_t)b};
-  const cuuint64_t strides[3] = {(cuuint64_t)d * 2, (cuuint64_t)h * d * 2,
-                                 (cuuint64_t)t * h * d * 2};
-  const cuuint32_t box[4] = {(cuuint32_t)d, 1, (cuuint32_t)rows, 1}, step[4] = {1, 1, 1, 1};
-  return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<void *>(base), dims, strides,
-                box, step, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+  const cuuint64_t strides[3] = {(cuuint64_t)d * size, (cuuint64_t)h * d * size,
+                                 (cuuint64_t)t * h * d * size};
+  const cuuint32_t box[4] = {(cuuint32_t)cols, 1, (cuuint32_t)rows, 1}, step[4] = {1, 1, 1, 1};
+  return encode(
+             map,
+             dtype == LT_F32 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+             4, const_cast<void *>(base), dims, strides, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE,
+             CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 int lt_cuda_attn_count_tiles(lt_cuda_state *st, const attn_params &p, const lt_attn_spec *spec) {

@@ -2,29 +2,31 @@
 // owns BN keys of one key/value head (16 per warp) and walks every query tile that sees them, of
 // every query head in the group, recomputing the probabilities from the saved lse:
 //   S^T = K Q^T, P^T = exp(scale S^T - lse), dV += P^T dO, dP^T = V dO^T,
-//   dS^T = P^T (dP^T - delta), dK += scale dS^T Q, dQ += scale dS K.
-// Computing S^T rather than S keeps a warp's keys in its fragment rows, so P^T and dS^T feed the
-// dV and dK products straight from registers; dS goes through shared memory for dQ, which blocks
-// of different key tiles add into an f32 buffer with atomics (so dQ's rounding depends on their
-// order: README, "Determinism"). As in the forward, one structure has two kernels:
+//   dS^T = P^T (dP^T - delta), dK += scale dS^T Q, dQ += scale dS K,
+// and writes the block's dK and dV once at the end. Computing S^T rather than S keeps a warp's
+// keys in its fragment rows, so P^T and dS^T feed the dV and dK products straight from registers;
+// dS goes through shared memory for dQ, which blocks of different key tiles add into an f32
+// buffer (so dQ's rounding depends on their order: README, "Determinism"): on Hopper's
+// two-warpgroup blocks by TMA's bulk reductions of a dQ tile staged in shared memory
+// (bwd_dq_bulk), elsewhere by atomics. As in the forward, one structure has two kernels:
 // - Hopper (sm_90a): warpgroups of 64 keys multiply with wgmma (FlashAttention-3's operand
 //   layouts). d = 128 puts two in a block, which split dQ's columns; d = 64 (v1 below) puts one in
 //   a block and three blocks on an SM, unsynchronised, so one multiplies while another computes
 //   its probabilities. The probabilities are computed while dP^T is still being multiplied.
 // - elsewhere: four warps on mma.sync.
-// (Bulk reductions of a shared-memory dQ tile measured slower than the atomics here.)
 // Hopper's d = 64 has three variants, chosen by LT_ATTN_BWD (bwd_variant_of_env):
 // - v1 (BWD_BASE): the one-warpgroup blocks above, 64 queries per step.
 // - v2 (BWD_WIDE, the default; H100: 13% faster fwd+bwd than v1 at B=8 T=4096 H=12, 16% at
 //   T=16384 H=16): FlashAttention-3's d = 64 tile, 128 keys by 128 queries: two warpgroups of 64
 //   keys share each Q and dO tile (half the loads per key of v1) and split dQ by query rows, each
-//   over all 128 keys, so a block adds one 128 x 64 dQ tile per 128 x 128 pair: half v1's atomic
-//   traffic per unit of work, in 16-byte atomics. Each barrier and step carries four times v1's
-//   multiplies, on n = 128 wgmmas.
+//   over all 128 keys, so a block adds one 128 x 64 dQ tile per 128 x 128 pair: half v1's dQ
+//   traffic per unit of work. Each barrier and step carries four times v1's multiplies, on
+//   n = 128 wgmmas.
 // - v3 (BWD_WIDE_OVERLAP): v2 with dQ software-pipelined (after FlashAttention-3, section 3.2):
 //   a step's dQ product runs on through the next step's tile wait and barrier, and the tensor
-//   cores take that step's S^T straight after it; its atomics go out before dP^T is issued. dS^T
-//   is double-buffered, so a step's stores never overwrite what the pending dQ reads.
+//   cores take that step's S^T straight after it; its atomics (16 bytes each) go out before dP^T
+//   is issued. dS^T is double-buffered, so a step's stores never overwrite what the pending dQ
+//   reads.
 // v2 and v3 serve the sparse instantiation (patterns, head gates) too; their Q and dO tiles come by
 // TMA (attention_tma.cuh), one thread's copy per tile.
 // A block walks only the query tiles that can reach its keys (attention_mask.cuh), so sparse
@@ -71,16 +73,29 @@ template <int V> __host__ __device__ constexpr int bwd_ds_buffers() {
 template <int D, bool HOPPER> __host__ __device__ constexpr int bwd_tile_bytes(int rows) {
   return HOPPER ? rows * D * 2 : rows * tile_row_bytes<D>();
 }
+// Hopper's two-warpgroup blocks (v2; d = 128) stage each step's dQ (BM x D f32, 32 KB) in shared
+// memory for TMA's bulk reductions, where the map can be made (attn_tma_maps.use_add), rather
+// than adding it by atomics from registers (H100, d = 64: 13% faster backward at B=8 T=4096
+// H=12, 11% at B=1 T=16384 H=16: the atomics held their registers until the memory pipe took
+// them, so the next step's multiplies waited). v1 at d = 64 (three blocks an SM) and v3 (its dQ
+// product runs on into the next step) keep the atomics.
+template <int D, bool HOPPER, int V> __host__ __device__ constexpr bool bwd_dq_bulk() {
+  return HOPPER && (V == BWD_WIDE || (V == BWD_BASE && D == 128));
+}
+template <int D, bool HOPPER, int V> __host__ __device__ constexpr int bwd_dq_stage_bytes() {
+  return bwd_dq_bulk<D, HOPPER, V>() ? bwd_bm<V>() * D * 4 : 0;
+}
 template <int D, bool HOPPER, int V> constexpr size_t bwd_smem_bytes() {
   constexpr int BN = bwd_bn<D, HOPPER, V>(), BM = bwd_bm<V>(), STAGES = bwd_stages<D, HOPPER, V>();
   return 1024 + 2 * (size_t)bwd_tile_bytes<D, HOPPER>(BN) +
          2 * STAGES * (size_t)bwd_tile_bytes<D, HOPPER>(BM) +
          bwd_ds_buffers<V>() * (size_t)bwd_tile_bytes<BM, HOPPER>(BN) +
-         STAGES * 4 * (size_t)BM * 4 + LIST_MAX * 4;
+         bwd_dq_stage_bytes<D, HOPPER, V>() + STAGES * 4 * (size_t)BM * 4 + LIST_MAX * 4;
 }
 
 // q, dout: (B, Tq, Hq, D) bf16; k, v: (B, Tk, Hkv, D) bf16; lse, delta: (B, Hq, Tq) f32;
-// dq: (B, Tq, Hq, D) f32 (+=, atomic); dk, dv: (B, Tk, Hkv, D) TKV (+=); grid (key tiles, Hkv, B).
+// dq: (B, Tq, Hq, D) f32 (+=, atomic); dk, dv: (B, Tk, Hkv, D) TKV (written, every key of the
+// block, so keys no query sees get zeros); grid (key tiles, Hkv, B).
 // SPARSE: the instantiation for sparse patterns, head gates and tile counts
 // (attn_params.sparse_kernel); the dense one walks every query tile as the tile list classifies
 // them, with none of their checks. V: the variant (BWD_BASE, or on Hopper with d = 64 the wide
@@ -101,15 +116,16 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER, V>(), bwd_min_blocks<D,
   constexpr bool OVERLAP = V == BWD_WIDE_OVERLAP;
   extern __shared__ unsigned char smem_raw[];
   unsigned char *smem = smem_aligned_1024(smem_raw);
-  unsigned char *k_s = smem, *v_s = k_s + KV_BYTES;       // (BN, D)
-  unsigned char *q_s = v_s + KV_BYTES;                    // STAGES x (BM, D)
-  unsigned char *do_s = q_s + STAGES * QT_BYTES;          // STAGES x (BM, D)
-  unsigned char *ds_s = do_s + STAGES * QT_BYTES;         // DS_BUFFERS x (BN, BM): dS^T in bf16
-  float *lse_s = (float *)(ds_s + DS_BUFFERS * DS_BYTES); // STAGES x BM
-  float *delta_s = lse_s + STAGES * BM;                   // STAGES x BM
-  int32_t *qpos_s = (int32_t *)(delta_s + STAGES * BM);   // STAGES x BM
-  int32_t *qdoc_s = qpos_s + STAGES * BM;                 // STAGES x BM
-  int *list = qdoc_s + STAGES * BM;                       // LIST_MAX
+  unsigned char *k_s = smem, *v_s = k_s + KV_BYTES;   // (BN, D)
+  unsigned char *q_s = v_s + KV_BYTES;                // STAGES x (BM, D)
+  unsigned char *do_s = q_s + STAGES * QT_BYTES;      // STAGES x (BM, D)
+  unsigned char *ds_s = do_s + STAGES * QT_BYTES;     // DS_BUFFERS x (BN, BM): dS^T in bf16
+  unsigned char *dq_s = ds_s + DS_BUFFERS * DS_BYTES; // v2: (BM, D) f32, staged for TMA
+  float *lse_s = (float *)(dq_s + bwd_dq_stage_bytes<D, HOPPER, V>()); // STAGES x BM
+  float *delta_s = lse_s + STAGES * BM;                                // STAGES x BM
+  int32_t *qpos_s = (int32_t *)(delta_s + STAGES * BM);                // STAGES x BM
+  int32_t *qdoc_s = qpos_s + STAGES * BM;                              // STAGES x BM
+  int *list = qdoc_s + STAGES * BM;                                    // LIST_MAX
   __shared__ int warp_counts[WARPS];
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
@@ -290,6 +306,11 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER, V>(), bwd_min_blocks<D,
                 "r"(sa[nt >> 1][(nt & 1) * 2 + hf]));
           }
         fence_proxy_async();
+        // dQ by bulk reduction (v2): the thread that issues a warpgroup's reductions waits
+        // until the last step's have read its staged tile, before the barrier lets it be
+        // overwritten.
+        const bool dq_bulk = bwd_dq_bulk<D, HOPPER, V>() && tm.use_add;
+        if (dq_bulk && (threadIdx.x & 127) == 0) bulk_wait_read<0>();
         __syncthreads(); // all of dS^T stored
         const auto dkdv_done = [&] {
           wgmma_keep_fragments(pa);
@@ -309,7 +330,20 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER, V>(), bwd_min_blocks<D,
           wgmma_wait<0>();
           dkdv_done();
           wgmma_fence_operands(dq);
-          if constexpr (V == BWD_WIDE)
+          if (dq_bulk) {
+            // The warpgroup's 64 rows by COLS into its staged tile, then one thread's reductions.
+            const uint32_t stage = smem_u32(dq_s) + wg * 64 * COLS * 4;
+            stage_dq_rows<COLS>(stage, dq, scale_of(p), (warp & 3) * 16 + g);
+            fence_proxy_async(); // the stores, before TMA reads them
+            asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+            if ((threadIdx.x & 127) == 0) {
+#pragma unroll
+              for (int s = 0; s < COLS / 32; s++)
+                tma_add_rows(&tm.add, stage + s * 64 * 128, col_block * COLS + s * 32, h,
+                             i0 + q_block * 64, b);
+              bulk_commit();
+            }
+          } else if constexpr (V == BWD_WIDE)
             add_dq_quads<D, COLS>(p, dq, scale_of(p), b, h, i0, dq_row_of(wg, warp, g), 0);
           else
             add_dq_pairs<D, COLS>(p, dq, scale_of(p), b, h, i0, dq_row_of(wg, warp, g),
@@ -336,6 +370,8 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER, V>(), bwd_min_blocks<D,
     }
   }
   if constexpr (OVERLAP) add_pending_dq();
+  if (bwd_dq_bulk<D, HOPPER, V>() && tm.use_add && (threadIdx.x & 127) == 0)
+    bulk_wait_all(); // the staged dQ has been added
 
   const float scale = scale_of(p);
 #pragma unroll
@@ -346,9 +382,9 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER, V>(), bwd_min_blocks<D,
     TKV *dv_row = (TKV *)p.dv + (((int64_t)b * p.tk + j) * p.hkv + kvh) * D;
 #pragma unroll
     for (int dt = 0; dt < D / 8; dt++) {
-      add_pair(dk_row + dt * 8 + c * 2, dk[dt * 4 + 2 * hf] * scale,
-               dk[dt * 4 + 2 * hf + 1] * scale);
-      add_pair(dv_row + dt * 8 + c * 2, dv[dt * 4 + 2 * hf], dv[dt * 4 + 2 * hf + 1]);
+      store_pair(dk_row + dt * 8 + c * 2, dk[dt * 4 + 2 * hf] * scale,
+                 dk[dt * 4 + 2 * hf + 1] * scale);
+      store_pair(dv_row + dt * 8 + c * 2, dv[dt * 4 + 2 * hf], dv[dt * 4 + 2 * hf + 1]);
     }
   }
   if (SPARSE && p.visited && threadIdx.x == 0) atomicAdd(p.visited, (unsigned long long)visited);
@@ -361,12 +397,16 @@ static int launch_bwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
            "attn_bwd: raising shared memory to %zu bytes", smem);
   // The wide variants' Q and dO tiles come by TMA where the maps can be made (H100: 1% faster
-  // fwd + bwd than their cp.async copies at B=8 T=4096 H=12 and B=1 T=16384 H=16, and no spills).
+  // fwd + bwd than their cp.async copies at B=8 T=4096 H=12 and B=1 T=16384 H=16, and no spills),
+  // and the two-warpgroup blocks add dQ by TMA's bulk reductions (bwd_dq_bulk), 64 rows by 32
+  // columns at a time.
   attn_tma_maps tm;
   memset(&tm, 0, sizeof tm);
   if constexpr (HOPPER && V != BWD_BASE)
-    tm.use = attn_tma_map_rows(&tm.rows[0], p.q, b, p.tq, p.hq, D, bwd_bm<V>()) &&
-             attn_tma_map_rows(&tm.rows[1], p.dout, b, p.tq, p.hq, D, bwd_bm<V>());
+    tm.use = attn_tma_map_rows(&tm.rows[0], p.q, LT_BF16, b, p.tq, p.hq, D, bwd_bm<V>(), D) &&
+             attn_tma_map_rows(&tm.rows[1], p.dout, LT_BF16, b, p.tq, p.hq, D, bwd_bm<V>(), D);
+  if constexpr (bwd_dq_bulk<D, HOPPER, V>())
+    tm.use_add = attn_tma_map_rows(&tm.add, p.dq, LT_F32, b, p.tq, p.hq, D, 64, 32);
   dim3 grid((unsigned)p.n_k_tiles, (unsigned)p.hkv, (unsigned)b);
   attn_bwd_kernel<D, TKV, HOPPER, SPARSE, V>
       <<<grid, bwd_threads<D, HOPPER, V>(), smem, st->stream>>>(p, tm);
@@ -415,7 +455,12 @@ int lt_cuda_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_t
   p.dout = (const bf16 *)dout.data, p.lse = (float *)lse.data, p.delta = (float *)delta.data;
   p.dq = (float *)dq.data, p.dk = dk.data, p.dv = dv.data;
   p.dkv_f32 = dk.dtype == LT_F32;
-  if (p.tq == 0 || p.tk == 0) return LT_OK;
+  if (p.tk == 0) return LT_OK;
+  if (p.tq == 0) { // no query: the keys' gradients are zeros
+    CUDA_TRY(cudaMemsetAsync(dk.data, 0, lt_nbytes(dk), st->stream), "attn_bwd: zeroing dk");
+    CUDA_TRY(cudaMemsetAsync(dv.data, 0, lt_nbytes(dv), st->stream), "attn_bwd: zeroing dv");
+    return LT_OK;
+  }
   const int64_t b = q.shape[0];
   int rc;
   if (q.shape[3] == 64 && hopper)

@@ -7,15 +7,13 @@
 
 #include "kernels/cuda/attention_common.cuh"
 
-// dst[0] += x, dst[1] += y in dK's or dV's dtype: plain adds, as a block owns its keys.
-template <typename T> __device__ __forceinline__ void add_pair(T *dst, float x, float y);
-template <> __device__ __forceinline__ void add_pair<float>(float *dst, float x, float y) {
-  dst[0] += x, dst[1] += y;
+// dst[0] = x, dst[1] = y in dK's or dV's dtype: a block owns its keys, and writes them once.
+template <typename T> __device__ __forceinline__ void store_pair(T *dst, float x, float y);
+template <> __device__ __forceinline__ void store_pair<float>(float *dst, float x, float y) {
+  *reinterpret_cast<float2 *>(dst) = make_float2(x, y);
 }
-template <> __device__ __forceinline__ void add_pair<bf16>(bf16 *dst, float x, float y) {
-  __nv_bfloat162 *d2 = reinterpret_cast<__nv_bfloat162 *>(dst);
-  const float2 old = __bfloat1622float2(*d2);
-  *d2 = __floats2bfloat162_rn(old.x + x, old.y + y);
+template <> __device__ __forceinline__ void store_pair<bf16>(bf16 *dst, float x, float y) {
+  *reinterpret_cast<__nv_bfloat162 *>(dst) = __floats2bfloat162_rn(x, y);
 }
 
 // The query tile's statistics and masks, as the backward reads them from shared memory.
@@ -241,6 +239,28 @@ __device__ __forceinline__ void add_dq_pairs(const attn_params &p, const float (
   }
 }
 
+// dQ's share of a warpgroup, 64 rows by COLS f32 in wgmma's C fragment, scaled, into shared
+// memory at base for a bulk reduction (tma_add_rows): COLS / 32 slices of 64 rows by 32 columns,
+// each 8 KB of 128-byte rows in TMA's 128-byte swizzle (the 16-byte chunk k of row r lies at
+// chunk k ^ (r & 7)), so a warp's stores fall on distinct banks. row: the thread's first row in
+// the warpgroup's 64 (its warp's first plus g).
+template <int COLS>
+__device__ __forceinline__ void stage_dq_rows(uint32_t base, const float (&dq)[COLS / 2],
+                                              float scale, int row) {
+  const int c = threadIdx.x & 3;
+#pragma unroll
+  for (int dt = 0; dt < COLS / 8; dt++)
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+      const int r = row + 8 * hf, col = dt * 8 + 2 * c, cc = col & 31;
+      const uint32_t at =
+          base + (col >> 5) * 64 * 128 + r * 128 + (((cc >> 2) ^ (r & 7)) << 4) + (cc & 3) * 4;
+      asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(at), "f"(dq[dt * 4 + 2 * hf] * scale),
+                   "f"(dq[dt * 4 + 2 * hf + 1] * scale)
+                   : "memory");
+    }
+}
+
 // The same as 16-byte atomics (sm_90), half as many: lanes c and c ^ 1 trade a column pair so
 // that an even c holds columns 8 dt + 2 c .. + 3 of row i0 + row and an odd c the same four
 // columns (8 dt + 2 (c - 1) ..) of row i0 + row + 8. Every lane of the warp must call it.
@@ -250,7 +270,11 @@ __device__ __forceinline__ void add_dq_quads(const attn_params &p, const float (
                                              int col0) {
   const int c = threadIdx.x & 3, odd = c & 1;
   const int64_t i = i0 + row + 8 * odd;
-  float *dq_row = p.dq + (((int64_t)b * p.tq + (i < p.tq ? i : 0)) * p.hq + h) * D + col0;
+  // Every quad is made before the first atomic goes out: the shuffles then run back to back, and
+  // each atomic reads registers of its own (reusing four for all of them measured the atomics'
+  // section at a fifth of the kernel's stall samples on an H100: each quad waited for the last
+  // atomic to read its registers, and each atomic for its shuffles).
+  float4 quads[COLS / 8];
 #pragma unroll
   for (int dt = 0; dt < COLS / 8; dt++) {
     // Even lanes keep row g's pair (hf 0) and give row g + 8's; odd lanes the other way round.
@@ -261,10 +285,12 @@ __device__ __forceinline__ void add_dq_quads(const attn_params &p, const float (
     const float give0 = odd ? row0 : row8, give1 = odd ? row0b : row8b;
     const float got0 = __shfl_xor_sync(0xffffffffu, give0, 1),
                 got1 = __shfl_xor_sync(0xffffffffu, give1, 1);
-    const float4 quad =
-        odd ? make_float4(got0, got1, keep0, keep1) : make_float4(keep0, keep1, got0, got1);
-    if (i < p.tq) atomic_add4(dq_row + dt * 8 + 2 * (c - odd), quad);
+    quads[dt] = odd ? make_float4(got0, got1, keep0, keep1) : make_float4(keep0, keep1, got0, got1);
   }
+  if (i >= p.tq) return;
+  float *dq_row = p.dq + (((int64_t)b * p.tq + i) * p.hq + h) * D + col0 + 2 * (c - odd);
+#pragma unroll
+  for (int dt = 0; dt < COLS / 8; dt++) atomic_add4(dq_row + dt * 8, quads[dt]);
 }
 
 #endif

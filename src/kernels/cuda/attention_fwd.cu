@@ -338,8 +338,9 @@ static int launch_fwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
   attn_tma_maps tm;
   memset(&tm, 0, sizeof tm);
   if constexpr (fwd_pipelined<D, HOPPER, SPARSE>())
-    tm.use = attn_tma_map_rows(&tm.rows[0], p.k, b, p.tk, p.hkv, D, fwd_bn<D, HOPPER>()) &&
-             attn_tma_map_rows(&tm.rows[1], p.v, b, p.tk, p.hkv, D, fwd_bn<D, HOPPER>());
+    tm.use =
+        attn_tma_map_rows(&tm.rows[0], p.k, LT_BF16, b, p.tk, p.hkv, D, fwd_bn<D, HOPPER>(), D) &&
+        attn_tma_map_rows(&tm.rows[1], p.v, LT_BF16, b, p.tk, p.hkv, D, fwd_bn<D, HOPPER>(), D);
   dim3 grid((unsigned)p.n_q_tiles, (unsigned)p.hq, (unsigned)b);
   attn_fwd_kernel<D, HOPPER, SPARSE><<<grid, THREADS, smem, st->stream>>>(p, tm);
   return LT_OK;

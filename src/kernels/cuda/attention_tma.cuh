@@ -64,12 +64,46 @@ __device__ __forceinline__ void tma_load_rows(uint32_t dst, const CUtensorMap *m
 #endif
 }
 
+// Adds the box at src (shared memory, in the layout `map` gives its box) into the tensor `map`
+// describes, at column col of rows [row, row + box rows) of head h of batch row b: one bulk
+// reduction in the L2 (f32 adds, elements past the tensor's end left out), in the thread's
+// current bulk group. The thread must not let src be overwritten before bulk_wait_read says the
+// group has read it.
+__device__ __forceinline__ void tma_add_rows(const CUtensorMap *map, uint32_t src, int col, int h,
+                                             int64_t row, int b) {
+#ifdef LT_HAVE_WGMMA
+  asm volatile("cp.reduce.async.bulk.tensor.4d.global.shared::cta.add.tile.bulk_group"
+               " [%0, {%1, %2, %3, %4}], [%5];\n" ::"l"(reinterpret_cast<uint64_t>(map)),
+               "r"(col), "r"(h), "r"((int)row), "r"(b), "r"(src)
+               : "memory");
+#endif
+}
+// Closes the thread's current bulk group.
+__device__ __forceinline__ void bulk_commit() {
+#ifdef LT_HAVE_WGMMA
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#endif
+}
+// Waits until at most N of the thread's bulk groups have not finished reading shared memory.
+template <int N> __device__ __forceinline__ void bulk_wait_read() {
+#ifdef LT_HAVE_WGMMA
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+#endif
+}
+// Waits until every bulk group of the thread has completed (its writes done).
+__device__ __forceinline__ void bulk_wait_all() {
+#ifdef LT_HAVE_WGMMA
+  asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+#endif
+}
+
 // The tensor maps of the two tensors a kernel copies tile by tile (the forward: K and V; the
-// backward: Q and dO), passed as a __grid_constant__ parameter; `use` false: the kernel copies with
-// cp.async instead.
+// backward: Q and dO) and of the f32 dQ the backward adds into by bulk reductions (`add`); passed
+// as a __grid_constant__ parameter. `use` false: the kernel copies with cp.async instead; `use_add`
+// false: it adds with atomics.
 typedef struct attn_tma_maps {
-  CUtensorMap rows[2];
-  bool use;
+  CUtensorMap rows[2], add;
+  bool use, use_add;
 } attn_tma_maps;
 
 // Rows [row0, row0 + ROWS) of head h of batch row b of two (B, T, H, D) tensors, tm.rows[0]'s and
@@ -92,10 +126,11 @@ load_tile_pair(bool tma, const attn_tma_maps &tm, uint64_t *bar, unsigned char *
   }
 }
 
-// Describes a (B, T, H, D) bf16 tensor for TMA copies of `rows` rows of one head, 128-byte
-// swizzled (D = 64: one swizzle span per row). False where TMA cannot take it (no driver entry
-// point, an unaligned base): the caller copies with cp.async.
-bool attn_tma_map_rows(CUtensorMap *map, const void *base, int64_t b, int64_t t, int h, int d,
-                       int rows);
+// Describes a (B, T, H, D) tensor of bf16 or f32 for TMA copies and reductions of boxes of `rows`
+// rows by `cols` columns (cols elements of at most 128 bytes) of one head, 128-byte swizzled (a
+// row of 128 bytes: one swizzle span). False where TMA cannot take it (no driver entry point, an
+// unaligned base): the caller copies with cp.async.
+bool attn_tma_map_rows(CUtensorMap *map, const void *base, lt_dtype dtype, int64_t b, int64_t t,
+                       int h, int d, int rows, int cols);
 
 #endif

@@ -122,9 +122,7 @@ static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, l
     LT_TRY(lt_linear_backward(ctx, s->d_o, s->wo.grad, dout, s->o, s->wo.value));
     LT_TRY(lt_attn_bwd_delta(ctx, s->delta, s->d_o, s->o));
   }
-  LT_TRY(lt_zero(ctx, s->dq));
-  LT_TRY(lt_zero(ctx, s->dk));
-  LT_TRY(lt_zero(ctx, s->dv));
+  LT_TRY(lt_zero(ctx, s->dq)); // the backward adds into dq, and writes dk and dv
   lt_attn_spec spec = attention_spec(s, batch);
   LT_TRY(lt_ring_attention_backward(s->ring, ctx, s->dq, s->dk, s->dv, s->d_o, s->q, s->k, s->v,
                                     s->lse, s->delta, &spec));
