@@ -110,12 +110,12 @@ __device__ __forceinline__ void bwd_scores_wgmma(float (&st)[BM / 2], float (&dp
                                                  uint32_t do_base, int wg, F &&between) {
   // acc = (the group's 64 rows of a key-side tile) (a query-side tile)^T, as one commit group.
   auto product = [&](float(&acc)[BM / 2], uint32_t key_side, uint32_t query_side) {
+    const uint64_t a0 = make_desc(key_side + wg * 64 * 128, 16, 1024),
+                   b0 = make_desc(query_side, 16, 1024);
 #pragma unroll
     for (int ks = 0; ks < D / 16; ks++) {
-      const uint32_t kv_off = (ks >> 2) * BN * 128 + wg * 64 * 128 + (ks & 3) * 32;
-      const uint32_t q_off = (ks >> 2) * BM * 128 + (ks & 3) * 32;
-      const uint64_t a = make_desc(key_side + kv_off, 16, 1024);
-      const uint64_t b = make_desc(query_side + q_off, 16, 1024);
+      const uint64_t a = desc_at(a0, (ks >> 2) * BN * 128 + (ks & 3) * 32);
+      const uint64_t b = desc_at(b0, (ks >> 2) * BM * 128 + (ks & 3) * 32);
       if constexpr (BM == 128)
         wgmma_ss_n128<0, 0>(acc, a, b, ks > 0);
       else
@@ -151,11 +151,11 @@ template <int D, int BM>
 __device__ __forceinline__ void
 bwd_dkdv_wgmma(float (&dk)[D / 2], float (&dv)[D / 2], const uint32_t (&pa)[BM / 16][4],
                const uint32_t (&sa)[BM / 16][4], uint32_t q_base, uint32_t do_base) {
+  const uint64_t ob0 = make_desc(do_base, BM * 128, 1024), qb0 = make_desc(q_base, BM * 128, 1024);
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < BM / 16; kk++) {
-    const uint64_t ob = make_desc(do_base + kk * 16 * 128, BM * 128, 1024);
-    const uint64_t qb = make_desc(q_base + kk * 16 * 128, BM * 128, 1024);
+    const uint64_t ob = desc_at(ob0, kk * 16 * 128), qb = desc_at(qb0, kk * 16 * 128);
     if constexpr (D == 64) {
       wgmma_rs_n64<1>(dv, pa[kk], ob, true);
       wgmma_rs_n64<1>(dk, sa[kk], qb, true);
@@ -191,11 +191,12 @@ __device__ __forceinline__ void bwd_dq_wgmma(float (&dq)[COLS / 2], uint32_t ds_
                                              uint32_t k_base, int q_block, int col_block) {
   static_assert(COLS % 64 == 0, "whole column blocks of K");
   const uint32_t ds_block = q_block * BN * 128, k_block = col_block * (COLS / 64) * BN * 128;
+  const uint64_t a0 = make_desc(ds_base + ds_block, BN * 128, 1024),
+                 kb0 = make_desc(k_base + k_block, BN * 128, 1024);
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < BN / 16; kk++) {
-    const uint64_t a = make_desc(ds_base + ds_block + kk * 16 * 128, BN * 128, 1024);
-    const uint64_t kb = make_desc(k_base + k_block + kk * 16 * 128, BN * 128, 1024);
+    const uint64_t a = desc_at(a0, kk * 16 * 128), kb = desc_at(kb0, kk * 16 * 128);
     if constexpr (COLS == 64)
       wgmma_ss_n64<1, 1>(dq, a, kb, kk > 0);
     else

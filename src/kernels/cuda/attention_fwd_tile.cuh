@@ -13,12 +13,13 @@
 template <int D, int BN, int BM>
 __device__ __forceinline__ void fwd_scores_wgmma(float (&s)[BN / 2], uint32_t q_base,
                                                  uint32_t k_base, int wg) {
+  const uint64_t a0 = make_desc(q_base + wg * 64 * 128, 16, 1024), b0 = make_desc(k_base, 16, 1024);
   wgmma_fence();
 #pragma unroll
   for (int ks = 0; ks < D / 16; ks++) {
     const uint32_t in_row = (ks & 3) * 32; // column block ks / 4, then 32 bytes per k-step
-    const uint64_t a = make_desc(q_base + (ks >> 2) * BM * 128 + wg * 64 * 128 + in_row, 16, 1024);
-    const uint64_t bd = make_desc(k_base + (ks >> 2) * BN * 128 + in_row, 16, 1024);
+    const uint64_t a = desc_at(a0, (ks >> 2) * BM * 128 + in_row);
+    const uint64_t bd = desc_at(b0, (ks >> 2) * BN * 128 + in_row);
     if constexpr (BN == 128)
       wgmma_ss_n128<0, 0>(s, a, bd, ks > 0);
     else
@@ -41,10 +42,11 @@ __device__ __forceinline__ void probs_fragments(uint32_t (&a)[BN / 16][4],
 template <int D, int BN>
 __device__ __forceinline__ void fwd_pv_wgmma(float (&o)[D / 2], const uint32_t (&a)[BN / 16][4],
                                              uint32_t v_base) {
+  const uint64_t b0 = make_desc(v_base, BN * 128, 1024);
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < BN / 16; kk++) {
-    const uint64_t bd = make_desc(v_base + kk * 16 * 128, BN * 128, 1024);
+    const uint64_t bd = desc_at(b0, kk * 16 * 128);
     if constexpr (D == 64)
       wgmma_rs_n64<1>(o, a[kk], bd, true);
     else
