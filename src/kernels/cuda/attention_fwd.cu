@@ -5,7 +5,7 @@
 // structure and the per-tile math (attention_common.cuh):
 // - Hopper (sm_90a): each warpgroup multiplies with wgmma, straight from swizzled shared memory
 //   (S = Q K^T) and from the probability registers (O += P V), as FlashAttention-3 does; dense
-//   attention at d = 64 also overlaps each tile's softmax with the last tile's P V (PIPE);
+//   attention also overlaps each tile's softmax with the last tile's P V (PIPE);
 // - elsewhere, or with LT_ATTENTION_KERNELS=portable: mma.sync m16n8k16 on ldmatrix fragments.
 // Both match lt_cpu_attn_fwd, including (o, lse) over partial key ranges and lse = -inf, o = 0 for
 // a query that sees no key or whose head is gated off (MoH), and MoH's weighted output gate * o
@@ -26,25 +26,27 @@
 
 enum { THREADS = 256, WARPS = 8, BM = 128, LIST_MAX = 1024 };
 
-// Key rows per tile. mma.sync keeps scores and output under 255 registers; with wgmma, d = 128
-// takes n = 128 and d = 64 takes n = 64, which fits two blocks on an SM (measured 14% faster
-// than n = 128 at one block).
-template <int D, bool HOPPER> __host__ __device__ constexpr int fwd_bn() {
-  return HOPPER ? (D == 128 ? 128 : 64) : (D == 64 ? 128 : 64);
+// Key rows per tile. mma.sync keeps scores and output under 255 registers. With wgmma, n = 64: at
+// d = 64 it fits two blocks on an SM (measured 14% faster than n = 128 at one block), and at
+// d = 128 it leaves the pipelined loop room for its extra tile (171 registers; H100, B=1 H=16:
+// forward 6% faster at T=16384 than the old loop on n = 128, 4% at 65536). Sparse specs at
+// d = 128 keep n = 128 on the old loop.
+template <int D, bool HOPPER, bool SPARSE> __host__ __device__ constexpr int fwd_bn() {
+  return HOPPER ? (D == 128 && SPARSE ? 128 : 64) : (D == 64 ? 128 : 64);
 }
-template <int D, bool HOPPER> __host__ __device__ constexpr int fwd_min_blocks() {
-  return HOPPER && fwd_bn<D, HOPPER>() == 64 ? 2 : 1;
+template <int D, bool HOPPER, bool SPARSE> __host__ __device__ constexpr int fwd_min_blocks() {
+  return HOPPER && D == 64 ? 2 : 1;
 }
 
 template <int D, bool HOPPER> __host__ __device__ constexpr int fwd_tile_bytes(int rows) {
   return HOPPER ? rows * D * 2 : rows * tile_row_bytes<D>();
 }
 
-// Dense attention at d = 64 on wgmma runs the pipelined tile loop (the kernel's PIPE branch):
+// Dense attention on wgmma runs the pipelined tile loop (the kernel's PIPE branch): at d = 64
 // measured 3-4% faster than the loop below it on an H100 (B=8 T=4096 H=12; B=1 T=16384 H=16).
 // Sparse specs stay on that loop, which has their registers to spare.
 template <int D, bool HOPPER, bool SPARSE> __host__ __device__ constexpr bool fwd_pipelined() {
-  return HOPPER && D == 64 && !SPARSE;
+  return HOPPER && !SPARSE;
 }
 
 // K/V tile buffers. With three (where they fit), a tile's P V multiply (wgmma) can still run while
@@ -54,7 +56,7 @@ template <int D, bool HOPPER, bool SPARSE> __host__ __device__ constexpr int fwd
 }
 
 template <int D, bool HOPPER, bool SPARSE> constexpr size_t fwd_smem_bytes() {
-  constexpr int BN = fwd_bn<D, HOPPER>(), STAGES = fwd_stages<D, HOPPER, SPARSE>();
+  constexpr int BN = fwd_bn<D, HOPPER, SPARSE>(), STAGES = fwd_stages<D, HOPPER, SPARSE>();
   return 1024 + (size_t)fwd_tile_bytes<D, HOPPER>(BM) +
          2 * STAGES * (size_t)fwd_tile_bytes<D, HOPPER>(BN) + 2 * STAGES * (size_t)BN * 4 +
          2 * (size_t)BM * 4 + LIST_MAX * 4;
@@ -98,9 +100,9 @@ __device__ __forceinline__ void fwd_pv_mma(float (&o)[D / 2], const float (&s)[N
 // gates and tile counts (attn_params.sparse_kernel); the dense one walks every key tile as the
 // tile list classifies them, with none of their checks.
 template <int D, bool HOPPER, bool SPARSE>
-__global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
+__global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER, SPARSE>())
     attn_fwd_kernel(const attn_params p, const __grid_constant__ attn_tma_maps tm) {
-  constexpr int BN = fwd_bn<D, HOPPER>(), NT = BN / 8, DT = D / 8;
+  constexpr int BN = fwd_bn<D, HOPPER, SPARSE>(), NT = BN / 8, DT = D / 8;
   constexpr bool PIPE = fwd_pipelined<D, HOPPER, SPARSE>();
   constexpr int STAGES = fwd_stages<D, HOPPER, SPARSE>();
   constexpr bool OVERLAP = HOPPER && STAGES == 3; // P V of one tile beside the next tile's S
@@ -338,9 +340,10 @@ static int launch_fwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
   attn_tma_maps tm;
   memset(&tm, 0, sizeof tm);
   if constexpr (fwd_pipelined<D, HOPPER, SPARSE>())
-    tm.use =
-        attn_tma_map_rows(&tm.rows[0], p.k, LT_BF16, b, p.tk, p.hkv, D, fwd_bn<D, HOPPER>(), D) &&
-        attn_tma_map_rows(&tm.rows[1], p.v, LT_BF16, b, p.tk, p.hkv, D, fwd_bn<D, HOPPER>(), D);
+    tm.use = attn_tma_map_rows(&tm.rows[0], p.k, LT_BF16, b, p.tk, p.hkv, D,
+                               fwd_bn<D, HOPPER, SPARSE>(), 64) &&
+             attn_tma_map_rows(&tm.rows[1], p.v, LT_BF16, b, p.tk, p.hkv, D,
+                               fwd_bn<D, HOPPER, SPARSE>(), 64);
   dim3 grid((unsigned)p.n_q_tiles, (unsigned)p.hq, (unsigned)b);
   attn_fwd_kernel<D, HOPPER, SPARSE><<<grid, THREADS, smem, st->stream>>>(p, tm);
   return LT_OK;
@@ -376,8 +379,10 @@ int lt_cuda_attn_fwd(lt_ctx *ctx, lt_tensor o, lt_tensor lse, lt_tensor q, lt_te
   // A gated output comes with head gates (dispatch), which keep the spec on v1.
   const bool ws = hopper && variant != FWD_BASE && !attn_spec_needs_sparse_kernel(spec);
   const int k_tile = ws        ? FWD_WS_BN
-                     : d == 64 ? (hopper ? fwd_bn<64, true>() : fwd_bn<64, false>())
-                               : (hopper ? fwd_bn<128, true>() : fwd_bn<128, false>());
+                     : d == 64 ? (hopper ? fwd_bn<64, true, false>() : fwd_bn<64, false, false>())
+                     : hopper  ? (attn_spec_needs_sparse_kernel(spec) ? fwd_bn<128, true, true>()
+                                                                      : fwd_bn<128, true, false>())
+                               : fwd_bn<128, false, false>();
   attn_params p;
   LT_TRY(lt_cuda_attn_setup(ctx, &p, q, k, v, spec, BM, k_tile, "attn_fwd"));
   p.o = (bf16 *)o.data, p.lse = (float *)lse.data;

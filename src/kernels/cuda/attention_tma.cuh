@@ -51,14 +51,14 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) {
 #endif
 }
 
-// Rows [row, row + box rows) of head h of batch row b of the tensor `map` describes
-// (attn_tma_map_rows) into shared memory at dst, completing on `bar`.
-__device__ __forceinline__ void tma_load_rows(uint32_t dst, const CUtensorMap *map, int h,
+// Columns [col, col + box columns) of rows [row, row + box rows) of head h of batch row b of the
+// tensor `map` describes (attn_tma_map_rows) into shared memory at dst, completing on `bar`.
+__device__ __forceinline__ void tma_load_rows(uint32_t dst, const CUtensorMap *map, int col, int h,
                                               int64_t row, int b, uint64_t *bar) {
 #ifdef LT_HAVE_WGMMA
   asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes"
                " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
-               "l"(reinterpret_cast<uint64_t>(map)), "r"(0), "r"(h), "r"((int)row), "r"(b),
+               "l"(reinterpret_cast<uint64_t>(map)), "r"(col), "r"(h), "r"((int)row), "r"(b),
                "r"(smem_u32(bar))
                : "memory");
 #endif
@@ -117,8 +117,11 @@ load_tile_pair(bool tma, const attn_tma_maps &tm, uint64_t *bar, unsigned char *
   if (tma) {
     if (threadIdx.x == 0) {
       mbar_arrive_expect_tx(bar, 2 * ROWS * D * 2);
-      tma_load_rows(smem_u32(dst0), &tm.rows[0], h, row0, b, bar);
-      tma_load_rows(smem_u32(dst1), &tm.rows[1], h, row0, b, bar);
+#pragma unroll
+      for (int cb = 0; cb < D / 64; cb++) { // column blocks of 64 (128 bytes), ROWS rows each
+        tma_load_rows(smem_u32(dst0) + cb * ROWS * 128, &tm.rows[0], cb * 64, h, row0, b, bar);
+        tma_load_rows(smem_u32(dst1) + cb * ROWS * 128, &tm.rows[1], cb * 64, h, row0, b, bar);
+      }
     }
   } else {
     load_rows<SWIZZLED, ROWS, D, THREADS>(dst0, src0, row_stride, row0, rows_valid);
