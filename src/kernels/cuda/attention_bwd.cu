@@ -76,7 +76,7 @@ template <int D, bool HOPPER> __host__ __device__ constexpr int bwd_tile_bytes(i
 // Hopper's two-warpgroup blocks (v2; d = 128) stage each step's dQ (BM x D f32, 32 KB) in shared
 // memory for TMA's bulk reductions, where the map can be made (attn_tma_maps.use_add), rather
 // than adding it by atomics from registers (H100, d = 64: 13% faster backward at B=8 T=4096
-// H=12, 11% at B=1 T=16384 H=16: the atomics held their registers until the memory pipe took
+// H=12, 12% at B=1 T=16384 H=16: the atomics held their registers until the memory pipe took
 // them, so the next step's multiplies waited). v1 at d = 64 (three blocks an SM) and v3 (its dQ
 // product runs on into the next step) keep the atomics.
 template <int D, bool HOPPER, int V> __host__ __device__ constexpr bool bwd_dq_bulk() {
@@ -120,7 +120,7 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER, V>(), bwd_min_blocks<D,
   unsigned char *q_s = v_s + KV_BYTES;                // STAGES x (BM, D)
   unsigned char *do_s = q_s + STAGES * QT_BYTES;      // STAGES x (BM, D)
   unsigned char *ds_s = do_s + STAGES * QT_BYTES;     // DS_BUFFERS x (BN, BM): dS^T in bf16
-  unsigned char *dq_s = ds_s + DS_BUFFERS * DS_BYTES; // v2: (BM, D) f32, staged for TMA
+  unsigned char *dq_s = ds_s + DS_BUFFERS * DS_BYTES; // bwd_dq_bulk: (BM, D) f32 for TMA
   float *lse_s = (float *)(dq_s + bwd_dq_stage_bytes<D, HOPPER, V>()); // STAGES x BM
   float *delta_s = lse_s + STAGES * BM;                                // STAGES x BM
   int32_t *qpos_s = (int32_t *)(delta_s + STAGES * BM);                // STAGES x BM
@@ -306,8 +306,8 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER, V>(), bwd_min_blocks<D,
                 "r"(sa[nt >> 1][(nt & 1) * 2 + hf]));
           }
         fence_proxy_async();
-        // dQ by bulk reduction (v2): the thread that issues a warpgroup's reductions waits
-        // until the last step's have read its staged tile, before the barrier lets it be
+        // dQ by bulk reduction (bwd_dq_bulk): the thread that issues a warpgroup's reductions
+        // waits until the last step's have read its staged tile, before the barrier lets it be
         // overwritten.
         const bool dq_bulk = bwd_dq_bulk<D, HOPPER, V>() && tm.use_add;
         if (dq_bulk && (threadIdx.x & 127) == 0) bulk_wait_read<0>();
