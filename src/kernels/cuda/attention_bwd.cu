@@ -157,6 +157,8 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER, V>(), bwd_min_blocks<D,
   // the rest, and otherwise everything, comes by cp.async.
   __shared__ uint64_t qdo_full[STAGES];
   const bool tma = HOPPER && V != BWD_BASE && tm.use;
+  // dQ by bulk reductions where the kernel stages it and the map could be made (bwd_dq_bulk).
+  const bool dq_bulk = bwd_dq_bulk<D, HOPPER, V>() && tm.use_add;
   uint32_t phases = 0;
   if (tma && threadIdx.x == 0) {
     for (int i = 0; i < STAGES; i++) mbar_init(&qdo_full[i], 1);
@@ -309,7 +311,6 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER, V>(), bwd_min_blocks<D,
         // dQ by bulk reduction (bwd_dq_bulk): the thread that issues a warpgroup's reductions
         // waits until the last step's have read its staged tile, before the barrier lets it be
         // overwritten.
-        const bool dq_bulk = bwd_dq_bulk<D, HOPPER, V>() && tm.use_add;
         if (dq_bulk && (threadIdx.x & 127) == 0) bulk_wait_read<0>();
         __syncthreads(); // all of dS^T stored
         const auto dkdv_done = [&] {
@@ -370,8 +371,7 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER, V>(), bwd_min_blocks<D,
     }
   }
   if constexpr (OVERLAP) add_pending_dq();
-  if (bwd_dq_bulk<D, HOPPER, V>() && tm.use_add && (threadIdx.x & 127) == 0)
-    bulk_wait_all(); // the staged dQ has been added
+  if (dq_bulk && (threadIdx.x & 127) == 0) bulk_wait_all(); // the staged dQ has been added
 
   const float scale = scale_of(p);
 #pragma unroll

@@ -34,7 +34,7 @@ enum { THREADS = 256, WARPS = 8, BM = 128, LIST_MAX = 1024 };
 template <int D, bool HOPPER, bool SPARSE> __host__ __device__ constexpr int fwd_bn() {
   return HOPPER ? (D == 128 && SPARSE ? 128 : 64) : (D == 64 ? 128 : 64);
 }
-template <int D, bool HOPPER, bool SPARSE> __host__ __device__ constexpr int fwd_min_blocks() {
+template <int D, bool HOPPER> __host__ __device__ constexpr int fwd_min_blocks() {
   return HOPPER && D == 64 ? 2 : 1;
 }
 
@@ -100,7 +100,7 @@ __device__ __forceinline__ void fwd_pv_mma(float (&o)[D / 2], const float (&s)[N
 // gates and tile counts (attn_params.sparse_kernel); the dense one walks every key tile as the
 // tile list classifies them, with none of their checks.
 template <int D, bool HOPPER, bool SPARSE>
-__global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER, SPARSE>())
+__global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
     attn_fwd_kernel(const attn_params p, const __grid_constant__ attn_tma_maps tm) {
   constexpr int BN = fwd_bn<D, HOPPER, SPARSE>(), NT = BN / 8, DT = D / 8;
   constexpr bool PIPE = fwd_pipelined<D, HOPPER, SPARSE>();
