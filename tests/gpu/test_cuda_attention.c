@@ -285,6 +285,28 @@ static void test_causal_attention_matches_cpu_for_head_dims_64_and_128(void **st
   expect_matches_cpu("causal, d = 128", 2, 300, 300, 4, 4, 128, true, 0);
 }
 
+// Scores that rise along the keys by several powers of 2 a 64-key tile (every query and key has a
+// component along the first dimension, the keys' growing with their index), and that fall so:
+// rising, the running max outgrows the Hopper forward's lazy slack (softmax_probs_lazy) tile
+// after tile, so the output is rescaled mid-row while the last tile's P V is in flight; falling,
+// the first tile sets it for good.
+static void test_scores_rising_and_falling_along_the_keys_match_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  for (int d = 64; d <= 128; d += 64)
+    for (int sign = 1; sign >= -1; sign -= 2) {
+      attn_case c;
+      make_case(&c, 1, 300, 300, 2, 2, d, true, 0);
+      for (int64_t j = 0; j < c.Tk; j++)
+        for (int h = 0; h < c.hkv; h++) c.k[(j * c.hkv + h) * d] = 0.5f * sign * (float)(j / 8);
+      for (int64_t i = 0; i < c.Tq; i++)
+        for (int h = 0; h < c.hq; h++) c.q[(i * c.hq + h) * d] = 8.0f;
+      char what[64];
+      snprintf(what, sizeof what, "scores %s along the keys, d = %d",
+               sign > 0 ? "rising" : "falling", d);
+      expect_case_matches_cpu(what, &c);
+    }
+}
+
 static void test_grouped_query_attention_matches_cpu(void **state) {
   SKIP_WITHOUT_GPU();
   expect_matches_cpu("6 query heads on 2 kv heads, d = 64", 1, 257, 257, 6, 2, 64, true, 0);
@@ -620,6 +642,7 @@ int main(void) {
   save_env(&saved_fwd), save_env(&saved_bwd);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_causal_attention_matches_cpu_for_head_dims_64_and_128),
+      cmocka_unit_test(test_scores_rising_and_falling_along_the_keys_match_cpu),
       cmocka_unit_test(test_grouped_query_attention_matches_cpu),
       cmocka_unit_test(test_document_masks_match_cpu),
       cmocka_unit_test(test_query_chunk_at_the_end_of_the_keys_matches_cpu),

@@ -238,6 +238,35 @@ mask_scores(float (&s)[NT * 4], int row, const int32_t *qpos, const int32_t *qdo
   }
 }
 
+// Half hf of a score tile (the thread's row g + 8 hf): its largest score times scale_log2, over
+// the warp's 4 threads of the row.
+template <int NT>
+__device__ __forceinline__ float scaled_row_max(const float (&s)[NT * 4], int hf,
+                                                float scale_log2) {
+  float mx = -INFINITY;
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++) mx = fmaxf(mx, fmaxf(s[nt * 4 + 2 * hf], s[nt * 4 + 2 * hf + 1]));
+  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+  return mx * scale_log2;
+}
+
+// Half hf's scores become probabilities exp2(s * scale_log2 - m); returns the thread's share of
+// their sum.
+template <int NT>
+__device__ __forceinline__ float exp_row(float (&s)[NT * 4], int hf, float m, float scale_log2) {
+  float sum = 0.0f;
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+    for (int e2 = 0; e2 < 2; e2++) {
+      const float pv = fast_exp2(fmaf(s[nt * 4 + 2 * hf + e2], scale_log2, -m));
+      s[nt * 4 + 2 * hf + e2] = pv;
+      sum += pv;
+    }
+  return sum;
+}
+
 // The online-softmax step (FlashAttention-2, Algorithm 1, lines 8-10) in base 2, less the output:
 // scores become probabilities exp2(s * scale_log2 - m) against the new running max m, the running
 // sum is rescaled to it, and factor[] says by how much the output must be (rescale_output). Apart,
@@ -248,28 +277,49 @@ __device__ __forceinline__ void softmax_probs(float (&s)[NT * 4], float (&row_ma
                                               float (&factor)[2]) {
 #pragma unroll
   for (int hf = 0; hf < 2; hf++) {
-    float mx = -INFINITY;
-#pragma unroll
-    for (int nt = 0; nt < NT; nt++)
-      mx = fmaxf(mx, fmaxf(s[nt * 4 + 2 * hf], s[nt * 4 + 2 * hf + 1]));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    const float m_new = fmaxf(row_max[hf], mx * scale_log2);
+    const float m_new = fmaxf(row_max[hf], scaled_row_max<NT>(s, hf, scale_log2));
     const float m_use = m_new == -INFINITY ? 0.0f : m_new; // a row that has seen nothing yet
     const float rescale = fast_exp2(row_max[hf] - m_use);
     row_max[hf] = m_new;
-    float sum = 0.0f;
-#pragma unroll
-    for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-      for (int e2 = 0; e2 < 2; e2++) {
-        const float pv = fast_exp2(fmaf(s[nt * 4 + 2 * hf + e2], scale_log2, -m_use));
-        s[nt * 4 + 2 * hf + e2] = pv;
-        sum += pv;
-      }
-    row_sum[hf] = row_sum[hf] * rescale + sum;
+    row_sum[hf] = row_sum[hf] * rescale + exp_row<NT>(s, hf, m_use, scale_log2);
     factor[hf] = rescale;
   }
+}
+
+// Probabilities may exceed 1 by up to this factor, in base-2 exponent, before the running max is
+// raised (softmax_probs_lazy).
+constexpr float LAZY_MAX_SLACK = 8.0f;
+
+// softmax_probs, but the running max is raised only when some row of the warp has a score more
+// than 2^LAZY_MAX_SLACK times exp2 of it (and for every row of the warp then): otherwise the
+// probabilities are taken against the max as it is, at most 2^8 (bf16 and f32 hold them, and the
+// sum and output, which share the max, stay exact in ratio), and neither the sum nor the output
+// needs rescaling. True when the warp's outputs must be rescaled by factor[] (the same for the
+// whole warp: a branch that skips 4 DT multiplies a tile in most tiles past the first few).
+template <int NT>
+__device__ __forceinline__ bool softmax_probs_lazy(float (&s)[NT * 4], float (&row_max)[2],
+                                                   float (&row_sum)[2], float scale_log2,
+                                                   float (&factor)[2]) {
+  float mx[2];
+#pragma unroll
+  for (int hf = 0; hf < 2; hf++) mx[hf] = scaled_row_max<NT>(s, hf, scale_log2);
+  const bool raise = __any_sync(0xffffffffu, mx[0] > row_max[0] + LAZY_MAX_SLACK ||
+                                                 mx[1] > row_max[1] + LAZY_MAX_SLACK);
+#pragma unroll
+  for (int hf = 0; hf < 2; hf++) {
+    float m_use; // a row that has seen nothing yet takes 0 (all its scores so far are -inf)
+    if (raise) {
+      const float m_new = fmaxf(row_max[hf], mx[hf]);
+      m_use = m_new == -INFINITY ? 0.0f : m_new;
+      factor[hf] = fast_exp2(row_max[hf] - m_use);
+      row_max[hf] = m_new;
+    } else {
+      m_use = row_max[hf] == -INFINITY ? 0.0f : row_max[hf];
+      factor[hf] = 1.0f;
+    }
+    row_sum[hf] = row_sum[hf] * factor[hf] + exp_row<NT>(s, hf, m_use, scale_log2);
+  }
+  return raise;
 }
 
 // The output's rows (the thread's two) times softmax_probs's factors.

@@ -1,8 +1,8 @@
 // Flash attention forward on the tensor cores (FlashAttention-2, Dao 2023, Algorithm 1): a block
 // owns BM = 128 query rows of one head (16 per warp) and streams the key/value tiles its mask lets
 // through, keeping the running row max and sum in registers; K and V tiles land in a ring of
-// buffers by cp.async, so the next tiles load while this one is multiplied. Two kernels share that
-// structure and the per-tile math (attention_common.cuh):
+// buffers (by cp.async, or TMA), so the next tiles load while this one is multiplied. Two kernels
+// share that structure and the per-tile math (attention_common.cuh):
 // - Hopper (sm_90a): each warpgroup multiplies with wgmma, straight from swizzled shared memory
 //   (S = Q K^T) and from the probability registers (O += P V), as FlashAttention-3 does; dense
 //   attention also overlaps each tile's softmax with the last tile's P V (PIPE);
@@ -13,11 +13,17 @@
 // query tile can reach (attention_mask.cuh: a sliding window's band, the sinks), so sparse
 // patterns cost time in proportion to their visible tiles. Dense attention (no pattern, gates or
 // tile count) runs an instantiation without any of that: every key tile, classified by the list.
+// TMA: the pipelined loop's instantiation whose K and V tiles come by TMA (launch_fwd picks it
+// where the tensor maps can be made), with its own loop (tma_step: two tiles' P V in flight and
+// the output rescaled only when the row max rises far; see the kernel); the other copies them
+// with cp.async.
 // LT_ATTN_FWD picks the variant (fwd_variant_of_env): v1, this kernel, or for dense attention on
 // Hopper v2 / v3, attention_fwd_ws.cu's warp-specialized one (FlashAttention-3's pipelining).
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <type_traits>
 
 #include "kernels/cuda/attention_common.cuh"
 #include "kernels/cuda/attention_fwd_tile.cuh"
@@ -50,13 +56,15 @@ template <int D, bool HOPPER, bool SPARSE> __host__ __device__ constexpr bool fw
 }
 
 // K/V tile buffers. With three (where they fit), a tile's P V multiply (wgmma) can still run while
-// the next tile's scores are computed; the pipelined loop keeps four (see AHEAD in the kernel).
-template <int D, bool HOPPER, bool SPARSE> __host__ __device__ constexpr int fwd_stages() {
-  return fwd_pipelined<D, HOPPER, SPARSE>() ? 4 : HOPPER && D == 64 ? 3 : 2;
+// the next tile's scores are computed; the pipelined loop keeps four, five with TMA, whose
+// loop has two P V in flight (see AHEAD in the kernel).
+template <int D, bool HOPPER, bool SPARSE, bool TMA>
+__host__ __device__ constexpr int fwd_stages() {
+  return TMA ? 5 : fwd_pipelined<D, HOPPER, SPARSE>() ? 4 : HOPPER && D == 64 ? 3 : 2;
 }
 
-template <int D, bool HOPPER, bool SPARSE> constexpr size_t fwd_smem_bytes() {
-  constexpr int BN = fwd_bn<D, HOPPER, SPARSE>(), STAGES = fwd_stages<D, HOPPER, SPARSE>();
+template <int D, bool HOPPER, bool SPARSE, bool TMA> constexpr size_t fwd_smem_bytes() {
+  constexpr int BN = fwd_bn<D, HOPPER, SPARSE>(), STAGES = fwd_stages<D, HOPPER, SPARSE, TMA>();
   return 1024 + (size_t)fwd_tile_bytes<D, HOPPER>(BM) +
          2 * STAGES * (size_t)fwd_tile_bytes<D, HOPPER>(BN) + 2 * STAGES * (size_t)BN * 4 +
          2 * (size_t)BM * 4 + LIST_MAX * 4;
@@ -99,12 +107,13 @@ __device__ __forceinline__ void fwd_pv_mma(float (&o)[D / 2], const float (&s)[N
 // grid (query tiles, Hq, B), 256 threads. SPARSE: the instantiation for sparse patterns, head
 // gates and tile counts (attn_params.sparse_kernel); the dense one walks every key tile as the
 // tile list classifies them, with none of their checks.
-template <int D, bool HOPPER, bool SPARSE>
+template <int D, bool HOPPER, bool SPARSE, bool TMA>
 __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
     attn_fwd_kernel(const attn_params p, const __grid_constant__ attn_tma_maps tm) {
   constexpr int BN = fwd_bn<D, HOPPER, SPARSE>(), NT = BN / 8, DT = D / 8;
   constexpr bool PIPE = fwd_pipelined<D, HOPPER, SPARSE>();
-  constexpr int STAGES = fwd_stages<D, HOPPER, SPARSE>();
+  static_assert(!TMA || PIPE, "TMA copies are the pipelined loop's");
+  constexpr int STAGES = fwd_stages<D, HOPPER, SPARSE, TMA>();
   constexpr bool OVERLAP = HOPPER && STAGES == 3; // P V of one tile beside the next tile's S
   constexpr int Q_BYTES = fwd_tile_bytes<D, HOPPER>(BM), KV_BYTES = fwd_tile_bytes<D, HOPPER>(BN);
   extern __shared__ unsigned char smem_raw[];
@@ -173,23 +182,29 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
 #pragma unroll
   for (int e = 0; e < DT * 4; e++) o[e] = 0.0f;
 
-  // PIPE with tm.use: thread 0 has TMA copy each K/V tile, which lands on kv_full[buffer] (one
-  // phase per use of the buffer: `phases` holds the parity each buffer waits for next); the
-  // others copy with cp.async, every thread its share.
+  // TMA (PIPE only): thread 0 has TMA copy each K/V tile, which lands on kv_full[buffer] (one
+  // phase per use of the buffer: `phases` holds the parity each buffer waits for next); otherwise
+  // every thread copies its share with cp.async. Either way a block-wide barrier per tile says
+  // that the buffer the next copy takes is free (and for cp.async, that the tile has landed).
+  // (Per-buffer "empty" barriers in its place, which let the warpgroups drift apart, measured 9%
+  // slower at B=8 T=4096 H=12 d=64 on an H100: the warpgroup ahead then waited on copies that
+  // thread 0, behind, had issued late.)
   __shared__ uint64_t kv_full[PIPE ? STAGES : 1];
-  const bool tma = PIPE && tm.use;
+  constexpr bool tma = TMA;
   uint32_t phases = 0;
   if (tma && threadIdx.x == 0) {
     for (int i = 0; i < STAGES; i++) mbar_init(&kv_full[i], 1);
     mbar_init_fence(); // the tile list's barriers come before the first copy
   }
-  // Keys' positions and documents are read only where a tile is masked pair by pair.
+  // Keys' positions and documents are read only where a tile is masked pair by pair: from the
+  // copies below, or with TMA straight from global memory (mask_scores).
   auto issue_tile = [&](int entry, int buf) {
     const int64_t j0 = (int64_t)(entry & 0x7fffffff) * BN, kv_stride = (int64_t)p.hkv * D;
     const int64_t head = ((int64_t)b * p.tk * p.hkv + kvh) * D;
     load_tile_pair<HOPPER, BN, D, THREADS>(tma, tm, &kv_full[PIPE ? buf : 0], k_s + buf * KV_BYTES,
                                            v_s + buf * KV_BYTES, p.k + head, p.v + head, kvh, b, j0,
                                            kv_stride, p.tk);
+    if constexpr (TMA) return;
     if (entry < 0)
       for (int j = threadIdx.x; j < BN; j += THREADS) {
         const bool valid = j0 + j < p.tk;
@@ -204,22 +219,38 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
   bool pv_in_flight = false;
   // PIPE: FlashAttention-3's intra-warpgroup pipelining (Shah et al. 2024, Algorithm 2): a tile's
   // S is issued, then the last tile's P V behind it, and the softmax of this tile runs while P V
-  // multiplies; the output is rescaled once P V is done. The last tile's probabilities wait in
-  // `pa` for their P V, from V buffer pv_buf (-1: no tile yet). Before the first tile pa holds
-  // zeros, and its P V (of a finite V: the first tile's) adds none: a branch-free loop, as ptxas
-  // serializes the wgmmas of a loop that branches around one.
+  // multiplies. The last tile's probabilities wait in `pa` for their P V, from V buffer pv_buf
+  // (-1: no tile yet). Before the first tile pa holds zeros, and its P V (of a finite V: the first
+  // tile's) adds none: a branch-free loop, as ptxas serializes the wgmmas of a loop that branches
+  // around one. Without TMA the output is rescaled once P V is done, every tile; ptxas schedules
+  // that wait as early as it may, at the start of the softmax (it places a wgmma wait like any
+  // other instruction), so P V overlaps little but the mask. With TMA (tma_step below) the
+  // probabilities alternate between two sets of registers, pp[0] and pp[1], so that no tile has
+  // to wait for the last one's P V: its one wait (for S) also covers P V of the tile before that,
+  // and the output is rescaled, after a wait for the last P V, only in the tiles whose max rises
+  // past the slack of softmax_probs_lazy (most tiles past the first few need none). H100, against
+  // the single set with a rescale every tile: forward 4% faster at B=8 T=4096 H=12 d=64, 5% at
+  // B=1 T=16384 H=16 d=64, 9% at d=128 (T=4096 and 16384).
   int pv_buf = -1;
+  uint32_t pp[TMA ? 2 : 1][BN / 16][4];
   if constexpr (PIPE) {
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; kk++) pa[kk][0] = pa[kk][1] = pa[kk][2] = pa[kk][3] = 0u;
+    for (int kk = 0; kk < BN / 16; kk++) {
+      pa[kk][0] = pa[kk][1] = pa[kk][2] = pa[kk][3] = 0u;
+#pragma unroll
+      for (int par = 0; par < (TMA ? 2 : 1); par++)
+        pp[par][kk][0] = pp[par][kk][1] = pp[par][kk][2] = pp[par][kk][3] = 0u;
+    }
   }
   // Copies run AHEAD tiles ahead, each issued once every warp is past the tile whose buffer it
-  // takes (the barrier in wait_for_tile): PIPE's four buffers hold the tile whose S is computed,
-  // the last one (its V in P V) and two landing; OVERLAP's three, the last one's P V until the
-  // wait for this S; the others' two, this tile and the next.
+  // takes (the block-wide barrier of each tile): with TMA, five buffers hold the tile whose S is
+  // computed, the last two (P V in flight) and two landing; PIPE's four, the tile whose S is
+  // computed, the last one (its V in P V) and two landing; OVERLAP's three, the last one's P V
+  // until the wait for this S; the others' two, this tile and the next.
   constexpr int AHEAD = PIPE ? 2 : 1;
   int buf = 0;           // the ring of buffers runs on across list passes
   long long visited = 0; // tiles computed
+  int steps = 0;         // TMA: tiles computed, whose parity picks the set of P registers
   for (int first = 0; first < walk; first += LIST_MAX) {
     const int count = walk - first < LIST_MAX ? walk - first : LIST_MAX;
     const auto tile_at = [&](int w) {
@@ -233,70 +264,132 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
     });
     if constexpr (SPARSE) visited += n;
     for (int a = 0; a < AHEAD && a < n; a++) issue_tile(list[a], (buf + a) % STAGES);
-    for (int it = 0; it < n; it++) {
-      const int entry = list[it];
-      if (tma) mbar_wait(&kv_full[buf], (phases >> buf) & 1u), phases ^= 1u << buf;
-      wait_for_tile<HOPPER>(it + 1 < n && AHEAD > 1); // this tile; the next may stay in flight
-      if (it + AHEAD < n) issue_tile(list[it + AHEAD], (buf + AHEAD) % STAGES);
-      const uint32_t k_base = smem_u32(k_s + buf * KV_BYTES),
-                     v_base = smem_u32(v_s + buf * KV_BYTES);
-      const int64_t j0 = (int64_t)(entry & 0x7fffffff) * BN;
-
-      float s[NT * 4];
-      if constexpr (PIPE) {
-        float factor[2];
-        fwd_scores_wgmma<D, BN, BM>(s, q_base, k_base, warp >> 2);
-        fwd_pv_wgmma<D, BN>(o, pa, pv_buf < 0 ? v_base : smem_u32(v_s + pv_buf * KV_BYTES));
-        wgmma_wait<1>(); // S; P V still multiplying
-        wgmma_fence_operands(s);
-        if (entry < 0) // TILE_PARTIAL: the mask pair by pair
-          mask_scores<NT, SPARSE>(s, warp * 16 + g, qpos_s, qdoc_s, kpos_s + buf * BN,
-                                  kdoc_s + buf * BN, j0, p.tk, p.mask);
-        softmax_probs<NT>(s, row_max, row_sum, p.scale_log2, factor);
-        wgmma_wait<0>();
-        wgmma_keep_fragments(pa);
-        wgmma_fence_operands(o);
-        rescale_output<DT>(o, factor);
-        probs_fragments<BN>(pa, s);
-        pv_buf = buf;
-      } else {
-        if constexpr (HOPPER) {
-          fwd_scores_wgmma<D, BN, BM>(s, q_base, k_base, warp >> 2);
-          wgmma_wait<0>(); // this tile's S, and the last tile's P V if still in flight
-          if (pv_in_flight) wgmma_keep_fragments(pa);
-          wgmma_fence_operands(o);
-          wgmma_fence_operands(s);
-        } else {
-          fwd_scores_mma<D, NT>(s, q_base, k_base, warp, lane);
-        }
-        if (entry < 0) // TILE_PARTIAL: the mask pair by pair
-          mask_scores<NT, SPARSE>(s, warp * 16 + g, qpos_s, qdoc_s, kpos_s + buf * BN,
-                                  kdoc_s + buf * BN, j0, p.tk, p.mask);
-        online_softmax<NT, DT>(s, o, row_max, row_sum, p.scale_log2);
-        if constexpr (HOPPER) {
-          probs_fragments<BN>(pa, s);
-          fwd_pv_wgmma<D, BN>(o, pa, v_base);
-          pv_in_flight = true;
-          if constexpr (!OVERLAP) {
-            wgmma_wait<0>();
-            wgmma_keep_fragments(pa);
-            wgmma_fence_operands(o);
-            pv_in_flight = false;
-          }
-        } else {
-          fwd_pv_mma<D, NT>(o, s, v_base, lane);
-        }
+    if constexpr (TMA) {
+      if (first == 0) { // Q, copied by every thread, before the first tile's S reads it
+        cp_async_wait<0>();
+        fence_proxy_async();
+        __syncthreads();
       }
-      buf = buf + 1 == STAGES ? 0 : buf + 1;
+      // One tile, its probabilities into pp[PAR], the last tile's P V from pp[PAR ^ 1].
+      const auto tma_step = [&](auto parity, int it) {
+        constexpr int PAR = decltype(parity)::value;
+        const int entry = list[it];
+        mbar_wait(&kv_full[buf], (phases >> buf) & 1u), phases ^= 1u << buf;
+        // Every warp is past the last tile's wait, so P V three tiles back is done, and its
+        // buffer free for the copy AHEAD tiles on.
+        __syncthreads();
+        if (it + AHEAD < n) issue_tile(list[it + AHEAD], (buf + AHEAD) % STAGES);
+        const uint32_t v_base = smem_u32(v_s + buf * KV_BYTES);
+        const int64_t j0 = (int64_t)(entry & 0x7fffffff) * BN;
+        float s[NT * 4], factor[2];
+        fwd_scores_wgmma<D, BN, BM>(s, q_base, smem_u32(k_s + buf * KV_BYTES), warp >> 2);
+        fwd_pv_wgmma<D, BN>(o, pp[PAR ^ 1],
+                            pv_buf < 0 ? v_base : smem_u32(v_s + pv_buf * KV_BYTES));
+        wgmma_wait<1>(); // S, and P V of the tile before the last (which read pp[PAR])
+        wgmma_keep_fragments(pp[PAR]);
+        wgmma_fence_operands(s);
+        if (entry < 0) { // TILE_PARTIAL: the mask pair by pair, keys' positions from memory
+          const int64_t at = (int64_t)b * p.tk + j0;
+          mask_scores<NT, SPARSE>(s, warp * 16 + g, qpos_s, qdoc_s, p.k_pos + at,
+                                  docs ? p.k_doc + at : nullptr, j0, p.tk, p.mask);
+        }
+        // The branch is the warp's (a vote), so it leaves the multiplies in flight alone.
+        if (softmax_probs_lazy<NT>(s, row_max, row_sum, p.scale_log2, factor)) {
+          wgmma_wait<0>(); // the last tile's P V, which adds to the output
+          wgmma_keep_fragments(pp[PAR ^ 1]);
+          wgmma_fence_operands(o);
+          rescale_output<DT>(o, factor);
+          wgmma_fence_operands(o);
+        }
+        probs_fragments<BN>(pp[PAR], s);
+        pv_buf = buf;
+        buf = buf + 1 == STAGES ? 0 : buf + 1;
+      };
+      for (int it = 0; it < n; it++, steps++) {
+        if (steps & 1)
+          tma_step(std::integral_constant<int, 1>(), it);
+        else
+          tma_step(std::integral_constant<int, 0>(), it);
+      }
+      // Nothing in flight past a pass: ptxas would otherwise wait for the multiplies on a path
+      // of its own past the loop, and serialize them all (C7518).
+      wgmma_wait<0>();
+      wgmma_keep_fragments(pp[0]);
+      wgmma_keep_fragments(pp[1]);
+      wgmma_fence_operands(o);
+    } else {
+      for (int it = 0; it < n; it++) {
+        const int entry = list[it];
+        wait_for_tile<HOPPER>(it + 1 < n && AHEAD > 1); // this tile; the next may stay in flight
+        if (it + AHEAD < n) issue_tile(list[it + AHEAD], (buf + AHEAD) % STAGES);
+        const uint32_t k_base = smem_u32(k_s + buf * KV_BYTES),
+                       v_base = smem_u32(v_s + buf * KV_BYTES);
+        const int64_t j0 = (int64_t)(entry & 0x7fffffff) * BN;
+
+        float s[NT * 4];
+        if constexpr (PIPE) {
+          float factor[2];
+          fwd_scores_wgmma<D, BN, BM>(s, q_base, k_base, warp >> 2);
+          fwd_pv_wgmma<D, BN>(o, pa, pv_buf < 0 ? v_base : smem_u32(v_s + pv_buf * KV_BYTES));
+          wgmma_wait<1>(); // S; P V still multiplying
+          wgmma_fence_operands(s);
+          if (entry < 0) // TILE_PARTIAL: the mask pair by pair
+            mask_scores<NT, SPARSE>(s, warp * 16 + g, qpos_s, qdoc_s, kpos_s + buf * BN,
+                                    kdoc_s + buf * BN, j0, p.tk, p.mask);
+          softmax_probs<NT>(s, row_max, row_sum, p.scale_log2, factor);
+          wgmma_wait<0>();
+          wgmma_keep_fragments(pa);
+          wgmma_fence_operands(o);
+          rescale_output<DT>(o, factor);
+          probs_fragments<BN>(pa, s);
+          pv_buf = buf;
+        } else {
+          if constexpr (HOPPER) {
+            fwd_scores_wgmma<D, BN, BM>(s, q_base, k_base, warp >> 2);
+            wgmma_wait<0>(); // this tile's S, and the last tile's P V if still in flight
+            if (pv_in_flight) wgmma_keep_fragments(pa);
+            wgmma_fence_operands(o);
+            wgmma_fence_operands(s);
+          } else {
+            fwd_scores_mma<D, NT>(s, q_base, k_base, warp, lane);
+          }
+          if (entry < 0) // TILE_PARTIAL: the mask pair by pair
+            mask_scores<NT, SPARSE>(s, warp * 16 + g, qpos_s, qdoc_s, kpos_s + buf * BN,
+                                    kdoc_s + buf * BN, j0, p.tk, p.mask);
+          online_softmax<NT, DT>(s, o, row_max, row_sum, p.scale_log2);
+          if constexpr (HOPPER) {
+            probs_fragments<BN>(pa, s);
+            fwd_pv_wgmma<D, BN>(o, pa, v_base);
+            pv_in_flight = true;
+            if constexpr (!OVERLAP) {
+              wgmma_wait<0>();
+              wgmma_keep_fragments(pa);
+              wgmma_fence_operands(o);
+              pv_in_flight = false;
+            }
+          } else {
+            fwd_pv_mma<D, NT>(o, s, v_base, lane);
+          }
+        }
+        buf = buf + 1 == STAGES ? 0 : buf + 1;
+      }
     }
   }
   if (PIPE && pv_buf >= 0) { // the last tile's P V
-    fwd_pv_wgmma<D, BN>(o, pa, smem_u32(v_s + pv_buf * KV_BYTES));
+    const uint32_t v_last = smem_u32(v_s + pv_buf * KV_BYTES);
+    if (!TMA)
+      fwd_pv_wgmma<D, BN>(o, pa, v_last);
+    else if (steps & 1) // the last tile's probabilities are in pp[(steps - 1) & 1]
+      fwd_pv_wgmma<D, BN>(o, pp[0], v_last);
+    else
+      fwd_pv_wgmma<D, BN>(o, pp[TMA ? 1 : 0], v_last);
     pv_in_flight = true;
   }
   if (pv_in_flight) {
     wgmma_wait<0>();
     wgmma_keep_fragments(pa);
+    wgmma_keep_fragments(pp[0]);
+    wgmma_keep_fragments(pp[TMA ? 1 : 0]);
     wgmma_fence_operands(o);
   }
   if constexpr (SPARSE) {
@@ -329,24 +422,30 @@ int lt_cuda_attn_pick_kernels(lt_cuda_state *st) {
   return LT_OK;
 }
 
-template <int D, bool HOPPER, bool SPARSE>
-static int launch_fwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
-  constexpr size_t smem = fwd_smem_bytes<D, HOPPER, SPARSE>();
-  CUDA_TRY(cudaFuncSetAttribute(attn_fwd_kernel<D, HOPPER, SPARSE>,
+template <int D, bool HOPPER, bool SPARSE, bool TMA>
+static int launch_fwd(lt_cuda_state *st, const attn_params &p, int64_t b, const attn_tma_maps &tm) {
+  constexpr size_t smem = fwd_smem_bytes<D, HOPPER, SPARSE, TMA>();
+  CUDA_TRY(cudaFuncSetAttribute(attn_fwd_kernel<D, HOPPER, SPARSE, TMA>,
                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
            "attn_fwd: raising shared memory to %zu bytes", smem);
+  dim3 grid((unsigned)p.n_q_tiles, (unsigned)p.hq, (unsigned)b);
+  attn_fwd_kernel<D, HOPPER, SPARSE, TMA><<<grid, THREADS, smem, st->stream>>>(p, tm);
+  return LT_OK;
+}
+
+template <int D, bool HOPPER, bool SPARSE>
+static int launch_fwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
   // The pipelined loop's K and V tiles come by TMA where the maps can be made (H100, B=8 T=4096
   // H=12: 7% faster than its cp.async copies; B=1 T=16384 and 65536 H=16: 8%).
   attn_tma_maps tm;
   memset(&tm, 0, sizeof tm);
-  if constexpr (fwd_pipelined<D, HOPPER, SPARSE>())
-    tm.use = attn_tma_map_rows(&tm.rows[0], p.k, LT_BF16, b, p.tk, p.hkv, D,
-                               fwd_bn<D, HOPPER, SPARSE>(), 64) &&
-             attn_tma_map_rows(&tm.rows[1], p.v, LT_BF16, b, p.tk, p.hkv, D,
-                               fwd_bn<D, HOPPER, SPARSE>(), 64);
-  dim3 grid((unsigned)p.n_q_tiles, (unsigned)p.hq, (unsigned)b);
-  attn_fwd_kernel<D, HOPPER, SPARSE><<<grid, THREADS, smem, st->stream>>>(p, tm);
-  return LT_OK;
+  if constexpr (fwd_pipelined<D, HOPPER, SPARSE>()) {
+    constexpr int BN = fwd_bn<D, HOPPER, SPARSE>();
+    if (attn_tma_map_rows(&tm.rows[0], p.k, LT_BF16, b, p.tk, p.hkv, D, BN, 64) &&
+        attn_tma_map_rows(&tm.rows[1], p.v, LT_BF16, b, p.tk, p.hkv, D, BN, 64))
+      return launch_fwd<D, HOPPER, SPARSE, true>(st, p, b, tm);
+  }
+  return launch_fwd<D, HOPPER, SPARSE, false>(st, p, b, tm);
 }
 
 template <int D, bool HOPPER>

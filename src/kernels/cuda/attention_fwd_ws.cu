@@ -8,8 +8,10 @@
 //   registers to the consumers (setmaxnreg).
 // - two consumer warpgroups of 64 rows each overlap their softmax with their own multiplies
 //   (section 3.2, Algorithm 2): a tile's S = Q K^T_j is issued with the last tile's
-//   O += P_{j-1} V_{j-1}, and the exponentials of S_j run while P V still multiplies; the output's
-//   rescale for the new row max waits for that P V and is applied just before the next one.
+//   O += P_{j-1} V_{j-1}, and the exponentials of S_j were to run while P V still multiplies; the
+//   output's rescale for the new row max waits for that P V and is applied just before the next
+//   one. (In the SASS, ptxas hoists that wait above the exponentials, as it did in v1 before v1's
+//   TMA loop kept two sets of probability registers: so here P V overlaps little of the softmax.)
 // - v3 adds the ping-pong of section 3.1: named barriers make the warpgroups issue their
 //   multiplies in turn, so one's softmax runs while the other's multiplies occupy the tensor cores.
 // Both matches lt_cpu_attn_fwd for any dense spec (causal or not, documents, positions at an
