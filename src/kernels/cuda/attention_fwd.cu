@@ -190,9 +190,8 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
   // slower at B=8 T=4096 H=12 d=64 on an H100: the warpgroup ahead then waited on copies that
   // thread 0, behind, had issued late.)
   __shared__ uint64_t kv_full[PIPE ? STAGES : 1];
-  constexpr bool tma = TMA;
   uint32_t phases = 0;
-  if (tma && threadIdx.x == 0) {
+  if (TMA && threadIdx.x == 0) {
     for (int i = 0; i < STAGES; i++) mbar_init(&kv_full[i], 1);
     mbar_init_fence(); // the tile list's barriers come before the first copy
   }
@@ -201,7 +200,7 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
   auto issue_tile = [&](int entry, int buf) {
     const int64_t j0 = (int64_t)(entry & 0x7fffffff) * BN, kv_stride = (int64_t)p.hkv * D;
     const int64_t head = ((int64_t)b * p.tk * p.hkv + kvh) * D;
-    load_tile_pair<HOPPER, BN, D, THREADS>(tma, tm, &kv_full[PIPE ? buf : 0], k_s + buf * KV_BYTES,
+    load_tile_pair<HOPPER, BN, D, THREADS>(TMA, tm, &kv_full[PIPE ? buf : 0], k_s + buf * KV_BYTES,
                                            v_s + buf * KV_BYTES, p.k + head, p.v + head, kvh, b, j0,
                                            kv_stride, p.tk);
     if constexpr (TMA) return;
@@ -215,7 +214,10 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
     cp_async_commit(); // a group per tile, empty where TMA copies a full one
   };
 
-  uint32_t pa[BN / 16][4]; // wgmma: the probabilities, read by the P V multiply in flight
+  // wgmma: the probabilities, read by the P V multiply in flight (the TMA loop's two sets below;
+  // the other loops' one, pa, is the first of them).
+  uint32_t pp[TMA ? 2 : 1][BN / 16][4];
+  uint32_t(&pa)[BN / 16][4] = pp[0];
   bool pv_in_flight = false;
   // PIPE: FlashAttention-3's intra-warpgroup pipelining (Shah et al. 2024, Algorithm 2): a tile's
   // S is issued, then the last tile's P V behind it, and the softmax of this tile runs while P V
@@ -232,11 +234,9 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
   // the single set with a rescale every tile: forward 4% faster at B=8 T=4096 H=12 d=64, 5% at
   // B=1 T=16384 H=16 d=64, 9% at d=128 (T=4096 and 16384).
   int pv_buf = -1;
-  uint32_t pp[TMA ? 2 : 1][BN / 16][4];
   if constexpr (PIPE) {
 #pragma unroll
     for (int kk = 0; kk < BN / 16; kk++) {
-      pa[kk][0] = pa[kk][1] = pa[kk][2] = pa[kk][3] = 0u;
 #pragma unroll
       for (int par = 0; par < (TMA ? 2 : 1); par++)
         pp[par][kk][0] = pp[par][kk][1] = pp[par][kk][2] = pp[par][kk][3] = 0u;
@@ -377,9 +377,7 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
   }
   if (PIPE && pv_buf >= 0) { // the last tile's P V
     const uint32_t v_last = smem_u32(v_s + pv_buf * KV_BYTES);
-    if (!TMA)
-      fwd_pv_wgmma<D, BN>(o, pa, v_last);
-    else if (steps & 1) // the last tile's probabilities are in pp[(steps - 1) & 1]
+    if (!TMA || (steps & 1)) // with TMA the last tile's probabilities are in pp[(steps - 1) & 1]
       fwd_pv_wgmma<D, BN>(o, pp[0], v_last);
     else
       fwd_pv_wgmma<D, BN>(o, pp[TMA ? 1 : 0], v_last);
@@ -387,7 +385,6 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
   }
   if (pv_in_flight) {
     wgmma_wait<0>();
-    wgmma_keep_fragments(pa);
     wgmma_keep_fragments(pp[0]);
     wgmma_keep_fragments(pp[TMA ? 1 : 0]);
     wgmma_fence_operands(o);
