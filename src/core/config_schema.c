@@ -395,14 +395,6 @@ static int validate_cuda(const lt_config *cfg, int head_dim) {
   LT_CHECK(!uses_ffn(m, "moe") || m->moe.ffn_dim % 8 == 0, LT_ERR_CONFIG,
            "%s: model.moe.ffn_dim (%d) must be a multiple of 8 with run.device: cuda", src,
            m->moe.ffn_dim);
-  // Lightning layers on documents: every kernel matches the CPU (tests/gpu/test_cuda_linear.c,
-  // documents and slow decays included), but a 2-layer lightning model's step-1 gradients on
-  // document-packed data differed from the CPU's fp32 step by up to 6% per parameter (1.6%
-  // without documents, 1% for softmax), which is not explained yet: refused until it is.
-  LT_CHECK(!uses_attention(m, "lightning") || cfg->data.packing != LT_PACK_DOCUMENTS, LT_ERR_CONFIG,
-           "%s: data.packing: documents with lightning layers is not verified on run.device: cuda "
-           "yet: use data.packing: stream there, or run.device: cpu",
-           src);
   LT_CHECK(head_dim == 64 || head_dim == 128, LT_ERR_CONFIG,
            "%s: attention with run.device: cuda needs a head width of 64 or 128, not %d: "
            "set model.head_dim (or model.n_heads so that d_model / n_heads is 64 or 128)",

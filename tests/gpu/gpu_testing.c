@@ -132,6 +132,14 @@ void lt_gpu_expect_close(const char *what, const float *got, const float *want, 
   if (!(err < tol)) fail_msg("%s: relative L2 error %.4g, tolerance %.1g", what, err, tol);
 }
 
+double lt_gpu_loss_and_grads(lt_model *m, lt_ctx *ctx, const lt_batch *b, double n_targets) {
+  double sum;
+  assert_ok(lt_params_zero_grad(&m->params));
+  assert_ok(lt_model_forward(m, ctx, b, true, (float)(1.0 / n_targets), &sum));
+  assert_ok(lt_model_backward(m, ctx, b));
+  return sum / n_targets;
+}
+
 lt_model_config lt_gpu_small_model(void) {
   return (lt_model_config){.d_model = 128,
                            .n_layers = 2,
@@ -152,30 +160,69 @@ void lt_gpu_write_dataset(const char *path, int64_t n_tokens) {
   int32_t *ids = malloc(sizeof(int32_t) * (size_t)n_tokens);
   lt_rng rng = lt_rng_seed(lt_gpu_next_seed());
   for (int64_t i = 0; i < n_tokens; i++) ids[i] = (int32_t)lt_rng_below(&rng, LT_GPU_SMALL_VOCAB);
-  assert_ok(lt_dataset_writer_add(&w, ids, n_tokens));
+  for (int64_t at = 0, n; at < n_tokens; at += n) { // documents of 1 to 200 tokens
+    n = 1 + (int64_t)lt_rng_below(&rng, 200);
+    if (n > n_tokens - at) n = n_tokens - at;
+    assert_ok(lt_dataset_writer_add(&w, ids + at, n));
+  }
   assert_ok(lt_dataset_writer_commit(&w));
   free(ids);
 }
 
-double lt_gpu_print_gradient_errors(const lt_params *p, const float *g_gpu, const float *g_cpu) {
-  double worst = 0;
+void lt_gpu_perturb_like_bf16(float *x, int64_t n, uint64_t seed) {
+  lt_rng rng = lt_rng_seed(seed);
+  for (int64_t i = 0; i < n; i++) x[i] *= 1.0f + (2.0f * lt_rng_uniform(&rng) - 1.0f) / 256.0f;
+}
+
+// The tolerance of one gradient (or all of them): tol, or the noise factor times how far the
+// perturbed weights' CPU gradient (noisy, or NULL) moved from the CPU's.
+static double noise_tolerance(double tol, const float *noisy, const float *g_cpu, int64_t n,
+                              double *moved) {
+  *moved = noisy ? lt_gpu_rel_l2(noisy, g_cpu, n) : 0.0;
+  return fmax(tol, LT_GPU_NOISE_FACTOR * *moved);
+}
+
+// Prints the parameters over 1e-2 (and their sensitivity, given noisy) and the worst, which it
+// leaves in *worst; returns whether every one is within its tolerance (none: tol = INFINITY).
+static bool gradients_within(const lt_params *p, const float *g_gpu, const float *g_cpu,
+                             const float *noisy, double tol, double *worst_out) {
+  double worst = 0, worst_tol = tol;
   const char *worst_name = "";
+  bool ok = true;
   for (int i = 0; i < p->count; i++) {
     const lt_param_info *info = &p->info[i];
-    const double e = lt_gpu_rel_l2(g_gpu + info->offset, g_cpu + info->offset, info->numel);
-    if (e > 1e-2) printf("  %-40s rel. L2 error %.3g\n", info->name, e); // where the error lies
-    if (!(e <= worst)) worst = e, worst_name = info->name;
+    const int64_t off = (int64_t)info->offset, n = info->numel;
+    const double e = lt_gpu_rel_l2(g_gpu + off, g_cpu + off, n);
+    double moved;
+    const double t = noise_tolerance(tol, noisy ? noisy + off : NULL, g_cpu + off, n, &moved);
+    if (e > 1e-2) {
+      printf("  %-40s rel. L2 error %.3g", info->name, e); // where the error lies
+      if (noisy) printf(" (CPU's sensitivity %.3g, tolerance %.2g)", moved, t);
+      printf("\n");
+    }
+    if (!(e <= worst)) worst = e, worst_name = info->name, worst_tol = t;
+    ok = ok && e < t;
   }
-  printf("  worst parameter gradient: %s, rel. L2 error %.3g\n", worst_name, worst);
+  printf("  worst parameter gradient: %s, rel. L2 error %.3g", worst_name, worst);
+  if (isfinite(worst_tol)) printf(" (tolerance %.2g)", worst_tol);
+  printf("\n");
+  *worst_out = worst;
+  return ok;
+}
+
+double lt_gpu_print_gradient_errors(const lt_params *p, const float *g_gpu, const float *g_cpu) {
+  double worst;
+  gradients_within(p, g_gpu, g_cpu, NULL, INFINITY, &worst);
   return worst;
 }
 
 void lt_gpu_expect_gradients_within(const lt_params *p, const float *g_gpu, const float *g_cpu,
-                                    double worst_tol) {
-  const double worst = lt_gpu_print_gradient_errors(p, g_gpu, g_cpu);
-  printf("  (tolerance %.2g)\n", worst_tol);
-  assert_true(worst < worst_tol);
-  lt_gpu_expect_close("all gradients", g_gpu, g_cpu, (int64_t)p->numel, 2e-2);
+                                    const float *g_noisy, double worst_tol) {
+  double worst, moved;
+  assert_true(gradients_within(p, g_gpu, g_cpu, g_noisy, worst_tol, &worst));
+  const int64_t n = (int64_t)p->numel;
+  lt_gpu_expect_close("all gradients", g_gpu, g_cpu, n,
+                      noise_tolerance(2e-2, g_noisy, g_cpu, n, &moved));
 }
 
 void lt_gpu_expect_trainer_matches_cpu(lt_config *cfg, int steps, double aux_tol) {
