@@ -14,6 +14,7 @@
 
 #include "core/rng.h"
 #include "gpu_testing.h"
+#include "kernels/cuda/attention_schedule.h"
 
 // The kernels' variants, LT_ATTN_FWD's (attention_fwd.cu: v2 and v3 on Hopper for dense specs)
 // and LT_ATTN_BWD's (attention_bwd.cu: v2 and v3 on Hopper at d = 64); elsewhere all of a list run
@@ -311,6 +312,56 @@ static void test_grouped_query_attention_matches_cpu(void **state) {
   SKIP_WITHOUT_GPU();
   expect_matches_cpu("6 query heads on 2 kv heads, d = 64", 1, 257, 257, 6, 2, 64, true, 0);
   expect_matches_cpu("4 query heads on 1 kv head, d = 128", 2, 190, 190, 4, 1, 128, true, 0);
+}
+
+// Grids of a few waves go out in groups of (batch row, head) pairs, each group's longest tiles
+// first (block_work_of): with 132 SMs (an H100) this forward has 2 groups of 45 pairs and this
+// backward 2 groups of 15, each split 23 + 22 and 8 + 7.
+static void test_blocks_in_groups_of_heads_match_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  printf("groups of pairs on 132 SMs: forward (2 blocks an SM) %d of 45, backward (1) %d of 15\n",
+         lt_cuda_attn_head_groups(16, 45, 264), lt_cuda_attn_head_groups(16, 15, 132));
+  expect_matches_cpu("3 x 15 query heads on 5 kv heads, 2048 tokens", 3, 2048, 2048, 15, 5, 64,
+                     true, 0);
+}
+
+// The blocks' order (no GPU needed): every (tile rank, head, batch row) once, groups in order,
+// and within a group rank by rank over its pairs; the groups chosen for shapes of the benchmarks.
+static void test_block_order_covers_every_tile_once_longest_first(void **state) {
+  (void)state;
+  enum { MAX_TILES = 9, MAX_HEADS = 7, MAX_B = 3 };
+  for (int n = 1; n <= MAX_TILES; n++)
+    for (int heads = 1; heads <= MAX_HEADS; heads++)
+      for (int batch = 1; batch <= MAX_B; batch++) {
+        const int pairs = heads * batch;
+        for (int groups = 1; groups <= pairs; groups++) {
+          int seen[MAX_TILES * MAX_HEADS * MAX_B] = {0}, last_pair = -1, last_rank = 0;
+          for (int l = 0; l < n * pairs; l++) {
+            int rank, h, b;
+            lt_cuda_attn_block_work(l, n, pairs, heads, groups, &rank, &h, &b);
+            assert_true(rank >= 0 && rank < n && h >= 0 && h < heads && b >= 0 && b < batch);
+            const int pair = b * heads + h;
+            seen[pair * n + rank]++;
+            // A new group starts at rank 0 with a pair past every earlier one; inside a group the
+            // rank never falls.
+            if (pair > last_pair)
+              last_pair = pair, assert_true(rank == 0 || rank >= last_rank);
+            else
+              assert_true(rank >= last_rank);
+            last_rank = rank;
+          }
+          for (int i = 0; i < n * pairs; i++) assert_int_equal(seen[i], 1);
+        }
+      }
+  // An H100 (132 SMs): the d = 64 forward (2 blocks an SM) at B=1 H=16 T=16384 in groups of 2
+  // heads, its backward (1 block) and the d = 128 forward at that length head by head, and at
+  // T=4096 (32 tiles) the d = 128 forward in groups of 4 heads, the d = 64 one at B=8 H=12 of 16.
+  assert_int_equal(lt_cuda_attn_head_groups(128, 16, 264), 8);
+  assert_int_equal(lt_cuda_attn_head_groups(128, 16, 132), 16);
+  assert_int_equal(lt_cuda_attn_head_groups(32, 16, 132), 4);
+  assert_int_equal(lt_cuda_attn_head_groups(32, 96, 264), 6);
+  // Fewer blocks than slots: any order finishes with the longest block; head by head.
+  assert_int_equal(lt_cuda_attn_head_groups(4, 10, 264), 10);
 }
 
 static void test_document_masks_match_cpu(void **state) {
@@ -644,6 +695,8 @@ int main(void) {
       cmocka_unit_test(test_causal_attention_matches_cpu_for_head_dims_64_and_128),
       cmocka_unit_test(test_scores_rising_and_falling_along_the_keys_match_cpu),
       cmocka_unit_test(test_grouped_query_attention_matches_cpu),
+      cmocka_unit_test(test_blocks_in_groups_of_heads_match_cpu),
+      cmocka_unit_test(test_block_order_covers_every_tile_once_longest_first),
       cmocka_unit_test(test_document_masks_match_cpu),
       cmocka_unit_test(test_query_chunk_at_the_end_of_the_keys_matches_cpu),
       cmocka_unit_test(test_more_tiles_than_one_list_pass_match_cpu),

@@ -95,7 +95,7 @@ template <int D, bool HOPPER, int V> constexpr size_t bwd_smem_bytes() {
 
 // q, dout: (B, Tq, Hq, D) bf16; k, v: (B, Tk, Hkv, D) bf16; lse, delta: (B, Hq, Tq) f32;
 // dq: (B, Tq, Hq, D) f32 (+=, atomic); dk, dv: (B, Tk, Hkv, D) TKV (written, every key of the
-// block, so keys no query sees get zeros); grid (key tiles, Hkv, B).
+// block, so keys no query sees get zeros); a 1-D grid of key tiles x Hkv x B (block_work_of).
 // SPARSE: the instantiation for sparse patterns, head gates and tile counts
 // (attn_params.sparse_kernel); the dense one walks every query tile as the tile list classifies
 // them, with none of their checks. V: the variant (BWD_BASE, or on Hopper with d = 64 the wide
@@ -130,7 +130,8 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER, V>(), bwd_min_blocks<D,
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
   const int wg = warp >> 2;
-  const int kt = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z, group = p.hq / p.hkv;
+  const block_work work = block_work_of(p.n_k_tiles, p.hkv, p.head_groups);
+  const int kt = work.rank, kvh = work.h, b = work.b, group = p.hq / p.hkv; // the most work first
   const int64_t j0 = (int64_t)kt * BN;
   const bool docs = p.mask.docs;
   const int64_t kv_head = ((int64_t)b * p.tk * p.hkv + kvh) * D;
@@ -407,9 +408,12 @@ static int launch_bwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
              attn_tma_map_rows(&tm.rows[1], p.dout, LT_BF16, b, p.tq, p.hq, D, bwd_bm<V>(), D);
   if constexpr (bwd_dq_bulk<D, HOPPER, V>())
     tm.use_add = attn_tma_map_rows(&tm.add, p.dq, LT_F32, b, p.tq, p.hq, D, 64, 32);
-  dim3 grid((unsigned)p.n_k_tiles, (unsigned)p.hkv, (unsigned)b);
+  attn_params pg = p;
+  pg.head_groups =
+      lt_cuda_attn_head_groups(p.n_k_tiles, b * p.hkv, st->n_sms * bwd_min_blocks<D, HOPPER, V>());
   attn_bwd_kernel<D, TKV, HOPPER, SPARSE, V>
-      <<<grid, bwd_threads<D, HOPPER, V>(), smem, st->stream>>>(p, tm);
+      <<<attn_grid(p.n_k_tiles, b * p.hkv), bwd_threads<D, HOPPER, V>(), smem, st->stream>>>(pg,
+                                                                                             tm);
   return LT_OK;
 }
 

@@ -18,6 +18,7 @@
 #include <math.h>
 
 #include "kernels/cuda/attention_mask.cuh"
+#include "kernels/cuda/attention_schedule.h"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
@@ -46,7 +47,34 @@ typedef struct attn_params {
   // checks, range searches, gate loads and counting (2-10% of its fwd + bwd time on an H100).
   bool sparse_kernel;
   bool dkv_f32;
+  int head_groups; // groups of (batch row, head) pairs in the grid's order (block_work_of)
 } attn_params;
+
+// The work of a block of the kernels' 1-D grids: tile rank `rank` (0: the most causal work) of
+// head h of batch row b. The (batch row, head) pairs are cut into `groups` groups of nearly
+// equal size, in order; blocks go out group by group, and within a group rank by rank across its
+// pairs: the longest first, so that a group's last blocks are short ones and the SMs finish
+// nearly together (lt_cuda_attn_head_groups, attention_schedule.h, chooses how many groups).
+typedef struct block_work {
+  int rank, h, b;
+} block_work;
+__host__ __device__ __forceinline__ block_work block_work_at(int l, int n_tiles, int pairs,
+                                                             int heads, int groups) {
+  const int small = pairs / groups, big = small + 1, n_big = pairs % groups;
+  const int big_blocks = n_big * big * n_tiles; // the first n_big groups have one pair more
+  const int first = l < big_blocks ? l / (big * n_tiles) * big
+                                   : n_big * big + (l - big_blocks) / (small * n_tiles) * small;
+  const int size = l < big_blocks ? big : small, within = l - first * n_tiles;
+  const int pair = first + within % size;
+  return {within / size, pair % heads, pair / heads};
+}
+__device__ __forceinline__ block_work block_work_of(int n_tiles, int heads, int groups) {
+  return block_work_at((int)blockIdx.x, n_tiles, (int)gridDim.x / n_tiles, heads, groups);
+}
+// The 1-D grid of n_tiles blocks for each of `pairs` (batch row, head) pairs.
+static inline dim3 attn_grid(int n_tiles, int64_t pairs) {
+  return dim3((unsigned)(n_tiles * pairs));
+}
 
 // A list of the tiles a block visits, in order, built cooperatively by all its threads: entry =
 // tile index, with bit 31 set for TILE_PARTIAL. The candidates are tile_of(w) for w in

@@ -104,9 +104,9 @@ __device__ __forceinline__ void fwd_pv_mma(float (&o)[D / 2], const float (&s)[N
 }
 
 // q, o: (B, Tq, Hq, D) bf16; k, v: (B, Tk, Hkv, D) bf16; lse: (B, Hq, Tq) f32;
-// grid (query tiles, Hq, B), 256 threads. SPARSE: the instantiation for sparse patterns, head
-// gates and tile counts (attn_params.sparse_kernel); the dense one walks every key tile as the
-// tile list classifies them, with none of their checks.
+// a 1-D grid of query tiles x Hq x B (block_work_of), 256 threads. SPARSE: the instantiation
+// for sparse patterns, head gates and tile counts (attn_params.sparse_kernel); the dense one
+// walks every key tile as the tile list classifies them, with none of their checks.
 template <int D, bool HOPPER, bool SPARSE, bool TMA>
 __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
     attn_fwd_kernel(const attn_params p, const __grid_constant__ attn_tma_maps tm) {
@@ -129,8 +129,9 @@ __global__ void __launch_bounds__(THREADS, fwd_min_blocks<D, HOPPER>())
   __shared__ int warp_counts[WARPS];
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2;
-  const int qt = p.n_q_tiles - 1 - (int)blockIdx.x; // longest causal rows first
-  const int h = blockIdx.y, b = blockIdx.z, kvh = h / (p.hq / p.hkv);
+  const block_work work = block_work_of(p.n_q_tiles, p.hq, p.head_groups);
+  const int qt = p.n_q_tiles - 1 - work.rank; // longest causal rows first
+  const int h = work.h, b = work.b, kvh = h / (p.hq / p.hkv);
   const int64_t i0 = (int64_t)qt * BM;
   const bool docs = p.mask.docs;
   const uint32_t q_base = smem_u32(q_s);
@@ -425,8 +426,11 @@ static int launch_fwd(lt_cuda_state *st, const attn_params &p, int64_t b, const 
   CUDA_TRY(cudaFuncSetAttribute(attn_fwd_kernel<D, HOPPER, SPARSE, TMA>,
                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
            "attn_fwd: raising shared memory to %zu bytes", smem);
-  dim3 grid((unsigned)p.n_q_tiles, (unsigned)p.hq, (unsigned)b);
-  attn_fwd_kernel<D, HOPPER, SPARSE, TMA><<<grid, THREADS, smem, st->stream>>>(p, tm);
+  attn_params pg = p;
+  pg.head_groups =
+      lt_cuda_attn_head_groups(p.n_q_tiles, b * p.hq, st->n_sms * fwd_min_blocks<D, HOPPER>());
+  attn_fwd_kernel<D, HOPPER, SPARSE, TMA>
+      <<<attn_grid(p.n_q_tiles, b * p.hq), THREADS, smem, st->stream>>>(pg, tm);
   return LT_OK;
 }
 

@@ -201,8 +201,9 @@ __device__ __forceinline__ void consume(const attn_params &p, const ws_rings<D> 
 }
 
 // q, o: (B, Tq, Hq, D) bf16; k, v: (B, Tk, Hkv, D) bf16; lse: (B, Hq, Tq) f32;
-// grid (query tiles of BM, Hq, B), THREADS threads: warps 0-7 the consumer warpgroups (rows
-// 16 warp .. 16 warp + 15 of the block's BM), warps 8-11 the producers.
+// a 1-D grid of query tiles of BM x Hq x B (block_work_of), THREADS threads: warps 0-7 the
+// consumer warpgroups (rows 16 warp .. 16 warp + 15 of the block's BM), warps 8-11 the
+// producers.
 template <int D, bool PINGPONG>
 __global__ void __launch_bounds__(THREADS, 1) attn_fwd_ws_kernel(const attn_params p) {
   constexpr int KS = k_stages<D>(), VS = v_stages<D>();
@@ -221,8 +222,9 @@ __global__ void __launch_bounds__(THREADS, 1) attn_fwd_ws_kernel(const attn_para
 
   const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2;
   const bool producer = warp >= CONSUMER_WARPS;
-  const int qt = p.n_q_tiles - 1 - (int)blockIdx.x; // longest causal rows first
-  const int h = blockIdx.y, b = blockIdx.z, kvh = h / (p.hq / p.hkv);
+  const block_work work = block_work_of(p.n_q_tiles, p.hq, p.head_groups);
+  const int qt = p.n_q_tiles - 1 - work.rank; // longest causal rows first
+  const int h = work.h, b = work.b, kvh = h / (p.hq / p.hkv);
   const int64_t i0 = (int64_t)qt * BM;
   if (threadIdx.x == 0) {
     for (int i = 0; i < KS; i++)
@@ -278,8 +280,10 @@ static int launch_fwd_ws(lt_cuda_state *st, const attn_params &p, int64_t b) {
   CUDA_TRY(cudaFuncSetAttribute(attn_fwd_ws_kernel<D, PINGPONG>,
                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
            "attn_fwd: raising shared memory to %zu bytes", smem);
-  dim3 grid((unsigned)p.n_q_tiles, (unsigned)p.hq, (unsigned)b);
-  attn_fwd_ws_kernel<D, PINGPONG><<<grid, THREADS, smem, st->stream>>>(p);
+  attn_params pg = p;
+  pg.head_groups = lt_cuda_attn_head_groups(p.n_q_tiles, b * p.hq, st->n_sms);
+  attn_fwd_ws_kernel<D, PINGPONG>
+      <<<attn_grid(p.n_q_tiles, b * p.hq), THREADS, smem, st->stream>>>(pg);
   return LT_OK;
 }
 
