@@ -35,6 +35,15 @@ __device__ __forceinline__ uint64_t make_desc(uint32_t smem_addr, uint32_t leadi
          (uint64_t)((stride_bytes >> 4) & 0x3FFF) << 32 | (uint64_t)1 << 62;
 }
 
+// The descriptor of the tile `bytes` (a multiple of 16) further on in shared memory: one add to the
+// start address field, which no shared-memory address carries out of. A kernel that makes a
+// tile's descriptor once and steps it along so spends one instruction per wgmma on it, not the
+// five of make_desc.
+__device__ __forceinline__ uint64_t desc_at(uint64_t desc, uint32_t bytes) {
+  const uint32_t lo = (uint32_t)desc + (bytes >> 4);
+  return (desc & 0xFFFFFFFF00000000ull) | lo;
+}
+
 __device__ __forceinline__ void wgmma_fence() {
 #ifdef LT_HAVE_WGMMA
   asm volatile("wgmma.fence.sync.aligned;\\n" ::: "memory");

@@ -21,7 +21,10 @@
 //   keys share each Q and dO tile (half the loads per key of v1) and split dQ by query rows, each
 //   over all 128 keys, so a block adds one 128 x 64 dQ tile per 128 x 128 pair: half v1's dQ
 //   traffic per unit of work. Each barrier and step carries four times v1's multiplies, on
-//   n = 128 wgmmas.
+//   n = 128 wgmmas. Its loop issues each step's S^T one step ahead, as soon as the step's dK and
+//   dQ products are issued, so that it multiplies while dQ is staged for the bulk reductions;
+//   dK then reads dS^T from its shared tile (H100, against issuing S^T at the top of the step:
+//   backward 1-2% faster at B=8 T=4096 H=12, B=2 and B=1 T=16384).
 // - v3 (BWD_WIDE_OVERLAP): v2 with dQ software-pipelined (after FlashAttention-3, section 3.2):
 //   a step's dQ product runs on through the next step's tile wait and barrier, and the tensor
 //   cores take that step's S^T straight after it; its atomics (16 bytes each) go out before dP^T
@@ -38,6 +41,7 @@
 
 #include "kernels/cuda/attention_bwd_tile.cuh"
 #include "kernels/cuda/attention_common.cuh"
+#include "kernels/cuda/attention_fwd_tile.cuh"
 #include "kernels/cuda/attention_tma.cuh"
 
 enum { LIST_MAX = 1024 };
@@ -234,6 +238,43 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER, V>(), bwd_min_blocks<D,
       pending = false;
     }
   };
+  // Hopper: dS^T's bf16 fragments (sa[kk]: n-tiles 2 kk, registers 0 and 1 for rows g and g + 8,
+  // and 2 kk + 1) into the shared tile that dQ's product reads (and the ahead loop's dK's), then
+  // the barrier after which every warp may read it. With dQ by bulk reductions, the thread that
+  // issues a warpgroup's waits first until the last step's have read its staged tile.
+  const auto share_ds = [&](const uint32_t(&sa)[BM / 16][4], uint32_t ds_base, bool bulk) {
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+      for (int hf = 0; hf < 2; hf++) {
+        const int row = warp * 16 + hf * 8 + g;
+        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(swizzled_addr<BN>(ds_base, row, nt) + c * 4),
+                     "r"(sa[nt >> 1][(nt & 1) * 2 + hf]));
+      }
+    fence_proxy_async();
+    if (bulk && (threadIdx.x & 127) == 0) bulk_wait_read<0>();
+    __syncthreads(); // all of dS^T stored
+  };
+  // dQ by bulk reductions (bwd_dq_bulk): the warpgroup's 64 rows (query block q_block of the
+  // step's) by COLS (column block col_block) into its staged tile, then one thread's reductions.
+  const auto add_dq_bulk = [&](const float(&dq)[COLS / 2], int64_t i0, int h, int q_block,
+                               int col_block) {
+    const uint32_t stage = smem_u32(dq_s) + wg * 64 * COLS * 4;
+    stage_dq_rows<COLS>(stage, dq, scale_of(p), (warp & 3) * 16 + g);
+    fence_proxy_async(); // the stores, before TMA reads them
+    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+    if ((threadIdx.x & 127) == 0) {
+#pragma unroll
+      for (int s = 0; s < COLS / 32; s++)
+        tma_add_rows(&tm.add, stage + s * 64 * 128, col_block * COLS + s * 32, h, i0 + q_block * 64,
+                     b);
+      bulk_commit();
+    }
+  };
+  // v2 with TMA copies and dQ by bulk reductions runs the ahead loop (below): S^T of the next
+  // step issued before this step's dQ is staged, into st_ahead.
+  constexpr bool AHEAD = V == BWD_WIDE;
+  float st_ahead[AHEAD ? NT * 4 : 1];
   int ds_buf = 0;        // runs on across list passes, so a pending dQ's tile is never refilled
   long long visited = 0; // tiles computed
   for (int first = range.x; first < range.y; first += LIST_MAX) {
@@ -248,127 +289,167 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER, V>(), bwd_min_blocks<D,
     const int steps = n * group; // every query head of the group over the same tiles
     if constexpr (SPARSE) visited += steps;
     if (steps > 0) issue_tile(list[0], kvh * group, 0);
-    // Step it works on list[at] of head h in buffer buf.
-    for (int it = 0, at = 0, h = kvh * group, buf = 0; it < steps; it++) {
-      const int entry = list[at];
-      const int64_t i0 = (int64_t)(entry & 0x7fffffff) * BM;
-      const int next_at = at + 1 == n ? 0 : at + 1, next_h = at + 1 == n ? h + 1 : h;
-      const int next_buf = buf + 1 == STAGES ? 0 : buf + 1;
-      if (it + 1 < steps) issue_tile(list[next_at], next_h, next_buf);
-      if (tma) mbar_wait(&qdo_full[buf], (phases >> buf) & 1u), phases ^= 1u << buf;
-      wait_for_tile<HOPPER>(it + 1 < steps);
-      const uint32_t q_base = smem_u32(q_s + buf * QT_BYTES),
-                     do_base = smem_u32(do_s + buf * QT_BYTES);
-      const uint32_t ds_base = smem_u32(ds_s + ds_buf * DS_BYTES);
-      const bwd_tile_stats stats = {lse_s + buf * BM, delta_s + buf * BM, qpos_s + buf * BM,
-                                    qdoc_s + buf * BM};
-      float st[NT * 4], dpt[NT * 4];
-      if constexpr (HOPPER) {
-        bwd_scores_wgmma<D, BN, BM>(st, dpt, k_base, v_base, q_base, do_base, wg, [&] {
-          if constexpr (OVERLAP) {
-            // The last step's dQ (if any), then its atomics, before dP^T is issued: so dP^T's
-            // registers and the last dQ's are not live at once. (The wait takes S^T too: ptxas
-            // cannot tell that a wait for one group retires a group from the last iteration, and
-            // serializes every wgmma where the accumulators are read after one.)
-            add_pending_dq();
-            wgmma_fence(); // the atomics' registers may become dP^T's
-          }
-        });
-        wgmma_wait<1>(); // S^T; dP^T still multiplying while P^T is computed
+    if constexpr (AHEAD) { // v2 launches only with tma and dq_bulk (bwd_maps)
+      if (steps == 0) continue;
+      float(&st)[NT * 4] = st_ahead;
+      // S^T of the pass's first step, once its Q (TMA) and the block's K (cp.async) are in place.
+      mbar_wait(&qdo_full[0], phases & 1u), phases ^= 1u;
+      cp_async_wait<1>();
+      fence_proxy_async();
+      __syncthreads();
+      bwd_product_wgmma<D, BN, BM>(st, k_base, smem_u32(q_s), wg);
+      for (int it = 0, at = 0, h = kvh * group, buf = 0; it < steps; it++) {
+        const int entry = list[at];
+        const int64_t i0 = (int64_t)(entry & 0x7fffffff) * BM;
+        const int next_at = at + 1 == n ? 0 : at + 1, next_h = at + 1 == n ? h + 1 : h;
+        const int next_buf = buf + 1 == STAGES ? 0 : buf + 1;
+        if (it + 1 < steps) issue_tile(list[next_at], next_h, next_buf);
+        wait_for_tile<HOPPER>(it + 1 < steps); // the statistics; both warpgroups past dQ
+        const uint32_t q_base = smem_u32(q_s + buf * QT_BYTES),
+                       do_base = smem_u32(do_s + buf * QT_BYTES);
+        const uint32_t ds_base = smem_u32(ds_s);
+        const bwd_tile_stats stats = {lse_s + buf * BM, delta_s + buf * BM, qpos_s + buf * BM,
+                                      qdoc_s + buf * BM};
+        float dpt[NT * 4];
+        // S^T, issued last step: waited for in full before dP^T is issued (ptxas cannot tell that
+        // a wait for one group retires the last iteration's, and would serialize the multiplies).
+        wgmma_wait<0>();
         wgmma_fence_operands(st);
-      } else {
-        bwd_scores_mma<D, NT>(st, dpt, k_base, v_base, q_base, do_base, warp, lane);
-      }
-      if (entry < 0) // TILE_PARTIAL
-        bwd_probs<NT, true, SPARSE>(st, stats, p, i0, j0, warp * 16 + g, kpos, kdoc, docs);
-      else
-        bwd_probs<NT, false, SPARSE>(st, stats, p, i0, j0, warp * 16 + g, kpos, kdoc, docs);
-      if constexpr (HOPPER) {
+        bwd_product_wgmma<D, BN, BM>(dpt, v_base, do_base, wg);
+        if (entry < 0) // TILE_PARTIAL
+          bwd_probs<NT, true, SPARSE>(st, stats, p, i0, j0, warp * 16 + g, kpos, kdoc, docs);
+        else
+          bwd_probs<NT, false, SPARSE>(st, stats, p, i0, j0, warp * 16 + g, kpos, kdoc, docs);
         wgmma_wait<0>();
         wgmma_fence_operands(dpt);
-      }
-      bwd_dscores<NT>(st, dpt, stats);
-
-      // dS^T goes to shared memory for dQ, while (on Hopper) dV and dK multiply.
-      if constexpr (HOPPER) {
+        bwd_dscores<NT>(st, dpt, stats);
         uint32_t pa[BM / 16][4], sa[BM / 16][4];
 #pragma unroll
         for (int kk = 0; kk < BM / 16; kk++) {
           probs_fragment<NT>(pa[kk], st, kk);
           probs_fragment<NT>(sa[kk], dpt, kk);
         }
-        bwd_dkdv_wgmma<D, BM>(dk, dv, pa, sa, q_base, do_base);
-        // sa[kk] holds n-tiles 2 kk (registers 0, 1: rows g, g + 8) and 2 kk + 1 (2, 3).
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-          for (int hf = 0; hf < 2; hf++) {
-            const int row = warp * 16 + hf * 8 + g;
-            asm volatile(
-                "st.shared.b32 [%0], %1;\n" ::"r"(swizzled_addr<BN>(ds_base, row, nt) + c * 4),
-                "r"(sa[nt >> 1][(nt & 1) * 2 + hf]));
-          }
-        fence_proxy_async();
-        // dQ by bulk reduction (bwd_dq_bulk): the thread that issues a warpgroup's reductions
-        // waits until the last step's have read its staged tile, before the barrier lets it be
-        // overwritten.
-        if (dq_bulk && (threadIdx.x & 127) == 0) bulk_wait_read<0>();
-        __syncthreads(); // all of dS^T stored
-        const auto dkdv_done = [&] {
-          wgmma_keep_fragments(pa);
-          wgmma_keep_fragments(sa);
-          wgmma_fence_operands(dk);
-          wgmma_fence_operands(dv);
-        };
-        if constexpr (OVERLAP) {
-          bwd_dq_wgmma<COLS, BN>(dq_pending, ds_base, k_base, DQ_BY_ROWS ? wg : 0, 0);
-          wgmma_wait<1>(); // dV and dK; dQ runs on into the next step
-          dkdv_done();
-          pending = true, pending_i0 = i0, pending_h = h;
-        } else {
-          float dq[COLS / 2];
-          const int q_block = DQ_BY_ROWS ? wg : 0, col_block = DQ_BY_ROWS ? 0 : wg;
-          bwd_dq_wgmma<COLS, BN>(dq, ds_base, k_base, q_block, col_block);
-          wgmma_wait<0>();
-          dkdv_done();
-          wgmma_fence_operands(dq);
-          if (dq_bulk) {
-            // The warpgroup's 64 rows by COLS into its staged tile, then one thread's reductions.
-            const uint32_t stage = smem_u32(dq_s) + wg * 64 * COLS * 4;
-            stage_dq_rows<COLS>(stage, dq, scale_of(p), (warp & 3) * 16 + g);
-            fence_proxy_async(); // the stores, before TMA reads them
-            asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
-            if ((threadIdx.x & 127) == 0) {
-#pragma unroll
-              for (int s = 0; s < COLS / 32; s++)
-                tma_add_rows(&tm.add, stage + s * 64 * 128, col_block * COLS + s * 32, h,
-                             i0 + q_block * 64, b);
-              bulk_commit();
-            }
-          } else if constexpr (V == BWD_WIDE)
-            add_dq_quads<D, COLS>(p, dq, scale_of(p), b, h, i0, dq_row_of(wg, warp, g), 0);
-          else
-            add_dq_pairs<D, COLS>(p, dq, scale_of(p), b, h, i0, dq_row_of(wg, warp, g),
-                                  col_block * COLS);
+        fwd_pv_wgmma<D, BM>(dv, pa, do_base); // dV += P^T dO: the forward's O += P V product
+        share_ds(sa, ds_base, true);
+        float dq[COLS / 2];
+        bwd_dk_smem_wgmma<D, BN, BM>(dk, ds_base, q_base, wg);
+        bwd_dq_wgmma<COLS, BN>(dq, ds_base, k_base, wg, 0); // commits dK's and dQ's products
+        wgmma_wait<1>(); // dV, issued before the barrier: P^T's registers are free
+        wgmma_keep_fragments(pa);
+        wgmma_fence_operands(dv);
+        // The next step's S^T (on the last, a product nobody reads, so that the loop is
+        // branch-free around the multiplies), in flight while dQ is staged.
+        uint32_t next_q = q_base;
+        if (it + 1 < steps) {
+          mbar_wait(&qdo_full[next_buf], (phases >> next_buf) & 1u), phases ^= 1u << next_buf;
+          next_q = smem_u32(q_s + next_buf * QT_BYTES);
         }
-      } else {
-        bwd_dkdv_mma<D, BM>(dk, dv, st, dpt, q_base, do_base, lane);
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-          for (int hf = 0; hf < 2; hf++) {
-            const uint32_t addr = tile_addr<BM>(ds_base, warp * 16 + hf * 8 + g, nt) + c * 4;
-            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr),
-                         "r"(pack_bf16(dpt[nt * 4 + 2 * hf], dpt[nt * 4 + 2 * hf + 1])));
-          }
-        __syncthreads();
-        float dq[D / 2];
-        bwd_dq_mma<D, BN, BM>(dq, ds_base, k_base, warp, lane);
-        add_dq_pairs<D, D>(p, dq, scale_of(p), b, h, i0, warp * 16 + g, 0);
+        bwd_product_wgmma<D, BN, BM>(st, k_base, next_q, wg);
+        wgmma_wait<1>(); // dK, dQ
+        wgmma_fence_operands(dk);
+        wgmma_fence_operands(dq);
+        add_dq_bulk(dq, i0, h, wg, 0);
+        at = next_at, h = next_h, buf = next_buf;
       }
-      if constexpr (STAGES == 2) __syncthreads(); // the next copy refills this tile's buffers
-      if constexpr (DS_BUFFERS == 2) ds_buf ^= 1;
-      at = next_at, h = next_h, buf = next_buf;
+      wgmma_wait<0>(); // the last step's unread S^T
+      wgmma_fence_operands(st);
+    } else {
+      // Step it works on list[at] of head h in buffer buf.
+      for (int it = 0, at = 0, h = kvh * group, buf = 0; it < steps; it++) {
+        const int entry = list[at];
+        const int64_t i0 = (int64_t)(entry & 0x7fffffff) * BM;
+        const int next_at = at + 1 == n ? 0 : at + 1, next_h = at + 1 == n ? h + 1 : h;
+        const int next_buf = buf + 1 == STAGES ? 0 : buf + 1;
+        if (it + 1 < steps) issue_tile(list[next_at], next_h, next_buf);
+        if (tma) mbar_wait(&qdo_full[buf], (phases >> buf) & 1u), phases ^= 1u << buf;
+        wait_for_tile<HOPPER>(it + 1 < steps);
+        const uint32_t q_base = smem_u32(q_s + buf * QT_BYTES),
+                       do_base = smem_u32(do_s + buf * QT_BYTES);
+        const uint32_t ds_base = smem_u32(ds_s + ds_buf * DS_BYTES);
+        const bwd_tile_stats stats = {lse_s + buf * BM, delta_s + buf * BM, qpos_s + buf * BM,
+                                      qdoc_s + buf * BM};
+        float st[NT * 4], dpt[NT * 4];
+        if constexpr (HOPPER) {
+          bwd_scores_wgmma<D, BN, BM>(st, dpt, k_base, v_base, q_base, do_base, wg, [&] {
+            if constexpr (OVERLAP) {
+              // The last step's dQ (if any), then its atomics, before dP^T is issued: so dP^T's
+              // registers and the last dQ's are not live at once. (The wait takes S^T too: ptxas
+              // cannot tell that a wait for one group retires a group from the last iteration, and
+              // serializes every wgmma where the accumulators are read after one.)
+              add_pending_dq();
+              wgmma_fence(); // the atomics' registers may become dP^T's
+            }
+          });
+          wgmma_wait<1>(); // S^T; dP^T still multiplying while P^T is computed
+          wgmma_fence_operands(st);
+        } else {
+          bwd_scores_mma<D, NT>(st, dpt, k_base, v_base, q_base, do_base, warp, lane);
+        }
+        if (entry < 0) // TILE_PARTIAL
+          bwd_probs<NT, true, SPARSE>(st, stats, p, i0, j0, warp * 16 + g, kpos, kdoc, docs);
+        else
+          bwd_probs<NT, false, SPARSE>(st, stats, p, i0, j0, warp * 16 + g, kpos, kdoc, docs);
+        if constexpr (HOPPER) {
+          wgmma_wait<0>();
+          wgmma_fence_operands(dpt);
+        }
+        bwd_dscores<NT>(st, dpt, stats);
+
+        // dS^T goes to shared memory for dQ, while (on Hopper) dV and dK multiply.
+        if constexpr (HOPPER) {
+          uint32_t pa[BM / 16][4], sa[BM / 16][4];
+#pragma unroll
+          for (int kk = 0; kk < BM / 16; kk++) {
+            probs_fragment<NT>(pa[kk], st, kk);
+            probs_fragment<NT>(sa[kk], dpt, kk);
+          }
+          bwd_dkdv_wgmma<D, BM>(dk, dv, pa, sa, q_base, do_base);
+          share_ds(sa, ds_base, dq_bulk);
+          const auto dkdv_done = [&] {
+            wgmma_keep_fragments(pa);
+            wgmma_keep_fragments(sa);
+            wgmma_fence_operands(dk);
+            wgmma_fence_operands(dv);
+          };
+          if constexpr (OVERLAP) {
+            bwd_dq_wgmma<COLS, BN>(dq_pending, ds_base, k_base, DQ_BY_ROWS ? wg : 0, 0);
+            wgmma_wait<1>(); // dV and dK; dQ runs on into the next step
+            dkdv_done();
+            pending = true, pending_i0 = i0, pending_h = h;
+          } else {
+            float dq[COLS / 2];
+            const int q_block = DQ_BY_ROWS ? wg : 0, col_block = DQ_BY_ROWS ? 0 : wg;
+            bwd_dq_wgmma<COLS, BN>(dq, ds_base, k_base, q_block, col_block);
+            wgmma_wait<0>();
+            dkdv_done();
+            wgmma_fence_operands(dq);
+            if (dq_bulk)
+              add_dq_bulk(dq, i0, h, q_block, col_block);
+            else if constexpr (V == BWD_WIDE)
+              add_dq_quads<D, COLS>(p, dq, scale_of(p), b, h, i0, dq_row_of(wg, warp, g), 0);
+            else
+              add_dq_pairs<D, COLS>(p, dq, scale_of(p), b, h, i0, dq_row_of(wg, warp, g),
+                                    col_block * COLS);
+          }
+        } else {
+          bwd_dkdv_mma<D, BM>(dk, dv, st, dpt, q_base, do_base, lane);
+#pragma unroll
+          for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+              const uint32_t addr = tile_addr<BM>(ds_base, warp * 16 + hf * 8 + g, nt) + c * 4;
+              asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr),
+                           "r"(pack_bf16(dpt[nt * 4 + 2 * hf], dpt[nt * 4 + 2 * hf + 1])));
+            }
+          __syncthreads();
+          float dq[D / 2];
+          bwd_dq_mma<D, BN, BM>(dq, ds_base, k_base, warp, lane);
+          add_dq_pairs<D, D>(p, dq, scale_of(p), b, h, i0, warp * 16 + g, 0);
+        }
+        if constexpr (STAGES == 2) __syncthreads(); // the next copy refills this tile's buffers
+        if constexpr (DS_BUFFERS == 2) ds_buf ^= 1;
+        at = next_at, h = next_h, buf = next_buf;
+      }
     }
   }
   if constexpr (OVERLAP) add_pending_dq();
@@ -391,23 +472,31 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER, V>(), bwd_min_blocks<D,
   if (SPARSE && p.visited && threadIdx.x == 0) atomicAdd(p.visited, (unsigned long long)visited);
 }
 
+// The TMA maps of variant V: the wide variants' Q and dO tiles come by TMA where the maps can be
+// made (tm.use; H100: 1% faster fwd + bwd than their cp.async copies at B=8 T=4096 H=12 and B=1
+// T=16384 H=16, and no spills), and the two-warpgroup blocks add dQ by TMA's bulk reductions
+// (bwd_dq_bulk; tm.use_add), 64 rows by 32 columns at a time. v2 runs only with both
+// (lt_cuda_attn_bwd falls back to v1 where they cannot be made).
+template <int D, bool HOPPER, int V>
+static attn_tma_maps bwd_maps(const bf16 *q, const bf16 *dout, float *dq, int64_t b, int64_t tq,
+                              int hq) {
+  attn_tma_maps tm;
+  memset(&tm, 0, sizeof tm);
+  if constexpr (HOPPER && V != BWD_BASE)
+    tm.use = attn_tma_map_rows(&tm.rows[0], q, LT_BF16, b, tq, hq, D, bwd_bm<V>(), D) &&
+             attn_tma_map_rows(&tm.rows[1], dout, LT_BF16, b, tq, hq, D, bwd_bm<V>(), D);
+  if constexpr (bwd_dq_bulk<D, HOPPER, V>())
+    tm.use_add = attn_tma_map_rows(&tm.add, dq, LT_F32, b, tq, hq, D, 64, 32);
+  return tm;
+}
+
 template <int D, typename TKV, bool HOPPER, bool SPARSE, int V>
 static int launch_bwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
   constexpr size_t smem = bwd_smem_bytes<D, HOPPER, V>();
   CUDA_TRY(cudaFuncSetAttribute(attn_bwd_kernel<D, TKV, HOPPER, SPARSE, V>,
                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
            "attn_bwd: raising shared memory to %zu bytes", smem);
-  // The wide variants' Q and dO tiles come by TMA where the maps can be made (H100: 1% faster
-  // fwd + bwd than their cp.async copies at B=8 T=4096 H=12 and B=1 T=16384 H=16, and no spills),
-  // and the two-warpgroup blocks add dQ by TMA's bulk reductions (bwd_dq_bulk), 64 rows by 32
-  // columns at a time.
-  attn_tma_maps tm;
-  memset(&tm, 0, sizeof tm);
-  if constexpr (HOPPER && V != BWD_BASE)
-    tm.use = attn_tma_map_rows(&tm.rows[0], p.q, LT_BF16, b, p.tq, p.hq, D, bwd_bm<V>(), D) &&
-             attn_tma_map_rows(&tm.rows[1], p.dout, LT_BF16, b, p.tq, p.hq, D, bwd_bm<V>(), D);
-  if constexpr (bwd_dq_bulk<D, HOPPER, V>())
-    tm.use_add = attn_tma_map_rows(&tm.add, p.dq, LT_F32, b, p.tq, p.hq, D, 64, 32);
+  const attn_tma_maps tm = bwd_maps<D, HOPPER, V>(p.q, p.dout, p.dq, b, p.tq, p.hq);
   attn_params pg = p;
   pg.head_groups =
       lt_cuda_attn_head_groups(p.n_k_tiles, b * p.hkv, st->n_sms * bwd_min_blocks<D, HOPPER, V>());
@@ -447,6 +536,12 @@ int lt_cuda_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_t
   if (!hopper || q.shape[3] != 64) variant = BWD_BASE;
   // The wide variants add dQ 16 bytes at a time; v1 takes any dq.
   if (variant != BWD_BASE && !aligned16(dq.data)) variant = BWD_BASE;
+  if (variant == BWD_WIDE) { // v2 needs its TMA maps (bwd_maps)
+    const attn_tma_maps tm =
+        bwd_maps<64, true, BWD_WIDE>((const bf16 *)q.data, (const bf16 *)dout.data,
+                                     (float *)dq.data, q.shape[0], q.shape[1], (int)q.shape[2]);
+    if (!tm.use || !tm.use_add) variant = BWD_BASE;
+  }
   attn_params p;
   int q_tile = bwd_bm<BWD_BASE>(), k_tile;
   if (q.shape[3] == 64 && hopper && variant != BWD_BASE)

@@ -102,31 +102,54 @@ __device__ __forceinline__ void bwd_scores_mma(float (&st)[NT * 4], float (&dpt)
   }
 }
 
+// acc = (warpgroup wg's 64 rows of a key-side tile of BN rows) (a query-side tile of BM rows)^T on
+// wgmma, fenced, issued and committed as one group: S^T = K Q^T, dP^T = V dO^T.
+template <int D, int BN, int BM>
+__device__ __forceinline__ void bwd_product_wgmma(float (&acc)[BM / 2], uint32_t key_side,
+                                                  uint32_t query_side, int wg) {
+  const uint64_t a0 = make_desc(key_side + wg * 64 * 128, 16, 1024),
+                 b0 = make_desc(query_side, 16, 1024);
+  wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ks++) {
+    const uint64_t a = desc_at(a0, (ks >> 2) * BN * 128 + (ks & 3) * 32);
+    const uint64_t b = desc_at(b0, (ks >> 2) * BM * 128 + (ks & 3) * 32);
+    if constexpr (BM == 128)
+      wgmma_ss_n128<0, 0>(acc, a, b, ks > 0);
+    else
+      wgmma_ss_n64<0, 0>(acc, a, b, ks > 0);
+  }
+  wgmma_commit();
+}
+
 // The same for warpgroup wg's 64 keys on wgmma: K, V (A) and Q, dO (B) K-major, swizzled; the
 // BM queries are the product's n. `between` runs after S^T's multiplies are issued, before dP^T's.
 template <int D, int BN, int BM, typename F>
 __device__ __forceinline__ void bwd_scores_wgmma(float (&st)[BM / 2], float (&dpt)[BM / 2],
                                                  uint32_t k_base, uint32_t v_base, uint32_t q_base,
                                                  uint32_t do_base, int wg, F &&between) {
-  // acc = (the group's 64 rows of a key-side tile) (a query-side tile)^T, as one commit group.
-  auto product = [&](float(&acc)[BM / 2], uint32_t key_side, uint32_t query_side) {
-    const uint64_t a0 = make_desc(key_side + wg * 64 * 128, 16, 1024),
-                   b0 = make_desc(query_side, 16, 1024);
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ks++) {
-      const uint64_t a = desc_at(a0, (ks >> 2) * BN * 128 + (ks & 3) * 32);
-      const uint64_t b = desc_at(b0, (ks >> 2) * BM * 128 + (ks & 3) * 32);
-      if constexpr (BM == 128)
-        wgmma_ss_n128<0, 0>(acc, a, b, ks > 0);
-      else
-        wgmma_ss_n64<0, 0>(acc, a, b, ks > 0);
-    }
-    wgmma_commit();
-  };
-  wgmma_fence();
-  product(st, k_base, q_base);
+  bwd_product_wgmma<D, BN, BM>(st, k_base, q_base, wg);
   between();
-  product(dpt, v_base, do_base);
+  bwd_product_wgmma<D, BN, BM>(dpt, v_base, do_base, wg);
+}
+
+// dK += dS^T Q with dS^T (A) from its swizzled tile in shared memory (K-major, warpgroup wg's 64
+// key rows of BN) and Q (B) N-major; issued, not committed (dQ's product joins the group).
+template <int D, int BN, int BM>
+__device__ __forceinline__ void bwd_dk_smem_wgmma(float (&dk)[D / 2], uint32_t ds_base,
+                                                  uint32_t q_base, int wg) {
+  const uint64_t a0 = make_desc(ds_base + wg * 64 * 128, 16, 1024),
+                 qb0 = make_desc(q_base, BM * 128, 1024);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < BM / 16; kk++) {
+    const uint64_t a = desc_at(a0, (kk >> 2) * BN * 128 + (kk & 3) * 32);
+    const uint64_t qb = desc_at(qb0, kk * 16 * 128);
+    if constexpr (D == 64)
+      wgmma_ss_n64<0, 1>(dk, a, qb, true);
+    else
+      wgmma_ss_n128<0, 1>(dk, a, qb, true);
+  }
 }
 
 // dV += P^T dO and dK += dS^T Q on mma.sync: A from registers, dO and Q transposed by ldmatrix.
