@@ -490,13 +490,15 @@ static attn_tma_maps bwd_maps(const bf16 *q, const bf16 *dout, float *dq, int64_
   return tm;
 }
 
+// maps: the variant's TMA maps where the caller has made them already, else NULL.
 template <int D, typename TKV, bool HOPPER, bool SPARSE, int V>
-static int launch_bwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
+static int launch_bwd(lt_cuda_state *st, const attn_params &p, int64_t b,
+                      const attn_tma_maps *maps) {
   constexpr size_t smem = bwd_smem_bytes<D, HOPPER, V>();
   CUDA_TRY(cudaFuncSetAttribute(attn_bwd_kernel<D, TKV, HOPPER, SPARSE, V>,
                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
            "attn_bwd: raising shared memory to %zu bytes", smem);
-  const attn_tma_maps tm = bwd_maps<D, HOPPER, V>(p.q, p.dout, p.dq, b, p.tq, p.hq);
+  const attn_tma_maps tm = maps ? *maps : bwd_maps<D, HOPPER, V>(p.q, p.dout, p.dq, b, p.tq, p.hq);
   attn_params pg = p;
   pg.head_groups =
       lt_cuda_attn_head_groups(p.n_k_tiles, b * p.hkv, st->n_sms * bwd_min_blocks<D, HOPPER, V>());
@@ -507,15 +509,17 @@ static int launch_bwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
 }
 
 template <int D, typename TKV, bool HOPPER, int V>
-static int launch_bwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
-  return p.sparse_kernel ? launch_bwd<D, TKV, HOPPER, true, V>(st, p, b)
-                         : launch_bwd<D, TKV, HOPPER, false, V>(st, p, b);
+static int launch_bwd(lt_cuda_state *st, const attn_params &p, int64_t b,
+                      const attn_tma_maps *maps) {
+  return p.sparse_kernel ? launch_bwd<D, TKV, HOPPER, true, V>(st, p, b, maps)
+                         : launch_bwd<D, TKV, HOPPER, false, V>(st, p, b, maps);
 }
 
 template <int D, bool HOPPER, int V>
-static int launch_bwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
-  return p.dkv_f32 ? launch_bwd<D, float, HOPPER, V>(st, p, b)
-                   : launch_bwd<D, bf16, HOPPER, V>(st, p, b);
+static int launch_bwd(lt_cuda_state *st, const attn_params &p, int64_t b,
+                      const attn_tma_maps *maps = NULL) {
+  return p.dkv_f32 ? launch_bwd<D, float, HOPPER, V>(st, p, b, maps)
+                   : launch_bwd<D, bf16, HOPPER, V>(st, p, b, maps);
 }
 
 // LT_ATTN_BWD: which variant Hopper's d = 64 runs (v1, v2, the default, or v3; see the top).
@@ -536,11 +540,12 @@ int lt_cuda_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_t
   if (!hopper || q.shape[3] != 64) variant = BWD_BASE;
   // The wide variants add dQ 16 bytes at a time; v1 takes any dq.
   if (variant != BWD_BASE && !aligned16(dq.data)) variant = BWD_BASE;
-  if (variant == BWD_WIDE) { // v2 needs its TMA maps (bwd_maps)
-    const attn_tma_maps tm =
+  attn_tma_maps wide_maps; // v2 needs its TMA maps (bwd_maps), made once here
+  if (variant == BWD_WIDE) {
+    wide_maps =
         bwd_maps<64, true, BWD_WIDE>((const bf16 *)q.data, (const bf16 *)dout.data,
                                      (float *)dq.data, q.shape[0], q.shape[1], (int)q.shape[2]);
-    if (!tm.use || !tm.use_add) variant = BWD_BASE;
+    if (!wide_maps.use || !wide_maps.use_add) variant = BWD_BASE;
   }
   attn_params p;
   int q_tile = bwd_bm<BWD_BASE>(), k_tile;
@@ -563,7 +568,7 @@ int lt_cuda_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_t
   const int64_t b = q.shape[0];
   int rc;
   if (q.shape[3] == 64 && hopper)
-    rc = variant == BWD_WIDE           ? launch_bwd<64, true, BWD_WIDE>(st, p, b)
+    rc = variant == BWD_WIDE           ? launch_bwd<64, true, BWD_WIDE>(st, p, b, &wide_maps)
          : variant == BWD_WIDE_OVERLAP ? launch_bwd<64, true, BWD_WIDE_OVERLAP>(st, p, b)
                                        : launch_bwd<64, true, BWD_BASE>(st, p, b);
   else if (q.shape[3] == 64)
