@@ -4,7 +4,7 @@
 // that bandwidth a pass reaches (1.0 is the limit).
 //   bench_passes [--seq 4096] [--batch 8] [--heads 12] [--head-dim 64] [--ffn 2048] [--vocab 32768]
 // Defaults: the 135M Llama model's layer (d 768 = 12 heads of 64, SwiGLU 2048) at T = 4096, B = 8.
-// The loss runs on the LM head's chunks (lm_head.c: 256 MiB of f32 logits, 2048 rows of a 32K
+// The loss runs on the LM head's chunks (lm_head.c: 1 GiB of f32 logits, 8192 rows of a 32K
 // vocabulary), f32 logits in and the bf16 gradient out, once per chunk of the step's tokens.
 // The step's total counts each pass as often as a step of that model runs it (per layer: the
 // SwiGLU forward and backward, the fused add + FFN norm, the attention norm, the block's closing

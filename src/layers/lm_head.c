@@ -3,10 +3,13 @@
 #include "core/error.h"
 #include "layers/linear.h"
 
-// Rows per logits chunk: about 256 MiB of f32 logits, at least one row. Larger chunks make the
-// head's three matmuls efficient (512-row chunks of a 32K vocabulary ran them at a third of the
-// GPU's rate) and cut the passes over the f32 weight gradient they accumulate into.
-enum { LOGITS_CHUNK_BYTES = 256 << 20 };
+// Rows per logits chunk: about 1 GiB of f32 logits (8192 rows of a 32K vocabulary), at least one
+// row. Larger chunks make the head's three matmuls efficient (512-row chunks of a 32K vocabulary
+// ran them at a third of the GPU's rate) and cut the passes over the f32 weight gradient they
+// accumulate into. On an H100, the 135M model's step at T=16384 B=2 (32768 tokens): 256 MiB
+// chunks 237K / 236K tokens/s, 512 MiB 238K / 239K, 1 GiB 240K / 239K, 2 and 4 GiB no faster
+// (bench/results/h100-logits-chunk.log); 1 GiB costs 1.5 GiB of scratch with the bf16 gradient.
+enum { LOGITS_CHUNK_BYTES = 1 << 30 };
 
 int64_t lt_lm_head_chunk_rows(int64_t vocab, int64_t n) {
   const int64_t rows = LOGITS_CHUNK_BYTES / (vocab * 4);

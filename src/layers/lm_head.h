@@ -27,8 +27,8 @@ typedef struct lt_lm_head {
   lt_tensor stats;   // scratch (3 * chunk_rows) f32: a vocab-parallel chunk's row statistics
 } lt_lm_head;
 
-// Rows of logits per chunk for `vocab` columns and n tokens: 256 MiB of f32 logits, at least one
-// row and at most n.
+// Rows of logits per chunk for `vocab` columns and n tokens: 1 GiB of f32 logits, at least one row
+// and at most n.
 int64_t lt_lm_head_chunk_rows(int64_t vocab, int64_t n);
 
 // `tied` is the embedding's weight to share, or NULL for a head of its own; `vocab` is the whole

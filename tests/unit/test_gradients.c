@@ -429,8 +429,8 @@ static void head_backward(void *p, const float *dout) {
   free(tmp);
 }
 
-static void test_lm_head_loss_backward_matches_finite_differences(void **state) {
-  (void)state;
+// chunk_rows: the head's rows per logits chunk, or 0 for what its plan chose (one chunk here).
+static void check_lm_head_gradients(int64_t chunk_rows) {
   head_state s = {.ctx = cpu(), .n = 10, .d = 8, .vocab = 13};
   lt_params_begin(&s.params, NULL);
   assert_ok(lt_lm_head_create(&s.head, &s.params, NULL, s.vocab, s.d, 1.0f));
@@ -444,6 +444,7 @@ static void test_lm_head_loss_backward_matches_finite_differences(void **state) 
   assert_ok(lt_arena_create(&s.acts, LT_CPU, a, "acts"));
   assert_ok(lt_arena_create(&s.scratch, LT_CPU, b, "scratch"));
   assert_ok(lt_lm_head_plan(&s.head, &plan));
+  if (chunk_rows) s.head.chunk_rows = chunk_rows; // fewer rows than the scratch was planned for
   s.x = normal(s.n * s.d, 4, 1.0f);
   s.dx = calloc((size_t)(s.n * s.d), 4);
   s.targets = malloc((size_t)s.n * 4);
@@ -455,6 +456,17 @@ static void test_lm_head_loss_backward_matches_finite_differences(void **state) 
   assert_true(lt_gradcheck_run(&c, 9, 3, EPS) < GRAD_TOL);
   free(s.x), free(s.dx), free(s.targets);
   lt_arena_destroy(&s.acts), lt_arena_destroy(&s.scratch), lt_params_free(&s.params);
+}
+
+static void test_lm_head_loss_backward_matches_finite_differences(void **state) {
+  (void)state;
+  check_lm_head_gradients(0);
+}
+
+// The loop over chunks: four of them (3, 3, 3 and 1 rows), the weight gradient summed over all.
+static void test_lm_head_in_chunks_matches_finite_differences(void **state) {
+  (void)state;
+  check_lm_head_gradients(3);
 }
 
 // --- the whole model: every parameter, tied and untied, with and without recomputation ---
@@ -586,6 +598,7 @@ int main(void) {
       cmocka_unit_test(test_lightning_attention_with_document_mask_backward_matches),
       cmocka_unit_test(test_swiglu_mlp_backward_matches_finite_differences),
       cmocka_unit_test(test_lm_head_loss_backward_matches_finite_differences),
+      cmocka_unit_test(test_lm_head_in_chunks_matches_finite_differences),
       cmocka_unit_test(test_model_backward_matches_finite_differences),
       cmocka_unit_test(test_model_with_tied_embeddings_backward_matches),
       cmocka_unit_test(test_model_with_recomputation_backward_matches),
