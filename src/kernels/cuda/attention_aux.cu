@@ -102,8 +102,9 @@ int lt_cuda_attn_setup(lt_ctx *ctx, attn_params *p, lt_tensor q, lt_tensor k, lt
   p->scale_log2 = spec->scale * LOG2E;
   p->mask = attn_mask_of(spec);
   p->sparse_kernel = attn_spec_needs_sparse_kernel(spec);
-  // The workspace: the tile counter and the rows' order flags (zeroed together), then the tables;
-  // the dense kernels read only the position and document ranges.
+  // The workspace: the tile counter (8 bytes), the persistent forward's item counter (4; its
+  // launch zeroes it), the rows' order flags (zeroed with the tile counter), then the tables; the
+  // dense kernels read only the position and document ranges.
   const int64_t nq = b * p->n_q_tiles, nk = b * p->n_k_tiles;
   const size_t head = 16 + ((size_t)(2 * b) * sizeof(int) + 15) / 16 * 16;
   void *scratch;
@@ -117,6 +118,7 @@ int lt_cuda_attn_setup(lt_ctx *ctx, attn_params *p, lt_tensor q, lt_tensor k, lt
   longlong2 *q_keys = p->sparse_kernel ? (longlong2 *)(k_tiles + nk) : nullptr;
   longlong2 *k_keys = q_keys ? q_keys + nq : nullptr;
   if (spec->tiles_visited) p->visited = (unsigned long long *)at;
+  p->next_item = (int *)(at + 8);
   if (p->tq > 0)
     lt_cuda_attn_tiles(st, q_tiles, q_keys, unordered, p->q_pos, p->q_doc, b, p->tq, q_tile);
   if (p->tk > 0)

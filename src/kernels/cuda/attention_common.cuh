@@ -38,6 +38,7 @@ typedef struct attn_params {
   const int *q_unordered, *k_unordered; // per batch row: its tiles are not in key order
   const float *gates;                   // (B, Tq, Hq) MoH head weights, or NULL
   unsigned long long *visited;          // tiles computed, summed over blocks, or NULL
+  int *next_item; // the persistent forward's count of work items handed out (attention_fwd_ws.cu)
   int64_t tq, tk;
   int hq, hkv, n_q_tiles, n_k_tiles;
   float scale_log2; // softmax scale times log2(e): the kernels work in base 2

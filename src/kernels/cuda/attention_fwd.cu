@@ -18,7 +18,8 @@
 // the output rescaled only when the row max rises far; see the kernel); the other copies them
 // with cp.async.
 // LT_ATTN_FWD picks the variant (fwd_variant_of_env): v1, this kernel, or for dense attention on
-// Hopper v2 / v3, attention_fwd_ws.cu's warp-specialized one (FlashAttention-3's pipelining).
+// Hopper v2 / v3, attention_fwd_ws.cu's persistent warp-specialized one (FlashAttention-3's
+// pipelining), which runs unasked at d = 64 from T = 8192 (FWD_AUTO).
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -455,15 +456,19 @@ static int launch_fwd(lt_cuda_state *st, const attn_params &p, int64_t b) {
                          : launch_fwd<D, HOPPER, false>(st, p, b);
 }
 
-// The forward's variants: v1 (FWD_BASE, the default) is attn_fwd_kernel above; v2 (FWD_WS) and
-// v3 (FWD_WS_PINGPONG, v2 with the warpgroups taking turns) are attention_fwd_ws.cu's
-// warp-specialized kernel, which Hopper runs for dense specs (others stay on v1).
-enum { FWD_BASE = 1, FWD_WS = 2, FWD_WS_PINGPONG = 3 };
-static_assert((int)FWD_WS_BM == (int)BM, "the variants share the query tiles");
+// The forward's variants: v1 (FWD_BASE) is attn_fwd_kernel above; v2 (FWD_WS) and v3
+// (FWD_WS_PINGPONG, v2 with the warpgroups taking turns) are attention_fwd_ws.cu's persistent,
+// warp-specialized kernel, which Hopper runs for dense specs (others stay on v1). Without
+// LT_ATTN_FWD (FWD_AUTO), dense specs at d = 64 with at least FWD_WS_MIN_T queries run v2, the
+// rest v1. H100, forward at B=2 H=12 (the 135M model's attention): T=16384 v2 1.80 ms, v1 2.06;
+// T=4096 (B=8) v2 0.626, v1 0.602, where v2's last query tile of 192 rows is a third full and its
+// items are short. At d = 128 v2's three warpgroups have too few registers (ptxas serializes
+// their multiplies), so v1 stays there.
+enum { FWD_AUTO = -1, FWD_BASE = 1, FWD_WS = 2, FWD_WS_PINGPONG = 3, FWD_WS_MIN_T = 8192 };
 
-// LT_ATTN_FWD: which variant runs (v1, the default, v2 or v3; see above).
+// LT_ATTN_FWD: which variant runs (v1, v2 or v3; unset, FWD_AUTO; see above).
 static int fwd_variant_of_env(int *variant) {
-  return lt_cuda_attn_variant("LT_ATTN_FWD", "attention forward", 1, variant);
+  return lt_cuda_attn_variant("LT_ATTN_FWD", "attention forward", FWD_AUTO, variant);
 }
 
 int lt_cuda_attn_fwd(lt_ctx *ctx, lt_tensor o, lt_tensor lse, lt_tensor q, lt_tensor k, lt_tensor v,
@@ -476,22 +481,28 @@ int lt_cuda_attn_fwd(lt_ctx *ctx, lt_tensor o, lt_tensor lse, lt_tensor q, lt_te
     return lt_cuda_unsupported("attn_fwd", "gated_out must be on the GPU", spec->gated_out, o);
   int variant;
   LT_TRY(fwd_variant_of_env(&variant)); // a bad name is an error on every GPU
-  // A gated output comes with head gates (dispatch), which keep the spec on v1.
-  const bool ws = hopper && variant != FWD_BASE && !attn_spec_needs_sparse_kernel(spec);
+  // A gated output comes with head gates (dispatch), which keep the spec on v1, as do tensors TMA
+  // cannot describe.
+  fwd_ws_maps tm;
+  const bool want_ws =
+      variant == FWD_AUTO ? d == 64 && q.shape[1] >= FWD_WS_MIN_T : variant != FWD_BASE;
+  const bool ws = hopper && want_ws && !attn_spec_needs_sparse_kernel(spec) &&
+                  lt_cuda_attn_fwd_ws_maps(&tm, q, k, v);
   const int k_tile = ws        ? FWD_WS_BN
                      : d == 64 ? (hopper ? fwd_bn<64, true, false>() : fwd_bn<64, false, false>())
                      : hopper  ? (attn_spec_needs_sparse_kernel(spec) ? fwd_bn<128, true, true>()
                                                                       : fwd_bn<128, true, false>())
                                : fwd_bn<128, false, false>();
   attn_params p;
-  LT_TRY(lt_cuda_attn_setup(ctx, &p, q, k, v, spec, BM, k_tile, "attn_fwd"));
+  LT_TRY(lt_cuda_attn_setup(ctx, &p, q, k, v, spec, ws ? (int)FWD_WS_BM : (int)BM, k_tile,
+                            "attn_fwd"));
   p.o = (bf16 *)o.data, p.lse = (float *)lse.data;
   p.gated_o = (bf16 *)spec->gated_out.data;
   if (p.tq == 0) return LT_OK;
   const int64_t b = q.shape[0];
   int rc;
   if (ws)
-    rc = lt_cuda_attn_fwd_ws(st, p, b, d, variant == FWD_WS_PINGPONG);
+    rc = lt_cuda_attn_fwd_ws(st, p, tm, b, d, variant == FWD_WS_PINGPONG);
   else if (d == 64)
     rc = hopper ? launch_fwd<64, true>(st, p, b) : launch_fwd<64, false>(st, p, b);
   else

@@ -51,6 +51,20 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) {
 #endif
 }
 
+// mbar_wait, but each try suspends the thread until the phase completes or a time limit passes
+// (the hint CUTLASS gives, 10 ms), instead of returning at once: for a warp that waits long, such
+// as a producer ahead of its consumers, whose spinning would take issue slots from the warps beside
+// it.
+__device__ __forceinline__ void mbar_wait_suspended(uint64_t *bar, uint32_t parity) {
+#ifdef LT_HAVE_WGMMA
+  asm volatile("{\n.reg .pred done;\nLT_WAIT:\n"
+               "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1, %2;\n"
+               "@!done bra LT_WAIT;\n}\n" ::"r"(smem_u32(bar)),
+               "r"(parity), "n"(10000000)
+               : "memory");
+#endif
+}
+
 // Columns [col, col + box columns) of rows [row, row + box rows) of head h of batch row b of the
 // tensor `map` describes (attn_tma_map_rows) into shared memory at dst, completing on `bar`.
 __device__ __forceinline__ void tma_load_rows(uint32_t dst, const CUtensorMap *map, int col, int h,
