@@ -49,11 +49,11 @@ enum {
   LIST_END = 0x7fffffff // the entry past a work item's last key tile
 };
 
-// Buffers in the Q, K and V rings. V's tile j is read one step after K's (by P_j V_j) and freed
-// one step later still (the wait that covers it), so its ring is the deeper; with fewer, the
-// producer (which fills K_j, V_j, K_j+1, ... in order) would wait on a V buffer before it could
-// fill the next K. Two Q buffers let the next item's Q land during this one; at d = 128 one
-// (the shared memory is full).
+// Buffers in the Q, K and V rings. V's tile j is read one step after K's (by P_j V_j), so its
+// ring must not be the shallower: the producer fills K_j, V_j, K_j+1, ... in order, and would
+// otherwise wait on a V buffer before it could fill the next K. At d = 64 four of each (a power
+// of two: the slots' arithmetic is a mask); at d = 128 the shared memory holds two K and three V.
+// Two Q buffers let the next item's Q land during this one; at d = 128 one.
 template <int D> __host__ __device__ constexpr int q_stages() {
   return D == 64 ? 2 : 1;
 }
