@@ -28,8 +28,6 @@
 // that sees no key); sparse patterns, head gates and tile counts stay on v1.
 #include <limits.h>
 
-#include <type_traits>
-
 #include "kernels/cuda/attention_fwd_tile.cuh"
 #include "kernels/cuda/attention_fwd_ws.cuh"
 
@@ -152,10 +150,7 @@ __device__ __forceinline__ void produce(const attn_params &p, const fwd_ws_maps 
     }
     if (lane == 0) { // the 31 other lanes' arrivals release their positions
       mbar_arrive_expect_tx(&sm.q_full[qs], BM * D * 2);
-#pragma unroll
-      for (int cb = 0; cb < D / 64; cb++)
-        tma_load_rows(sm.q_at(qs) + cb * BM * 128, &tm.q, cb * 64, it.h, it.i0, it.b,
-                      &sm.q_full[qs]);
+      tma_load_tile<BM, D>(sm.q_at(qs), &tm.q, it.h, it.i0, it.b, &sm.q_full[qs]);
     } else {
       mbar_arrive(&sm.q_full[qs]);
     }
@@ -171,17 +166,12 @@ __device__ __forceinline__ void produce(const attn_params &p, const fwd_ws_maps 
         const int ks = ring_slot<KS>(ku), vs = ring_slot<VS>(vu);
         if (ku >= KS) mbar_wait_suspended(&sm.k_empty[ks], ring_parity<KS>(ku - KS));
         sm.entries[ks] = (base + src) | ((partial >> src) & 1u ? (int)0x80000000u : 0);
+        const int64_t j0 = (int64_t)(base + src) * BN;
         mbar_arrive_expect_tx(&sm.k_full[ks], BN * D * 2);
-#pragma unroll
-        for (int cb = 0; cb < D / 64; cb++)
-          tma_load_rows(sm.k_at(ks) + cb * BN * 128, &tm.k, cb * 64, kvh,
-                        (int64_t)(base + src) * BN, it.b, &sm.k_full[ks]);
+        tma_load_tile<BN, D>(sm.k_at(ks), &tm.k, kvh, j0, it.b, &sm.k_full[ks]);
         if (vu >= VS) mbar_wait_suspended(&sm.v_empty[vs], ring_parity<VS>(vu - VS));
         mbar_arrive_expect_tx(&sm.v_full[vs], BN * D * 2);
-#pragma unroll
-        for (int cb = 0; cb < D / 64; cb++)
-          tma_load_rows(sm.v_at(vs) + cb * BN * 128, &tm.v, cb * 64, kvh,
-                        (int64_t)(base + src) * BN, it.b, &sm.v_full[vs]);
+        tma_load_tile<BN, D>(sm.v_at(vs), &tm.v, kvh, j0, it.b, &sm.v_full[vs]);
       }
     }
     if (lane == 0) {

@@ -78,6 +78,17 @@ __device__ __forceinline__ void tma_load_rows(uint32_t dst, const CUtensorMap *m
 #endif
 }
 
+// Rows [row0, row0 + ROWS) of head h of batch row b, all D columns, of the tensor `map` describes
+// (boxes of ROWS rows by 64 columns) into shared memory at dst: D / 64 column blocks of 64
+// (128 bytes a row), ROWS * 128 bytes apart, as wgmma reads them; completing on `bar`.
+template <int ROWS, int D>
+__device__ __forceinline__ void tma_load_tile(uint32_t dst, const CUtensorMap *map, int h,
+                                              int64_t row0, int b, uint64_t *bar) {
+#pragma unroll
+  for (int cb = 0; cb < D / 64; cb++)
+    tma_load_rows(dst + cb * ROWS * 128, map, cb * 64, h, row0, b, bar);
+}
+
 // Adds the box at src (shared memory, in the layout `map` gives its box) into the tensor `map`
 // describes, at column col of rows [row, row + box rows) of head h of batch row b: one bulk
 // reduction in the L2 (f32 adds, elements past the tensor's end left out), in the thread's
@@ -131,11 +142,8 @@ load_tile_pair(bool tma, const attn_tma_maps &tm, uint64_t *bar, unsigned char *
   if (tma) {
     if (threadIdx.x == 0) {
       mbar_arrive_expect_tx(bar, 2 * ROWS * D * 2);
-#pragma unroll
-      for (int cb = 0; cb < D / 64; cb++) { // column blocks of 64 (128 bytes), ROWS rows each
-        tma_load_rows(smem_u32(dst0) + cb * ROWS * 128, &tm.rows[0], cb * 64, h, row0, b, bar);
-        tma_load_rows(smem_u32(dst1) + cb * ROWS * 128, &tm.rows[1], cb * 64, h, row0, b, bar);
-      }
+      tma_load_tile<ROWS, D>(smem_u32(dst0), &tm.rows[0], h, row0, b, bar);
+      tma_load_tile<ROWS, D>(smem_u32(dst1), &tm.rows[1], h, row0, b, bar);
     }
   } else {
     load_rows<SWIZZLED, ROWS, D, THREADS>(dst0, src0, row_stride, row0, rows_valid);
