@@ -3,6 +3,7 @@
 // backward's delta (and MoH's head weighting's backward, fused into the delta's pass). One warp
 // per row or tile, but a block per stretch of tokens for the delta.
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -192,21 +193,32 @@ int lt_cuda_attn_head_groups(int n_tiles, int64_t pairs, int slots) {
   return (int)groups[chosen];
 }
 
+int lt_cuda_attn_persistent_grid(lt_cuda_state *st, const attn_params &p, int64_t items,
+                                 const char *op, unsigned *blocks) {
+  *blocks = (unsigned)(items < st->n_sms ? items : st->n_sms);
+  CUDA_TRY(cudaMemsetAsync(p.next_item, 0, sizeof *p.next_item, st->stream),
+           "%s: clearing the work counter", op);
+  return LT_OK;
+}
+
 void lt_cuda_attn_block_work(int l, int n_tiles, int pairs, int heads, int groups, int *rank,
                              int *h, int *b) {
   const block_work w = block_work_at(l, n_tiles, pairs, heads, groups);
   *rank = w.rank, *h = w.h, *b = w.b;
 }
 
-int lt_cuda_attn_variant(const char *env, const char *what, int fallback, int *variant) {
+int lt_cuda_attn_variant(const char *env, const char *what, int fallback, int last, int *variant) {
   const char *name = getenv(env);
-  *variant = !name || !*name           ? fallback
-             : strcmp(name, "v1") == 0 ? 1
-             : strcmp(name, "v2") == 0 ? 2
-             : strcmp(name, "v3") == 0 ? 3
-                                       : 0;
+  *variant = fallback;
+  if (!name || !*name) return LT_OK;
+  *variant = 0;
+  for (int v = 1; v <= last; v++) {
+    char known[16];
+    snprintf(known, sizeof known, "v%d", v);
+    if (strcmp(name, known) == 0) *variant = v;
+  }
   LT_CHECK(*variant != 0, LT_ERR_CONFIG,
-           "environment: %s=%s names no %s; use v1, v2 or v3, or unset it", env, name, what);
+           "environment: %s=%s names no %s; use v1 to v%d, or unset it", env, name, what, last);
   return LT_OK;
 }
 

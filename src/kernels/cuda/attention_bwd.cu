@@ -14,10 +14,10 @@
 //   a block and three blocks on an SM, unsynchronised, so one multiplies while another computes
 //   its probabilities. The probabilities are computed while dP^T is still being multiplied.
 // - elsewhere: four warps on mma.sync.
-// Hopper's d = 64 has three variants, chosen by LT_ATTN_BWD (bwd_variant_of_env):
+// Hopper's d = 64 has four variants, chosen by LT_ATTN_BWD (bwd_variant_of_env):
 // - v1 (BWD_BASE): the one-warpgroup blocks above, 64 queries per step.
-// - v2 (BWD_WIDE, the default; H100: 13% faster fwd+bwd than v1 at B=8 T=4096 H=12, 16% at
-//   T=16384 H=16): FlashAttention-3's d = 64 tile, 128 keys by 128 queries: two warpgroups of 64
+// - v2 (BWD_WIDE; H100: 13% faster fwd+bwd than v1 at B=8 T=4096 H=12, 16% at T=16384 H=16):
+//   FlashAttention-3's d = 64 tile, 128 keys by 128 queries: two warpgroups of 64
 //   keys share each Q and dO tile (half the loads per key of v1) and split dQ by query rows, each
 //   over all 128 keys, so a block adds one 128 x 64 dQ tile per 128 x 128 pair: half v1's dQ
 //   traffic per unit of work. Each barrier and step carries four times v1's multiplies, on
@@ -30,6 +30,10 @@
 //   cores take that step's S^T straight after it; its atomics (16 bytes each) go out before dP^T
 //   is issued. dS^T is double-buffered, so a step's stores never overwrite what the pending dQ
 //   reads.
+// - v4 (BWD_WS, the default): v2's step in attention_bwd_ws.cu's persistent, warp-specialized
+//   kernel, for dense specs (sparse ones run v2): a producer warp loads and lists the tiles, a
+//   writer thread adds dQ, the consumers meet once a step (H100, fwd+bwd against v2: 6.45 ms
+//   against 7.02 at the 135M model's B=2 T=16384 H=12, 2.00 against 2.15 at its B=8 T=4096).
 // v2 and v3 serve the sparse instantiation (patterns, head gates) too; their Q and dO tiles come by
 // TMA (attention_tma.cuh), one thread's copy per tile.
 // A block walks only the query tiles that can reach its keys (attention_mask.cuh), so sparse
@@ -40,14 +44,15 @@
 #include <string.h>
 
 #include "kernels/cuda/attention_bwd_tile.cuh"
+#include "kernels/cuda/attention_bwd_ws.cuh"
 #include "kernels/cuda/attention_common.cuh"
-#include "kernels/cuda/attention_fwd_tile.cuh"
 #include "kernels/cuda/attention_tma.cuh"
 
 enum { LIST_MAX = 1024 };
 
-// The kernel's variants (see the top): only Hopper's d = 64 has more than BWD_BASE.
-enum { BWD_BASE = 1, BWD_WIDE = 2, BWD_WIDE_OVERLAP = 3 };
+// The kernel's variants (see the top): only Hopper's d = 64 has more than BWD_BASE. BWD_WS is
+// attention_bwd_ws.cu's persistent, warp-specialized kernel, for dense specs.
+enum { BWD_BASE = 1, BWD_WIDE = 2, BWD_WIDE_OVERLAP = 3, BWD_WS = 4 };
 
 // Query rows per step.
 template <int V> __host__ __device__ constexpr int bwd_bm() {
@@ -320,16 +325,8 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER, V>(), bwd_min_blocks<D,
           bwd_probs<NT, true, SPARSE>(st, stats, p, i0, j0, warp * 16 + g, kpos, kdoc, docs);
         else
           bwd_probs<NT, false, SPARSE>(st, stats, p, i0, j0, warp * 16 + g, kpos, kdoc, docs);
-        wgmma_wait<0>();
-        wgmma_fence_operands(dpt);
-        bwd_dscores<NT>(st, dpt, stats);
         uint32_t pa[BM / 16][4], sa[BM / 16][4];
-#pragma unroll
-        for (int kk = 0; kk < BM / 16; kk++) {
-          probs_fragment<NT>(pa[kk], st, kk);
-          probs_fragment<NT>(sa[kk], dpt, kk);
-        }
-        fwd_pv_wgmma<D, BM>(dv, pa, do_base); // dV += P^T dO: the forward's O += P V product
+        bwd_fragments_and_dv<D, BM>(pa, sa, dv, st, dpt, stats, do_base);
         share_ds(sa, ds_base, true);
         float dq[COLS / 2];
         bwd_dk_smem_wgmma<D, BN, BM>(dk, ds_base, q_base, wg);
@@ -522,9 +519,9 @@ static int launch_bwd(lt_cuda_state *st, const attn_params &p, int64_t b,
                    : launch_bwd<D, bf16, HOPPER, V>(st, p, b, maps);
 }
 
-// LT_ATTN_BWD: which variant Hopper's d = 64 runs (v1, v2, the default, or v3; see the top).
+// LT_ATTN_BWD: which variant Hopper's d = 64 runs (v1, v2, v3, or v4, the default; see the top).
 static int bwd_variant_of_env(int *variant) {
-  return lt_cuda_attn_variant("LT_ATTN_BWD", "attention backward", BWD_WIDE, variant);
+  return lt_cuda_attn_variant("LT_ATTN_BWD", "attention backward", BWD_WS, BWD_WS, variant);
 }
 
 int lt_cuda_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_tensor dout,
@@ -540,6 +537,11 @@ int lt_cuda_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_t
   if (!hopper || q.shape[3] != 64) variant = BWD_BASE;
   // The wide variants add dQ 16 bytes at a time; v1 takes any dq.
   if (variant != BWD_BASE && !aligned16(dq.data)) variant = BWD_BASE;
+  // v4 takes dense specs whose tensors TMA can describe; the rest run v2.
+  bwd_ws_maps ws_maps;
+  if (variant == BWD_WS && (attn_spec_needs_sparse_kernel(spec) ||
+                            !lt_cuda_attn_bwd_ws_maps(&ws_maps, q, dout, k, v, dq)))
+    variant = BWD_WIDE;
   attn_tma_maps wide_maps; // v2 needs its TMA maps (bwd_maps), made once here
   if (variant == BWD_WIDE) {
     wide_maps =
@@ -549,7 +551,9 @@ int lt_cuda_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_t
   }
   attn_params p;
   int q_tile = bwd_bm<BWD_BASE>(), k_tile;
-  if (q.shape[3] == 64 && hopper && variant != BWD_BASE)
+  if (variant == BWD_WS)
+    q_tile = BWD_WS_BM, k_tile = BWD_WS_BN;
+  else if (q.shape[3] == 64 && hopper && variant != BWD_BASE)
     q_tile = bwd_bm<BWD_WIDE>(), k_tile = bwd_bn<64, true, BWD_WIDE>();
   else if (q.shape[3] == 64)
     k_tile = hopper ? bwd_bn<64, true, BWD_BASE>() : bwd_bn<64, false, BWD_BASE>();
@@ -567,7 +571,9 @@ int lt_cuda_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_t
   }
   const int64_t b = q.shape[0];
   int rc;
-  if (q.shape[3] == 64 && hopper)
+  if (variant == BWD_WS)
+    rc = lt_cuda_attn_bwd_ws(st, p, ws_maps, b);
+  else if (q.shape[3] == 64 && hopper)
     rc = variant == BWD_WIDE           ? launch_bwd<64, true, BWD_WIDE>(st, p, b, &wide_maps)
          : variant == BWD_WIDE_OVERLAP ? launch_bwd<64, true, BWD_WIDE_OVERLAP>(st, p, b)
                                        : launch_bwd<64, true, BWD_BASE>(st, p, b);

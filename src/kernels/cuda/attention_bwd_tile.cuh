@@ -6,6 +6,7 @@
 #define LT_ATTENTION_BWD_TILE_CUH
 
 #include "kernels/cuda/attention_common.cuh"
+#include "kernels/cuda/attention_fwd_tile.cuh"
 
 // dst[0] = x, dst[1] = y in dK's or dV's dtype: a block owns its keys, and writes them once.
 template <typename T> __device__ __forceinline__ void store_pair(T *dst, float x, float y);
@@ -16,7 +17,8 @@ template <> __device__ __forceinline__ void store_pair<bf16>(bf16 *dst, float x,
   *reinterpret_cast<__nv_bfloat162 *>(dst) = __floats2bfloat162_rn(x, y);
 }
 
-// The query tile's statistics and masks, as the backward reads them from shared memory.
+// The query tile's statistics and masks, as the backward reads them from shared memory (lse in
+// natural log, or with LSE_LOG2 below already times log2 e).
 typedef struct bwd_tile_stats {
   const float *lse, *delta;
   const int32_t *qpos, *qdoc;
@@ -24,8 +26,8 @@ typedef struct bwd_tile_stats {
 
 // S^T and dP^T become P^T and dS^T in place. The thread's keys are key_row and key_row + 8 of the
 // block (positions kpos, kdoc); its queries are columns 8 nt + 2 c + {0, 1} of the tile (NT * 8
-// queries). SPARSE as in the kernel.
-template <int NT, bool PARTIAL, bool SPARSE>
+// queries). SPARSE as in the kernel; LSE_LOG2: t.lse holds lse log2 e (dense kernels only).
+template <int NT, bool PARTIAL, bool SPARSE, bool LSE_LOG2 = false>
 __device__ __forceinline__ void
 bwd_probs(float (&st)[NT * 4], const bwd_tile_stats &t, const attn_params &p, int64_t i0,
           int64_t j0, int key_row, const int32_t (&kpos)[2], const int32_t (&kdoc)[2], bool docs) {
@@ -39,8 +41,9 @@ bwd_probs(float (&st)[NT * 4], const bwd_tile_stats &t, const attn_params &p, in
       // gradient. With gates that can be so in a full tile: lse = -inf is read as +inf, and its
       // probabilities come out 0. Without, every query of a full tile sees a key, so only
       // partial tiles check.
+      static_assert(!(SPARSE && LSE_LOG2), "gates' lse = -inf needs the natural log's check");
       const float lse = t.lse[col];
-      const float lse2 = SPARSE && lse == -INFINITY ? INFINITY : lse * LOG2E;
+      const float lse2 = LSE_LOG2 ? lse : SPARSE && lse == -INFINITY ? INFINITY : lse * LOG2E;
       const bool query_ok = !PARTIAL || ((SPARSE || lse2 != -INFINITY) && i0 + col < p.tq);
 #pragma unroll
       for (int hf = 0; hf < 2; hf++) {
@@ -74,6 +77,26 @@ __device__ __forceinline__ void bwd_dscores(const float (&st)[NT * 4], float (&d
         dpt[e] = st[e] * (dpt[e] - delta);
       }
     }
+}
+
+// The middle of a wgmma step, once P^T is computed in st: waits for dP^T (dpt), makes dS^T of it
+// (bwd_dscores), P^T and dS^T as bf16 A fragments (pa, sa), and issues dV += P^T dO (the
+// forward's O += P V product), which the caller waits for, pa untouched until then.
+template <int D, int BM>
+__device__ __forceinline__ void
+bwd_fragments_and_dv(uint32_t (&pa)[BM / 16][4], uint32_t (&sa)[BM / 16][4], float (&dv)[D / 2],
+                     const float (&st)[BM / 2], float (&dpt)[BM / 2], const bwd_tile_stats &stats,
+                     uint32_t do_base) {
+  constexpr int NT = BM / 8;
+  wgmma_wait<0>();
+  wgmma_fence_operands(dpt);
+  bwd_dscores<NT>(st, dpt, stats);
+#pragma unroll
+  for (int kk = 0; kk < BM / 16; kk++) {
+    probs_fragment<NT>(pa[kk], st, kk);
+    probs_fragment<NT>(sa[kk], dpt, kk);
+  }
+  fwd_pv_wgmma<D, BM>(dv, pa, do_base);
 }
 
 // S^T = K Q^T and dP^T = V dO^T for the warp's 16 keys on mma.sync (padded tiles, ldmatrix).

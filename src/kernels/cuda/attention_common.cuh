@@ -137,6 +137,18 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t add
                : "r"(addr));
 }
 
+// ldmatrix's counterpart: four 8 x 8 b16 matrices from registers (r[j] holds matrix j in the mma
+// fragments' layout: lane l has row l / 4, columns 2 (l % 4) and + 1) into shared memory, lane l
+// giving the address of row l % 8 of matrix l / 8. (sm_90; other builds never launch the kernels
+// that call it.)
+__device__ __forceinline__ void stmatrix_x4(uint32_t addr, const uint32_t (&r)[4]) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr),
+               "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+#endif
+}
+
 // c += a b on the tensor cores: a 16 x 16 bf16, b 16 x 8 bf16, c 16 x 8 f32.
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                          uint32_t b1) {
@@ -433,6 +445,12 @@ __device__ __forceinline__ void gated_off(const attn_params &p, bool (&off)[2], 
 int lt_cuda_attn_setup(lt_ctx *ctx, attn_params *p, lt_tensor q, lt_tensor k, lt_tensor v,
                        const lt_attn_spec *spec, int q_tile, int k_tile, const char *op);
 
+// Readies p's work counter (p.next_item) for a persistent kernel over `items` work items and
+// gives its grid: one block an SM, or one an item where there are fewer (`op` names the caller in
+// an error).
+int lt_cuda_attn_persistent_grid(lt_cuda_state *st, const attn_params &p, int64_t items,
+                                 const char *op, unsigned *blocks);
+
 // Waits until this step's copies have landed (the next step's, when issued, stay in flight) and
 // are visible to every thread of the block, and on Hopper to the tensor cores too.
 template <bool HOPPER> __device__ __forceinline__ void wait_for_tile(bool next_in_flight) {
@@ -461,11 +479,11 @@ __device__ __forceinline__ void load_rows(unsigned char *tile, const bf16 *src, 
 int lt_cuda_attn_tiles(lt_cuda_state *st, int4 *ranges, longlong2 *keys, int *unordered,
                        const int32_t *pos, const int32_t *doc, int64_t b, int64_t t, int tile);
 
-// The kernel variant that environment variable `env` names: v1, v2 or v3, as 1, 2 or 3, or
+// The kernel variant that environment variable `env` names: v1 to v`last`, as 1 to last, or
 // `fallback` when it is unset or empty; another name is a config error that names the variable and
 // `what` it picks. Read at every call, which costs nothing beside a launch, so that the tests and
 // the benchmarks can run each variant in one process.
-int lt_cuda_attn_variant(const char *env, const char *what, int fallback, int *variant);
+int lt_cuda_attn_variant(const char *env, const char *what, int fallback, int last, int *variant);
 
 // After a kernel launch: adds the tiles it computed (p.visited) to *spec->tiles_visited, waiting
 // for the kernel; nothing when the spec asks for no count.

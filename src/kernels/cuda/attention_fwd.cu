@@ -468,7 +468,8 @@ enum { FWD_AUTO = -1, FWD_BASE = 1, FWD_WS = 2, FWD_WS_PINGPONG = 3, FWD_WS_MIN_
 
 // LT_ATTN_FWD: which variant runs (v1, v2 or v3; unset, FWD_AUTO; see above).
 static int fwd_variant_of_env(int *variant) {
-  return lt_cuda_attn_variant("LT_ATTN_FWD", "attention forward", FWD_AUTO, variant);
+  return lt_cuda_attn_variant("LT_ATTN_FWD", "attention forward", FWD_AUTO, FWD_WS_PINGPONG,
+                              variant);
 }
 
 int lt_cuda_attn_fwd(lt_ctx *ctx, lt_tensor o, lt_tensor lse, lt_tensor q, lt_tensor k, lt_tensor v,

@@ -66,25 +66,6 @@ template <int D> constexpr size_t ws_smem_bytes() {
          (size_t)(k_stages<D>() + v_stages<D>()) * BN * D * 2 + 2 * (size_t)q_stages<D>() * BM * 4;
 }
 
-// Use u of a ring of `stages` buffers (uses counted from the block's start): its buffer, and the
-// parity of the phase that use completes on the buffer's barriers.
-template <int STAGES> __device__ __forceinline__ int ring_slot(uint32_t u) {
-  return (int)(u % STAGES);
-}
-template <int STAGES> __device__ __forceinline__ uint32_t ring_parity(uint32_t u) {
-  return (u / STAGES) & 1u;
-}
-
-// Sets this warpgroup's registers per thread (setmaxnreg, sm_90a): fewer (INC false) or more.
-template <int REGS, bool INC> __device__ __forceinline__ void set_max_registers() {
-#ifdef LT_HAVE_WGMMA
-  if constexpr (INC)
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(REGS));
-  else
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(REGS));
-#endif
-}
-
 // Named barriers between two consumer warpgroups, the one whose turn it is and the one before
 // (the producer never joins them).
 __device__ __forceinline__ void turn_wait(int id) {
@@ -313,10 +294,9 @@ static int launch_fwd_ws(lt_cuda_state *st, const attn_params &p, const fwd_ws_m
   attn_params pg = p;
   pg.head_groups = lt_cuda_attn_head_groups(p.n_q_tiles, b * p.hq, st->n_sms);
   const int64_t items = (int64_t)p.n_q_tiles * b * p.hq;
-  const int64_t blocks = items < st->n_sms ? items : st->n_sms;
-  CUDA_TRY(cudaMemsetAsync(p.next_item, 0, sizeof *p.next_item, st->stream),
-           "attn_fwd: clearing the work counter");
-  attn_fwd_ws_kernel<D, PINGPONG><<<(unsigned)blocks, THREADS, smem, st->stream>>>(pg, tm, items);
+  unsigned blocks;
+  LT_TRY(lt_cuda_attn_persistent_grid(st, p, items, "attn_fwd", &blocks));
+  attn_fwd_ws_kernel<D, PINGPONG><<<blocks, THREADS, smem, st->stream>>>(pg, tm, items);
   return LT_OK;
 }
 

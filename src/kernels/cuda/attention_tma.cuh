@@ -65,6 +65,26 @@ __device__ __forceinline__ void mbar_wait_suspended(uint64_t *bar, uint32_t pari
 #endif
 }
 
+// The warp-specialized kernels' rings of buffers (attention_fwd_ws.cu, attention_bwd_ws.cu): use u
+// of a ring of `stages` buffers (uses counted from the block's start): its buffer, and the
+// parity of the phase that use completes on the buffer's barriers.
+template <int STAGES> __device__ __forceinline__ int ring_slot(uint32_t u) {
+  return (int)(u % STAGES);
+}
+template <int STAGES> __device__ __forceinline__ uint32_t ring_parity(uint32_t u) {
+  return (u / STAGES) & 1u;
+}
+
+// Sets this warpgroup's registers per thread (setmaxnreg, sm_90a): fewer (INC false) or more.
+template <int REGS, bool INC> __device__ __forceinline__ void set_max_registers() {
+#ifdef LT_HAVE_WGMMA
+  if constexpr (INC)
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(REGS));
+  else
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(REGS));
+#endif
+}
+
 // Columns [col, col + box columns) of rows [row, row + box rows) of head h of batch row b of the
 // tensor `map` describes (attn_tma_map_rows) into shared memory at dst, completing on `bar`.
 __device__ __forceinline__ void tma_load_rows(uint32_t dst, const CUtensorMap *map, int col, int h,
