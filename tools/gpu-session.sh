@@ -46,7 +46,7 @@ for what in "$@"; do
     stage attention-portable 150 env LT_CUDA_SYNC=1 LT_ATTENTION_KERNELS=portable \
       $build/tests/gpu/test_cuda_attention
     # A tiny model's training steps against the CPU with the ping-pong forward and the backward
-    # that sparse specs run (the defaults, v2 forward and v4 backward, ran above).
+    # that sparse specs run (the default variants ran above).
     stage training-attn-v3-v2 150 env LT_CUDA_SYNC=1 LT_ATTN_FWD=v3 LT_ATTN_BWD=v2 \
       $build/tests/gpu/test_cuda_training
     cat "$out"/test_cuda_*.log "$out"/attention-portable.log "$out"/training-attn-v3-v2.log \

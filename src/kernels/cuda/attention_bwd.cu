@@ -40,7 +40,6 @@
 // patterns cost time in proportion to their visible tiles; dense attention runs an instantiation
 // without the search, the pattern or the gates' special case (as the forward). Matches
 // lt_cpu_attn_bwd.
-#include <limits.h>
 #include <string.h>
 
 #include "kernels/cuda/attention_bwd_tile.cuh"
@@ -149,15 +148,8 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER, V>(), bwd_min_blocks<D,
   load_rows<HOPPER, BN, D, THREADS>(v_s, p.v + kv_head, (int64_t)p.hkv * D, j0, p.tk);
   cp_async_commit();
 
-  // This thread's two keys: warp * 16 + g + 8 hf.
-  int32_t kpos[2], kdoc[2];
-#pragma unroll
-  for (int hf = 0; hf < 2; hf++) {
-    const int64_t j = j0 + warp * 16 + hf * 8 + g;
-    const bool valid = j < p.tk;
-    kpos[hf] = valid ? p.k_pos[(int64_t)b * p.tk + j] : INT_MAX;
-    kdoc[hf] = valid && docs ? p.k_doc[(int64_t)b * p.tk + j] : 0;
-  }
+  int32_t kpos[2], kdoc[2]; // this thread's two keys: warp * 16 + g + 8 hf
+  bwd_key_positions(kpos, kdoc, p, b, j0, warp * 16 + g);
   float dk[D / 2], dv[D / 2];
 #pragma unroll
   for (int e = 0; e < D / 2; e++) dk[e] = 0.0f, dv[e] = 0.0f;
@@ -452,20 +444,7 @@ __global__ void __launch_bounds__(bwd_threads<D, HOPPER, V>(), bwd_min_blocks<D,
   if constexpr (OVERLAP) add_pending_dq();
   if (dq_bulk && (threadIdx.x & 127) == 0) bulk_wait_all(); // the staged dQ has been added
 
-  const float scale = scale_of(p);
-#pragma unroll
-  for (int hf = 0; hf < 2; hf++) {
-    const int64_t j = j0 + warp * 16 + hf * 8 + g;
-    if (j >= p.tk) continue;
-    TKV *dk_row = (TKV *)p.dk + (((int64_t)b * p.tk + j) * p.hkv + kvh) * D;
-    TKV *dv_row = (TKV *)p.dv + (((int64_t)b * p.tk + j) * p.hkv + kvh) * D;
-#pragma unroll
-    for (int dt = 0; dt < D / 8; dt++) {
-      store_pair(dk_row + dt * 8 + c * 2, dk[dt * 4 + 2 * hf] * scale,
-                 dk[dt * 4 + 2 * hf + 1] * scale);
-      store_pair(dv_row + dt * 8 + c * 2, dv[dt * 4 + 2 * hf], dv[dt * 4 + 2 * hf + 1]);
-    }
-  }
+  bwd_store_dkdv<D, TKV>(p, dk, dv, scale_of(p), b, kvh, j0, warp * 16 + g);
   if (SPARSE && p.visited && threadIdx.x == 0) atomicAdd(p.visited, (unsigned long long)visited);
 }
 

@@ -5,6 +5,8 @@
 #ifndef LT_ATTENTION_BWD_TILE_CUH
 #define LT_ATTENTION_BWD_TILE_CUH
 
+#include <limits.h>
+
 #include "kernels/cuda/attention_common.cuh"
 #include "kernels/cuda/attention_fwd_tile.cuh"
 
@@ -15,6 +17,43 @@ template <> __device__ __forceinline__ void store_pair<float>(float *dst, float 
 }
 template <> __device__ __forceinline__ void store_pair<bf16>(bf16 *dst, float x, float y) {
   *reinterpret_cast<__nv_bfloat162 *>(dst) = __floats2bfloat162_rn(x, y);
+}
+
+// The positions and documents (kpos, kdoc) of the thread's two keys, j0 + key_row and + 8 of batch
+// row b (INT_MAX past the keys' end, which no mask lets through).
+__device__ __forceinline__ void bwd_key_positions(int32_t (&kpos)[2], int32_t (&kdoc)[2],
+                                                  const attn_params &p, int b, int64_t j0,
+                                                  int key_row) {
+#pragma unroll
+  for (int hf = 0; hf < 2; hf++) {
+    const int64_t j = j0 + key_row + hf * 8;
+    const bool valid = j < p.tk;
+    kpos[hf] = valid ? p.k_pos[(int64_t)b * p.tk + j] : INT_MAX;
+    kdoc[hf] = valid && p.mask.docs ? p.k_doc[(int64_t)b * p.tk + j] : 0;
+  }
+}
+
+// Writes the thread's rows of dK (times scale) and dV, C fragments of keys j0 + key_row and + 8
+// of key/value head kvh of batch row b, in their dtype TKV: once, at the end of a block's or an
+// item's walk.
+template <int D, typename TKV>
+__device__ __forceinline__ void bwd_store_dkdv(const attn_params &p, const float (&dk)[D / 2],
+                                               const float (&dv)[D / 2], float scale, int b,
+                                               int kvh, int64_t j0, int key_row) {
+  const int c = threadIdx.x & 3;
+#pragma unroll
+  for (int hf = 0; hf < 2; hf++) {
+    const int64_t j = j0 + key_row + hf * 8;
+    if (j >= p.tk) continue;
+    TKV *dk_row = (TKV *)p.dk + (((int64_t)b * p.tk + j) * p.hkv + kvh) * D;
+    TKV *dv_row = (TKV *)p.dv + (((int64_t)b * p.tk + j) * p.hkv + kvh) * D;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++) {
+      store_pair(dk_row + dt * 8 + c * 2, dk[dt * 4 + 2 * hf] * scale,
+                 dk[dt * 4 + 2 * hf + 1] * scale);
+      store_pair(dv_row + dt * 8 + c * 2, dv[dt * 4 + 2 * hf], dv[dt * 4 + 2 * hf + 1]);
+    }
+  }
 }
 
 // The query tile's statistics and masks, as the backward reads them from shared memory (lse in

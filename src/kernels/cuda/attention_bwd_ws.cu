@@ -24,8 +24,6 @@
 // Handing the dQ tile to the writer a step later, once its stores had drained, was within noise.
 // Matches lt_cpu_attn_bwd for any dense spec (causal or not, documents, positions at an offset,
 // partial key ranges).
-#include <limits.h>
-
 #include "kernels/cuda/attention_bwd_tile.cuh"
 #include "kernels/cuda/attention_bwd_ws.cuh"
 
@@ -47,7 +45,7 @@ enum {
   DS_BYTES = BN * BM * 2,
   DQ_BYTES = BM * D * 4
 };
-static_assert(BM == BN, "one tile table for queries and keys");
+static_assert(BN == 2 * 64 && BM == 2 * 64, "each warpgroup: 64 of the keys, 64 of dQ's rows");
 
 constexpr size_t ws_smem_bytes() {
   return 1024 + 2 * (size_t)KV_BYTES + 2 * QS * (size_t)TILE_BYTES + 2 * (size_t)DS_BYTES +
@@ -129,19 +127,17 @@ __device__ __forceinline__ void produce(const attn_params &p, const bwd_ws_maps 
     if (lane == 0) l = atomicAdd(p.next_item, 1);
     l = __shfl_sync(0xffffffffu, l, 0);
     if (iu > 0) mbar_wait_suspended(&ctl.kv_empty, (iu - 1) & 1u); // the last item's K and V read
-    if (lane == 0) {
-      ctl.kv_item = l < items ? l : -1;
-      if (l < items) {
-        const ws_item it = item_at(p, l, pairs);
-        mbar_arrive_expect_tx(&ctl.kv_full, 2 * KV_BYTES);
-        tma_load_tile<BN, D>(sm.k_at(), &tm.k, it.kvh, it.j0, it.b, &ctl.kv_full);
-        tma_load_tile<BN, D>(sm.v_at(), &tm.v, it.kvh, it.j0, it.b, &ctl.kv_full);
-      } else {
-        mbar_arrive(&ctl.kv_full); // the consumers' signal to stop: no item
-      }
+    if (l >= items) {
+      if (lane == 0) ctl.kv_item = -1, mbar_arrive(&ctl.kv_full); // the consumers' signal to stop
+      break;
     }
-    if (l >= items) break;
     const ws_item it = item_at(p, l, pairs);
+    if (lane == 0) {
+      ctl.kv_item = l;
+      mbar_arrive_expect_tx(&ctl.kv_full, 2 * KV_BYTES);
+      tma_load_tile<BN, D>(sm.k_at(), &tm.k, it.kvh, it.j0, it.b, &ctl.kv_full);
+      tma_load_tile<BN, D>(sm.v_at(), &tm.v, it.kvh, it.j0, it.b, &ctl.kv_full);
+    }
     const int4 k_info = p.k_tiles[(int64_t)it.b * p.n_k_tiles + it.kt];
     for (int h = it.kvh * group; h < (it.kvh + 1) * group; h++)
       for (int base = 0; base < p.n_q_tiles; base += 32) {
@@ -213,7 +209,7 @@ template <typename TKV>
 __device__ __forceinline__ void consume(const attn_params &p, const ws_smem &sm, int pairs) {
   constexpr int NT = BM / 8;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wg = warp >> 2;
-  const int g = lane >> 2, c = lane & 3;
+  const int g = lane >> 2;
   const uint32_t k_base = sm.k_at(), v_base = sm.v_at();
   const float scale = p.scale_log2 / LOG2E;
   const bool docs = p.mask.docs;
@@ -224,13 +220,7 @@ __device__ __forceinline__ void consume(const attn_params &p, const ws_smem &sm,
     if (l < 0) break;
     const ws_item it = item_at(p, l, pairs);
     int32_t kpos[2], kdoc[2]; // the thread's two keys: warp * 16 + g + 8 hf
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-      const int64_t j = it.j0 + warp * 16 + hf * 8 + g;
-      const bool valid = j < p.tk;
-      kpos[hf] = valid ? p.k_pos[(int64_t)it.b * p.tk + j] : INT_MAX;
-      kdoc[hf] = valid && docs ? p.k_doc[(int64_t)it.b * p.tk + j] : 0;
-    }
+    bwd_key_positions(kpos, kdoc, p, it.b, it.j0, warp * 16 + g);
     float dk[D / 2], dv[D / 2];
 #pragma unroll
     for (int e = 0; e < D / 2; e++) dk[e] = 0.0f, dv[e] = 0.0f;
@@ -299,19 +289,7 @@ __device__ __forceinline__ void consume(const attn_params &p, const ws_smem &sm,
     if (lane == 0) mbar_arrive(&ctl.qdo_empty[s]); // the LIST_END entry's buffer
     qu++;
     if (lane == 0) mbar_arrive(&ctl.kv_empty); // every product reading K and V is done
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-      const int64_t j = it.j0 + warp * 16 + hf * 8 + g;
-      if (j >= p.tk) continue;
-      TKV *dk_row = (TKV *)p.dk + (((int64_t)it.b * p.tk + j) * p.hkv + it.kvh) * D;
-      TKV *dv_row = (TKV *)p.dv + (((int64_t)it.b * p.tk + j) * p.hkv + it.kvh) * D;
-#pragma unroll
-      for (int dt = 0; dt < D / 8; dt++) {
-        store_pair(dk_row + dt * 8 + c * 2, dk[dt * 4 + 2 * hf] * scale,
-                   dk[dt * 4 + 2 * hf + 1] * scale);
-        store_pair(dv_row + dt * 8 + c * 2, dv[dt * 4 + 2 * hf], dv[dt * 4 + 2 * hf + 1]);
-      }
-    }
+    bwd_store_dkdv<D, TKV>(p, dk, dv, scale, it.b, it.kvh, it.j0, warp * 16 + g);
   }
   // The writer's signal to stop: a stage with no tile.
   if (du > 0) mbar_wait(&ctl.dq_empty, (du - 1) & 1u);
