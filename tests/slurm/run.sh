@@ -202,7 +202,9 @@ echo "slurm test: job $job: SIGUSR1 sent after step $(records "$metrics") of 300
 # node time to clean up after the stopped attempt: a step's slurmstepd outlives its tasks by a few
 # seconds, and a new step of the same id cannot start while the old one holds its sockets. The
 # test waits for that clean-up (the steps' sockets gone from the spool folder) and then starts the
-# job at once.
+# job. Not at once, though: slurmd revokes the killed attempt's credentials by the second, and a
+# credential issued in the second of the kill counts as revoked too ("Job credential revoked",
+# the job fails), so the start waits for the clock to pass that second.
 requeued() {
   scontrol show job "$job" | grep -q 'Restarts=1 ' && [ "$(state "$job")" = PENDING ] && return 0
   case $(state "$job") in COMPLETED | FAILED | CANCELLED) fail "job $job ended ($(state "$job")) instead of being requeued" ;; esac
@@ -211,6 +213,7 @@ requeued() {
 steps_gone() { ! compgen -G "$work/spool/${node}_$job.*" && ! compgen -G "$work/spool/*.pmix.$job.*"; } >/dev/null
 wait_for 60 requeued || fail "job $job was not requeued within 60 s (state $(state "$job"))"
 wait_for 60 steps_gone || fail "the stopped attempt's steps did not end within 60 s of the requeue"
+sleep 2
 scontrol update JobId="$job" StartTime=now
 wait_finished "$job" 120
 log=$work/longtrain-$job.out
