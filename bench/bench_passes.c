@@ -4,8 +4,9 @@
 // that bandwidth a pass reaches (1.0 is the limit).
 //   bench_passes [--seq 4096] [--batch 8] [--heads 12] [--head-dim 64] [--ffn 2048] [--vocab 32768]
 // Defaults: the 135M Llama model's layer (d 768 = 12 heads of 64, SwiGLU 2048) at T = 4096, B = 8.
-// The loss runs on the LM head's chunks (lm_head.c: 1 GiB of f32 logits, 8192 rows of a 32K
-// vocabulary), f32 logits in and the bf16 gradient out, once per chunk of the step's tokens.
+// The loss runs on the LM head's chunks (lm_head.c: 8192 rows of a 32K vocabulary), bf16 logits
+// in and the bf16 gradient out (the model writes it in place; here beside them, the same bytes, so
+// that every repetition reads the same logits), once per chunk of the step's tokens.
 // The step's total counts each pass as often as a step of that model runs it (per layer: the
 // SwiGLU forward and backward, the fused add + FFN norm, the attention norm, the block's closing
 // add, two norm backwards, RoPE both ways, attention's delta; plus the final norm and its
@@ -33,7 +34,7 @@ typedef struct passes {
   lt_tensor qkv, q, k, v, dq, pos;     // RoPE: (N, 3H, D), (N, H, D) bf16, dq f32, pos (N)
   lt_tensor o, dout, delta;            // attention's delta: (B, T, H, D) bf16, (B, H, T) f32
   lt_tensor d_o, gates, dgates;        // MoH: d_o (B, T, H, D) bf16 (dout is d_gated), (N, H) f32
-  lt_tensor logits, dlogits;           // cross-entropy: (R, V) f32, (R, V) bf16
+  lt_tensor logits, dlogits;           // cross-entropy: (R, V) bf16, (R, V) bf16
   lt_tensor targets, losses;           // (R) i32, (R) f32
   lt_tensor copy_src, copy_dst;        // bf16, half the largest pass's bytes each
   int64_t copy_numel;                  // the elements the reference copies now
@@ -150,7 +151,7 @@ static int make_passes(passes *p, int64_t B, int64_t T, int64_t H, int64_t D, in
       {&p->d_o, LT_BF16, 4, {B, T, H, D}},
       {&p->gates, LT_F32, 2, {n, H}},
       {&p->dgates, LT_F32, 2, {n, H}},
-      {&p->logits, LT_F32, 2, {r, V}},
+      {&p->logits, LT_BF16, 2, {r, V}},
       {&p->dlogits, LT_BF16, 2, {r, V}},
       {&p->losses, LT_F32, 1, {r}},
       {&p->copy_src, LT_BF16, 1, {copy_numel}},
@@ -217,7 +218,7 @@ int main(int argc, char **argv) {
       {"attn_bwd_delta", attn_delta, n * (2 * c * 2 + H * 4), N_LAYERS},
       {"moh gate_bwd_delta", moh_gate_bwd_delta, n * (3 * c * 2 + 3 * H * 4), 0},
       {"moh gate_bwd + delta", moh_gate_bwd_then_delta, n * (5 * c * 2 + 3 * H * 4), 0},
-      {"cross_entropy (bf16 d)", cross_entropy, (double)loss_rows * ((double)V * (4 + 2) + 4 + 4),
+      {"cross_entropy (bf16)", cross_entropy, (double)loss_rows * ((double)V * (2 + 2) + 4 + 4),
        (int)loss_chunks},
   };
   const int n_cases = (int)(sizeof cases / sizeof cases[0]);
@@ -243,7 +244,7 @@ int main(int argc, char **argv) {
   struct cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, 0);
   printf("\nmemory-bound passes, bf16, %lld tokens (B %lld, T %lld), %lld heads of %lld, SwiGLU "
-         "%lld, loss on %lld x %lld f32 logits, on %s\n",
+         "%lld, loss on %lld x %lld bf16 logits, on %s\n",
          (long long)(B * T), (long long)B, (long long)T, (long long)H, (long long)D, (long long)F,
          (long long)loss_rows, (long long)V, prop.name);
   printf("reference: a device-to-device copy of the same bytes, in this run\n");

@@ -65,6 +65,12 @@ int lt_ctx_sync(lt_ctx *ctx) {
   return LT_OK;
 }
 
+int lt_upload(lt_ctx *ctx, lt_tensor dst, const void *src) {
+  ON_CUDA(lt_cuda_upload(ctx, dst, src));
+  if (lt_nbytes(dst)) memmove(dst.data, src, lt_nbytes(dst));
+  return LT_OK;
+}
+
 int lt_matmul(lt_ctx *ctx, lt_tensor c, lt_tensor a, bool trans_a, lt_tensor b, bool trans_b,
               float alpha, float beta) {
   EXPECT(a.ndim == 2 && b.ndim == 2 && c.ndim == 2, "matmul", "expected 2-D views", a, b);
@@ -110,6 +116,13 @@ int lt_sum_squares(lt_ctx *ctx, double *out, lt_tensor x) {
   ON_CUDA(lt_cuda_sum_squares(ctx, out, x));
   EXPECT_F32("sum_squares", x);
   *out = lt_cpu_sum_squares(lt_f32(x), lt_numel(x));
+  return LT_OK;
+}
+
+int lt_sum(lt_ctx *ctx, double *out, lt_tensor x) {
+  ON_CUDA(lt_cuda_sum(ctx, out, x));
+  EXPECT_F32("sum", x);
+  *out = lt_cpu_sum(lt_f32(x), lt_numel(x));
   return LT_OK;
 }
 
@@ -244,11 +257,11 @@ int lt_cross_entropy(lt_ctx *ctx, lt_tensor losses, lt_tensor dlogits, lt_tensor
   int64_t v = logits.shape[logits.ndim - 1], n = lt_numel(logits) / v;
   EXPECT(lt_numel(targets) == n && lt_numel(losses) == n && targets.dtype == LT_I32,
          "cross_entropy", "targets vs logits rows", targets, logits);
-  EXPECT(losses.dtype == LT_F32 && logits.dtype == LT_F32, "cross_entropy",
-         "losses and logits must be f32", losses, logits);
+  EXPECT(losses.dtype == LT_F32, "cross_entropy", "losses must be f32", losses, logits);
   EXPECT(!dlogits.data || lt_numel(dlogits) == lt_numel(logits), "cross_entropy",
          "dlogits vs logits", dlogits, logits);
   ON_CUDA(lt_cuda_cross_entropy(ctx, losses, dlogits, logits, targets, ignore_index, grad_scale));
+  EXPECT_F32("cross_entropy", logits);
   if (dlogits.data) EXPECT_F32("cross_entropy", dlogits);
   lt_cpu_cross_entropy(lt_f32(losses), lt_f32(dlogits), lt_f32(logits), lt_i32(targets), n, v,
                        ignore_index, grad_scale);

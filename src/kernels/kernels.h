@@ -25,6 +25,9 @@ int lt_ctx_init(lt_ctx *ctx, lt_device device, int n_threads);
 void lt_ctx_destroy(lt_ctx *ctx);
 // Waits for queued device work; a no-op on the CPU.
 int lt_ctx_sync(lt_ctx *ctx);
+// Copies host memory src (lt_nbytes(dst) bytes) into dst in the order of the ctx's queued work,
+// without waiting for that work on CUDA; src may be reused once it returns.
+int lt_upload(lt_ctx *ctx, lt_tensor dst, const void *src);
 
 // --- dense algebra ---
 
@@ -38,8 +41,10 @@ int lt_scale(lt_ctx *ctx, lt_tensor x, float s);
 int lt_zero(lt_ctx *ctx, lt_tensor x);
 // dst = src, converting f32 <-> bf16 where the dtypes differ; same device.
 int lt_copy(lt_ctx *ctx, lt_tensor dst, lt_tensor src);
-// sum of squares of x into *out (host), accumulated in double on the CPU.
+// The sum of squares of x, and the sum of x, into *out (host), accumulated in double in an order
+// fixed for each device (the same on every run).
 int lt_sum_squares(lt_ctx *ctx, double *out, lt_tensor x);
+int lt_sum(lt_ctx *ctx, double *out, lt_tensor x);
 
 // --- layers' math ---
 

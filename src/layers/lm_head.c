@@ -3,12 +3,17 @@
 #include "core/error.h"
 #include "layers/linear.h"
 
-// Rows per logits chunk: about 1 GiB of f32 logits (8192 rows of a 32K vocabulary), at least one
-// row. Larger chunks make the head's three matmuls efficient (512-row chunks of a 32K vocabulary
-// ran them at a third of the GPU's rate) and cut the passes over the f32 weight gradient they
-// accumulate into. On an H100, the 135M model's step at T=16384 B=2 (32768 tokens): 256 MiB
-// chunks 237K / 236K tokens/s, 512 MiB 238K / 239K, 1 GiB 240K / 239K, 2 and 4 GiB no faster
-// (bench/results/h100-logits-chunk.log); 1 GiB costs 1.5 GiB of scratch with the bf16 gradient.
+// Rows per logits chunk: as many as make 1 GiB of f32 logits (8192 rows of a 32K vocabulary), at
+// least one row. Larger chunks make the head's three matmuls efficient (512-row chunks of a 32K
+// vocabulary ran them at a third of the GPU's rate) and cut the passes over the f32 weight
+// gradient they accumulate into. On an H100, the 135M model's step at T=16384 B=2 (32768 tokens),
+// with f32 logits: 256 MiB chunks 237K / 236K tokens/s, 512 MiB 238K / 239K, 1 GiB 240K / 239K,
+// 2 and 4 GiB no faster (bench/results/h100-logits-chunk.log).
+//
+// The logits are in the activations' dtype, as PyTorch's autocast and Megatron-LM make them: a
+// bf16 model's chunk is 512 MiB, the loss reads it once (its sums in f32) and writes the bf16
+// gradient over it. f32 logits (f32 activations: the CPU; and tensor parallelism, whose
+// vocab-parallel loss runs on f32) take 1 GiB, the gradient in place too.
 enum { LOGITS_CHUNK_BYTES = 1 << 30 };
 
 int64_t lt_lm_head_chunk_rows(int64_t vocab, int64_t n) {
@@ -33,11 +38,8 @@ int lt_lm_head_plan(lt_lm_head *head, const lt_plan *p) {
   head->chunk_rows = lt_lm_head_chunk_rows(head->vocab, n);
   LT_TRY(lt_arena_alloc1(p->acts, &head->losses, LT_F32, n));
   size_t mark = lt_arena_mark(p->scratch);
-  LT_TRY(lt_arena_alloc2(p->scratch, &head->logits, LT_F32, head->chunk_rows, head->vocab));
-  head->dlogits = head->logits;
-  if (p->act_dtype != LT_F32)
-    LT_TRY(
-        lt_arena_alloc2(p->scratch, &head->dlogits, p->act_dtype, head->chunk_rows, head->vocab));
+  const lt_dtype dtype = head->tp.size > 1 ? LT_F32 : p->act_dtype;
+  LT_TRY(lt_arena_alloc2(p->scratch, &head->logits, dtype, head->chunk_rows, head->vocab));
   if (head->tp.size > 1)
     LT_TRY(lt_arena_alloc1(p->scratch, &head->stats, LT_F32, 3 * head->chunk_rows));
   lt_arena_release(p->scratch, mark);
@@ -74,7 +76,7 @@ int lt_lm_head_loss(lt_lm_head *head, lt_ctx *ctx, lt_tensor x, lt_tensor target
   for (int64_t start = 0; start < n; start += head->chunk_rows) {
     int64_t rows = n - start < head->chunk_rows ? n - start : head->chunk_rows;
     lt_tensor logits = lt_rows(head->logits, 0, rows);
-    lt_tensor dlogits = want_grad ? lt_rows(head->dlogits, 0, rows) : (lt_tensor){0};
+    lt_tensor dlogits = want_grad ? logits : (lt_tensor){0}; // the gradient goes over the logits
     lt_tensor x_chunk = lt_rows(x2, start, rows);
     LT_TRY(lt_linear_forward(ctx, logits, x_chunk, head->weight->value));
     LT_TRY(chunk_loss(head, ctx, lt_rows(head->losses, start, rows), dlogits, logits,

@@ -19,16 +19,14 @@ typedef struct lt_lm_head {
   int64_t vocab_start;    // the first of them in the whole vocabulary
   int64_t chunk_rows;
   lt_tp tp;
-  lt_tensor losses;  // (B*T) f32, per-token loss of the last call (0 where ignored)
-  lt_tensor logits;  // scratch (chunk_rows, vocab) f32: the loss is taken in f32 whatever the
-                     // activations' dtype
-  lt_tensor dlogits; // scratch (chunk_rows, vocab) in the activations' dtype, the matmuls' operand
-                     // for the backward; the logits themselves (in place) when that is f32
-  lt_tensor stats;   // scratch (3 * chunk_rows) f32: a vocab-parallel chunk's row statistics
+  lt_tensor losses; // (B*T) f32, per-token loss of the last call (0 where ignored)
+  lt_tensor logits; // scratch (chunk_rows, vocab) in the activations' dtype (f32 under tensor
+                    // parallelism), then their gradient in place; the loss sums in f32
+  lt_tensor stats;  // scratch (3 * chunk_rows) f32: a vocab-parallel chunk's row statistics
 } lt_lm_head;
 
-// Rows of logits per chunk for `vocab` columns and n tokens: 1 GiB of f32 logits, at least one row
-// and at most n.
+// Rows of logits per chunk for `vocab` columns and n tokens: as many as make 1 GiB of f32 logits
+// (512 MiB in bf16), at least one row and at most n.
 int64_t lt_lm_head_chunk_rows(int64_t vocab, int64_t n);
 
 // `tied` is the embedding's weight to share, or NULL for a head of its own; `vocab` is the whole

@@ -304,15 +304,9 @@ int lt_model_forward(lt_model *model, lt_ctx *ctx, const lt_batch *batch, bool w
   lt_tensor d_final = model->d_final;
   if (!want_grad) d_final.data = NULL;
   LT_TRY(lt_lm_head_loss(&model->head, ctx, model->final_in, batch->targets, grad_scale, d_final));
-  lt_tensor losses = model->head.losses;
-  float *host = malloc(lt_nbytes(losses));
-  LT_CHECK(host, LT_ERR_MEMORY, "out of host memory reading the loss");
-  int rc = lt_tensor_to_host(host, losses);
-  double sum = 0.0;
-  for (int64_t i = 0; i < lt_numel(losses) && rc == LT_OK; i++) sum += host[i];
-  free(host);
-  *loss_sum = sum;
-  return rc;
+  // Summed where the losses are: on a GPU the host then waits for the queue once and reads one
+  // number, instead of copying the per-token losses and summing them while the GPU idles.
+  return lt_sum(ctx, loss_sum, model->head.losses);
 }
 
 static int grads_ready(const lt_model *model, int first) {

@@ -100,7 +100,7 @@ static int stage_micro_batch(lt_trainer *tr, int64_t m) {
     if (tr->ctx.device == LT_CPU)
       *dst[i] = lt_view1(src[i] + m * n, LT_I32, LT_CPU, n);
     else
-      LT_TRY(lt_tensor_from_host(*dst[i], src[i] + m * n));
+      LT_TRY(lt_upload(&tr->ctx, *dst[i], src[i] + m * n));
   }
   return LT_OK;
 }

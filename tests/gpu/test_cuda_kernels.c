@@ -78,17 +78,27 @@ static void test_add_scale_copy_and_zero_match_cpu(void **state) {
   lt_gpu_free_all();
 }
 
-static void test_sum_squares_matches_cpu_and_repeats_exactly(void **state) {
+// The sums of squares (the gradient norm) and of values (the loss): each within double rounding of
+// the CPU's serial sum, and the same bits when run again.
+static void test_sums_match_cpu_and_repeat_exactly(void **state) {
   SKIP_WITHOUT_GPU();
   const int64_t n = 3000017;
   float *x = lt_gpu_random(n, 2.0f, false);
   lt_tensor g = lt_gpu_upload(x, LT_F32, 1, LT_SHAPE(n));
-  double want, got, again;
+  double want, got, again, scale = 0.0;
+  for (int64_t i = 0; i < n; i++) scale += fabs(x[i]);
   assert_ok(lt_sum_squares(&lt_test_cpu, &want, host(x, 1, LT_SHAPE(n))));
   assert_ok(lt_sum_squares(&lt_test_gpu, &got, g));
   assert_ok(lt_sum_squares(&lt_test_gpu, &again, g));
   printf("  sum of squares: rel. error %.3g\n", fabs(got - want) / want);
   assert_true(fabs(got - want) < 1e-12 * want);
+  assert_true(got == again);
+  assert_ok(lt_sum(&lt_test_cpu, &want, host(x, 1, LT_SHAPE(n))));
+  assert_ok(lt_sum(&lt_test_gpu, &got, g));
+  assert_ok(lt_sum(&lt_test_gpu, &again, g));
+  printf("  sum: %.6f against %.6f, error %.3g of the sum of |x|\n", got, want,
+         fabs(got - want) / scale);
+  assert_true(fabs(got - want) < 1e-12 * scale);
   assert_true(got == again);
   free(x);
   lt_gpu_free_all();
@@ -347,14 +357,16 @@ static void test_attention_delta_matches_cpu_for_every_head_width(void **state) 
 }
 
 // One cross-entropy case against the CPU over n rows of vocabulary v: row 0's target is column 0,
-// row 1's the last column, every fifth row from row 3 is ignored, the rest random. The logits sit
-// `offset` floats into their buffer (1: off 16-byte alignment). The GPU's outputs start as stale
+// row 1's the last column, every fifth row from row 3 is ignored, the rest random. The logits are
+// f32 or bf16 (the LM head's in a bf16 model; the CPU then takes the same rounded values) and sit
+// `offset` elements into their buffer (1: off 16-byte alignment). The GPU's outputs start as stale
 // values (NaN losses, a gradient of the logits), so a row the kernel leaves unwritten fails. Both
-// outputs are checked: the bf16 gradient into its own buffer, then the f32 gradient in place.
-static void expect_cross_entropy_matches_cpu(int64_t n, int64_t v, int64_t offset) {
-  printf("  rows %lld, vocabulary %lld, logits offset %lld floats\n", (long long)n, (long long)v,
-         (long long)offset);
-  float *logits = lt_gpu_random(n * v, 3.0f, false);
+// outputs are checked: the bf16 gradient into its own buffer, then the gradient in place.
+static void expect_cross_entropy_matches_cpu(int64_t n, int64_t v, int64_t offset, lt_dtype dtype) {
+  const bool bf16 = dtype == LT_BF16;
+  printf("  rows %lld, vocabulary %lld, %s logits offset %lld elements\n", (long long)n,
+         (long long)v, bf16 ? "bf16" : "f32", (long long)offset);
+  float *logits = lt_gpu_random(n * v, 3.0f, bf16);
   int32_t *targets = malloc(sizeof(int32_t) * n);
   lt_rng rng = lt_rng_seed(lt_gpu_next_seed());
   for (int64_t i = 0; i < n; i++)
@@ -368,8 +380,9 @@ static void expect_cross_entropy_matches_cpu(int64_t n, int64_t v, int64_t offse
         *stale = malloc(sizeof(float) * n);
   memcpy(padded + offset, logits, sizeof(float) * n * v);
   for (int64_t i = 0; i < n; i++) stale[i] = NAN;
-  lt_tensor buffer = lt_gpu_upload(padded, LT_F32, 1, LT_SHAPE(n * v + offset));
-  lt_tensor glogits = lt_view((float *)buffer.data + offset, LT_F32, LT_CUDA, 2, LT_SHAPE(n, v));
+  lt_tensor buffer = lt_gpu_upload(padded, dtype, 1, LT_SHAPE(n * v + offset));
+  lt_tensor glogits = lt_view((char *)buffer.data + offset * lt_dtype_size(dtype), dtype, LT_CUDA,
+                              2, LT_SHAPE(n, v));
   lt_tensor ggrad = lt_gpu_upload(logits, LT_BF16, 2, LT_SHAPE(n, v));
   lt_tensor gtargets = lt_gpu_upload_i32(targets, 1, LT_SHAPE(n));
   for (int in_place = 0; in_place < 2; in_place++) {
@@ -378,9 +391,9 @@ static void expect_cross_entropy_matches_cpu(int64_t n, int64_t v, int64_t offse
     assert_ok(lt_cross_entropy(&lt_test_gpu, glosses, out, glogits, gtargets, -100, 0.25f));
     float *got_losses = lt_gpu_fetch(glosses), *got_grad = lt_gpu_fetch(out);
     lt_gpu_expect_close("cross-entropy losses (f32)", got_losses, losses, n, 1e-5);
-    lt_gpu_expect_close(in_place ? "cross-entropy dlogits in place (f32)"
-                                 : "cross-entropy dlogits (bf16)",
-                        got_grad, grad, n * v, in_place ? 1e-5 : 1e-2);
+    const bool bf16_grad = !in_place || bf16;
+    lt_gpu_expect_close(in_place ? "cross-entropy dlogits in place" : "cross-entropy dlogits",
+                        got_grad, grad, n * v, bf16_grad ? 1e-2 : 1e-5);
     for (int64_t i = 3; i < n; i += 5) { // ignored rows: exactly zero
       assert_true(got_losses[i] == 0.0f);
       for (int64_t j = 0; j < v; j++) assert_true(got_grad[i * v + j] == 0.0f);
@@ -393,20 +406,31 @@ static void expect_cross_entropy_matches_cpu(int64_t n, int64_t v, int64_t offse
 
 // Rows that fit a block's registers (a multiple of 8, at most 32768): the model's 32768 fills
 // 1024 threads of 32 values exactly; 5000 and 20000 leave the last vectors of the row unfilled.
+// f32 and bf16 logits; for bf16 also more rows than blocks.
 static void test_cross_entropy_with_rows_in_registers_matches_cpu(void **state) {
   SKIP_WITHOUT_GPU();
   const int64_t vocabs[3] = {32768, 5000, 20000};
-  for (int i = 0; i < 3; i++) expect_cross_entropy_matches_cpu(37, vocabs[i], 0);
+  for (int i = 0; i < 3; i++) {
+    expect_cross_entropy_matches_cpu(37, vocabs[i], 0, LT_F32);
+    expect_cross_entropy_matches_cpu(37, vocabs[i], 0, LT_BF16);
+  }
+  // bf16 rows go to blocks that each walk several rows, the next one copied in while the current
+  // one is computed: more rows than the blocks that fit at once.
+  expect_cross_entropy_matches_cpu(600, 32768, 0, LT_BF16);
+  expect_cross_entropy_matches_cpu(1500, 5000, 0, LT_BF16);
 }
 
 // The two-pass path: a vocabulary not a multiple of 8, one too wide for registers, and logits off
-// 16-byte alignment.
+// 16-byte alignment; f32 and bf16 logits.
 static void
 test_cross_entropy_in_two_passes_matches_cpu_for_odd_wide_and_unaligned_rows(void **state) {
   SKIP_WITHOUT_GPU();
-  expect_cross_entropy_matches_cpu(37, 1001, 0);
-  expect_cross_entropy_matches_cpu(37, 40000, 0);
-  expect_cross_entropy_matches_cpu(37, 4096, 1);
+  const lt_dtype dtypes[2] = {LT_F32, LT_BF16};
+  for (int i = 0; i < 2; i++) {
+    expect_cross_entropy_matches_cpu(37, 1001, 0, dtypes[i]);
+    expect_cross_entropy_matches_cpu(37, 40000, 0, dtypes[i]);
+    expect_cross_entropy_matches_cpu(37, 4096, 1, dtypes[i]);
+  }
 }
 
 static void test_adamw_over_runs_matches_cpu_and_writes_the_bf16_copy(void **state) {
@@ -473,6 +497,36 @@ static void test_out_of_memory_names_the_size_and_what_to_lower(void **state) {
   assert_null(p);
 }
 
+// lt_upload goes in stream order: after an op queued before it (here a zero of the same tensor,
+// queued behind a large matmul so it is still pending), before one queued after it (a scale);
+// the source may be overwritten as soon as it returns; and more uploads than staging slots, of
+// growing sizes, each land whole.
+static void test_uploads_land_in_stream_order_from_a_reusable_source(void **state) {
+  SKIP_WITHOUT_GPU();
+  enum { N = 1 << 16, BIG = 2048, ROUNDS = 20 };
+  float *src = malloc(sizeof(float) * N), *want = malloc(sizeof(float) * N),
+        *zeros = calloc((size_t)BIG * BIG, sizeof(float));
+  lt_tensor a = lt_gpu_upload(zeros, LT_BF16, 2, LT_SHAPE(BIG, BIG)),
+            c = lt_gpu_upload(zeros, LT_F32, 2, LT_SHAPE(BIG, BIG));
+  lt_tensor t = lt_gpu_upload(zeros, LT_F32, 1, LT_SHAPE(N));
+  for (int r = 0; r < ROUNDS; r++) {
+    const int64_t n = (int64_t)(r + 1) * N / ROUNDS;
+    for (int64_t i = 0; i < n; i++) src[i] = (float)(r * 1000 + i % 997), want[i] = 2 * src[i];
+    lt_tensor part = lt_view1(t.data, LT_F32, LT_CUDA, n);
+    assert_ok(lt_matmul(&lt_test_gpu, c, a, false, a, true, 1.0f, 0.0f));
+    assert_ok(lt_zero(&lt_test_gpu, part));
+    assert_ok(lt_upload(&lt_test_gpu, part, src));
+    for (int64_t i = 0; i < n; i++) src[i] = -1.0f; // the copy was taken: this must not land
+    assert_ok(lt_scale(&lt_test_gpu, part, 2.0f));
+    float *got = lt_gpu_fetch(part);
+    assert_memory_equal(got, want, sizeof(float) * n); // exact: copies and doubling
+    free(got);
+  }
+  printf("  %d uploads of up to %d floats, each between a zero and a scale: exact\n", ROUNDS, N);
+  free(src), free(want), free(zeros);
+  lt_gpu_free_all();
+}
+
 // Where no GPU is usable (CI), asking for one is a device error that names run.device and the fix.
 static void test_without_a_gpu_a_cuda_context_fails_naming_run_device(void **state) {
   if (lt_gpu_available()) skip();
@@ -495,7 +549,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_matmul_matches_cpu_for_every_transpose_and_output),
       cmocka_unit_test(test_add_scale_copy_and_zero_match_cpu),
-      cmocka_unit_test(test_sum_squares_matches_cpu_and_repeats_exactly),
+      cmocka_unit_test(test_sums_match_cpu_and_repeat_exactly),
       cmocka_unit_test(test_embedding_lookup_and_scatter_add_match_cpu),
       cmocka_unit_test(test_rmsnorm_forward_and_backward_match_cpu),
       cmocka_unit_test(test_add_rmsnorm_matches_the_add_then_the_norm),
@@ -506,6 +560,7 @@ int main(void) {
       cmocka_unit_test(
           test_cross_entropy_in_two_passes_matches_cpu_for_odd_wide_and_unaligned_rows),
       cmocka_unit_test(test_adamw_over_runs_matches_cpu_and_writes_the_bf16_copy),
+      cmocka_unit_test(test_uploads_land_in_stream_order_from_a_reusable_source),
       cmocka_unit_test(test_out_of_memory_names_the_size_and_what_to_lower),
       cmocka_unit_test(test_unsupported_operands_fail_naming_the_op_and_tensors),
       cmocka_unit_test(test_without_a_gpu_a_cuda_context_fails_naming_run_device),

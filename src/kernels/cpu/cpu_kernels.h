@@ -13,6 +13,7 @@ void lt_cpu_matmul(float *c, const float *a, bool trans_a, const float *b, bool 
 void lt_cpu_add(float *out, const float *a, const float *b, int64_t n);
 void lt_cpu_scale(float *x, float s, int64_t n);
 double lt_cpu_sum_squares(const float *x, int64_t n);
+double lt_cpu_sum(const float *x, int64_t n);
 
 // table holds the rows [vocab_start, vocab_start + rows) of the whole table.
 void lt_cpu_embedding_fwd(float *out, const int32_t *tokens, const float *table, int64_t n,

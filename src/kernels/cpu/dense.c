@@ -29,3 +29,9 @@ double lt_cpu_sum_squares(const float *x, int64_t n) {
   for (int64_t i = 0; i < n; i++) sum += (double)x[i] * x[i];
   return sum;
 }
+
+double lt_cpu_sum(const float *x, int64_t n) {
+  double sum = 0.0; // serial, for the same reason
+  for (int64_t i = 0; i < n; i++) sum += x[i];
+  return sum;
+}

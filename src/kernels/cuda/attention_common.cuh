@@ -103,27 +103,11 @@ __device__ int build_tile_list(int *list, int *warp_counts, int first, int count
   return total;
 }
 
-__device__ __forceinline__ uint32_t smem_u32(const void *p) {
-  return (uint32_t)__cvta_generic_to_shared(p);
-}
-
 // The first 1024-byte boundary in dynamic shared memory (wgmma's swizzled tiles start at one), as
 // an offset from the array rather than an integer round trip, so that the compiler still knows
 // what it points into: shared loads (LDS), not generic ones, for the statistics read through it.
 __device__ __forceinline__ unsigned char *smem_aligned_1024(unsigned char *smem_raw) {
   return smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
-}
-
-// 16 bytes global -> shared, asynchronously; zero-filled when !valid (rows past the end).
-__device__ __forceinline__ void cp_async16(uint32_t smem_addr, const void *gmem, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr), "l"(gmem),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::);
-}
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {

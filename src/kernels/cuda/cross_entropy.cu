@@ -1,8 +1,10 @@
-// Softmax cross-entropy per row of f32 logits, the loss of the LM head's chunk, with the gradient
-// written in the activations' dtype for the backward matmuls. Matches lt_cpu_cross_entropy.
+// Softmax cross-entropy per row of logits (f32, or bf16 as the LM head makes them in a bf16
+// model), the loss of the LM head's chunk, with the gradient written in the activations' dtype for
+// the backward matmuls, in place of the logits or beside them. Matches lt_cpu_cross_entropy on the
+// same logits; every sum is f32.
 //
-// The pass is memory-bound: a 32K-vocabulary row is 128 KiB of f32 read and 64 KiB of bf16
-// written, so it runs at the GPU's bandwidth only if each row is read once. Where the row fits in
+// The pass is memory-bound: a 32K-vocabulary row of bf16 is 64 KiB read and 64 KiB written in
+// place, so it runs at the GPU's bandwidth only if each row is read once. Where the row fits in
 // a block's registers (V <= 32768, a multiple of 8, 16-byte aligned), one block holds its row in
 // registers from a single read: the max, then exp(x - max) kept in place of x, then their sum,
 // then the gradient from the kept exps (one exp per element, on the special function unit). Other
@@ -10,52 +12,40 @@
 // gradient pass, whose re-read of the row hits L2 because few rows are in flight at once.
 #include <math.h>
 
+#include <type_traits>
+
 #include "kernels/cuda/cuda_common.cuh"
 
 // Register path: a thread holds CHUNKS vectors of 8 logits, vector k of thread t at columns
 // 8 (k blockDim + t) .. + 7, so each warp's loads are 1 KiB contiguous. 1024 threads of at most
-// 64 registers hold 32 values each: V up to 32768 in one block.
+// 64 registers hold 32 values each: V up to 32768 in one block. Such a block takes the whole
+// register file, so an SM works on one row at a time: one block per row leaves the memory idle
+// while the row's sums and gradient are computed. bf16 rows (64 KiB at V = 32768) therefore go
+// through shared memory instead: each thread copies its own vectors of the block's next row there
+// (cp.async) as soon as it has read the current row's out, so the next row's bytes are on their
+// way while this one is summed and written (cross_entropy_rows_kernel, one block an SM).
 enum { ROW_THREADS = 1024, MAX_CHUNKS = 4, TWO_PASS_THREADS = 1024 };
 
-// losses[n] = lse(logits[n]) - logits[n, t_n] (0 where ignored); dlogits, when given, =
-// grad_scale * (softmax(logits[n]) - onehot(t_n)), 0 where ignored.
-// logits: (N, V) f32, V % 8 == 0, V <= 8 CHUNKS blockDim, rows 16-byte aligned; dlogits: (N, V)
-// or NULL, may alias logits; targets: (N) i32; losses: (N) f32. One block per row.
+// Row `row`'s outputs when its target is ignored: loss 0, gradient 0.
 template <typename TG, int CHUNKS>
-__global__ void __launch_bounds__(ROW_THREADS)
-    cross_entropy_row_kernel(float *losses, TG *dlogits, const float *logits,
-                             const int32_t *targets, int v, int ignore_index, float grad_scale) {
-  __shared__ float partial[32];
-  const int64_t row = blockIdx.x;
-  const int32_t target = targets[row];
-  TG *grad = dlogits ? dlogits + row * v : nullptr;
-  int col[CHUNKS];
+__device__ __forceinline__ void ignored_row(float *losses, TG *grad, int64_t row,
+                                            const int (&col)[CHUNKS], int v) {
+  if (threadIdx.x == 0) losses[row] = 0.0f;
+  const float zero[8] = {};
+  if (grad) {
 #pragma unroll
-  for (int k = 0; k < CHUNKS; k++) col[k] = (k * (int)blockDim.x + (int)threadIdx.x) * 8;
-  if (target == ignore_index) {
-    if (threadIdx.x == 0) losses[row] = 0.0f;
-    const float zero[8] = {};
-    if (grad) {
-#pragma unroll
-      for (int k = 0; k < CHUNKS; k++)
-        if (col[k] < v) store8(grad + col[k], zero);
-    }
-    return;
+    for (int k = 0; k < CHUNKS; k++)
+      if (col[k] < v) store8(grad + col[k], zero);
   }
-  // Every load is issued before any is used: the row's bytes are in flight at once.
-  const float *x = logits + row * v;
-  float e[CHUNKS][8];
-#pragma unroll
-  for (int k = 0; k < CHUNKS; k++) {
-    if (col[k] < v) {
-      load8(x + col[k], e[k]);
-    } else {
-#pragma unroll
-      for (int i = 0; i < 8; i++) e[k][i] = -INFINITY; // adds exp(-inf) = 0 to the sum
-    }
-  }
-  // The target's logit from the registers of the thread that holds it: an in-place gradient
-  // overwrites it in memory.
+}
+
+// One row's loss and gradient from its logits in e (-inf past the row's end); `read` runs once
+// every value of e has been used (the loads behind it are done). The target's logit comes from
+// the registers of the thread that holds it: an in-place gradient overwrites it in memory.
+template <typename TG, int CHUNKS, typename Read>
+__device__ __forceinline__ void softmax_row(float (&e)[CHUNKS][8], const int (&col)[CHUNKS], int v,
+                                            int32_t target, float grad_scale, float *partial,
+                                            float *loss, TG *grad, Read read) {
   bool holds_target = false;
   float x_target = 0.0f, m = -INFINITY;
 #pragma unroll
@@ -65,6 +55,7 @@ __global__ void __launch_bounds__(ROW_THREADS)
       if (col[k] + i == target) x_target = e[k][i], holds_target = true;
       m = fmaxf(m, e[k][i]);
     }
+  read();
   m = block_max(m, partial);
   // exp(x - m) = 2^(x log2(e) - m log2(e)): one FMA and one ex2 per element.
   const float m_log2 = m * LOG2E;
@@ -77,7 +68,7 @@ __global__ void __launch_bounds__(ROW_THREADS)
       s += e[k][i];
     }
   s = block_sum(s, partial);
-  if (holds_target) losses[row] = m + logf(s) - x_target;
+  if (holds_target) *loss = m + logf(s) - x_target;
   if (!grad) return;
   // softmax = exp(x - m) / s. Each thread writes only the columns it has read, so the in-place
   // gradient needs no barrier.
@@ -89,6 +80,90 @@ __global__ void __launch_bounds__(ROW_THREADS)
 #pragma unroll
     for (int i = 0; i < 8; i++) g[i] = e[k][i] * scale - (col[k] + i == target ? grad_scale : 0.0f);
     store8(grad + col[k], g);
+  }
+}
+
+template <int CHUNKS> __device__ __forceinline__ void row_columns(int (&col)[CHUNKS]) {
+#pragma unroll
+  for (int k = 0; k < CHUNKS; k++) col[k] = (k * (int)blockDim.x + (int)threadIdx.x) * 8;
+}
+
+// losses[n] = lse(logits[n]) - logits[n, t_n] (0 where ignored); dlogits, when given, =
+// grad_scale * (softmax(logits[n]) - onehot(t_n)), 0 where ignored.
+// logits: (N, V), V % 8 == 0, V <= 8 CHUNKS blockDim, rows 16-byte aligned; dlogits: (N, V) or
+// NULL, may alias logits; targets: (N) i32; losses: (N) f32. One block per row.
+template <typename TL, typename TG, int CHUNKS>
+__global__ void __launch_bounds__(ROW_THREADS)
+    cross_entropy_row_kernel(float *losses, TG *dlogits, const TL *logits, const int32_t *targets,
+                             int v, int ignore_index, float grad_scale) {
+  __shared__ float partial[32];
+  const int64_t row = blockIdx.x;
+  const int32_t target = targets[row];
+  TG *grad = dlogits ? dlogits + row * v : nullptr;
+  int col[CHUNKS];
+  row_columns(col);
+  if (target == ignore_index) return ignored_row(losses, grad, row, col, v);
+  // Every load is issued before any is used: the row's bytes are in flight at once.
+  const TL *x = logits + row * v;
+  float e[CHUNKS][8];
+#pragma unroll
+  for (int k = 0; k < CHUNKS; k++) {
+    if (col[k] < v) {
+      load8(x + col[k], e[k]);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; i++) e[k][i] = -INFINITY; // adds exp(-inf) = 0 to the sum
+    }
+  }
+  softmax_row(e, col, v, target, grad_scale, partial, losses + row, grad, [] {});
+}
+
+// As cross_entropy_row_kernel for bf16 logits, a block walking rows blockIdx.x, + gridDim.x, ...
+// with the next row's vectors copied into shared memory while the current one is computed (see
+// the top). staged: (CHUNKS, blockDim) vectors of 16 bytes, each thread's own.
+template <typename TG, int CHUNKS>
+__global__ void __launch_bounds__(ROW_THREADS, 1)
+    cross_entropy_rows_kernel(float *losses, TG *dlogits, const bf16 *logits,
+                              const int32_t *targets, int64_t n, int v, int ignore_index,
+                              float grad_scale) {
+  extern __shared__ uint4 staged[];
+  __shared__ float partial[32];
+  int col[CHUNKS];
+  row_columns(col);
+  auto stage = [&](int64_t row) {
+#pragma unroll
+    for (int k = 0; k < CHUNKS; k++)
+      if (row < n && col[k] < v)
+        cp_async16(smem_u32(&staged[k * blockDim.x + threadIdx.x]), logits + row * v + col[k],
+                   true);
+    cp_async_commit();
+  };
+  stage(blockIdx.x);
+  for (int64_t row = blockIdx.x; row < n; row += gridDim.x) {
+    cp_async_wait<0>(); // this thread's vectors of `row` have landed (no other thread reads them)
+    const int32_t target = targets[row];
+    TG *grad = dlogits ? dlogits + row * v : nullptr;
+    if (target == ignore_index) {
+      stage(row + gridDim.x);
+      ignored_row(losses, grad, row, col, v);
+      continue;
+    }
+    float e[CHUNKS][8];
+#pragma unroll
+    for (int k = 0; k < CHUNKS; k++) {
+      if (col[k] < v) {
+        load8(reinterpret_cast<const bf16 *>(&staged[k * blockDim.x + threadIdx.x]), e[k]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++) e[k][i] = -INFINITY;
+      }
+    }
+    // The next row goes into the same slots once their values have been used (the empty asm
+    // keeps the compiler from moving the shared loads past the copies).
+    softmax_row(e, col, v, target, grad_scale, partial, losses + row, grad, [&] {
+      asm volatile("" ::: "memory");
+      stage(row + gridDim.x);
+    });
   }
 }
 
@@ -105,16 +180,16 @@ __device__ __forceinline__ void merge_softmax(float *m, float *s, float m2, floa
 }
 
 // As cross_entropy_row_kernel, for any V and alignment (vec: V % 8 == 0 and both rows 16-byte
-// aligned). logits: (N, V) f32; dlogits: (N, V) or NULL, may alias logits; targets: (N) i32;
+// aligned). logits: (N, V); dlogits: (N, V) or NULL, may alias logits; targets: (N) i32;
 // losses: (N) f32. One block per row.
-template <typename TG>
+template <typename TL, typename TG>
 __global__ void __launch_bounds__(TWO_PASS_THREADS)
-    cross_entropy_two_pass_kernel(float *losses, TG *dlogits, const float *logits,
+    cross_entropy_two_pass_kernel(float *losses, TG *dlogits, const TL *logits,
                                   const int32_t *targets, int64_t v, int ignore_index,
                                   float grad_scale, bool vec) {
   __shared__ float warp_m[32], warp_s[32];
   const int64_t row = blockIdx.x;
-  const float *x = logits + row * v;
+  const TL *x = logits + row * v;
   TG *grad = dlogits ? dlogits + row * v : nullptr;
   const int32_t target = targets[row];
   if (target == ignore_index) {
@@ -131,7 +206,7 @@ __global__ void __launch_bounds__(TWO_PASS_THREADS)
       load8(x + j, e);
     } else {
       count = v - j < 8 ? (int)(v - j) : 8;
-      for (int i = 0; i < 8; i++) e[i] = i < count ? x[j + i] : -INFINITY;
+      for (int i = 0; i < 8; i++) e[i] = i < count ? to_float(x[j + i]) : -INFINITY;
     }
     float mx = e[0];
 #pragma unroll
@@ -152,7 +227,7 @@ __global__ void __launch_bounds__(TWO_PASS_THREADS)
   m = -INFINITY, s = 0.0f;
   for (int w = 0; w < (int)(blockDim.x >> 5); w++) merge_softmax(&m, &s, warp_m[w], warp_s[w]);
   const float lse = m + logf(s);
-  if (threadIdx.x == 0) losses[row] = lse - x[target];
+  if (threadIdx.x == 0) losses[row] = lse - to_float(x[target]);
   if (!grad) return;
   __syncthreads(); // x[target] is read above before the in-place gradient overwrites it
   for (int64_t j = (int64_t)threadIdx.x * 8; j < v; j += (int64_t)blockDim.x * 8) {
@@ -165,35 +240,48 @@ __global__ void __launch_bounds__(TWO_PASS_THREADS)
       store8(grad + j, e);
     } else {
       for (int64_t i = j; i < j + 8 && i < v; i++)
-        grad[i] = from_float<TG>(grad_scale * (expf(x[i] - lse) - (i == target ? 1.0f : 0.0f)));
+        grad[i] =
+            from_float<TG>(grad_scale * (expf(to_float(x[i]) - lse) - (i == target ? 1.0f : 0.0f)));
     }
   }
 }
 
 // The register path's launch: the fewest vectors per thread that cover the row with at most
 // ROW_THREADS threads, then the fewest whole warps that cover it with that many.
-template <typename TG>
-static void launch_row_kernel(cudaStream_t stream, int64_t n, float *losses, TG *dlogits,
-                              const float *logits, const int32_t *targets, int v, int ignore_index,
+template <typename TL, typename TG>
+static void launch_row_kernel(const lt_cuda_state *st, int64_t n, float *losses, TG *dlogits,
+                              const TL *logits, const int32_t *targets, int v, int ignore_index,
                               float grad_scale) {
   const int vectors = v / 8, chunks = (vectors + ROW_THREADS - 1) / ROW_THREADS;
   const int threads = ((vectors + chunks - 1) / chunks + 31) / 32 * 32;
-  auto run = [&](auto kernel) {
-    kernel<<<(unsigned)n, threads, 0, stream>>>(losses, dlogits, logits, targets, v, ignore_index,
-                                                grad_scale);
+  auto run = [&](auto kernel, auto rows_kernel) {
+    if constexpr (std::is_same_v<TL, bf16>) {
+      // As many blocks as fit at once (one an SM at V = 32768; more for narrow rows).
+      const int smem = chunks * threads * 16;
+      cudaFuncSetAttribute(rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+      int per_sm = 1;
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, rows_kernel, threads, smem);
+      const int64_t fit = (int64_t)(per_sm > 1 ? per_sm : 1) * st->n_sms, grid = n < fit ? n : fit;
+      rows_kernel<<<(unsigned)grid, threads, smem, st->stream>>>(losses, dlogits, logits, targets,
+                                                                 n, v, ignore_index, grad_scale);
+    } else {
+      (void)rows_kernel;
+      kernel<<<(unsigned)n, threads, 0, st->stream>>>(losses, dlogits, logits, targets, v,
+                                                      ignore_index, grad_scale);
+    }
   };
   switch (chunks) {
   case 1:
-    run(cross_entropy_row_kernel<TG, 1>);
+    run(cross_entropy_row_kernel<TL, TG, 1>, cross_entropy_rows_kernel<TG, 1>);
     break;
   case 2:
-    run(cross_entropy_row_kernel<TG, 2>);
+    run(cross_entropy_row_kernel<TL, TG, 2>, cross_entropy_rows_kernel<TG, 2>);
     break;
   case 3:
-    run(cross_entropy_row_kernel<TG, 3>);
+    run(cross_entropy_row_kernel<TL, TG, 3>, cross_entropy_rows_kernel<TG, 3>);
     break;
   default:
-    run(cross_entropy_row_kernel<TG, MAX_CHUNKS>);
+    run(cross_entropy_row_kernel<TL, TG, MAX_CHUNKS>, cross_entropy_rows_kernel<TG, MAX_CHUNKS>);
     break;
   }
 }
@@ -203,23 +291,30 @@ int lt_cuda_cross_entropy(lt_ctx *ctx, lt_tensor losses, lt_tensor dlogits, lt_t
   lt_cuda_state *st = cuda_state(ctx);
   const int64_t v = logits.shape[logits.ndim - 1], n = lt_numel(logits) / v;
   if (n == 0) return LT_OK;
+  if (dlogits.data == logits.data && dlogits.dtype != logits.dtype)
+    return lt_cuda_unsupported("cross_entropy", "an in-place gradient in the logits' dtype",
+                               dlogits, logits);
   const bool vec =
       v % 8 == 0 && aligned16(logits.data) && (!dlogits.data || aligned16(dlogits.data));
   const bool in_registers = vec && v <= (int64_t)ROW_THREADS * MAX_CHUNKS * 8;
-  int rc = dispatch_float(dlogits.data ? dlogits.dtype : LT_F32, [&](auto *tag) {
-    using TG = TYPE_OF(tag);
-    float *loss = (float *)losses.data;
-    TG *grad = (TG *)dlogits.data;
-    const float *x = (const float *)logits.data;
-    const int32_t *t = (const int32_t *)targets.data;
-    if (in_registers)
-      launch_row_kernel<TG>(st->stream, n, loss, grad, x, t, (int)v, ignore_index, grad_scale);
-    else
-      cross_entropy_two_pass_kernel<TG><<<(unsigned)n, TWO_PASS_THREADS, 0, st->stream>>>(
-          loss, grad, x, t, v, ignore_index, grad_scale, vec);
-    return LT_OK;
+  int rc = dispatch_float(logits.dtype, [&](auto *ltag) {
+    using TL = TYPE_OF(ltag);
+    return dispatch_float(dlogits.data ? dlogits.dtype : LT_F32, [&](auto *gtag) {
+      using TG = TYPE_OF(gtag);
+      float *loss = (float *)losses.data;
+      TG *grad = (TG *)dlogits.data;
+      const TL *x = (const TL *)logits.data;
+      const int32_t *t = (const int32_t *)targets.data;
+      if (in_registers)
+        launch_row_kernel<TL, TG>(st, n, loss, grad, x, t, (int)v, ignore_index, grad_scale);
+      else
+        cross_entropy_two_pass_kernel<TL, TG><<<(unsigned)n, TWO_PASS_THREADS, 0, st->stream>>>(
+            loss, grad, x, t, v, ignore_index, grad_scale, vec);
+      return LT_OK;
+    });
   });
   if (rc)
-    return lt_cuda_unsupported("cross_entropy", "dlogits must be f32 or bf16", dlogits, logits);
+    return lt_cuda_unsupported("cross_entropy", "logits and dlogits must be f32 or bf16", dlogits,
+                               logits);
   return lt_cuda_launched(st, "cross_entropy", logits, dlogits);
 }

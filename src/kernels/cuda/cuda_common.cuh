@@ -22,6 +22,15 @@ struct matmul_plan;   // matmul.cu
 struct cuda_profile;  // runtime.cu
 struct cublasContext; // cuBLAS's handle (cublasHandle_t), for grouped_matmul.cu
 
+// A pinned staging buffer for host-to-device uploads (lt_cuda_upload) and the event its last copy
+// recorded: the buffer is written again only once the stream has passed that copy.
+typedef struct lt_cuda_upload_slot {
+  void *host;
+  size_t bytes;
+  cudaEvent_t copied;
+} lt_cuda_upload_slot;
+enum { LT_CUDA_UPLOAD_SLOTS = 8 };
+
 typedef struct lt_cuda_state {
   int device, n_sms;
   cudaStream_t stream;
@@ -36,7 +45,9 @@ typedef struct lt_cuda_state {
   // Ops run one after another on the stream, so each may use all of it.
   void *scratch;
   size_t scratch_bytes;
-  double *host_result; // pinned: where reductions land on the host
+  double *host_result;                               // pinned: where reductions land on the host
+  lt_cuda_upload_slot uploads[LT_CUDA_UPLOAD_SLOTS]; // a ring, taken in turn
+  int next_upload;
   struct matmul_plan *plans;
   int n_plans;
   bool sync_each_op; // LT_CUDA_SYNC=1: wait after every op, so an error names the op that failed
@@ -144,6 +155,22 @@ __device__ __forceinline__ void store8(bf16 *p, const float (&v)[8]) {
 __device__ __forceinline__ void store8(float *p, const float (&v)[8]) {
   reinterpret_cast<float4 *>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
   reinterpret_cast<float4 *>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+__device__ __forceinline__ uint32_t smem_u32(const void *p) {
+  return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+// 16 bytes global -> shared, asynchronously; zero-filled when !valid (rows past the end).
+__device__ __forceinline__ void cp_async16(uint32_t smem_addr, const void *gmem, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr), "l"(gmem),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
 __device__ __forceinline__ float warp_sum(float x) {

@@ -19,6 +19,7 @@ extern "C" {
 int lt_cuda_ctx_init(lt_ctx *ctx);
 void lt_cuda_ctx_destroy(lt_ctx *ctx);
 int lt_cuda_sync(lt_ctx *ctx);
+int lt_cuda_upload(lt_ctx *ctx, lt_tensor dst, const void *src);
 // With LT_CUDA_PROFILE=1 the context sums the GPU time of every op and prints the totals when it
 // ends; this starts the sums over (e.g. after warm-up steps). A no-op otherwise.
 void lt_cuda_profile_reset(lt_ctx *ctx);
@@ -33,6 +34,7 @@ int lt_cuda_scale(lt_ctx *ctx, lt_tensor x, float s);
 int lt_cuda_zero(lt_ctx *ctx, lt_tensor x);
 int lt_cuda_copy(lt_ctx *ctx, lt_tensor dst, lt_tensor src);
 int lt_cuda_sum_squares(lt_ctx *ctx, double *out, lt_tensor x);
+int lt_cuda_sum(lt_ctx *ctx, double *out, lt_tensor x);
 
 int lt_cuda_embedding_fwd(lt_ctx *ctx, lt_tensor out, lt_tensor tokens, lt_tensor table);
 int lt_cuda_embedding_bwd(lt_ctx *ctx, lt_tensor dtable, lt_tensor dout, lt_tensor tokens);

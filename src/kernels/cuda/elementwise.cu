@@ -130,15 +130,17 @@ int lt_cuda_f32_to_bf16(void *dst, const float *src, size_t n) {
   return LT_OK;
 }
 
-// Partial sums of squares in double, one per block, in a fixed order so the global gradient norm
-// is the same on every run. Matches lt_cpu_sum_squares to double rounding. x: (n); partial: (grid)
-template <typename T> __global__ void sum_squares_kernel(double *partial, const T *x, int64_t n) {
+// Partial sums (of squares, for SQUARE) in double, one per block, in a fixed order so the global
+// gradient norm and the loss are the same on every run. Matches lt_cpu_sum_squares / lt_cpu_sum to
+// double rounding. x: (n); partial: (grid)
+template <typename T, bool SQUARE>
+__global__ void sum_kernel(double *partial, const T *x, int64_t n) {
   __shared__ double warps[32];
   double acc = 0.0;
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
     double v = to_float(x[i]);
-    acc += v * v;
+    acc += SQUARE ? v * v : v;
   }
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
@@ -157,7 +159,10 @@ __global__ void sum_partials_kernel(double *out, const double *partial, int n) {
   *out = total;
 }
 
-int lt_cuda_sum_squares(lt_ctx *ctx, double *out, lt_tensor x) {
+// The sum on the GPU, then 8 bytes to the host: the host waits for the queue once, with no
+// copy of x and no loop of its own.
+template <bool SQUARE>
+static int sum_to_host(lt_ctx *ctx, double *out, lt_tensor x, const char *op) {
   lt_cuda_state *st = cuda_state(ctx);
   const int64_t n = lt_numel(x);
   *out = 0.0;
@@ -165,22 +170,29 @@ int lt_cuda_sum_squares(lt_ctx *ctx, double *out, lt_tensor x) {
   int grid = (int)blocks_for(n, THREADS * 16);
   if (grid > SUM_BLOCKS) grid = SUM_BLOCKS;
   void *scratch;
-  LT_TRY(lt_cuda_scratch(st, (size_t)(grid + 1) * sizeof(double), "sum_squares", &scratch));
+  LT_TRY(lt_cuda_scratch(st, (size_t)(grid + 1) * sizeof(double), op, &scratch));
   double *partial = (double *)scratch, *total = partial + grid;
   int rc = dispatch_float(x.dtype, [&](auto *tag) {
     using T = TYPE_OF(tag);
-    sum_squares_kernel<T><<<grid, THREADS, 0, st->stream>>>(partial, (const T *)x.data, n);
+    sum_kernel<T, SQUARE><<<grid, THREADS, 0, st->stream>>>(partial, (const T *)x.data, n);
     return LT_OK;
   });
-  if (rc) return lt_cuda_unsupported("sum_squares", "dtype must be f32 or bf16", x, x);
+  if (rc) return lt_cuda_unsupported(op, "dtype must be f32 or bf16", x, x);
   sum_partials_kernel<<<1, 1, 0, st->stream>>>(total, partial, grid);
-  LT_TRY(lt_cuda_launched(st, "sum_squares", x, x));
+  LT_TRY(lt_cuda_launched(st, op, x, x));
   char d[96];
   CUDA_TRY(
       cudaMemcpyAsync(st->host_result, total, sizeof(double), cudaMemcpyDeviceToHost, st->stream),
-      "reading the sum of squares of %s", lt_tensor_desc(x, d, sizeof d));
-  CUDA_TRY(cudaStreamSynchronize(st->stream), "sum of squares of %s",
-           lt_tensor_desc(x, d, sizeof d));
+      "reading the %s of %s", op, lt_tensor_desc(x, d, sizeof d));
+  CUDA_TRY(cudaStreamSynchronize(st->stream), "%s of %s", op, lt_tensor_desc(x, d, sizeof d));
   *out = *st->host_result;
   return LT_OK;
+}
+
+int lt_cuda_sum_squares(lt_ctx *ctx, double *out, lt_tensor x) {
+  return sum_to_host<true>(ctx, out, x, "sum_squares");
+}
+
+int lt_cuda_sum(lt_ctx *ctx, double *out, lt_tensor x) {
+  return sum_to_host<false>(ctx, out, x, "sum");
 }

@@ -225,6 +225,10 @@ void lt_cuda_ctx_destroy(lt_ctx *ctx) {
   lt_cuda_free(st->blas_workspace);
   lt_cuda_free(st->scratch);
   if (st->host_result) cudaFreeHost(st->host_result);
+  for (int i = 0; i < LT_CUDA_UPLOAD_SLOTS; i++) {
+    if (st->uploads[i].host) cudaFreeHost(st->uploads[i].host);
+    if (st->uploads[i].copied) cudaEventDestroy(st->uploads[i].copied);
+  }
   if (st->side) cudaStreamDestroy(st->side);
   if (st->fork) cudaEventDestroy(st->fork);
   if (st->join) cudaEventDestroy(st->join);
@@ -232,6 +236,36 @@ void lt_cuda_ctx_destroy(lt_ctx *ctx) {
   cudaGetLastError();
   free(st);
   ctx->cuda = NULL;
+}
+
+// The batch's tokens, targets and positions go up this way at every micro-batch. A cudaMemcpy
+// (lt_device_copy) would wait for every kernel queued before it and leave the GPU idle until the
+// host queued the next; a copy from pinned memory in stream order leaves the queue full. src is
+// copied into the next staging slot first, so the caller may reuse it at once; the slot itself is
+// reused only after the stream has passed its previous copy (the host waits for that, at worst).
+int lt_cuda_upload(lt_ctx *ctx, lt_tensor dst, const void *src) {
+  lt_cuda_state *st = cuda_state(ctx);
+  const size_t bytes = lt_nbytes(dst);
+  if (bytes == 0) return LT_OK;
+  lt_cuda_upload_slot *u = &st->uploads[st->next_upload];
+  st->next_upload = (st->next_upload + 1) % LT_CUDA_UPLOAD_SLOTS;
+  if (u->copied)
+    CUDA_TRY(cudaEventSynchronize(u->copied), "an upload queued before this one");
+  else
+    CUDA_TRY(cudaEventCreateWithFlags(&u->copied, cudaEventDisableTiming),
+             "creating an upload's event");
+  if (u->bytes < bytes) {
+    if (u->host) cudaFreeHost(u->host);
+    u->host = NULL, u->bytes = 0;
+    CUDA_TRY(cudaMallocHost(&u->host, bytes), "cudaMallocHost of %zu bytes to stage an upload",
+             bytes);
+    u->bytes = bytes;
+  }
+  memcpy(u->host, src, bytes);
+  CUDA_TRY(cudaMemcpyAsync(dst.data, u->host, bytes, cudaMemcpyHostToDevice, st->stream),
+           "an upload of %zu bytes", bytes);
+  CUDA_TRY(cudaEventRecord(u->copied, st->stream), "recording an upload's event");
+  return lt_cuda_launched(st, "upload", dst, dst);
 }
 
 int lt_cuda_sync(lt_ctx *ctx) {
