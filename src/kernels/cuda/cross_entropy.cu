@@ -90,12 +90,12 @@ template <int CHUNKS> __device__ __forceinline__ void row_columns(int (&col)[CHU
 
 // losses[n] = lse(logits[n]) - logits[n, t_n] (0 where ignored); dlogits, when given, =
 // grad_scale * (softmax(logits[n]) - onehot(t_n)), 0 where ignored.
-// logits: (N, V), V % 8 == 0, V <= 8 CHUNKS blockDim, rows 16-byte aligned; dlogits: (N, V) or
-// NULL, may alias logits; targets: (N) i32; losses: (N) f32. One block per row.
-template <typename TL, typename TG, int CHUNKS>
+// logits: (N, V) f32, V % 8 == 0, V <= 8 CHUNKS blockDim, rows 16-byte aligned; dlogits: (N, V)
+// or NULL, may alias logits; targets: (N) i32; losses: (N) f32. One block per row.
+template <typename TG, int CHUNKS>
 __global__ void __launch_bounds__(ROW_THREADS)
-    cross_entropy_row_kernel(float *losses, TG *dlogits, const TL *logits, const int32_t *targets,
-                             int v, int ignore_index, float grad_scale) {
+    cross_entropy_row_kernel(float *losses, TG *dlogits, const float *logits,
+                             const int32_t *targets, int v, int ignore_index, float grad_scale) {
   __shared__ float partial[32];
   const int64_t row = blockIdx.x;
   const int32_t target = targets[row];
@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(ROW_THREADS)
   row_columns(col);
   if (target == ignore_index) return ignored_row(losses, grad, row, col, v);
   // Every load is issued before any is used: the row's bytes are in flight at once.
-  const TL *x = logits + row * v;
+  const float *x = logits + row * v;
   float e[CHUNKS][8];
 #pragma unroll
   for (int k = 0; k < CHUNKS; k++) {
@@ -246,6 +246,28 @@ __global__ void __launch_bounds__(TWO_PASS_THREADS)
   }
 }
 
+// One register-path launch of CHUNKS vectors a thread: f32 rows a block each; bf16 rows through
+// the copy-ahead kernel, as many blocks as fit at once (one an SM at V = 32768; more for narrow
+// rows), each walking its share of the rows.
+template <typename TL, typename TG, int CHUNKS>
+static void launch_chunks(const lt_cuda_state *st, int threads, int64_t n, float *losses,
+                          TG *dlogits, const TL *logits, const int32_t *targets, int v,
+                          int ignore_index, float grad_scale) {
+  if constexpr (std::is_same_v<TL, bf16>) {
+    auto kernel = cross_entropy_rows_kernel<TG, CHUNKS>;
+    const int smem = CHUNKS * threads * 16;
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    int per_sm = 1;
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
+    const int64_t fit = (int64_t)(per_sm > 1 ? per_sm : 1) * st->n_sms, grid = n < fit ? n : fit;
+    kernel<<<(unsigned)grid, threads, smem, st->stream>>>(losses, dlogits, logits, targets, n, v,
+                                                          ignore_index, grad_scale);
+  } else {
+    cross_entropy_row_kernel<TG, CHUNKS><<<(unsigned)n, threads, 0, st->stream>>>(
+        losses, dlogits, logits, targets, v, ignore_index, grad_scale);
+  }
+}
+
 // The register path's launch: the fewest vectors per thread that cover the row with at most
 // ROW_THREADS threads, then the fewest whole warps that cover it with that many.
 template <typename TL, typename TG>
@@ -254,34 +276,22 @@ static void launch_row_kernel(const lt_cuda_state *st, int64_t n, float *losses,
                               float grad_scale) {
   const int vectors = v / 8, chunks = (vectors + ROW_THREADS - 1) / ROW_THREADS;
   const int threads = ((vectors + chunks - 1) / chunks + 31) / 32 * 32;
-  auto run = [&](auto kernel, auto rows_kernel) {
-    if constexpr (std::is_same_v<TL, bf16>) {
-      // As many blocks as fit at once (one an SM at V = 32768; more for narrow rows).
-      const int smem = chunks * threads * 16;
-      cudaFuncSetAttribute(rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-      int per_sm = 1;
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, rows_kernel, threads, smem);
-      const int64_t fit = (int64_t)(per_sm > 1 ? per_sm : 1) * st->n_sms, grid = n < fit ? n : fit;
-      rows_kernel<<<(unsigned)grid, threads, smem, st->stream>>>(losses, dlogits, logits, targets,
-                                                                 n, v, ignore_index, grad_scale);
-    } else {
-      (void)rows_kernel;
-      kernel<<<(unsigned)n, threads, 0, st->stream>>>(losses, dlogits, logits, targets, v,
-                                                      ignore_index, grad_scale);
-    }
-  };
   switch (chunks) {
   case 1:
-    run(cross_entropy_row_kernel<TL, TG, 1>, cross_entropy_rows_kernel<TG, 1>);
+    launch_chunks<TL, TG, 1>(st, threads, n, losses, dlogits, logits, targets, v, ignore_index,
+                             grad_scale);
     break;
   case 2:
-    run(cross_entropy_row_kernel<TL, TG, 2>, cross_entropy_rows_kernel<TG, 2>);
+    launch_chunks<TL, TG, 2>(st, threads, n, losses, dlogits, logits, targets, v, ignore_index,
+                             grad_scale);
     break;
   case 3:
-    run(cross_entropy_row_kernel<TL, TG, 3>, cross_entropy_rows_kernel<TG, 3>);
+    launch_chunks<TL, TG, 3>(st, threads, n, losses, dlogits, logits, targets, v, ignore_index,
+                             grad_scale);
     break;
   default:
-    run(cross_entropy_row_kernel<TL, TG, MAX_CHUNKS>, cross_entropy_rows_kernel<TG, MAX_CHUNKS>);
+    launch_chunks<TL, TG, MAX_CHUNKS>(st, threads, n, losses, dlogits, logits, targets, v,
+                                      ignore_index, grad_scale);
     break;
   }
 }
