@@ -8,12 +8,15 @@
 // in and the bf16 gradient out (the model writes it in place; here beside them, the same bytes, so
 // that every repetition reads the same logits), once per chunk of the step's tokens.
 // The step's total counts each pass as often as a step of that model runs it (per layer: the
-// SwiGLU forward and backward, the fused add + FFN norm, the attention norm, the block's closing
-// add, two norm backwards, RoPE both ways, attention's delta; plus the final norm and its
-// backward, and the loss once per chunk). MoH's backward of its head weights with attention's
-// delta, fused (our op) and as the two passes it replaces, is timed too, outside the step's total
-// (the 135M model has no MoH). Times are medians of 5 trials of back-to-back repetitions after a
-// warm-up.
+// SwiGLU forward and backward, two fused add + norms (the FFN's, and the block's closing add with
+// the next block's norm or the final one), two norm backwards, RoPE both ways, attention's delta;
+// plus the first block's norm, the final norm's backward, the loss once per chunk and the
+// embedding's backward once). Timed outside the step's total: the plain norm and residual add
+// (which the fused passes replace), MoH's backward of its head weights with attention's delta,
+// fused (our op) and as the two passes it replaces (the 135M model has no MoH), and the
+// embedding's backward on text-like tokens (Zipf's law, s = 1: the commonest token is ~9% of
+// them). The embedding backward's bytes are dout's read and the f32 table rows its tokens touch,
+// read and written. Times are medians of 5 trials of back-to-back repetitions after a warm-up.
 #include <cuda_runtime_api.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +39,7 @@ typedef struct passes {
   lt_tensor d_o, gates, dgates;        // MoH: d_o (B, T, H, D) bf16 (dout is d_gated), (N, H) f32
   lt_tensor logits, dlogits;           // cross-entropy: (R, V) bf16, (R, V) bf16
   lt_tensor targets, losses;           // (R) i32, (R) f32
+  lt_tensor dtable, uniform, zipf;     // embedding: (V, C) f32; tokens (N) i32 of two laws
   lt_tensor copy_src, copy_dst;        // bf16, half the largest pass's bytes each
   int64_t copy_numel;                  // the elements the reference copies now
 } passes;
@@ -89,6 +93,14 @@ static int cross_entropy(void *arg) {
   passes *p = arg;
   return lt_cross_entropy(p->ctx, p->losses, p->dlogits, p->logits, p->targets, -100, 1e-4f);
 }
+static int embedding_bwd_uniform(void *arg) {
+  passes *p = arg;
+  return lt_embedding_bwd(p->ctx, p->dtable, p->y, p->uniform);
+}
+static int embedding_bwd_zipf(void *arg) {
+  passes *p = arg;
+  return lt_embedding_bwd(p->ctx, p->dtable, p->y, p->zipf);
+}
 static int reference_copy(void *arg) {
   passes *p = arg;
   return lt_copy(p->ctx, lt_view1(p->copy_dst.data, LT_BF16, LT_CUDA, p->copy_numel),
@@ -116,6 +128,38 @@ static int device_tensor(lt_ctx *ctx, lt_tensor *t, lt_dtype dtype, int ndim, co
   *t = lt_view(NULL, dtype, LT_CUDA, ndim, shape);
   LT_TRY(lt_device_alloc(LT_CUDA, lt_nbytes(*t), "a benchmark tensor", &t->data));
   return lt_zero(ctx, *t);
+}
+
+// n tokens of a vocabulary of v, the same every run: uniform, or by Zipf's law (token k with
+// probability proportional to 1 / (k + 1)). Returns how many distinct tokens there are, or -1
+// when out of host memory.
+static int64_t embedding_tokens(int32_t *ids, int64_t n, int64_t v, bool zipf) {
+  double *cdf = malloc(sizeof(double) * (size_t)v);
+  char *seen = calloc((size_t)v, 1);
+  if (!cdf || !seen) {
+    free(cdf), free(seen);
+    return -1;
+  }
+  double total = 0;
+  for (int64_t k = 0; k < v; k++) cdf[k] = total += zipf ? 1.0 / (double)(k + 1) : 1.0;
+  uint64_t state = 88172645463325252ull;
+  int64_t distinct = 0;
+  for (int64_t i = 0; i < n; i++) {
+    state ^= state << 13, state ^= state >> 7, state ^= state << 17; // xorshift64
+    const double goal = (double)(state >> 11) / 9007199254740992.0 * total;
+    int64_t lo = 0, hi = v - 1; // the first k with cdf[k] > goal
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (cdf[mid] > goal)
+        hi = mid;
+      else
+        lo = mid + 1;
+    }
+    ids[i] = (int32_t)lo;
+    distinct += !seen[lo], seen[lo] = 1;
+  }
+  free(cdf), free(seen);
+  return distinct;
 }
 
 static int make_passes(passes *p, int64_t B, int64_t T, int64_t H, int64_t D, int64_t F, int64_t V,
@@ -154,6 +198,7 @@ static int make_passes(passes *p, int64_t B, int64_t T, int64_t H, int64_t D, in
       {&p->logits, LT_BF16, 2, {r, V}},
       {&p->dlogits, LT_BF16, 2, {r, V}},
       {&p->losses, LT_F32, 1, {r}},
+      {&p->dtable, LT_F32, 2, {V, c}},
       {&p->copy_src, LT_BF16, 1, {copy_numel}},
       {&p->copy_dst, LT_BF16, 1, {copy_numel}},
   };
@@ -171,17 +216,21 @@ static int make_passes(passes *p, int64_t B, int64_t T, int64_t H, int64_t D, in
   int rc = device_i32(&p->pos, ids, n, "positions");
   for (int64_t i = 0; i < r; i++) ids[i] = (int32_t)(i * 7919 % V);
   if (rc == LT_OK) rc = device_i32(&p->targets, ids, r, "targets");
+  for (int zipf = 0; zipf < 2 && rc == LT_OK; zipf++)
+    rc = embedding_tokens(ids, n, V, zipf) < 0
+             ? lt_fail(LT_ERR_MEMORY, "out of host memory for the tokens")
+             : device_i32(zipf ? &p->zipf : &p->uniform, ids, n, "tokens");
   free(ids);
   return rc;
 }
 
 static void free_passes(passes *p) {
-  lt_tensor *all[] = {&p->gate_up, &p->dgate_up, &p->h,      &p->dh,       &p->x,
-                      &p->y,       &p->sum,      &p->out,    &p->dx,       &p->w,
-                      &p->dw,      &p->rstd,     &p->qkv,    &p->q,        &p->k,
-                      &p->v,       &p->dq,       &p->pos,    &p->o,        &p->dout,
-                      &p->delta,   &p->d_o,      &p->gates,  &p->dgates,   &p->logits,
-                      &p->dlogits, &p->targets,  &p->losses, &p->copy_src, &p->copy_dst};
+  lt_tensor *all[] = {
+      &p->gate_up,  &p->dgate_up, &p->h,      &p->dh,      &p->x,       &p->y,       &p->sum,
+      &p->out,      &p->dx,       &p->w,      &p->dw,      &p->rstd,    &p->qkv,     &p->q,
+      &p->k,        &p->v,        &p->dq,     &p->pos,     &p->o,       &p->dout,    &p->delta,
+      &p->d_o,      &p->gates,    &p->dgates, &p->logits,  &p->dlogits, &p->targets, &p->losses,
+      &p->copy_src, &p->copy_dst, &p->dtable, &p->uniform, &p->zipf};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
     if (all[i]->data) lt_device_free(LT_CUDA, all[i]->data);
 }
@@ -206,12 +255,21 @@ int main(int argc, char **argv) {
   const double n = (double)(B * T), c = (double)(H * D), f = (double)F, qkv = 3.0 * c;
   const int64_t loss_rows = lt_lm_head_chunk_rows(V, B * T),
                 loss_chunks = (B * T + loss_rows - 1) / loss_rows;
+  // The embedding backward's tokens, for the table rows they touch (make_passes draws the same).
+  int32_t *ids = malloc(sizeof(int32_t) * (size_t)(B * T));
+  const int64_t rows_uniform = ids ? embedding_tokens(ids, B * T, V, false) : -1,
+                rows_zipf = ids ? embedding_tokens(ids, B * T, V, true) : -1;
+  free(ids);
+  if (rows_uniform < 0 || rows_zipf < 0) {
+    fprintf(stderr, "bench_passes: out of host memory for %lld tokens\n", (long long)(B * T));
+    return 1;
+  }
   const pass_case cases[] = {
       {"swiglu_fwd", swiglu_fwd, n * 3 * f * 2, N_LAYERS},
       {"swiglu_bwd (+ h)", swiglu_bwd_with_h, n * 6 * f * 2, N_LAYERS},
-      {"add_rmsnorm_fwd", add_rmsnorm_fwd, n * 4 * c * 2, N_LAYERS},
-      {"rmsnorm_fwd", rmsnorm_fwd, n * 2 * c * 2, N_LAYERS + 1},
-      {"add (residual)", residual_add, n * 3 * c * 2, N_LAYERS},
+      {"add_rmsnorm_fwd", add_rmsnorm_fwd, n * 4 * c * 2, 2 * N_LAYERS},
+      {"rmsnorm_fwd", rmsnorm_fwd, n * 2 * c * 2, 1},
+      {"add (residual)", residual_add, n * 3 * c * 2, 0},
       {"rmsnorm_bwd (dx +=)", rmsnorm_bwd, n * 4 * c * 2, 2 * N_LAYERS + 1},
       {"rope_qkv_fwd", rope_fwd, n * 2 * qkv * 2, N_LAYERS},
       {"rope_qkv_bwd (f32 dq)", rope_bwd, n * (c * 4 + 2 * c * 2 + qkv * 2), N_LAYERS},
@@ -220,6 +278,8 @@ int main(int argc, char **argv) {
       {"moh gate_bwd + delta", moh_gate_bwd_then_delta, n * (5 * c * 2 + 3 * H * 4), 0},
       {"cross_entropy (bf16)", cross_entropy, (double)loss_rows * ((double)V * (2 + 2) + 4 + 4),
        (int)loss_chunks},
+      {"embedding_bwd", embedding_bwd_uniform, n * c * 2 + (double)rows_uniform * c * 8, 1},
+      {"embedding_bwd (Zipf)", embedding_bwd_zipf, n * c * 2 + (double)rows_zipf * c * 8, 0},
   };
   const int n_cases = (int)(sizeof cases / sizeof cases[0]);
   double most_bytes = 0;
@@ -248,6 +308,8 @@ int main(int argc, char **argv) {
          (long long)(B * T), (long long)B, (long long)T, (long long)H, (long long)D, (long long)F,
          (long long)loss_rows, (long long)V, prop.name);
   printf("reference: a device-to-device copy of the same bytes, in this run\n");
+  printf("embedding_bwd: %lld tokens touch %lld table rows (uniform) or %lld (Zipf)\n",
+         (long long)(B * T), (long long)rows_uniform, (long long)rows_zipf);
   printf("%-22s | %8s | %8s %7s | %8s | %s\n", "pass", "MB", "ours ms", "GB/s", "copy ms",
          "copy / ours");
   double step_ours = 0, step_copy = 0;

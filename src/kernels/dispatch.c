@@ -71,6 +71,14 @@ int lt_upload(lt_ctx *ctx, lt_tensor dst, const void *src) {
   return LT_OK;
 }
 
+void lt_profile_mark(lt_ctx *ctx, const char *what) {
+#ifdef LT_WITH_CUDA
+  if (ctx->device == LT_CUDA) lt_cuda_profile_mark(ctx, what);
+#else
+  (void)ctx, (void)what;
+#endif
+}
+
 int lt_matmul(lt_ctx *ctx, lt_tensor c, lt_tensor a, bool trans_a, lt_tensor b, bool trans_b,
               float alpha, float beta) {
   EXPECT(a.ndim == 2 && b.ndim == 2 && c.ndim == 2, "matmul", "expected 2-D views", a, b);

@@ -28,6 +28,10 @@ int lt_ctx_sync(lt_ctx *ctx);
 // Copies host memory src (lt_nbytes(dst) bytes) into dst in the order of the ctx's queued work,
 // without waiting for that work on CUDA; src may be reused once it returns.
 int lt_upload(lt_ctx *ctx, lt_tensor dst, const void *src);
+// Under LT_CUDA_PROFILE, names the interval since the last op "what": the time the queue sat
+// empty until the host came to this point (or, if work was still queued, nothing). A no-op
+// otherwise, and on the CPU.
+void lt_profile_mark(lt_ctx *ctx, const char *what);
 
 // --- dense algebra ---
 

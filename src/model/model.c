@@ -193,9 +193,7 @@ static int plan_views(lt_model *model, const lt_plan *p, lt_arena *work) {
                              &model->d_final};
   for (size_t i = 0; i < sizeof pass_views / sizeof pass_views[0]; i++)
     LT_TRY(lt_arena_alloc2(work, pass_views[i], dt, n, d));
-  if (!model->recompute) return LT_OK;
-  LT_TRY(lt_arena_alloc2(work, &model->recompute_out, dt, n, d));
-  return plan_blocks(model, &pass);
+  return model->recompute ? plan_blocks(model, &pass) : LT_OK;
 }
 
 static lt_plan model_plan(const lt_model *model, lt_arena *acts, lt_arena *scratch) {
@@ -263,14 +261,15 @@ static int check_planned(const lt_model *model, const lt_batch *batch) {
                           (long long)model->T);
 }
 
-static int block_forward(lt_ctx *ctx, lt_block *b, lt_tensor out, lt_tensor branch,
-                         const lt_batch *batch) {
-  LT_TRY(lt_rmsnorm_forward(ctx, &b->attn_norm, b->attn_in, b->attn_rstd, b->x_in));
+// The block up to its last residual add: branch then holds the FFN's output, which the caller
+// adds to x_mid. normed: the previous block's last add already wrote attn_in and attn_rstd.
+static int block_forward(lt_ctx *ctx, lt_block *b, lt_tensor branch, const lt_batch *batch,
+                         bool normed) {
+  if (!normed) LT_TRY(lt_rmsnorm_forward(ctx, &b->attn_norm, b->attn_in, b->attn_rstd, b->x_in));
   LT_TRY(b->mixer->ops->forward(b->mixer, ctx, branch, b->attn_in, batch));
   LT_TRY(
       lt_add_rmsnorm_forward(ctx, &b->ffn_norm, b->x_mid, b->ffn_in, b->ffn_rstd, b->x_in, branch));
-  LT_TRY(b->ffn->ops->forward(b->ffn, ctx, branch, b->ffn_in, batch));
-  return lt_add(ctx, out, b->x_mid, branch);
+  return b->ffn->ops->forward(b->ffn, ctx, branch, b->ffn_in, batch);
 }
 
 // d_resid holds d(loss)/d(block output) on entry and d(loss)/d(block input) on return.
@@ -282,18 +281,29 @@ static int block_backward(lt_ctx *ctx, lt_block *b, lt_tensor d_resid, lt_tensor
   return lt_rmsnorm_backward(ctx, &b->attn_norm, d_resid, d_branch, b->x_in, b->attn_rstd);
 }
 
+// Each block's last residual add is fused with the norm that reads its sum next (the next block's
+// attn_norm, or the final norm): one pass that writes the sum and its normalised copy, exactly as
+// an add and a norm would (lt_add_rmsnorm_fwd rounds the sum before normalising it).
 static int blocks_forward(lt_model *model, lt_ctx *ctx, const lt_batch *batch) {
   LT_TRY(check_planned(model, batch));
   const int begin = model->layer_begin, end = model->layer_end;
   if (model->first_stage)
     LT_TRY(lt_embedding_forward(ctx, &model->embed, model->blocks[begin].x_in, batch->tokens));
   for (int l = begin; l < end; l++) {
-    lt_tensor out = l + 1 < end ? model->blocks[l + 1].x_in : model->x_out;
-    LT_TRY(block_forward(ctx, &model->blocks[l], out, model->branch, batch));
+    lt_block *b = &model->blocks[l];
+    LT_TRY(block_forward(ctx, b, model->branch, batch, l > begin));
+    if (l + 1 < end) {
+      lt_block *next = &model->blocks[l + 1];
+      LT_TRY(lt_add_rmsnorm_forward(ctx, &next->attn_norm, next->x_in, next->attn_in,
+                                    next->attn_rstd, b->x_mid, model->branch));
+    } else if (model->last_stage) {
+      LT_TRY(lt_add_rmsnorm_forward(ctx, &model->final_norm, model->x_out, model->final_in,
+                                    model->final_rstd, b->x_mid, model->branch));
+    } else {
+      LT_TRY(lt_add(ctx, model->x_out, b->x_mid, model->branch));
+    }
   }
-  if (!model->last_stage) return LT_OK;
-  return lt_rmsnorm_forward(ctx, &model->final_norm, model->final_in, model->final_rstd,
-                            model->x_out);
+  return LT_OK;
 }
 
 int lt_model_forward(lt_model *model, lt_ctx *ctx, const lt_batch *batch, bool want_grad,
@@ -327,8 +337,8 @@ int lt_model_backward(lt_model *model, lt_ctx *ctx, const lt_batch *batch) {
   replay.aux = NULL;
   for (int l = model->layer_end - 1; l >= model->layer_begin; l--) {
     lt_block *b = &model->blocks[l];
-    if (model->recompute)
-      LT_TRY(block_forward(ctx, b, model->recompute_out, model->branch, &replay));
+    // The replay stops before the block's last add: its sum is the next block's input, kept.
+    if (model->recompute) LT_TRY(block_forward(ctx, b, model->branch, &replay, false));
     LT_TRY(block_backward(ctx, b, model->d_resid, model->d_branch, batch));
     LT_TRY(grads_ready(model, b->first_param));
   }

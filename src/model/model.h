@@ -55,7 +55,6 @@ typedef struct lt_model {
   lt_tensor x_out; // (N, D) residual stream after the last block
   lt_tensor final_in, final_rstd;
   lt_tensor branch;                     // (N, D) a sublayer's output before the residual add
-  lt_tensor recompute_out;              // (N, D) where a recomputed block's output goes
   lt_tensor d_resid, d_branch, d_final; // (N, D) gradients
 } lt_model;
 
@@ -92,7 +91,8 @@ int lt_model_backward(lt_model *model, lt_ctx *ctx, const lt_batch *batch);
 int lt_model_logits(lt_model *model, lt_ctx *ctx, const lt_batch *batch, lt_tensor logits);
 // Parameters and FLOPs per token of a training step (6 per weight a token uses, a MoE layer's
 // top_k experts only, plus attention's: 12 L T d / 2 for causal softmax layers, less for windows,
-// MoH and the linear kinds; model.c), of the whole model: the same numbers whatever its split over tensor-parallel ranks and stages.
+// MoH and the linear kinds; model.c), of the whole model: the same numbers whatever its split over
+// tensor-parallel ranks and stages.
 int64_t lt_model_n_params(const lt_model *model);
 double lt_model_train_flops_per_token(const lt_model *model, int64_t T);
 

@@ -155,6 +155,7 @@ int lt_optimizer_step(lt_optimizer *opt, lt_ctx *ctx, double lr, double *grad_no
     if (coef < 1.0) clip = (float)coef;
   }
   opt->step++;
+  lt_profile_mark(ctx, "(idle) the host reading the gradient norm");
   lt_adamw_args args = {.lr = (float)lr,
                         .beta1 = (float)opt->cfg.beta1,
                         .beta2 = (float)opt->cfg.beta2,

@@ -25,14 +25,24 @@ static void warn_unchecked(const lt_trainer *tr, const lt_source *src, const cha
           key, src->name, src->unchecked);
 }
 
-static int allocate_batches(lt_trainer *tr) {
-  size_t n = (size_t)(tr->accum * tr->micro_batch * tr->seq_len);
-  int32_t **buffers[4] = {&tr->host.tokens, &tr->host.targets, &tr->host.pos, &tr->host.doc};
-  const int n_buffers = tr->data->documents ? 4 : 3;
+static int allocate_samples(lt_samples *s, size_t n, int n_buffers) {
+  int32_t **buffers[4] = {&s->tokens, &s->targets, &s->pos, &s->doc};
   for (int i = 0; i < n_buffers; i++) {
     *buffers[i] = malloc(n * sizeof(int32_t));
     LT_CHECK(*buffers[i], LT_ERR_MEMORY, "out of host memory for %zu batch tokens", n);
   }
+  return LT_OK;
+}
+
+static void free_samples(lt_samples *s) {
+  free(s->tokens), free(s->targets), free(s->pos), free(s->doc);
+}
+
+static int allocate_batches(lt_trainer *tr) {
+  size_t n = (size_t)(tr->accum * tr->micro_batch * tr->seq_len);
+  const int n_buffers = tr->data->documents ? 4 : 3;
+  LT_TRY(allocate_samples(&tr->host, n, n_buffers));
+  LT_TRY(allocate_samples(&tr->ahead, n, n_buffers));
   const int64_t micro_tokens = tr->micro_batch * tr->model.T;
   tr->batch = (lt_batch){.B = tr->micro_batch, .T = tr->model.T, .aux = &tr->aux};
   if (tr->ctx.device == LT_CPU) return LT_OK; // views of the host buffers, set per micro-step
@@ -75,10 +85,8 @@ int lt_trainer_create(lt_trainer *tr, const lt_config *cfg, lt_world *world) {
 
 void lt_trainer_destroy(lt_trainer *tr) {
   lt_metrics_close(&tr->metrics);
-  free(tr->host.tokens);
-  free(tr->host.targets);
-  free(tr->host.pos);
-  free(tr->host.doc);
+  free_samples(&tr->host);
+  free_samples(&tr->ahead);
   lt_arena_destroy(&tr->batch_arena);
   lt_dp_destroy(&tr->dp);
   lt_optimizer_destroy(&tr->opt);
@@ -137,22 +145,56 @@ static void injected_hang(const lt_trainer *tr) {
   for (;;) pause();
 }
 
-int lt_trainer_forward_backward(lt_trainer *tr, double *loss, double *aux) {
-  injected_hang(tr);
-  const int64_t n_step = tr->accum * tr->micro_batch * tr->model.T;
+// This rank's share of the next step's samples into s.
+static int read_step(lt_trainer *tr, lt_samples *s) {
   const lt_mesh *mesh = &tr->mesh;
   // Every rank of one data-parallel replica (its cp, tp and pp ranks) reads the same sequences.
   LT_TRY(lt_source_next(tr->data, tr->cfg.train.batch, mesh->coord[LT_AXIS_DP],
-                        mesh->size[LT_AXIS_DP], tr->host));
+                        mesh->size[LT_AXIS_DP], *s));
   // Context parallel: keep this rank's zigzag chunks, so it stages and counts only its own tokens.
-  lt_zigzag_keep_local_samples(&tr->host, tr->accum * tr->micro_batch, tr->seq_len, mesh);
+  lt_zigzag_keep_local_samples(s, tr->accum * tr->micro_batch, tr->seq_len, mesh);
+  return LT_OK;
+}
+
+// The next step's samples into tr->ahead, unless this step is the run's last (train.steps), so
+// that the host reads them while the device runs the backward just queued, instead of the
+// device waiting for the read at the start of the next step.
+static int read_ahead(lt_trainer *tr) {
+  if (tr->opt.step + 2 > tr->cfg.train.steps) return LT_OK;
+  tr->ahead_position = tr->data->next_sample;
+  int rc = read_step(tr, &tr->ahead);
+  if (rc != LT_OK) {
+    tr->data->next_sample = tr->ahead_position;
+    return rc;
+  }
+  tr->have_ahead = true;
+  return LT_OK;
+}
+
+int64_t lt_trainer_data_position(const lt_trainer *tr) {
+  return tr->have_ahead ? tr->ahead_position : tr->data->next_sample;
+}
+
+int lt_trainer_forward_backward(lt_trainer *tr, double *loss, double *aux) {
+  injected_hang(tr);
+  lt_profile_mark(&tr->ctx, "(idle) the host between steps");
+  const int64_t n_step = tr->accum * tr->micro_batch * tr->model.T;
+  const lt_mesh *mesh = &tr->mesh;
+  if (tr->have_ahead) { // read during the last step
+    const lt_samples read = tr->ahead;
+    tr->ahead = tr->host, tr->host = read, tr->have_ahead = false;
+  } else {
+    LT_TRY(read_step(tr, &tr->host));
+  }
   // The loss is the mean over every target token of the step, whatever the accumulation: each
   // micro-batch's gradient is scaled by 1 / (the step's target count), known before any runs.
   double count;
   LT_TRY(count_targets(tr, n_step, &count));
   LT_CHECK(count > 0, LT_ERR_DATA, "%s: a whole step has no target tokens", tr->data->name);
   const float grad_scale = (float)(1.0 / count);
+  lt_profile_mark(&tr->ctx, "(idle) the host reading the batch");
   LT_TRY(lt_params_zero_grad(&tr->model.params));
+  lt_profile_mark(&tr->ctx, "zero the gradients");
   // Auxiliary losses are means over a micro-batch's tokens already: the step's is their mean over
   // every data-parallel replica's micro-batches, as one process running them all would take it.
   // Under context parallelism each cp rank's routers see the whole sequence's statistics (every
@@ -173,6 +215,7 @@ int lt_trainer_forward_backward(lt_trainer *tr, double *loss, double *aux) {
     LT_TRY(stage_micro_batch(tr, m));
     tr->aux.sum = 0.0; // read before backward, which may run the forward again (recompute)
     LT_TRY(lt_model_forward(&tr->model, &tr->ctx, &tr->batch, true, grad_scale, &micro_loss));
+    lt_profile_mark(&tr->ctx, "(idle) the host reading the loss");
     sums[1] += tr->aux.sum;
     // The gradients are summed over the data-parallel ranks once, as the last backward ends.
     tr->model.grads_ready = m + 1 == tr->accum ? lt_dp_grads_ready : NULL;
@@ -182,6 +225,7 @@ int lt_trainer_forward_backward(lt_trainer *tr, double *loss, double *aux) {
     LT_TRY(rc);
     sums[0] += micro_loss;
   }
+  LT_TRY(read_ahead(tr));
   LT_TRY(lt_dp_finish(&tr->dp));
   LT_TRY(lt_all_reduce_sum_f64(&mesh->dp_cp, sums, 2));
   *loss = sums[0] / count;
@@ -266,6 +310,7 @@ int lt_trainer_resume(lt_trainer *tr, const char *dir) {
     tr->opt.step = ck.meta.step;
     tr->tokens_seen = ck.meta.tokens_seen;
     tr->data->next_sample = ck.meta.data_position;
+    tr->have_ahead = false;
     tr->train_seconds = ck.meta.train_seconds;
     if (tr->mesh.world_rank == 0) // one warning per run, not one per rank
       warn_config_differences(tr, ck.meta.config_yaml, ck.dir);
@@ -287,7 +332,7 @@ static int agree(const lt_trainer *tr, int rc, const char *what) {
 static int commit(const lt_trainer *tr, lt_checkpoint_writer *w, double train_seconds) {
   lt_checkpoint_meta meta = {.step = tr->opt.step,
                              .tokens_seen = tr->tokens_seen,
-                             .data_position = tr->data->next_sample,
+                             .data_position = lt_trainer_data_position(tr),
                              .seed = tr->cfg.run.seed,
                              .n_params = lt_model_n_params(&tr->model),
                              .train_seconds = train_seconds};

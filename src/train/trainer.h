@@ -28,7 +28,13 @@ typedef struct lt_trainer {
   lt_source *data;     // the training samples: a dataset's or a task's (data/source.h)
   lt_source *val_data; // the validation samples; NULL when the config has none
   int64_t micro_batch, accum, seq_len;
-  lt_samples host;      // the step's samples on this rank: accum * micro_batch * seq_len each
+  lt_samples host; // the step's samples on this rank: accum * micro_batch * seq_len each
+  // The next step's, read once this step's last backward is queued, while the device runs it:
+  // with have_ahead, the source's next_sample is a step past ahead_position, the data position
+  // that a checkpoint saves.
+  lt_samples ahead;
+  bool have_ahead;
+  int64_t ahead_position;
   lt_arena batch_arena; // the micro-batch on the device
   lt_batch batch;
   lt_aux_loss aux; // the layers' auxiliary losses (routers' load balance), per micro-batch
@@ -49,6 +55,9 @@ int lt_trainer_step(lt_trainer *tr, lt_step_metrics *out);
 // The mean loss per target token over train.eval_batches micro-batches of the validation set,
 // the same ones every call.
 int lt_trainer_eval(lt_trainer *tr, double *loss);
+// The data position a checkpoint saves: the count of samples the steps so far consumed (not
+// counting the next step's, if already read ahead).
+int64_t lt_trainer_data_position(const lt_trainer *tr);
 // The whole training state from checkpoint `dir`: weights, AdamW moments and step, tokens seen,
 // data position, time spent. Config keys that differ from the checkpoint's are warned about.
 int lt_trainer_resume(lt_trainer *tr, const char *dir);

@@ -23,6 +23,7 @@ int lt_cuda_upload(lt_ctx *ctx, lt_tensor dst, const void *src);
 // With LT_CUDA_PROFILE=1 the context sums the GPU time of every op and prints the totals when it
 // ends; this starts the sums over (e.g. after warm-up steps). A no-op otherwise.
 void lt_cuda_profile_reset(lt_ctx *ctx);
+void lt_cuda_profile_mark(lt_ctx *ctx, const char *what);
 
 // f32 -> bf16 outside a context, on the default stream (the parameters' compute copy).
 int lt_cuda_f32_to_bf16(void *dst, const float *src, size_t n);

@@ -70,14 +70,16 @@ static void profile_flush(struct cuda_profile *pr) {
   pr->n_marks = 1;
 }
 
-static void profile_mark(lt_cuda_state *st, const char *op, lt_tensor a, lt_tensor b) {
+static void profile_mark(lt_cuda_state *st, const char *key) {
   struct cuda_profile *pr = st->profile;
   if (pr->n_marks == PROFILE_MARKS) profile_flush(pr);
-  char key[160], da[64], db[64];
-  snprintf(key, sizeof key, "%s %s, %s", op, lt_tensor_desc(a, da, sizeof da),
-           lt_tensor_desc(b, db, sizeof db));
   pr->keys_of[pr->n_marks] = profile_key(pr, key);
   cudaEventRecord(pr->events[pr->n_marks++], st->stream);
+}
+
+void lt_cuda_profile_mark(lt_ctx *ctx, const char *what) {
+  lt_cuda_state *st = cuda_state(ctx);
+  if (st->profile) profile_mark(st, what);
 }
 
 static int by_time(const void *x, const void *y) {
@@ -107,7 +109,12 @@ static void profile_report(struct cuda_profile *pr) {
 }
 
 int lt_cuda_launched(lt_cuda_state *st, const char *op, lt_tensor a, lt_tensor b) {
-  if (st->profile) profile_mark(st, op, a, b);
+  if (st->profile) {
+    char key[160], da[64], db[64];
+    snprintf(key, sizeof key, "%s %s, %s", op, lt_tensor_desc(a, da, sizeof da),
+             lt_tensor_desc(b, db, sizeof db));
+    profile_mark(st, key);
+  }
   cudaError_t err = cudaGetLastError();
   if (err == cudaSuccess && st->sync_each_op) err = cudaStreamSynchronize(st->stream);
   if (err == cudaSuccess) return LT_OK;
