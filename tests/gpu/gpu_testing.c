@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "core/device.h"
@@ -172,6 +173,30 @@ void lt_gpu_write_dataset(const char *path, int64_t n_tokens) {
 void lt_gpu_perturb_like_bf16(float *x, int64_t n, uint64_t seed) {
   lt_rng rng = lt_rng_seed(seed);
   for (int64_t i = 0; i < n; i++) x[i] *= 1.0f + (2.0f * lt_rng_uniform(&rng) - 1.0f) / 256.0f;
+}
+
+void lt_gpu_noisiest_gradients(lt_model *m, lt_ctx *ctx, const lt_batch *b, double n_targets,
+                               const float *g_cpu, float *g_noisy, uint64_t seed) {
+  lt_params *p = &m->params;
+  const size_t bytes = p->numel * sizeof(float);
+  float *master = malloc(bytes);
+  double *moved = calloc((size_t)p->count, sizeof(double));
+  assert_non_null(master), assert_non_null(moved);
+  memcpy(master, p->master, bytes);
+  for (int k = 0; k < LT_GPU_PERTURBATIONS; k++) {
+    memcpy(p->master, master, bytes);
+    lt_gpu_perturb_like_bf16(p->master, (int64_t)p->numel, seed + (uint64_t)k);
+    lt_gpu_loss_and_grads(m, ctx, b, n_targets);
+    for (int i = 0; i < p->count; i++) {
+      const int64_t off = (int64_t)p->info[i].offset, n = p->info[i].numel;
+      const double e = lt_gpu_rel_l2(p->grad + off, g_cpu + off, n);
+      if (k > 0 && e <= moved[i]) continue;
+      moved[i] = e;
+      memcpy(g_noisy + off, p->grad + off, (size_t)n * sizeof(float));
+    }
+  }
+  memcpy(p->master, master, bytes);
+  free(master), free(moved);
 }
 
 // The tolerance of one gradient (or all of them): tol, or the noise factor times how far the
