@@ -96,6 +96,27 @@ static inline bool aligned16(const void *p) {
   return ((uintptr_t)p & 15u) == 0;
 }
 
+// Runs the statement with NAME a constant of 1 to 4 (vectors per thread, or per lane): n.
+#define WITH_VECTORS(n, NAME, ...)                                                                 \
+  switch (n) {                                                                                     \
+  case 1: {                                                                                        \
+    constexpr int NAME = 1;                                                                        \
+    __VA_ARGS__;                                                                                   \
+  } break;                                                                                         \
+  case 2: {                                                                                        \
+    constexpr int NAME = 2;                                                                        \
+    __VA_ARGS__;                                                                                   \
+  } break;                                                                                         \
+  case 3: {                                                                                        \
+    constexpr int NAME = 3;                                                                        \
+    __VA_ARGS__;                                                                                   \
+  } break;                                                                                         \
+  case 4: {                                                                                        \
+    constexpr int NAME = 4;                                                                        \
+    __VA_ARGS__;                                                                                   \
+  } break;                                                                                         \
+  }
+
 static inline unsigned blocks_for(int64_t n, int per_block) {
   return (unsigned)((n + per_block - 1) / per_block);
 }

@@ -276,30 +276,19 @@ int lt_cuda_embedding_bwd(lt_ctx *ctx, lt_tensor dtable, lt_tensor dout, lt_tens
   const dim3 grid(blocks_for(chunks, THREADS / 32), blocks_for(d, 256 * vpl));
   int rc = dispatch_float(dout.dtype, [&](auto *tag) {
     using TD = TYPE_OF(tag);
-    auto launch = [&](auto vec_tag, auto vpl_tag) {
+    auto launch = [&](auto vec_tag) {
       constexpr bool VEC = decltype(vec_tag)::value;
-      constexpr int VPL = decltype(vpl_tag)::value;
-      embedding_bwd_chunk_kernel<TD, VEC, VPL><<<grid, THREADS, 0, st->stream>>>(
-          (float *)dtable.data, head, tail, (const TD *)dout.data, keys, pos, n, vocab, d);
-      embedding_bwd_join_kernel<VEC, VPL>
-          <<<grid, THREADS, 0, st->stream>>>((float *)dtable.data, head, tail, keys, n, vocab, d);
-    };
-    auto with_vpl = [&](auto vec_tag) {
-      switch (vpl) {
-      case 1:
-        return launch(vec_tag, std::integral_constant<int, 1>{});
-      case 2:
-        return launch(vec_tag, std::integral_constant<int, 2>{});
-      case 3:
-        return launch(vec_tag, std::integral_constant<int, 3>{});
-      default:
-        return launch(vec_tag, std::integral_constant<int, 4>{});
-      }
+      WITH_VECTORS(
+          vpl, VPL,
+          embedding_bwd_chunk_kernel<TD, VEC, VPL><<<grid, THREADS, 0, st->stream>>>(
+              (float *)dtable.data, head, tail, (const TD *)dout.data, keys, pos, n, vocab, d);
+          embedding_bwd_join_kernel<VEC, VPL>
+          <<<grid, THREADS, 0, st->stream>>>((float *)dtable.data, head, tail, keys, n, vocab, d));
     };
     if (vec)
-      with_vpl(std::true_type{});
+      launch(std::true_type{});
     else
-      with_vpl(std::false_type{});
+      launch(std::false_type{});
     return LT_OK;
   });
   if (rc) return lt_cuda_unsupported("embedding_bwd", "dout must be f32 or bf16", dtable, dout);

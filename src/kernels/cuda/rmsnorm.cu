@@ -220,27 +220,6 @@ static void row_shape(int64_t c, int *threads, int *vpt) {
   *threads = (int)((t + 31) / 32 * 32);
 }
 
-// Runs the statement with NAME a constant of 1 to 4 (vectors per thread, or per lane): n.
-#define WITH_VECTORS(n, NAME, ...)                                                                 \
-  switch (n) {                                                                                     \
-  case 1: {                                                                                        \
-    constexpr int NAME = 1;                                                                        \
-    __VA_ARGS__;                                                                                   \
-  } break;                                                                                         \
-  case 2: {                                                                                        \
-    constexpr int NAME = 2;                                                                        \
-    __VA_ARGS__;                                                                                   \
-  } break;                                                                                         \
-  case 3: {                                                                                        \
-    constexpr int NAME = 3;                                                                        \
-    __VA_ARGS__;                                                                                   \
-  } break;                                                                                         \
-  case 4: {                                                                                        \
-    constexpr int NAME = 4;                                                                        \
-    __VA_ARGS__;                                                                                   \
-  } break;                                                                                         \
-  }
-
 static bool rows_ok(int64_t c, lt_tensor a, lt_tensor b, lt_tensor w) {
   return c % 8 == 0 && c <= 8 * MAX_THREADS * 4 && aligned16(a.data) && aligned16(b.data) &&
          aligned16(w.data);
