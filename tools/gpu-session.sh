@@ -3,7 +3,8 @@
 # benchmarks against PyTorch, logging each stage to $OUT (or ./gpu-logs). Run from the project's
 # root with the device folder (../shared/device copied into the project) as the first argument:
 #   bash tools/gpu-session.sh .gpu build test attention lightning model-4k model-16k model-64k
-# (passes: the memory-bound passes against a copy of the same bytes, bench_passes.)
+# (passes: the memory-bound passes against a copy of the same bytes, bench_passes; ffn: the fused
+# SwiGLU matmuls against the matmul then the SwiGLU pass, bench_swiglu_matmul.)
 # (test-moe, moe and moe-profile: the MoE kernels' and layer's tests, and bench_moe.)
 # Stages run in the order given; each has a time limit so one hang cannot eat the whole call.
 # NO_REFERENCE=1 leaves PyTorch out of the model benchmarks (a quicker look at longtrain alone).
@@ -79,6 +80,11 @@ for what in "$@"; do
     # The memory-bound passes of the 135M model's step against a copy of the same bytes.
     stage passes 200 $build/bench/bench_passes
     tail -16 "$out/passes.log"
+    ;;
+  ffn)
+    # The SwiGLU feed-forward's fused matmuls against the matmul then the SwiGLU pass, at 16K.
+    stage ffn 200 $build/bench/bench_swiglu_matmul
+    tail -6 "$out/ffn.log"
     ;;
   model-4k)
     stage model-4k 400 $build/bench/bench_model --seq 4096 --batch 8 "${model_reference[@]}"
@@ -205,10 +211,15 @@ for what in "$@"; do
       "src/kernels/cuda/linear_attention_io.cu|s/r \* (da - a \* mean)/r * da/|test_cuda_linear_training"
       "src/kernels/cuda/attention_mask.cuh|s/(d < 0 ? -d : d) < p.window/(d < 0 ? -d : d) <= p.window/|test_cuda_attention"
       "src/kernels/cuda/attention_mask.cuh|s/const int64_t reach = m.anywhere ? into_doc : (m.band > 0 ? m.band - 1 : 0);/const int64_t reach = m.anywhere ? into_doc : (m.band > 64 ? m.band - 64 : 0);/|test_cuda_attention"
+      "src/kernels/cuda/swiglu_matmul.cu|s/pack_bf16(gf.x \* sigmoid(gf.x) \* uf.x,/pack_bf16(gf.x * uf.x,/|test_cuda_kernels"
+      "src/kernels/cuda/swiglu_matmul.cu|s/dg\[k\] = d\[k\] \* uv\[k\] \* sg \* (1.0f + gv\[k\] \* (1.0f - sg));/dg[k] = d[k] * uv[k] * sg;/|test_cuda_kernels"
+      "src/kernels/cuda/swiglu_matmul.cu|s/FWD ? 16 : BK \* 128, 1024/FWD ? 16 : BK * 64, 1024/|test_cuda_kernels"
       "src/kernels/cuda/moh.cu|s/v += q \* (a_routed \* k_f \* dg\[l.n_shared + i\] - dot_chosen);/v += q * a_routed * k_f * dg[l.n_shared + i];/|test_cuda_sparse_moh"
     )
     for spec in "${breaks[@]}"; do
       IFS='|' read -r file expr test <<<"$spec"
+      # BREAK_ONLY=<file> runs only the checks that break that file.
+      [ -n "${BREAK_ONLY:-}" ] && [ "$file" != "$BREAK_ONLY" ] && continue
       cp "$file" "$file.orig"
       sed -i "$expr" "$file"
       if cmp -s "$file" "$file.orig"; then echo "break-check: the edit did not apply to $file"; mv "$file.orig" "$file"; continue; fi

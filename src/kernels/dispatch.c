@@ -260,6 +260,43 @@ int lt_swiglu_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor h, lt_tensor dh, lt
   return LT_OK;
 }
 
+int lt_swiglu_linear_fwd(lt_ctx *ctx, lt_tensor gate_up, lt_tensor h, lt_tensor x, lt_tensor w) {
+  EXPECT(x.ndim == 2 && w.ndim == 2 && h.ndim == 2 && gate_up.ndim == 2, "swiglu_linear_fwd",
+         "expected 2-D views", x, w);
+  EXPECT(w.shape[1] == x.shape[1] && w.shape[0] == 2 * h.shape[1], "swiglu_linear_fwd",
+         "w must be (2F, D) for x (N, D), h (N, F)", w, x);
+  EXPECT(h.shape[0] == x.shape[0] && gate_up.shape[0] == x.shape[0] &&
+             gate_up.shape[1] == w.shape[0],
+         "swiglu_linear_fwd", "gate_up must be (N, 2F) for h (N, F)", gate_up, h);
+  ON_CUDA(lt_cuda_swiglu_linear_fwd(ctx, gate_up, h, x, w));
+  LT_TRY(lt_matmul(ctx, gate_up, x, false, w, true, 1.0f, 0.0f));
+  return lt_swiglu_fwd(ctx, h, gate_up);
+}
+
+int lt_swiglu_linear_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor h, lt_tensor dh, lt_tensor dy,
+                         lt_tensor w_down, lt_tensor gate_up) {
+  EXPECT(dy.ndim == 2 && w_down.ndim == 2 && h.ndim == 2 && lt_same_shape(h, dh) && h.data,
+         "swiglu_linear_bwd", "expected 2-D views and h", dy, h);
+  EXPECT(w_down.shape[0] == dy.shape[1] && w_down.shape[1] == h.shape[1] &&
+             h.shape[0] == dy.shape[0],
+         "swiglu_linear_bwd", "w_down must be (D, F) for dy (N, D), h (N, F)", w_down, dy);
+  EXPECT(gate_up.ndim == 2 && lt_same_shape(dgate_up, gate_up) && gate_up.shape[0] == h.shape[0] &&
+             gate_up.shape[1] == 2 * h.shape[1],
+         "swiglu_linear_bwd", "gate_up and dgate_up must be (N, 2F) for h (N, F)", gate_up, h);
+  ON_CUDA(lt_cuda_swiglu_linear_bwd(ctx, dgate_up, h, dh, dy, w_down, gate_up));
+  LT_TRY(lt_matmul(ctx, dh, dy, false, w_down, false, 1.0f, 0.0f));
+  return lt_swiglu_bwd(ctx, dgate_up, h, dh, gate_up);
+}
+
+bool lt_swiglu_linear_fused(lt_ctx *ctx, int64_t f, int64_t d) {
+#ifdef LT_WITH_CUDA
+  if (ctx->device == LT_CUDA) return lt_cuda_swiglu_linear_fused(ctx, f, d);
+#else
+  (void)ctx, (void)f, (void)d;
+#endif
+  return false;
+}
+
 int lt_cross_entropy(lt_ctx *ctx, lt_tensor losses, lt_tensor dlogits, lt_tensor logits,
                      lt_tensor targets, int ignore_index, float grad_scale) {
   int64_t v = logits.shape[logits.ndim - 1], n = lt_numel(logits) / v;

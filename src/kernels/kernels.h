@@ -94,6 +94,17 @@ int lt_swiglu_fwd(lt_ctx *ctx, lt_tensor h, lt_tensor gate_up);
 // a backward that did not keep h gets it (for its weight gradient) without a pass of its own.
 int lt_swiglu_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor h, lt_tensor dh, lt_tensor gate_up);
 
+// The SwiGLU feed-forward's matmuls with the SwiGLU beside them (fused into one kernel each on a
+// Hopper GPU; lt_matmul and lt_swiglu_* elsewhere). Rows as 2-D views: x, dy: (N, D).
+// Forward: gate_up = x w^T with w = [w_gate; w_up] (2F, D), and h = silu(gate) * up.
+int lt_swiglu_linear_fwd(lt_ctx *ctx, lt_tensor gate_up, lt_tensor h, lt_tensor x, lt_tensor w);
+// Backward: dh = dy w_down (w_down: (D, F)), then dgate_up and h as lt_swiglu_bwd gives them. dh
+// (N, F) is scratch: the fused kernel never writes it.
+int lt_swiglu_linear_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor h, lt_tensor dh, lt_tensor dy,
+                         lt_tensor w_down, lt_tensor gate_up);
+// Whether the two run fused on ctx for F hidden units and D-wide rows (bf16 tensors).
+bool lt_swiglu_linear_fused(lt_ctx *ctx, int64_t f, int64_t d);
+
 // Per-row cross-entropy of logits against targets: losses[n] = lse(logits[n]) - logits[n, t_n],
 // 0 where targets[n] == ignore_index. When dlogits.data is set it receives the gradient
 // grad_scale * (softmax(logits[n]) - onehot(t_n)) (zero rows where ignored); dlogits may be logits

@@ -2,25 +2,23 @@
 
 #include "core/error.h"
 
-// (..., features) as (rows, features): the weight says how wide a row is, so q as (B, T, H, hd)
-// and as (B*T, H*hd) are the same operand.
-static lt_tensor rows_of(lt_tensor t, int64_t features) {
+lt_tensor lt_rows_of(lt_tensor t, int64_t features) {
   return lt_reshape(t, 2, LT_SHAPE(lt_numel(t) / features, features));
 }
 
 int lt_linear_forward(lt_ctx *ctx, lt_tensor y, lt_tensor x, lt_tensor w) {
   const int64_t out = w.shape[0], in = w.shape[1];
-  return lt_matmul(ctx, rows_of(y, out), rows_of(x, in), false, w, true, 1.0f, 0.0f);
+  return lt_matmul(ctx, lt_rows_of(y, out), lt_rows_of(x, in), false, w, true, 1.0f, 0.0f);
 }
 
 int lt_linear_backward_input(lt_ctx *ctx, lt_tensor dx, lt_tensor dy, lt_tensor w) {
   const int64_t out = w.shape[0], in = w.shape[1];
-  return lt_matmul(ctx, rows_of(dx, in), rows_of(dy, out), false, w, false, 1.0f, 0.0f);
+  return lt_matmul(ctx, lt_rows_of(dx, in), lt_rows_of(dy, out), false, w, false, 1.0f, 0.0f);
 }
 
 int lt_linear_backward_weight(lt_ctx *ctx, lt_tensor dw, lt_tensor dy, lt_tensor x) {
   const int64_t out = dw.shape[0], in = dw.shape[1];
-  return lt_matmul(ctx, dw, rows_of(dy, out), true, rows_of(x, in), false, 1.0f, 1.0f);
+  return lt_matmul(ctx, dw, lt_rows_of(dy, out), true, lt_rows_of(x, in), false, 1.0f, 1.0f);
 }
 
 int lt_linear_backward(lt_ctx *ctx, lt_tensor dx, lt_tensor dw, lt_tensor dy, lt_tensor x,

@@ -6,6 +6,10 @@
 #include "kernels/kernels.h"
 #include "model/params.h"
 
+// (..., features) as (rows, features): the weight says how wide a row is, so q as (B, T, H, hd)
+// and as (B*T, H*hd) are the same operand.
+lt_tensor lt_rows_of(lt_tensor t, int64_t features);
+
 int lt_linear_forward(lt_ctx *ctx, lt_tensor y, lt_tensor x, lt_tensor w);
 // dx = dy W (skipped when dx.data is NULL); dw += dy^T x.
 int lt_linear_backward(lt_ctx *ctx, lt_tensor dx, lt_tensor dw, lt_tensor dy, lt_tensor x,

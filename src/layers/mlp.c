@@ -35,8 +35,7 @@ static int forward(lt_layer *self, lt_ctx *ctx, lt_tensor out, lt_tensor x, cons
   swiglu_mlp *m = (swiglu_mlp *)self;
   lt_tensor w;
   LT_TRY(lt_fused_view(&w, m->w_gate_up, 2, LT_PARAM_VALUE));
-  LT_TRY(lt_linear_forward(ctx, m->gate_up, x, w));
-  LT_TRY(lt_swiglu_fwd(ctx, m->h, m->gate_up));
+  LT_TRY(lt_swiglu_linear_fwd(ctx, m->gate_up, m->h, lt_rows_of(x, w.shape[1]), w));
   LT_TRY(lt_linear_forward(ctx, out, m->h, m->w_down.value));
   return m->reduce ? lt_tp_reduce_output(&m->tp, out) : LT_OK;
 }
@@ -45,10 +44,12 @@ static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, l
                     const lt_batch *batch) {
   (void)batch;
   swiglu_mlp *m = (swiglu_mlp *)self;
-  // dh first: the SwiGLU backward then writes h beside dgate_up from one read of gate_up, and
-  // w_down's gradient takes that h (no separate pass recomputing it).
-  LT_TRY(lt_linear_backward_input(ctx, m->dh, dout, m->w_down.value));
-  LT_TRY(lt_swiglu_bwd(ctx, m->dgate_up, m->h, m->dh, m->gate_up));
+  // dh = dout w_down and the SwiGLU backward (one kernel on a Hopper GPU, where dh never reaches
+  // memory): dgate_up, and h beside it from the same read of gate_up, which w_down's gradient
+  // takes (no separate pass recomputing it).
+  LT_TRY(lt_swiglu_linear_bwd(ctx, m->dgate_up, m->h, m->dh,
+                              lt_rows_of(dout, m->w_down.value.shape[0]), m->w_down.value,
+                              m->gate_up));
   LT_TRY(lt_linear_backward_weight(ctx, m->w_down.grad, dout, m->h));
   lt_tensor w, dw;
   LT_TRY(lt_fused_view(&w, m->w_gate_up, 2, LT_PARAM_VALUE));

@@ -21,6 +21,10 @@ bool lt_gpu_available(void) {
   return available;
 }
 
+bool lt_gpu_hopper(void) {
+  return lt_gpu_available() && lt_cuda_compute_major() == 9;
+}
+
 lt_ctx lt_test_cpu, lt_test_gpu;
 
 int lt_gpu_group_setup(void **state) {

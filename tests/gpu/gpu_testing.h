@@ -21,6 +21,8 @@
   } while (0)
 
 bool lt_gpu_available(void);
+// Whether the GPU is a Hopper (where the wgmma kernels run).
+bool lt_gpu_hopper(void);
 // The contexts the kernel tests compare: the CPU reference (all cores) and the GPU where usable;
 // cmocka's group setup and teardown make and end them.
 extern lt_ctx lt_test_cpu, lt_test_gpu;

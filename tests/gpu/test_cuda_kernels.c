@@ -340,6 +340,79 @@ static void test_swiglu_forward_and_backward_with_h_match_cpu(void **state) {
   lt_gpu_free_all();
 }
 
+// The SwiGLU feed-forward's matmuls with the SwiGLU beside them, fused (swiglu_matmul.cu) and with
+// LT_SWIGLU_MATMUL=unfused, against the CPU's matmul then SwiGLU, on n rows of width d and f hidden
+// units. The backward takes its own random gate_up, so both sides read the same numbers.
+static void expect_swiglu_linear_matches_cpu(int64_t n, int64_t d, int64_t f) {
+  float *x = lt_gpu_random(n * d, 1.0f, true), *dy = lt_gpu_random(n * d, 1.0f, true);
+  float *w = lt_gpu_random(2 * f * d, 1.0f / sqrtf((float)d), true);
+  float *wd = lt_gpu_random(d * f, 1.0f / sqrtf((float)f), true);
+  float *gu_in = lt_gpu_random(n * 2 * f, 2.0f, true);
+  float *gu = malloc(sizeof(float) * n * 2 * f), *h = malloc(sizeof(float) * n * f);
+  float *dgu = malloc(sizeof(float) * n * 2 * f), *h_bwd = malloc(sizeof(float) * n * f);
+  float *dh = malloc(sizeof(float) * n * f);
+  assert_ok(lt_swiglu_linear_fwd(&lt_test_cpu, host(gu, 2, LT_SHAPE(n, 2 * f)),
+                                 host(h, 2, LT_SHAPE(n, f)), host(x, 2, LT_SHAPE(n, d)),
+                                 host(w, 2, LT_SHAPE(2 * f, d))));
+  assert_ok(lt_swiglu_linear_bwd(&lt_test_cpu, host(dgu, 2, LT_SHAPE(n, 2 * f)),
+                                 host(h_bwd, 2, LT_SHAPE(n, f)), host(dh, 2, LT_SHAPE(n, f)),
+                                 host(dy, 2, LT_SHAPE(n, d)), host(wd, 2, LT_SHAPE(d, f)),
+                                 host(gu_in, 2, LT_SHAPE(n, 2 * f))));
+  lt_tensor gx = lt_gpu_upload(x, LT_BF16, 2, LT_SHAPE(n, d)),
+            gw = lt_gpu_upload(w, LT_BF16, 2, LT_SHAPE(2 * f, d)),
+            gdy = lt_gpu_upload(dy, LT_BF16, 2, LT_SHAPE(n, d)),
+            gwd = lt_gpu_upload(wd, LT_BF16, 2, LT_SHAPE(d, f)),
+            ggu_in = lt_gpu_upload(gu_in, LT_BF16, 2, LT_SHAPE(n, 2 * f));
+  for (int fused = 0; fused < 2; fused++) {
+    if (fused)
+      unsetenv("LT_SWIGLU_MATMUL");
+    else
+      setenv("LT_SWIGLU_MATMUL", "unfused", 1);
+    const bool fuses = lt_swiglu_linear_fused(&lt_test_gpu, f, d);
+    printf("n %lld d %lld f %lld: %s\n", (long long)n, (long long)d, (long long)f,
+           fuses ? "fused" : "matmul, then the SwiGLU");
+    if (fused && lt_gpu_hopper()) assert_int_equal(fuses, f % 128 == 0 && d % 8 == 0 && d >= 64);
+    if (!fused) assert_false(fuses);
+    lt_tensor ggu = lt_gpu_upload(gu_in, LT_BF16, 2, LT_SHAPE(n, 2 * f)),
+              gh = lt_gpu_upload(dh, LT_BF16, 2, LT_SHAPE(n, f));
+    assert_ok(lt_swiglu_linear_fwd(&lt_test_gpu, ggu, gh, gx, gw));
+    float *got_gu = lt_gpu_fetch(ggu), *got_h = lt_gpu_fetch(gh);
+    lt_gpu_expect_close("swiglu_linear forward gate_up", got_gu, gu, n * 2 * f, 1e-2);
+    lt_gpu_expect_close("swiglu_linear forward h", got_h, h, n * f, 1e-2);
+    // dh is scratch the fused backward leaves as it was: a sentinel there shows which path ran.
+    lt_tensor gdgu = lt_gpu_upload(gu_in, LT_BF16, 2, LT_SHAPE(n, 2 * f)),
+              gh_bwd = lt_gpu_upload(dh, LT_BF16, 2, LT_SHAPE(n, f)),
+              gdh = lt_gpu_upload(h, LT_BF16, 2, LT_SHAPE(n, f));
+    assert_ok(lt_swiglu_linear_bwd(&lt_test_gpu, gdgu, gh_bwd, gdh, gdy, gwd, ggu_in));
+    float *got_dgu = lt_gpu_fetch(gdgu), *got_h_bwd = lt_gpu_fetch(gh_bwd),
+          *got_dh = lt_gpu_fetch(gdh);
+    lt_gpu_expect_close("swiglu_linear backward dgate_up", got_dgu, dgu, n * 2 * f, 1e-2);
+    lt_gpu_expect_close("swiglu_linear backward h", got_h_bwd, h_bwd, n * f, 1e-2);
+    if (fuses) {
+      float *sentinel = lt_gpu_fetch(lt_gpu_upload(h, LT_BF16, 2, LT_SHAPE(n, f)));
+      assert_memory_equal(got_dh, sentinel, sizeof(float) * n * f);
+      free(sentinel);
+    } else {
+      lt_gpu_expect_close("swiglu_linear backward dh", got_dh, dh, n * f, 1e-2);
+    }
+    free(got_gu), free(got_h), free(got_dgu), free(got_h_bwd), free(got_dh);
+  }
+  unsetenv("LT_SWIGLU_MATMUL");
+  free(x), free(dy), free(w), free(wd), free(gu_in), free(gu), free(h), free(dgu), free(h_bwd),
+      free(dh);
+  lt_gpu_free_all();
+}
+
+// Rows that end inside a tile, an inner dimension that is not a whole number of 64-wide stages,
+// more tiles than SMs (a block's ring of stages running on from tile to tile), and a width the
+// fused kernels do not take (264 units: the matmul, then the SwiGLU).
+static void test_swiglu_linear_fused_and_unfused_match_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  expect_swiglu_linear_matches_cpu(300, 200, 256);
+  expect_swiglu_linear_matches_cpu(5000, 136, 512);
+  expect_swiglu_linear_matches_cpu(100, 64, 264);
+}
+
 // Ragged token counts (tiles of 32 tokens cut short), head counts that do not divide a block's
 // threads, every head width from one vector per row to a warp's worth, in bf16 and f32.
 static void test_attention_delta_matches_cpu_for_every_head_width(void **state) {
@@ -571,6 +644,7 @@ int main(void) {
       cmocka_unit_test(test_add_rmsnorm_matches_the_add_then_the_norm),
       cmocka_unit_test(test_rope_split_and_its_transpose_match_cpu),
       cmocka_unit_test(test_swiglu_forward_and_backward_with_h_match_cpu),
+      cmocka_unit_test(test_swiglu_linear_fused_and_unfused_match_cpu),
       cmocka_unit_test(test_attention_delta_matches_cpu_for_every_head_width),
       cmocka_unit_test(test_cross_entropy_with_rows_in_registers_matches_cpu),
       cmocka_unit_test(

@@ -123,6 +123,19 @@ __device__ __forceinline__ void tma_add_rows(const CUtensorMap *map, uint32_t sr
                : "memory");
 #endif
 }
+// Copies the box at src (shared memory, in the layout `map` gives its box) into the tensor `map`
+// describes, at column col of rows [row, row + box rows) of head h of batch row b (elements past
+// the tensor's end left out), in the thread's current bulk group; as tma_add_rows, src must stay
+// as it is until bulk_wait_read says the group has read it.
+__device__ __forceinline__ void tma_store_rows(const CUtensorMap *map, uint32_t src, int col, int h,
+                                               int64_t row, int b) {
+#ifdef LT_HAVE_WGMMA
+  asm volatile("cp.async.bulk.tensor.4d.global.shared::cta.bulk_group"
+               " [%0, {%1, %2, %3, %4}], [%5];\n" ::"l"(reinterpret_cast<uint64_t>(map)),
+               "r"(col), "r"(h), "r"((int)row), "r"(b), "r"(src)
+               : "memory");
+#endif
+}
 // Closes the thread's current bulk group.
 __device__ __forceinline__ void bulk_commit() {
 #ifdef LT_HAVE_WGMMA

@@ -53,6 +53,11 @@ int lt_cuda_rope_qkv_bwd(lt_ctx *ctx, lt_tensor dqkv, lt_tensor dq, lt_tensor dk
 int lt_cuda_swiglu_fwd(lt_ctx *ctx, lt_tensor h, lt_tensor gate_up);
 int lt_cuda_swiglu_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor h, lt_tensor dh,
                        lt_tensor gate_up);
+bool lt_cuda_swiglu_linear_fused(lt_ctx *ctx, int64_t f, int64_t k);
+int lt_cuda_swiglu_linear_fwd(lt_ctx *ctx, lt_tensor gate_up, lt_tensor h, lt_tensor x,
+                              lt_tensor w);
+int lt_cuda_swiglu_linear_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor h, lt_tensor dh,
+                              lt_tensor dy, lt_tensor w_down, lt_tensor gate_up);
 int lt_cuda_cross_entropy(lt_ctx *ctx, lt_tensor losses, lt_tensor dlogits, lt_tensor logits,
                           lt_tensor targets, int ignore_index, float grad_scale);
 

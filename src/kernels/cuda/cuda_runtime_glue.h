@@ -20,6 +20,8 @@ int lt_cuda_memcpy(void *dst, bool dst_on_device, const void *src, bool src_on_d
                    size_t bytes);
 // GPUs this process can use; 0 without a driver or device (tests skip then).
 int lt_cuda_device_count(void);
+// The current GPU's compute capability, major version (9: a Hopper); 0 without one.
+int lt_cuda_compute_major(void);
 
 #ifdef __cplusplus
 }

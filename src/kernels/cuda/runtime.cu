@@ -161,6 +161,16 @@ int lt_cuda_device_count(void) {
   return n;
 }
 
+int lt_cuda_compute_major(void) {
+  int device = 0, major = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return major;
+}
+
 // The node-local rank from the launcher's environment (mpirun, srun, torchrun-style), or 0.
 static int local_rank(void) {
   const char *vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID",

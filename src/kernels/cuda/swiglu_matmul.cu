@@ -1,0 +1,379 @@
+// The SwiGLU feed-forward's two matmuls whose outputs only the SwiGLU reads, with the SwiGLU in
+// their epilogues (Hopper, sm_90a: TMA copies, wgmma, a persistent warp-specialized GEMM):
+// - forward: gate_up = x [W_gate; W_up]^T and h = silu(gate) * up in one kernel. A tile multiplies
+//   128 rows of x by 64 rows of W_gate and the same units' 64 rows of W_up (one 128-column
+//   product), so each thread holds a hidden unit's gate and up side by side: it writes both, and
+//   h. Unfused, the matmul wrote gate_up and swiglu_fwd read all of it back to write h.
+// - backward: dh = dy W_down never reaches memory: the epilogue reads gate_up beside its tile of dh
+//   (128 rows by 128 units) and writes dgate_up and h (which W_down's gradient reads), as
+//   swiglu_bwd_kernel does.
+// One block per SM walks tiles blockIdx.x, + gridDim.x, ... (rows outermost, so the blocks at work
+// share their rows of x or dy in the L2). A producer thread copies each tile's A and B blocks of
+// 64 along k by TMA into a ring of stages; two consumer warpgroups (64 rows each) multiply from
+// the ring, one stage's wgmmas in flight while they wait for the next, and hand each stage back as
+// its multiplies finish, so the producer fills the next tile's first stages during this tile's
+// epilogue. The epilogue writes its outputs into shared memory, which one thread of each
+// warpgroup stores by TMA: the stores drain while the next tile multiplies.
+// H100, the 135M model's FFN at T=16384 (bench_swiglu_matmul): forward 0.381 ms against 0.430 for
+// cuBLASLt's matmul then swiglu_fwd, backward 0.353 against 0.407. Neither is at its bound (the
+// forward's multiplies alone 0.27 ms at cuBLASLt's speed, the backward's 0.66 GB of traffic 0.23
+// ms): the epilogue still runs while the tensor cores wait (the warpgroups share each tile), and
+// 128 x 128 tiles read more operand bytes from the L2 per multiply than wider ones. The first
+// version, which stored from the accumulators by 4-byte global stores, was 0.72x and 0.67x the
+// unfused pair; loading the backward's gate_up into the output slabs (so each tile waited for the
+// last tile's stores to read them) 1.06x.
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda/attention_tma.cuh"
+#include "kernels/cuda/wgmma.cuh"
+
+enum {
+  BM = 128, // rows of a tile
+  BN = 128, // columns of its product: 64 units' gate and up (forward), 128 units' dh (backward)
+  BK = 64,  // k of a stage: one 128-byte swizzle span of bf16
+  SLAB = BM * 128, // 64 units of a tile's rows in shared memory: 128 rows of 128 bytes
+  CONSUMERS = 256,
+  THREADS = CONSUMERS + 128, // and a warpgroup whose first warp's first thread copies
+  // Registers per thread (setmaxnreg): 256 x 232 + 128 x 40 = 64512 of the SM's 65536.
+  PRODUCER_REGS = 40,
+  CONSUMER_REGS = 232,
+  MAX_STAGES = 8
+};
+
+// The forward's B rows are K-major (W_gate_up is (2F, D): 64 W_gate rows, then the same units' 64
+// W_up rows); the backward's are W_down's (D, F) rows, N-major: two slabs of 64 units, BK k-rows
+// of 128 bytes each. The epilogue's output slabs (64 units of the tile's 128 rows, swizzled as TMA
+// copies them): gate (or dgate), up (or dup) and h, one each forward, two each backward. The
+// backward's gate_up tile comes through the ring: two more stages after the tile's last (gate's
+// two slabs, then up's), so its copy runs ahead of the epilogue as the multiplies' copies do.
+template <bool FWD> struct tile_shape {
+  static constexpr int UNITS = FWD ? 64 : 128;
+  static constexpr int A_BYTES = BM * BK * 2, B_BYTES = BN * BK * 2;
+  static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
+  static constexpr int STAGES = FWD ? 5 : 4;
+  static constexpr int SLABS = 3 * UNITS / 64;
+  static constexpr size_t SMEM = 1024 + (size_t)STAGES * STAGE_BYTES + (size_t)SLABS * SLAB;
+};
+
+struct swiglu_mm_params {
+  int64_t m;            // rows
+  int f, k;             // hidden units, inner dimension
+  int m_tiles, n_tiles; // tiles: rows / BM (rounded up), units / UNITS
+};
+// x or dy, the weight, gate_up (the forward's output, the backward's input), h, and dgate_up (the
+// backward's). The last three in boxes of 64 units by 64 rows: a warpgroup's share of a slab.
+struct swiglu_mm_maps {
+  CUtensorMap a, b, gate_up, h, dgate_up;
+};
+
+// The ring's barriers: full ones the producer's arrival and the copies' bytes, empty ones the
+// consumer warps'.
+struct mm_control {
+  uint64_t full[MAX_STAGES], empty[MAX_STAGES];
+};
+static __shared__ mm_control ctl;
+
+// silu(g) / g: 1 / (1 + e^-g), as 0.5 + 0.5 tanh(g / 2) with tanh on the special function unit
+// (one instruction, not ex2 and rcp: the epilogue is the part of a tile the multiplies do not
+// hide). Its error (2^-11 relative) is a fraction of bf16's rounding of h and the gradients.
+__device__ __forceinline__ float sigmoid(float g) {
+  float t;
+  asm("tanh.approx.f32 %0, %1;\n" : "=f"(t) : "f"(0.5f * g));
+  return fmaf(0.5f, t, 0.5f);
+}
+
+// Tile t of the block's walk: its first row and first hidden unit.
+template <bool FWD> struct tile_at {
+  int64_t row0;
+  int unit0;
+  __device__ tile_at(const swiglu_mm_params &p, int t)
+      : row0((int64_t)(t / p.n_tiles) * BM), unit0((t % p.n_tiles) * tile_shape<FWD>::UNITS) {}
+};
+
+// The producer thread: every stage of every tile of the block, in the consumers' order.
+template <bool FWD>
+__device__ __forceinline__ void produce(const swiglu_mm_params &p, const swiglu_mm_maps &tm,
+                                        uint32_t base) {
+  using S = tile_shape<FWD>;
+  const int k_blocks = (p.k + BK - 1) / BK;
+  uint32_t u = 0; // stage uses so far
+  // The ring's next stage, once the consumers have handed it back: its place and full barrier.
+  const auto next_stage = [&](uint32_t &at) {
+    const int s = ring_slot<S::STAGES>(u);
+    if (u >= S::STAGES) mbar_wait_suspended(&ctl.empty[s], ring_parity<S::STAGES>(u - S::STAGES));
+    at = base + s * S::STAGE_BYTES;
+    mbar_arrive_expect_tx(&ctl.full[s], S::STAGE_BYTES);
+    return &ctl.full[s];
+  };
+  for (int t = blockIdx.x; t < p.m_tiles * p.n_tiles; t += gridDim.x) {
+    const tile_at<FWD> at(p, t);
+    for (int kb = 0; kb < k_blocks; kb++, u++) {
+      uint32_t a_at;
+      uint64_t *full = next_stage(a_at);
+      const uint32_t b_at = a_at + S::A_BYTES;
+      tma_load_rows(a_at, &tm.a, kb * BK, 0, at.row0, 0, full);
+      if constexpr (FWD) { // the units' W_gate rows, then their W_up rows
+        tma_load_rows(b_at, &tm.b, kb * BK, 0, at.unit0, 0, full);
+        tma_load_rows(b_at + 64 * 128, &tm.b, kb * BK, 0, p.f + at.unit0, 0, full);
+      } else { // W_down's k-rows kb BK .., units unit0 .. + 63 and + 64 .. + 127
+        tma_load_rows(b_at, &tm.b, at.unit0, 0, (int64_t)kb * BK, 0, full);
+        tma_load_rows(b_at + BK * 128, &tm.b, at.unit0 + 64, 0, (int64_t)kb * BK, 0, full);
+      }
+    }
+    if constexpr (!FWD) // gate_up's tile: gate's two slabs into a stage, then up's
+      for (int part = 0; part < 2; part++, u++) {
+        uint32_t dst;
+        uint64_t *full = next_stage(dst);
+#pragma unroll
+        for (int s = 0; s < 4; s++) // slab s / 2, rows 64 (s % 2) ..
+          tma_load_rows(dst + s * (SLAB / 2), &tm.gate_up, part * p.f + at.unit0 + (s >> 1) * 64, 0,
+                        at.row0 + (s & 1) * 64, 0, full);
+      }
+  }
+}
+
+// Where unit j (of a slab's 64) of row r lives in a slab: 16-byte chunk j / 8 of the row's 128
+// bytes, swizzled as TMA and wgmma lay them (chunk ^ row % 8).
+__device__ __forceinline__ uint32_t slab_at(uint32_t slab, int r, int j) {
+  return slab + r * 128 + ((((j >> 3) ^ r) & 7) << 4) + (j & 7) * 2;
+}
+__device__ __forceinline__ void st_shared_u32(uint32_t addr, uint32_t v) {
+  asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(addr), "r"(v) : "memory");
+}
+__device__ __forceinline__ uint32_t ld_shared_u32(uint32_t addr) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
+  return v;
+}
+__device__ __forceinline__ float2 unpack_bf16(uint32_t v) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&v));
+}
+
+// The forward's epilogue into the slabs: acc[4 i + e] (i < 8) is the gate of unit 8 i + 2 c + e % 2
+// of row r + 8 (e / 2), acc[32 + 4 i + e] its up. Both are rounded to bf16 as stored, and h is made
+// from the rounded values, as swiglu_fwd_kernel makes it from gate_up.
+__device__ __forceinline__ void epilogue_forward(const float (&acc)[64], uint32_t slabs, int r,
+                                                 int c) {
+#pragma unroll
+  for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      const int e = 4 * i + 2 * hf, row = r + 8 * hf, j = 8 * i + 2 * c;
+      const uint32_t g = pack_bf16(acc[e], acc[e + 1]), u = pack_bf16(acc[32 + e], acc[33 + e]);
+      const float2 gf = unpack_bf16(g), uf = unpack_bf16(u);
+      st_shared_u32(slab_at(slabs, row, j), g);
+      st_shared_u32(slab_at(slabs + SLAB, row, j), u);
+      st_shared_u32(slab_at(slabs + 2 * SLAB, row, j),
+                    pack_bf16(gf.x * sigmoid(gf.x) * uf.x, gf.y * sigmoid(gf.y) * uf.y));
+    }
+}
+
+// The backward's: dh (acc[4 i + e]: unit 8 i + 2 c + e % 2, slab i / 8) times SwiGLU's derivatives,
+// gate and up read from their ring stages (gate_in, up_in: two slabs each), dgate, dup and h into
+// the output slabs, as swiglu_bwd_kernel computes them (dh here is the f32 product, not rounded
+// to bf16 first).
+__device__ __forceinline__ void epilogue_backward(const float (&acc)[64], uint32_t gate_in,
+                                                  uint32_t up_in, uint32_t slabs, int r, int c) {
+#pragma unroll
+  for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+      const int e = 4 * i + 2 * hf, row = r + 8 * hf, j = (8 * i + 2 * c) & 63;
+      const uint32_t in = slab_at((i >> 3) * SLAB, row, j);
+      const uint32_t gate_at = slabs + in, up_at = gate_at + 2 * SLAB;
+      const float2 g = unpack_bf16(ld_shared_u32(gate_in + in)),
+                   u = unpack_bf16(ld_shared_u32(up_in + in));
+      const float d[2] = {acc[e], acc[e + 1]}, gv[2] = {g.x, g.y}, uv[2] = {u.x, u.y};
+      float dg[2], du[2], hv[2];
+#pragma unroll
+      for (int k = 0; k < 2; k++) {
+        const float sg = sigmoid(gv[k]);
+        hv[k] = gv[k] * sg * uv[k];
+        du[k] = d[k] * gv[k] * sg;
+        dg[k] = d[k] * uv[k] * sg * (1.0f + gv[k] * (1.0f - sg));
+      }
+      st_shared_u32(gate_at, pack_bf16(dg[0], dg[1]));
+      st_shared_u32(up_at, pack_bf16(du[0], du[1]));
+      st_shared_u32(up_at + 2 * SLAB, pack_bf16(hv[0], hv[1]));
+    }
+}
+
+// A warpgroup's stores of its 64 rows of the slabs: gate and up into gate_up (forward) or
+// dgate_up (backward), h into h.
+template <bool FWD>
+__device__ __forceinline__ void store_slabs(const swiglu_mm_params &p, const swiglu_mm_maps &tm,
+                                            uint32_t slabs, const tile_at<FWD> &at, int wg) {
+  constexpr int PER = tile_shape<FWD>::UNITS / 64; // slabs per output
+  const CUtensorMap *out = FWD ? &tm.gate_up : &tm.dgate_up;
+  const uint32_t half = wg * (SLAB / 2);
+  const int64_t row = at.row0 + wg * 64;
+#pragma unroll
+  for (int s = 0; s < PER; s++) {
+    const int unit = at.unit0 + 64 * s;
+    tma_store_rows(out, slabs + s * SLAB + half, unit, 0, row, 0);
+    tma_store_rows(out, slabs + (PER + s) * SLAB + half, p.f + unit, 0, row, 0);
+    tma_store_rows(&tm.h, slabs + (2 * PER + s) * SLAB + half, unit, 0, row, 0);
+  }
+  bulk_commit();
+}
+
+// A consumer warpgroup: rows 64 wg .. + 63 of each of the block's tiles. The multiplies' stage
+// waits and hand-backs as the module comment says; the epilogue writes the slabs, and the
+// warpgroup's first thread stores them by TMA and goes on: the stores drain while the next tile
+// multiplies, and it waits for them to have read the slabs at that tile's epilogue.
+template <bool FWD>
+__device__ __forceinline__ void consume(const swiglu_mm_params &p, const swiglu_mm_maps &tm,
+                                        uint32_t base) {
+  using S = tile_shape<FWD>;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wg = warp >> 2;
+  const bool leader = (threadIdx.x & 127) == 0;
+  const uint32_t slabs = base + S::STAGES * S::STAGE_BYTES;
+  const int k_blocks = (p.k + BK - 1) / BK;
+  uint32_t u = 0;      // stage uses
+  bool stored = false; // the leader has stores in flight
+  float acc[BN / 2];
+  for (int t = blockIdx.x; t < p.m_tiles * p.n_tiles; t += gridDim.x) {
+    const tile_at<FWD> at(p, t);
+    for (int kb = 0; kb < k_blocks; kb++, u++) {
+      const int s = ring_slot<S::STAGES>(u);
+      mbar_wait(&ctl.full[s], ring_parity<S::STAGES>(u));
+      const uint32_t a_at = base + s * S::STAGE_BYTES;
+      const uint64_t a0 = make_desc(a_at + wg * 64 * 128, 16, 1024);
+      // K-major B: 8-row atoms 1024 bytes apart; N-major: slabs of BK k-rows, BK * 128 apart.
+      const uint64_t b0 = make_desc(a_at + S::A_BYTES, FWD ? 16 : BK * 128, 1024);
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < BK / 16; ks++) {
+        const bool add = kb > 0 || ks > 0;
+        if constexpr (FWD)
+          wgmma_ss_n128<0, 0>(acc, desc_at(a0, ks * 32), desc_at(b0, ks * 32), add);
+        else
+          wgmma_ss_n128<0, 1>(acc, desc_at(a0, ks * 32), desc_at(b0, ks * 16 * 128), add);
+      }
+      wgmma_commit();
+      wgmma_wait<1>(); // the stage before is read: hand it back
+      if (kb > 0 && lane == 0) mbar_arrive(&ctl.empty[ring_slot<S::STAGES>(u - 1)]);
+    }
+    wgmma_wait<0>();
+    wgmma_fence_operands(acc);
+    if (lane == 0) mbar_arrive(&ctl.empty[ring_slot<S::STAGES>(u - 1)]);
+    const int r = wg * 64 + (warp & 3) * 16 + (lane >> 2);
+    // The last tile's stores have read the slabs (a tile's multiplies after they were issued),
+    // and every thread of the warpgroup is past that wait.
+    if (leader && stored) bulk_wait_read<0>();
+    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+    if constexpr (FWD) {
+      epilogue_forward(acc, slabs, r, lane & 3);
+    } else { // gate_up's two stages
+      const int s = ring_slot<S::STAGES>(u), s_up = ring_slot<S::STAGES>(u + 1);
+      mbar_wait(&ctl.full[s], ring_parity<S::STAGES>(u));
+      mbar_wait(&ctl.full[s_up], ring_parity<S::STAGES>(u + 1));
+      epilogue_backward(acc, base + s * S::STAGE_BYTES, base + s_up * S::STAGE_BYTES, slabs, r,
+                        lane & 3);
+      if (lane == 0) mbar_arrive(&ctl.empty[s]), mbar_arrive(&ctl.empty[s_up]);
+      u += 2;
+    }
+    fence_proxy_async(); // the slabs' stores, before TMA reads them
+    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+    if (leader) store_slabs<FWD>(p, tm, slabs, at, wg), stored = true;
+  }
+  if (leader && stored) bulk_wait_all();
+}
+
+template <bool FWD>
+__global__ void __launch_bounds__(THREADS, 1)
+    swiglu_matmul_kernel(const swiglu_mm_params p, const __grid_constant__ swiglu_mm_maps tm) {
+  using S = tile_shape<FWD>;
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t base = smem_u32(smem_aligned_1024(smem_raw));
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < S::STAGES; s++)
+      mbar_init(&ctl.full[s], 1), mbar_init(&ctl.empty[s], CONSUMERS / 32);
+    mbar_init_fence();
+  }
+  __syncthreads(); // the barriers initialised, for the threads and the copies
+  if (threadIdx.x >= CONSUMERS) {
+    set_max_registers<PRODUCER_REGS, false>();
+    if (threadIdx.x == CONSUMERS) produce<FWD>(p, tm, base);
+  } else {
+    set_max_registers<CONSUMER_REGS, true>();
+    consume<FWD>(p, tm, base);
+  }
+}
+
+// Whether the fused kernels take these sizes: a Hopper and an sm_90a build (the attention's
+// probe), whole tiles of hidden units, rows TMA can address (16-byte strides, at least one stage
+// wide), and LT_SWIGLU_MATMUL not set to "unfused" (which keeps the matmul and the SwiGLU apart,
+// to compare).
+bool lt_cuda_swiglu_linear_fused(lt_ctx *ctx, int64_t f, int64_t k) {
+  const char *choice = getenv("LT_SWIGLU_MATMUL");
+  if (choice && strcmp(choice, "unfused") == 0) return false;
+  return cuda_state(ctx)->attn_wgmma && f % 128 == 0 && f <= INT32_MAX / 2 && k % 8 == 0 &&
+         k >= BK && k <= INT32_MAX;
+}
+
+// and these tensors: bf16, 16-byte aligned.
+static bool fused_fits(lt_ctx *ctx, int64_t f, int64_t k, lt_tensor a, lt_tensor b, lt_tensor c,
+                       lt_tensor d) {
+  return lt_cuda_swiglu_linear_fused(ctx, f, k) && a.dtype == LT_BF16 && b.dtype == LT_BF16 &&
+         c.dtype == LT_BF16 && d.dtype == LT_BF16 && aligned16(a.data) && aligned16(b.data) &&
+         aligned16(c.data) && aligned16(d.data);
+}
+
+template <bool FWD>
+static int launch(lt_cuda_state *st, swiglu_mm_params p, const swiglu_mm_maps &tm, const char *op) {
+  using S = tile_shape<FWD>;
+  CUDA_TRY(cudaFuncSetAttribute(swiglu_matmul_kernel<FWD>,
+                                cudaFuncAttributeMaxDynamicSharedMemorySize, (int)S::SMEM),
+           "%s: raising shared memory to %zu bytes", op, S::SMEM);
+  p.m_tiles = (int)((p.m + BM - 1) / BM), p.n_tiles = p.f / S::UNITS;
+  const int64_t tiles = (int64_t)p.m_tiles * p.n_tiles;
+  const unsigned blocks = (unsigned)(tiles < st->n_sms ? tiles : st->n_sms);
+  swiglu_matmul_kernel<FWD><<<blocks, THREADS, S::SMEM, st->stream>>>(p, tm);
+  return LT_OK;
+}
+
+// The maps of x or dy (A, boxes of BM rows by BK) and of gate_up and h (boxes of 64 by 64).
+static bool map_rows(swiglu_mm_maps *tm, lt_tensor a, lt_tensor gate_up, lt_tensor h) {
+  const int64_t m = a.shape[0], f = h.shape[1];
+  return attn_tma_map_rows(&tm->a, a.data, LT_BF16, 1, m, 1, (int)a.shape[1], BM, BK) &&
+         attn_tma_map_rows(&tm->gate_up, gate_up.data, LT_BF16, 1, m, 1, (int)(2 * f), 64, 64) &&
+         attn_tma_map_rows(&tm->h, h.data, LT_BF16, 1, m, 1, (int)f, 64, 64);
+}
+
+int lt_cuda_swiglu_linear_fwd(lt_ctx *ctx, lt_tensor gate_up, lt_tensor h, lt_tensor x,
+                              lt_tensor w) {
+  lt_cuda_state *st = cuda_state(ctx);
+  const int64_t f = h.shape[1], k = x.shape[1], m = x.shape[0];
+  swiglu_mm_maps tm;
+  if (m == 0) return LT_OK;
+  if (!fused_fits(ctx, f, k, gate_up, h, x, w) || !map_rows(&tm, x, gate_up, h) ||
+      !attn_tma_map_rows(&tm.b, w.data, LT_BF16, 1, 2 * f, 1, (int)k, 64, BK)) {
+    LT_TRY(lt_cuda_matmul(ctx, gate_up, x, false, w, true, 1.0f, 0.0f));
+    return lt_cuda_swiglu_fwd(ctx, h, gate_up);
+  }
+  tm.dgate_up = tm.gate_up; // unused
+  const swiglu_mm_params p = {m, (int)f, (int)k, 0, 0};
+  LT_TRY(launch<true>(st, p, tm, "swiglu_linear_fwd"));
+  return lt_cuda_launched(st, "swiglu_linear_fwd", gate_up, x);
+}
+
+int lt_cuda_swiglu_linear_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor h, lt_tensor dh,
+                              lt_tensor dy, lt_tensor w_down, lt_tensor gate_up) {
+  lt_cuda_state *st = cuda_state(ctx);
+  const int64_t f = h.shape[1], k = dy.shape[1], m = dy.shape[0];
+  swiglu_mm_maps tm;
+  if (m == 0) return LT_OK;
+  if (!fused_fits(ctx, f, k, dgate_up, h, dy, w_down) || !fused_fits(ctx, f, k, gate_up, h, h, h) ||
+      !map_rows(&tm, dy, gate_up, h) ||
+      !attn_tma_map_rows(&tm.dgate_up, dgate_up.data, LT_BF16, 1, m, 1, (int)(2 * f), 64, 64) ||
+      !attn_tma_map_rows(&tm.b, w_down.data, LT_BF16, 1, k, 1, (int)f, BK, 64)) {
+    LT_TRY(lt_cuda_matmul(ctx, dh, dy, false, w_down, false, 1.0f, 0.0f));
+    return lt_cuda_swiglu_bwd(ctx, dgate_up, h, dh, gate_up);
+  }
+  const swiglu_mm_params p = {m, (int)f, (int)k, 0, 0};
+  LT_TRY(launch<false>(st, p, tm, "swiglu_linear_bwd"));
+  return lt_cuda_launched(st, "swiglu_linear_bwd", dgate_up, dy);
+}
