@@ -181,7 +181,7 @@ for what in "$@"; do
       "src/kernels/cuda/rmsnorm.cu|s/d\[e\] += r \* (g\[p\]\[e\] - xh\[p\]\[e\] \* mean);/d[e] += r * g[p][e];/|test_cuda_kernels"
       "src/kernels/cuda/rmsnorm.cu|s/d\[p\]\[e\] += r \* (g\[p\]\[e\] - xh\[p\]\[e\] \* mean);/d[p][e] += r * g[p][e];/|test_cuda_kernels"
       "src/kernels/cuda/rmsnorm.cu|s/v\[p\]\[e\] = to_float(from_float<T>(v\[p\]\[e\] + bv\[e\]));/v[p][e] = v[p][e] + bv[e];/|test_cuda_kernels"
-      "src/kernels/cuda/swiglu.cu|s/hv\[e\] = g\[e\] \* s \* u\[e\];/hv[e] = g[e] * u[e];/|test_cuda_kernels"
+      "src/kernels/cuda/swiglu.cuh|s/return {g \* s \* u,/return {g * u,/|test_cuda_kernels"
       "src/kernels/cuda/attention_aux.cu|s/for (int e = 0; e < 8; e++) sum += a\[e\] \* b\[e\];/for (int e = 0; e < 7; e++) sum += a[e] * b[e];/|test_cuda_kernels"
       "src/kernels/cuda/rope.cu|s/x1\[e\] \* c\[e\] + x0\[e\] \* s\[e\]/x1[e] * c[e] - x0[e] * s[e]/|test_cuda_kernels"
       "src/kernels/cuda/cross_entropy.cu|s/e\[i\] = grad_scale \* (expf/e[i] = (expf/|test_cuda_kernels"
@@ -212,7 +212,7 @@ for what in "$@"; do
       "src/kernels/cuda/attention_mask.cuh|s/(d < 0 ? -d : d) < p.window/(d < 0 ? -d : d) <= p.window/|test_cuda_attention"
       "src/kernels/cuda/attention_mask.cuh|s/const int64_t reach = m.anywhere ? into_doc : (m.band > 0 ? m.band - 1 : 0);/const int64_t reach = m.anywhere ? into_doc : (m.band > 64 ? m.band - 64 : 0);/|test_cuda_attention"
       "src/kernels/cuda/swiglu_matmul.cu|s/pack_bf16(gf.x \* sigmoid(gf.x) \* uf.x,/pack_bf16(gf.x * uf.x,/|test_cuda_kernels"
-      "src/kernels/cuda/swiglu_matmul.cu|s/dg\[k\] = d\[k\] \* uv\[k\] \* sg \* (1.0f + gv\[k\] \* (1.0f - sg));/dg[k] = d[k] * uv[k] * sg;/|test_cuda_kernels"
+      "src/kernels/cuda/swiglu.cuh|s/d \* u \* s \* (1.0f + g \* (1.0f - s))/d * u * s/|test_cuda_kernels"
       "src/kernels/cuda/swiglu_matmul.cu|s/FWD ? 16 : BK \* 128, 1024/FWD ? 16 : BK * 64, 1024/|test_cuda_kernels"
       "src/kernels/cuda/moh.cu|s/v += q \* (a_routed \* k_f \* dg\[l.n_shared + i\] - dot_chosen);/v += q * a_routed * k_f * dg[l.n_shared + i];/|test_cuda_sparse_moh"
     )

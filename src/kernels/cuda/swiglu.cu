@@ -1,6 +1,7 @@
 // SwiGLU (Shazeer 2020): h = silu(gate) * up, on the fused [gate | up] projection. Eight columns
 // per thread; F must be a multiple of 8 (config.c enforces it for run.device: cuda).
 #include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/swiglu.cuh"
 
 enum { THREADS = 256 };
 
@@ -38,10 +39,8 @@ __global__ void swiglu_bwd_kernel(T *dgate_up, T *h, const T *dh, const T *gate_
   load8(dh + g8, d);
 #pragma unroll
   for (int e = 0; e < 8; e++) {
-    const float s = sigmoid(g[e]);
-    hv[e] = g[e] * s * u[e];
-    du[e] = d[e] * g[e] * s;
-    dg[e] = d[e] * u[e] * s * (1.0f + g[e] * (1.0f - s));
+    const swiglu_unit r = swiglu_backward_at(g[e], u[e], d[e], sigmoid(g[e]));
+    hv[e] = r.h, du[e] = r.dup, dg[e] = r.dgate;
   }
   store8(dgate_up + row * 2 * f + col, dg);
   store8(dgate_up + row * 2 * f + f + col, du);

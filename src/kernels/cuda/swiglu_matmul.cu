@@ -26,7 +26,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <initializer_list>
+
 #include "kernels/cuda/attention_tma.cuh"
+#include "kernels/cuda/swiglu.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
 enum {
@@ -185,18 +188,11 @@ __device__ __forceinline__ void epilogue_backward(const float (&acc)[64], uint32
       const uint32_t gate_at = slabs + in, up_at = gate_at + 2 * SLAB;
       const float2 g = unpack_bf16(ld_shared_u32(gate_in + in)),
                    u = unpack_bf16(ld_shared_u32(up_in + in));
-      const float d[2] = {acc[e], acc[e + 1]}, gv[2] = {g.x, g.y}, uv[2] = {u.x, u.y};
-      float dg[2], du[2], hv[2];
-#pragma unroll
-      for (int k = 0; k < 2; k++) {
-        const float sg = sigmoid(gv[k]);
-        hv[k] = gv[k] * sg * uv[k];
-        du[k] = d[k] * gv[k] * sg;
-        dg[k] = d[k] * uv[k] * sg * (1.0f + gv[k] * (1.0f - sg));
-      }
-      st_shared_u32(gate_at, pack_bf16(dg[0], dg[1]));
-      st_shared_u32(up_at, pack_bf16(du[0], du[1]));
-      st_shared_u32(up_at + 2 * SLAB, pack_bf16(hv[0], hv[1]));
+      const swiglu_unit x = swiglu_backward_at(g.x, u.x, acc[e], sigmoid(g.x)),
+                        y = swiglu_backward_at(g.y, u.y, acc[e + 1], sigmoid(g.y));
+      st_shared_u32(gate_at, pack_bf16(x.dgate, y.dgate));
+      st_shared_u32(up_at, pack_bf16(x.dup, y.dup));
+      st_shared_u32(up_at + 2 * SLAB, pack_bf16(x.h, y.h));
     }
 }
 
@@ -314,12 +310,11 @@ bool lt_cuda_swiglu_linear_fused(lt_ctx *ctx, int64_t f, int64_t k) {
          k >= BK && k <= INT32_MAX;
 }
 
-// and these tensors: bf16, 16-byte aligned.
-static bool fused_fits(lt_ctx *ctx, int64_t f, int64_t k, lt_tensor a, lt_tensor b, lt_tensor c,
-                       lt_tensor d) {
-  return lt_cuda_swiglu_linear_fused(ctx, f, k) && a.dtype == LT_BF16 && b.dtype == LT_BF16 &&
-         c.dtype == LT_BF16 && d.dtype == LT_BF16 && aligned16(a.data) && aligned16(b.data) &&
-         aligned16(c.data) && aligned16(d.data);
+// and these tensors, all bf16 (their TMA maps then say whether TMA can address them).
+static bool fused_fits(lt_ctx *ctx, int64_t f, int64_t k, std::initializer_list<lt_tensor> ts) {
+  for (const lt_tensor &t : ts)
+    if (t.dtype != LT_BF16) return false;
+  return lt_cuda_swiglu_linear_fused(ctx, f, k);
 }
 
 template <bool FWD>
@@ -349,7 +344,7 @@ int lt_cuda_swiglu_linear_fwd(lt_ctx *ctx, lt_tensor gate_up, lt_tensor h, lt_te
   const int64_t f = h.shape[1], k = x.shape[1], m = x.shape[0];
   swiglu_mm_maps tm;
   if (m == 0) return LT_OK;
-  if (!fused_fits(ctx, f, k, gate_up, h, x, w) || !map_rows(&tm, x, gate_up, h) ||
+  if (!fused_fits(ctx, f, k, {gate_up, h, x, w}) || !map_rows(&tm, x, gate_up, h) ||
       !attn_tma_map_rows(&tm.b, w.data, LT_BF16, 1, 2 * f, 1, (int)k, 64, BK)) {
     LT_TRY(lt_cuda_matmul(ctx, gate_up, x, false, w, true, 1.0f, 0.0f));
     return lt_cuda_swiglu_fwd(ctx, h, gate_up);
@@ -366,7 +361,7 @@ int lt_cuda_swiglu_linear_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor h, lt_t
   const int64_t f = h.shape[1], k = dy.shape[1], m = dy.shape[0];
   swiglu_mm_maps tm;
   if (m == 0) return LT_OK;
-  if (!fused_fits(ctx, f, k, dgate_up, h, dy, w_down) || !fused_fits(ctx, f, k, gate_up, h, h, h) ||
+  if (!fused_fits(ctx, f, k, {dgate_up, h, dy, w_down, gate_up}) ||
       !map_rows(&tm, dy, gate_up, h) ||
       !attn_tma_map_rows(&tm.dgate_up, dgate_up.data, LT_BF16, 1, m, 1, (int)(2 * f), 64, 64) ||
       !attn_tma_map_rows(&tm.b, w_down.data, LT_BF16, 1, k, 1, (int)f, BK, 64)) {
