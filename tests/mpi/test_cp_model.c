@@ -323,9 +323,10 @@ static void test_micro_batches_in_flight_keep_their_own_documents(void **state) 
 // 20 AdamW steps on fresh batches, on one process and with cp = 4 (recomputing activations): the
 // same losses step by step. The runs sum in different orders, and AdamW's normalised update turns
 // rounding-sized gradient differences into larger weight differences, so they drift apart slowly
-// (3e-5 of the loss by step 20, in both the release and the sanitizer build). Without routers
-// (MoH, MoE): a top-k choice at a near tie flips under such drift (an expert at step 9, a head at
-// step 4 when tried), and the runs then part by more; one step of each is compared above.
+// (by step 20: 3e-5 of the loss on earlier machines, 1.2e-4 on an AVX-512 EPYC, where OpenBLAS
+// runs other kernels; the bound is 1e-3). Without routers (MoH, MoE): a top-k choice at a near tie
+// flips under such drift (an expert at step 9, a head at step 4 when tried), and the runs then part
+// by more; one step of each is compared above.
 static void test_twenty_steps_follow_the_single_process_losses(void **state) {
   (void)state;
   const lt_mesh *mesh = &meshes[1];
@@ -364,7 +365,7 @@ static void test_twenty_steps_follow_the_single_process_losses(void **state) {
     print_message("20 steps, cp=4: loss %.4f -> %.4f, worst step difference %.1e\n", first, last,
                   worst);
   assert_true(last < 0.8 * first); // it learns
-  assert_true(worst < 1e-4);
+  assert_true(worst < 1e-3);
   lt_optimizer_destroy(&opt_one), lt_optimizer_destroy(&opt_split);
   model_stop(&one), model_stop(&split);
 }
