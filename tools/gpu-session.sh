@@ -193,6 +193,8 @@ for what in "$@"; do
       "src/kernels/cuda/attention_bwd.cu|s/add_pair(dk_row + dt \* 8 + c \* 2, dk\[dt \* 4 + 2 \* hf\] \* scale,/add_pair(dk_row + dt * 8 + c * 2, dk[dt * 4 + 2 * hf] * scale * 1.05f,/|test_cuda_attention"
       "src/kernels/cuda/attention_bwd_tile.cuh|s/odd ? make_float4(got0, got1, keep0, keep1)/odd ? make_float4(keep0, keep1, got0, got1)/|test_cuda_attention"
       "src/kernels/cuda/attention_bwd_tile.cuh|s/dpt\[e\] = st\[e\] \* (dpt\[e\] - delta);/dpt[e] = st[e] * dpt[e];/|test_cuda_training"
+      "src/kernels/cuda/attention_bwd_tile.cuh|s/= x1 \* co + x0 \* si;/= x1 * co - x0 * si;/|test_cuda_attention"
+      "src/kernels/cuda/rope.cu|s/row_heads = (int)fused.shape\[fused.ndim - 2\];/row_heads = (int)fused.shape[fused.ndim - 2] + 1;/|test_cuda_attention"
       "src/kernels/cuda/moe_route.cu|s/other_p == best_p \&\& other < best/other_p == best_p \&\& other > best/|test_cuda_moe"
       "src/kernels/cuda/moe_plan.cu|s/rank < capacity ? 0 : -1/rank <= capacity ? 0 : -1/|test_cuda_moe"
       "src/kernels/cuda/moe_dispatch.cu|s/acc\[i\] += w \* v\[i\]/acc[i] += v[i]/|test_cuda_moe"

@@ -210,34 +210,42 @@ int lt_rmsnorm_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dweight, lt_tensor dout,
   return LT_OK;
 }
 
-static int check_rope(lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor qkv, lt_tensor pos) {
-  EXPECT(q.ndim == 3 && k.ndim == 3 && v.ndim == 3 && qkv.ndim == 3, "rope_qkv", "expected 3-D", q,
-         qkv);
-  int64_t n = q.shape[0], d = q.shape[2];
-  EXPECT(k.shape[0] == n && v.shape[0] == n && qkv.shape[0] == n && lt_numel(pos) == n, "rope_qkv",
-         "token counts", q, qkv);
-  EXPECT(k.shape[2] == d && v.shape[2] == d && qkv.shape[2] == d && d % 2 == 0, "rope_qkv",
-         "head widths", q, k);
-  EXPECT(lt_same_shape(k, v) && qkv.shape[1] == q.shape[1] + 2 * k.shape[1], "rope_qkv",
-         "head counts", qkv, k);
+// q, k, v: (..., H, D) views whose leading dims are the n tokens'; qkv: (n, Hq + 2 Hkv, D), or
+// (n, Hq + Hkv, D) where v.data is NULL (the forward only).
+static int check_rope(lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor qkv, lt_tensor pos,
+                      int64_t *n) {
+  *n = qkv.shape[0];
+  EXPECT(q.ndim >= 3 && k.ndim == q.ndim && (!v.data || v.ndim == q.ndim) && qkv.ndim == 3,
+         "rope_qkv", "expected (N, H, D) or (B, T, H, D) views, and qkv (N, H, D)", q, qkv);
+  const int64_t hq = q.shape[q.ndim - 2], hkv = k.shape[k.ndim - 2], d = q.shape[q.ndim - 1];
+  EXPECT(lt_numel(q) == *n * hq * d && lt_numel(k) == *n * hkv * d && lt_numel(pos) == *n,
+         "rope_qkv", "token counts", q, qkv);
+  EXPECT(k.shape[k.ndim - 1] == d && qkv.shape[2] == d && d % 2 == 0, "rope_qkv", "head widths", q,
+         k);
+  EXPECT((!v.data || lt_same_shape(k, v)) && qkv.shape[1] == hq + (v.data ? 2 : 1) * hkv,
+         "rope_qkv", "head counts", qkv, k);
   return LT_OK;
 }
 
 int lt_rope_qkv_fwd(lt_ctx *ctx, lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor qkv,
                     lt_tensor pos, float theta) {
-  LT_TRY(check_rope(q, k, v, qkv, pos));
+  int64_t n;
+  LT_TRY(check_rope(q, k, v, qkv, pos, &n));
   ON_CUDA(lt_cuda_rope_qkv_fwd(ctx, q, k, v, qkv, pos, theta));
-  lt_cpu_rope_qkv_fwd(lt_f32(q), lt_f32(k), lt_f32(v), lt_f32(qkv), lt_i32(pos), q.shape[0],
-                      (int)q.shape[1], (int)k.shape[1], (int)q.shape[2], theta);
+  lt_cpu_rope_qkv_fwd(lt_f32(q), lt_f32(k), lt_f32(v), lt_f32(qkv), lt_i32(pos), n,
+                      (int)q.shape[q.ndim - 2], (int)k.shape[k.ndim - 2], (int)qkv.shape[2], theta);
   return LT_OK;
 }
 
 int lt_rope_qkv_bwd(lt_ctx *ctx, lt_tensor dqkv, lt_tensor dq, lt_tensor dk, lt_tensor dv,
                     lt_tensor pos, float theta) {
-  LT_TRY(check_rope(dq, dk, dv, dqkv, pos));
+  int64_t n;
+  EXPECT(dv.data, "rope_qkv_bwd", "dv is needed", dv, dqkv);
+  LT_TRY(check_rope(dq, dk, dv, dqkv, pos, &n));
   ON_CUDA(lt_cuda_rope_qkv_bwd(ctx, dqkv, dq, dk, dv, pos, theta));
-  lt_cpu_rope_qkv_bwd(lt_f32(dqkv), lt_f32(dq), lt_f32(dk), lt_f32(dv), lt_i32(pos), dq.shape[0],
-                      (int)dq.shape[1], (int)dk.shape[1], (int)dq.shape[2], theta);
+  lt_cpu_rope_qkv_bwd(lt_f32(dqkv), lt_f32(dq), lt_f32(dk), lt_f32(dv), lt_i32(pos), n,
+                      (int)dq.shape[dq.ndim - 2], (int)dk.shape[dk.ndim - 2], (int)dqkv.shape[2],
+                      theta);
   return LT_OK;
 }
 
@@ -275,14 +283,14 @@ int lt_swiglu_linear_fwd(lt_ctx *ctx, lt_tensor gate_up, lt_tensor h, lt_tensor 
 
 int lt_swiglu_linear_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor h, lt_tensor dh, lt_tensor dy,
                          lt_tensor w_down, lt_tensor gate_up) {
-  EXPECT(dy.ndim == 2 && w_down.ndim == 2 && h.ndim == 2 && lt_same_shape(h, dh) && h.data,
-         "swiglu_linear_bwd", "expected 2-D views and h", dy, h);
-  EXPECT(w_down.shape[0] == dy.shape[1] && w_down.shape[1] == h.shape[1] &&
-             h.shape[0] == dy.shape[0],
-         "swiglu_linear_bwd", "w_down must be (D, F) for dy (N, D), h (N, F)", w_down, dy);
-  EXPECT(gate_up.ndim == 2 && lt_same_shape(dgate_up, gate_up) && gate_up.shape[0] == h.shape[0] &&
-             gate_up.shape[1] == 2 * h.shape[1],
-         "swiglu_linear_bwd", "gate_up and dgate_up must be (N, 2F) for h (N, F)", gate_up, h);
+  EXPECT(dy.ndim == 2 && w_down.ndim == 2 && dh.ndim == 2 && (!h.data || lt_same_shape(h, dh)),
+         "swiglu_linear_bwd", "expected 2-D views, and h (if given) like dh", dy, dh);
+  EXPECT(w_down.shape[0] == dy.shape[1] && w_down.shape[1] == dh.shape[1] &&
+             dh.shape[0] == dy.shape[0],
+         "swiglu_linear_bwd", "w_down must be (D, F) for dy (N, D), dh (N, F)", w_down, dy);
+  EXPECT(gate_up.ndim == 2 && lt_same_shape(dgate_up, gate_up) && gate_up.shape[0] == dh.shape[0] &&
+             gate_up.shape[1] == 2 * dh.shape[1],
+         "swiglu_linear_bwd", "gate_up and dgate_up must be (N, 2F) for dh (N, F)", gate_up, dh);
   ON_CUDA(lt_cuda_swiglu_linear_bwd(ctx, dgate_up, h, dh, dy, w_down, gate_up));
   LT_TRY(lt_matmul(ctx, dh, dy, false, w_down, false, 1.0f, 0.0f));
   return lt_swiglu_bwd(ctx, dgate_up, h, dh, gate_up);
@@ -426,17 +434,38 @@ int lt_attn_bwd_delta(lt_ctx *ctx, lt_tensor delta, lt_tensor dout, lt_tensor o)
   return LT_OK;
 }
 
+static int check_attn_bwd(const char *op, lt_cpu_attn_dims *dims, lt_tensor dq, lt_tensor dk,
+                          lt_tensor dv, lt_tensor dout, lt_tensor q, lt_tensor k, lt_tensor v,
+                          const lt_attn_spec *spec) {
+  LT_TRY(attn_dims(op, dims, q, k, v, spec));
+  EXPECT(lt_same_shape(dq, q) && lt_same_shape(dout, q), op, "dq/dout vs q", dq, q);
+  EXPECT(lt_same_shape(dk, k) && lt_same_shape(dv, v), op, "dk/dv vs k", dk, k);
+  return LT_OK;
+}
+
 int lt_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_tensor dout, lt_tensor q,
                 lt_tensor k, lt_tensor v, lt_tensor lse, lt_tensor delta,
                 const lt_attn_spec *spec) {
   lt_cpu_attn_dims dims;
-  LT_TRY(attn_dims("attn_bwd", &dims, q, k, v, spec));
-  EXPECT(lt_same_shape(dq, q) && lt_same_shape(dout, q), "attn_bwd", "dq/dout vs q", dq, q);
-  EXPECT(lt_same_shape(dk, k) && lt_same_shape(dv, v), "attn_bwd", "dk/dv vs k", dk, k);
+  LT_TRY(check_attn_bwd("attn_bwd", &dims, dq, dk, dv, dout, q, k, v, spec));
   ON_CUDA(lt_cuda_attn_bwd(ctx, dq, dk, dv, dout, q, k, v, lse, delta, spec));
   lt_cpu_attn_bwd(lt_f32(dq), lt_f32(dk), lt_f32(dv), lt_f32(dout), lt_f32(q), lt_f32(k), lt_f32(v),
                   lt_f32(lse), lt_f32(delta), &dims, spec);
   return LT_OK;
+}
+
+int lt_attn_bwd_rope(lt_ctx *ctx, lt_tensor dqkv, lt_tensor dq, lt_tensor dk, lt_tensor dv,
+                     lt_tensor dout, lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor lse,
+                     lt_tensor delta, const lt_attn_spec *spec, lt_tensor pos, float theta) {
+  int64_t n;
+  LT_TRY(check_rope(dq, dk, dv, dqkv, pos, &n));
+  EXPECT(q.ndim == 4 && k.ndim == 4 && q.shape[1] == k.shape[1], "attn_bwd_rope",
+         "queries and keys must be the same tokens", q, k);
+  lt_cpu_attn_dims dims;
+  LT_TRY(check_attn_bwd("attn_bwd_rope", &dims, dq, dk, dv, dout, q, k, v, spec));
+  ON_CUDA(lt_cuda_attn_bwd_rope(ctx, dqkv, dq, dout, q, k, v, lse, delta, spec, pos, theta));
+  LT_TRY(lt_attn_bwd(ctx, dq, dk, dv, dout, q, k, v, lse, delta, spec));
+  return lt_rope_qkv_bwd(ctx, dqkv, dq, dk, dv, pos, theta);
 }
 
 // The sizes of a routing: N tokens, R routed heads, K chosen, from the tensors' shapes.

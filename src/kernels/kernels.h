@@ -80,7 +80,8 @@ int lt_rmsnorm_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dweight, lt_tensor dout,
 
 // Splits a fused projection into q, k, v and rotates q and k by RoPE at positions `pos`.
 // qkv: (N, Hq + 2*Hkv, D) with q heads, then k heads, then v heads; q: (N, Hq, D);
-// k, v: (N, Hkv, D); pos: (N) i32. Rotation pairs (i, i + D/2) as in Hugging Face Llama, with
+// k, v: (N, Hkv, D) (or (B, T, H, D) views of N = B T tokens); pos: (N) i32. With v.data NULL,
+// qkv is (N, Hq + Hkv, D), q and k alone (v made by a matmul of its own, not copied here). Rotation pairs (i, i + D/2) as in Hugging Face Llama, with
 // frequency theta^(-2i/D).
 int lt_rope_qkv_fwd(lt_ctx *ctx, lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor qkv,
                     lt_tensor pos, float theta);
@@ -98,8 +99,8 @@ int lt_swiglu_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor h, lt_tensor dh, lt
 // Hopper GPU; lt_matmul and lt_swiglu_* elsewhere). Rows as 2-D views: x, dy: (N, D).
 // Forward: gate_up = x w^T with w = [w_gate; w_up] (2F, D), and h = silu(gate) * up.
 int lt_swiglu_linear_fwd(lt_ctx *ctx, lt_tensor gate_up, lt_tensor h, lt_tensor x, lt_tensor w);
-// Backward: dh = dy w_down (w_down: (D, F)), then dgate_up and h as lt_swiglu_bwd gives them. dh
-// (N, F) is scratch: the fused kernel never writes it.
+// Backward: dh = dy w_down (w_down: (D, F)), then dgate_up and (where h.data is set) h as
+// lt_swiglu_bwd gives them. dh (N, F) is scratch: the fused kernel never writes it.
 int lt_swiglu_linear_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor h, lt_tensor dh, lt_tensor dy,
                          lt_tensor w_down, lt_tensor gate_up);
 // Whether the two run fused on ctx for F hidden units and D-wide rows (bf16 tensors).
@@ -204,6 +205,13 @@ int lt_attn_bwd_delta(lt_ctx *ctx, lt_tensor delta, lt_tensor dout, lt_tensor o)
 // concurrently); dk and dv have the activations' dtype or f32.
 int lt_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_tensor dout, lt_tensor q,
                 lt_tensor k, lt_tensor v, lt_tensor lse, lt_tensor delta, const lt_attn_spec *spec);
+// lt_attn_bwd, then lt_rope_qkv_bwd's join: dqkv = [R^T dq, R^T dk, dv] (B T, Hq + 2 Hkv, D), for
+// queries and keys that are the same tokens at positions pos (B T). dq (f32, zeroed by the
+// caller) is added into as by lt_attn_bwd; dk and dv are scratch, which on CUDA the backward never
+// writes: it stores dK, rotated, and dV straight into dqkv, and one pass joins dq.
+int lt_attn_bwd_rope(lt_ctx *ctx, lt_tensor dqkv, lt_tensor dq, lt_tensor dk, lt_tensor dv,
+                     lt_tensor dout, lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor lse,
+                     lt_tensor delta, const lt_attn_spec *spec, lt_tensor pos, float theta);
 
 // --- mixture of experts: routing, token dispatch, per-expert GEMMs, combine ---
 // A layer routes N tokens to E experts, k choices each (a "choice" is one (token, rank) pair).

@@ -291,3 +291,14 @@ int lt_ring_attention_backward(lt_ring_attention *ring, lt_ctx *ctx, lt_tensor d
   LT_TRY(lt_copy(ctx, dk, ring->grads[in].dk));
   return lt_copy(ctx, dv, ring->grads[in].dv);
 }
+
+int lt_ring_attention_backward_rope(lt_ring_attention *ring, lt_ctx *ctx, lt_tensor dqkv,
+                                    lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_tensor dout,
+                                    lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor lse,
+                                    lt_tensor delta, const lt_attn_spec *spec, lt_tensor pos,
+                                    float theta) {
+  if (!ring)
+    return lt_attn_bwd_rope(ctx, dqkv, dq, dk, dv, dout, q, k, v, lse, delta, spec, pos, theta);
+  LT_TRY(lt_ring_attention_backward(ring, ctx, dq, dk, dv, dout, q, k, v, lse, delta, spec));
+  return lt_rope_qkv_bwd(ctx, dqkv, dq, dk, dv, pos, theta);
+}

@@ -48,6 +48,13 @@ int lt_ring_attention_forward(lt_ring_attention *ring, lt_ctx *ctx, lt_tensor o,
 int lt_ring_attention_backward(lt_ring_attention *ring, lt_ctx *ctx, lt_tensor dq, lt_tensor dk,
                                lt_tensor dv, lt_tensor dout, lt_tensor q, lt_tensor k, lt_tensor v,
                                lt_tensor lse, lt_tensor delta, const lt_attn_spec *spec);
+// lt_ring_attention_backward, then lt_rope_qkv_bwd's join into dqkv: on one rank
+// lt_attn_bwd_rope (dk and dv are then scratch the CUDA kernels leave alone).
+int lt_ring_attention_backward_rope(lt_ring_attention *ring, lt_ctx *ctx, lt_tensor dqkv,
+                                    lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_tensor dout,
+                                    lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor lse,
+                                    lt_tensor delta, const lt_attn_spec *spec, lt_tensor pos,
+                                    float theta);
 lt_ring_stats lt_ring_attention_stats(const lt_ring_attention *ring);
 
 #endif

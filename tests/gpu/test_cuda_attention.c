@@ -5,7 +5,8 @@
 // every sparse pattern (tests/unit/test_sparse_attention.c checks the CPU's against dense
 // attention), alone and combined, with documents, chunks and positions out of order; MoH's head
 // gates, and the gated output (gates * o) the forward writes beside o for them; and the work of
-// a sliding window, which grows with T, not T^2. Every case runs under each
+// a sliding window, which grows with T, not T^2; the backward joined into a fused dqkv with RoPE's
+// transpose (lt_attn_bwd_rope). Every case runs under each
 // of the forward's and the backward's variants (LT_ATTN_FWD, LT_ATTN_BWD).
 #include <math.h>
 #include <stdio.h>
@@ -167,18 +168,27 @@ static lt_attn_spec gpu_spec(const attn_case *c) {
 typedef struct attn_result {
   float *o, *lse, *dq, *dk, *dv; // host f32
   float *gated;                  // gates * o (spec.gated_out) where the case has gates, else NULL
+  float *dqkv;                   // lt_attn_bwd_rope's join, where run_gpu was given a rope_join
 } attn_result;
 
 static void free_result(attn_result *r) {
-  free(r->o), free(r->lse), free(r->dq), free(r->dk), free(r->dv), free(r->gated);
+  free(r->o), free(r->lse), free(r->dq), free(r->dk), free(r->dv), free(r->gated), free(r->dqkv);
 }
+
+// run_gpu's backward as lt_attn_bwd_rope at the queries' positions: dqkv (B Tq, Hq + 2 Hkv, D)
+// starts as dqkv0.
+typedef struct rope_join {
+  float theta;
+  const float *dqkv0;
+} rope_join;
+#define JSHAPE(c) 3, LT_SHAPE((c)->B * (c)->Tq, (c)->hq + 2 * (c)->hkv, (c)->d)
 
 // Forward, delta and backward on the CPU; dk and dv start as NaN (the backward writes them).
 static attn_result run_cpu(const attn_case *c) {
   const int64_t nq = c->B * c->Tq * c->hq * c->d, nk = c->B * c->Tk * c->hkv * c->d;
   const int64_t nl = c->B * c->hq * c->Tq;
   attn_result r = {malloc(4 * nq), malloc(4 * nl), calloc(nq, 4),
-                   malloc(4 * nk), malloc(4 * nk), c->gates ? malloc(4 * nq) : NULL};
+                   malloc(4 * nk), malloc(4 * nk), c->gates ? malloc(4 * nq) : NULL, NULL};
   for (int64_t i = 0; i < nk; i++) r.dk[i] = r.dv[i] = NAN;
   float *delta = malloc(4 * nl);
   lt_attn_spec s = cpu_spec(c);
@@ -198,8 +208,10 @@ static attn_result run_cpu(const attn_case *c) {
   return r;
 }
 
-// The same on the GPU; dk and dv start as dk0 and dv0 (poison: the backward writes them).
-static attn_result run_gpu(const attn_case *c, const float *dk0, const float *dv0) {
+// The same on the GPU; dk and dv start as dk0 and dv0 (poison: the backward writes them). With
+// rope, the backward is lt_attn_bwd_rope's, and r.dqkv its join.
+static attn_result run_gpu_with(const attn_case *c, const float *dk0, const float *dv0,
+                                const rope_join *rope) {
   lt_attn_spec s = gpu_spec(c);
   lt_tensor q = lt_gpu_upload(c->q, LT_BF16, QSHAPE(c)),
             k = lt_gpu_upload(c->k, LT_BF16, KSHAPE(c));
@@ -217,12 +229,24 @@ static attn_result run_gpu(const attn_case *c, const float *dk0, const float *dv
   assert_ok(lt_zero(&lt_test_gpu, dq));
   lt_tensor dk = lt_gpu_upload(dk0, LT_BF16, KSHAPE(c)),
             dv = lt_gpu_upload(dv0, LT_BF16, KSHAPE(c));
-  assert_ok(lt_attn_bwd(&lt_test_gpu, dq, dk, dv, dout, q, k, v, lse, delta, &s));
+  lt_tensor dqkv = {0};
+  if (rope) {
+    dqkv = lt_gpu_upload(rope->dqkv0, LT_BF16, JSHAPE(c));
+    assert_ok(lt_attn_bwd_rope(&lt_test_gpu, dqkv, dq, dk, dv, dout, q, k, v, lse, delta, &s,
+                               lt_reshape(s.q_pos, 1, LT_SHAPE(c->B * c->Tq)), rope->theta));
+  } else {
+    assert_ok(lt_attn_bwd(&lt_test_gpu, dq, dk, dv, dout, q, k, v, lse, delta, &s));
+  }
   attn_result r = {lt_gpu_fetch(o),  lt_gpu_fetch(lse),
                    lt_gpu_fetch(dq), lt_gpu_fetch(dk),
-                   lt_gpu_fetch(dv), c->gates ? lt_gpu_fetch(s.gated_out) : NULL};
+                   lt_gpu_fetch(dv), c->gates ? lt_gpu_fetch(s.gated_out) : NULL,
+                   rope ? lt_gpu_fetch(dqkv) : NULL};
   lt_gpu_free_all();
   return r;
+}
+
+static attn_result run_gpu(const attn_case *c, const float *dk0, const float *dv0) {
+  return run_gpu_with(c, dk0, dv0, NULL);
 }
 
 // lse is f32 from f32 scores on both sides; -inf must match exactly.
@@ -313,6 +337,51 @@ static void test_grouped_query_attention_matches_cpu(void **state) {
   SKIP_WITHOUT_GPU();
   expect_matches_cpu("6 query heads on 2 kv heads, d = 64", 1, 257, 257, 6, 2, 64, true, 0);
   expect_matches_cpu("4 query heads on 1 kv head, d = 128", 2, 190, 190, 4, 1, 128, true, 0);
+}
+
+// lt_attn_bwd_rope against the CPU's lt_attn_bwd then lt_rope_qkv_bwd, under every backward
+// variant: the GPU's backward stores dK, rotated back, and dV straight into dqkv and one pass joins
+// dq, so its dk and dv scratch keeps its poison (which shows the joined path ran). Positions
+// start at 50000: angles up to 50300 radians, where sincosf's range reduction matters.
+static void expect_rope_join_matches_cpu(const char *what, attn_case *c) {
+  printf("%s\n", what);
+  for (int64_t b = 0; b < c->B; b++)
+    for (int64_t j = 0; j < c->Tk; j++)
+      c->q_pos[b * c->Tq + j] = c->k_pos[b * c->Tk + j] = 50000 + (int32_t)j;
+  const int64_t nq = c->B * c->Tq * c->hq * c->d, nk = c->B * c->Tk * c->hkv * c->d;
+  const int64_t nj = nq + 2 * nk;
+  float *dk0 = lt_gpu_random(nk, 100.0f, true), *dv0 = lt_gpu_random(nk, 100.0f, true);
+  const rope_join rope = {500000.0f, lt_gpu_random(nj, 100.0f, true)};
+  attn_result want = run_cpu(c);
+  float *dqkv = malloc(4 * nj);
+#define H(x, shape) lt_view(x, LT_F32, LT_CPU, shape)
+  assert_ok(lt_rope_qkv_bwd(&lt_test_cpu, H(dqkv, JSHAPE(c)), H(want.dq, QSHAPE(c)),
+                            H(want.dk, KSHAPE(c)), H(want.dv, KSHAPE(c)),
+                            lt_view1(c->q_pos, LT_I32, LT_CPU, c->B * c->Tq), rope.theta));
+#undef H
+  for (int v = 0; v < N_RUNS; v++) {
+    use_variants(v);
+    attn_result got = run_gpu_with(c, dk0, dv0, &rope);
+    lt_gpu_expect_close("dq (f32)", got.dq, want.dq, nq, 1e-2);
+    lt_gpu_expect_close("dqkv = [R^T dq, R^T dk, dv] (bf16)", got.dqkv, dqkv, nj, 1e-2);
+    assert_memory_equal(got.dk, dk0, 4 * nk);
+    assert_memory_equal(got.dv, dv0, 4 * nk);
+    free_result(&got);
+  }
+  use_variants(N_RUNS);
+  free_result(&want), free(dqkv), free(dk0), free(dv0), free((float *)rope.dqkv0);
+  free_case(c);
+}
+
+static void test_backward_joined_into_dqkv_with_rope_matches_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  attn_case c;
+  make_case(&c, 2, 300, 300, 4, 4, 64, true, 0);
+  expect_rope_join_matches_cpu("causal, d = 64", &c);
+  make_case(&c, 1, 257, 257, 6, 2, 128, true, 0);
+  expect_rope_join_matches_cpu("6 query heads on 2 kv heads, d = 128", &c);
+  make_case(&c, 2, 1000, 1000, 3, 1, 64, true, 90);
+  expect_rope_join_matches_cpu("3 query heads on 1 kv head, documents of 90 tokens", &c);
 }
 
 // Grids of a few waves go out in groups of (batch row, head) pairs, each group's longest tiles
@@ -696,6 +765,7 @@ int main(void) {
       cmocka_unit_test(test_causal_attention_matches_cpu_for_head_dims_64_and_128),
       cmocka_unit_test(test_scores_rising_and_falling_along_the_keys_match_cpu),
       cmocka_unit_test(test_grouped_query_attention_matches_cpu),
+      cmocka_unit_test(test_backward_joined_into_dqkv_with_rope_matches_cpu),
       cmocka_unit_test(test_blocks_in_groups_of_heads_match_cpu),
       cmocka_unit_test(test_block_order_covers_every_tile_once_longest_first),
       cmocka_unit_test(test_document_masks_match_cpu),

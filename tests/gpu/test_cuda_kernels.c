@@ -281,6 +281,19 @@ static void expect_rope_matches_cpu(int64_t n, int hq, int hkv, int d) {
   lt_gpu_expect_close("rope q", got[0], q, n * hq * d, 1e-2);
   lt_gpu_expect_close("rope k", got[1], k, n * hkv * d, 1e-2);
   lt_gpu_expect_close("v copied", got[2], v, n * hkv * d, 1e-2);
+  // Without v (made by a matmul of its own): fused rows of q and k heads only.
+  float *qk = malloc(sizeof(float) * n * (hq + hkv) * d);
+  for (int64_t t = 0; t < n; t++)
+    memcpy(qk + t * (hq + hkv) * d, qkv + t * heads * d, sizeof(float) * (hq + hkv) * d);
+  lt_tensor gq2 = lt_gpu_upload(qkv, LT_BF16, 3, LT_SHAPE(n, hq, d)), // poisoned
+      gk2 = lt_gpu_upload(qkv, LT_BF16, 3, LT_SHAPE(n, hkv, d)), no_v = {0};
+  assert_ok(lt_rope_qkv_fwd(&lt_test_gpu, gq2, gk2, no_v,
+                            lt_gpu_upload(qk, LT_BF16, 3, LT_SHAPE(n, hq + hkv, d)), gpos,
+                            10000.0f));
+  float *got_qk[2] = {lt_gpu_fetch(gq2), lt_gpu_fetch(gk2)};
+  lt_gpu_expect_close("rope q, no v", got_qk[0], q, n * hq * d, 1e-2);
+  lt_gpu_expect_close("rope k, no v", got_qk[1], k, n * hkv * d, 1e-2);
+  free(got_qk[0]), free(got_qk[1]), free(qk);
   // Backward: dq in f32 (as the attention layer keeps it), dk and dv in bf16.
   float *dq = lt_gpu_random(n * hq * d, 1.0f, false), *dk = lt_gpu_random(n * hkv * d, 1.0f, true);
   float *dv = lt_gpu_random(n * hkv * d, 1.0f, true);
@@ -395,7 +408,13 @@ static void expect_swiglu_linear_matches_cpu(int64_t n, int64_t d, int64_t f) {
     } else {
       lt_gpu_expect_close("swiglu_linear backward dh", got_dh, dh, n * f, 1e-2);
     }
-    free(got_gu), free(got_h), free(got_dgu), free(got_h_bwd), free(got_dh);
+    // Without h (the caller kept the forward's): dgate_up alone, into a fresh poisoned buffer.
+    lt_tensor gdgu_only = lt_gpu_upload(gu_in, LT_BF16, 2, LT_SHAPE(n, 2 * f));
+    assert_ok(lt_swiglu_linear_bwd(&lt_test_gpu, gdgu_only, (lt_tensor){0}, gdh, gdy, gwd, ggu_in));
+    float *got_dgu_only = lt_gpu_fetch(gdgu_only);
+    lt_gpu_expect_close("swiglu_linear backward dgate_up, no h", got_dgu_only, dgu, n * 2 * f,
+                        1e-2);
+    free(got_gu), free(got_h), free(got_dgu), free(got_h_bwd), free(got_dh), free(got_dgu_only);
   }
   unsetenv("LT_SWIGLU_MATMUL");
   free(x), free(dy), free(w), free(wd), free(gu_in), free(gu), free(h), free(dgu), free(h_bwd),

@@ -26,6 +26,7 @@ void lt_cpu_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *we
 void lt_cpu_rmsnorm_bwd(float *dx, float *dweight, const float *dout, const float *x,
                         const float *weight, const float *rstd, int64_t n, int64_t c);
 
+// v NULL: qkv's rows hold the q and k heads only (lt_rope_qkv_fwd).
 void lt_cpu_rope_qkv_fwd(float *q, float *k, float *v, const float *qkv, const int32_t *pos,
                          int64_t n, int hq, int hkv, int d, float theta);
 void lt_cpu_rope_qkv_bwd(float *dqkv, const float *dq, const float *dk, const float *dv,

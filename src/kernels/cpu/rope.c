@@ -21,14 +21,14 @@ static void rotate(float *out, const float *in, int32_t pos, int d, float theta,
 
 void lt_cpu_rope_qkv_fwd(float *q, float *k, float *v, const float *qkv, const int32_t *pos,
                          int64_t n, int hq, int hkv, int d, float theta) {
-  int64_t width = (int64_t)(hq + 2 * hkv) * d;
+  int64_t width = (int64_t)(hq + (v ? 2 : 1) * hkv) * d;
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < n; t++) {
     const float *row = qkv + t * width;
     for (int h = 0; h < hq; h++) rotate(q + (t * hq + h) * d, row + h * d, pos[t], d, theta, 1.0f);
     for (int h = 0; h < hkv; h++)
       rotate(k + (t * hkv + h) * d, row + (int64_t)(hq + h) * d, pos[t], d, theta, 1.0f);
-    memcpy(v + t * hkv * d, row + (int64_t)(hq + hkv) * d, (size_t)hkv * d * 4);
+    if (v) memcpy(v + t * hkv * d, row + (int64_t)(hq + hkv) * d, (size_t)hkv * d * 4);
   }
 }
 

@@ -9,6 +9,7 @@
 
 #include "kernels/cuda/attention_common.cuh"
 #include "kernels/cuda/attention_fwd_tile.cuh"
+#include "kernels/cuda/rope.cuh"
 
 // dst[0] = x, dst[1] = y in dK's or dV's dtype: a block owns its keys, and writes them once.
 template <typename T> __device__ __forceinline__ void store_pair(T *dst, float x, float y);
@@ -33,24 +34,56 @@ __device__ __forceinline__ void bwd_key_positions(int32_t (&kpos)[2], int32_t (&
   }
 }
 
+// The frequencies of the thread's RoPE pairs for bwd_store_dkdv: columns i = 8 dt + 2 c + e
+// (dt < D/16, e < 2) of dK's first half, paired with i + D/2 (zeros without p.rope_pos). powf is
+// ~100 instructions: a persistent kernel computes them once, not for every item's keys.
+template <int D> struct rope_freqs { float f[D / 16][2]; };
+template <int D> __device__ __forceinline__ rope_freqs<D> bwd_rope_freqs(const attn_params &p) {
+  rope_freqs<D> r;
+  const int c = threadIdx.x & 3;
+#pragma unroll
+  for (int dt = 0; dt < D / 16; dt++)
+#pragma unroll
+    for (int e = 0; e < 2; e++)
+      r.f[dt][e] = p.rope_pos ? rope_inv_freq(dt * 8 + c * 2 + e, D, p.rope_theta) : 0.0f;
+  return r;
+}
+
 // Writes the thread's rows of dK (times scale) and dV, C fragments of keys j0 + key_row and + 8
 // of key/value head kvh of batch row b, in their dtype TKV: once, at the end of a block's or an
-// item's walk.
+// item's walk. With p.rope_pos, dK is rotated back first (R^T dK, as lt_rope_qkv_bwd) at the
+// frequencies `freqs`: columns i and i + D/2 of a row are fragments dt and dt + D/16 of the same
+// thread, so the pairs never leave its registers.
 template <int D, typename TKV>
-__device__ __forceinline__ void bwd_store_dkdv(const attn_params &p, const float (&dk)[D / 2],
-                                               const float (&dv)[D / 2], float scale, int b,
-                                               int kvh, int64_t j0, int key_row) {
+__device__ __forceinline__ void
+bwd_store_dkdv(const attn_params &p, const rope_freqs<D> &freqs, const float (&dk)[D / 2],
+               const float (&dv)[D / 2], float scale, int b, int kvh, int64_t j0, int key_row) {
   const int c = threadIdx.x & 3;
 #pragma unroll
   for (int hf = 0; hf < 2; hf++) {
     const int64_t j = j0 + key_row + hf * 8;
     if (j >= p.tk) continue;
-    TKV *dk_row = (TKV *)p.dk + (((int64_t)b * p.tk + j) * p.hkv + kvh) * D;
-    TKV *dv_row = (TKV *)p.dv + (((int64_t)b * p.tk + j) * p.hkv + kvh) * D;
+    float k_out[D / 8][2];
+#pragma unroll
+    for (int dt = 0; dt < D / 8; dt++)
+      k_out[dt][0] = dk[dt * 4 + 2 * hf] * scale, k_out[dt][1] = dk[dt * 4 + 2 * hf + 1] * scale;
+    if (p.rope_pos) {
+      const int32_t pos = p.rope_pos[(int64_t)b * p.tk + j];
+#pragma unroll
+      for (int dt = 0; dt < D / 16; dt++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+          float co, si;
+          rope_sincos(pos, freqs.f[dt][e], -1.0f, &co, &si);
+          const float x0 = k_out[dt][e], x1 = k_out[dt + D / 16][e];
+          k_out[dt][e] = x0 * co - x1 * si, k_out[dt + D / 16][e] = x1 * co + x0 * si;
+        }
+    }
+    const int64_t row = ((int64_t)b * p.tk + j) * p.dkv_row + (int64_t)kvh * D;
+    TKV *dk_row = (TKV *)p.dk + row, *dv_row = (TKV *)p.dv + row;
 #pragma unroll
     for (int dt = 0; dt < D / 8; dt++) {
-      store_pair(dk_row + dt * 8 + c * 2, dk[dt * 4 + 2 * hf] * scale,
-                 dk[dt * 4 + 2 * hf + 1] * scale);
+      store_pair(dk_row + dt * 8 + c * 2, k_out[dt][0], k_out[dt][1]);
       store_pair(dv_row + dt * 8 + c * 2, dv[dt * 4 + 2 * hf], dv[dt * 4 + 2 * hf + 1]);
     }
   }

@@ -213,6 +213,7 @@ __device__ __forceinline__ void consume(const attn_params &p, const ws_smem &sm,
   const uint32_t k_base = sm.k_at(), v_base = sm.v_at();
   const float scale = p.scale_log2 / LOG2E;
   const bool docs = p.mask.docs;
+  const rope_freqs<D> freqs = bwd_rope_freqs<D>(p);
   uint32_t qu = 0, du = 0; // uses of the Q ring and of the dQ stage (and dS^T's buffers)
   for (uint32_t iu = 0;; iu++) {
     mbar_wait(&ctl.kv_full, iu & 1u);
@@ -289,7 +290,7 @@ __device__ __forceinline__ void consume(const attn_params &p, const ws_smem &sm,
     if (lane == 0) mbar_arrive(&ctl.qdo_empty[s]); // the LIST_END entry's buffer
     qu++;
     if (lane == 0) mbar_arrive(&ctl.kv_empty); // every product reading K and V is done
-    bwd_store_dkdv<D, TKV>(p, dk, dv, scale, it.b, it.kvh, it.j0, warp * 16 + g);
+    bwd_store_dkdv<D, TKV>(p, freqs, dk, dv, scale, it.b, it.kvh, it.j0, warp * 16 + g);
   }
   // The writer's signal to stop: a stage with no tile.
   if (du > 0) mbar_wait(&ctl.dq_empty, (du - 1) & 1u);

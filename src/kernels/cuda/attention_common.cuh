@@ -28,10 +28,16 @@
 typedef struct attn_params {
   const bf16 *q, *k, *v, *dout;
   bf16 *o;
-  bf16 *gated_o;                                // gates * o (lt_attn_spec.gated_out), or NULL
-  float *lse, *delta;                           // (B, Hq, Tq)
-  float *dq;                                    // (B, Tq, Hq, D) f32, accumulated with atomics
-  void *dk, *dv;                                // (B, Tk, Hkv, D), bf16 or f32 (dkv_f32)
+  bf16 *gated_o;      // gates * o (lt_attn_spec.gated_out), or NULL
+  float *lse, *delta; // (B, Hq, Tq)
+  float *dq;          // (B, Tq, Hq, D) f32, accumulated with atomics
+  void *dk, *dv;      // (B, Tk, Hkv, D), bf16 or f32 (dkv_f32)
+  // dK's and dV's rows: token j of batch row b at (b Tk + j) dkv_row + kvh D, with dkv_row = Hkv D
+  // for tensors of their own, or (Hq + 2 Hkv) D for the k and v heads of a fused dqkv
+  // (lt_attn_bwd_rope), where dK is also rotated back by RoPE at rope_pos (B, Tk).
+  int64_t dkv_row;
+  const int32_t *rope_pos; // NULL: no rotation
+  float rope_theta;
   const int32_t *q_pos, *k_pos, *q_doc, *k_doc; // docs NULL without a document mask
   const int4 *q_tiles, *k_tiles;        // per (batch row, tile): pos min, pos max, doc min, doc max
   const longlong2 *q_keys, *k_keys;     // per (batch row, tile): smallest and largest attn_key

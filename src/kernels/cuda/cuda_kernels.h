@@ -50,6 +50,8 @@ int lt_cuda_rope_qkv_fwd(lt_ctx *ctx, lt_tensor q, lt_tensor k, lt_tensor v, lt_
                          lt_tensor pos, float theta);
 int lt_cuda_rope_qkv_bwd(lt_ctx *ctx, lt_tensor dqkv, lt_tensor dq, lt_tensor dk, lt_tensor dv,
                          lt_tensor pos, float theta);
+// dqkv's q heads alone: [R^T dq, (left), (left)] (lt_cuda_attn_bwd_rope's last pass).
+int lt_cuda_rope_q_bwd(lt_ctx *ctx, lt_tensor dqkv, lt_tensor dq, lt_tensor pos, float theta);
 int lt_cuda_swiglu_fwd(lt_ctx *ctx, lt_tensor h, lt_tensor gate_up);
 int lt_cuda_swiglu_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor h, lt_tensor dh,
                        lt_tensor gate_up);
@@ -69,6 +71,9 @@ int lt_cuda_attn_bwd_delta(lt_ctx *ctx, lt_tensor delta, lt_tensor dout, lt_tens
 int lt_cuda_attn_bwd(lt_ctx *ctx, lt_tensor dq, lt_tensor dk, lt_tensor dv, lt_tensor dout,
                      lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor lse, lt_tensor delta,
                      const lt_attn_spec *spec);
+int lt_cuda_attn_bwd_rope(lt_ctx *ctx, lt_tensor dqkv, lt_tensor dq, lt_tensor dout, lt_tensor q,
+                          lt_tensor k, lt_tensor v, lt_tensor lse, lt_tensor delta,
+                          const lt_attn_spec *spec, lt_tensor pos, float theta);
 
 int lt_cuda_adamw(lt_ctx *ctx, lt_tensor param, lt_tensor grad, lt_tensor m, lt_tensor v,
                   lt_tensor compute, const lt_adamw_args *args);

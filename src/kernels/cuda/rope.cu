@@ -5,18 +5,13 @@
 // i+D/2..i+D/2+7). D must be a multiple of 16 (CUDA attention takes 64 and 128).
 // At the 135M model's shape (32768 tokens, 12 + 2 x 12 heads of 64) the forward moves 151 MB in
 // and 151 MB out (~0.1 ms at 3 TB/s); the backward reads dq in f32, dk and dv in bf16 (200 MB) and
-// writes 151 MB (~0.12 ms).
+// writes 151 MB (~0.12 ms). As the model runs them, v comes from a matmul of its own and the
+// forward moves q and k alone (101 MB in and out), and the attention's backward writes dk and dv
+// into dqkv itself (lt_attn_bwd_rope), leaving the backward dq's heads: 101 MB in, 50 MB out.
 #include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/rope.cuh"
 
 enum { THREADS = 128, PAIRS = 8 };
-
-// cos and sign * sin of pos * theta^(-2i/D), in fp32 as lt_cpu_rope_qkv_fwd computes them.
-__device__ __forceinline__ void rope_angle(int32_t pos, int i, int d, float theta, float sign,
-                                           float *c, float *s) {
-  const float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)d);
-  sincosf((float)pos * inv_freq, s, c);
-  *s *= sign;
-}
 
 // Pairs (i + e, i + e + half), e < PAIRS, of one head between the fused row and its own tensor
 // (both pointing at dimension i): forward rotates fused -> split, backward rotates split -> fused
@@ -45,12 +40,15 @@ __device__ __forceinline__ void move_pairs(TX *__restrict__ fused, TS *__restric
 }
 
 // Forward: q, k = rotate(fused's q and k heads), v = fused's v heads (matches
-// lt_cpu_rope_qkv_fwd). Backward: fused = [R^T q, R^T k, v] (matches lt_cpu_rope_qkv_bwd).
-// fused: (N, Hq + 2 Hkv, D); q: (N, Hq, D); k, v: (N, Hkv, D); pos: (N) i32
+// lt_cpu_rope_qkv_fwd). Backward: fused = [R^T q, R^T k, v] (matches lt_cpu_rope_qkv_bwd). k or v
+// NULL: those heads are left out (a forward whose v came from a matmul of its own, whose fused
+// rows then hold q and k only; a backward whose attention wrote dk and dv: lt_attn_bwd_rope).
+// fused: (N, row_heads, D) with q heads, then k heads, then v heads; q: (N, Hq, D); k, v:
+// (N, Hkv, D); pos: (N) i32
 template <bool BACKWARD, typename TQ, typename TKV, typename TX>
 __global__ void rope_qkv_kernel(TX *__restrict__ fused, TQ *__restrict__ q, TKV *__restrict__ k,
                                 TKV *__restrict__ v, const int32_t *__restrict__ pos, int64_t n,
-                                int hq, int hkv, int d, float theta) {
+                                int hq, int hkv, int row_heads, int d, float theta) {
   const int half = d / 2, groups = half / PAIRS;
   const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (g >= n * groups) return;
@@ -61,26 +59,36 @@ __global__ void rope_qkv_kernel(TX *__restrict__ fused, TQ *__restrict__ q, TKV 
 #pragma unroll
   for (int e = 0; e < PAIRS; e++)
     rope_angle(p, i + e, d, theta, BACKWARD ? -1.0f : 1.0f, &c[e], &s[e]);
-  TX *row = fused + t * (int64_t)(hq + 2 * hkv) * d + i;
+  TX *row = fused + t * (int64_t)row_heads * d + i;
 #pragma unroll 4
   for (int h = 0; h < hq; h++)
     move_pairs<BACKWARD, true>(row + (int64_t)h * d, q + (t * hq + h) * d + i, half, c, s);
+  if (k) {
 #pragma unroll 4
-  for (int h = 0; h < hkv; h++)
-    move_pairs<BACKWARD, true>(row + (int64_t)(hq + h) * d, k + (t * hkv + h) * d + i, half, c, s);
+    for (int h = 0; h < hkv; h++)
+      move_pairs<BACKWARD, true>(row + (int64_t)(hq + h) * d, k + (t * hkv + h) * d + i, half, c,
+                                 s);
+  }
+  if (v) {
 #pragma unroll 4
-  for (int h = 0; h < hkv; h++)
-    move_pairs<BACKWARD, false>(row + (int64_t)(hq + hkv + h) * d, v + (t * hkv + h) * d + i, half,
-                                c, s);
+    for (int h = 0; h < hkv; h++)
+      move_pairs<BACKWARD, false>(row + (int64_t)(hq + hkv + h) * d, v + (t * hkv + h) * d + i,
+                                  half, c, s);
+  }
 }
 
+// q, k, v: (..., H, D) views, their leading dims the tokens'; k or v with data NULL: left out.
 template <bool BACKWARD>
 static int launch_rope(lt_ctx *ctx, const char *op, lt_tensor fused, lt_tensor q, lt_tensor k,
                        lt_tensor v, lt_tensor pos, float theta) {
   lt_cuda_state *st = cuda_state(ctx);
-  const int64_t n = q.shape[0];
-  const int hq = (int)q.shape[1], hkv = (int)k.shape[1], d = (int)q.shape[2];
-  if (k.dtype != v.dtype) return lt_cuda_unsupported(op, "k and v differ in dtype", k, v);
+  const int hq = (int)q.shape[q.ndim - 2], d = (int)q.shape[q.ndim - 1];
+  const int64_t n = lt_numel(q) / ((int64_t)hq * d);
+  const lt_tensor kv = k.data ? k : v; // the key/value heads' dtype and count, if any
+  const int hkv = kv.data ? (int)kv.shape[kv.ndim - 2] : 0;
+  const int row_heads = (int)fused.shape[fused.ndim - 2];
+  if (k.data && v.data && k.dtype != v.dtype)
+    return lt_cuda_unsupported(op, "k and v differ in dtype", k, v);
   if (d % (2 * PAIRS) != 0 || !aligned16(fused.data) || !aligned16(q.data) || !aligned16(k.data) ||
       !aligned16(v.data))
     return lt_cuda_unsupported(op, "head width a multiple of 16, 16-byte aligned tensors", q,
@@ -88,14 +96,14 @@ static int launch_rope(lt_ctx *ctx, const char *op, lt_tensor fused, lt_tensor q
   if (n == 0) return LT_OK;
   const unsigned grid = blocks_for(n * (d / (2 * PAIRS)), THREADS);
   int rc = dispatch_float(q.dtype, [&](auto *qt) {
-    return dispatch_float(k.dtype, [&](auto *kt) {
+    return dispatch_float(kv.data ? kv.dtype : q.dtype, [&](auto *kt) {
       return dispatch_float(fused.dtype, [&](auto *xt) {
         using TQ = TYPE_OF(qt);
         using TKV = TYPE_OF(kt);
         using TX = TYPE_OF(xt);
         rope_qkv_kernel<BACKWARD, TQ, TKV, TX><<<grid, THREADS, 0, st->stream>>>(
             (TX *)fused.data, (TQ *)q.data, (TKV *)k.data, (TKV *)v.data, (const int32_t *)pos.data,
-            n, hq, hkv, d, theta);
+            n, hq, hkv, row_heads, d, theta);
         return LT_OK;
       });
     });
@@ -112,4 +120,8 @@ int lt_cuda_rope_qkv_fwd(lt_ctx *ctx, lt_tensor q, lt_tensor k, lt_tensor v, lt_
 int lt_cuda_rope_qkv_bwd(lt_ctx *ctx, lt_tensor dqkv, lt_tensor dq, lt_tensor dk, lt_tensor dv,
                          lt_tensor pos, float theta) {
   return launch_rope<true>(ctx, "rope_qkv_bwd", dqkv, dq, dk, dv, pos, theta);
+}
+
+int lt_cuda_rope_q_bwd(lt_ctx *ctx, lt_tensor dqkv, lt_tensor dq, lt_tensor pos, float theta) {
+  return launch_rope<true>(ctx, "rope_q_bwd", dqkv, dq, lt_tensor{}, lt_tensor{}, pos, theta);
 }

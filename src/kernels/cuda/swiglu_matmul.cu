@@ -5,8 +5,8 @@
 //   product), so each thread holds a hidden unit's gate and up side by side: it writes both, and
 //   h. Unfused, the matmul wrote gate_up and swiglu_fwd read all of it back to write h.
 // - backward: dh = dy W_down never reaches memory: the epilogue reads gate_up beside its tile of dh
-//   (128 rows by 128 units) and writes dgate_up and h (which W_down's gradient reads), as
-//   swiglu_bwd_kernel does.
+//   (128 rows by 128 units) and writes dgate_up, and h (which W_down's gradient reads) where the
+//   caller did not keep the forward's, as swiglu_bwd_kernel does.
 // One block per SM walks tiles blockIdx.x, + gridDim.x, ... (rows outermost, so the blocks at work
 // share their rows of x or dy in the L2). A producer thread copies each tile's A and B blocks of
 // 64 along k by TMA into a ring of stages; two consumer warpgroups (64 rows each) multiply from
@@ -64,6 +64,7 @@ struct swiglu_mm_params {
   int64_t m;            // rows
   int f, k;             // hidden units, inner dimension
   int m_tiles, n_tiles; // tiles: rows / BM (rounded up), units / UNITS
+  bool h;               // the backward writes h too (the forward always does)
 };
 // x or dy, the weight, gate_up (the forward's output, the backward's input), h, and dgate_up (the
 // backward's). The last three in boxes of 64 units by 64 rows: a warpgroup's share of a slab.
@@ -178,7 +179,8 @@ __device__ __forceinline__ void epilogue_forward(const float (&acc)[64], uint32_
 // the output slabs, as swiglu_bwd_kernel computes them (dh here is the f32 product, not rounded
 // to bf16 first).
 __device__ __forceinline__ void epilogue_backward(const float (&acc)[64], uint32_t gate_in,
-                                                  uint32_t up_in, uint32_t slabs, int r, int c) {
+                                                  uint32_t up_in, uint32_t slabs, int r, int c,
+                                                  bool with_h) {
 #pragma unroll
   for (int hf = 0; hf < 2; hf++)
 #pragma unroll
@@ -192,7 +194,7 @@ __device__ __forceinline__ void epilogue_backward(const float (&acc)[64], uint32
                         y = swiglu_backward_at(g.y, u.y, acc[e + 1], sigmoid(g.y));
       st_shared_u32(gate_at, pack_bf16(x.dgate, y.dgate));
       st_shared_u32(up_at, pack_bf16(x.dup, y.dup));
-      st_shared_u32(up_at + 2 * SLAB, pack_bf16(x.h, y.h));
+      if (with_h) st_shared_u32(up_at + 2 * SLAB, pack_bf16(x.h, y.h));
     }
 }
 
@@ -210,7 +212,7 @@ __device__ __forceinline__ void store_slabs(const swiglu_mm_params &p, const swi
     const int unit = at.unit0 + 64 * s;
     tma_store_rows(out, slabs + s * SLAB + half, unit, 0, row, 0);
     tma_store_rows(out, slabs + (PER + s) * SLAB + half, p.f + unit, 0, row, 0);
-    tma_store_rows(&tm.h, slabs + (2 * PER + s) * SLAB + half, unit, 0, row, 0);
+    if (FWD || p.h) tma_store_rows(&tm.h, slabs + (2 * PER + s) * SLAB + half, unit, 0, row, 0);
   }
   bulk_commit();
 }
@@ -267,7 +269,7 @@ __device__ __forceinline__ void consume(const swiglu_mm_params &p, const swiglu_
       mbar_wait(&ctl.full[s], ring_parity<S::STAGES>(u));
       mbar_wait(&ctl.full[s_up], ring_parity<S::STAGES>(u + 1));
       epilogue_backward(acc, base + s * S::STAGE_BYTES, base + s_up * S::STAGE_BYTES, slabs, r,
-                        lane & 3);
+                        lane & 3, p.h);
       if (lane == 0) mbar_arrive(&ctl.empty[s]), mbar_arrive(&ctl.empty[s_up]);
       u += 2;
     }
@@ -330,12 +332,14 @@ static int launch(lt_cuda_state *st, swiglu_mm_params p, const swiglu_mm_maps &t
   return LT_OK;
 }
 
-// The maps of x or dy (A, boxes of BM rows by BK) and of gate_up and h (boxes of 64 by 64).
+// The maps of x or dy (A, boxes of BM rows by BK) and of gate_up and h (boxes of 64 by 64; a
+// backward without h leaves its map unused).
 static bool map_rows(swiglu_mm_maps *tm, lt_tensor a, lt_tensor gate_up, lt_tensor h) {
-  const int64_t m = a.shape[0], f = h.shape[1];
+  const int64_t m = a.shape[0], f = gate_up.shape[1] / 2;
+  if (!h.data) memset(&tm->h, 0, sizeof tm->h);
   return attn_tma_map_rows(&tm->a, a.data, LT_BF16, 1, m, 1, (int)a.shape[1], BM, BK) &&
          attn_tma_map_rows(&tm->gate_up, gate_up.data, LT_BF16, 1, m, 1, (int)(2 * f), 64, 64) &&
-         attn_tma_map_rows(&tm->h, h.data, LT_BF16, 1, m, 1, (int)f, 64, 64);
+         (!h.data || attn_tma_map_rows(&tm->h, h.data, LT_BF16, 1, m, 1, (int)f, 64, 64));
 }
 
 int lt_cuda_swiglu_linear_fwd(lt_ctx *ctx, lt_tensor gate_up, lt_tensor h, lt_tensor x,
@@ -350,7 +354,7 @@ int lt_cuda_swiglu_linear_fwd(lt_ctx *ctx, lt_tensor gate_up, lt_tensor h, lt_te
     return lt_cuda_swiglu_fwd(ctx, h, gate_up);
   }
   tm.dgate_up = tm.gate_up; // unused
-  const swiglu_mm_params p = {m, (int)f, (int)k, 0, 0};
+  const swiglu_mm_params p = {m, (int)f, (int)k, 0, 0, true};
   LT_TRY(launch<true>(st, p, tm, "swiglu_linear_fwd"));
   return lt_cuda_launched(st, "swiglu_linear_fwd", gate_up, x);
 }
@@ -358,17 +362,17 @@ int lt_cuda_swiglu_linear_fwd(lt_ctx *ctx, lt_tensor gate_up, lt_tensor h, lt_te
 int lt_cuda_swiglu_linear_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor h, lt_tensor dh,
                               lt_tensor dy, lt_tensor w_down, lt_tensor gate_up) {
   lt_cuda_state *st = cuda_state(ctx);
-  const int64_t f = h.shape[1], k = dy.shape[1], m = dy.shape[0];
+  const int64_t f = dh.shape[1], k = dy.shape[1], m = dy.shape[0];
   swiglu_mm_maps tm;
   if (m == 0) return LT_OK;
-  if (!fused_fits(ctx, f, k, {dgate_up, h, dy, w_down, gate_up}) ||
+  if ((h.data && h.dtype != LT_BF16) || !fused_fits(ctx, f, k, {dgate_up, dy, w_down, gate_up}) ||
       !map_rows(&tm, dy, gate_up, h) ||
       !attn_tma_map_rows(&tm.dgate_up, dgate_up.data, LT_BF16, 1, m, 1, (int)(2 * f), 64, 64) ||
       !attn_tma_map_rows(&tm.b, w_down.data, LT_BF16, 1, k, 1, (int)f, BK, 64)) {
     LT_TRY(lt_cuda_matmul(ctx, dh, dy, false, w_down, false, 1.0f, 0.0f));
     return lt_cuda_swiglu_bwd(ctx, dgate_up, h, dh, gate_up);
   }
-  const swiglu_mm_params p = {m, (int)f, (int)k, 0, 0};
+  const swiglu_mm_params p = {m, (int)f, (int)k, 0, 0, h.data != nullptr};
   LT_TRY(launch<false>(st, p, tm, "swiglu_linear_bwd"));
   return lt_cuda_launched(st, "swiglu_linear_bwd", dgate_up, dy);
 }

@@ -1,5 +1,5 @@
-// x -> [q|k|v] = x Wqkv^T -> RoPE(q), RoPE(k) -> o = attention(q, k, v) -> out = o Wo^T, with
-// o's heads weighted per token before Wo when a MoH router is given (o -> g * o).
+// x -> [q|k] = x [Wq; Wk]^T, v = x Wv^T -> RoPE(q), RoPE(k) -> o = attention(q, k, v) ->
+// out = o Wo^T, with o's heads weighted per token before Wo when a MoH router is given (o -> g o).
 //
 // Tensor parallel (Megatron-LM): rank r holds query heads [r Hq/tp, (r+1) Hq/tp) and their own
 // key/value heads [r Hkv/tp, ...) (grouped-query heads stay grouped: a rank's query heads read only
@@ -33,7 +33,7 @@ typedef struct softmax_attention {
   lt_tensor lse;     // (B, Hq, T) f32
   lt_tensor gates;   // (B*T, Hq) f32, the router's head weights (held by the router)
   // scratch
-  lt_tensor qkv;                   // (B*T, Hq + 2 Hkv, hd), forward only
+  lt_tensor qk;                    // (B*T, Hq + Hkv, hd), forward only
   lt_tensor dqkv, d_o, dq, dk, dv; // backward only
   lt_tensor delta;                 // (B, Hq, T) f32
   lt_tensor o_gated, d_gated;      // (B, T, Hq, hd): with a router, g * o and its gradient
@@ -69,7 +69,7 @@ static int plan(lt_layer *self, const lt_plan *p) {
   if (s->router) LT_TRY(lt_arena_alloc4(p->scratch, &s->o_gated, dt, B, T, hq, hd));
   // The forward's and the backward's other temporaries never live at once: both start here.
   size_t passes = lt_arena_mark(p->scratch);
-  LT_TRY(lt_arena_alloc3(p->scratch, &s->qkv, dt, B * T, hq + 2 * hkv, hd));
+  LT_TRY(lt_arena_alloc3(p->scratch, &s->qk, dt, B * T, hq + hkv, hd));
   lt_arena_release(p->scratch, passes);
   LT_TRY(lt_arena_alloc3(p->scratch, &s->dqkv, dt, B * T, hq + 2 * hkv, hd));
   LT_TRY(lt_arena_alloc4(p->scratch, &s->d_o, dt, B, T, hq, hd));
@@ -89,18 +89,16 @@ static int plan(lt_layer *self, const lt_plan *p) {
   return LT_OK;
 }
 
-// (B, T, H, hd) viewed as (B*T, H, hd) for RoPE.
-static lt_tensor tokens_heads(lt_tensor t) {
-  return lt_reshape(t, 3, LT_SHAPE(t.shape[0] * t.shape[1], t.shape[2], t.shape[3]));
-}
-
 static int forward(lt_layer *self, lt_ctx *ctx, lt_tensor out, lt_tensor x, const lt_batch *batch) {
   softmax_attention *s = (softmax_attention *)self;
-  lt_tensor wqkv;
-  LT_TRY(lt_fused_view(&wqkv, s->wqkv, 3, LT_PARAM_VALUE));
-  LT_TRY(lt_linear_forward(ctx, s->qkv, x, wqkv));
-  LT_TRY(lt_rope_qkv_fwd(ctx, tokens_heads(s->q), tokens_heads(s->k), tokens_heads(s->v), s->qkv,
-                         batch->pos, s->rope_theta));
+  // q and k by one matmul, rotated by RoPE's pass into their own tensors; v by its own matmul,
+  // straight into its tensor (no copy of v through the pass).
+  lt_tensor wqk;
+  LT_TRY(lt_fused_view(&wqk, s->wqkv, 2, LT_PARAM_VALUE));
+  LT_TRY(lt_linear_forward(ctx, s->qk, x, wqk));
+  LT_TRY(lt_linear_forward(ctx, s->v, x, s->wqkv[2].value));
+  const lt_tensor no_v = {0};
+  LT_TRY(lt_rope_qkv_fwd(ctx, s->q, s->k, no_v, s->qk, batch->pos, s->rope_theta));
   if (s->router) LT_TRY(lt_head_router_forward(s->router, ctx, x, batch));
   lt_attn_spec spec = attention_spec(s, batch);
   // The weighted heads come from the attention's epilogue on one rank, or after the ring's merge.
@@ -124,10 +122,10 @@ static int backward(lt_layer *self, lt_ctx *ctx, lt_tensor dx, lt_tensor dout, l
   }
   LT_TRY(lt_zero(ctx, s->dq)); // the backward adds into dq, and writes dk and dv
   lt_attn_spec spec = attention_spec(s, batch);
-  LT_TRY(lt_ring_attention_backward(s->ring, ctx, s->dq, s->dk, s->dv, s->d_o, s->q, s->k, s->v,
-                                    s->lse, s->delta, &spec));
-  LT_TRY(lt_rope_qkv_bwd(ctx, s->dqkv, tokens_heads(s->dq), tokens_heads(s->dk),
-                         tokens_heads(s->dv), batch->pos, s->rope_theta));
+  // dq, dk, dv joined into dqkv (on one GPU, dk and dv are written straight into it).
+  LT_TRY(lt_ring_attention_backward_rope(s->ring, ctx, s->dqkv, s->dq, s->dk, s->dv, s->d_o, s->q,
+                                         s->k, s->v, s->lse, s->delta, &spec, batch->pos,
+                                         s->rope_theta));
   lt_tensor wqkv, dwqkv;
   LT_TRY(lt_fused_view(&wqkv, s->wqkv, 3, LT_PARAM_VALUE));
   LT_TRY(lt_fused_view(&dwqkv, s->wqkv, 3, LT_PARAM_GRAD));
