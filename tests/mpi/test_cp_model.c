@@ -324,9 +324,10 @@ static void test_micro_batches_in_flight_keep_their_own_documents(void **state) 
 // same losses step by step. The runs sum in different orders, and AdamW's normalised update turns
 // rounding-sized gradient differences into larger weight differences, so they drift apart slowly
 // (by step 20: 3e-5 of the loss on earlier machines, 1.2e-4 on an AVX-512 EPYC, where OpenBLAS
-// runs other kernels; the bound is 1e-3). Without routers (MoH, MoE): a top-k choice at a near tie
-// flips under such drift (an expert at step 9, a head at step 4 when tried), and the runs then part
-// by more; one step of each is compared above.
+// runs other kernels, 1.5e-4 there in the sanitizer build; the bound is 1e-3). The gradient norms
+// part faster (1.1e-3 at most there; bound 1e-2). Without routers (MoH, MoE): a top-k choice at a
+// near tie flips under such drift (an expert at step 9, a head at step 4 when tried), and the runs
+// then part by more; one step of each is compared above.
 static void test_twenty_steps_follow_the_single_process_losses(void **state) {
   (void)state;
   const lt_mesh *mesh = &meshes[1];
@@ -357,7 +358,7 @@ static void test_twenty_steps_follow_the_single_process_losses(void **state) {
     double norm_one, norm_split;
     assert_ok(lt_optimizer_step(&opt_one, &one.ctx, train.lr, &norm_one));
     assert_ok(lt_optimizer_step(&opt_split, &split.ctx, train.lr, &norm_split));
-    assert_true(fabs(norm_split - norm_one) <= 1e-3 * norm_one);
+    assert_true(fabs(norm_split - norm_one) <= 1e-2 * norm_one);
     batch_free(&whole), batch_free(&mine);
   }
   worst = lt_test_worst_over_ranks(mesh, worst);
