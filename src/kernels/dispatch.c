@@ -464,8 +464,12 @@ int lt_attn_bwd_rope(lt_ctx *ctx, lt_tensor dqkv, lt_tensor dq, lt_tensor dk, lt
   lt_cpu_attn_dims dims;
   LT_TRY(check_attn_bwd("attn_bwd_rope", &dims, dq, dk, dv, dout, q, k, v, spec));
   ON_CUDA(lt_cuda_attn_bwd_rope(ctx, dqkv, dq, dout, q, k, v, lse, delta, spec, pos, theta));
-  LT_TRY(lt_attn_bwd(ctx, dq, dk, dv, dout, q, k, v, lse, delta, spec));
-  return lt_rope_qkv_bwd(ctx, dqkv, dq, dk, dv, pos, theta);
+  // The two ops' CPU kernels, their operands checked above.
+  lt_cpu_attn_bwd(lt_f32(dq), lt_f32(dk), lt_f32(dv), lt_f32(dout), lt_f32(q), lt_f32(k), lt_f32(v),
+                  lt_f32(lse), lt_f32(delta), &dims, spec);
+  lt_cpu_rope_qkv_bwd(lt_f32(dqkv), lt_f32(dq), lt_f32(dk), lt_f32(dv), lt_i32(pos), n,
+                      (int)q.shape[2], (int)k.shape[2], (int)q.shape[3], theta);
+  return LT_OK;
 }
 
 // The sizes of a routing: N tokens, R routed heads, K chosen, from the tensors' shapes.

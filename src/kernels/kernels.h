@@ -81,8 +81,8 @@ int lt_rmsnorm_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dweight, lt_tensor dout,
 // Splits a fused projection into q, k, v and rotates q and k by RoPE at positions `pos`.
 // qkv: (N, Hq + 2*Hkv, D) with q heads, then k heads, then v heads; q: (N, Hq, D);
 // k, v: (N, Hkv, D) (or (B, T, H, D) views of N = B T tokens); pos: (N) i32. With v.data NULL,
-// qkv is (N, Hq + Hkv, D), q and k alone (v made by a matmul of its own, not copied here). Rotation pairs (i, i + D/2) as in Hugging Face Llama, with
-// frequency theta^(-2i/D).
+// qkv is (N, Hq + Hkv, D), q and k alone (v made by a matmul of its own, not copied here).
+// Rotation pairs (i, i + D/2) as in Hugging Face Llama, with frequency theta^(-2i/D).
 int lt_rope_qkv_fwd(lt_ctx *ctx, lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor qkv,
                     lt_tensor pos, float theta);
 // The transpose: dqkv = [R^T dq, R^T dk, dv].
