@@ -216,6 +216,8 @@ for what in "$@"; do
       "src/kernels/cuda/swiglu_matmul.cu|s/pack_bf16(gf.x \* sigmoid(gf.x) \* uf.x,/pack_bf16(gf.x * uf.x,/|test_cuda_kernels"
       "src/kernels/cuda/swiglu.cuh|s/d \* u \* s \* (1.0f + g \* (1.0f - s))/d * u * s/|test_cuda_kernels"
       "src/kernels/cuda/swiglu_matmul.cu|s/FWD ? 16 : BK \* 128, 1024/FWD ? 16 : BK * 64, 1024/|test_cuda_kernels"
+      "src/kernels/cuda/swiglu_matmul.cu|s/acc\[e1\] = x1 \* co + x0 \* si;/acc[e1] = x1 * co - x0 * si;/|test_cuda_kernels"
+      "src/kernels/cuda/swiglu_matmul.cu|s/else if (kv < p.kv_cols)/else if (kv <= p.kv_cols)/|test_cuda_kernels"
       "src/kernels/cuda/moh.cu|s/v += q \* (a_routed \* k_f \* dg\[l.n_shared + i\] - dot_chosen);/v += q * a_routed * k_f * dg[l.n_shared + i];/|test_cuda_sparse_moh"
     )
     for spec in "${breaks[@]}"; do

@@ -237,6 +237,34 @@ int lt_rope_qkv_fwd(lt_ctx *ctx, lt_tensor q, lt_tensor k, lt_tensor v, lt_tenso
   return LT_OK;
 }
 
+int lt_qkv_rope_fwd(lt_ctx *ctx, lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor qk, lt_tensor x,
+                    lt_tensor w, lt_tensor pos, float theta) {
+  int64_t n;
+  const lt_tensor no_v = {0};
+  LT_TRY(check_rope(q, k, no_v, qk, pos, &n));
+  const int64_t in = x.shape[x.ndim - 1], qk_cols = lt_numel(qk) / n, kv_cols = lt_numel(k) / n;
+  EXPECT(lt_same_shape(k, v), "qkv_rope_fwd", "v must be shaped as k", v, k);
+  EXPECT(w.ndim == 2 && w.shape[0] == qk_cols + kv_cols && w.shape[1] == in &&
+             lt_numel(x) == n * in,
+         "qkv_rope_fwd", "w must be ((Hq + 2 Hkv) D, D_in) for x (N, D_in)", w, x);
+  const lt_tensor rows = lt_reshape(x, 2, LT_SHAPE(n, in));
+  ON_CUDA(lt_cuda_qkv_rope_fwd(ctx, q, k, v, qk, rows, w, pos, theta));
+  LT_TRY(lt_matmul(ctx, lt_reshape(qk, 2, LT_SHAPE(n, qk_cols)), rows, false,
+                   lt_rows(w, 0, qk_cols), true, 1.0f, 0.0f));
+  LT_TRY(lt_matmul(ctx, lt_reshape(v, 2, LT_SHAPE(n, kv_cols)), rows, false,
+                   lt_rows(w, qk_cols, kv_cols), true, 1.0f, 0.0f));
+  return lt_rope_qkv_fwd(ctx, q, k, no_v, qk, pos, theta);
+}
+
+bool lt_qkv_rope_fused(lt_ctx *ctx, int64_t head_dim, int64_t d_in) {
+#ifdef LT_WITH_CUDA
+  if (ctx->device == LT_CUDA) return lt_cuda_qkv_rope_fused(ctx, head_dim, d_in);
+#else
+  (void)ctx, (void)head_dim, (void)d_in;
+#endif
+  return false;
+}
+
 int lt_rope_qkv_bwd(lt_ctx *ctx, lt_tensor dqkv, lt_tensor dq, lt_tensor dk, lt_tensor dv,
                     lt_tensor pos, float theta) {
   int64_t n;

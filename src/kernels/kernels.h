@@ -85,6 +85,14 @@ int lt_rmsnorm_bwd(lt_ctx *ctx, lt_tensor dx, lt_tensor dweight, lt_tensor dout,
 // Rotation pairs (i, i + D/2) as in Hugging Face Llama, with frequency theta^(-2i/D).
 int lt_rope_qkv_fwd(lt_ctx *ctx, lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor qkv,
                     lt_tensor pos, float theta);
+// The attention's input projection and RoPE: q = R(x w_q^T), k = R(x w_k^T), v = x w_v^T for
+// x (..., D_in) of N tokens and w = [w_q; w_k; w_v] ((Hq + 2 Hkv) D, D_in). One kernel on a Hopper
+// GPU (the rotation in the matmul's epilogue); elsewhere the q|k matmul into qk (N, Hq + Hkv, D,
+// scratch the fused kernel leaves as it was), v's own matmul, and lt_rope_qkv_fwd without v.
+int lt_qkv_rope_fwd(lt_ctx *ctx, lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor qk, lt_tensor x,
+                    lt_tensor w, lt_tensor pos, float theta);
+// Whether it runs as one kernel on ctx for heads of head_dim and rows of d_in (bf16 tensors).
+bool lt_qkv_rope_fused(lt_ctx *ctx, int64_t head_dim, int64_t d_in);
 // The transpose: dqkv = [R^T dq, R^T dk, dv].
 int lt_rope_qkv_bwd(lt_ctx *ctx, lt_tensor dqkv, lt_tensor dq, lt_tensor dk, lt_tensor dv,
                     lt_tensor pos, float theta);

@@ -432,6 +432,75 @@ static void test_swiglu_linear_fused_and_unfused_match_cpu(void **state) {
   expect_swiglu_linear_matches_cpu(100, 64, 264);
 }
 
+// The attention's input projection with RoPE (lt_qkv_rope_fwd), fused (swiglu_matmul.cu's q|k|v
+// kernel) and with LT_QKV_ROPE_MATMUL=unfused, against the CPU's matmuls then RoPE: n tokens of
+// width d_in, hq + 2 hkv heads of hd, at positions up to max_pos. The fused kernel leaves the qk
+// scratch as it was (a sentinel there shows which path ran).
+static void expect_qkv_rope_matches_cpu(int64_t n, int64_t d_in, int hq, int hkv, int hd,
+                                        int32_t max_pos) {
+  const int64_t cols = (int64_t)(hq + 2 * hkv) * hd, qk_cols = (int64_t)(hq + hkv) * hd;
+  float *x = lt_gpu_random(n * d_in, 1.0f, true);
+  float *w = lt_gpu_random(cols * d_in, 1.0f / sqrtf((float)d_in), true);
+  float *sentinel = lt_gpu_random(n * qk_cols, 1.0f, true);
+  int32_t *pos = malloc(sizeof(int32_t) * n);
+  lt_rng rng = lt_rng_seed(lt_gpu_next_seed());
+  for (int64_t i = 0; i < n; i++) pos[i] = (int32_t)lt_rng_below(&rng, (uint64_t)max_pos);
+  float *q = malloc(sizeof(float) * n * hq * hd), *k = malloc(sizeof(float) * n * hkv * hd);
+  float *v = malloc(sizeof(float) * n * hkv * hd), *qk = malloc(sizeof(float) * n * qk_cols);
+  assert_ok(lt_qkv_rope_fwd(&lt_test_cpu, host(q, 3, LT_SHAPE(n, hq, hd)),
+                            host(k, 3, LT_SHAPE(n, hkv, hd)), host(v, 3, LT_SHAPE(n, hkv, hd)),
+                            host(qk, 3, LT_SHAPE(n, hq + hkv, hd)), host(x, 2, LT_SHAPE(n, d_in)),
+                            host(w, 2, LT_SHAPE(cols, d_in)), lt_view1(pos, LT_I32, LT_CPU, n),
+                            10000.0f));
+  lt_tensor gx = lt_gpu_upload(x, LT_BF16, 2, LT_SHAPE(n, d_in)),
+            gw = lt_gpu_upload(w, LT_BF16, 2, LT_SHAPE(cols, d_in)),
+            gpos = lt_gpu_upload_i32(pos, 1, LT_SHAPE(n));
+  for (int fused = 0; fused < 2; fused++) {
+    if (fused)
+      unsetenv("LT_QKV_ROPE_MATMUL");
+    else
+      setenv("LT_QKV_ROPE_MATMUL", "unfused", 1);
+    const bool fuses = lt_qkv_rope_fused(&lt_test_gpu, hd, d_in);
+    printf("n %lld d_in %lld, %d + 2 x %d heads of %d, positions below %d: %s\n", (long long)n,
+           (long long)d_in, hq, hkv, hd, max_pos, fuses ? "fused" : "matmuls, then RoPE");
+    if (fused && lt_gpu_hopper()) assert_int_equal(fuses, d_in % 8 == 0 && d_in >= 64);
+    if (!fused) assert_false(fuses);
+    // q, k and v start poisoned (the sentinel's numbers, reshaped).
+    lt_tensor gq = lt_gpu_upload(sentinel, LT_BF16, 3, LT_SHAPE(n, hq, hd)),
+              gk = lt_gpu_upload(sentinel, LT_BF16, 3, LT_SHAPE(n, hkv, hd)),
+              gv = lt_gpu_upload(sentinel, LT_BF16, 3, LT_SHAPE(n, hkv, hd)),
+              gqk = lt_gpu_upload(sentinel, LT_BF16, 3, LT_SHAPE(n, hq + hkv, hd));
+    assert_ok(lt_qkv_rope_fwd(&lt_test_gpu, gq, gk, gv, gqk, gx, gw, gpos, 10000.0f));
+    float *got[4] = {lt_gpu_fetch(gq), lt_gpu_fetch(gk), lt_gpu_fetch(gv), lt_gpu_fetch(gqk)};
+    lt_gpu_expect_close("qkv_rope q", got[0], q, n * hq * hd, 1e-2);
+    lt_gpu_expect_close("qkv_rope k", got[1], k, n * hkv * hd, 1e-2);
+    lt_gpu_expect_close("qkv_rope v", got[2], v, n * hkv * hd, 1e-2);
+    if (fuses) {
+      float *untouched = lt_gpu_fetch(lt_gpu_upload(sentinel, LT_BF16, 1, LT_SHAPE(n * qk_cols)));
+      assert_memory_equal(got[3], untouched, sizeof(float) * n * qk_cols);
+      free(untouched);
+    } else {
+      lt_gpu_expect_close("qkv_rope qk (the q|k matmul)", got[3], qk, n * qk_cols, 1e-2);
+    }
+    for (int i = 0; i < 4; i++) free(got[i]);
+  }
+  unsetenv("LT_QKV_ROPE_MATMUL");
+  free(x), free(w), free(sentinel), free(pos), free(q), free(k), free(v), free(qk);
+  lt_gpu_free_all();
+}
+
+// The 135M model's heads (12 + 2 x 12 of 64: 18 whole tiles of 128 columns) on more tiles than SMs
+// (each block's ring runs on from tile to tile); an odd head count (3 + 2 x 1 heads of 64: the last
+// tile half past the end), grouped-query heads of 128, rows that end inside a tile, an inner
+// dimension that is not a whole number of stages; positions as long contexts reach (130000: the
+// fused kernel's angle reduction at its widest).
+static void test_qkv_rope_fused_and_unfused_match_cpu(void **state) {
+  SKIP_WITHOUT_GPU();
+  expect_qkv_rope_matches_cpu(4000, 768, 12, 12, 64, 16384);
+  expect_qkv_rope_matches_cpu(300, 200, 3, 1, 64, 130000);
+  expect_qkv_rope_matches_cpu(333, 136, 4, 2, 128, 70000);
+}
+
 // Ragged token counts (tiles of 32 tokens cut short), head counts that do not divide a block's
 // threads, every head width from one vector per row to a warp's worth, in bf16 and f32.
 static void test_attention_delta_matches_cpu_for_every_head_width(void **state) {
@@ -664,6 +733,7 @@ int main(void) {
       cmocka_unit_test(test_rope_split_and_its_transpose_match_cpu),
       cmocka_unit_test(test_swiglu_forward_and_backward_with_h_match_cpu),
       cmocka_unit_test(test_swiglu_linear_fused_and_unfused_match_cpu),
+      cmocka_unit_test(test_qkv_rope_fused_and_unfused_match_cpu),
       cmocka_unit_test(test_attention_delta_matches_cpu_for_every_head_width),
       cmocka_unit_test(test_cross_entropy_with_rows_in_registers_matches_cpu),
       cmocka_unit_test(

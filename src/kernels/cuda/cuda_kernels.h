@@ -56,6 +56,9 @@ int lt_cuda_swiglu_fwd(lt_ctx *ctx, lt_tensor h, lt_tensor gate_up);
 int lt_cuda_swiglu_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor h, lt_tensor dh,
                        lt_tensor gate_up);
 bool lt_cuda_swiglu_linear_fused(lt_ctx *ctx, int64_t f, int64_t k);
+bool lt_cuda_qkv_rope_fused(lt_ctx *ctx, int64_t head_dim, int64_t k);
+int lt_cuda_qkv_rope_fwd(lt_ctx *ctx, lt_tensor q, lt_tensor k, lt_tensor v, lt_tensor qk,
+                         lt_tensor x, lt_tensor w, lt_tensor pos, float theta);
 int lt_cuda_swiglu_linear_fwd(lt_ctx *ctx, lt_tensor gate_up, lt_tensor h, lt_tensor x,
                               lt_tensor w);
 int lt_cuda_swiglu_linear_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor h, lt_tensor dh,

@@ -91,14 +91,11 @@ static int plan(lt_layer *self, const lt_plan *p) {
 
 static int forward(lt_layer *self, lt_ctx *ctx, lt_tensor out, lt_tensor x, const lt_batch *batch) {
   softmax_attention *s = (softmax_attention *)self;
-  // q and k by one matmul, rotated by RoPE's pass into their own tensors; v by its own matmul,
-  // straight into its tensor (no copy of v through the pass).
-  lt_tensor wqk;
-  LT_TRY(lt_fused_view(&wqk, s->wqkv, 2, LT_PARAM_VALUE));
-  LT_TRY(lt_linear_forward(ctx, s->qk, x, wqk));
-  LT_TRY(lt_linear_forward(ctx, s->v, x, s->wqkv[2].value));
-  const lt_tensor no_v = {0};
-  LT_TRY(lt_rope_qkv_fwd(ctx, s->q, s->k, no_v, s->qk, batch->pos, s->rope_theta));
+  // q, k (rotated by RoPE) and v into their own tensors: one kernel on a Hopper GPU, else the q|k
+  // matmul into qk, v's own, and RoPE's pass.
+  lt_tensor wqkv;
+  LT_TRY(lt_fused_view(&wqkv, s->wqkv, 3, LT_PARAM_VALUE));
+  LT_TRY(lt_qkv_rope_fwd(ctx, s->q, s->k, s->v, s->qk, x, wqkv, batch->pos, s->rope_theta));
   if (s->router) LT_TRY(lt_head_router_forward(s->router, ctx, x, batch));
   lt_attn_spec spec = attention_spec(s, batch);
   // The weighted heads come from the attention's epilogue on one rank, or after the ring's merge.
