@@ -19,9 +19,10 @@
 // its multiplies finish, so the producer fills the next tile's first stages during this tile's
 // epilogue. The epilogue writes its outputs into shared memory, which one thread of each
 // warpgroup stores by TMA: the stores drain while the next tile multiplies.
-// H100, the 135M model at T=16384 (bench_swiglu_matmul): the SwiGLU forward 0.386 ms against 0.430
-// for cuBLASLt's matmul then swiglu_fwd, the backward 0.362 against 0.410, the q|k|v projection
-// 0.210 against 0.263 for cuBLASLt's two matmuls then RoPE's pass.
+// H100, the 135M model at T=16384 (bench_swiglu_matmul): the SwiGLU forward 0.382 ms against 0.425
+// for cuBLASLt's matmul then swiglu_fwd, the backward 0.361 against 0.414 (0.304 against 0.367
+// without h, as the model runs it: with h's slabs left out, 5 stages fit, where 4 took 0.316), the
+// q|k|v projection 0.208 against 0.259 for cuBLASLt's two matmuls then RoPE's pass.
 // None is at cuBLASLt's speed for its multiplies alone (the gate_up matmul 0.29 ms, the q|k|v one
 // 0.146): the epilogue still runs while the tensor cores wait (the warpgroups share each tile),
 // and these tiles read more operand bytes from the L2 per multiply than cuBLASLt's.
@@ -32,7 +33,11 @@
 // - ping-pong warpgroups taking whole tiles by turns (each epilogue beside the other's
 //   multiplies): the SwiGLU forward 0.361 (the shared tiles: 0.360 in the model's profile);
 // - clusters of two blocks sharing their rows of x by TMA multicast (a quarter less L2 traffic):
-//   0.40 with 4 stages, 0.38 with 5; the blocks wait on each other's hand-backs every stage.
+//   0.40 with 4 stages, 0.38 with 5; the blocks wait on each other's hand-backs every stage;
+// - the backward's gate_up in two buffers of its own, copied by a second producer thread while the
+//   tile multiplies, dgate_up written over it (3 stages fit): 0.336 without h against 0.316;
+// - the SwiGLU forward's epilogue in two parts (gate and up, then h in gate's slab), 6 stages:
+//   0.377 against 0.379.
 // The first version, which stored from the accumulators by 4-byte global stores, was 0.72x and
 // 0.67x the unfused pair; loading the backward's gate_up into the output slabs (so each tile
 // waited for the last tile's stores to read them) 1.06x.
@@ -63,7 +68,7 @@ enum {
 
 // The kernels: SwiGLU's backward and forward, and the q|k|v projection with RoPE for heads of 64
 // or 128.
-enum mm_mode { SWIGLU_BWD, SWIGLU_FWD, QKV_ROPE64, QKV_ROPE128 };
+enum mm_mode { SWIGLU_BWD, SWIGLU_BWD_H, SWIGLU_FWD, QKV_ROPE64, QKV_ROPE128 };
 template <int MODE>
 constexpr int rope_dim = MODE == QKV_ROPE64    ? 64
                          : MODE == QKV_ROPE128 ? 128
@@ -77,7 +82,8 @@ constexpr int rope_dim = MODE == QKV_ROPE64    ? 64
 // through the ring: two more stages after the tile's last (gate's two slabs, then up's), so its
 // copy runs ahead of the epilogue as the multiplies' copies do.
 template <int MODE> struct tile_shape {
-  static constexpr bool FWD = MODE != SWIGLU_BWD; // K-major B, no input beside the product
+  static constexpr bool BWD = MODE == SWIGLU_BWD || MODE == SWIGLU_BWD_H; // _H: writes h too
+  static constexpr bool FWD = !BWD; // K-major B, no input beside the product
   // Columns of the product: 64 units' gate and up (forward), 128 units' dh (backward), the
   // projection's 256. (The forward at 256 columns, with 3 stages beside its slabs, was slower on
   // the H100: 0.394 ms against 0.380 at the 135M model's T = 16384.)
@@ -86,7 +92,8 @@ template <int MODE> struct tile_shape {
   // The epilogue writes 128 columns of the product at a time: each part waits until TMA has read
   // the last one's slabs out of shared memory. (The projection's wide tiles so keep 4 stages.)
   static constexpr int PARTS = BN / 128;
-  static constexpr int SLABS = MODE == SWIGLU_BWD ? 6 : MODE == SWIGLU_FWD ? 3 : 2; // a part's
+  // A part's slabs (the backward without h: 4, which leaves room for a fifth stage).
+  static constexpr int SLABS = BWD ? (MODE == SWIGLU_BWD_H ? 6 : 4) : MODE == SWIGLU_FWD ? 3 : 2;
   static constexpr int A_BYTES = BM * BK * 2, B_BYTES = BN * BK * 2;
   static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
   // As many stages as fit beside the slabs (and 1 KB to align them).
@@ -316,10 +323,9 @@ __device__ __forceinline__ void store_slabs(const fused_mm_params &p, const fuse
         tma_store_rows(&tm.v, slabs + s * SLAB + half, kv - p.kv_cols, 0, row, 0);
     }
   } else if constexpr (MODE == SWIGLU_FWD) {
-    const int unit = at.unit0;
-    tma_store_rows(&tm.gate_up, slabs + half, unit, 0, row, 0);
-    tma_store_rows(&tm.gate_up, slabs + SLAB + half, p.f + unit, 0, row, 0);
-    tma_store_rows(&tm.h, slabs + 2 * SLAB + half, unit, 0, row, 0);
+    tma_store_rows(&tm.gate_up, slabs + half, at.unit0, 0, row, 0);
+    tma_store_rows(&tm.gate_up, slabs + SLAB + half, p.f + at.unit0, 0, row, 0);
+    tma_store_rows(&tm.h, slabs + 2 * SLAB + half, at.unit0, 0, row, 0);
   } else {
 #pragma unroll
     for (int s = 0; s < 2; s++) {
@@ -517,7 +523,10 @@ int lt_cuda_swiglu_linear_bwd(lt_ctx *ctx, lt_tensor dgate_up, lt_tensor h, lt_t
     return lt_cuda_swiglu_bwd(ctx, dgate_up, h, dh, gate_up);
   }
   const fused_mm_params p = {m, (int)f, (int)k, 0, 0, h.data != nullptr, 0, 0, 0.0f, nullptr};
-  LT_TRY(launch<SWIGLU_BWD>(st, p, tm, "swiglu_linear_bwd"));
+  if (p.h)
+    LT_TRY(launch<SWIGLU_BWD_H>(st, p, tm, "swiglu_linear_bwd"));
+  else
+    LT_TRY(launch<SWIGLU_BWD>(st, p, tm, "swiglu_linear_bwd"));
   return lt_cuda_launched(st, "swiglu_linear_bwd", dgate_up, dy);
 }
 
