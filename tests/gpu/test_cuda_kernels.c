@@ -489,11 +489,11 @@ static void expect_qkv_rope_matches_cpu(int64_t n, int64_t d_in, int hq, int hkv
   lt_gpu_free_all();
 }
 
-// The 135M model's heads (12 + 2 x 12 of 64: 18 whole tiles of 128 columns) on more tiles than SMs
-// (each block's ring runs on from tile to tile); an odd head count (3 + 2 x 1 heads of 64: the last
-// tile half past the end), grouped-query heads of 128, rows that end inside a tile, an inner
-// dimension that is not a whole number of stages; positions as long contexts reach (130000: the
-// fused kernel's angle reduction at its widest).
+// The 135M model's heads (12 + 2 x 12 of 64: 9 whole tiles of 256 columns) on more tiles than SMs
+// (each block's ring runs on from tile to tile); an odd head count (3 + 2 x 1 heads of 64: 320
+// columns, the last tile's second part past the end), grouped-query heads of 128, rows that end
+// inside a tile, an inner dimension that is not a whole number of stages; positions as long
+// contexts reach (130000: the fused kernel's angle reduction at its widest).
 static void test_qkv_rope_fused_and_unfused_match_cpu(void **state) {
   SKIP_WITHOUT_GPU();
   expect_qkv_rope_matches_cpu(4000, 768, 12, 12, 64, 16384);

@@ -76,11 +76,11 @@ constexpr int rope_dim = MODE == QKV_ROPE64    ? 64
 
 // The backward's B rows are W_down's (D, F) rows, N-major: two slabs of 64 units, BK k-rows of
 // 128 bytes each; the others' are K-major (W_gate_up is (2F, D): 64 W_gate rows, then the same
-// units' 64 W_up rows; W_qkv a tile's 128 rows). The epilogue's output slabs (64 columns of the
-// tile's 128 rows, swizzled as TMA copies them): gate (or dgate), up (or dup) and h, one each
-// forward, two each backward; the q|k|v projection's two. The backward's gate_up tile comes
-// through the ring: two more stages after the tile's last (gate's two slabs, then up's), so its
-// copy runs ahead of the epilogue as the multiplies' copies do.
+// units' 64 W_up rows; W_qkv 256 rows, 64 at a time). The epilogue's output slabs (64 columns of
+// the tile's 128 rows, swizzled as TMA copies them): gate (or dgate), up (or dup) and h, one each
+// forward, two each backward; two for each part of the q|k|v projection. The backward's gate_up
+// tile comes through the ring: two more stages after the tile's last (gate's two slabs, then
+// up's), so its copy runs ahead of the epilogue as the multiplies' copies do.
 template <int MODE> struct tile_shape {
   static constexpr bool BWD = MODE == SWIGLU_BWD || MODE == SWIGLU_BWD_H; // _H: writes h too
   static constexpr bool FWD = !BWD; // K-major B, no input beside the product
@@ -311,7 +311,8 @@ __device__ __forceinline__ void store_slabs(const fused_mm_params &p, const fuse
                                             int part) {
   const uint32_t half = wg * (SLAB / 2);
   const int64_t row = at.row0 + wg * 64;
-  if constexpr (rope_dim < MODE >> 0) {
+  constexpr bool ROPE = rope_dim<MODE> != 0;
+  if constexpr (ROPE) {
 #pragma unroll
     for (int s = 0; s < 2; s++) {
       const int col = at.unit0 + 128 * part + 64 * s, kv = col - p.q_cols;
