@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Writes src/kernels/cuda/wgmma.cuh: the Hopper wgmma instructions the attention kernels use, one
-inline-asm wrapper per shape (inline asm names every accumulator register, so each width is its own
-function). Run from the project root after changing the widths, then format the result:
+"""Writes src/kernels/cuda/wgmma.cuh: the Hopper wgmma instructions the attention kernels and the
+fused matmuls use, one inline-asm wrapper per shape (inline asm names every accumulator register, so
+each width is its own function). Run from the project root after changing the widths, then format the result:
   python3 tools/gen-wgmma.py && clang-format -i src/kernels/cuda/wgmma.cuh"""
 
-SS_WIDTHS = [32, 64, 128]  # A and B from shared memory (descriptors)
+SS_WIDTHS = [32, 64, 128, 256]  # A and B from shared memory (descriptors)
 RS_WIDTHS = [64, 128]      # A from registers, B from shared memory
 
 HEADER = """// Hopper warpgroup matrix multiply-accumulate (wgmma.mma_async, PTX ISA 8.0, sm_90a), bf16 in, f32

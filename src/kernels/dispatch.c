@@ -242,7 +242,8 @@ int lt_qkv_rope_fwd(lt_ctx *ctx, lt_tensor q, lt_tensor k, lt_tensor v, lt_tenso
   int64_t n;
   const lt_tensor no_v = {0};
   LT_TRY(check_rope(q, k, no_v, qk, pos, &n));
-  const int64_t in = x.shape[x.ndim - 1], qk_cols = lt_numel(qk) / n, kv_cols = lt_numel(k) / n;
+  const int64_t in = x.shape[x.ndim - 1], qk_cols = qk.shape[1] * qk.shape[2],
+                kv_cols = k.shape[k.ndim - 2] * k.shape[k.ndim - 1];
   EXPECT(lt_same_shape(k, v), "qkv_rope_fwd", "v must be shaped as k", v, k);
   EXPECT(w.ndim == 2 && w.shape[0] == qk_cols + kv_cols && w.shape[1] == in &&
              lt_numel(x) == n * in,

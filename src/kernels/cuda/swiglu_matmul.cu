@@ -226,17 +226,6 @@ __device__ __forceinline__ void epilogue_forward(const float (&acc)[64], uint32_
     }
 }
 
-// sin and cos of RoPE's angle x = pos * inv_freq (fp32, as lt_cpu_rope_qkv_fwd takes it): x less
-// the nearest multiple of 2 pi (a two-part constant: exact to ~1e-7 for the |x| < 2^17 that
-// positions below 131072 give), then the special function unit's sine and cosine, ~5e-7 off in
-// [-pi, pi]. A quarter of sincosf's instructions: the epilogue is the part of a tile that the
-// multiplies do not hide, and bf16 keeps 2^-9 of the result.
-__device__ __forceinline__ void rope_sincos_fast(float x, float *c, float *s) {
-  const float k = rintf(x * 0.159154943091895336f);
-  const float r = fmaf(-k, -1.7484555314695172e-07f, fmaf(-k, 6.28318548202514648f, x));
-  __sincosf(r, s, c);
-}
-
 // The q|k|v projection's epilogue: acc[4 i + e] (i < N / 8) is column 8 i + 2 c + e % 2 of the tile
 // (head 8 i / D) at row r + 8 (e / 2), whose position is pos[e / 2]. A rotated head's pair
 // (j, j + D/2) is acc groups i and i + D/16 (j = 8 i + 2 c + e % 2 < D/2 within the head), turned
@@ -546,7 +535,7 @@ int lt_cuda_qkv_rope_fwd(lt_ctx *ctx, lt_tensor q, lt_tensor k, lt_tensor v, lt_
   lt_cuda_state *st = cuda_state(ctx);
   const int64_t m = x.shape[0], kdim = x.shape[1], d = q.shape[q.ndim - 1];
   if (m == 0) return LT_OK;
-  const int64_t q_cols = lt_numel(q) / m, kv_cols = lt_numel(k) / m;
+  const int64_t q_cols = q.shape[q.ndim - 2] * d, kv_cols = k.shape[k.ndim - 2] * d;
   fused_mm_maps tm;
   memset(&tm, 0, sizeof tm);
   bool fits =
